@@ -1,0 +1,212 @@
+"""Every bit format of the tile, defined once.
+
+A `BitFormat` is an ordered list of fields, the first at bit 0. It packs and unpacks plain
+Python integers (for the cycle model, the compiler and the testbenches) and produces the
+equivalent `amaranth.lib.data.StructLayout` for the RTL (`BitFormat.layout`, imported lazily so
+that this module does not need Amaranth).
+
+Formats defined here:
+
+* `flit_format(cfg)`: what travels on a mesh link.
+* `packet_header_format(cfg)`: the payload of a packet's head flit.
+* SRAM word <-> int32 lanes / int8 bytes conversions (`word_from_lanes`, ...).
+
+Enumerations shared by hardware, model and compiler (`Port`, `VecOp`, `PacketKind`,
+`MatrixDType`) are plain `enum.IntEnum`s; Amaranth accepts them as shapes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from .params import TileConfig
+
+
+__all__ = [
+    "Field", "BitFormat", "FormatError",
+    "Port", "VecOp", "PacketKind", "MatrixDType",
+    "flit_format", "packet_header_format",
+    "word_from_lanes", "lanes_from_word", "word_from_bytes", "bytes_from_word",
+]
+
+
+class FormatError(ValueError):
+    """A value does not fit the field it is packed into; the message names the format and field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    width: int
+    signed: bool = False
+
+
+class BitFormat:
+    """An ordered set of named bit fields; the first field occupies the least significant bits."""
+
+    def __init__(self, name: str, fields: list[Field]):
+        self.name = name
+        self.fields = tuple(fields)
+        self.offsets: dict[str, int] = {}
+        self._by_name: dict[str, Field] = {}
+        offset = 0
+        for field in self.fields:
+            if field.name in self._by_name:
+                raise ValueError(f"{name}: duplicate field {field.name!r}")
+            if field.width <= 0:
+                raise ValueError(f"{name}.{field.name}: width must be positive")
+            self._by_name[field.name] = field
+            self.offsets[field.name] = offset
+            offset += field.width
+        self.width = offset
+
+    def __repr__(self):
+        inner = ", ".join(f"{f.name}:{'s' if f.signed else 'u'}{f.width}" for f in self.fields)
+        return f"BitFormat({self.name}: {inner})"
+
+    def field(self, name: str) -> Field:
+        return self._by_name[name]
+
+    def pack(self, **values: int) -> int:
+        """Pack field values (missing fields are zero) into one integer."""
+        unknown = set(values) - set(self._by_name)
+        if unknown:
+            raise FormatError(f"{self.name}: unknown field(s) {', '.join(sorted(unknown))}")
+        word = 0
+        for field in self.fields:
+            value = int(values.get(field.name, 0))
+            if field.signed:
+                lo, hi = -(1 << (field.width - 1)), (1 << (field.width - 1)) - 1
+            else:
+                lo, hi = 0, (1 << field.width) - 1
+            if not lo <= value <= hi:
+                raise FormatError(
+                    f"{self.name}.{field.name}={value} does not fit {field.width} "
+                    f"{'signed' if field.signed else 'unsigned'} bits ({lo}..{hi})")
+            word |= (value & ((1 << field.width) - 1)) << self.offsets[field.name]
+        return word
+
+    def unpack(self, word: int) -> dict[str, int]:
+        """Split an integer into its field values (signed fields sign-extended)."""
+        word = int(word)
+        if word < 0 or word >> self.width:
+            raise FormatError(f"{self.name}: {word:#x} is wider than the format's {self.width} bits")
+        values = {}
+        for field in self.fields:
+            value = (word >> self.offsets[field.name]) & ((1 << field.width) - 1)
+            if field.signed and value >> (field.width - 1):
+                value -= 1 << field.width
+            values[field.name] = value
+        return values
+
+    def get(self, word: int, name: str) -> int:
+        field = self._by_name[name]
+        value = (int(word) >> self.offsets[name]) & ((1 << field.width) - 1)
+        if field.signed and value >> (field.width - 1):
+            value -= 1 << field.width
+        return value
+
+    @property
+    def layout(self):
+        """The format as an `amaranth.lib.data.StructLayout` (same fields, same bit positions)."""
+        from amaranth.hdl import signed, unsigned
+        from amaranth.lib import data
+        return data.StructLayout({
+            f.name: (signed(f.width) if f.signed else unsigned(f.width)) for f in self.fields})
+
+
+# -- enumerations ------------------------------------------------------------------------------
+
+class Port(enum.IntEnum):
+    """Router ports. y grows southwards, x eastwards; the host edge is east of the last column."""
+    LOCAL = 0
+    NORTH = 1
+    EAST = 2
+    SOUTH = 3
+    WEST = 4
+
+
+class VecOp(enum.IntEnum):
+    """Vector-unit operations on int32 lanes (see `d1tile.sim.vector` for exact semantics)."""
+    ADD = 0      # a + b, wrapping int32
+    MUL = 1      # a * b, low 32 bits (wrapping)
+    MAX = 2      # max(a, b)
+    RELU = 3     # max(a, 0)
+    REQUANT = 4  # int32 -> int8: saturate((a * scale + round) >> shift), into byte slot `slot`
+
+
+VECOP_BITS = 3
+
+
+class MatrixDType(enum.IntEnum):
+    """Operand/accumulator types of the matrix unit. Only INT8 exists; BF16 (x BF16 -> FP32) is
+    the planned second entry."""
+    INT8 = 0
+
+
+class PacketKind(enum.IntEnum):
+    """What a packet's head flit asks of its destination."""
+    WRITE = 0    # write the body words to SRAM[addr...], then bump `counter`
+    TEST = 15    # opaque payload, used by router testbenches
+
+
+# -- mesh formats ------------------------------------------------------------------------------
+
+@cache
+def flit_format(cfg: TileConfig) -> BitFormat:
+    """A flit: routing fields on every flit (so any flit can be checked in flight), then one SRAM
+    word of payload. `head` marks the first flit of a packet, `tail` the last; a one-flit packet
+    has both."""
+    return BitFormat("flit", [
+        Field("head", 1),
+        Field("tail", 1),
+        Field("dst_x", cfg.coord_bits),
+        Field("dst_y", cfg.coord_bits),
+        Field("payload", cfg.word_bits),
+    ])
+
+
+@cache
+def packet_header_format(cfg: TileConfig) -> BitFormat:
+    """The payload of a packet's head flit. `length` counts the body flits that follow."""
+    return BitFormat("packet_header", [
+        Field("kind", 4),
+        Field("src_x", cfg.coord_bits),
+        Field("src_y", cfg.coord_bits),
+        Field("addr", cfg.sram_addr_bits),
+        Field("length", 16),
+        Field("counter", 4),
+        Field("tag", 16),
+    ])
+
+
+# -- SRAM words --------------------------------------------------------------------------------
+# A word is little-endian: lane i is bytes [4i, 4i+4) as a signed int32; int8 element j is byte j.
+
+def word_from_lanes(lanes) -> int:
+    """Pack int32 lanes (any integers; wrapped to 32 bits) into a word."""
+    word = 0
+    for i, lane in enumerate(lanes):
+        word |= (int(lane) & 0xFFFF_FFFF) << (32 * i)
+    return word
+
+
+def lanes_from_word(word: int, lanes: int) -> np.ndarray:
+    """Unpack a word into `lanes` signed int32 values."""
+    raw = int(word).to_bytes(4 * lanes, "little")
+    return np.frombuffer(raw, dtype="<i4").astype(np.int32)
+
+
+def word_from_bytes(values) -> int:
+    """Pack int8 (or uint8) values into a word, element j at byte j."""
+    arr = np.asarray(values, dtype=np.int64) & 0xFF
+    return int.from_bytes(arr.astype(np.uint8).tobytes(), "little")
+
+
+def bytes_from_word(word: int, nbytes: int) -> np.ndarray:
+    """Unpack a word into `nbytes` signed int8 values."""
+    return np.frombuffer(int(word).to_bytes(nbytes, "little"), dtype=np.int8).copy()

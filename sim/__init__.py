@@ -1,0 +1,1 @@
+"""Functional reference models and the cycle-level model of the tile."""

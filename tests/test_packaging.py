@@ -1,0 +1,34 @@
+"""`pip install .` (not only an editable install) gives one import package, d1tile, with its
+sub-packages hw, sim and sw, and the `d1tile` console script."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_contains_one_package_with_its_subpackages(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                    "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel, = tmp_path.glob("d1tile-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.startswith("d1tile-")}
+    assert top_level == {"d1tile"}, f"unexpected top-level entries: {top_level}"
+    for module in ("d1tile/params.py", "d1tile/hw/verilator.py", "d1tile/sim/__init__.py",
+                   "d1tile/sw/__init__.py"):
+        assert module in names, f"{module} missing from the wheel"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "d1tile = d1tile.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
+                    "--disable-pip-version-check", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import d1tile.hw.verilator, "
+             "d1tile.formats; print(d1tile.__file__)")
+    out = subprocess.run([sys.executable, "-c", probe, str(target)], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip().startswith(str(target)), out

@@ -1,0 +1,80 @@
+"""The parameter dataclass: presets, derived sizes, validation messages, serialisation."""
+
+import pytest
+
+from d1tile.params import ConfigError, PRESETS, TileConfig, parse_grid
+
+
+def test_presets_have_the_documented_shapes():
+    tiny, default = TileConfig.preset("tiny"), TileConfig.preset("default")
+    assert (tiny.rows, tiny.cols, tiny.mac_dim) == (2, 2, 4)
+    assert (default.rows, default.cols, default.mac_dim, default.sram_kib) == (4, 4, 8, 64)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_derived_sizes_are_consistent(name):
+    cfg = TileConfig.preset(name)
+    assert cfg.word_bytes == 4 * cfg.mac_dim == cfg.lanes * 4
+    assert cfg.sram_words * cfg.word_bytes == cfg.sram_kib * 1024
+    assert cfg.bank_words * cfg.sram_banks == cfg.sram_words
+    assert 1 << cfg.sram_addr_bits == cfg.sram_words
+    assert 1 << cfg.bank_addr_bits == cfg.bank_words
+    assert cfg.k_per_word * cfg.mac_dim == cfg.word_bytes
+    assert cfg.peak_macs_per_cycle == cfg.nodes * cfg.mac_dim ** 2
+    # the host edge column x == cols must be representable
+    assert cfg.cols < 1 << cfg.coord_bits and cfg.rows - 1 < 1 << cfg.coord_bits
+
+
+def test_config_is_frozen_and_hashable():
+    cfg = TileConfig.preset("tiny")
+    with pytest.raises(Exception):
+        cfg.rows = 3
+    assert hash(cfg) == hash(TileConfig.preset("tiny"))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rows", 0, "rows=0"),
+    ("cols", 17, "cols=17"),
+    ("mac_dim", 3, "mac_dim=3"),
+    ("sram_kib", 48, "sram_kib=48"),
+    ("sram_banks", 3, "sram_banks=3"),
+    ("router_fifo_depth", 1, "router_fifo_depth=1"),
+    ("imem_words", 100, "imem_words=100"),
+    ("rows", "4", "rows must be an integer"),
+])
+def test_bad_values_are_rejected_with_the_field_named(field, value, words):
+    with pytest.raises(ConfigError, match=words):
+        TileConfig.preset("default", **{field: value})
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        TileConfig.preset("huge")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TileConfig.preset("tiny", lanes=4)
+
+
+def test_json_round_trip_and_errors():
+    cfg = TileConfig.preset("default").with_grid(3, 5)
+    assert TileConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TileConfig.from_json("{rows: 1")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TileConfig.from_json('{"bogus": 1}')
+
+
+def test_parse_grid():
+    assert parse_grid("4x4") == (4, 4)
+    assert parse_grid("2X3") == (2, 3)
+    for bad in ("4", "4x", "ax2", "2x2x2", "-1x2"):
+        with pytest.raises(ConfigError, match="RxC"):
+            parse_grid(bad)
+
+
+def test_cache_key_names_every_field():
+    a = TileConfig.preset("default")
+    keys = {a.key}
+    for change in ({"rows": 2}, {"mac_dim": 4}, {"sram_kib": 32}, {"sram_banks": 2},
+                   {"router_fifo_depth": 2}, {"imem_words": 512}):
+        keys.add(a.replace(**change).key)
+    assert len(keys) == 7
