@@ -48,6 +48,9 @@ def cmd_demo(args) -> int:
     from .hw.matrix_demo import run_demo
     cfg = config_from_args(args)
     m, k, n = args.shape
+    for name, value in zip("mkn", args.shape):
+        if value < 1:   # checked before anything is printed: no partial output
+            raise ValueError(f"--shape: dimension {name}={value} must be a positive integer")
     print(f"d1tile demo: random int8 ({m}x{k}) @ ({k}x{n}) on the {cfg.mac_dim}x{cfg.mac_dim} "
           f"matrix unit of preset {args.preset!r}, RTL on Verilator (seed {args.seed})")
     result = run_demo(cfg, m, k, n, args.seed, log=print)

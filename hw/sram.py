@@ -28,10 +28,45 @@ def _check_cfg(cfg) -> TileConfig:
     return cfg
 
 
+class _SRAMBusSignature(wiring.Signature):
+    """What the read and write bus signatures share: the configuration they are built from, and
+    equality by geometry (two configurations with the same SRAM geometry have interchangeable
+    buses)."""
+
+    _interface = None   # the PureInterface subclass `create` builds
+
+    def __init__(self, cfg: TileConfig, members: dict):
+        self._cfg = cfg
+        super().__init__(members)
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    @property
+    def addr_width(self) -> int:
+        return self._cfg.sram_addr_bits
+
+    @property
+    def data_width(self) -> int:
+        return self._cfg.word_bits
+
+    def create(self, *, path=None, src_loc_at=0):
+        return self._interface(self, path=path, src_loc_at=1 + src_loc_at)
+
+    def __eq__(self, other):
+        return (type(self) is type(other) and self.addr_width == other.addr_width
+                and self.data_width == other.data_width)
+
+    def __repr__(self):
+        return (f"{self._interface.__name__}.Signature(addr_width={self.addr_width}, "
+                f"data_width={self.data_width})")
+
+
 class SRAMReadPort(wiring.PureInterface):
     """A read port of the node SRAM, as seen by the requester that drives it."""
 
-    class Signature(wiring.Signature):
+    class Signature(_SRAMBusSignature):
         """Read bus, from the requester's side.
 
         Members
@@ -49,43 +84,18 @@ class SRAMReadPort(wiring.PureInterface):
         """
 
         def __init__(self, cfg: TileConfig):
-            self._cfg = _check_cfg(cfg)
-            super().__init__({
+            super().__init__(_check_cfg(cfg), {
                 "addr": Out(cfg.sram_addr_bits),
                 "en": Out(1),
                 "ready": In(1),
                 "data": In(cfg.word_bits),
             })
 
-        @property
-        def cfg(self) -> TileConfig:
-            return self._cfg
-
-        @property
-        def addr_width(self) -> int:
-            return self._cfg.sram_addr_bits
-
-        @property
-        def data_width(self) -> int:
-            return self._cfg.word_bits
-
-        def create(self, *, path=None, src_loc_at=0):
-            return SRAMReadPort(self, path=path, src_loc_at=1 + src_loc_at)
-
-        def __eq__(self, other):
-            # Two configurations with the same SRAM geometry have interchangeable buses.
-            return (type(self) is type(other) and self.addr_width == other.addr_width
-                    and self.data_width == other.data_width)
-
-        def __repr__(self):
-            return (f"SRAMReadPort.Signature(addr_width={self.addr_width}, "
-                    f"data_width={self.data_width})")
-
 
 class SRAMWritePort(wiring.PureInterface):
     """A write port of the node SRAM, as seen by the requester that drives it."""
 
-    class Signature(wiring.Signature):
+    class Signature(_SRAMBusSignature):
         """Write bus, from the requester's side.
 
         Members
@@ -106,8 +116,7 @@ class SRAMWritePort(wiring.PureInterface):
         """
 
         def __init__(self, cfg: TileConfig):
-            self._cfg = _check_cfg(cfg)
-            super().__init__({
+            super().__init__(_check_cfg(cfg), {
                 "addr": Out(cfg.sram_addr_bits),
                 "en": Out(1),
                 "data": Out(cfg.word_bits),
@@ -116,31 +125,8 @@ class SRAMWritePort(wiring.PureInterface):
             })
 
         @property
-        def cfg(self) -> TileConfig:
-            return self._cfg
-
-        @property
-        def addr_width(self) -> int:
-            return self._cfg.sram_addr_bits
-
-        @property
-        def data_width(self) -> int:
-            return self._cfg.word_bits
-
-        @property
         def mask_width(self) -> int:
             return self._cfg.word_bytes
-
-        def create(self, *, path=None, src_loc_at=0):
-            return SRAMWritePort(self, path=path, src_loc_at=1 + src_loc_at)
-
-        def __eq__(self, other):
-            return (type(self) is type(other) and self.addr_width == other.addr_width
-                    and self.data_width == other.data_width)
-
-        def __repr__(self):
-            return (f"SRAMWritePort.Signature(addr_width={self.addr_width}, "
-                    f"data_width={self.data_width})")
 
 
 class NodeSRAM(wiring.Component):
@@ -269,3 +255,7 @@ class NodeSRAM(wiring.Component):
             m.d.comb += port.data.eq(bank_data[served_by])
 
         return m
+
+
+SRAMReadPort.Signature._interface = SRAMReadPort
+SRAMWritePort.Signature._interface = SRAMWritePort
