@@ -28,7 +28,7 @@ from .params import TileConfig
 
 __all__ = [
     "Field", "BitFormat", "FormatError",
-    "Port", "VecOp", "PacketKind", "MatrixDType",
+    "Port", "VecOp", "PacketKind", "MatrixDType", "COUNTER_NAMES", "COUNTER_BITS",
     "flit_format", "packet_header_format",
     "word_from_lanes", "lanes_from_word", "word_from_bytes", "bytes_from_word",
 ]
@@ -149,9 +149,34 @@ class MatrixDType(enum.IntEnum):
 
 
 class PacketKind(enum.IntEnum):
-    """What a packet's head flit asks of its destination."""
-    WRITE = 0    # write the body words to SRAM[addr...], then bump `counter`
-    TEST = 15    # opaque payload, used by router testbenches
+    """What a packet's head flit asks of its destination (see `packet_header_format`)."""
+    WRITE = 0      # body words -> SRAM[addr...]; then, if `bump`, counter[`counter`] += 1
+    IMEM = 1       # body words (low 64 bits each) -> instruction memory[addr...]
+    START = 2      # start the sequencer at pc 0 (ignored unless it is idle or stopped)
+    READ = 3       # reply with SRAM[addr .. addr+length) to (src_x, src_y)
+    READ_CTRS = 4  # reply with the node's counters (COUNTER_NAMES order) to (src_x, src_y)
+    DONE = 5       # node -> host, once per run: addr = pc, tag = FaultCode, length = fault value
+    REPLY = 6      # answer to READ / READ_CTRS: body = the words; addr and tag echo the request
+    TEST = 15      # opaque payload, used by router testbenches
+
+
+COUNTER_NAMES = (
+    # cycles the sequencer spent running (from START to its DONE), instructions issued
+    "cycles", "instructions",
+    # cycles each unit was busy
+    "busy_matrix", "busy_vector", "busy_dma_out", "busy_dma_in",
+    # cycles the instruction at pc could not issue, by cause
+    "stall_unit", "stall_hazard", "stall_wait", "stall_halt",
+    # flits through each router port, in `Port` order
+    "flits_in_local", "flits_in_north", "flits_in_east", "flits_in_south", "flits_in_west",
+    "flits_out_local", "flits_out_north", "flits_out_east", "flits_out_south", "flits_out_west",
+    # SRAM requests refused by bank arbitration (all ports)
+    "sram_conflicts",
+)
+"""The node's performance counters, 32 bits each, in the order READ_CTRS returns them (lane i of
+reply word i // lanes is counter i)."""
+
+COUNTER_BITS = 32
 
 
 # -- mesh formats ------------------------------------------------------------------------------
@@ -177,9 +202,10 @@ def packet_header_format(cfg: TileConfig) -> BitFormat:
         Field("kind", 4),
         Field("src_x", cfg.coord_bits),
         Field("src_y", cfg.coord_bits),
-        Field("addr", cfg.sram_addr_bits),
+        Field("addr", 16),
         Field("length", 16),
         Field("counter", 4),
+        Field("bump", 1),
         Field("tag", 16),
     ])
 

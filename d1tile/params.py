@@ -37,7 +37,7 @@ class TileConfig:
     Fields
     ------
     name : label used in reports and build-cache keys.
-    rows, cols : grid size. 1..8 each for the RTL (the limit tested); the model accepts up to 16.
+    rows, cols : grid size. 1..8 each for the RTL (the limit tested); the model accepts up to 15.
     mac_dim : N, the matrix unit is N x N MACs; SRAM words are N int32 lanes. One of 2, 4, 8, 16.
     sram_kib : SRAM per node in KiB (the node's only data memory). A power of two, 1..1024.
     sram_banks : independent SRAM banks per node (high address bits select the bank). 1..16,
@@ -56,7 +56,8 @@ class TileConfig:
     router_fifo_depth: int = 4
     imem_words: int = 1024
 
-    MAX_GRID = 16
+    MAX_GRID = 15     # coordinates are 4-bit in instructions, and x == cols is the host edge
+    MAX_SRAM_WORDS = 1 << 16   # instruction address fields are 16 bits
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -75,6 +76,10 @@ class TileConfig:
             raise ConfigError(f"sram_kib={self.sram_kib} must be a power of two from 1 to 1024")
         if not _is_pow2(self.sram_banks) or self.sram_banks > 16:
             raise ConfigError(f"sram_banks={self.sram_banks} must be a power of two from 1 to 16")
+        if self.sram_words > self.MAX_SRAM_WORDS:
+            raise ConfigError(
+                f"sram_kib={self.sram_kib} gives {self.sram_words} words of {self.word_bytes} bytes; "
+                f"instructions address at most {self.MAX_SRAM_WORDS} words")
         if self.sram_words < self.sram_banks * 4:
             raise ConfigError(
                 f"sram_kib={self.sram_kib} gives {self.sram_words} words of {self.word_bytes} bytes, "

@@ -34,7 +34,7 @@ def test_config_is_frozen_and_hashable():
 
 @pytest.mark.parametrize("field, value, words", [
     ("rows", 0, "rows=0"),
-    ("cols", 17, "cols=17"),
+    ("cols", 16, "cols=16"),
     ("mac_dim", 3, "mac_dim=3"),
     ("sram_kib", 48, "sram_kib=48"),
     ("sram_banks", 3, "sram_banks=3"),
@@ -45,6 +45,11 @@ def test_config_is_frozen_and_hashable():
 def test_bad_values_are_rejected_with_the_field_named(field, value, words):
     with pytest.raises(ConfigError, match=words):
         TileConfig.preset("default", **{field: value})
+
+
+def test_sram_beyond_the_instruction_address_space_is_rejected():
+    with pytest.raises(ConfigError, match="instructions address at most 65536 words"):
+        TileConfig.preset("default", mac_dim=2, sram_kib=1024)
 
 
 def test_unknown_preset_and_field():

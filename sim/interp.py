@@ -1,0 +1,158 @@
+"""The untimed functional interpreter of the instruction set: the executable specification.
+
+`interpret(tile_program)` runs every node's program to its HALT (or fault) with no notion of
+time: instructions execute one after another, a SEND writes the destination's SRAM and bumps its
+counter at once, and nodes take turns whenever one blocks on a WAIT. For programs whose nodes
+synchronise properly (data that arrives over the mesh is read only after a WAIT on its counter,
+and is not overwritten while another node may still send into it), every timed execution ends in
+the same state, so the cycle model and the RTL must produce exactly what this produces.
+
+Arithmetic comes from the block references (`sim.matrix` semantics, `sim.vector.vector_op`);
+SRAM words are Python ints (see `d1tile.formats` for the byte order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from d1tile.formats import VecOp, bytes_from_word, word_from_lanes
+from d1tile.params import TileConfig
+from d1tile.sim import isa
+from d1tile.sim.isa import FaultCode, Opcode
+from d1tile.sim.vector import vector_op
+
+
+__all__ = ["FunctionalNode", "FunctionalResult", "interpret"]
+
+
+@dataclass
+class FunctionalNode:
+    cfg: TileConfig
+    program: list
+    sram: list
+    pc: int = 0
+    halted: bool = False
+    fault: FaultCode = FaultCode.NONE
+    fault_value: int = 0
+    counters: list = field(default_factory=lambda: [0] * isa.COUNTERS)
+    qparams: tuple = (0, 0, 0)
+    acc: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = self.cfg.mac_dim
+        self.acc = np.zeros((n, n), dtype=np.int64)
+
+    def _operand(self, base: int, kw: int) -> np.ndarray:
+        """Words base..base+kw-1 as a (4*kw, N) int8 matrix: row k is operand vector k."""
+        n = self.cfg.mac_dim
+        raw = np.concatenate([bytes_from_word(self.sram[base + w], self.cfg.word_bytes)
+                              for w in range(kw)])
+        return raw.reshape(kw * self.cfg.k_per_word, n).astype(np.int64)
+
+    def step(self, tile) -> bool:
+        """Execute the instruction at pc; False when blocked (WAIT) or stopped."""
+        if self.halted:
+            return False
+        if self.pc >= self.cfg.imem_words:
+            self.fault, self.fault_value, self.halted = FaultCode.PC, self.pc, True
+            return False
+        # beyond the loaded program the instruction memory holds zeros (NOP)
+        word = self.program[self.pc] if self.pc < len(self.program) else 0
+        instr = isa.decode(word)
+        code, value = isa.validate(self.cfg, instr)
+        if code != FaultCode.NONE:
+            self.fault, self.fault_value, self.halted = code, value, True
+            return False
+        op, f = instr.op, instr.fields
+        if op == Opcode.HALT:
+            self.halted = True
+            return False
+        if op == Opcode.WAIT:
+            if self.counters[f["counter"]] < f["value"]:
+                return False
+            self.counters[f["counter"]] -= f["value"]
+        elif op == Opcode.SETQ:
+            self.qparams = (f["scale"], f["shift"], f["relu"])
+        elif op == Opcode.MATMUL:
+            product = self._operand(f["a"], f["kw"]).T @ self._operand(f["b"], f["kw"])
+            acc = product if f["clear"] else self.acc + product
+            self.acc = ((acc + 2**31) % 2**32) - 2**31     # int32 wrap
+        elif op == Opcode.MREAD:
+            for r in range(f["nrows"]):
+                self.sram[f["dst"] + r] = word_from_lanes(self.acc[f["row0"] + r])
+        elif op == Opcode.VEC:
+            self._vec(f)
+        elif op == Opcode.SEND:
+            dest = tile[(f["x"], f["y"])]
+            words = self.sram[f["src"]:f["src"] + f["n"]]
+            dest.sram[f["dst"]:f["dst"] + f["n"]] = words
+            dest.counters[f["counter"]] = (dest.counters[f["counter"]] + 1) % 2**isa.COUNTER_BITS
+        self.pc += 1
+        return True
+
+    def _vec(self, f):
+        scale, shift, relu = self.qparams
+        vop = VecOp(f["vop"])
+        for i in range(f["n"]):
+            a = self.sram[f["a"] + i]
+            b = self.sram[f["b"] + (0 if f["bfix"] else i)] if vop in isa.BINARY_VECOPS else 0
+            slot = i % 4 if vop == VecOp.REQUANT else 0
+            data, mask = vector_op(self.cfg, vop, a, b, scale=scale, shift=shift, slot=slot,
+                                   relu=relu)
+            dst = f["dst"] + (i // 4 if vop == VecOp.REQUANT else i)
+            bits = 0
+            for byte in range(self.cfg.word_bytes):
+                if mask >> byte & 1:
+                    bits |= 0xFF << (8 * byte)
+            self.sram[dst] = (self.sram[dst] & ~bits) | (data & bits)
+
+
+@dataclass
+class FunctionalResult:
+    nodes: dict          # (x, y) -> FunctionalNode (final state)
+    reads: dict          # ((x, y), addr, n) -> [words]
+    deadlock: str | None = None
+
+    def faults(self) -> dict:
+        return {node: (n.fault, n.pc, n.fault_value) for node, n in self.nodes.items()
+                if n.fault != FaultCode.NONE}
+
+
+def interpret(tile_program, *, max_steps: int = 10_000_000) -> FunctionalResult:
+    """Run a `TileProgram` functionally (see the module docstring)."""
+    cfg = tile_program.cfg
+    tile = {}
+    for node in tile_program.nodes:
+        sram = [0] * cfg.sram_words
+        for addr, words in tile_program.loads.get(node, []):
+            sram[addr:addr + len(words)] = words
+        tile[node] = FunctionalNode(cfg, list(tile_program.words_of(node)), sram)
+    steps = 0
+    deadlock = None
+    while True:
+        progress = False
+        for node in tile_program.nodes:
+            while tile[node].step(tile):
+                progress = True
+                steps += 1
+                if steps > max_steps:
+                    raise RuntimeError(f"functional run exceeded {max_steps} instructions")
+        if all(n.halted for n in tile.values()):
+            break
+        if not progress:
+            waiting = []
+            for node, n in tile.items():
+                if not n.halted:
+                    instr = isa.decode(n.program[n.pc])
+                    waiting.append(f"node {node}: pc {n.pc} {instr} waits on counter "
+                                   f"{instr.counter} ({n.counters[instr.counter]} < "
+                                   f"{instr.value})")
+            deadlock = "deadlock: " + "; ".join(waiting)
+            break
+    reads = {}
+    for node in tile_program.nodes:
+        for addr, n in tile_program.reads.get(node, []):
+            reads[(node, addr, n)] = tile[node].sram[addr:addr + n]
+    return FunctionalResult(tile, reads, deadlock)

@@ -1,0 +1,200 @@
+"""Assembler and program builder for node programs.
+
+Programs can be built in Python::
+
+    p = Program(cfg)
+    p.matmul(a=0, b=64, kw=16, clear=True)
+    p.mread(dst=128)
+    p.send(src=128, n=8, to=(1, 0), dst=0, counter=0)
+    p.halt()
+    words = p.words
+
+or written as text and assembled (`assemble(cfg, text)`), one instruction a line; arguments are
+positional in the order of `d1tile.sim.isa.FORMATS` or `name=value`; `;` and `#` start comments;
+vector ops are written by name (`VEC ADD, 10, 0, 5, 4`); `.word 0x...` emits a raw word::
+
+    MATMUL 0, 64, 16, clear=1
+    MREAD dst=128, row0=0, nrows=8
+    SEND src=128, n=8, x=1, y=0, dst=0, counter=0
+    WAIT 0, 1
+    HALT
+
+Every instruction is checked when it is added: a field that does not fit its encoding, and
+(unless `check=False`) an instruction the node would fault on (`isa.validate`), raise
+`AsmError` naming the line or index, the instruction and the reason. `check=False` exists so
+that tests can build faulting programs on purpose.
+"""
+
+from __future__ import annotations
+
+import re
+
+from d1tile.formats import FormatError, VecOp
+from d1tile.params import TileConfig
+from d1tile.sim import isa
+from d1tile.sim.isa import FaultCode, Opcode
+
+
+__all__ = ["AsmError", "Program", "assemble", "disassemble"]
+
+
+class AsmError(ValueError):
+    """An instruction cannot be encoded, or would fault; the message says which and why."""
+
+
+_FAULT_REASONS = {
+    FaultCode.UNDEFINED: "undefined opcode",
+    FaultCode.ADDRESS: "SRAM range beyond the node's {words} words (at address {value})",
+    FaultCode.NODE: "destination node outside the {rows}x{cols} grid",
+    FaultCode.FIELD: "field out of range (value {value})",
+}
+
+
+class Program:
+    """A straight-line node program under construction (a list of 64-bit words)."""
+
+    def __init__(self, cfg: TileConfig, *, check: bool = True):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        self.cfg = cfg
+        self.check = check
+        self.words: list[int] = []
+
+    def __len__(self):
+        return len(self.words)
+
+    def emit(self, op: Opcode, where: str | None = None, **fields) -> int:
+        """Encode and append one instruction; returns its index (its pc)."""
+        where = where or f"instruction {len(self.words)}"
+        try:
+            word = isa.encode(op, **fields)
+        except (FormatError, ValueError) as exc:
+            raise AsmError(f"{where}: {Opcode(op).name}: {exc}") from None
+        if self.check:
+            code, value = isa.validate(self.cfg, isa.decode(word))
+            if code != FaultCode.NONE:
+                reason = _FAULT_REASONS[code].format(
+                    words=self.cfg.sram_words, value=value, rows=self.cfg.rows, cols=self.cfg.cols)
+                raise AsmError(f"{where}: {isa.decode(word)}: {reason}")
+        if len(self.words) >= self.cfg.imem_words:
+            raise AsmError(f"{where}: program longer than the {self.cfg.imem_words}-word "
+                           "instruction memory")
+        self.words.append(word)
+        return len(self.words) - 1
+
+    # -- one method per instruction ------------------------------------------------------------
+
+    def nop(self):
+        return self.emit(Opcode.NOP)
+
+    def halt(self):
+        return self.emit(Opcode.HALT)
+
+    def matmul(self, a: int, b: int, kw: int, clear: bool = False):
+        """acc (+)= A @ B over 4*kw k-steps: A^T words a.., B words b.. (see architecture.md)."""
+        return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear))
+
+    def mread(self, dst: int, row0: int = 0, nrows: int | None = None):
+        """Accumulator rows row0.. to SRAM words dst.. (all rows by default)."""
+        nrows = self.cfg.mac_dim - row0 if nrows is None else nrows
+        return self.emit(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows)
+
+    def vec(self, op, dst: int, a: int, b: int = 0, n: int = 1, bfix: bool = False):
+        """n vector-unit operations word by word; `op` a VecOp or its name."""
+        vop = VecOp[op.upper()] if isinstance(op, str) else VecOp(op)
+        return self.emit(Opcode.VEC, vop=int(vop), dst=dst, a=a, b=b, n=n, bfix=int(bfix))
+
+    def setq(self, scale: int, shift: int, relu: bool = False):
+        return self.emit(Opcode.SETQ, scale=scale, shift=shift, relu=int(relu))
+
+    def send(self, src: int, n: int, to: tuple[int, int], dst: int, counter: int = 0):
+        """Push words src..src+n-1 to node `to` = (x, y), words dst.., then bump its counter."""
+        x, y = to
+        return self.emit(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter)
+
+    def wait(self, counter: int, value: int = 1):
+        return self.emit(Opcode.WAIT, counter=counter, value=value)
+
+    def word(self, raw: int):
+        """Append a raw 64-bit word, unchecked (for tests of corrupt programs)."""
+        if not 0 <= raw < 1 << isa.INSTR_BITS:
+            raise AsmError(f"instruction {len(self.words)}: .word {raw:#x} is not a 64-bit word")
+        self.words.append(raw)
+        return len(self.words) - 1
+
+    def listing(self) -> str:
+        return disassemble(self.words)
+
+
+_LINE = re.compile(r"^\s*([.A-Za-z]+)\s*(.*)$")
+
+
+def _parse_value(text: str, field: str, where: str) -> int:
+    text = text.strip()
+    if field == "vop" and text.upper() in VecOp.__members__:
+        return int(VecOp[text.upper()])
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise AsmError(f"{where}: {field}={text!r} is not a number") from None
+
+
+def assemble(cfg: TileConfig, text: str, *, check: bool = True) -> Program:
+    """Assemble program text (see the module docstring) into a `Program`."""
+    program = Program(cfg, check=check)
+    for number, line in enumerate(text.splitlines(), 1):
+        line = re.split(r"[;#]", line, maxsplit=1)[0].strip()
+        if not line:
+            continue
+        where = f"line {number}"
+        match = _LINE.match(line)
+        mnemonic = match.group(1).upper() if match else ""
+        args = [a for a in (match.group(2).split(",") if match else []) if a.strip()]
+        if mnemonic == ".WORD":
+            if len(args) != 1:
+                raise AsmError(f"{where}: .word takes one value")
+            program.word(_parse_value(args[0], "word", where))
+            continue
+        if mnemonic not in Opcode.__members__:
+            raise AsmError(f"{where}: unknown instruction {mnemonic or line!r}; known: "
+                           f"{', '.join(Opcode.__members__)}")
+        op = Opcode[mnemonic]
+        names = [f.name for f in isa.FORMATS[op].fields if f.name != "op"]
+        fields: dict[str, int] = {}
+        for position, arg in enumerate(args):
+            if "=" in arg:
+                name, value = (part.strip() for part in arg.split("=", 1))
+            elif position < len(names):
+                name, value = names[position], arg
+            else:
+                raise AsmError(f"{where}: {mnemonic} takes at most {len(names)} arguments "
+                               f"({', '.join(names)})")
+            if name not in names:
+                raise AsmError(f"{where}: {mnemonic} has no field {name!r} "
+                               f"(fields: {', '.join(names) or 'none'})")
+            if name in fields:
+                raise AsmError(f"{where}: field {name!r} given twice")
+            fields[name] = _parse_value(value, name, where)
+        if op == Opcode.MREAD and "nrows" not in fields:
+            fields["nrows"] = cfg.mac_dim - fields.get("row0", 0)
+        program.emit(op, where=where, **fields)
+    return program
+
+
+def disassemble(words) -> str:
+    """One line per word, in the syntax `assemble` reads back."""
+    lines = []
+    for pc, word in enumerate(words):
+        instr = isa.decode(word)
+        if instr.op is None:
+            text = f".word {word:#018x}"
+        else:
+            args = []
+            for name, value in instr.fields.items():
+                if name == "vop" and value in VecOp.__members__.values():
+                    args.append(f"vop={VecOp(value).name}")
+                else:
+                    args.append(f"{name}={value}")
+            text = f"{instr.op.name} {', '.join(args)}".rstrip()
+        lines.append(f"{text:60} ; {pc}")
+    return "\n".join(lines)
