@@ -143,8 +143,8 @@ class RouterModel:
     """
 
     __slots__ = ("cfg", "x", "y", "depth", "fifos", "locked", "owner", "rr", "ready", "out",
-                 "grant", "count", "_stale", "_head", "_tail", "_x_shift", "_y_shift",
-                 "_coord_mask")
+                 "grant", "count", "flits_in", "flits_out", "_stale", "_head", "_tail",
+                 "_x_shift", "_y_shift", "_coord_mask")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
         check_node(cfg, x, y)
@@ -164,6 +164,8 @@ class RouterModel:
         self.out = [None] * _N
         self.grant = [-1] * _N
         self.count = 0          # flits buffered in all five FIFOs
+        self.flits_in = [0] * _N    # flits accepted per input port (performance counters)
+        self.flits_out = [0] * _N   # flits sent per output port
         self._stale = True
 
     def route(self, flit: int) -> Port:
@@ -225,6 +227,7 @@ class RouterModel:
         g = self.grant[o]
         flit = self.fifos[g].popleft()
         self.count -= 1
+        self.flits_out[o] += 1
         self._stale = True
         if flit & self._tail:
             self.locked[o] = False
@@ -239,6 +242,7 @@ class RouterModel:
         """Input `i` accepts `flit` this cycle (`ready[i]` must be true)."""
         self.fifos[i].append(flit)
         self.count += 1
+        self.flits_in[i] += 1
         self._stale = True
 
     def step(self, offers, out_ready) -> tuple[list[bool], list[int | None]]:
@@ -283,9 +287,14 @@ class MeshModel:
     (missing: ready). It returns (accepted, ejected): the set of nodes whose offer was taken,
     and the flit each node's `eject` port transferred. `inject_ready(node)` and
     `eject_flit(node)` show this cycle's handshake signals before stepping.
+
+    With `host_edge=True` (the tile), the EAST ports of the last column are the host port
+    instead of an edge: `step(..., host_offers={row: flit})` offers flits on them (accepted
+    ones are listed in `host_accepted` after the step) and the flits they send are returned in
+    `host_ejected` ({row: flit}); the host is always ready.
     """
 
-    def __init__(self, cfg: TileConfig):
+    def __init__(self, cfg: TileConfig, *, host_edge: bool = False):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self.cfg = cfg
@@ -303,7 +312,14 @@ class MeshModel:
                 if neighbour is not None:
                     links[port] = (neighbour, int(OPPOSITE[port]))
             self._links[router] = tuple(links)
+        if host_edge:
+            for y in range(cfg.rows):
+                links = list(self._links[self.routers[(cfg.cols - 1, y)]])
+                links[Port.EAST] = ("host", y)
+                self._links[self.routers[(cfg.cols - 1, y)]] = tuple(links)
         self._plan = [((x, y), router, self._links[router]) for (x, y), router in self.routers.items()]
+        self.host_accepted: set = set()
+        self.host_ejected: dict = {}
 
     @property
     def misroute(self) -> bool:
@@ -324,13 +340,16 @@ class MeshModel:
         router.evaluate()
         return router.out[_LOCAL]
 
-    def step(self, offers: dict, eject_ready: dict) -> tuple[set, dict]:
+    def step(self, offers: dict, eject_ready: dict, host_offers: dict | None = None
+             ) -> tuple[set, dict]:
         for router in self._order:
             router.evaluate()
         # Every ready below is the start-of-cycle value that evaluate() stored, so the order in
         # which routers pop and push during this cycle does not matter (as in the RTL).
         routers = self.routers
         accepted = set()
+        host_ejected = self.host_ejected = {}
+        host_accepted = self.host_accepted = set()
         for node, flit in offers.items():
             if flit is not None and routers[node].ready[_LOCAL]:
                 accepted.add(node)
@@ -350,10 +369,18 @@ class MeshModel:
                 link = links[o]
                 if link is None:
                     self.misroutes.append((self.cycle, node, Port(o), router.transfer(o)))
+                elif link[0] == "host":
+                    host_ejected[link[1]] = router.transfer(o)
                 elif link[0].ready[link[1]]:
                     link[0].push(link[1], router.transfer(o))
         for node in accepted:
             routers[node].push(_LOCAL, offers[node])
+        if host_offers:
+            edge = self.cfg.cols - 1
+            for row, flit in host_offers.items():
+                if flit is not None and routers[(edge, row)].ready[_EAST]:
+                    routers[(edge, row)].push(_EAST, flit)
+                    host_accepted.add(row)
         self.cycle += 1
         return accepted, ejected
 
