@@ -63,6 +63,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_noc_stress(args) -> int:
+    from .sim import noc
+    cfg = config_from_args(args)
+    run = noc.run_rtl if args.backend == "rtl" else noc.run_model
+    kwargs = {"log": print} if args.backend == "rtl" else {}
+    # Argument errors surface before anything is printed.
+    noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed)
+    print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets "
+          f"at {args.rate} flits/node/cycle, seed {args.seed}, backend {args.backend}")
+    stats = run(cfg, packets=args.packets, rate=args.rate, seed=args.seed, **kwargs)
+    print(stats.summary())
+    if not stats.ok:
+        raise CheckFailed("packets were lost, duplicated, reordered or broken, or the mesh stalled")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d1tile", description="A runnable model of a D1-style training tile.")
@@ -78,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="matrix product shape (default: 32 64 32)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("noc-stress", help="random traffic from every node through the mesh")
+    _add_config_options(p)
+    p.add_argument("--packets", type=int, default=2000, help="packets in total (default 2000)")
+    p.add_argument("--rate", type=float, default=0.5,
+                   help="offered load, flits per node per cycle, in (0, 1] (default 0.5)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    p.add_argument("--backend", choices=("model", "rtl"), default="model")
+    p.set_defaults(func=cmd_noc_stress)
     return parser
 
 
