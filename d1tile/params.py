@@ -84,6 +84,12 @@ class TileConfig:
             raise ConfigError(
                 f"sram_kib={self.sram_kib} gives {self.sram_words} words of {self.word_bytes} bytes, "
                 f"too few for {self.sram_banks} banks of at least 4 words")
+        from .formats import packet_header_format   # formats imports this module
+        header = packet_header_format(self).width
+        if header > self.word_bits:
+            raise ConfigError(
+                f"a packet header ({header} bits for a {self.rows}x{self.cols} grid) does not fit "
+                f"a {self.word_bits}-bit word: use mac_dim >= 4 or a grid of at most 7 columns")
         if not 2 <= self.router_fifo_depth <= 64:
             raise ConfigError(
                 f"router_fifo_depth={self.router_fifo_depth} must be 2..64 "

@@ -1,0 +1,223 @@
+"""The matrix engine: runs MATMUL and MREAD on the node's matrix unit, fed from and written to the
+node SRAM.
+
+The per-cycle rules, the timing formulas and the cycle-exact model are in `d1tile.sim.mxu`
+(`MatrixEngineModel`); this module is their RTL, register for register.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..formats import MatrixDType
+from ..params import TileConfig
+from ..sim.isa import FORMATS, Opcode
+from ..sim.mxu import BEATS_PER_WORD, EngineMode
+from .matrix import MatrixUnit, operand_layout
+from .sequencer import EngineCommand
+from .sram import SRAMReadPort, SRAMWritePort
+
+
+__all__ = ["MatrixEngine", "operand_word_layout"]
+
+
+def operand_word_layout(cfg: TileConfig, dtype=MatrixDType.INT8) -> data.ArrayLayout:
+    """An SRAM word seen as `cfg.k_per_word` operand vectors of the matrix unit (vector j = bytes
+    j*N .. j*N+N-1, element 0 in the low bits), i.e. `d1tile.sim.mxu.operand_vectors`."""
+    vector = operand_layout(cfg, dtype).members["a"]
+    if vector.size * cfg.k_per_word != cfg.word_bits:
+        raise ValueError(f"{cfg.k_per_word} operand vectors of {vector.size} bits do not fill a "
+                         f"{cfg.word_bits}-bit word")
+    return data.ArrayLayout(vector, cfg.k_per_word)
+
+
+class MatrixEngine(wiring.Component):
+    """Runs the sequencer's MATMUL and MREAD instructions on a `MatrixUnit` it owns.
+
+    Ports
+    -----
+    cmd : In(EngineCommand.Signature())
+        `start` (pulse, taken only while `idle` is high), `instr` (the raw MATMUL/MREAD word),
+        `idle` (out): low from the cycle after an accepted start until the instruction is done.
+    read : Out(SRAMReadPort.Signature(cfg))
+        Node SRAM read port 1: MATMUL's operand words (A and B alternately).
+    write : Out(SRAMWritePort.Signature(cfg))
+        Node SRAM write port 1: MREAD's accumulator rows (mask all ones).
+    busy : Out(1)
+        `~idle`, the event of the `busy_matrix` counter.
+
+    Contract (details and formulas in `d1tile.sim.mxu`):
+
+    * MATMUL a, b, kw, clear: words a+w and b+w (w < kw) are read and give 4 beats each,
+      beat j = operand vector j of both words, `clear` on the first beat if set. Two pair slots
+      prefetch; first beat 4 cycles after the start cycle; one beat per cycle in steady state if
+      each word's reads are refused at most 3 cycles. `idle` is high in the last-beat cycle:
+      back-to-back MATMULs issue every 4 * kw + 3 cycles.
+    * MREAD dst, row0, nrows: rows (row0 + r) mod N to words dst + r, one per cycle while the
+      writes are granted; `idle` rises the cycle after the last write's grant (nrows + 2 cycles
+      after the start when nothing waits).
+    * Every SRAM request, `idle` and `busy` are functions of registers only (Moore); refused
+      requests are held unchanged until granted. The only same-cycle dependency on a grant is
+      the unit's `rd_data.ready` (= the write grant).
+    * Bad input: MATMUL kw = 0, MREAD nrows = 0 and other opcodes are ignored (stays idle);
+      other fields are not checked (the sequencer validates): addresses wrap modulo
+      `cfg.sram_words`, rows modulo N. A `start` while not idle is ignored.
+
+    `cfg` must be a TileConfig (else TypeError); `dtype` as for `MatrixUnit`.
+    """
+
+    def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        if cfg.k_per_word != BEATS_PER_WORD:
+            raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
+                             f"{BEATS_PER_WORD} operand vectors per word")
+        self._cfg = cfg
+        self._unit = MatrixUnit(cfg, dtype)
+        super().__init__({
+            "cmd": In(EngineCommand.Signature()),
+            "read": Out(SRAMReadPort.Signature(cfg)),
+            "write": Out(SRAMWritePort.Signature(cfg)),
+            "busy": Out(1),
+        })
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    @property
+    def dtype(self) -> MatrixDType:
+        return self._unit.dtype
+
+    @property
+    def unit(self) -> MatrixUnit:
+        """The owned matrix unit (a submodule; testbenches observe its streams)."""
+        return self._unit
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        m.submodules.unit = unit = self._unit
+        ops, rd_req, rd_data = unit.operands, unit.rd_req, unit.rd_data
+        cmd, read, write = self.cmd, self.read, self.write
+        last_beat = BEATS_PER_WORD - 1
+
+        mode = Signal(EngineMode)
+        is_matmul = mode == EngineMode.MATMUL
+        is_mread = mode == EngineMode.MREAD
+
+        # -- MATMUL state ------------------------------------------------------------------
+        mm_format = FORMATS[Opcode.MATMUL]
+        a_base = Signal(mm_format.field("a").width)
+        b_base = Signal(mm_format.field("b").width)
+        kw = Signal(mm_format.field("kw").width)
+        clear = Signal()
+        rword = Signal.like(kw)            # next word to read
+        rhalf = Signal()                   # 0: its A word, 1: its B word
+        c = Signal.like(kw)                # pair being beaten
+        beat = Signal(range(BEATS_PER_WORD))
+        lpairs = Signal.like(kw)           # pairs whose B word has landed
+        pend = Signal()                    # a read was granted last cycle: its word is on `data`
+        pend_half = Signal()
+        pend_slot = Signal()
+        word = operand_word_layout(cfg, self.dtype)
+        slot_a = [Signal(word, name=f"slot{s}_a") for s in range(2)]
+        slot_b = [Signal(word, name=f"slot{s}_b") for s in range(2)]
+
+        # -- MREAD state -------------------------------------------------------------------
+        mr_format = FORMATS[Opcode.MREAD]
+        dst = Signal(mr_format.field("dst").width)
+        row0 = Signal(mr_format.field("row0").width)
+        nrows = Signal(mr_format.field("nrows").width)
+        requested = Signal.like(nrows)
+        written = Signal.like(nrows)
+
+        # -- Moore outputs -----------------------------------------------------------------
+        idle = Signal()
+        m.d.comb += [
+            idle.eq((mode == EngineMode.IDLE)
+                    | (is_matmul & (c + 1 == kw) & (beat == last_beat))),
+            cmd.idle.eq(idle),
+            self.busy.eq(~idle),
+        ]
+
+        # Pair rword goes to slot rword % 2, which holds pair rword - 2 = c until the end of c's
+        # last beat; a read granted in beat last_beat - 1 lands exactly at that edge.
+        slot_free = (rword != c + 2) | (beat >= last_beat - 1)
+        m.d.comb += [
+            read.en.eq(is_matmul & (rword != kw) & slot_free),
+            read.addr.eq(Mux(rhalf, b_base, a_base) + rword),
+        ]
+
+        head = c[0]
+        cur_a = data.View(word, Mux(head, slot_a[1].as_value(), slot_a[0].as_value()))
+        cur_b = data.View(word, Mux(head, slot_b[1].as_value(), slot_b[0].as_value()))
+        m.d.comb += [
+            ops.valid.eq(is_matmul & (lpairs != c)),
+            ops.p.a.eq(cur_a[beat]),
+            ops.p.b.eq(cur_b[beat]),
+            ops.p.clear.eq(clear & (c == 0) & (beat == 0)),
+        ]
+
+        m.d.comb += [
+            rd_req.valid.eq(is_mread & (requested != nrows)),
+            rd_req.payload.eq(row0 + requested),     # truncated: rows wrap modulo N
+            write.en.eq(is_mread & rd_data.valid),
+            write.addr.eq(dst + written),
+            write.data.eq(rd_data.payload),
+            write.mask.eq(Const((1 << cfg.word_bytes) - 1, cfg.word_bytes)),
+            # The only acceptance that depends on a same-cycle grant.
+            rd_data.ready.eq(write.en & write.ready),
+        ]
+
+        # -- MATMUL: reads, landing, beats -------------------------------------------------
+        read_granted = read.en & read.ready
+        m.d.sync += [pend.eq(read_granted), pend_half.eq(rhalf), pend_slot.eq(rword[0])]
+        with m.If(read_granted):
+            m.d.sync += rhalf.eq(~rhalf)
+            with m.If(rhalf):
+                m.d.sync += rword.eq(rword + 1)
+        with m.If(pend):
+            for s in range(2):
+                with m.If(pend_slot == s):
+                    with m.If(pend_half):
+                        m.d.sync += slot_b[s].eq(read.data)
+                    with m.Else():
+                        m.d.sync += slot_a[s].eq(read.data)
+            with m.If(pend_half):
+                m.d.sync += lpairs.eq(lpairs + 1)
+        with m.If(ops.valid):
+            m.d.sync += beat.eq(beat + 1)
+            with m.If(beat == last_beat):
+                m.d.sync += [beat.eq(0), c.eq(c + 1)]
+                with m.If(c + 1 == kw):
+                    m.d.sync += mode.eq(EngineMode.IDLE)
+
+        # -- MREAD: row requests, writes ---------------------------------------------------
+        with m.If(rd_req.valid & rd_req.ready):
+            m.d.sync += requested.eq(requested + 1)
+        with m.If(write.en & write.ready):
+            m.d.sync += written.eq(written + 1)
+            with m.If(written + 1 == nrows):
+                m.d.sync += mode.eq(EngineMode.IDLE)
+
+        # -- commands (after the finishing transitions: a start in the last-beat cycle wins) --
+        op = cmd.instr[:4]
+        mm = data.View(mm_format.layout, cmd.instr[:mm_format.width])
+        mr = data.View(mr_format.layout, cmd.instr[:mr_format.width])
+        with m.If(cmd.start & idle):
+            with m.If((op == Opcode.MATMUL) & (mm.kw != 0)):
+                m.d.sync += [
+                    mode.eq(EngineMode.MATMUL),
+                    a_base.eq(mm.a), b_base.eq(mm.b), kw.eq(mm.kw), clear.eq(mm.clear),
+                    rword.eq(0), rhalf.eq(0), c.eq(0), beat.eq(0), lpairs.eq(0),
+                ]
+            with m.Elif((op == Opcode.MREAD) & (mr.nrows != 0)):
+                m.d.sync += [
+                    mode.eq(EngineMode.MREAD),
+                    dst.eq(mr.dst), row0.eq(mr.row0), nrows.eq(mr.nrows),
+                    requested.eq(0), written.eq(0),
+                ]
+        return m

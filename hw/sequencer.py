@@ -1,0 +1,417 @@
+"""The node sequencer: instruction memory, fetch/decode/issue, hazards, WAIT and the sync
+counters, HALT and faults.
+
+This module also defines `EngineCommand`, the command bus from the sequencer to the matrix
+engine (`d1tile.hw.mxu`), the vector engine (`d1tile.hw.vpu`) and DMA-out (`d1tile.hw.dma`).
+
+The cycle-exact reference of the sequencer is `d1tile.sim.sequencer.SequencerModel`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..formats import VecOp
+from ..params import TileConfig
+from ..sim.isa import (ADDR_BITS, BINARY_VECOPS, COUNTER_BITS, COUNTERS, FORMATS, INSTR_BITS,
+                       FaultCode, Opcode, Unit)
+from ..sim.sequencer import ENGINES, HALT_WORD, SeqState
+from ..sim.vector import SCALE_BITS, SHIFT_BITS
+
+
+__all__ = ["EngineCommand", "ImemWritePort", "Sequencer"]
+
+IMEM_ADDR_BITS = 16   # imem addresses on the write bus and in the DONE report
+FAULT_BITS = 4        # the DONE packet's status field
+
+
+class EngineCommand(wiring.PureInterface):
+    """The command bus from the sequencer to one engine, as seen by the sequencer (initiator)."""
+
+    class Signature(wiring.Signature):
+        """Command bus, from the sequencer's side.
+
+        Parameters
+        ----------
+        quant : bool
+            Add the SETQ registers (the vector engine's bus).
+        done : bool
+            Add the DONE report fields (DMA-out's bus).
+
+        Members
+        -------
+        start : Out(1)
+            Pulse: the engine is to run `instr`. Only ever high in a cycle where `idle` is high.
+            The engine latches the command at the end of the `start` cycle and shows `idle` low
+            from the next cycle until it has finished.
+        instr : Out(64)
+            The raw instruction word (decode with `FORMATS[op].layout`); valid with `start`.
+            For DMA-out, a HALT word asks for the DONE packet.
+        idle : In(1)
+            The engine can accept a command (a registered signal: `start` depends on it
+            combinationally).
+        scale : Out(16), shift : Out(6), relu : Out(1)   (only with `quant=True`)
+            The SETQ registers, valid with `start`.
+        status : Out(4), pc : Out(16), info : Out(16)   (only with `done=True`)
+            For DONE: the `FaultCode` (0 = none), the pc of the HALT or of the faulting
+            instruction, and the fault value. Valid with `start`.
+        """
+
+        def __init__(self, *, quant: bool = False, done: bool = False):
+            for name, value in (("quant", quant), ("done", done)):
+                if not isinstance(value, bool):
+                    raise TypeError(f"{name} must be a bool, not {value!r}")
+            self._quant = quant
+            self._done = done
+            members = {
+                "start": Out(1),
+                "instr": Out(INSTR_BITS),
+                "idle": In(1),
+            }
+            if quant:
+                members.update(scale=Out(16), shift=Out(6), relu=Out(1))
+            if done:
+                members.update(status=Out(4), pc=Out(16), info=Out(16))
+            super().__init__(members)
+
+        @property
+        def quant(self) -> bool:
+            return self._quant
+
+        @property
+        def done(self) -> bool:
+            return self._done
+
+        def create(self, *, path=None, src_loc_at=0):
+            return EngineCommand(self, path=path, src_loc_at=1 + src_loc_at)
+
+        def __eq__(self, other):
+            return (type(self) is type(other) and self._quant == other._quant
+                    and self._done == other._done)
+
+        def __hash__(self):
+            return hash((type(self), self._quant, self._done))
+
+        def __repr__(self):
+            return f"EngineCommand.Signature(quant={self._quant}, done={self._done})"
+
+
+class ImemWritePort(wiring.PureInterface):
+    """The instruction-memory write bus, as seen by its driver (DMA-in, for IMEM packets)."""
+
+    class Signature(wiring.Signature):
+        """Members: `addr` Out(16), `data` Out(64), `en` Out(1). A write with `en` high takes
+        effect at the end of the cycle; addresses >= `cfg.imem_words` are ignored (DMA-in
+        checks and counts them). Always accepted (no `ready`)."""
+
+        def __init__(self):
+            super().__init__({
+                "addr": Out(IMEM_ADDR_BITS),
+                "data": Out(INSTR_BITS),
+                "en": Out(1),
+            })
+
+        def create(self, *, path=None, src_loc_at=0):
+            return ImemWritePort(self, path=path, src_loc_at=1 + src_loc_at)
+
+        def __eq__(self, other):
+            return type(self) is type(other)
+
+        def __hash__(self):
+            return hash(type(self))
+
+        def __repr__(self):
+            return "ImemWritePort.Signature()"
+
+
+# Hazard ranges [lo, hi) of an instruction (`d1tile.sim.isa.Ranges`); hi may be 2**16.
+_RANGE = data.StructLayout({"lo": ADDR_BITS, "hi": ADDR_BITS + 1})
+_RANGES = data.StructLayout({"read0": _RANGE, "read1": _RANGE, "write": _RANGE})
+
+
+def _meet(p, q):
+    """Two half-open ranges share a word (`d1tile.sim.isa._meet`)."""
+    return (p.lo < p.hi) & (q.lo < q.hi) & (p.lo < q.hi) & (q.lo < p.hi)
+
+
+def _overlaps(new, running):
+    """`d1tile.sim.isa.overlaps`: new writes what running reads or writes, or reads what it
+    writes."""
+    return (_meet(new.write, running.read0) | _meet(new.write, running.read1)
+            | _meet(new.write, running.write) | _meet(new.read0, running.write)
+            | _meet(new.read1, running.write))
+
+
+class Sequencer(wiring.Component):
+    """The node sequencer: instruction memory, fetch/decode/issue with hazard tracking, WAIT on
+    the sync counters, HALT and faults.
+
+    The per-cycle rules, and the reference they are checked against, are those of
+    `d1tile.sim.sequencer.SequencerModel` (its module docstring is the long form).
+
+    Ports
+    -----
+    imem_w : In(ImemWritePort.Signature())
+        Instruction memory writes (from DMA-in). Addresses >= `cfg.imem_words` are ignored.
+    start_req : In(1)
+        Pulse (from DMA-in, START packet): in IDLE or STOPPED, go to RUN at pc 0 and clear the
+        fault registers; ignored in RUN and HALTING (including the DONE cycle).
+    bump : In(1), bump_id : In(4)
+        Add 1 to sync counter `bump_id` at the end of the cycle (wrapping at 2**16).
+    matrix : Out(EngineCommand.Signature())
+        MATMUL and MREAD to the matrix engine.
+    vector : Out(EngineCommand.Signature(quant=True))
+        VEC to the vector engine; `scale`/`shift`/`relu` are the SETQ registers (always driven).
+    dma : Out(EngineCommand.Signature(done=True))
+        SEND to DMA-out, and the DONE command (`instr` = `HALT_WORD`) at the end of a run;
+        `status`/`pc`/`info` are always driven from fault_code / pc / fault_value.
+    running : Out(1)
+        State is RUN or HALTING (feeds the `cycles` counter).
+    issued, stall_unit, stall_hazard, stall_wait, stall_halt : Out(1)
+        Per-cycle event strobes: an instruction issued (HALT included), or the instruction at
+        pc could not issue for the named cause. At most one is high.
+    pc : Out(16), state : Out(SeqState), fault_code : Out(4), fault_pc : Out(16),
+    fault_value : Out(16), counters : Out(ArrayLayout(16, 16))
+        Debug and hang-report state (registers).
+
+    Timing
+    ------
+    Every output is a function of registers, except the engines' `start`/`instr` and the
+    strobes, which also depend combinationally on `imem[pc]` (a combinational memory read) and
+    on the engines' `idle` inputs (engine registers). One instruction per cycle when nothing
+    stalls; `start_req` in cycle t lets instruction 0 issue in cycle t + 1.
+
+    Bad input: an invalid instruction (`d1tile.sim.isa.validate`) faults the node (state
+    HALTING, then DONE with the fault code, pc and value) in the first cycle it is at pc; so
+    does running past the last imem word (fault PC, value = pc = imem_words; with
+    imem_words = 65536 the 16-bit pc, fault_pc and value read 0).
+    """
+
+    def __init__(self, cfg: TileConfig):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        self._cfg = cfg
+        super().__init__({
+            "imem_w": In(ImemWritePort.Signature()),
+            "start_req": In(1),
+            "bump": In(1),
+            "bump_id": In(range(COUNTERS)),
+            "matrix": Out(EngineCommand.Signature()),
+            "vector": Out(EngineCommand.Signature(quant=True)),
+            "dma": Out(EngineCommand.Signature(done=True)),
+            "running": Out(1),
+            "issued": Out(1),
+            "stall_unit": Out(1),
+            "stall_hazard": Out(1),
+            "stall_wait": Out(1),
+            "stall_halt": Out(1),
+            "pc": Out(IMEM_ADDR_BITS),
+            "state": Out(SeqState),
+            "fault_code": Out(FAULT_BITS),
+            "fault_pc": Out(IMEM_ADDR_BITS),
+            "fault_value": Out(16),
+            "counters": Out(data.ArrayLayout(COUNTER_BITS, COUNTERS)),
+        })
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        words = cfg.sram_words
+        pc_bits = (cfg.imem_words - 1).bit_length()
+
+        # -- registers -----------------------------------------------------------------------
+        state = Signal(SeqState)
+        # One bit more than an imem address: pc == imem_words is the PC fault (ran off the end).
+        pc = Signal(range(cfg.imem_words + 1))
+        fault_code = Signal(FAULT_BITS)
+        fault_pc = Signal(IMEM_ADDR_BITS)
+        fault_value = Signal(16)
+        scale = Signal(SCALE_BITS)
+        shift = Signal(SHIFT_BITS)
+        relu = Signal(1)
+        counters = Signal(data.ArrayLayout(COUNTER_BITS, COUNTERS))
+        # ranges[e]: what engine e's current instruction reads and writes, recorded at its start.
+        ranges = [Signal(_RANGES, name=f"ranges_{unit.name.lower()}") for unit in ENGINES]
+
+        # -- instruction memory: written by DMA-in, read combinationally at pc ---------------
+        # The read port is asynchronous (comb), so transparency does not apply: a write at the
+        # end of cycle t is seen by the read from cycle t + 1.
+        m.submodules.imem = imem = Memory(shape=INSTR_BITS, depth=cfg.imem_words, init=[])
+        fetch = imem.read_port(domain="comb")
+        store = imem.write_port()
+        m.d.comb += [
+            fetch.addr.eq(pc[:pc_bits]),
+            store.addr.eq(self.imem_w.addr[:pc_bits]),
+            store.data.eq(self.imem_w.data),
+            store.en.eq(self.imem_w.en & (self.imem_w.addr[pc_bits:] == 0)),
+        ]
+
+        # -- decode: one view of the word per format ------------------------------------------
+        word = fetch.data
+        op = word[:4]
+        f = {code: FORMATS[code].layout(word[:FORMATS[code].width]) for code in Opcode}
+
+        # Validity (`isa.validate`, same checks in the same order) and hazard ranges
+        # (`isa.hazard_ranges`) of the word at pc.
+        fault = Signal(FAULT_BITS)
+        value = Signal(16)
+        new = Signal(_RANGES)
+        engine_of = Signal(range(len(ENGINES) + 1))   # index in ENGINES; len(ENGINES) = none
+
+        def flag(code, val):
+            return [fault.eq(code), value.eq(val)]
+
+        def span(rng, lo, length):
+            return [rng.lo.eq(lo), rng.hi.eq(lo + length)]
+
+        m.d.comb += engine_of.eq(len(ENGINES))
+        with m.Switch(op):
+            with m.Case(Opcode.MATMUL):
+                x = f[Opcode.MATMUL]
+                m.d.comb += engine_of.eq(ENGINES.index(Unit.MATRIX))
+                m.d.comb += span(new.read0, x.a, x.kw) + span(new.read1, x.b, x.kw)
+                with m.If(x.kw == 0):
+                    m.d.comb += flag(FaultCode.FIELD, x.kw)
+                with m.Elif(x.a + x.kw > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.a)
+                with m.Elif(x.b + x.kw > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.b)
+            with m.Case(Opcode.MREAD):
+                x = f[Opcode.MREAD]
+                m.d.comb += engine_of.eq(ENGINES.index(Unit.MATRIX))
+                m.d.comb += span(new.write, x.dst, x.nrows)
+                with m.If((x.nrows == 0) | (x.row0 + x.nrows > cfg.mac_dim)):
+                    m.d.comb += flag(FaultCode.FIELD, x.row0 + x.nrows)
+                with m.Elif(x.dst + x.nrows > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
+            with m.Case(Opcode.VEC):
+                x = f[Opcode.VEC]
+                binary = Cat(*(x.vop == v for v in BINARY_VECOPS)).any()
+                b_len = Mux(x.bfix, 1, x.n)
+                out_len = Mux(x.vop == VecOp.REQUANT, (x.n + 3) >> 2, x.n)
+                m.d.comb += engine_of.eq(ENGINES.index(Unit.VECTOR))
+                m.d.comb += span(new.read0, x.a, x.n) + span(new.write, x.dst, out_len)
+                with m.If(binary):
+                    m.d.comb += span(new.read1, x.b, b_len)
+                with m.If(~Cat(*(x.vop == v for v in VecOp)).any()):
+                    m.d.comb += flag(FaultCode.FIELD, x.vop)
+                with m.Elif(x.n == 0):
+                    m.d.comb += flag(FaultCode.FIELD, x.n)
+                with m.Elif(x.a + x.n > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.a)
+                with m.Elif(binary & (x.b + b_len > words)):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.b)
+                with m.Elif(x.dst + out_len > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
+            with m.Case(Opcode.SEND):
+                x = f[Opcode.SEND]
+                m.d.comb += engine_of.eq(ENGINES.index(Unit.DMA))
+                m.d.comb += span(new.read0, x.src, x.n)
+                with m.If((x.x >= cfg.cols) | (x.y >= cfg.rows)):
+                    m.d.comb += flag(FaultCode.NODE, Cat(x.x, x.y))
+                with m.Elif(x.src + x.n > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.src)
+                with m.Elif(x.dst + x.n > words):
+                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
+            with m.Case(*(code for code in range(16) if code not in Opcode.__members__.values())):
+                m.d.comb += flag(FaultCode.UNDEFINED, op)
+        # Past the end of the imem (the word read is imem[0], and is ignored).
+        with m.If(pc == cfg.imem_words):
+            m.d.comb += flag(FaultCode.PC, pc)
+
+        # -- the cycle's decision --------------------------------------------------------------
+        idle = [getattr(self, unit.name.lower()).idle for unit in ENGINES]
+        all_idle = Cat(*idle).all()
+        # An engine that is busy with ranges meeting the new instruction's. The issuing engine
+        # itself is idle whenever this matters (else the stall is STALL_UNIT).
+        hazard = Cat(*(~idle[e] & _overlaps(new, ranges[e]) for e in range(len(ENGINES)))).any()
+        unit_idle = Array(idle + [Const(1)])[engine_of]
+        wait = f[Opcode.WAIT]
+        wait_ready = counters[wait.counter] >= wait.value
+
+        issue = Signal()            # the instruction at pc issues (pc += 1 unless HALT)
+        start = Signal(len(ENGINES))
+        fault_now = Signal()
+        done = Signal()             # HALTING -> STOPPED, DONE command to DMA-out
+        with m.Switch(state):
+            with m.Case(SeqState.RUN):
+                with m.If(fault != FaultCode.NONE):
+                    m.d.comb += fault_now.eq(1)
+                with m.Else():
+                    with m.Switch(op):
+                        with m.Case(Opcode.NOP, Opcode.SETQ):
+                            m.d.comb += issue.eq(1)
+                        with m.Case(Opcode.WAIT):
+                            m.d.comb += [issue.eq(wait_ready), self.stall_wait.eq(~wait_ready)]
+                        with m.Case(Opcode.HALT):
+                            m.d.comb += [issue.eq(all_idle), self.stall_halt.eq(~all_idle)]
+                        with m.Default():   # MATMUL, MREAD, VEC, SEND (the others fault)
+                            with m.If(~unit_idle):
+                                m.d.comb += self.stall_unit.eq(1)
+                            with m.Elif(hazard):
+                                m.d.comb += self.stall_hazard.eq(1)
+                            with m.Else():
+                                m.d.comb += [issue.eq(1), start.bit_select(engine_of, 1).eq(1)]
+            with m.Case(SeqState.HALTING):
+                m.d.comb += done.eq(all_idle)
+
+        # -- outputs -----------------------------------------------------------------------------
+        m.d.comb += [
+            self.matrix.start.eq(start[0]),
+            self.matrix.instr.eq(word),
+            self.vector.start.eq(start[1]),
+            self.vector.instr.eq(word),
+            self.vector.scale.eq(scale),
+            self.vector.shift.eq(shift),
+            self.vector.relu.eq(relu),
+            self.dma.start.eq(start[2] | done),
+            self.dma.instr.eq(Mux(done, HALT_WORD, word)),
+            self.dma.status.eq(fault_code),
+            self.dma.pc.eq(pc),
+            self.dma.info.eq(fault_value),
+            self.running.eq((state == SeqState.RUN) | (state == SeqState.HALTING)),
+            self.issued.eq(issue),
+            self.pc.eq(pc),
+            self.state.eq(state),
+            self.fault_code.eq(fault_code),
+            self.fault_pc.eq(fault_pc),
+            self.fault_value.eq(fault_value),
+            self.counters.eq(counters),
+        ]
+
+        # -- the clock edge ----------------------------------------------------------------------
+        with m.If(issue):
+            with m.If(op == Opcode.HALT):
+                m.d.sync += state.eq(SeqState.HALTING)
+            with m.Else():
+                m.d.sync += pc.eq(pc + 1)   # at most imem_words: that faults next cycle
+            with m.If(op == Opcode.SETQ):
+                x = f[Opcode.SETQ]
+                m.d.sync += [scale.eq(x.scale), shift.eq(x.shift), relu.eq(x.relu)]
+        for e in range(len(ENGINES)):
+            with m.If(start[e]):
+                m.d.sync += ranges[e].eq(new)
+        with m.If(fault_now):
+            m.d.sync += [state.eq(SeqState.HALTING), fault_code.eq(fault),
+                         fault_pc.eq(pc), fault_value.eq(value)]
+        with m.If(done):
+            m.d.sync += [state.eq(SeqState.STOPPED), ranges[ENGINES.index(Unit.DMA)].eq(0)]
+        with m.If(self.start_req & ((state == SeqState.IDLE) | (state == SeqState.STOPPED))):
+            m.d.sync += [state.eq(SeqState.RUN), pc.eq(0), fault_code.eq(0), fault_pc.eq(0),
+                         fault_value.eq(0)]
+
+        # Sync counters: this cycle's bump and a WAIT's subtraction combine (mod 2**16).
+        wait_issue = issue & (op == Opcode.WAIT)
+        for c in range(COUNTERS):
+            plus = self.bump & (self.bump_id == c)
+            minus = Mux(wait_issue & (wait.counter == c), wait.value, 0)
+            m.d.sync += counters[c].eq(counters[c] + plus - minus)
+
+        return m

@@ -1,0 +1,368 @@
+"""Cycle-exact model of the matrix engine (`d1tile.hw.mxu.MatrixEngine`), and its timing.
+
+The matrix engine runs the sequencer's MATMUL and MREAD instructions on the node's matrix unit.
+It owns node SRAM read port 1 and write port 1 and a `MatrixUnit`; the sequencer starts it
+through the engine command interface (`start`, `instr`, `idle`).
+
+MATMUL a, b, kw, clear
+    For w in 0..kw-1 it reads word A = SRAM[a+w] and word B = SRAM[b+w] (A first, one read port)
+    and sends `BEATS_PER_WORD` (= `cfg.k_per_word` = 4) operand beats from the pair: beat j has
+    `a` = operand vector j of A (bytes j*N .. j*N+N-1, int8), `b` = the same vector of B
+    (`operand_vectors`); `clear` is set on the very first beat when the instruction's flag is.
+    So a MATMUL adds A_w^T-style outer products: acc += sum_w sum_j outer(A_w[j], B_w[j]).
+MREAD dst, row0, nrows
+    For r in 0..nrows-1 it requests accumulator row (row0 + r) mod N from the unit and writes it
+    to SRAM[dst + r] (all bytes).
+
+Per-cycle rules (state = the registers listed in `MatrixEngineModel`; every SRAM request, the
+operand beat, `idle` and `busy` are functions of the state only):
+
+MATMUL
+    * Two pair slots (A and B word registers each); pair w lives in slot w % 2. `rword`/`rhalf`
+      name the next word to read (half 0 = A, half 1 = B); `c` is the pair being beaten,
+      `beat` its beat index, `lpairs` the number of pairs whose B word has landed.
+    * Read request (port 1): while `rword < kw` and the target slot is free by the time the word
+      lands: `rword != c + 2`, or `beat >= BEATS_PER_WORD - 2` (then pair c leaves the slot at
+      the end of its last beat, the edge at which a read granted now lands, or earlier). The
+      address is `(a if half 0 else b) + rword`, modulo `cfg.sram_words`. A refused read is held
+      (same address) until granted: the condition never becomes false before the grant.
+    * A granted read's word arrives on the port's `data` the next cycle and is latched at the end
+      of that cycle into its slot half (`pend` remembers slot and half).
+    * Beat: sent in every cycle where `lpairs > c` (the pair is complete); the matrix unit never
+      refuses one. After beat `BEATS_PER_WORD - 1` of pair c, c advances.
+    * Start-up: started in cycle s, the reads of A0 and B0 are granted in s+1 and s+2 (when
+      unrefused) and the first beat is sent in s + 4 (`MATMUL_FIRST_BEAT`); then one beat per
+      cycle as long as the two reads of pair w+2 are granted within the 5 cycles from beat 2 of
+      pair w to beat 2 of pair w+1 (so up to 3 refused read cycles per word cost nothing).
+    * `idle` is high again IN the cycle of the last beat (every read has landed by then and the
+      beat cannot be refused), so back-to-back MATMULs issue every `matmul_cycles(kw)` =
+      4 * kw + 3 cycles, against the ideal 4 * kw.
+MREAD
+    * Row request (to the unit's `rd_req`): while fewer than nrows rows were requested; row
+      (row0 + requested) mod N. The unit accepts it when it is not busy (a beat in flight) and
+      its row register is empty or being written this cycle.
+    * Write request (port 1): while the unit's row register holds a row: address
+      `dst + written` (mod `cfg.sram_words`), data the row (N int32 lanes = one word), mask all
+      ones. `rd_data.ready` = the write grant, so a refused write is held (same address, same
+      data) and stalls the next row request.
+    * `idle` rises in the cycle after the last write is granted: started in cycle s with the unit
+      idle, the writes are granted in s+2 .. s+nrows+1 when unrefused, `idle` is high in
+      s + nrows + 2 (`mread_cycles`). Started while the unit is still busy with the beats of a
+      MATMUL (the MREAD issued in the last-beat cycle), the first row request waits until the
+      last beat has reached the accumulators: `acc_latency - 1` more cycles.
+
+Commands: `start` is taken only in a cycle where `idle` is high; the command is latched at the
+end of that cycle and `idle` is low from the next. MATMUL with kw = 0, MREAD with nrows = 0 and
+any other opcode are ignored (the engine stays idle). Fields are otherwise not checked (the
+sequencer validates instructions): addresses wrap modulo `cfg.sram_words`, rows modulo N.
+
+`busy` (the `busy_matrix` counter's event) is `not idle`.
+
+The model imports no Amaranth: the cycle model of the node uses it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from ..formats import MatrixDType, bytes_from_word, word_from_lanes
+from ..params import TileConfig
+from .isa import Opcode, decode
+from .matrix import MatrixUnitRef, acc_latency
+
+
+__all__ = [
+    "EngineMode", "MatrixEngineModel", "BEATS_PER_WORD", "MATMUL_FIRST_BEAT",
+    "operand_vectors", "matmul_cycles", "mread_cycles", "ideal_matmul_cycles",
+    "matmul_reference_words",
+]
+
+
+class EngineMode(enum.IntEnum):
+    """What the engine is doing (the RTL's `mode` register)."""
+    IDLE = 0
+    MATMUL = 1
+    MREAD = 2
+
+
+BEATS_PER_WORD = 4
+"""Operand beats per SRAM word pair: a word is 4 * N bytes = 4 operand vectors of N int8
+(`TileConfig.k_per_word`, which is 4 for every mac_dim)."""
+
+MATMUL_FIRST_BEAT = 4
+"""Cycles from the start cycle s of a MATMUL to its first beat when no read is refused: read A0
+in s+1, read B0 in s+2 (A0 arrives), B0 arrives in s+3, beat in s+4."""
+
+
+def operand_vectors(cfg: TileConfig, word: int) -> np.ndarray:
+    """The `cfg.k_per_word` operand vectors of an SRAM word, shape (k_per_word, N), int8:
+    vector j is bytes j*N .. j*N+N-1 (byte k of a word is element k, `formats.bytes_from_word`)."""
+    return bytes_from_word(word, cfg.word_bytes).reshape(cfg.k_per_word, cfg.mac_dim)
+
+
+def ideal_matmul_cycles(cfg: TileConfig, kw: int) -> int:
+    """One beat per cycle and no overhead: k_per_word * kw."""
+    return cfg.k_per_word * kw
+
+
+def matmul_cycles(cfg: TileConfig, kw: int) -> int:
+    """Cycles from a MATMUL's start cycle to the first cycle `idle` is high again (its last-beat
+    cycle), i.e. the issue interval of back-to-back MATMULs, when no read is refused:
+    MATMUL_FIRST_BEAT + k_per_word * kw - 1 = 4 * kw + 3."""
+    if kw < 1:
+        raise ValueError(f"kw={kw} must be at least 1")
+    return MATMUL_FIRST_BEAT + cfg.k_per_word * kw - 1
+
+
+def mread_cycles(nrows: int, unit_busy: int = 0) -> int:
+    """Cycles from an MREAD's start cycle to the first cycle `idle` is high again, when no write
+    is refused: nrows + 2, plus `unit_busy`, the cycles after the start cycle in which the matrix
+    unit is still busy with earlier beats (`acc_latency - 1` for an MREAD started in the
+    last-beat cycle of a MATMUL, 0 from one cycle later on for INT8)."""
+    if nrows < 1:
+        raise ValueError(f"nrows={nrows} must be at least 1")
+    return nrows + 2 + unit_busy
+
+
+def matmul_reference_words(cfg: TileConfig, a_words, b_words) -> np.ndarray:
+    """What a MATMUL adds to the accumulators, from its A and B words by NumPy directly:
+    sum over words w and vectors j of outer(A_w[j], B_w[j]), exact in int64 (wrap to int32 when
+    comparing)."""
+    a = np.concatenate([operand_vectors(cfg, w) for w in a_words]).astype(np.int64)
+    b = np.concatenate([operand_vectors(cfg, w) for w in b_words]).astype(np.int64)
+    return a.T @ b
+
+
+class MatrixEngineModel:
+    """The matrix engine, cycle for cycle: the engine's registers, the `MatrixUnit`'s timing
+    (product stages, `busy`, readout register) and its accumulators (`MatrixUnitRef`).
+
+    Two-phase API (see the module docstring for the rules):
+
+    * outputs of the current cycle, from state only: `idle`, `busy`, `sram_reads()` (one entry,
+      read port 1: address or None), `sram_writes()` (one entry, write port 1:
+      `(addr, data, mask)` or None), and for testbenches `beat()` (the operand beat sent to the
+      unit: `(a, b, clear)` or None) and `row_request()` (row index on the unit's `rd_req` or
+      None);
+    * `tick(...)`: the clock edge, with this cycle's inputs.
+
+    `cycle` counts ticks; `beats`, `rows_written`, `read_refusals`, `write_refusals` count events.
+    """
+
+    def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        if cfg.k_per_word != BEATS_PER_WORD:
+            raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
+                             f"{BEATS_PER_WORD} operand vectors per word")
+        self._cfg = cfg
+        self._n = cfg.mac_dim
+        self._words = cfg.sram_words
+        self._full_mask = (1 << cfg.word_bytes) - 1
+        self.unit = MatrixUnitRef(cfg, dtype)
+        self._stages = acc_latency(dtype) - 1
+        self.reset()
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    def reset(self):
+        """The state after reset (accumulators zero, like the RTL's reset)."""
+        self.unit.reset()
+        self.mode = EngineMode.IDLE
+        # MATMUL registers
+        self.a = self.b = self.kw = 0
+        self.clear = False
+        self.rword = 0
+        self.rhalf = 0
+        self.c = 0
+        self.beat_index = 0
+        self.lpairs = 0
+        self.pend: tuple[int, int] | None = None      # (slot, half) of the word arriving now
+        zero = np.zeros((BEATS_PER_WORD, self._n), dtype=np.int8)
+        self.slots = [[zero, zero], [zero, zero]]      # slot -> [A vectors, B vectors]
+        # MREAD registers
+        self.dst = self.row0 = self.nrows = 0
+        self.requested = 0
+        self.written = 0
+        # matrix unit timing: beats in the product stages (oldest last), readout register
+        self.pipe: list = [None] * self._stages
+        self.rd_word: int | None = None
+        # statistics
+        self.cycle = 0
+        self.beats = 0
+        self.rows_written = 0
+        self.read_refusals = 0
+        self.write_refusals = 0
+
+    # -- outputs from state ----------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        if self.mode == EngineMode.IDLE:
+            return True
+        return (self.mode == EngineMode.MATMUL and self.c + 1 == self.kw
+                and self.beat_index == BEATS_PER_WORD - 1)
+
+    @property
+    def busy(self) -> bool:
+        return not self.idle
+
+    @property
+    def unit_busy(self) -> bool:
+        """The matrix unit's `busy`: a beat is in its product stages."""
+        return any(stage is not None for stage in self.pipe)
+
+    def _read_address(self) -> int | None:
+        if self.mode != EngineMode.MATMUL or self.rword == self.kw:
+            return None
+        if self.rword == self.c + 2 and self.beat_index < BEATS_PER_WORD - 2:
+            return None
+        base = self.b if self.rhalf else self.a
+        return (base + self.rword) % self._words
+
+    def sram_reads(self) -> list:
+        """[address or None] for read port 1."""
+        return [self._read_address()]
+
+    def _write_request(self):
+        if self.mode != EngineMode.MREAD or self.rd_word is None:
+            return None
+        return ((self.dst + self.written) % self._words, self.rd_word, self._full_mask)
+
+    def sram_writes(self) -> list:
+        """[(addr, data, mask) or None] for write port 1."""
+        return [self._write_request()]
+
+    def beat(self):
+        """The operand beat of this cycle, `(a, b, clear)` (int8 arrays of N), or None."""
+        if self.mode != EngineMode.MATMUL or self.lpairs == self.c:
+            return None
+        slot = self.slots[self.c & 1]
+        j = self.beat_index
+        return slot[0][j], slot[1][j], self.clear and self.c == 0 and j == 0
+
+    def row_request(self) -> int | None:
+        """The row index on the unit's `rd_req` this cycle (valid), or None."""
+        if self.mode != EngineMode.MREAD or self.requested == self.nrows:
+            return None
+        return (self.row0 + self.requested) % self._n
+
+    def row_ready(self, write_granted: bool) -> bool:
+        """The unit's `rd_req.ready` this cycle, given write port 1's grant: not busy, and its
+        row register empty or being written now."""
+        return not self.unit_busy and (self.rd_word is None or bool(write_granted))
+
+    # -- the clock edge --------------------------------------------------------------------
+
+    def tick(self, start: bool = False, instr: int = 0, read_grants=(False,),
+             write_grants=(False,), read_data=(None,)):
+        """Advance one cycle.
+
+        start, instr : the sequencer's command interface this cycle (`instr` is the raw 64-bit
+            word; it matters only with `start`). A start while not `idle` is ignored.
+        read_grants : [bool], the grant (`ready`) of read port 1's request of this cycle.
+        write_grants : [bool], the grant of write port 1's request of this cycle.
+        read_data : [int or None], the word arriving on read port 1 this cycle, i.e. from the
+            read granted in the previous cycle (None if there was none).
+
+        Raises ValueError when the inputs contradict the state: a grant without a request, data
+        without a grant in the previous cycle, or no data after one.
+        """
+        read_granted = bool(read_grants[0])
+        write_granted = bool(write_grants[0])
+        data = read_data[0]
+        read_addr = self._read_address()
+        write_req = self._write_request()
+        if read_granted and read_addr is None:
+            raise ValueError(f"cycle {self.cycle}: read port 1 granted without a request")
+        if write_granted and write_req is None:
+            raise ValueError(f"cycle {self.cycle}: write port 1 granted without a request")
+        if (data is None) != (self.pend is None):
+            state = "missing" if data is None else "given"
+            raise ValueError(f"cycle {self.cycle}: read data {state} but a read was "
+                             f"{'' if self.pend else 'not '}granted last cycle")
+        if read_addr is not None and not read_granted:
+            self.read_refusals += 1
+        if write_req is not None and not write_granted:
+            self.write_refusals += 1
+        was_idle = self.idle
+        beat = self.beat()
+        row = self.row_request()
+
+        # The matrix unit at the edge: a readout accepted now sees the accumulators before the
+        # beat that reaches them at this edge (the RTL registers the row from `acc`).
+        row_accepted = row is not None and self.row_ready(write_granted)
+        if write_granted:
+            self.rd_word = None
+        if row_accepted:
+            self.rd_word = word_from_lanes(self.unit.read_row(row))
+        if self._stages:
+            leaving = self.pipe[-1]
+            self.pipe[1:] = self.pipe[:-1]
+            self.pipe[0] = beat
+        else:
+            leaving = beat
+        if leaving is not None:
+            self.unit.mac(*leaving)
+
+        # MATMUL registers
+        if self.pend is not None:
+            slot, half = self.pend
+            self.slots[slot][half] = operand_vectors(self._cfg, data)
+            if half:
+                self.lpairs += 1
+        if read_granted:
+            self.pend = (self.rword & 1, self.rhalf)
+            if self.rhalf:
+                self.rword += 1
+            self.rhalf ^= 1
+        else:
+            self.pend = None
+        if beat is not None:
+            self.beats += 1
+            if self.beat_index == BEATS_PER_WORD - 1:
+                self.beat_index = 0
+                self.c += 1
+                if self.c == self.kw:
+                    self.mode = EngineMode.IDLE
+            else:
+                self.beat_index += 1
+
+        # MREAD registers
+        if row_accepted:
+            self.requested += 1
+        if write_granted:
+            self.written += 1
+            self.rows_written += 1
+            if self.written == self.nrows:
+                self.mode = EngineMode.IDLE
+
+        if start and was_idle:
+            self._start(instr)
+        self.cycle += 1
+
+    def _start(self, instr: int):
+        ins = decode(instr)
+        if ins.op == Opcode.MATMUL and ins.kw:
+            self.mode = EngineMode.MATMUL
+            self.a, self.b, self.kw, self.clear = ins.a, ins.b, ins.kw, bool(ins.clear)
+            self.rword = self.rhalf = self.c = self.beat_index = self.lpairs = 0
+        elif ins.op == Opcode.MREAD and ins.nrows:
+            self.mode = EngineMode.MREAD
+            self.dst, self.row0, self.nrows = ins.dst, ins.row0, ins.nrows
+            self.requested = self.written = 0
+
+    def describe(self) -> str:
+        """The state in one line, for hang and mismatch reports."""
+        if self.mode == EngineMode.MATMUL:
+            return (f"MATMUL a={self.a} b={self.b} kw={self.kw}: next read word {self.rword} "
+                    f"half {self.rhalf}, pair {self.c} beat {self.beat_index}, "
+                    f"{self.lpairs} pairs landed")
+        if self.mode == EngineMode.MREAD:
+            return (f"MREAD dst={self.dst} row0={self.row0} nrows={self.nrows}: "
+                    f"{self.requested} requested, {self.written} written")
+        return "idle"

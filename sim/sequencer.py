@@ -1,0 +1,357 @@
+"""Cycle-exact model of the node sequencer (`d1tile.hw.sequencer.Sequencer`).
+
+This module imports no Amaranth. `SequencerModel` keeps the RTL's registers (state, pc, fault
+registers, SETQ registers, the 16 sync counters, the hazard ranges recorded per engine and the
+instruction memory) and applies the RTL's per-cycle rules, so that a testbench or the node model
+can step it in lockstep with Verilator.
+
+The sequencer, cycle by cycle
+-----------------------------
+The engines are `ENGINES` = (MATRIX, VECTOR, DMA); each has an `idle` input, a registered
+signal of the engine. In every cycle the sequencer makes one `Decision` from its state, the
+instruction `imem[pc]` (read combinationally) and the three idle flags:
+
+* IDLE, STOPPED: nothing (`NONE`).
+* RUN, with `i = decode(imem[pc])`, in this order:
+  0. pc == imem_words (the program ran past the end of the imem without a HALT): `FAULT` with
+     code PC and value = pc, as `d1tile.sim.interp` reports it.
+  1. `validate(cfg, i)` is a fault: `FAULT`. At the edge: fault_code/fault_pc/fault_value are
+     recorded, state -> HALTING, pc stays. Nothing issues, no stall strobe. fault_pc and
+     fault_value are 16 bits: with imem_words = 65536 a PC fault reads as pc 0, value 0.
+  2. NOP, SETQ: `ISSUE`; SETQ loads scale/shift/relu at the edge; pc += 1.
+  3. WAIT c, v: counter[c] >= v (register value, not counting this cycle's bump): `ISSUE`,
+     counter[c] -= v at the edge, pc += 1; else `STALL_WAIT`.
+  4. MATMUL/MREAD (MATRIX), VEC (VECTOR), SEND (DMA) on engine U: U not idle: `STALL_UNIT`;
+     else if `overlaps(hazard_ranges(i), ranges[U'])` for an engine U' != U that is not
+     idle: `STALL_HAZARD`; else `ISSUE`: U's `start` is high this cycle with `instr` = the
+     word, ranges[U] := hazard_ranges(i) at the edge, pc += 1.
+  5. HALT: all three engines idle: `ISSUE` (counted as an issued instruction), state ->
+     HALTING, pc stays at the HALT; else `STALL_HALT`.
+* HALTING: all three engines idle: `DONE`: DMA `start` with `instr` = `HALT_WORD`, and the
+  DMA command's `status`/`pc`/`info` = fault_code/pc/fault_value (always driven from those
+  registers); ranges[DMA] := empty; state -> STOPPED. Else `NONE`.
+
+Other edge effects, every cycle, independent of the decision:
+
+* `start_req` in IDLE or STOPPED: state -> RUN, pc -> 0, fault registers -> 0 (counters, SETQ
+  registers and imem are kept). Ignored in RUN and HALTING. So instruction 0 can issue in the
+  cycle after the `start_req` pulse.
+* `bump` with `bump_id` = c: counter[c] += 1. Combined with a WAIT's subtraction of the same
+  counter in the same cycle: counter[c] := (counter[c] - v + 1) mod 2**16. Counters wrap at
+  2**16 (a bump of 65535 gives 0); they are zero after reset and not cleared by START.
+* imem write (addr, word): imem[addr] := word if addr < imem_words, else ignored. A write to
+  imem[pc] is seen by the decision of the next cycle.
+
+Strobes (`Decision.event` -> the RTL's one-bit outputs): `issued` = ISSUE, `stall_unit`,
+`stall_hazard`, `stall_wait`, `stall_halt` = the stall events; `running` = state RUN or
+HALTING. FAULT, DONE and NONE raise none of them.
+
+Timing: with all engines idle and no stalls, one instruction issues per cycle; a program of k
+instructions followed by HALT, started by a `start_req` in cycle t, issues instruction i in
+cycle t + 1 + i, the HALT in t + 1 + k, and starts DONE in t + 2 + k (`unstalled_done_cycle`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple, Sequence
+
+from d1tile.params import TileConfig
+from d1tile.sim.isa import (COUNTER_BITS, COUNTERS, INSTR_BITS, FaultCode, Opcode, Ranges, Unit,
+                            UNIT_OF, decode, encode, hazard_ranges, overlaps, validate)
+
+
+__all__ = [
+    "ENGINES", "SeqState", "SeqEvent", "Decision", "HALT_WORD", "STROBES", "STROBE_OF",
+    "SequencerModel",
+    "unstalled_done_cycle",
+]
+
+ENGINES = (Unit.MATRIX, Unit.VECTOR, Unit.DMA)
+"""The engines in the order of every per-engine list (`units_idle`, `Decision.engine`)."""
+
+_ENGINE_INDEX = {unit: k for k, unit in enumerate(ENGINES)}
+
+HALT_WORD = encode(Opcode.HALT)
+"""The `instr` of the DONE command to DMA-out (the canonical HALT word, whatever the word at the
+HALT's address holds in its unused bits, and also after a fault)."""
+
+_EMPTY = Ranges()
+
+
+class SeqState(enum.IntEnum):
+    IDLE = 0      # after reset, before the first START
+    RUN = 1       # fetching and issuing
+    HALTING = 2   # HALT issued or fault raised: waiting for every engine to be idle
+    STOPPED = 3   # DONE handed to DMA-out; a START runs the program again from pc 0
+
+
+class SeqEvent(enum.IntEnum):
+    NONE = 0          # IDLE, STOPPED, or HALTING while an engine is busy
+    ISSUE = 1
+    STALL_UNIT = 2
+    STALL_HAZARD = 3
+    STALL_WAIT = 4
+    STALL_HALT = 5
+    FAULT = 6
+    DONE = 7          # HALTING with every engine idle: DMA started with the DONE command
+
+
+STROBES = ("issued", "stall_unit", "stall_hazard", "stall_wait", "stall_halt")
+"""The RTL's event strobes; `STROBE_OF[event]` names the one an event raises (or None)."""
+
+STROBE_OF = {
+    SeqEvent.ISSUE: "issued", SeqEvent.STALL_UNIT: "stall_unit",
+    SeqEvent.STALL_HAZARD: "stall_hazard", SeqEvent.STALL_WAIT: "stall_wait",
+    SeqEvent.STALL_HALT: "stall_halt",
+}
+
+
+class Decision(NamedTuple):
+    """One cycle's decision. `engine` is the index in `ENGINES` whose `start` is high this
+    cycle (-1: none) and `instr` the word it carries (0 when no start)."""
+    event: SeqEvent
+    engine: int = -1
+    instr: int = 0
+
+
+_NONE = Decision(SeqEvent.NONE)
+_FAULT = Decision(SeqEvent.FAULT)
+_ISSUE = Decision(SeqEvent.ISSUE)
+_DONE = Decision(SeqEvent.DONE, _ENGINE_INDEX[Unit.DMA], HALT_WORD)
+_STALLS = {event: Decision(event) for event in (SeqEvent.STALL_UNIT, SeqEvent.STALL_HAZARD,
+                                                SeqEvent.STALL_WAIT, SeqEvent.STALL_HALT)}
+
+# What the model keeps per imem word, computed once per write: (kind, *details).
+_K_FAULT, _K_SEQ, _K_SETQ, _K_WAIT, _K_UNIT, _K_HALT = range(6)
+_PAST_END = (_K_FAULT, FaultCode.PC)   # pc == imem_words: the value is the pc
+
+_FIELD_MASK = 0xFFFF   # fault_pc and fault_value are 16-bit registers (and DONE fields)
+
+
+def unstalled_done_cycle(start_cycle: int, instructions: int) -> int:
+    """The cycle DONE starts for `instructions` instructions followed by HALT when nothing
+    stalls, the `start_req` pulse being in `start_cycle` (see the module docstring)."""
+    return start_cycle + 2 + instructions
+
+
+class SequencerModel:
+    """The sequencer's registers and per-cycle rules (module docstring).
+
+    Two-phase use, per cycle:
+
+    1. `decide(units_idle)` -> `Decision`: the outputs of this cycle (which engine's `start` is
+       high and its `instr`, and the event strobe), from the state and the engines' idle flags
+       (`units_idle`: three bools in `ENGINES` order). The other outputs are properties of the
+       state: `state`, `running`, `pc`, `fault_code`, `fault_pc`, `fault_value`, `counters`,
+       `scale`, `shift`, `relu` (the vector command's SETQ fields), and for the DMA command
+       `status` (= fault_code), `pc`, `info` (= fault_value).
+    2. `tick(units_idle, bump=False, bump_id=0, start_req=False, imem_write=None)`: the clock
+       edge. `imem_write` is None or `(addr, word)`; an address >= imem_words is ignored.
+       Returns the cycle's `Decision`.
+
+    `load_imem(words, base=0)` writes the instruction memory directly (between cycles), as a
+    series of imem writes would.
+    """
+
+    def __init__(self, cfg: TileConfig):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        self._cfg = cfg
+        self.imem = [0] * cfg.imem_words
+        self._info: list = [None] * cfg.imem_words   # decoded imem[addr], computed lazily
+        self.state = SeqState.IDLE
+        self.pc = 0
+        self.fault_code = FaultCode.NONE
+        self.fault_pc = 0
+        self.fault_value = 0
+        self.scale = self.shift = self.relu = 0
+        self.counters = [0] * COUNTERS
+        self.ranges = [_EMPTY] * len(ENGINES)
+        self._memo_idle = None
+        self._memo = _NONE
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    @property
+    def running(self) -> bool:
+        return self.state == SeqState.RUN or self.state == SeqState.HALTING
+
+    # The DMA command's DONE fields, as the RTL drives them (always, valid with start).
+    @property
+    def status(self) -> int:
+        return self.fault_code
+
+    @property
+    def info(self) -> int:
+        return self.fault_value
+
+    # -- instruction memory ----------------------------------------------------------------
+
+    def load_imem(self, words: Sequence[int], base: int = 0) -> None:
+        """Write `words` to imem[base...]; addresses beyond the imem raise ValueError (unlike
+        the imem port, which ignores them: a direct load that does not fit is a caller bug)."""
+        words = list(words)
+        if base < 0 or base + len(words) > self._cfg.imem_words:
+            raise ValueError(f"{len(words)} words at {base} do not fit the "
+                             f"{self._cfg.imem_words}-word imem")
+        for k, word in enumerate(words):
+            self._write(base + k, word)
+        self._memo_idle = None
+
+    def _write(self, addr: int, word: int) -> None:
+        word = int(word)
+        if word < 0 or word >> INSTR_BITS:
+            raise ValueError(f"imem word {word:#x} is wider than {INSTR_BITS} bits")
+        self.imem[addr] = word
+        self._info[addr] = None
+
+    def _decoded(self, addr: int) -> tuple:
+        info = self._info[addr]
+        if info is None:
+            instr = decode(self.imem[addr])
+            code, value = validate(self._cfg, instr)
+            op = instr.op
+            if code != FaultCode.NONE:
+                info = (_K_FAULT, code, value)
+            elif op == Opcode.NOP:
+                info = (_K_SEQ,)
+            elif op == Opcode.SETQ:
+                info = (_K_SETQ, instr.scale, instr.shift, instr.relu)
+            elif op == Opcode.WAIT:
+                info = (_K_WAIT, instr.counter, instr.value)
+            elif op == Opcode.HALT:
+                info = (_K_HALT,)
+            else:
+                info = (_K_UNIT, _ENGINE_INDEX[UNIT_OF[op]], hazard_ranges(instr),
+                        Decision(SeqEvent.ISSUE, _ENGINE_INDEX[UNIT_OF[op]], instr.raw))
+            self._info[addr] = info
+        return info
+
+    # -- outputs of the cycle --------------------------------------------------------------
+
+    def decide(self, units_idle: Sequence[bool]) -> Decision:
+        """This cycle's decision (module docstring) for the engines' idle flags."""
+        idle = tuple(bool(x) for x in units_idle)
+        if idle == self._memo_idle:
+            return self._memo
+        if len(idle) != len(ENGINES):
+            raise ValueError(f"units_idle must have {len(ENGINES)} flags (ENGINES order), "
+                             f"not {len(idle)}")
+        state = self.state
+        if state == SeqState.RUN:
+            if self.pc == self._cfg.imem_words:
+                info = _PAST_END
+            else:
+                info = self._decoded(self.pc)
+            kind = info[0]
+            if kind == _K_FAULT:
+                decision = _FAULT
+            elif kind == _K_SEQ or kind == _K_SETQ:
+                decision = _ISSUE
+            elif kind == _K_WAIT:
+                decision = (_ISSUE if self.counters[info[1]] >= info[2]
+                            else _STALLS[SeqEvent.STALL_WAIT])
+            elif kind == _K_UNIT:
+                engine, ranges = info[1], info[2]
+                if not idle[engine]:
+                    decision = _STALLS[SeqEvent.STALL_UNIT]
+                elif any(not idle[e] and e != engine and overlaps(ranges, self.ranges[e])
+                         for e in range(len(ENGINES))):
+                    decision = _STALLS[SeqEvent.STALL_HAZARD]
+                else:
+                    decision = info[3]
+            else:   # HALT
+                decision = _ISSUE if all(idle) else _STALLS[SeqEvent.STALL_HALT]
+        elif state == SeqState.HALTING:
+            decision = _DONE if all(idle) else _NONE
+        else:
+            decision = _NONE
+        self._memo_idle, self._memo = idle, decision
+        return decision
+
+    def starts(self, units_idle: Sequence[bool]) -> list[int | None]:
+        """Per engine (`ENGINES` order): the instruction word its `start` carries this cycle, or
+        None when its `start` is low."""
+        decision = self.decide(units_idle)
+        out = [None] * len(ENGINES)
+        if decision.engine >= 0:
+            out[decision.engine] = decision.instr
+        return out
+
+    # -- the clock edge --------------------------------------------------------------------
+
+    def tick(self, units_idle: Sequence[bool], bump: bool = False, bump_id: int = 0,
+             start_req: bool = False, imem_write: tuple[int, int] | None = None) -> Decision:
+        """Advance one cycle with this cycle's inputs (class docstring); returns the decision
+        taken in it."""
+        decision = self.decide(units_idle)
+        event = decision.event
+        state = self.state          # the register before this edge (START looks at it)
+        counters = self.counters
+        mask = (1 << COUNTER_BITS) - 1
+        if event == SeqEvent.ISSUE:
+            info = self._decoded(self.pc)
+            kind = info[0]
+            if kind == _K_HALT:
+                self.state = SeqState.HALTING
+            else:
+                if kind == _K_SETQ:
+                    self.scale, self.shift, self.relu = info[1], info[2], info[3]
+                elif kind == _K_WAIT:
+                    counters[info[1]] = (counters[info[1]] - info[2]) & mask
+                elif kind == _K_UNIT:
+                    self.ranges[info[1]] = info[2]
+                self.pc += 1
+        elif event == SeqEvent.FAULT:
+            if self.pc == self._cfg.imem_words:
+                self.fault_code, self.fault_value = FaultCode.PC, self.pc & _FIELD_MASK
+            else:
+                _, self.fault_code, self.fault_value = self._decoded(self.pc)
+            self.fault_pc = self.pc & _FIELD_MASK
+            self.state = SeqState.HALTING
+        elif event == SeqEvent.DONE:
+            self.ranges[decision.engine] = _EMPTY
+            self.state = SeqState.STOPPED
+        if bump:
+            if not 0 <= bump_id < COUNTERS:
+                raise ValueError(f"bump_id={bump_id} is not a counter (0..{COUNTERS - 1})")
+            counters[bump_id] = (counters[bump_id] + 1) & mask
+        if start_req and (state == SeqState.IDLE or state == SeqState.STOPPED):
+            # The decision of an IDLE/STOPPED cycle is NONE, so nothing above changed the state.
+            self.state = SeqState.RUN
+            self.pc = 0
+            self.fault_code, self.fault_pc, self.fault_value = FaultCode.NONE, 0, 0
+        if imem_write is not None:
+            addr, word = imem_write
+            if 0 <= addr < self._cfg.imem_words:
+                self._write(addr, word)
+        self._memo_idle = None
+        return decision
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def describe(self, units_idle: Sequence[bool] | None = None) -> str:
+        """A one-line account of the state, for hang and failure reports: what the instruction
+        at pc waits for."""
+        text = f"{self.state.name} pc={self.pc}"
+        if self.fault_code != FaultCode.NONE:
+            text += (f" fault {self.fault_code.name} at pc {self.fault_pc} "
+                     f"value {self.fault_value}")
+        if self.state == SeqState.RUN and self.pc == self._cfg.imem_words:
+            text += ": past the end of the imem (PC fault)"
+        elif self.state == SeqState.RUN:
+            instr = decode(self.imem[self.pc])
+            text += f": {instr}"
+            info = self._decoded(self.pc)
+            if info[0] == _K_WAIT:
+                c, v = info[1], info[2]
+                relation = ">=" if self.counters[c] >= v else "<"
+                text += f" (counter {c}: {self.counters[c]} {relation} {v})"
+            if units_idle is not None:
+                busy = [ENGINES[e].name for e, i in enumerate(units_idle) if not i]
+                text += f"; busy engines: {', '.join(busy) or 'none'}"
+                text += f"; decision {self.decide(units_idle).event.name}"
+        return text
