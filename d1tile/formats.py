@@ -28,7 +28,7 @@ from .params import TileConfig
 
 __all__ = [
     "Field", "BitFormat", "FormatError",
-    "Port", "VecOp", "PacketKind", "MatrixDType", "COUNTER_NAMES", "COUNTER_BITS",
+    "Port", "VecOp", "PacketKind", "MatrixDType", "COUNTER_NAMES", "COUNTER_BITS", "NODE_STATUS",
     "flit_format", "packet_header_format",
     "word_from_lanes", "lanes_from_word", "word_from_bytes", "bytes_from_word",
 ]
@@ -177,6 +177,22 @@ COUNTER_NAMES = (
 reply word i // lanes is counter i)."""
 
 COUNTER_BITS = 32
+
+
+NODE_STATUS = BitFormat("node_status", [
+    Field("state", 2),          # the sequencer's SeqState
+    Field("pc", 16),
+    Field("event", 3),          # the sequencer's SeqEvent of this cycle (what the pc waits for)
+    Field("fault", 4),          # FaultCode raised so far (0: none)
+    Field("busy_matrix", 1),
+    Field("busy_vector", 1),
+    Field("busy_dma_out", 1),
+    Field("busy_dma_in", 1),
+    Field("out_blocked", 1),    # DMA-out offers a flit that the router does not take
+    Field("in_blocked", 1),     # the router offers a flit that DMA-in does not take
+])
+"""A node's state for hang reports, read the same way from the RTL (a debug port) and from the
+cycle model, and turned into words by `d1tile.sim.tile.describe_node`."""
 
 
 # -- mesh formats ------------------------------------------------------------------------------

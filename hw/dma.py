@@ -172,8 +172,10 @@ class DmaOut(_DmaPart):
         new_length = Signal(16)
         new_fetch = Signal(16)
         new_ctrs = Signal()
-        m.d.comb += [new_header.src_x.eq(self._x), new_header.src_y.eq(self._y)]
         with m.If(~active):
+            # Inside the condition, not as a lone constant assignment: Amaranth emits a lone
+            # constant as an `always @*` with no inputs, which Verilator never evaluates.
+            m.d.comb += [new_header.src_x.eq(self._x), new_header.src_y.eq(self._y)]
             with m.If(self.reply.valid):
                 r = self.reply.payload
                 m.d.comb += [

@@ -102,17 +102,33 @@ def generate_verilog(component, top: str) -> str:
     return verilog.convert(component, name=top, emit_src=False)
 
 
+def source_digest() -> str:
+    """A hash of the sources a design is generated from: every Python file of the `d1tile`,
+    `d1tile.hw` and `d1tile.sim` packages, and the Amaranth version."""
+    import importlib.metadata
+
+    import d1tile
+    import d1tile.hw
+    import d1tile.sim
+    h = hashlib.sha256(importlib.metadata.version("amaranth").encode())
+    for package in (d1tile, d1tile.hw, d1tile.sim):
+        folder = Path(package.__file__).parent
+        for path in sorted(folder.glob("*.py")):
+            h.update(f"{package.__name__}/{path.name}".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build(component, top: str, key: str, *, waves: bool = False, log=print) -> VerilatorBuild:
     """Build `component` (an Amaranth component, or a callable returning one) with Verilator.
 
-    `key` names the design in the build folder (for example the block and config key). The build
-    is reused when the Verilog text and the `waves` flag are unchanged.
+    `key` names the design in the build folder and must identify it (the block, its
+    configuration and any constructor arguments). The build is reused, without even generating
+    the Verilog again (which takes tens of seconds for a large tile), while the sources it comes
+    from (`source_digest`) and the `waves` flag are unchanged. Set `WAVES=1` to trace.
     """
-    if isinstance(component, type) or not hasattr(component, "elaborate"):
-        component = component()
     waves = waves or os.environ.get("WAVES", "0").lower() in ("1", "yes", "true", "on")
-    text = generate_verilog(component, top)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = f"{source_digest()}-{key}"
     directory = build_root() / f"{key}-{'trace' if waves else 'notrace'}"
     verilog_path = directory / f"{top}.v"
     stamp = directory / "build.stamp"
@@ -121,6 +137,12 @@ def build(component, top: str, key: str, *, waves: bool = False, log=print) -> V
     if stamp.exists() and binary.exists() and stamp.read_text() == digest:
         return result
 
+    if isinstance(component, type) or not hasattr(component, "elaborate"):
+        component = component()
+    generating = time.monotonic()
+    text = generate_verilog(component, top)
+    log(f"[d1tile] generated the Verilog of {top} ({key}, {len(text) / 1e6:.1f} MB) in "
+        f"{time.monotonic() - generating:.1f} s")
     directory.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     verilog_path.write_text(text)

@@ -71,6 +71,7 @@ class RunResult:
     nodes: dict                    # (x, y) -> NodeReport
     reads: dict                    # ((x, y), addr, n) -> [words]
     hang: str | None = None        # the hang report, when the run stopped without finishing
+    misroute: bool = False         # a flit left the mesh through an edge other than the host's
 
     @property
     def faults(self) -> dict:
@@ -80,10 +81,26 @@ class RunResult:
         """Everything both backends must agree on, as plain data."""
         return {
             "cycles": self.cycles, "total_cycles": self.total_cycles, "hang": self.hang,
+            "misroute": self.misroute,
             "nodes": {f"{x},{y}": [r.done_cycle, int(r.fault), r.pc, r.fault_value, r.counters]
                       for (x, y), r in sorted(self.nodes.items())},
             "reads": {f"{x},{y}@{a}+{n}": words for ((x, y), a, n), words in sorted(self.reads.items())},
         }
+
+    @classmethod
+    def from_comparable(cls, data: dict) -> "RunResult":
+        """The inverse of `RunResult.comparable` (for results that crossed a process boundary)."""
+        node = lambda key: tuple(int(v) for v in key.split(","))
+        nodes = {}
+        for key, (done, fault, pc, value, counters) in data["nodes"].items():
+            nodes[node(key)] = NodeReport(done, FaultCode(fault), pc, value, counters)
+        reads = {}
+        for key, words in data["reads"].items():
+            where, span = key.split("@")
+            addr, n = span.split("+")
+            reads[(node(where), int(addr), int(n))] = words
+        return cls(data["cycles"], data["total_cycles"], nodes, reads, data["hang"],
+                   data["misroute"])
 
 
 class HostDriver:
@@ -124,6 +141,7 @@ class HostDriver:
         self.quiet = 0
         self.hang: str | None = None
         self._readback_queued = False
+        self.log: list = []   # (cycle, row, header) of every packet received, for diagnostics
 
     def _send(self, node, kind, **fields):
         x, y = node
@@ -167,6 +185,8 @@ class HostDriver:
         node = (head["src_x"], head["src_y"])
         body = [self.flit.get(f, "payload") for f in flits[1:]]
         kind = head["kind"]
+        self.log.append((cycle, node, PacketKind(kind).name if kind in PacketKind.__members__.values()
+                         else kind, len(body)))
         if kind == PacketKind.DONE and node in self.pending_done:
             report = self.reports[node]
             report.done_cycle = cycle
@@ -187,7 +207,8 @@ class HostDriver:
                 self.reads[(node, *request)] = body
         else:
             raise RuntimeError(f"host received an unexpected packet at cycle {cycle}: "
-                               f"kind {kind} from {node}, header {head}")
+                               f"kind {kind} from {node}, header {head}; packets so far "
+                               f"(cycle, node, kind, body words): {self.log[-10:]}")
 
     def _queue_readback(self) -> None:
         self._readback_queued = True
@@ -198,10 +219,10 @@ class HostDriver:
             self._send(node, PacketKind.READ_CTRS, tag=CTRS_TAG)
             self.pending_replies[(node, CTRS_TAG)] = "ctrs"
 
-    def result(self, hang_report: str | None = None) -> RunResult:
+    def result(self, hang_report: str | None = None, misroute: bool = False) -> RunResult:
         hang = None
         if self.hang is not None:
             hang = self.hang + ("\n" + hang_report if hang_report else "")
         return RunResult(cycles=self.run_cycles if self.run_cycles is not None else self.last_cycle,
                          total_cycles=self.last_cycle, nodes=self.reports, reads=self.reads,
-                         hang=hang)
+                         hang=hang, misroute=misroute)

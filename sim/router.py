@@ -320,6 +320,7 @@ class MeshModel:
         self._plan = [((x, y), router, self._links[router]) for (x, y), router in self.routers.items()]
         self.host_accepted: set = set()
         self.host_ejected: dict = {}
+        self.moved = 0          # flits that moved in the last step (any port of any router)
 
     @property
     def misroute(self) -> bool:
@@ -350,6 +351,7 @@ class MeshModel:
         accepted = set()
         host_ejected = self.host_ejected = {}
         host_accepted = self.host_accepted = set()
+        moved = 0
         for node, flit in offers.items():
             if flit is not None and routers[node].ready[_LOCAL]:
                 accepted.add(node)
@@ -365,14 +367,18 @@ class MeshModel:
                 if o == _LOCAL:
                     if eject_ready.get(node, True):
                         ejected[node] = router.transfer(o)
+                        moved += 1
                     continue
                 link = links[o]
                 if link is None:
                     self.misroutes.append((self.cycle, node, Port(o), router.transfer(o)))
+                    moved += 1
                 elif link[0] == "host":
                     host_ejected[link[1]] = router.transfer(o)
+                    moved += 1
                 elif link[0].ready[link[1]]:
                     link[0].push(link[1], router.transfer(o))
+                    moved += 1
         for node in accepted:
             routers[node].push(_LOCAL, offers[node])
         if host_offers:
@@ -381,6 +387,8 @@ class MeshModel:
                 if flit is not None and routers[(edge, row)].ready[_EAST]:
                     routers[(edge, row)].push(_EAST, flit)
                     host_accepted.add(row)
+                    moved += 1
+        self.moved = moved + len(accepted)
         self.cycle += 1
         return accepted, ejected
 
