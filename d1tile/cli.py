@@ -79,6 +79,23 @@ def cmd_noc_stress(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .sw.verify import verify
+    cfg = config_from_args(args)
+    if args.random_programs < 1:
+        raise ValueError(f"--random-programs {args.random_programs}: give at least 1")
+    if args.only is not None and not 0 <= args.only < args.random_programs:
+        raise ValueError(f"--only {args.only} is not one of the {args.random_programs} programs")
+    print(f"d1tile verify: {args.random_programs if args.only is None else 1} random program(s), "
+          f"seed {args.seed}, {cfg.rows}x{cfg.cols} grid, preset {args.preset}: cycle model vs "
+          f"RTL (Verilator) vs functional interpreter")
+    report = verify(cfg, args.random_programs, args.seed, only=args.only)
+    print(f"model: {report.model_cycles} cycles in {report.model_seconds:.2f} s; RTL: "
+          f"{report.rtl_seconds:.2f} s (+ {report.build_seconds:.1f} s build)")
+    print(f"{report.programs} programs: {report.mismatches} mismatches")
+    return 1 if report.mismatches else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d1tile", description="A runnable model of a D1-style training tile.")
@@ -103,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
     p.set_defaults(func=cmd_noc_stress)
+
+    p = sub.add_parser("verify", help="random programs on the cycle model and the RTL, compared")
+    _add_config_options(p, default_preset="tiny")
+    p.add_argument("--random-programs", type=int, default=20, metavar="N",
+                   help="how many random programs (default 20)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    p.add_argument("--only", type=int, metavar="I",
+                   help="run only program I of the N (the reproducer of a mismatch)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

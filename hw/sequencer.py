@@ -310,6 +310,11 @@ class Sequencer(wiring.Component):
                     m.d.comb += flag(FaultCode.ADDRESS, x.b)
                 with m.Elif(x.dst + out_len > words):
                     m.d.comb += flag(FaultCode.ADDRESS, x.dst)
+                # A later element would read what an earlier one wrote (`isa.validate`).
+                with m.Elif((_meet(new.write, new.read0) & (x.dst > x.a))
+                            | (binary & ~x.bfix & _meet(new.write, new.read1) & (x.dst > x.b))
+                            | (binary & x.bfix & (x.b >= x.dst) & (x.b < x.dst + out_len))):
+                    m.d.comb += flag(FaultCode.FIELD, x.dst)
             with m.Case(Opcode.SEND):
                 x = f[Opcode.SEND]
                 m.d.comb += engine_of.eq(ENGINES.index(Unit.DMA))

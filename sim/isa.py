@@ -29,7 +29,9 @@ which stops and reports the fault, the pc and the offending value to the host):
 * VEC: op is a `VecOp` (else FIELD, value op); n >= 1 (else FIELD, value n); a + n, the b range
   of binary ops (ADD, MUL, MAX: b + (1 if bfix else n)) and the destination range
   (dst + ceil(n / 4) for REQUANT, dst + n otherwise) <= sram_words (else ADDRESS, value a, b or
-  dst, checked in that order).
+  dst, checked in that order); the destination overlaps a source range only if it starts at or
+  below that source, and a fixed b lies outside the destination (else FIELD, value dst: the
+  engine reads ahead of its writes, so a later element must not read an earlier one's result).
 * SEND: x < cols and y < rows (else NODE, value x | y << 4); src + n and dst + n <= sram_words
   (else ADDRESS, value src or dst). n = 0 sends no data, only the counter bump (a signal).
 
@@ -190,6 +192,16 @@ def validate(cfg: TileConfig, instr: Instruction) -> tuple[FaultCode, int]:
         out = requant_words(f["n"]) if f["vop"] == VecOp.REQUANT else f["n"]
         if f["dst"] + out > words:
             return FaultCode.ADDRESS, f["dst"]
+        # The vector engine reads ahead of its writes, so a later element must never read a
+        # word an earlier element wrote: the destination may overlap a source only if it starts
+        # at or below it, and a fixed b must lie outside the destination.
+        write = (f["dst"], f["dst"] + out)
+        binary = f["vop"] in BINARY_VECOPS
+        if ((_meet(write, (f["a"], f["a"] + f["n"])) and f["dst"] > f["a"])
+                or (binary and not f["bfix"] and _meet(write, (f["b"], f["b"] + f["n"]))
+                    and f["dst"] > f["b"])
+                or (binary and f["bfix"] and f["dst"] <= f["b"] < f["dst"] + out)):
+            return FaultCode.FIELD, f["dst"]
     elif op == Opcode.SEND:
         if f["x"] >= cfg.cols or f["y"] >= cfg.rows:
             return FaultCode.NODE, f["x"] | f["y"] << 4

@@ -200,3 +200,20 @@ def test_interpreter_faults_when_the_pc_runs_off_the_instruction_memory():
     tp.node(0, 0).nop()          # no HALT: NOPs until the end of the instruction memory
     result = interpret(tp)
     assert result.faults() == {(0, 0): (FaultCode.PC, TINY.imem_words, TINY.imem_words)}
+
+
+@pytest.mark.parametrize("fields, fault", [
+    (dict(vop=VecOp.ADD, dst=10, a=10, b=30, n=4), FaultCode.NONE),      # in place
+    (dict(vop=VecOp.ADD, dst=8, a=10, b=30, n=4), FaultCode.NONE),       # below the source
+    (dict(vop=VecOp.ADD, dst=11, a=10, b=30, n=4), FaultCode.FIELD),     # above: reads results
+    (dict(vop=VecOp.ADD, dst=31, a=10, b=30, n=4), FaultCode.FIELD),     # same, on b
+    (dict(vop=VecOp.RELU, dst=11, a=10, b=11, n=4), FaultCode.FIELD),
+    (dict(vop=VecOp.RELU, dst=20, a=10, b=11, n=4), FaultCode.NONE),     # b unused by RELU
+    (dict(vop=VecOp.MAX, dst=20, a=10, b=22, n=4, bfix=1), FaultCode.FIELD),
+    (dict(vop=VecOp.MAX, dst=20, a=10, b=24, n=4, bfix=1), FaultCode.NONE),
+    (dict(vop=VecOp.REQUANT, dst=10, a=10, n=8), FaultCode.NONE),        # packs in place
+    (dict(vop=VecOp.REQUANT, dst=11, a=10, n=8), FaultCode.FIELD),
+])
+def test_vec_destination_must_not_run_ahead_of_its_sources(fields, fault):
+    instr = isa.decode(isa.encode(Opcode.VEC, **fields))
+    assert isa.validate(TINY, instr)[0] == fault

@@ -1,0 +1,226 @@
+"""The tile end to end, on both backends: hand-written programs (a matrix product on one node, a
+ring of sends, every node sending to one node, a 2x2 cooperative matrix product), faults,
+a deadlock, and `verify` with a fixed seed. Every program runs on the cycle model and on the
+Verilator tile (one build, one simulator process for all of them); the two results must be
+identical, and correct against NumPy or the functional interpreter."""
+
+import numpy as np
+import pytest
+
+from conftest import bench_seed
+from d1tile.formats import (COUNTER_NAMES, VecOp, bytes_from_word, lanes_from_word,
+                            word_from_bytes, word_from_lanes)
+from d1tile.params import TileConfig
+from d1tile.sim.interp import interpret
+from d1tile.sim.isa import FaultCode, Opcode, encode
+from d1tile.sim.tile import TileModel
+from d1tile.sw.asm import Program
+from d1tile.sw.program import TileProgram
+from d1tile.sw.verify import differences, verify
+from d1tile.sim.vector import requantize
+
+CFG = TileConfig.preset("tiny")     # 2x2 nodes, 4x4 MACs, 256 words of 16 bytes
+N = CFG.mac_dim
+RNG = np.random.default_rng(bench_seed())
+
+
+def operand_words(rows):
+    """(4*kw, N) int8 rows (row k = operand vector k) -> kw SRAM words."""
+    rows = np.asarray(rows, dtype=np.int8)
+    return [word_from_bytes(rows[i:i + 4].reshape(-1)) for i in range(0, len(rows), 4)]
+
+
+def lanes(words):
+    return np.array([lanes_from_word(w, N) for w in words])
+
+
+# -- the programs ------------------------------------------------------------------------------
+
+def matmul_one_node():
+    """C = A @ B on node (1, 0), then requantised to int8 and rectified."""
+    k = 12
+    a = RNG.integers(-128, 128, size=(N, k))
+    b = RNG.integers(-128, 128, size=(k, N))
+    tp = TileProgram(CFG)
+    tp.load((1, 0), 0, operand_words(a.T))        # A^T: words 0..2
+    tp.load((1, 0), 64, operand_words(b))         # B: words 64..66 (another bank)
+    p = tp.node(1, 0)
+    p.matmul(0, 64, k // 4, clear=True)
+    p.mread(128)
+    p.setq(scale=3, shift=8, relu=True)
+    p.vec(VecOp.REQUANT, dst=192, a=128, n=N)
+    p.halt()
+    tp.read((1, 0), 128, N)
+    tp.read((1, 0), 192, 1)
+
+    def check(result):
+        c = a @ b
+        assert np.array_equal(lanes(result.reads[((1, 0), 128, N)]), c)
+        q = bytes_from_word(result.reads[((1, 0), 192, 1)][0], CFG.word_bytes).reshape(4, N)
+        assert np.array_equal(q, requantize(c, 3, 8, 1))
+        counters = result.nodes[(1, 0)].counters
+        assert counters["busy_matrix"] >= k, counters      # one beat per k-step at least
+        assert counters["instructions"] == 5               # four instructions and the HALT
+    return tp, check
+
+
+def ring():
+    """Every node sends 3 words to the next node of the ring (0,0)->(1,0)->(1,1)->(0,1)->(0,0)
+    and adds what it received to its own words."""
+    order = [(0, 0), (1, 0), (1, 1), (0, 1)]
+    tp = TileProgram(CFG)
+    data = {node: RNG.integers(-1000, 1000, size=(3, N)) for node in order}
+    for i, node in enumerate(order):
+        tp.load(node, 0, [word_from_lanes(row) for row in data[node]])
+        p = tp.node(*node)
+        p.send(src=0, n=3, to=order[(i + 1) % 4], dst=100, counter=1)
+        p.wait(1, 1)
+        p.vec(VecOp.ADD, dst=200, a=0, b=100, n=3)
+        p.halt()
+        tp.read(node, 200, 3)
+
+    def check(result):
+        for i, node in enumerate(order):
+            expected = data[node] + data[order[i - 1]]
+            assert np.array_equal(lanes(result.reads[(node, 200, 3)]), expected), node
+    return tp, check
+
+
+def all_to_one():
+    """Every node sends 2 words to node (0, 0), which waits for all four messages (its own
+    included, a send to itself loops through its router) and takes the element-wise max."""
+    tp = TileProgram(CFG)
+    data = {}
+    for slot, node in enumerate(tp.nodes):
+        data[node] = RNG.integers(-10**6, 10**6, size=(2, N))
+        tp.load(node, 10, [word_from_lanes(row) for row in data[node]])
+        p = tp.node(*node)
+        p.send(src=10, n=2, to=(0, 0), dst=100 + 2 * slot, counter=3)
+        if node == (0, 0):
+            p.wait(3, 4)
+            p.vec(VecOp.MAX, dst=150, a=100, b=102, n=2)
+            p.vec(VecOp.MAX, dst=152, a=104, b=106, n=2)
+            p.vec(VecOp.MAX, dst=160, a=150, b=152, n=2)
+        p.halt()
+    tp.read((0, 0), 160, 2)
+
+    def check(result):
+        expected = np.maximum.reduce([data[node] for node in tp.nodes])
+        assert np.array_equal(lanes(result.reads[((0, 0), 160, 2)]), expected)
+        assert result.nodes[(0, 0)].counters["flits_out_local"] >= 4 * 3   # 4 packets of 3 flits
+    return tp, check
+
+
+def cooperative_matmul():
+    """C (8x8) = A (8xK) @ B (Kx8) on the 2x2 grid, one 4x4 block of C per node: A's row blocks
+    are loaded on column 0, B's column blocks on row 0, and forwarded over the mesh."""
+    k = 16
+    a = RNG.integers(-128, 128, size=(2 * N, k))
+    b = RNG.integers(-128, 128, size=(k, 2 * N))
+    kw = k // 4
+    A_AT, B_AT = 0, 64        # where each node keeps A_i^T and B_j
+    tp = TileProgram(CFG)
+    for i in range(2):
+        tp.load((0, i), A_AT, operand_words(a[i * N:(i + 1) * N].T))
+        tp.load((i, 0), B_AT, operand_words(b[:, i * N:(i + 1) * N]))
+    for y in range(2):
+        for x in range(2):
+            p = tp.node(x, y)
+            if x == 0:
+                p.send(A_AT, kw, (1, y), A_AT, counter=0)     # A_y to the east neighbour
+            if y == 0:
+                p.send(B_AT, kw, (x, 1), B_AT, counter=1)     # B_x to the south neighbour
+            if x == 1:
+                p.wait(0, 1)
+            if y == 1:
+                p.wait(1, 1)
+            p.matmul(A_AT, B_AT, kw, clear=True)
+            p.mread(128)
+            p.halt()
+            tp.read((x, y), 128, N)
+
+    def check(result):
+        c = a @ b
+        for y in range(2):
+            for x in range(2):
+                block = lanes(result.reads[((x, y), 128, N)])
+                assert np.array_equal(block, c[y * N:(y + 1) * N, x * N:(x + 1) * N]), (x, y)
+    return tp, check
+
+
+def faults():
+    """One fault of each kind, on three nodes; the fourth halts normally."""
+    tp = TileProgram(CFG)
+    p = Program(CFG, check=False)
+    p.nop()
+    p.word(encode(Opcode.NOP) | 0xC)                       # opcode 12: undefined
+    tp.programs[(0, 0)] = p
+    p = Program(CFG, check=False)
+    p.matmul(0, 250, 8)                                    # B beyond the 256-word SRAM
+    tp.programs[(1, 0)] = p
+    p = Program(CFG, check=False)
+    p.nop()
+    p.nop()
+    p.send(0, 1, (3, 0), 0)                                # no node (3, 0) in a 2x2 grid
+    tp.programs[(0, 1)] = p
+    tp.node(1, 1).halt()
+    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 12), (1, 0): (FaultCode.ADDRESS, 0, 250),
+                (0, 1): (FaultCode.NODE, 2, 3)}
+
+    def check(result):
+        got = {node: (r.fault, r.pc, r.fault_value) for node, r in result.faults.items()}
+        assert got == expected
+        assert interpret(tp).faults() == expected
+    return tp, check
+
+
+def deadlock():
+    """Node (1, 1) waits for a message nobody sends; the others finish."""
+    tp = TileProgram(CFG)
+    tp.node(1, 1).nop()
+    tp.node(1, 1).wait(5, 2)
+    tp.node(0, 0).send(0, 1, (1, 1), 0, counter=5)         # only one of the two it needs
+    tp.node(0, 0).halt()
+
+    def check(result):
+        assert result.hang is not None
+        assert "node (1, 1): RUN, pc 1: WAIT counter=5, value=2, waits on counter 5 (1 < 2)" \
+            in result.hang, result.hang
+        assert "node (0, 0)" not in result.hang            # it stopped
+    return tp, check
+
+
+CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
+         "cooperative_matmul": cooperative_matmul, "faults": faults, "deadlock": deadlock}
+HANG_CYCLES = 300
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Every case built once, run on both backends (one RTL process for all)."""
+    from d1tile.hw.tile_run import run_rtl
+    built = {name: make() for name, make in CASES.items()}
+    programs = [tp for tp, _ in built.values()]
+    models = [TileModel(CFG).run(tp, hang_cycles=HANG_CYCLES) for tp in programs]
+    rtls = run_rtl(programs, hang_cycles=HANG_CYCLES)
+    return {name: (check, model, rtl)
+            for (name, (_, check)), model, rtl in zip(built.items(), models, rtls)}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_model_and_rtl_agree_and_are_right(runs, name):
+    check, model, rtl = runs[name]
+    assert model.comparable() == rtl.comparable(), differences(model.comparable(),
+                                                               rtl.comparable())
+    check(model)
+    if name not in ("faults", "deadlock"):
+        assert not model.faults and model.hang is None
+        assert set(model.nodes[(0, 0)].counters) == set(COUNTER_NAMES)
+
+
+def test_verify_with_a_fixed_seed():
+    lines = []
+    report = verify(CFG, 6, seed=2026, log=lines.append)
+    assert report.programs == 6
+    assert report.mismatches == 0, "\n".join(lines)
+    assert report.model_cycles > 0
