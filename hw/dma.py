@@ -2,7 +2,7 @@
 (WRITE, IMEM, START, READ and READ_CTRS packets out of it).
 
 The per-cycle rules are stated once, in `d1tile.sim.dma`, whose `DmaOutModel` and `DmaInModel`
-reproduce this RTL cycle by cycle; docs/blocks/dma.md explains them with timing. The two halves
+reproduce this RTL cycle by cycle; docs/architecture.md (DMA engines) explains them with timing. The two halves
 meet at the reply hand-off (`DmaIn.reply` -> `DmaOut.reply`, a stream of
 `reply_request_format(cfg)`): the node connects them with `wiring.connect`.
 """

@@ -3,7 +3,7 @@
 
 The rules (routing, FIFOs, allocation, round robin, wormhole locks) are stated once in
 `d1tile.sim.router`, whose `RouterModel`/`MeshModel` reproduce this RTL cycle by cycle;
-docs/blocks/router.md explains them with timing.
+docs/architecture.md (mesh router) explains them with timing.
 """
 
 from __future__ import annotations
