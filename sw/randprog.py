@@ -11,7 +11,8 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
   message's counter.
 * The program runs in phases: in phase p every node does some local work, sends its phase-p
   messages, waits for its phase-p messages, then may use them. Sends never wait on receives of
-  the same phase, so the phases cannot deadlock.
+  the same phase, so the phases cannot deadlock. Each phase bumps its own counters (a message of
+  a later phase may arrive before one of an earlier phase, and must not satisfy its WAIT).
 
 The programs mix every instruction: MATMUL (with and without clear), MREAD (any rows), VEC (all
 ops, fixed b, REQUANT packing), SETQ, NOP, SEND (including zero-length signals and sends to
@@ -93,6 +94,7 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
         else:
             p.nop()
 
+    phase_sets = min(phases, COUNTERS)     # phase p uses the counters c = p (mod phase_sets)
     for phase in range(phases):
         messages = []
         for src in nodes:
@@ -101,8 +103,9 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
                 if inbox_next[dst] + n > words:
                     continue
+                counter = rng.randrange(phase % phase_sets, COUNTERS, phase_sets)
                 messages.append((src, dst, n, _span(rng, 0, half, n) if n else 0,
-                                 inbox_next[dst], rng.randrange(COUNTERS)))
+                                 inbox_next[dst], counter))
                 inbox_next[dst] += n
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
