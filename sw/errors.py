@@ -1,0 +1,16 @@
+"""The compiler's one error type.
+
+Every problem the compiler finds in what it is given (an unsupported op, attribute or shape, a
+layer that does not fit a node, a file that is not a model) is raised as a `CompileError` whose
+message names the thing at fault and the reason, e.g. "node 'conv1' (Conv): dilations [2, 2] are
+not supported (only 1)". A compiler user sees that message, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+__all__ = ["CompileError"]
+
+
+class CompileError(ValueError):
+    """Something the compiler was given cannot be compiled; the message says what and why."""

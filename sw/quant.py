@@ -1,0 +1,594 @@
+"""Post-training int8 quantisation, and the two references a compiled network is checked against.
+
+    scales = calibrate(graph, calib_x)        # per-tensor scales from calibration data
+    qgraph = quantize(graph, scales)          # int8 weights, int32 biases, requantisation
+    q = run_int8(qgraph, x)                   # the integer reference: what the tile computes
+    y = run_float(graph, x)                   # the float reference
+    print(quant_report(graph, qgraph, x, labels))
+
+The scheme (symmetric, per tensor, zero point 0; docs/compiler_frontend.md has the formulas):
+
+* Scales: s_t = max|t| / 127 over the calibration data for every activation t, and
+  s_W = max|W| / 127 for every gemm/conv weight (a tensor that is all zero gets scale 1).
+  Ops that move int8 values without arithmetic (maxpool, relu on its own, flatten, reshape) and
+  avgpool give their output their input's scale.
+* Host input: x_q = clip(rint(x / s_x), -128, 127) (`quantize_tensor`; rint rounds half to even).
+* gemm / conv: W_q = clip(rint(W / s_W), -127, 127) int8, b_q = rint(b / (s_x s_W)) int32,
+  acc = sum x_q W_q + b_q in int32, y_q = requantize(acc, scale, shift, relu) with
+  scale / 2**shift ~= s_x s_W / s_y (`requant_params`: scale < 2**16, shift <= 47). A relu that
+  is the only consumer of a gemm/conv/add output is fused into it (`relu=True`, the output
+  scale is the relu output's).
+* add: acc = k_a a_q + k_b b_q (int8 factors k <= 127 whose ratio approximates s_b / s_a), or
+  k_a a_q + c_q for a constant c (c_q = rint(c k_a / s_a) int32); y_q = requantize(acc, ...)
+  with scale / 2**shift ~= s_a / (k_a s_y). The tile computes it as a matrix product with
+  k * identity weights, so it needs nothing but MATMUL, the bias add and REQUANT.
+* maxpool: max of int8 windows, padding never wins (exact, output scale = input scale).
+* avgpool: acc = the int32 sum of the int8 window (padding adds 0), y_q = requantize(acc,
+  scale, shift) with scale / 2**shift ~= 1 / count, count = the kernel size, or the number of
+  non-padding elements when count_include_pad is off. That is round-half-up of acc / count
+  exactly whenever count is odd or a power of two; for other counts an exact tie acc / count =
+  n + 1/2 may round either way (the multiplier is within 2**-16 of 1/count).
+* relu alone: max(x_q, 0); flatten / reshape: the same int8 values.
+* softmax runs on the host, on the dequantised tile outputs (`run_quantized`).
+
+Every requantisation calls `d1tile.sim.vector.requantize`, the vector unit's own arithmetic, so
+the tile's int8 output equals `run_int8`'s bit for bit. Quantisation problems found at compile
+time (a multiplier out of range, a bias that does not fit int32 with the worst-case
+accumulation) raise `CompileError` naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import floor, prod
+from typing import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from d1tile.sim.vector import requantize, SCALE_BITS
+from d1tile.sw.errors import CompileError
+from d1tile.sw.ir import OPS, Graph, Node
+
+
+__all__ = [
+    "run_float", "calibrate", "quantize", "run_int8", "int32_accumulators", "run_quantized",
+    "quant_report", "QuantReport", "QuantGraph", "QuantOp", "requant_params",
+    "quantize_tensor", "dequantize", "MAX_SHIFT", "FLOAT_KERNELS", "INT8_KERNELS", "QUANTIZERS",
+]
+
+INT8_MIN, INT8_MAX = -128, 127
+INT32_MAX = (1 << 31) - 1
+MAX_SCALE = (1 << SCALE_BITS) - 1
+MAX_SHIFT = 47
+"""The largest requantisation shift the compiler uses (the tile accepts 0..63; 47 keeps the
+rounding term and the exact product well inside int64)."""
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def _input_arrays(graph: Graph, inputs) -> dict[str, np.ndarray]:
+    """Graph input name -> array. `inputs` is an array (single-input graphs) or a dict. The
+    batch (dim 0) may be any size; the other dims must match the graph's."""
+    if not isinstance(inputs, dict):
+        if len(graph.inputs) != 1:
+            raise ValueError(f"graph '{graph.name}' has inputs {graph.inputs}: pass a dict")
+        inputs = {graph.inputs[0]: inputs}
+    arrays = {}
+    for name in graph.inputs:
+        if name not in inputs:
+            raise ValueError(f"input '{name}' is missing")
+        x = np.asarray(inputs[name])
+        want = graph.tensors[name].shape[1:]
+        if x.shape[1:] != want or x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"input '{name}' has shape {list(x.shape)}; expected [batch, "
+                             f"{', '.join(map(str, want))}]")
+        arrays[name] = x
+    return arrays
+
+
+def _batched(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    return (batch,) + tuple(shape[1:])
+
+
+# --- windows: one definition for both references ----------------------------------------------
+
+def _windows(x: np.ndarray, attrs: dict, kernel, pad_value) -> np.ndarray:
+    """[B, C, OH, OW, kh, kw] windows of NCHW `x` padded with `pad_value`, strided."""
+    pt, pl, pb, pr = attrs["pads"]
+    sh, sw = attrs["strides"]
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    return sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _window_counts(hw: tuple[int, int], attrs: dict) -> np.ndarray:
+    """[OH, OW] number of non-padding elements in each pooling window."""
+    ones = np.ones((1, 1) + tuple(hw), np.int64)
+    return _windows(ones, attrs, attrs["kernel"], 0).sum(axis=(-2, -1))[0, 0]
+
+
+def _conv_product(x: np.ndarray, w: np.ndarray, attrs: dict, pad_value=0) -> np.ndarray:
+    win = _windows(x, attrs, w.shape[2:], pad_value)            # B, C, OH, OW, kh, kw
+    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))     # B, OH, OW, O
+    return out.transpose(0, 3, 1, 2)
+
+
+# --- the float reference -----------------------------------------------------------------------
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _float_avgpool(node, x, consts):
+    win = _windows(x, node.attrs, node.attrs["kernel"], 0.0).sum(axis=(-2, -1))
+    if node.attrs["count_include_pad"]:
+        return win / prod(node.attrs["kernel"])
+    return win / _window_counts(x.shape[2:], node.attrs)
+
+
+FLOAT_KERNELS: dict[str, Callable] = {
+    "gemm": lambda n, x, c: x @ c[1] + c[2],
+    "conv": lambda n, x, c: _conv_product(x, c[1], n.attrs) + c[2][None, :, None, None],
+    "relu": lambda n, x, c: np.maximum(x, 0),
+    "add": lambda n, x, c: x + c[1],
+    "maxpool": lambda n, x, c: _windows(x, n.attrs, n.attrs["kernel"], -np.inf).max(axis=(-2, -1)),
+    "avgpool": _float_avgpool,
+    "flatten": lambda n, x, c: x.reshape(x.shape[0], -1),
+    "reshape": lambda n, x, c: x.reshape(_batched(n.attrs["shape"], x.shape[0])),
+    "softmax": lambda n, x, c: _softmax(x, n.attrs["axis"]),
+}
+"""IR op -> float64 kernel(node, first input, [all inputs as arrays]). add sees its operands in
+node order as c[0] (= x) and c[1]; gemm/conv see W = c[1], b = c[2]."""
+
+
+def _run_float_node(node: Node, values: dict, graph: Graph) -> np.ndarray:
+    args = [graph.initializers[i].astype(np.float64) if graph.is_constant(i) else values[i]
+            for i in node.inputs]
+    if node.op == "add" and graph.is_constant(node.inputs[0]):
+        args = args[::-1]
+    return FLOAT_KERNELS[node.op](node, args[0], args)
+
+
+def run_float(graph: Graph, inputs, *, keep: bool = False) -> dict[str, np.ndarray]:
+    """The float reference: graph outputs (every tensor if `keep`) as float64 arrays, computed
+    with float64 arithmetic from the float32 constants. `inputs`: see `_input_arrays`."""
+    values = {k: v.astype(np.float64) for k, v in _input_arrays(graph, inputs).items()}
+    for node in graph.nodes:
+        values[node.output] = _run_float_node(node, values, graph)
+    return values if keep else {o: values[o] for o in graph.outputs}
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def _max_scale(array: np.ndarray) -> float:
+    peak = float(np.max(np.abs(array))) if array.size else 0.0
+    return peak / INT8_MAX if peak > 0 else 1.0
+
+
+def calibrate(graph: Graph, calib_inputs) -> dict[str, float]:
+    """Per-tensor symmetric scales: tensor name -> max|t| / 127 over `calib_inputs` (run through
+    `run_float`) for every activation, and max|W| / 127 for every gemm/conv weight. A tensor that
+    is zero everywhere gets scale 1."""
+    values = run_float(graph, calib_inputs, keep=True)
+    scales = {name: _max_scale(v) for name, v in values.items()}
+    for node in graph.nodes:
+        if node.op in ("gemm", "conv"):
+            scales[node.inputs[1]] = _max_scale(graph.initializers[node.inputs[1]])
+    return scales
+
+
+# --- quantised graph ---------------------------------------------------------------------------
+
+def requant_params(multiplier: float, where: str = "requantisation") -> tuple[int, int]:
+    """(scale, shift) with scale / 2**shift ~= `multiplier`, scale < 2**16, shift <= 47: the
+    largest shift whose rounded scale fits 16 bits (relative error <= 2**-16 for multipliers in
+    [2**-32, 1]). Raises `CompileError` if the multiplier is not positive, too large (>= 2**16)
+    or too small (below 2**-48: every output would be 0)."""
+    m = float(multiplier)
+    if not (np.isfinite(m) and m > 0):
+        raise CompileError(f"{where}: multiplier {m} must be positive and finite")
+    shift = MAX_SHIFT
+    while shift > 0 and floor(m * 2.0 ** shift + 0.5) > MAX_SCALE:
+        shift -= 1
+    scale = floor(m * 2.0 ** shift + 0.5)
+    if scale > MAX_SCALE:
+        raise CompileError(f"{where}: multiplier {m:.4g} is too large for the vector unit's "
+                           f"REQUANT (scale < 2**{SCALE_BITS} at shift 0)")
+    if scale == 0:
+        raise CompileError(f"{where}: multiplier {m:.4g} is too small for the vector unit's "
+                           f"REQUANT (below 2**-{MAX_SHIFT + 1}: every output would be 0)")
+    return scale, shift
+
+
+def quantize_tensor(x, scale: float) -> np.ndarray:
+    """Host-side quantisation of an activation: clip(rint(x / scale), -128, 127) as int8."""
+    return np.clip(np.rint(np.asarray(x, np.float64) / scale), INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def dequantize(q, scale: float) -> np.ndarray:
+    """q * scale as float64."""
+    return np.asarray(q).astype(np.float64) * scale
+
+
+@dataclass
+class QuantOp:
+    """One op of the quantised graph, with everything the tile needs to compute it.
+
+    `inputs` / `output` name int8 activations (their scales are in `QuantGraph.scales`). For the
+    requantising ops (gemm, conv, add, avgpool): `acc` is the int32 accumulator described in
+    the module docstring and the output is `requantize(acc, scale, shift, relu)`; `multiplier`
+    is the real value scale / 2**shift approximates. `scale`/`shift` are ints, or for an
+    avgpool whose window counts vary (padding with count_include_pad off) [OH, OW] arrays.
+    """
+    op: str
+    name: str                        # the IR node(s) it computes, e.g. "fc1+relu1"
+    inputs: list[str]
+    output: str
+    attrs: dict = field(default_factory=dict)   # the IR node's attributes
+    weight: np.ndarray | None = None  # int8: gemm [K, F], conv [O, C, kh, kw]
+    bias: np.ndarray | None = None    # int32 added to acc: gemm [F], conv [O]; add with a
+    #                                   constant: the constant at acc's scale, one sample's shape
+    input_weights: tuple[int, ...] = ()   # add: the int8 factor k of each input
+    scale: int | np.ndarray | None = None
+    shift: int | np.ndarray | None = None
+    relu: bool = False
+    multiplier: float | np.ndarray | None = None
+
+    @property
+    def requantizes(self) -> bool:
+        return self.scale is not None
+
+
+@dataclass
+class QuantGraph:
+    """A quantised graph: `ops` run on the tile in order over int8 tensors, from `inputs`
+    (quantised on the host with their scales) to `outputs` (the tile's int8 results);
+    `host_nodes` (softmax) then run on the host on the dequantised outputs and produce the
+    float graph's outputs. `scales` holds every int8 tensor's scale."""
+    graph: Graph
+    ops: list[QuantOp]
+    scales: dict[str, float]
+    inputs: list[str]
+    outputs: list[str]
+    host_nodes: list[Node]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.graph.tensors[name].shape
+
+    def op(self, name: str) -> QuantOp:
+        for q in self.ops:
+            if q.name == name or name in q.name.split("+"):
+                return q
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        def requant(q):
+            if not q.requantizes:
+                return ""
+            if np.ndim(q.scale):
+                return (f"  requant per position ({len(np.unique(q.scale))} distinct)"
+                        f"{' relu' if q.relu else ''}")
+            return (f"  requant {q.scale} >> {q.shift} (~{q.multiplier:.4g})"
+                    f"{' relu' if q.relu else ''}")
+
+        lines = [f"quantised graph '{self.graph.name}' (batch {self.graph.batch})"]
+        lines += [f"  input  {i} {list(self.shape(i))} int8 scale {self.scales[i]:.4g}"
+                  for i in self.inputs]
+        width = max((len(q.name) for q in self.ops), default=0)
+        for q in self.ops:
+            parts = [f"  {q.name:<{width}}  {q.output} {list(self.shape(q.output))} = {q.op}("
+                     f"{', '.join(q.inputs)})"]
+            if q.weight is not None:
+                parts.append(f"  W int8 {'x'.join(map(str, q.weight.shape))}")
+            if q.bias is not None:
+                parts.append(f"  bias int32 {'x'.join(map(str, q.bias.shape))}")
+            if q.input_weights:
+                parts.append(f"  k {list(q.input_weights)}")
+            lines.append("".join(parts) + requant(q))
+        lines += [f"  output {o} {list(self.shape(o))} int8 scale {self.scales[o]:.4g}"
+                  for o in self.outputs]
+        lines += [f"  host   {n.output} = {n.op}({', '.join(n.inputs)}) on the dequantised "
+                  "values" for n in self.host_nodes]
+        return "\n".join(lines)
+
+
+class _Quantizer:
+    """State of one `quantize` run: the float graph, the calibrated scales, the chosen ones."""
+
+    def __init__(self, graph: Graph, calibrated: dict[str, float]):
+        self.graph = graph
+        self.calibrated = calibrated
+        self.scales: dict[str, float] = {}
+
+    def calibrated_scale(self, name: str) -> float:
+        if name not in self.calibrated:
+            raise CompileError(f"tensor '{name}': no calibrated scale (run calibrate() on the "
+                               "graph being quantised)")
+        s = float(self.calibrated[name])
+        if not (np.isfinite(s) and s > 0):
+            raise CompileError(f"tensor '{name}': scale {s} must be positive and finite")
+        return s
+
+    def weight(self, node: Node) -> tuple[np.ndarray, float]:
+        name = node.inputs[1]
+        w = self.graph.initializers[name]
+        s_w = float(self.calibrated.get(name, _max_scale(w)))
+        return np.clip(np.rint(w / s_w), -INT8_MAX, INT8_MAX).astype(np.int8), s_w
+
+    def int32(self, node: Node, values: np.ndarray, worst_acc: int, what: str) -> np.ndarray:
+        """`values` rounded to int32, checked so that acc = values + worst_acc cannot
+        overflow."""
+        q = np.rint(values)
+        peak = float(np.max(np.abs(q))) if q.size else 0.0
+        if peak + worst_acc > INT32_MAX:
+            raise CompileError(f"{node.where()}: the {what} reaches {peak:.3g} at the "
+                               f"accumulator's scale; with the products it may overflow int32")
+        return q.astype(np.int32)
+
+
+def _quantize_matmul(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    x = node.inputs[0]
+    w_q, s_w = qz.weight(node)
+    s_x, s_y = qz.scales[x], qz.calibrated_scale(out)
+    depth = prod(w_q.shape[1:]) if node.op == "conv" else w_q.shape[0]
+    bias = qz.int32(node, qz.graph.initializers[node.inputs[2]] / (s_x * s_w),
+                    depth * -INT8_MIN * INT8_MAX, "bias")
+    m = s_x * s_w / s_y
+    scale, shift = requant_params(m, node.where())
+    qz.scales[out] = s_y
+    return QuantOp(node.op, node.name, [x], out, dict(node.attrs), weight=w_q, bias=bias,
+                   scale=scale, shift=shift, relu=relu, multiplier=m)
+
+
+def _int8_factors(ratio: float) -> tuple[int, int]:
+    """(k_big, k_small), 1 <= k_big <= 127, 0 <= k_small <= k_big, with k_small / k_big the
+    closest such fraction to `ratio` (<= 1); ties go to the larger k_big."""
+    best = None
+    for k_big in range(INT8_MAX, 0, -1):
+        k_small = int(floor(k_big * ratio + 0.5))
+        err = abs(k_small / k_big - ratio)
+        if best is None or err < best[0]:
+            best = (err, k_big, k_small)
+    return best[1], best[2]
+
+
+def _quantize_add(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    s_y = qz.calibrated_scale(out)
+    act = [i for i in node.inputs if not qz.graph.is_constant(i)]
+    const = [i for i in node.inputs if qz.graph.is_constant(i)]
+    if const:
+        (a,), s_a = act, qz.scales[act[0]]
+        k_a = INT8_MAX
+        c = qz.graph.initializers[const[0]]
+        sample = qz.graph.shape(a)[1:]
+        if c.ndim > len(sample):     # a leading batch dim of 1 (the IR allows no other)
+            c = c[0]
+        c = np.broadcast_to(c, sample)
+        bias = qz.int32(node, c * k_a / s_a, -INT8_MIN * k_a, "constant operand")
+        factors, inputs, s_ref, k_ref = (k_a,), [a], s_a, k_a
+    else:
+        s_a, s_b = qz.scales[act[0]], qz.scales[act[1]]
+        big, small = (0, 1) if s_a >= s_b else (1, 0)
+        s = (s_a, s_b)
+        k_big, k_small = _int8_factors(s[small] / s[big])
+        factors = [0, 0]
+        factors[big], factors[small] = k_big, k_small
+        factors, inputs, bias, s_ref, k_ref = tuple(factors), act, None, s[big], k_big
+    m = s_ref / (k_ref * s_y)
+    scale, shift = requant_params(m, node.where())
+    qz.scales[out] = s_y
+    return QuantOp("add", node.name, inputs, out, {}, bias=bias, input_weights=factors,
+                   scale=scale, shift=shift, relu=relu, multiplier=m)
+
+
+def _quantize_avgpool(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    x = node.inputs[0]
+    attrs = node.attrs
+    if attrs["count_include_pad"] or not any(attrs["pads"]):
+        counts = np.array(prod(attrs["kernel"]))
+    else:
+        counts = _window_counts(qz.graph.shape(x)[2:], attrs)
+    params = {int(c): requant_params(1.0 / int(c), node.where()) for c in np.unique(counts)}
+    if counts.ndim == 0:
+        scale, shift = params[int(counts)]
+    else:
+        scale = np.vectorize(lambda c: params[int(c)][0])(counts).astype(np.int64)
+        shift = np.vectorize(lambda c: params[int(c)][1])(counts).astype(np.int64)
+    qz.scales[out] = qz.scales[x]
+    return QuantOp("avgpool", node.name, [x], out, {**attrs, "counts": counts}, scale=scale,
+                   shift=shift, multiplier=1.0 / counts)
+
+
+def _quantize_move(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    """Ops that move int8 values without arithmetic: the output keeps the input's scale."""
+    qz.scales[out] = qz.scales[node.inputs[0]]
+    return QuantOp(node.op, node.name, [node.inputs[0]], out, dict(node.attrs))
+
+
+QUANTIZERS: dict[str, Callable] = {
+    "gemm": _quantize_matmul,
+    "conv": _quantize_matmul,
+    "add": _quantize_add,
+    "avgpool": _quantize_avgpool,
+    "maxpool": _quantize_move,
+    "relu": _quantize_move,
+    "flatten": _quantize_move,
+    "reshape": _quantize_move,
+}
+"""IR op -> quantizer(state, node, output name, fused relu) -> QuantOp."""
+
+_FUSES_RELU = frozenset({"gemm", "conv", "add"})
+
+
+def _fused_relu(graph: Graph, node: Node) -> Node | None:
+    """The relu fused into `node`: its only consumer, when `node`'s output is not a graph
+    output."""
+    if node.op not in _FUSES_RELU or node.output in graph.outputs:
+        return None
+    users = graph.consumers(node.output)
+    return users[0] if len(users) == 1 and users[0].op == "relu" else None
+
+
+def quantize(graph: Graph, scales: dict[str, float]) -> QuantGraph:
+    """Quantise a validated `graph` with `scales` (from `calibrate`; weight scales may be left
+    out, they are then computed from the weights). Fuses relus, splits off the host ops, and
+    builds one `QuantOp` per tile op with its int8 weights, int32 bias and requantisation.
+    Raises `CompileError` naming the node for anything the tile cannot represent."""
+    graph.validate()
+    qz = _Quantizer(graph, scales)
+    for name in graph.inputs:
+        qz.scales[name] = qz.calibrated_scale(name)
+    ops, host, fused = [], [], set()
+    for node in graph.nodes:
+        if node.name in fused:
+            continue
+        if OPS[node.op].host:
+            host.append(node)
+            continue
+        relu = _fused_relu(graph, node)
+        out = node.output
+        if relu is not None:
+            fused.add(relu.name)
+            out = relu.output
+        op = QUANTIZERS[node.op](qz, node, out, relu is not None)
+        if relu is not None:
+            op.name = f"{node.name}+{relu.name}"
+        ops.append(op)
+    host_inputs = {n.output: n.inputs[0] for n in host}
+    outputs = []
+    for o in graph.outputs:
+        t = host_inputs.get(o, o)
+        if t not in outputs:
+            outputs.append(t)
+    if any(t not in qz.scales for t in outputs):
+        raise CompileError(f"graph '{graph.name}': a host op reads a graph input directly; "
+                           "nothing would run on the tile")
+    return QuantGraph(graph, ops, qz.scales, list(graph.inputs), outputs, host)
+
+
+# --- the integer reference ---------------------------------------------------------------------
+
+def _as_int32(acc: np.ndarray, q: QuantOp) -> np.ndarray:
+    # quantize() bounds every accumulator to int32; this guards the reference itself.
+    if acc.size and (acc.max() > INT32_MAX or acc.min() < -INT32_MAX - 1):
+        raise AssertionError(f"{q.name}: int32 accumulator overflow")
+    return acc.astype(np.int32)
+
+
+def _int8_gemm(q: QuantOp, xs):
+    return _as_int32(xs[0].astype(np.int64) @ q.weight.astype(np.int64) + q.bias, q)
+
+
+def _int8_conv(q: QuantOp, xs):
+    acc = _conv_product(xs[0].astype(np.int64), q.weight.astype(np.int64), q.attrs)
+    return _as_int32(acc + q.bias.astype(np.int64)[None, :, None, None], q)
+
+
+def _int8_add(q: QuantOp, xs):
+    acc = sum(k * x.astype(np.int64) for k, x in zip(q.input_weights, xs))
+    if q.bias is not None:
+        acc = acc + q.bias.astype(np.int64)
+    return _as_int32(acc, q)
+
+
+def _int8_avgpool(q: QuantOp, xs):
+    return _as_int32(_windows(xs[0].astype(np.int64), q.attrs, q.attrs["kernel"], 0)
+                     .sum(axis=(-2, -1)), q)
+
+
+INT32_KERNELS: dict[str, Callable] = {
+    "gemm": _int8_gemm, "conv": _int8_conv, "add": _int8_add, "avgpool": _int8_avgpool,
+}
+"""Requantising ops: kernel(op, int8 inputs) -> the int32 accumulator."""
+
+INT8_KERNELS: dict[str, Callable] = {
+    "maxpool": lambda q, xs: _windows(xs[0], q.attrs, q.attrs["kernel"], INT8_MIN)
+    .max(axis=(-2, -1)),
+    "relu": lambda q, xs: np.maximum(xs[0], 0).astype(np.int8),
+    "flatten": lambda q, xs: xs[0].reshape(xs[0].shape[0], -1),
+    "reshape": lambda q, xs: xs[0].reshape(_batched(q.attrs["shape"], xs[0].shape[0])),
+}
+"""Ops without requantisation: kernel(op, int8 inputs) -> int8 output (exact)."""
+
+
+def _execute(qgraph: QuantGraph, inputs):
+    arrays = _input_arrays(qgraph.graph, inputs)
+    values = {n: quantize_tensor(arrays[n], qgraph.scales[n]) for n in qgraph.inputs}
+    accs = {}
+    for q in qgraph.ops:
+        xs = [values[i] for i in q.inputs]
+        if q.op in INT32_KERNELS:
+            acc = INT32_KERNELS[q.op](q, xs)
+            accs[q.output] = acc
+            values[q.output] = requantize(acc, q.scale, q.shift, q.relu)
+        else:
+            values[q.output] = INT8_KERNELS[q.op](q, xs)
+    return values, accs
+
+
+def run_int8(qgraph: QuantGraph, inputs, *, keep: bool = False) -> dict[str, np.ndarray]:
+    """The integer reference: float `inputs` are quantised on the host (`quantize_tensor`),
+    then every op runs in integers exactly as the tile does. Returns the tile's int8 outputs
+    (`qgraph.outputs`; every int8 tensor if `keep`)."""
+    values, _ = _execute(qgraph, inputs)
+    return values if keep else {o: values[o] for o in qgraph.outputs}
+
+
+def int32_accumulators(qgraph: QuantGraph, inputs) -> dict[str, np.ndarray]:
+    """Output name -> the int32 accumulator of each requantising op (bias included, before
+    REQUANT): what the tile's MREAD + bias ADD leave in SRAM, for debugging a lowering."""
+    return _execute(qgraph, inputs)[1]
+
+
+def run_quantized(qgraph: QuantGraph, inputs) -> dict[str, np.ndarray]:
+    """The float graph's outputs as the quantised pipeline computes them: `run_int8`, the tile
+    outputs dequantised, then the host ops (softmax) in float64."""
+    values = {o: dequantize(q, qgraph.scales[o]) for o, q in run_int8(qgraph, inputs).items()}
+    for node in qgraph.host_nodes:
+        values[node.output] = _run_float_node(node, values, qgraph.graph)
+    return {o: values[o] for o in qgraph.graph.outputs}
+
+
+# --- quantisation error ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantReport:
+    """How far the int8 pipeline is from the float reference on some data.
+
+    `max_abs_error`: max |dequantised tile output - float value| over the tile outputs (the
+    logits, before a host softmax); `max_abs_value`: the float outputs' max |value|, for scale.
+    `agreement`: fraction of samples whose argmax (over dim 1 of the first tile output) is the
+    same; the accuracies are None without labels."""
+    samples: int
+    max_abs_error: float
+    max_abs_value: float
+    agreement: float
+    float_accuracy: float | None = None
+    int8_accuracy: float | None = None
+
+    def __str__(self) -> str:
+        text = (f"{self.samples} samples: max |error| {self.max_abs_error:.4g} (values up to "
+                f"{self.max_abs_value:.4g}), argmax agreement {100 * self.agreement:.1f} %")
+        if self.float_accuracy is not None:
+            text += (f", accuracy float {100 * self.float_accuracy:.1f} % / int8 "
+                     f"{100 * self.int8_accuracy:.1f} %")
+        return text
+
+
+def quant_report(graph: Graph, qgraph: QuantGraph, inputs, labels=None) -> QuantReport:
+    """Compare `run_int8` (dequantised) with `run_float` on `inputs` (and `labels`)."""
+    floats = run_float(graph, inputs, keep=True)
+    ints = run_int8(qgraph, inputs)
+    err = peak = 0.0
+    for o in qgraph.outputs:
+        err = max(err, float(np.max(np.abs(dequantize(ints[o], qgraph.scales[o]) - floats[o]))))
+        peak = max(peak, float(np.max(np.abs(floats[o]))))
+    first = qgraph.outputs[0]
+    pred_f = floats[first].reshape(len(floats[first]), -1).argmax(axis=1)
+    pred_q = ints[first].reshape(len(ints[first]), -1).argmax(axis=1)
+    acc_f = acc_q = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        acc_f, acc_q = float(np.mean(pred_f == labels)), float(np.mean(pred_q == labels))
+    return QuantReport(len(pred_f), err, peak, float(np.mean(pred_f == pred_q)), acc_f, acc_q)
