@@ -1,0 +1,180 @@
+"""MAC utilisation of the tile GEMM kernel (`d1tile.sw.kernels`) on the cycle model.
+
+    .venv/bin/python bench/gemm_utilisation.py                 # 256^3 on default, 32^3 on tiny
+    .venv/bin/python bench/gemm_utilisation.py --preset default --size 256 256 256 --seed 1
+
+Runs C = X @ W (int8 X [M, K], W [K, N], int32 C read back) compiled by
+`KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy, and prints:
+
+* `cycles` (`RunResult.cycles`: from reset to the last DONE, so it includes the host loading
+  every program and the weights and activations through the east edge) and `total_cycles`
+  (`RunResult.total_cycles`: also the read-back of C and the counters);
+* `ideal_cycles` = M K N / (nodes * N^2), every MAC busy every cycle;
+* **utilisation = ideal_cycles / cycles** (the headline figure; the target is >= 80 % for
+  256^3 on the default tile), and for reference ideal / total_cycles and ideal / the compute
+  phase (START to the last DONE of the critical node);
+* where the cycles of the critical node (the one whose DONE came last) go, from its
+  counters and the timing contracts of `d1tile.sim.mxu`: host load before its START, MAC beats,
+  MATMUL start-up, MREAD/drain, and the rest (the first operands' gather, waits, HALT);
+* a per-node table of the counters (busy_matrix, stall_*, DMA-out busy, flits, SRAM conflicts;
+  the counters are read after the node's results, so DMA-out and flits include the read-back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from math import ceil
+
+import numpy as np
+
+from d1tile.params import TileConfig
+from d1tile.sim.host import CHUNK
+from d1tile.sim.mxu import ideal_matmul_cycles, matmul_cycles, mread_cycles
+from d1tile.sim.tile import TileModel
+from d1tile.sw.kernels import KernelBuilder, load_activation, reference_gemm, unpack_gemm
+
+
+def build(cfg: TileConfig, m: int, k: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(m, k))
+    w = rng.integers(-128, 128, size=(k, n))
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", m, k)
+    out = kb.gemm("gemm", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    return tp, kb, out, x, w
+
+
+def load_flits(tp) -> dict:
+    """Flits the host sends on each row link before the nodes run (HostDriver's load phase)."""
+    per_row = {}
+    for (x, y) in tp.nodes:
+        words = len(tp.words_of((x, y)))
+        row = per_row.setdefault(y, {"programs": 0, "data": 0, "headers": 0, "starts": 0})
+        row["programs"] += words
+        row["headers"] += ceil(words / CHUNK)
+        for _, data in tp.loads.get((x, y), []):
+            row["data"] += len(data)
+            row["headers"] += ceil(len(data) / CHUNK)
+        row["starts"] += 1
+    return per_row
+
+
+def run_case(cfg: TileConfig, m: int, k: int, n: int, seed: int = 1) -> dict:
+    tp, kb, out, x, w = build(cfg, m, k, n, seed)
+    started = time.monotonic()
+    result = TileModel(cfg).run(tp)
+    wall = time.monotonic() - started
+    if result.faults or result.hang:
+        raise RuntimeError(f"the run failed: faults {result.faults}, hang {result.hang}")
+    if not np.array_equal(unpack_gemm(out, result), reference_gemm(x, w)):
+        raise RuntimeError("the tile's product differs from NumPy's")
+    layer = kb.layers[-1]
+    return {"cfg": cfg, "m": m, "k": k, "n": n, "result": result, "wall": wall, "layer": layer,
+            "ideal": m * k * n / cfg.peak_macs_per_cycle, "load": load_flits(tp)}
+
+
+def report(case: dict, out=print) -> None:
+    cfg, result, layer = case["cfg"], case["result"], case["layer"]
+    m, k, n, ideal = case["m"], case["k"], case["n"], case["ideal"]
+    kw, N = layer.kw, cfg.mac_dim
+    out(f"GEMM {m} x {k} x {n} (int8 X [{m}, {k}] @ W [{k}, {n}] -> int32) on {cfg.name}: "
+        f"{cfg.rows}x{cfg.cols} nodes of {N}x{N} MACs, cycle model ({case['wall']:.1f} s wall), "
+        "result bit-exact with NumPy")
+    cycles, total = result.cycles, result.total_cycles
+    crit = max(result.nodes, key=lambda node: result.nodes[node].done_cycle)
+    rep = result.nodes[crit]
+    c = rep.counters
+    pre = rep.done_cycle - c["cycles"]
+    lines = [
+        ("cycles (RunResult.cycles: reset to the last DONE)", f"{cycles:8d}"),
+        ("total_cycles (with the read-back)", f"{total:8d}"),
+        (f"ideal_cycles = {m}*{k}*{n} / ({cfg.nodes} nodes * {N * N} MACs)", f"{ideal:8.0f}"),
+        ("utilisation = ideal / cycles", f"{100 * ideal / cycles:8.1f} %"),
+        ("            = ideal / total_cycles", f"{100 * ideal / total:8.1f} %"),
+        (f"            = ideal / compute phase of {crit} ({c['cycles']}: START to DONE)",
+         f"{100 * ideal / c['cycles']:8.1f} %"),
+    ]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        out(f"  {label:{width}s} {value}")
+
+    tiles = len(layer.plans[crit].tiles)
+    beats = tiles * ideal_matmul_cycles(cfg, kw)
+    startup = tiles * (matmul_cycles(cfg, kw) - ideal_matmul_cycles(cfg, kw))
+    drain = tiles * mread_cycles(N, 1)
+    rest = c["cycles"] - beats - startup - drain
+    rows = load_flits_text(case["load"])
+    out(f"  where the cycles of the critical node {crit} go ({tiles} tiles of kw = {kw} words):")
+    items = [
+        ("host load before its START, and its DONE's trip", pre, rows),
+        ("MAC beats (4 kw per tile)", beats, "the ideal share of this node"),
+        ("MATMUL start-up (3 per tile)", startup, "first beat 4 cycles after issue"),
+        ("MREAD / drain (N + 3 per tile)", drain,
+         "one accumulator set: rows out before the next tile"),
+        ("first operands, waits, HALT", rest,
+         f"stall_wait {c['stall_wait']}, matrix idle while running "
+         f"{c['cycles'] - c['busy_matrix']}"),
+    ]
+    for name, value, note in items:
+        out(f"    {name:48s} {value:7d} {100 * value / rep.done_cycle:5.1f} %  {note}")
+    out(f"    {'= DONE cycle of ' + str(crit):48s} {rep.done_cycle:7d}")
+    out(f"    read-back after the last DONE: {total - cycles} cycles")
+    msgs = layer.messages
+    words = sum(mg.n for mg in msgs)
+    out(f"  communication: {len(msgs)} SENDs, {words} words over the mesh (activation blocks "
+        f"down the columns, weight blocks along the rows), overlapped with the MATMULs; "
+        f"exposed only as stall_wait")
+    out("  per node (counters; busy_dma_out and flits_out include the node's read-back):")
+    header = ["node", "tiles", "START~", "DONE", "running", "busy_matrix", "MAC util",
+              "stall_wait", "stall_unit", "stall_hazard", "busy_dma_out", "flits_out", "sram_confl"]
+    table = [header]
+    for node in sorted(result.nodes, key=lambda nd: (nd[1], nd[0])):
+        r = result.nodes[node]
+        cc = r.counters
+        t = len(layer.plans[node].tiles)
+        flits = sum(cc[f"flits_out_{p}"] for p in ("north", "east", "south", "west"))
+        table.append([str(node), str(t), str(r.done_cycle - cc["cycles"]), str(r.done_cycle),
+                      str(cc["cycles"]), str(cc["busy_matrix"]),
+                      f"{100 * t * ideal_matmul_cycles(cfg, kw) / max(cc['cycles'], 1):.1f} %",
+                      str(cc["stall_wait"]), str(cc["stall_unit"]), str(cc["stall_hazard"]),
+                      str(cc["busy_dma_out"]), str(flits), str(cc["sram_conflicts"])])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        out("    " + "  ".join(cell.rjust(wd) for cell, wd in zip(row, widths)))
+
+
+def load_flits_text(load: dict) -> str:
+    worst = max(load.values(), key=lambda r: sum(r.values()))
+    return (f"{sum(worst.values())} flits per row link: programs {worst['programs']}, data "
+            f"{worst['data']}, headers {worst['headers']}, STARTs {worst['starts']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=["tiny", "default"],
+                        help="one case on this preset (default: 256^3 on default, then 32^3 "
+                             "on tiny)")
+    parser.add_argument("--size", type=int, nargs=3, metavar=("M", "K", "N"),
+                        help="M K N (default 256 256 256 on default, 32 32 32 on tiny)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.preset:
+        sizes = {"default": (256, 256, 256), "tiny": (32, 32, 32)}
+        cases = [(args.preset, tuple(args.size) if args.size else sizes[args.preset])]
+    else:
+        cases = [("default", tuple(args.size) if args.size else (256, 256, 256)),
+                 ("tiny", (32, 32, 32))]
+    for i, (preset, (m, k, n)) in enumerate(cases):
+        if i:
+            print()
+        report(run_case(TileConfig.preset(preset), m, k, n, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,913 @@
+"""Tile kernels for GEMM layers: per-node programs, SRAM placement and host-side packing.
+
+A layer Y = requant(X @ W + b) (X: int8 [batch, K], W: int8 [K, F], b: int32 [F]) is computed
+transposed, Y^T = W^T X^T, output-stationary over the R x C grid, in the operand layout of
+docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells the whole story.
+
+* **Partition.** Outputs are N x N tiles (N = `cfg.mac_dim`): feature block i (features
+  iN .. iN+N-1) by batch block j (batch elements jN .. jN+N-1). Grid row y owns a contiguous
+  range of feature blocks, grid column x a contiguous range of batch blocks (`split_even`), so
+  node (x, y) computes every tile of (its row's features) x (its column's batch), one MATMUL
+  over all of K and one MREAD per tile.
+* **Activations** live on the tile as an `ActivationLayout`: X^T operand words, batch blocks
+  over the columns, each block held by the nodes of its column as segments of its K words
+  (whole blocks dealt over the rows for a host input, or one chunk of K per row). A layer's
+  output is left in the chunk form, chunk y = the features grid row y computed, so it is the
+  next layer's input as it stands.
+* **Weights** are resident: the host loads each feature block's W words (and, for quantised
+  layers, its N bias words) once, into the staging region of one *owner* node of the row
+  (blocks dealt round-robin over the row's active columns).
+* **Gather.** Every node SENDs what it holds to the nodes that need it: activation segments
+  along its column, weight blocks along its row, itself included (a SEND to itself is a local
+  copy through its router). Receivers WAIT on one counter per sender (weights from column x' on
+  counter x', activations from row y' on counter C + y'); a (sender, receiver) pair's messages
+  arrive in order, so a WAIT count always covers a prefix of the sender's list.
+* **Overlap.** A node's tiles run in a fixed order (its own weight blocks and batch blocks
+  first). Each message is due one tile before its first use at the receiver, and the sender
+  issues it in the *slot* after one of its own MATMULs (earliest deadline first, filling each
+  slot up to the MATMUL's duration), so the DMA streams while the matrix unit computes; only
+  what the first tiles need goes before the first MATMUL.
+* **Banks.** DMA-out only ever reads staging regions and the matrix unit only operand regions,
+  and the allocator (`NodeSram`) puts the two classes in different banks, so sends never take
+  SRAM read cycles from a MATMUL; results (MREAD rows) go to banks of a third class.
+
+Programs are deadlock-free by construction: a message is sent in a slot no later than the tile
+before its first use, and sends never wait on anything, so every node can always reach the
+WAITs of its next tile (induction over tiles, then over layers).
+
+Typical use (a lowering chains layers; the plain GEMM is the benchmark's kernel)::
+
+    kb = KernelBuilder(cfg)
+    x = kb.input("x", batch=64, features=100)
+    h = kb.quantised_layer("fc1", x, w1, b1, scale=..., shift=..., relu=True)
+    y = kb.quantised_layer("fc2", h, w2, b2, scale=..., shift=...)
+    kb.read(y)
+    tp = kb.finish()
+    load_activation(tp, x, x_int8)
+    result = TileModel(cfg).run(tp)
+    y_int8 = unpack_activation(y, result)     # == reference_layer(reference_layer(...), ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import ceil
+
+import numpy as np
+
+from d1tile.formats import VecOp, bytes_from_word, lanes_from_word, word_from_bytes, word_from_lanes
+from d1tile.params import TileConfig
+from d1tile.sim.dma import job_cycles
+from d1tile.sim.isa import COUNTERS, FORMATS, Opcode
+from d1tile.sim.mxu import matmul_cycles
+from d1tile.sim.vector import SCALE_BITS, SHIFT_BITS, requantize
+from d1tile.sim.vpu import vec_cycles
+from d1tile.sw.asm import AsmError
+from d1tile.sw.errors import CompileError
+from d1tile.sw.program import TileProgram
+
+
+__all__ = [
+    "KernelBuilder", "ActivationLayout", "Segment", "GemmOutput", "NodeSram", "Region",
+    "LayerPlan", "NodePlan", "Message", "schedule_sends", "split_even", "batch_blocks",
+    "pack_activation", "load_activation", "unpack_activation", "unpack_gemm",
+    "reference_gemm", "reference_layer",
+]
+
+K_PER_WORD = 4                                 # int8 features per operand vector group
+MAX_SEND_WORDS = (1 << FORMATS[Opcode.SEND].field("n").width) - 1
+MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
+
+# SRAM region classes: who reads them, hence which must not share a bank.
+STAGE = "stage"       # read by DMA-out (SEND sources): activation chunks, weight blocks, outputs
+OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA-in
+RESULT = "result"     # written by MREAD, read by the vector unit or the host
+AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}}
+
+
+def split_even(count: int, parts: int) -> list[tuple[int, int]]:
+    """`count` items cut into `parts` contiguous ranges [lo, hi) whose sizes differ by at most
+    one (the larger ones first); empty ranges when count < parts."""
+    base, extra = divmod(count, parts)
+    ranges, lo = [], 0
+    for p in range(parts):
+        hi = lo + base + (1 if p < extra else 0)
+        ranges.append((lo, hi))
+        lo = hi
+    return ranges
+
+
+def batch_blocks(cfg: TileConfig, batch: int) -> tuple[tuple[int, int], ...]:
+    """The batch blocks (of N elements) each grid column owns: the same for every activation of
+    a given batch, which is what lets any layer's output feed any later layer."""
+    return tuple(split_even(ceil(batch / cfg.mac_dim), cfg.cols))
+
+
+# -- layouts ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Segment:
+    """Words [k0, k1) of batch block `block`, stored from SRAM word `addr` on."""
+    block: int
+    k0: int
+    k1: int
+    addr: int
+
+    @property
+    def words(self) -> int:
+        return self.k1 - self.k0
+
+
+@dataclass(frozen=True)
+class ActivationLayout:
+    """Where an int8 activation X [batch, features] lives on the tile, as X^T operand words.
+
+    Word w of batch block j holds features 4w .. 4w+3, each as a vector of the N batch elements
+    jN .. jN+N-1 (byte s*N + i = X[jN + i, 4w + s], zero beyond the tensor); a block has
+    `kwords` words. Grid column x owns the batch blocks `blocks[x]` = [j0, j1) (`batch_blocks`,
+    the same for every activation of one batch), and the nodes of column x hold them as
+    `segments[(x, y)]`: (block, words [k0, k1), address), contiguous on each node, block after
+    block. Two forms occur:
+
+    * **chunks** (every layer output, and host inputs with few batch blocks): node (x, y) holds
+      chunk y, the same word range, of every block of its column; for a layer output chunk y is
+      the features of the feature blocks grid row y computed;
+    * **blocks** (host inputs with at least `rows` batch blocks per column): node (x, y) holds
+      whole blocks, the column's blocks dealt round-robin over the rows (fewer, longer SENDs).
+
+    Nodes that hold nothing have no entry in `segments`.
+    """
+    cfg: TileConfig
+    name: str
+    batch: int
+    features: int
+    kwords: int
+    blocks: tuple[tuple[int, int], ...]
+    segments: dict
+
+    def __post_init__(self):
+        for node, segs in self.segments.items():
+            for a, b in zip(segs, segs[1:]):
+                if b.addr != a.addr + a.words:
+                    raise ValueError(f"{self.name}: the segments of node {node} are not contiguous")
+
+    def region(self, x: int, y: int) -> tuple[int, int]:
+        """(address, words) of everything node (x, y) holds."""
+        segs = self.segments[(x, y)]
+        return segs[0].addr, sum(s.words for s in segs)
+
+    def nodes(self):
+        """The nodes holding a part of the activation."""
+        return sorted(self.segments)
+
+
+@dataclass(frozen=True)
+class GemmOutput:
+    """Where a plain GEMM's int32 result C^T lives: node (x, y) holds, from word `base[(x, y)]`,
+    one N-word tile per (feature block i of row y, batch block j of column x), in the order
+    ((i - i0) * blocks_of_column + (j - j0)); word r of a tile is feature iN + r over the N batch
+    elements jN .. jN+N-1 (int32 lanes)."""
+    cfg: TileConfig
+    name: str
+    batch: int
+    features: int
+    blocks: tuple[tuple[int, int], ...]       # batch blocks per column
+    feature_blocks: tuple[tuple[int, int], ...]   # feature blocks per row
+    base: dict
+
+    def region(self, x: int, y: int) -> tuple[int, int]:
+        """(address, words) of node (x, y)'s result tiles."""
+        j0, j1 = self.blocks[x]
+        i0, i1 = self.feature_blocks[y]
+        return self.base[(x, y)], (i1 - i0) * (j1 - j0) * self.cfg.mac_dim
+
+
+# -- SRAM allocation -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Region:
+    """Words [lo, hi) of a node's SRAM, of class `cls` (STAGE, OPERAND or RESULT)."""
+    name: str
+    lo: int
+    hi: int
+    cls: str
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+
+class NodeSram:
+    """Bank-aware allocation of one node's SRAM. Regions are never freed (weights are
+    resident, and a region another node writes into must never be reused while that node may
+    still be a layer ahead).
+
+    `alloc(name, size, cls)` places a region of a class (`STAGE`, `OPERAND`, `RESULT`) at the
+    lowest address whose banks hold no region of a class it must avoid (`AVOID`); when no such
+    place exists, at the place touching the fewest such banks. Raises `CompileError` when the
+    region does not fit at all."""
+
+    def __init__(self, cfg: TileConfig, node):
+        self.cfg = cfg
+        self.node = node
+        self.regions: list[Region] = []
+
+    @property
+    def used(self) -> int:
+        return sum(r.size for r in self.regions)
+
+    def _banks(self, lo: int, hi: int) -> set:
+        shift = self.cfg.bank_addr_bits
+        return set(range(lo >> shift, ((hi - 1) >> shift) + 1))
+
+    def _free(self) -> list[tuple[int, int]]:
+        free, at = [], 0
+        for r in sorted(self.regions, key=lambda r: r.lo):
+            if r.lo > at:
+                free.append((at, r.lo))
+            at = max(at, r.hi)
+        if at < self.cfg.sram_words:
+            free.append((at, self.cfg.sram_words))
+        return free
+
+    def alloc(self, name: str, size: int, cls: str, *, banks: bool = True) -> int:
+        """The region's address; `banks=False` ignores the bank rules (plain first fit)."""
+        if size <= 0:
+            raise ValueError(f"region {name!r}: size {size} must be positive")
+        avoid = set()
+        for r in self.regions if banks else ():
+            if r.cls in AVOID[cls]:
+                avoid |= self._banks(r.lo, r.hi)
+        best = None
+        bank = self.cfg.bank_words
+        for lo, hi in self._free():
+            starts = [lo] + list(range((lo // bank + 1) * bank, hi, bank))
+            for start in starts:
+                if start + size > hi:
+                    break
+                score = (len(self._banks(start, start + size) & avoid), start)
+                if best is None or score < best:
+                    best = score
+        if best is None:
+            raise CompileError(f"no room for {name} ({size} words) on node {self.node}")
+        self.regions.append(Region(name, best[1], best[1] + size, cls))
+        return best[1]
+
+    def place(self, requests) -> list[int]:
+        """Allocate [(name, size, cls)] together: with the bank rules if they can be kept,
+        else (free space too fragmented for them) by plain first fit; all or nothing."""
+        kept = len(self.regions)
+        for banks in (True, False):
+            try:
+                return [self.alloc(name, size, cls, banks=banks) for name, size, cls in requests]
+            except CompileError:
+                del self.regions[kept:]
+        total = sum(size for _, size, _ in requests)
+        raise CompileError(f"{total} words do not fit the free space of node {self.node}, "
+                           f"which is fragmented ({self.used} of {self.cfg.sram_words} words "
+                           f"used)")
+
+
+# -- the kernel builder ------------------------------------------------------------------------
+
+@dataclass
+class Message:
+    """One SEND of a layer's gather; `first_use` is the receiver's tile that needs it first,
+    `slot` the sender's slot it is issued in (see `schedule_sends`)."""
+    sender: tuple
+    receiver: tuple
+    counter: int
+    src: int
+    n: int
+    dst: int
+    first_use: int
+    rank: tuple
+    slot: int | None = None
+
+    @property
+    def due(self) -> int:
+        """The last slot it may go in: the one before its first use."""
+        return self.first_use - 1
+
+
+@dataclass
+class NodePlan:
+    tiles: list = field(default_factory=list)       # [(i, j)] in execution order
+    owned: list = field(default_factory=list)       # weight blocks it holds (owner)
+    w_stage: int = 0                                # its owned weight blocks (stage)
+    w_base: int = 0                                 # weights region (operand)
+    x_base: int = 0                                 # activations region (operand)
+    out_base: int = 0                               # plain GEMM: result tiles (result)
+    y_base: int = 0                                 # quantised: output chunks (stage)
+
+
+@dataclass
+class LayerPlan:
+    """One layer's plan, filled by the passes of `KernelBuilder._layer` in order (partition,
+    tile order, instruction count, SRAM placement, weight loads, gather, send schedule, emit);
+    `KernelBuilder.layers` keeps them for reports (bench/gemm_utilisation.py)."""
+    name: str
+    quant: tuple | None                 # (scale, shift, relu) of a quantised layer
+    inputs: list                        # ActivationLayouts, features concatenated
+    offsets: list                       # each input's first word in a block of kw words
+    kw: int                             # K words per block (MATMUL kw)
+    wstride: int                        # words per weight block: kw (+ N bias words)
+    features: int
+    blocks: tuple                       # batch blocks per column
+    fblocks: tuple                      # feature blocks per row
+    active_cols: list
+    active_rows: list
+    plans: dict = field(default_factory=dict)       # node -> NodePlan
+    owner: dict = field(default_factory=dict)       # feature block -> owner node
+    first_w: dict = field(default_factory=dict)     # (node, i) -> first tile using block i
+    first_x: dict = field(default_factory=dict)     # (node, j) -> first tile using block j
+    messages: list = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"layer {self.name!r}"
+
+    @property
+    def per_tile(self) -> int:
+        """Instructions per tile: MATMUL, MREAD (and VEC ADD, VEC REQUANT)."""
+        return 4 if self.quant else 2
+
+
+def schedule_sends(messages, tiles: dict, capacity: int) -> None:
+    """Give every message its sender's slot: slot -1 is before the sender's first MATMUL, slot
+    t right after MATMUL t. Per sender, earliest due first (then `rank`): a message goes in the
+    current slot if it is due there or the slot still has room (`capacity` cycles of DMA time
+    per slot, a SEND of n words costing `job_cycles(n) + 1`; slot -1 has no room, and the last
+    slot, after the sender's last MATMUL, takes everything left). So no message is later than
+    its due slot, and a sender's messages are issued in due order (what keeps every WAIT count
+    a prefix of each sender's stream). `tiles`: node -> number of tiles."""
+    by_sender = {}
+    for m in messages:
+        by_sender.setdefault(m.sender, []).append(m)
+    for sender, ms in by_sender.items():
+        last = tiles[sender] - 1
+        ms.sort(key=lambda m: (m.due, m.rank, m.receiver, m.dst))
+        slot, fill = -1, 0
+        for m in ms:
+            cost = job_cycles(m.n) + 1
+            while slot < min(m.due, last) and fill + cost > (capacity if slot >= 0 else 0):
+                slot, fill = slot + 1, 0
+            m.slot = slot
+            fill += cost
+
+
+class KernelBuilder:
+    """Builds a `TileProgram` layer by layer (see the module docstring).
+
+    Every method appends to the node programs in call order; `finish()` ends them with HALT and
+    returns the program. Errors in what is asked (shapes, ranges, SRAM or instruction memory too
+    small) raise `CompileError` naming the layer; start a new builder after one. The builder
+    owns every node's SRAM (`sram`) and sync counters 0 .. rows+cols-1: a `tile_program` given
+    to extend must not use SRAM or counters of its own."""
+
+    def __init__(self, cfg: TileConfig, tile_program: TileProgram | None = None):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        if cfg.rows + cfg.cols > COUNTERS:
+            raise CompileError(f"the GEMM kernels need rows + cols <= {COUNTERS} sync counters; "
+                               f"the grid is {cfg.rows}x{cfg.cols}")
+        self.cfg = cfg
+        self.tp = tile_program if tile_program is not None else TileProgram(cfg)
+        if self.tp.cfg != cfg:
+            raise ValueError("the tile program was made for another configuration")
+        self.sram = {node: NodeSram(cfg, node) for node in self.tp.nodes}
+        self._acc: dict = {}
+        self._names: set = set()
+        self._finished = False
+        self.layers: list[LayerPlan] = []    # every layer's plan and messages, for reports
+
+    # -- activations -------------------------------------------------------------------------
+
+    def input(self, name: str, batch: int, features: int, *,
+              form: str = "auto") -> ActivationLayout:
+        """Reserve the staging regions of a host-fed activation [batch, features] (fill them with
+        `load_activation`). `form` is "blocks" (whole batch blocks dealt over the rows of each
+        column), "chunks" (the K words split evenly over the rows) or "auto": blocks when every
+        active column has at least `rows` blocks (every node gets a share), else chunks."""
+        self._check_open(name)
+        for what, value in (("batch", batch), ("features", features)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise CompileError(f"tensor {name!r}: {what} must be a positive integer, "
+                                   f"not {value!r}")
+        if form not in ("auto", "blocks", "chunks"):
+            raise ValueError(f"form={form!r}: use 'auto', 'blocks' or 'chunks'")
+        cfg = self.cfg
+        blocks = batch_blocks(cfg, batch)
+        kwords = ceil(features / K_PER_WORD)
+        if form == "auto":
+            form = "blocks" if all(j1 - j0 >= cfg.rows for j0, j1 in blocks if j1 > j0) \
+                else "chunks"
+        shape = {}        # node -> [(block, k0, k1)]
+        chunks = split_even(kwords, cfg.rows)
+        for (x, y) in self.tp.nodes:
+            j0, j1 = blocks[x]
+            if form == "blocks":
+                held = [(j, 0, kwords) for j in range(j0, j1) if (j - j0) % cfg.rows == y]
+            else:
+                held = [(j, *chunks[y]) for j in range(j0, j1) if chunks[y][1] > chunks[y][0]]
+            if held:
+                shape[(x, y)] = held
+        what = f"tensor {name!r}"
+        self._check_fits(what, {node: {"activation staging": sum(k1 - k0 for _, k0, k1 in held)}
+                                for node, held in shape.items()})
+        segments = {}
+        for node, held in shape.items():
+            addr, = self._place(what, node, [(f"{name}: staging",
+                                              sum(k1 - k0 for _, k0, k1 in held), STAGE)])
+            segs = []
+            for j, k0, k1 in held:
+                segs.append(Segment(j, k0, k1, addr))
+                addr += k1 - k0
+            segments[node] = tuple(segs)
+        return ActivationLayout(cfg, name, int(batch), int(features), kwords, blocks, segments)
+
+    def read(self, what) -> None:
+        """Ask for an activation or a GEMM result to be read back after the run."""
+        if isinstance(what, ActivationLayout):
+            for node in what.nodes():
+                self.tp.read(node, *what.region(*node))
+        elif isinstance(what, GemmOutput):
+            for node in sorted(what.base):
+                self.tp.read(node, *what.region(*node))
+        else:
+            raise TypeError(f"read: expected an ActivationLayout or GemmOutput, not {what!r}")
+
+    def finish(self) -> TileProgram:
+        """End every program with HALT; the builder is closed afterwards."""
+        if self._finished:
+            raise RuntimeError("finish() was already called")
+        for node, program in self.tp.programs.items():
+            self._emit(node, "HALT", program.halt)
+        self._finished = True
+        return self.tp
+
+    # -- layers ------------------------------------------------------------------------------
+
+    def gemm(self, name: str, x, w) -> GemmOutput:
+        """Plain int8 GEMM C = X @ W with the int32 result left in SRAM (read it back with
+        `read` and `unpack_gemm`). `x` is an `ActivationLayout` (or a list of them, whose
+        features are concatenated), `w` int8 [K, F]."""
+        layer = self._layer(name, x, w, bias=None, quant=None)
+        base = {node: p.out_base for node, p in layer.plans.items() if p.tiles}
+        return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
+                          layer.fblocks, base)
+
+    def quantised_layer(self, name: str, x, w, b, scale: int, shift: int,
+                        relu: bool = False) -> ActivationLayout:
+        """Y = requantize(X @ W + b, scale, shift, relu) (`d1tile.sim.vector.requantize`), int8,
+        left on the tile as the `ActivationLayout` of the next layer's input: node (x, y) holds
+        the features of grid row y's feature blocks for its column's batch blocks (chunk y =
+        words [i0 * N / 4, i1 * N / 4) for feature blocks [i0, i1)).
+
+        `x`: `ActivationLayout` (or a list, features concatenated); `w`: int8 [K, F];
+        `b`: int32 [F]; `scale` 0..65535, `shift` 0..63, one per layer."""
+        if self.cfg.mac_dim % K_PER_WORD:
+            raise CompileError(f"layer {name!r}: quantised layers need mac_dim to be a multiple "
+                               f"of 4 (REQUANT packs 4 accumulator rows per word); it is "
+                               f"{self.cfg.mac_dim}")
+        for what, value, bits in (("scale", scale, SCALE_BITS), ("shift", shift, SHIFT_BITS)):
+            if not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
+                raise CompileError(f"layer {name!r}: {what}={value!r} is outside "
+                                   f"0..{(1 << bits) - 1}")
+        layer = self._layer(name, x, w, bias=b, quant=(int(scale), int(shift), bool(relu)))
+        words = self.cfg.mac_dim // K_PER_WORD          # output words per feature block
+        segments = {}
+        for (x, y), p in layer.plans.items():
+            if p.tiles:
+                (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
+                cw = (i1 - i0) * words
+                segments[(x, y)] = tuple(
+                    Segment(j, i0 * words, i1 * words, p.y_base + (j - j0) * cw)
+                    for j in range(j0, j1))
+        return ActivationLayout(self.cfg, name, layer.inputs[0].batch, layer.features,
+                                layer.fblocks[-1][1] * words, layer.blocks, segments)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_open(self, name: str):
+        if self._finished:
+            raise RuntimeError("the builder is finished; start a new KernelBuilder")
+        if not isinstance(name, str) or not name:
+            raise CompileError(f"a layer or tensor needs a non-empty name, not {name!r}")
+        if name in self._names:
+            raise CompileError(f"the name {name!r} is used twice")
+        self._names.add(name)
+
+    def _check_fits(self, what: str, needs: dict):
+        """`needs`: node -> {part: words}. Raise the overflow error for the fullest node."""
+        cfg = self.cfg
+        worst, total = None, -1
+        for node, parts in needs.items():
+            t = self.sram[node].used + sum(parts.values())
+            if t > total:
+                worst, total = node, t
+        if worst is None or total <= cfg.sram_words:
+            return
+        def size(words):
+            nbytes = words * cfg.word_bytes
+            return f"{nbytes / 1024:.1f} KiB" if nbytes >= 1024 else f"{nbytes} B"
+
+        parts = ", ".join(f"{part} {size(words)}" for part, words in needs[worst].items())
+        before = self.sram[worst].used
+        if before:
+            parts += f", earlier layers {size(before)}"
+        raise CompileError(f"{what} needs {size(total)} of SRAM per node (node {worst}: "
+                           f"{parts}), the node has {cfg.sram_kib} KiB")
+
+    def _place(self, what, node, requests) -> list[int]:
+        try:
+            return self.sram[node].place(requests)
+        except CompileError as exc:
+            raise CompileError(f"{what}: {exc}") from None
+
+    def _emit(self, node, what, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except AsmError as exc:
+            raise CompileError(f"{what}: node {node}: {exc}") from None
+
+    def _inputs(self, name, x) -> list[ActivationLayout]:
+        inputs = [x] if isinstance(x, ActivationLayout) else list(x)
+        if not inputs or not all(isinstance(i, ActivationLayout) for i in inputs):
+            raise CompileError(f"layer {name!r}: the input must be an ActivationLayout or a list "
+                               f"of them, not {x!r}")
+        for i in inputs:
+            if i.cfg != self.cfg:
+                raise CompileError(f"layer {name!r}: input {i.name!r} was placed for another "
+                                   "configuration")
+            if i.batch != inputs[0].batch:
+                raise CompileError(f"layer {name!r}: inputs {inputs[0].name!r} and {i.name!r} "
+                                   f"have batches {inputs[0].batch} and {i.batch}")
+        return inputs
+
+    def _layer(self, name, x, w, bias, quant) -> LayerPlan:
+        """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
+        self._check_open(name)
+        layer = self._partition(name, x, w, bias, quant)
+        self._order_tiles(layer)
+        self._check_instruction_memory(layer)
+        self._place_regions(layer)
+        self._load_weights(layer, w, bias)
+        self._gather(layer)
+        capacity = matmul_cycles(self.cfg, layer.kw) - 4
+        if quant:
+            capacity -= 2 * vec_cycles(self.cfg.mac_dim)     # the VECs issue first in a slot
+        schedule_sends(layer.messages, {node: len(p.tiles) for node, p in layer.plans.items()},
+                       capacity)
+        self._emit_layer(layer)
+        self.layers.append(layer)
+        return layer
+
+    def _partition(self, name, x, w, bias, quant) -> LayerPlan:
+        """Check the arguments; lay out K (the inputs' words one after the other); split the
+        feature blocks over the rows (the batch blocks are the inputs')."""
+        cfg, n = self.cfg, self.cfg.mac_dim
+        where = f"layer {name!r}"
+        inputs = self._inputs(name, x)
+        w = np.asarray(w)
+        if w.ndim != 2 or not np.issubdtype(w.dtype, np.integer):
+            raise CompileError(f"{where}: weights must be a 2-D integer array, not {w.dtype} "
+                               f"{list(w.shape)}")
+        if w.size and (w.min() < -128 or w.max() > 127):
+            raise CompileError(f"{where}: weights must be int8 (-128..127), found "
+                               f"{int(w.min())}..{int(w.max())}")
+        k_total = sum(i.features for i in inputs)
+        if w.shape[0] != k_total:
+            names = " + ".join(f"{i.name!r} ({i.features})" for i in inputs)
+            raise CompileError(f"{where}: weights have {w.shape[0]} rows but the input has "
+                               f"{k_total} features ({names})")
+        features = int(w.shape[1])
+        if features < 1:
+            raise CompileError(f"{where}: weights have no output features")
+        if bias is not None:
+            b = np.asarray(bias)
+            if b.shape != (features,) or not np.issubdtype(b.dtype, np.integer):
+                raise CompileError(f"{where}: bias must be an integer vector of {features} "
+                                   f"values, not {b.dtype} {list(b.shape)}")
+            if b.size and (b.min() < -2**31 or b.max() >= 2**31):
+                raise CompileError(f"{where}: bias values must fit int32")
+        offsets, kw = [], 0
+        for i in inputs:
+            offsets.append(kw)
+            kw += i.kwords
+        wstride = kw + (n if quant else 0)
+        longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
+                      default=0)
+        for what, value, limit in (("K words per block", kw, MAX_KW),
+                                   ("words per weight block", wstride, MAX_SEND_WORDS),
+                                   ("words in an activation segment", longest, MAX_SEND_WORDS)):
+            if value > limit:
+                raise CompileError(f"{where}: {value} {what} exceed the instruction limit "
+                                   f"of {limit} (K = {k_total} is too large)")
+        blocks = inputs[0].blocks
+        fblocks = tuple(split_even(ceil(features / n), cfg.rows))
+        return LayerPlan(
+            name, quant, inputs, offsets, kw, wstride, features, blocks, fblocks,
+            active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
+            active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
+            plans={node: NodePlan() for node in self.tp.nodes})
+
+    def _order_tiles(self, layer: LayerPlan) -> None:
+        """Owners of the weight blocks (dealt round-robin over the row's active columns) and
+        every node's tile order: its own weight blocks first, then those of the next owners
+        along the row (their sends are due later); within each, the batch blocks it holds
+        itself first, then by how far down the column the last part of a block comes from."""
+        rows = self.cfg.rows
+        holders = {}                     # batch block -> rows of its column holding a part
+        for i in layer.inputs:
+            for (_, ys), segs in i.segments.items():
+                for seg in segs:
+                    holders.setdefault(seg.block, set()).add(ys)
+        cols = layer.active_cols
+        for y in layer.active_rows:
+            i0, i1 = layer.fblocks[y]
+            for i in range(i0, i1):
+                owner = (cols[(i - i0) % len(cols)], y)
+                layer.owner[i] = owner
+                layer.plans[owner].owned.append(i)
+            for pos, x in enumerate(cols):
+                order = [i for ox in cols[pos:] + cols[:pos] for i in range(i0, i1)
+                         if layer.owner[i][0] == ox]
+                js = sorted(range(*layer.blocks[x]), key=lambda j: (
+                    max(((ys - y) % rows for ys in holders.get(j, ())), default=0), j))
+                layer.plans[(x, y)].tiles = [(i, j) for i in order for j in js]
+        for node, p in layer.plans.items():
+            for t, (i, j) in enumerate(p.tiles):
+                layer.first_w.setdefault((node, i), t)
+                layer.first_x.setdefault((node, j), t)
+
+    def _instruction_counts(self, layer: LayerPlan) -> tuple[dict, dict]:
+        """Per node: its program length after this layer (and a HALT), and its WAITs of this
+        layer as (tile, counter) pairs; `_emit_layer` checks that it emits exactly this."""
+        cols = self.cfg.cols
+        count = {node: len(self.tp.programs[node]) if node in self.tp.programs else 0
+                 for node in self.tp.nodes}
+        waits = {node: set() for node in self.tp.nodes}
+        for node, p in layer.plans.items():
+            count[node] += len(p.tiles) * layer.per_tile + (1 if layer.quant and p.tiles else 0)
+            count[node] += len(p.owned) * len(layer.active_cols)
+            for i in p.owned:
+                for x in layer.active_cols:
+                    waits[(x, node[1])].add((layer.first_w[((x, node[1]), i)], node[0]))
+        for i in layer.inputs:
+            for (x, ys), segs in i.segments.items():
+                count[(x, ys)] += len(segs) * len(layer.active_rows)
+                for seg in segs:
+                    for y in layer.active_rows:
+                        waits[(x, y)].add((layer.first_x[((x, y), seg.block)], cols + ys))
+        for node in self.tp.nodes:
+            count[node] += len(waits[node]) + 1
+        return count, waits
+
+    def _check_instruction_memory(self, layer: LayerPlan) -> None:
+        count, waits = self._instruction_counts(layer)
+        worst = max(self.tp.nodes, key=lambda node: count[node])
+        if count[worst] > self.cfg.imem_words:
+            raise CompileError(
+                f"{layer.where} needs {count[worst]} instructions on node {worst} "
+                f"({len(layer.plans[worst].tiles)} tiles of {layer.per_tile}, "
+                f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), its "
+                f"instruction memory holds {self.cfg.imem_words}")
+
+    def _place_regions(self, layer: LayerPlan) -> None:
+        """SRAM: check the fullest node first (a clear message), then place every node's
+        regions by their classes (`NodeSram`)."""
+        n = self.cfg.mac_dim
+        classes = {"weight staging": STAGE, "weights": OPERAND, "activations": OPERAND,
+                   "output chunks": STAGE, "accumulator rows": RESULT, "results": RESULT}
+        needs = {}
+        for (x, y), p in layer.plans.items():
+            parts = {}
+            if p.owned:
+                parts["weight staging"] = len(p.owned) * layer.wstride
+            if p.tiles:
+                nf = layer.fblocks[y][1] - layer.fblocks[y][0]
+                nbx = layer.blocks[x][1] - layer.blocks[x][0]
+                parts["weights"] = nf * layer.wstride
+                parts["activations"] = nbx * layer.kw
+                if layer.quant:
+                    parts["output chunks"] = nbx * nf * n // K_PER_WORD
+                    if (x, y) not in self._acc:
+                        parts["accumulator rows"] = 2 * n
+                else:
+                    parts["results"] = nf * nbx * n
+            if parts:
+                needs[(x, y)] = parts
+        self._check_fits(layer.where, needs)
+        for node, parts in sorted(needs.items()):
+            p = layer.plans[node]
+            addrs = dict(zip(parts, self._place(layer.where, node, [
+                (f"{layer.name}: {part}", size, classes[part]) for part, size in parts.items()])))
+            p.w_stage = addrs.get("weight staging", 0)
+            p.w_base = addrs.get("weights", 0)
+            p.x_base = addrs.get("activations", 0)
+            p.y_base = addrs.get("output chunks", 0)
+            p.out_base = addrs.get("results", 0)
+            if "accumulator rows" in addrs:
+                self._acc[node] = addrs["accumulator rows"]
+
+    def _load_weights(self, layer: LayerPlan, w, bias) -> None:
+        """The host loads each weight block (and its bias words) once, into its owner's
+        staging region."""
+        cfg, n = self.cfg, self.cfg.mac_dim
+        rows = np.concatenate([K_PER_WORD * off + np.arange(i.features)
+                               for off, i in zip(layer.offsets, layer.inputs)])
+        wpad = np.zeros((K_PER_WORD * layer.kw, layer.fblocks[-1][1] * n), dtype=np.int64)
+        wpad[rows, :layer.features] = np.asarray(w)
+        for node, p in layer.plans.items():
+            words = []
+            for i in p.owned:
+                words += _weight_words(cfg, wpad, i, layer.kw)
+                if layer.quant:
+                    b = np.zeros(n, dtype=np.int64)
+                    hi = min(layer.features, (i + 1) * n)
+                    b[:hi - i * n] = np.asarray(bias)[i * n:hi]
+                    words += [word_from_lanes([v] * n) for v in b]
+            if words:
+                self.tp.load(node, p.w_stage, words)
+
+    def _gather(self, layer: LayerPlan) -> None:
+        """Every message of the layer: each weight block from its owner to every node of the
+        row that computes, each activation segment from its holder to every node of the column
+        that computes; with the receiver's first use and a rank that orders a sender's ties
+        (activations first, receivers starting with itself)."""
+        cols, rows = self.cfg.cols, self.cfg.rows
+        for i, (ox, y) in layer.owner.items():
+            src = layer.plans[(ox, y)]
+            for x in layer.active_cols:
+                recv = (x, y)
+                layer.messages.append(Message(
+                    (ox, y), recv, ox, src.w_stage + src.owned.index(i) * layer.wstride,
+                    layer.wstride,
+                    layer.plans[recv].w_base + (i - layer.fblocks[y][0]) * layer.wstride,
+                    layer.first_w[(recv, i)], (1, (x - ox) % cols)))
+        for layout, off in zip(layer.inputs, layer.offsets):
+            for (x, ys), segs in layout.segments.items():
+                j0 = layer.blocks[x][0]
+                for seg in segs:
+                    for y in layer.active_rows:
+                        recv = (x, y)
+                        layer.messages.append(Message(
+                            (x, ys), recv, cols + ys, seg.addr, seg.words,
+                            layer.plans[recv].x_base + (seg.block - j0) * layer.kw + off + seg.k0,
+                            layer.first_x[(recv, seg.block)], (0, (y - ys) % rows)))
+
+    def _emit_layer(self, layer: LayerPlan) -> None:
+        """The instructions (see docs/kernels.md): per node, SETQ, the sends of slot -1, then per
+        tile its WAITs, MATMUL, the previous tile's VEC ADD and REQUANT, its slot's sends and
+        its MREAD; the last tile's VECs at the end."""
+        n = self.cfg.mac_dim
+        count, _ = self._instruction_counts(layer)
+        sends = {node: {} for node in self.tp.nodes}
+        waits = {node: {} for node in self.tp.nodes}
+        for m in sorted(layer.messages, key=lambda m: (m.due, m.rank, m.receiver, m.dst)):
+            sends[m.sender].setdefault(m.slot, []).append(m)
+            tile = waits[m.receiver].setdefault(m.first_use, {})
+            tile[m.counter] = tile.get(m.counter, 0) + 1
+        for node, p in layer.plans.items():
+            if not p.tiles and not sends[node]:
+                continue
+            x, y = node
+            (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
+            prog = self.tp.node(x, y)
+
+            def emit(method, *args, **kwargs):
+                self._emit(node, layer.where, getattr(prog, method), *args, **kwargs)
+
+            def send_slot(slot):
+                for m in sends[node].get(slot, []):
+                    emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)
+
+            def acc(t):
+                return self._acc[node] + (t % 2) * n
+
+            def requantise(t):
+                i, j = p.tiles[t]
+                emit("vec", VecOp.ADD, dst=acc(t), a=acc(t),
+                     b=p.w_base + (i - i0) * layer.wstride + layer.kw, n=n)
+                emit("vec", VecOp.REQUANT, a=acc(t), n=n,
+                     dst=p.y_base + ((j - j0) * (i1 - i0) + (i - i0)) * n // K_PER_WORD)
+
+            if layer.quant and p.tiles:
+                emit("setq", *layer.quant)
+            send_slot(-1)
+            for t, (i, j) in enumerate(p.tiles):
+                for counter, value in sorted(waits[node].get(t, {}).items()):
+                    emit("wait", counter, value)
+                emit("matmul", p.w_base + (i - i0) * layer.wstride,
+                     p.x_base + (j - j0) * layer.kw, layer.kw, clear=True)
+                if layer.quant and t:
+                    requantise(t - 1)
+                send_slot(t)
+                if layer.quant:
+                    emit("mread", acc(t))
+                else:
+                    emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n)
+            if layer.quant and p.tiles:
+                requantise(len(p.tiles) - 1)
+            assert len(prog) + 1 == count[node], (node, len(prog), count[node])
+
+
+def _weight_words(cfg: TileConfig, wpad: np.ndarray, i: int, kw: int) -> list[int]:
+    """The kw W operand words of feature block i: word w, byte s*N + r = W[4w + s, iN + r]."""
+    n = cfg.mac_dim
+    block = wpad[:, i * n:(i + 1) * n]              # (4 kw, N)
+    return [word_from_bytes(block[4 * w:4 * w + 4].reshape(-1)) for w in range(kw)]
+
+
+# -- host side -------------------------------------------------------------------------------
+
+def _int8(what: str, x, shape=None) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what}: expected integers, not dtype {x.dtype}")
+    if shape is not None and x.shape != shape:
+        raise ValueError(f"{what}: expected shape {list(shape)}, not {list(x.shape)}")
+    if x.size and (x.min() < -128 or x.max() > 127):
+        raise ValueError(f"{what}: values outside int8 ({int(x.min())}..{int(x.max())})")
+    return x.astype(np.int64)
+
+
+def pack_activation(layout: ActivationLayout, x) -> dict:
+    """NumPy int8 [batch, features] -> {node: (address, words)}: what each node holds."""
+    n = layout.cfg.mac_dim
+    x = _int8(f"tensor {layout.name!r}", x, (layout.batch, layout.features))
+    nblocks = max(hi for _, hi in layout.blocks)
+    xpad = np.zeros((nblocks * n, K_PER_WORD * layout.kwords), dtype=np.int64)
+    xpad[:layout.batch, :layout.features] = x
+    pieces = {}
+    for node, segs in layout.segments.items():
+        words = []
+        for seg in segs:
+            rows = xpad[seg.block * n:(seg.block + 1) * n]     # (N, features): batch x features
+            for w in range(seg.k0, seg.k1):
+                words.append(word_from_bytes(rows[:, 4 * w:4 * w + 4].T.reshape(-1)))
+        pieces[node] = (segs[0].addr, words)
+    return pieces
+
+
+def load_activation(tile_program: TileProgram, layout: ActivationLayout, x) -> None:
+    """Add the host loads that put `x` on the tile in `layout` (an input of the program)."""
+    for node, (addr, words) in pack_activation(layout, x).items():
+        tile_program.load(node, addr, words)
+
+
+def _reads(result) -> dict:
+    return result.reads if hasattr(result, "reads") else result
+
+
+def unpack_activation(layout: ActivationLayout, result) -> np.ndarray:
+    """The int8 [batch, features] activation from a run's read-back (a `RunResult`, or its
+    `reads` dict); `KernelBuilder.read(layout)` must have asked for it."""
+    cfg, n = layout.cfg, layout.cfg.mac_dim
+    reads = _reads(result)
+    nblocks = max(hi for _, hi in layout.blocks)
+    out = np.zeros((nblocks * n, K_PER_WORD * layout.kwords), dtype=np.int8)
+    for node, segs in layout.segments.items():
+        words = iter(reads[(node, *layout.region(*node))])
+        for seg in segs:
+            for w in range(seg.k0, seg.k1):
+                vectors = bytes_from_word(next(words), cfg.word_bytes).reshape(K_PER_WORD, n)
+                out[seg.block * n:(seg.block + 1) * n, 4 * w:4 * w + 4] = vectors.T
+    return out[:layout.batch, :layout.features]
+
+
+def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
+    """The int32 [batch, features] product from a run's read-back (`KernelBuilder.read(out)`)."""
+    cfg, n = output.cfg, output.cfg.mac_dim
+    reads = _reads(result)
+    nb_all = max(hi for _, hi in output.blocks)
+    nf_all = max(hi for _, hi in output.feature_blocks)
+    ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T
+    for (x, y), base in output.base.items():
+        addr, size = output.region(x, y)
+        words = reads[((x, y), addr, size)]
+        (i0, i1), (j0, j1) = output.feature_blocks[y], output.blocks[x]
+        for t, (i, j) in enumerate((i, j) for i in range(i0, i1) for j in range(j0, j1)):
+            rows = [lanes_from_word(wd, n) for wd in words[t * n:(t + 1) * n]]
+            ct[i * n:(i + 1) * n, j * n:(j + 1) * n] = rows
+    return ct.T[:output.batch, :output.features].copy()
+
+
+# -- integer references ----------------------------------------------------------------------
+
+def _wrap32(a: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.int64) + 2**31) % 2**32 - 2**31).astype(np.int64)
+
+
+def reference_gemm(x, w) -> np.ndarray:
+    """What `KernelBuilder.gemm` computes: X @ W in int32 (wrapping)."""
+    return _wrap32(np.asarray(x, dtype=np.int64) @ np.asarray(w, dtype=np.int64)).astype(np.int32)
+
+
+def reference_layer(x, w, b, scale: int, shift: int, relu: bool = False) -> np.ndarray:
+    """What `KernelBuilder.quantised_layer` computes: requantize(X @ W + b) with the tile's
+    int32 wrap-around and the vector unit's own rounding (`d1tile.sim.vector.requantize`)."""
+    acc = _wrap32(_wrap32(np.asarray(x, dtype=np.int64) @ np.asarray(w, dtype=np.int64))
+                  + np.asarray(b, dtype=np.int64))
+    return requantize(acc, scale, shift, relu)

@@ -1,0 +1,379 @@
+"""The GEMM kernels (`d1tile.sw.kernels`): programs built by `KernelBuilder` run on the cycle model
+(and a few on the Verilator tile) and must give NumPy's integer result bit for bit, with no
+fault, hang or misroute, and the same read-back as the functional interpreter (which also
+proves the programs deadlock-free for the timing the interpreter picks).
+
+Shapes cover multiples of N and of the grid, shapes that are neither, idle grid rows and
+columns (fewer blocks than rows/columns), K that is not a multiple of 4, both forms of a host
+input, concatenated inputs, two chained quantised layers, and the compile errors (SRAM and
+instruction memory overflow, bad arguments)."""
+
+import numpy as np
+import pytest
+
+from conftest import bench_seed
+from d1tile.params import TileConfig
+from d1tile.sim.interp import interpret
+from d1tile.sim.sram import bank_of
+from d1tile.sim.tile import TileModel
+from d1tile.sw.errors import CompileError
+from d1tile.sw.kernels import (KernelBuilder, load_activation, pack_activation, reference_gemm,
+                               reference_layer, split_even, unpack_activation, unpack_gemm)
+from d1tile.sw.verify import differences
+
+TINY = TileConfig.preset("tiny")          # 2x2 nodes, N = 4, 256 words of 16 B
+DEFAULT = TileConfig.preset("default")    # 4x4 nodes, N = 8, 2048 words of 32 B
+
+
+def rng(*salt):
+    return np.random.default_rng([bench_seed(), *salt])
+
+
+def int8(r, *shape):
+    return r.integers(-128, 128, size=shape)
+
+
+def gemm_program(cfg, batch, k, f, r, form="auto"):
+    x, w = int8(r, batch, k), int8(r, k, f)
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", batch, k, form=form)
+    out = kb.gemm("gemm", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    return tp, out, reference_gemm(x, w)
+
+
+def check_run(tp, result):
+    assert not result.faults, result.faults
+    assert result.hang is None, result.hang
+    assert not result.misroute
+    functional = interpret(tp)
+    assert functional.deadlock is None, functional.deadlock
+    assert result.reads == functional.reads
+
+
+GEMM_SHAPES = [
+    (8, 16, 8),     # one block per node each way: multiples of N and of the grid
+    (16, 32, 16),   # two blocks per node each way
+    (5, 7, 3),      # nothing a multiple: one batch block, one feature block, K % 4 = 3
+    (13, 30, 11),   # not multiples of N nor of the grid
+    (1, 1, 1),
+    (20, 5, 30),    # uneven split: 5 batch blocks and 8 feature blocks over 2 columns / rows
+]
+
+
+@pytest.mark.parametrize("form", ["blocks", "chunks"])
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_on_the_model(shape, form):
+    tp, out, expected = gemm_program(TINY, *shape, rng(1, *shape), form=form)
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    assert np.array_equal(unpack_gemm(out, result), expected)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(8, 16, 8), (5, 7, 3), (13, 30, 11), (17, 9, 12)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_quantised_layer_on_the_model(shape, relu):
+    batch, k, f = shape
+    r = rng(2, *shape)
+    x, w, b = int8(r, batch, k), int8(r, k, f), r.integers(-2**20, 2**20, size=f)
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", batch, k)
+    y = kb.quantised_layer("fc", layout, w, b, scale=777, shift=16, relu=relu)
+    kb.read(y)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    got = unpack_activation(y, result)
+    assert got.dtype == np.int8 and got.shape == (batch, f)
+    assert np.array_equal(got, reference_layer(x, w, b, 777, 16, relu))
+
+
+def chain(cfg, batch, sizes, r, relus):
+    x = int8(r, batch, sizes[0])
+    kb = KernelBuilder(cfg)
+    first = layout = kb.input("x", batch, sizes[0])
+    act, expected, outputs = x, [], []
+    for n, (k, f) in enumerate(zip(sizes, sizes[1:])):
+        w, b = int8(r, k, f), r.integers(-3000, 3000, size=f)
+        scale, shift = int(r.integers(1, 1 << 16)), int(r.integers(12, 24))
+        layout = kb.quantised_layer(f"fc{n}", layout, w, b, scale, shift, relu=relus[n])
+        kb.read(layout)
+        act = reference_layer(act, w, b, scale, shift, relus[n])
+        expected.append(act)
+        outputs.append(layout)
+    tp = kb.finish()
+    load_activation(tp, first, x)
+    return tp, outputs, expected
+
+
+@pytest.mark.parametrize("batch, sizes", [(8, (16, 8, 8)), (11, (10, 13, 6)), (3, (20, 4, 9))],
+                         ids=["multiples", "uneven", "idle-nodes"])
+def test_two_chained_layers_on_the_model(batch, sizes):
+    tp, outputs, expected = chain(TINY, batch, sizes, rng(3, batch, *sizes), (True, False))
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    for layout, want in zip(outputs, expected):
+        assert np.array_equal(unpack_activation(layout, result), want), layout.name
+
+
+def test_chained_layers_on_the_default_tile():
+    """Three layers on the 4x4 default tile (N = 8), one of them too narrow for every row."""
+    tp, outputs, expected = chain(DEFAULT, 37, (70, 100, 12, 40), rng(4), (True, True, False))
+    result = TileModel(DEFAULT).run(tp)
+    check_run(tp, result)
+    for layout, want in zip(outputs, expected):
+        assert np.array_equal(unpack_activation(layout, result), want), layout.name
+
+
+def test_gemm_on_the_default_tile_and_other_grids():
+    for cfg, shape in ((DEFAULT, (40, 72, 50)), (TINY.with_grid(3, 2), (14, 22, 26)),
+                       (TINY.with_grid(1, 3), (30, 9, 7)), (TINY.with_grid(1, 1), (6, 11, 5))):
+        tp, out, expected = gemm_program(cfg, *shape, rng(5, *shape))
+        result = TileModel(cfg).run(tp)
+        check_run(tp, result)
+        assert np.array_equal(unpack_gemm(out, result), expected), cfg.key
+
+
+def test_concatenated_inputs():
+    """A layer over two activations, features concatenated: [a, b] @ W (what an add or a
+    concat lowers to); one is a host input in block form, the other a layer output."""
+    r = rng(6)
+    a, c = int8(r, 9, 10), int8(r, 9, 6)
+    w0, b0 = int8(r, 6, 7), r.integers(-100, 100, size=7)
+    w = int8(r, 17, 5)
+    kb = KernelBuilder(TINY)
+    la, lc = kb.input("a", 9, 10, form="blocks"), kb.input("c", 9, 6)
+    h = kb.quantised_layer("h", lc, w0, b0, 300, 10)
+    out = kb.gemm("mix", [la, h], w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, la, a)
+    load_activation(tp, lc, c)
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    hq = reference_layer(c, w0, b0, 300, 10)
+    assert np.array_equal(unpack_gemm(out, result), reference_gemm(np.hstack([a, hq]), w))
+
+
+@pytest.mark.parametrize("form", ["blocks", "chunks"])
+def test_pack_and_unpack_are_inverse(form):
+    r = rng(7)
+    for cfg, (batch, k) in ((TINY, (13, 30)), (DEFAULT, (70, 33))):
+        x = int8(r, batch, k)
+        kb = KernelBuilder(cfg)
+        layout = kb.input("x", batch, k, form=form)
+        pieces = pack_activation(layout, x)
+        reads = {(node, addr, len(words)): words for node, (addr, words) in pieces.items()}
+        assert np.array_equal(unpack_activation(layout, reads), x)
+        # every word of every block is held exactly once
+        held = sorted((s.block, w) for segs in layout.segments.values() for s in segs
+                      for w in range(s.k0, s.k1))
+        blocks = -(-batch // cfg.mac_dim)
+        assert held == [(j, w) for j in range(blocks) for w in range(layout.kwords)]
+
+
+def test_operand_layout_of_a_packed_word():
+    """Byte s*N + i of word w of batch block j is X[jN + i, 4w + s] (the X^T operand words)."""
+    x = np.arange(8 * 8).reshape(8, 8) - 32          # batch 8, 8 features
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 8, 8, form="chunks")
+    (addr, words), = [pieces for node, pieces in pack_activation(layout, x).items()
+                      if node == (1, 0)]             # column 1: batch block 1, chunk 0: word 0
+    from d1tile.formats import bytes_from_word
+    got = bytes_from_word(words[0], TINY.word_bytes)
+    assert [int(v) for v in got] == [int(x[4 + i, s]) for s in range(4) for i in range(4)]
+
+
+def test_sends_never_read_a_bank_the_matrix_unit_reads():
+    """The benchmark's shape: staging (DMA-out) and operand (MATMUL) regions in separate banks,
+    results in a third; the 256^3 GEMM places one class per bank."""
+    kb = KernelBuilder(DEFAULT)
+    layout = kb.input("x", 256, 256)
+    kb.gemm("gemm", layout, np.zeros((256, 256), dtype=np.int8))
+    for node, sram in kb.sram.items():
+        banks = {}
+        for region in sram.regions:
+            for addr in (region.lo, region.hi - 1):
+                banks.setdefault(region.cls, set()).add(bank_of(DEFAULT, addr))
+        assert not banks["stage"] & banks["operand"], (node, sram.regions)
+        assert not banks["result"] & (banks["stage"] | banks["operand"]), (node, sram.regions)
+        assert sum(r.size for r in sram.regions) <= DEFAULT.sram_words
+
+
+def test_vector_sources_in_different_banks():
+    """Quantised layers: the accumulator rows and the bias words (VEC ADD's a and b) are in
+    different banks, so the add runs at one word per cycle."""
+    kb = KernelBuilder(DEFAULT)
+    layout = kb.input("x", 64, 256)
+    kb.quantised_layer("fc", layout, np.zeros((256, 128), dtype=np.int8),
+                       np.zeros(128, dtype=np.int32), 1, 1)
+    for node, sram in kb.sram.items():
+        acc = [r for r in sram.regions if r.name.endswith("accumulator rows")]
+        weights = [r for r in sram.regions if r.name.endswith(": weights")]
+        if acc:
+            acc_banks = {bank_of(DEFAULT, a) for a in (acc[0].lo, acc[0].hi - 1)}
+            w_banks = set(range(bank_of(DEFAULT, weights[0].lo),
+                                bank_of(DEFAULT, weights[0].hi - 1) + 1))
+            assert not acc_banks & w_banks, sram.regions
+
+
+def test_sram_overflow_names_the_layer_and_the_limit():
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 8, 512)
+    with pytest.raises(CompileError, match=r"layer 'fc1' needs [\d.]+ KiB of SRAM per node "
+                                           r"\(node \(\d, \d\): .*weights [\d.]+ KiB.*\), "
+                                           r"the node has 4 KiB"):
+        kb.quantised_layer("fc1", layout, np.zeros((512, 8), dtype=np.int8),
+                           np.zeros(8, dtype=np.int32), 1, 1)
+    kb = KernelBuilder(TINY)
+    with pytest.raises(CompileError, match=r"tensor 'huge' needs [\d.]+ KiB .* the node has "
+                                           r"4 KiB"):
+        kb.input("huge", 64, 2048)
+
+
+def test_chained_layers_report_earlier_layers_in_the_overflow():
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 8, 200)
+    h = kb.gemm("fc1", layout, np.zeros((200, 8), dtype=np.int8))
+    layout2 = kb.input("x2", 8, 200)
+    with pytest.raises(CompileError, match=r"layer 'fc2' needs .* earlier layers [\d.]+ KiB"):
+        kb.gemm("fc2", layout2, np.zeros((200, 8), dtype=np.int8))
+    assert h.base
+
+
+def test_instruction_memory_overflow_names_the_layer():
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 64, 4)
+    with pytest.raises(CompileError, match=r"layer 'wide' needs 290 instructions on node "
+                                           r"\(0, 0\) \(64 tiles of 4, .*\), its instruction "
+                                           r"memory holds 256"):
+        # 8 x 8 tiles per node, four instructions each
+        kb.quantised_layer("wide", layout, np.zeros((4, 64), dtype=np.int8),
+                           np.zeros(64, dtype=np.int32), 1, 1)
+
+
+def test_bad_arguments_are_compile_errors():
+    kb = KernelBuilder(TINY)
+    x = kb.input("x", 4, 8)
+    cases = [
+        (lambda: kb.gemm("a", x, np.zeros((9, 4), dtype=np.int8)),
+         r"layer 'a': weights have 9 rows but the input has 8 features"),
+        (lambda: kb.gemm("b", x, np.full((8, 4), 200)), r"layer 'b': weights must be int8"),
+        (lambda: kb.gemm("c", x, np.zeros((8, 4), dtype=np.float32)),
+         r"layer 'c': weights must be a 2-D integer array"),
+        (lambda: kb.quantised_layer("d", x, np.zeros((8, 4), dtype=np.int8), np.zeros(3, int),
+                                    1, 1), r"layer 'd': bias must be an integer vector of 4"),
+        (lambda: kb.quantised_layer("e", x, np.zeros((8, 4), dtype=np.int8), np.zeros(4, int),
+                                    70000, 1), r"layer 'e': scale=70000 is outside 0..65535"),
+        (lambda: kb.quantised_layer("f", x, np.zeros((8, 4), dtype=np.int8), np.zeros(4, int),
+                                    1, 64), r"layer 'f': shift=64 is outside 0..63"),
+        (lambda: kb.input("x", 4, 8), r"the name 'x' is used twice"),
+        (lambda: kb.input("g", 0, 8), r"tensor 'g': batch must be a positive integer"),
+        (lambda: kb.gemm("h", [x, kb.input("y", 5, 4)], np.zeros((12, 4), dtype=np.int8)),
+         r"layer 'h': inputs 'x' and 'y' have batches 4 and 5"),
+    ]
+    for build, message in cases:
+        with pytest.raises(CompileError, match=message):
+            build()
+    with pytest.raises(CompileError, match="mac_dim to be a multiple of 4"):
+        kb2 = KernelBuilder(TINY.replace(mac_dim=2, rows=1, cols=1))
+        kb2.quantised_layer("q", kb2.input("x", 2, 4), np.zeros((4, 2), dtype=np.int8),
+                            np.zeros(2, int), 1, 1)
+    with pytest.raises(ValueError, match="expected shape"):
+        load_activation(kb.tp, x, np.zeros((3, 8), dtype=np.int8))
+
+
+def test_split_even():
+    assert split_even(5, 2) == [(0, 3), (3, 5)]
+    assert split_even(1, 3) == [(0, 1), (1, 1), (1, 1)]
+    assert split_even(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+def test_tiny_benchmark_case_runs_near_its_figure():
+    """bench/gemm_utilisation.py's tiny case (32^3): correct, and the compute phase keeps the
+    matrix unit busy (a guard against schedules that stop overlapping communication)."""
+    tp, out, expected = gemm_program(TINY, 32, 32, 32, rng(8))
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    assert np.array_equal(unpack_gemm(out, result), expected)
+    ideal = 32 ** 3 / TINY.peak_macs_per_cycle
+    running = max(r.counters["cycles"] for r in result.nodes.values())
+    assert ideal / running > 0.68, running
+    assert all(r.counters["stall_wait"] < 40 for r in result.nodes.values())
+    assert all(r.counters["sram_conflicts"] == 0 for r in result.nodes.values())
+
+
+def test_256_cube_meets_the_utilisation_target():
+    """The benchmark's headline case (bench/gemm_utilisation.py): >= 80 % of the MACs' peak
+    over RunResult.cycles (host loading included), every node's SENDs overlapped."""
+    tp, out, expected = gemm_program(DEFAULT, 256, 256, 256, rng(12))
+    result = TileModel(DEFAULT).run(tp)
+    assert not result.faults and result.hang is None
+    assert np.array_equal(unpack_gemm(out, result), expected)
+    ideal = 256 ** 3 / DEFAULT.peak_macs_per_cycle
+    assert ideal / result.cycles >= 0.80, result.cycles
+    for report in result.nodes.values():
+        assert report.counters["sram_conflicts"] == 0
+        assert report.counters["stall_wait"] < 200, report.counters
+
+
+def test_send_schedule_keeps_due_order_and_deadlines():
+    """`schedule_sends`: no message after its due slot, a sender's messages in due order, slot -1
+    only for what is due there, each slot within its DMA budget unless forced."""
+    from d1tile.sim.dma import job_cycles
+    from d1tile.sw.kernels import Message, schedule_sends
+    r = np.random.default_rng([bench_seed(), 13])
+    for _ in range(200):
+        tiles = {(s, 0): int(r.integers(0, 6)) for s in range(3)}
+        msgs = [Message((int(r.integers(0, 3)), 0), (int(r.integers(0, 3)), 1), 0, 0,
+                        int(r.integers(0, 40)), 0, int(r.integers(0, 8)), (0, 0))
+                for _ in range(int(r.integers(1, 30)))]
+        capacity = int(r.integers(0, 100))
+        schedule_sends(msgs, tiles, capacity)
+        for sender, count in tiles.items():
+            mine = [m for m in msgs if m.sender == sender]
+            ordered = sorted(mine, key=lambda m: (m.due, m.rank, m.receiver, m.dst))
+            slots = [m.slot for m in ordered]
+            assert slots == sorted(slots)
+            for m in mine:
+                assert -1 <= m.slot <= max(min(m.due, count - 1), -1)
+                assert m.slot == -1 or m.slot <= m.due or m.slot == count - 1
+            spent = {}
+            for m in ordered:          # a message over a slot's budget must be due there
+                spent[m.slot] = spent.get(m.slot, 0) + job_cycles(m.n) + 1
+                if m.slot == -1:
+                    assert m.due == -1 or count == 0, m
+                elif spent[m.slot] > capacity:
+                    assert m.due == m.slot or m.slot == count - 1, m
+
+
+# -- the same programs on the RTL ------------------------------------------------------------
+
+def rtl_cases():
+    """Few and small: the tiny tile build is shared by every RTL test."""
+    cases = {}
+    tp, out, expected = gemm_program(TINY, 5, 7, 3, rng(9), form="chunks")
+    cases["gemm 5x7x3"] = (tp, lambda res: unpack_gemm(out, res), expected)
+    tp2, out2, expected2 = gemm_program(TINY, 8, 16, 12, rng(10))
+    cases["gemm 8x16x12"] = (tp2, lambda res: unpack_gemm(out2, res), expected2)
+    tp3, outputs, expected3 = chain(TINY, 6, (12, 8, 5), rng(11), (True, False))
+    cases["two layers 6x12->8->5"] = (tp3, lambda res: unpack_activation(outputs[-1], res),
+                                      expected3[-1])
+    return cases
+
+
+def test_rtl_matches_the_model():
+    from d1tile.hw.tile_run import run_rtl
+    cases = rtl_cases()
+    programs = [tp for tp, _, _ in cases.values()]
+    rtl = run_rtl(programs)
+    for (name, (tp, unpack, expected)), got in zip(cases.items(), rtl):
+        model = TileModel(TINY).run(tp)
+        assert model.comparable() == got.comparable(), (name, differences(model.comparable(),
+                                                                          got.comparable()))
+        check_run(tp, got)
+        assert np.array_equal(unpack(got), expected), name
