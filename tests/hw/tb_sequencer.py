@@ -322,14 +322,17 @@ def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
         row0 = rng.randrange(cfg.mac_dim)
         nrows = rng.randint(1, cfg.mac_dim - row0)
         return encode(Opcode.MREAD, dst=_span(rng, words, nrows, window), row0=row0, nrows=nrows)
-    if kind == "VEC":
+    while kind == "VEC":
         vop = rng.choice(list(VecOp))
         n = rng.randint(1, 12)
         bfix = rng.getrandbits(1)
         out = (n + 3) // 4 if vop == VecOp.REQUANT else n
-        return encode(Opcode.VEC, vop=vop, bfix=bfix, dst=_span(rng, words, out, window),
+        word = encode(Opcode.VEC, vop=vop, bfix=bfix, dst=_span(rng, words, out, window),
                       a=_span(rng, words, n, window),
                       b=_span(rng, words, 1 if bfix else n, window), n=n)
+        # Valid means also: the destination does not run ahead of a source it overlaps.
+        if validate(cfg, decode(word))[0] == FaultCode.NONE:
+            return word
     n = rng.choice([0, rng.randint(1, 12)])
     return encode(Opcode.SEND, src=_span(rng, words, n, window), n=n,
                   x=rng.randrange(cfg.cols), y=rng.randrange(cfg.rows),
