@@ -383,8 +383,8 @@ class DmaOutModel:
                 f"to send, {self.fetch_left} to fetch, {len(self.queue)} buffered")
 
 
-# DMA-in's packet modes.
-_IDLE_MODE, _WRITE_MODE, _IMEM_MODE, _DISCARD_MODE = range(4)
+# DMA-in's packet modes (`DmaInModel.mode`): what the body of the open packet does.
+IDLE_MODE, WRITE_MODE, IMEM_MODE, DISCARD_MODE = range(4)
 
 
 class DmaInModel:
@@ -426,7 +426,7 @@ class DmaInModel:
         self._full_mask = (1 << cfg.word_bytes) - 1
         self._addr_mask = cfg.sram_words - 1
         self.in_packet = False
-        self.mode = _IDLE_MODE
+        self.mode = IDLE_MODE
         self.pkt_addr = 0        # next body word's address (17 bits: addr + i may pass 2**16)
         self.pkt_bump = False
         self.pkt_counter = 0
@@ -452,6 +452,13 @@ class DmaInModel:
         """The `busy_dma_in` counter's event: a packet is open or a write is pending."""
         return self.in_packet or self.wr_pending
 
+    @property
+    def pulsing(self) -> bool:
+        """A one-cycle output is high (`bump`, `start_req`, `imem_write`, `bad_packet`,
+        `dropped`): the next tick clears it."""
+        return (self.bump or self.start_req or self.imem_write is not None or self.bad_packet
+                or self.dropped)
+
     def sram_writes(self) -> list:
         """[(addr, data, mask) or None]: the request on DMA-in's SRAM write port."""
         if not self.wr_pending:
@@ -465,7 +472,7 @@ class DmaInModel:
             return False
         slot_free = not self.wr_pending or write_granted
         if self.in_packet:
-            return slot_free if self.mode == _WRITE_MODE else True
+            return slot_free if self.mode == WRITE_MODE else True
         if not flit & self._head:
             return True
         payload = flit >> self._payload_shift
@@ -508,7 +515,7 @@ class DmaInModel:
             self._body(flit)
             if flit & self._tail:
                 self.in_packet = False
-                self.mode = _IDLE_MODE
+                self.mode = IDLE_MODE
             return
         if not flit & self._head:
             self.bad_packet = True
@@ -516,14 +523,14 @@ class DmaInModel:
         h = self._hdr.unpack((flit >> self._payload_shift) & self._hdr_mask)
         kind = h["kind"]
         tail = bool(flit & self._tail)
-        mode = _DISCARD_MODE
+        mode = DISCARD_MODE
         if kind == PacketKind.WRITE:
-            mode = _WRITE_MODE
+            mode = WRITE_MODE
             self.pkt_addr, self.pkt_bump, self.pkt_counter = h["addr"], bool(h["bump"]), h["counter"]
             if tail and h["bump"]:
                 self.bump, self.bump_id = True, h["counter"]
         elif kind == PacketKind.IMEM:
-            mode = _IMEM_MODE
+            mode = IMEM_MODE
             self.pkt_addr = h["addr"]
         elif kind == PacketKind.START:
             self.start_req = True
@@ -540,7 +547,7 @@ class DmaInModel:
     def _body(self, flit: int) -> None:
         word = (flit >> self._payload_shift) & self._payload_mask
         addr = self.pkt_addr
-        if self.mode == _WRITE_MODE:
+        if self.mode == WRITE_MODE:
             in_range = addr < self._words
             self.wr_pending = True
             self.wr_addr = addr & self._addr_mask
@@ -549,7 +556,7 @@ class DmaInModel:
             self.wr_bump = self.pkt_bump and bool(flit & self._tail)
             self.wr_counter = self.pkt_counter
             self.dropped = not in_range
-        elif self.mode == _IMEM_MODE:
+        elif self.mode == IMEM_MODE:
             if addr < self._imem_words:
                 self.imem_write = (addr, word & ((1 << IMEM_DATA_BITS) - 1))
             else:

@@ -42,14 +42,20 @@ def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tupl
     """The flits of one packet: a head flit carrying the header, then one flit per body word.
     `length` defaults to the number of body words (READ requests carry a length and no body)."""
     flit, header = flit_format(cfg), packet_header_format(cfg)
-    body = list(body)
+    body = [int(word) for word in body]
     head = header.pack(kind=int(kind), src_x=src[0], src_y=src[1], addr=addr,
                        length=len(body) if length is None else length, counter=counter,
                        bump=bump, tag=tag)
     flits = [flit.pack(head=1, tail=int(not body), dst_x=dst[0], dst_y=dst[1], payload=head)]
-    for i, word in enumerate(body):
-        flits.append(flit.pack(head=0, tail=int(i == len(body) - 1), dst_x=dst[0],
-                               dst_y=dst[1], payload=word))
+    if body:
+        # Body flits differ in their payload alone: pack the rest once.
+        base = flit.pack(head=0, tail=0, dst_x=dst[0], dst_y=dst[1], payload=0)
+        shift, limit = flit.offsets["payload"], 1 << cfg.word_bits
+        for word in body:
+            if not 0 <= word < limit:
+                flit.pack(payload=word)      # raises the FormatError that names the value
+            flits.append(base | (word << shift))
+        flits[-1] |= 1 << flit.offsets["tail"]
     return flits
 
 
@@ -111,6 +117,10 @@ class HostDriver:
     `eject(row, flit, cycle)` for each flit the tile delivered (the host is always ready), and
     `end_cycle(cycle, activity)` with whether anything moved in the tile. `finished` and `hung`
     say when to stop; `result()` gives the `RunResult`.
+
+    A backend that can tell what the next cycles bring (the cycle model) may report many at
+    once: `accept_many` and `eject_many` for the body flits that cross the host port in them,
+    then one `end_cycles` for up to `skippable()` cycles.
     """
 
     def __init__(self, cfg: TileConfig, tile_program, *, hang_cycles: int = DEFAULT_HANG_CYCLES):
@@ -120,6 +130,7 @@ class HostDriver:
         self.queues = [deque() for _ in range(cfg.rows)]
         self.header = packet_header_format(cfg)
         self.flit = flit_format(cfg)
+        self._head_or_tail = (1 << self.flit.offsets["head"]) | (1 << self.flit.offsets["tail"])
         for node in tile_program.nodes:
             x, y = node
             words = tile_program.words_of(node)
@@ -169,6 +180,57 @@ class HostDriver:
             self._queue_readback()
         if self.quiet >= self.hang_cycles and not self.finished:
             self.hang = f"no activity for {self.quiet} cycles at cycle {cycle}"
+
+    def skippable(self) -> int:
+        """How many cycles `end_cycles` may account at once now: so few that no hang can be
+        detected inside them, whatever their activity (hang_cycles - 1 - quiet)."""
+        return max(0, self.hang_cycles - 1 - self.quiet)
+
+    def body_run(self, row: int) -> int:
+        """How many flits at the front of the row's queue are body flits (neither head nor
+        tail): the ones `accept_many` may take."""
+        head_or_tail = self._head_or_tail
+        n = 0
+        for flit in self.queues[row]:
+            if flit & head_or_tail:
+                break
+            n += 1
+        return n
+
+    def accept_many(self, row: int, n: int) -> list[int]:
+        """`accepted(row)` for n consecutive cycles; returns the flits taken (all body flits,
+        at most `body_run(row)`, ValueError otherwise)."""
+        if n > self.body_run(row):
+            raise ValueError(f"accept_many: {n} flits on row {row}, only {self.body_run(row)} "
+                             "body flits queued")
+        queue = self.queues[row]
+        return [queue.popleft() for _ in range(n)]
+
+    def eject_many(self, row: int, flits: list[int], first: int) -> None:
+        """`eject(row, flit, first + k)` for flit k of `flits`, received in consecutive cycles;
+        every one must be a body flit (ValueError otherwise): no packet ends among them."""
+        head_or_tail = self._head_or_tail
+        if any(flit & head_or_tail for flit in flits):
+            raise ValueError(f"eject_many: row {row} gets a head or tail flit")
+        self.rx[row].extend(flits)
+
+    def end_cycles(self, first: int, n: int, last_active: int | None) -> None:
+        """`end_cycle` for the n cycles first .. first+n-1, whose flits the backend has already
+        reported (`accept_many`, `eject_many`); `last_active` is the last of them with activity
+        (None: none). The same as n `end_cycle` calls, given that n <= `skippable()` (ValueError
+        otherwise) and that no DONE arrived in them."""
+        if not 0 <= n <= self.skippable():
+            raise ValueError(f"end_cycles: {n} cycles at cycle {first}, at most "
+                             f"{self.skippable()} can pass without a hang check")
+        if not self.pending_done and not self._readback_queued:
+            raise ValueError("end_cycles: the read-back is due in the first of these cycles")
+        if not n:
+            return
+        if last_active is not None and not first <= last_active < first + n:
+            raise ValueError(f"end_cycles: last active cycle {last_active} outside "
+                             f"{first}..{first + n - 1}")
+        self.last_cycle = first + n - 1
+        self.quiet = self.quiet + n if last_active is None else first + n - 1 - last_active
 
     @property
     def finished(self) -> bool:

@@ -65,6 +65,11 @@ def _int32_accumulate(acc: np.ndarray, products: np.ndarray) -> np.ndarray:
     return _wrap(np.asarray(acc, dtype=np.int64) + products, 32).astype(np.int32)
 
 
+def _int8_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # sum_k outer(a[k], b[k]) = a^T @ b, exact in int64 (|sum| < 2**14 * K).
+    return np.asarray(a, dtype=np.int64).T @ np.asarray(b, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class DTypeSpec:
     """What one matrix data type means, for the reference, the RTL and the compiler.
@@ -80,6 +85,9 @@ class DTypeSpec:
     outer : reference product, (a: N, b: N) -> (N, N) products, exact.
     accumulate : reference accumulate, (acc: (N, N), products) -> new acc (with the rounding or
         wrapping of the accumulator type).
+    block : the summed products of K beats, (a: (K, N), b: (K, N)) -> (N, N), exact, for a type
+        whose accumulation is associative (integers that wrap), so that K beats may be applied
+        as one `accumulate`; None for a type that rounds at every beat (floating point).
     """
     name: str
     operand_bits: int
@@ -92,6 +100,7 @@ class DTypeSpec:
     numpy_acc: str
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     accumulate: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    block: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def product_stages(self) -> int:
@@ -105,7 +114,7 @@ DTYPES: dict[MatrixDType, DTypeSpec] = {
         # Stage 1 registers the N*N products, stage 2 accumulates: an 8x8 multiply and a 32-bit
         # add do not share a cycle, so neither sets the clock alone.
         pipeline_depth=2, operand_range=(-128, 127), numpy_operand="int8", numpy_acc="int32",
-        outer=_int8_outer, accumulate=_int32_accumulate),
+        outer=_int8_outer, accumulate=_int32_accumulate, block=_int8_block),
 }
 
 
@@ -253,6 +262,37 @@ class MatrixUnitRef:
         b = validate_operand(self._spec, "b", b, self.n)
         base = np.zeros_like(self._acc) if clear else self._acc
         self._acc = self._spec.accumulate(base, self._spec.outer(a, b))
+
+    def mac_block(self, a, b, clear: bool = False):
+        """K beats at once: rows a[k], b[k] of two (K, N) arrays, `clear` on the first; the same
+        accumulators as K calls of `mac`. Bad operands raise ValueError as in `mac`."""
+        a = self._block_operand("a", a)
+        b = self._block_operand("b", b)
+        if a.shape != b.shape:
+            raise ValueError(f"operands a {a.shape} and b {b.shape} differ in shape")
+        if not len(a):
+            if clear:
+                raise ValueError("clear needs at least one beat")
+            return
+        if self._spec.block is None:
+            for k in range(len(a)):
+                self.mac(a[k], b[k], clear and k == 0)
+            return
+        base = np.zeros_like(self._acc) if clear else self._acc
+        self._acc = self._spec.accumulate(base, self._spec.block(a, b))
+
+    def _block_operand(self, name: str, values) -> np.ndarray:
+        arr = np.asarray(values)
+        if arr.ndim != 2 or arr.shape[1] != self.n:
+            raise ValueError(f"operand block {name} has shape {arr.shape}, expected (K, {self.n})")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"operand block {name} has dtype {arr.dtype}, expected integers for "
+                             f"{self._spec.name}")
+        lo, hi = self._spec.operand_range
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            raise ValueError(f"operand block {name} has values outside {self._spec.name} range "
+                             f"{lo}..{hi}")
+        return arr
 
     def read_row(self, i: int) -> np.ndarray:
         """Accumulator row i (a copy), N values."""

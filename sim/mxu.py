@@ -64,6 +64,7 @@ The model imports no Amaranth: the cycle model of the node uses it.
 from __future__ import annotations
 
 import enum
+from functools import lru_cache
 
 import numpy as np
 
@@ -135,6 +136,16 @@ def matmul_reference_words(cfg: TileConfig, a_words, b_words) -> np.ndarray:
     return a.T @ b
 
 
+_MAX_PENDING = 4096
+"""Beats queued for the accumulators beyond which `tick` applies them (bounds the memory)."""
+
+
+@lru_cache(maxsize=4096)
+def _decoded(word: int):
+    """`decode`, remembered: programs start the same few instruction words again and again."""
+    return decode(word)
+
+
 class MatrixEngineModel:
     """The matrix engine, cycle for cycle: the engine's registers, the `MatrixUnit`'s timing
     (product stages, `busy`, readout register) and its accumulators (`MatrixUnitRef`).
@@ -148,7 +159,15 @@ class MatrixEngineModel:
       None);
     * `tick(...)`: the clock edge, with this cycle's inputs.
 
+    `run_alone(...)` advances many cycles at once while the engine is alone on the SRAM (the
+    node's cycle model uses it to skip the cycles of a MATMUL in which nothing else happens);
+    `snapshot()` / `restore()` save and restore the registers around it.
+
     `cycle` counts ticks; `beats`, `rows_written`, `read_refusals`, `write_refusals` count events.
+
+    The accumulators are `unit` (a `MatrixUnitRef`). Beats that reached them are applied to it
+    lazily, many at a time (`MatrixUnitRef.mac_block`), when `unit` is read: the operand words
+    are kept, not unpacked beat by beat.
     """
 
     def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
@@ -160,8 +179,9 @@ class MatrixEngineModel:
         self._cfg = cfg
         self._n = cfg.mac_dim
         self._words = cfg.sram_words
+        self._word_bytes = cfg.word_bytes
         self._full_mask = (1 << cfg.word_bytes) - 1
-        self.unit = MatrixUnitRef(cfg, dtype)
+        self._unit = MatrixUnitRef(cfg, dtype)
         self._stages = acc_latency(dtype) - 1
         self.reset()
 
@@ -169,9 +189,17 @@ class MatrixEngineModel:
     def cfg(self) -> TileConfig:
         return self._cfg
 
+    @property
+    def unit(self) -> MatrixUnitRef:
+        """The matrix unit's accumulators, up to date (every beat that reached them applied)."""
+        self._flush()
+        return self._unit
+
     def reset(self):
         """The state after reset (accumulators zero, like the RTL's reset)."""
-        self.unit.reset()
+        self._unit.reset()
+        self._pending: list = []      # beats in the accumulators, not yet applied to `_unit`
+        self._flushes = 0
         self.mode = EngineMode.IDLE
         # MATMUL registers
         self.a = self.b = self.kw = 0
@@ -182,13 +210,13 @@ class MatrixEngineModel:
         self.beat_index = 0
         self.lpairs = 0
         self.pend: tuple[int, int] | None = None      # (slot, half) of the word arriving now
-        zero = np.zeros((BEATS_PER_WORD, self._n), dtype=np.int8)
-        self.slots = [[zero, zero], [zero, zero]]      # slot -> [A vectors, B vectors]
+        self.slots = [[0, 0], [0, 0]]                  # slot -> [A word, B word]
         # MREAD registers
         self.dst = self.row0 = self.nrows = 0
         self.requested = 0
         self.written = 0
-        # matrix unit timing: beats in the product stages (oldest last), readout register
+        # matrix unit timing: beats in the product stages (newest first), readout register.
+        # A beat is (A word, B word, vector index j, clear).
         self.pipe: list = [None] * self._stages
         self.rd_word: int | None = None
         # statistics
@@ -198,13 +226,53 @@ class MatrixEngineModel:
         self.read_refusals = 0
         self.write_refusals = 0
 
+    # -- the accumulators ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Apply the pending beats to the unit: from the last beat with `clear` on, as one
+        block (`MatrixUnitRef.mac_block`, which falls back to beat by beat for a type whose
+        accumulation is not associative)."""
+        pending = self._pending
+        if not pending:
+            return
+        first = 0
+        for k in range(len(pending) - 1, -1, -1):
+            if pending[k][3]:
+                first = k
+                break
+        n, nbytes = self._n, self._word_bytes
+        a_parts, b_parts = [], []
+        k, end = first, len(pending)
+        while k < end:
+            a, b, j, _ = pending[k]
+            if j == 0 and k + 3 < end and pending[k + 3][2] == 3 and pending[k + 3][0] == a \
+                    and pending[k + 3][1] == b:
+                # The four beats of one word pair (they are sent in a row): the whole words.
+                a_parts.append(a.to_bytes(nbytes, "little"))
+                b_parts.append(b.to_bytes(nbytes, "little"))
+                k += 4
+            else:
+                a_parts.append(a.to_bytes(nbytes, "little")[j * n:j * n + n])
+                b_parts.append(b.to_bytes(nbytes, "little")[j * n:j * n + n])
+                k += 1
+        a = np.frombuffer(b"".join(a_parts), dtype=np.int8).reshape(-1, n)
+        b = np.frombuffer(b"".join(b_parts), dtype=np.int8).reshape(-1, n)
+        self._unit.mac_block(a, b, clear=pending[first][3])
+        pending.clear()
+        self._flushes += 1
+
+    def _read_row(self, row: int) -> int:
+        self._flush()
+        return word_from_lanes(self._unit.read_row(row))
+
     # -- outputs from state ----------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        if self.mode == EngineMode.IDLE:
+        mode = self.mode
+        if mode == EngineMode.IDLE:
             return True
-        return (self.mode == EngineMode.MATMUL and self.c + 1 == self.kw
+        return (mode == EngineMode.MATMUL and self.c + 1 == self.kw
                 and self.beat_index == BEATS_PER_WORD - 1)
 
     @property
@@ -212,9 +280,19 @@ class MatrixEngineModel:
         return not self.idle
 
     @property
+    def still(self) -> bool:
+        """Idle with nothing in flight (no beat in the unit, no row, no read arriving): a tick
+        without `start` changes nothing but `cycle`."""
+        return (self.mode == EngineMode.IDLE and self.rd_word is None and self.pend is None
+                and not self.unit_busy)
+
+    @property
     def unit_busy(self) -> bool:
         """The matrix unit's `busy`: a beat is in its product stages."""
-        return any(stage is not None for stage in self.pipe)
+        for stage in self.pipe:
+            if stage is not None:
+                return True
+        return False
 
     def _read_address(self) -> int | None:
         if self.mode != EngineMode.MATMUL or self.rword == self.kw:
@@ -237,13 +315,21 @@ class MatrixEngineModel:
         """[(addr, data, mask) or None] for write port 1."""
         return [self._write_request()]
 
-    def beat(self):
-        """The operand beat of this cycle, `(a, b, clear)` (int8 arrays of N), or None."""
+    def _beat(self):
+        """This cycle's beat in the internal form (A word, B word, j, clear), or None."""
         if self.mode != EngineMode.MATMUL or self.lpairs == self.c:
             return None
         slot = self.slots[self.c & 1]
         j = self.beat_index
-        return slot[0][j], slot[1][j], self.clear and self.c == 0 and j == 0
+        return slot[0], slot[1], j, self.clear and self.c == 0 and j == 0
+
+    def beat(self):
+        """The operand beat of this cycle, `(a, b, clear)` (int8 arrays of N), or None."""
+        beat = self._beat()
+        if beat is None:
+            return None
+        a, b, j, clear = beat
+        return (operand_vectors(self._cfg, a)[j], operand_vectors(self._cfg, b)[j], clear)
 
     def row_request(self) -> int | None:
         """The row index on the unit's `rd_req` this cycle (valid), or None."""
@@ -275,6 +361,14 @@ class MatrixEngineModel:
         read_granted = bool(read_grants[0])
         write_granted = bool(write_grants[0])
         data = read_data[0]
+        mode = self.mode
+        if mode == EngineMode.IDLE and not read_granted and not write_granted \
+                and data is None and self.pend is None and self.rd_word is None:
+            # Nothing but the product stages can move (the common case of an idle engine).
+            if not start:
+                self._shift_pipe(None)
+                self.cycle += 1
+                return
         read_addr = self._read_address()
         write_req = self._write_request()
         if read_granted and read_addr is None:
@@ -290,7 +384,7 @@ class MatrixEngineModel:
         if write_req is not None and not write_granted:
             self.write_refusals += 1
         was_idle = self.idle
-        beat = self.beat()
+        beat = self._beat()
         row = self.row_request()
 
         # The matrix unit at the edge: a readout accepted now sees the accumulators before the
@@ -299,20 +393,13 @@ class MatrixEngineModel:
         if write_granted:
             self.rd_word = None
         if row_accepted:
-            self.rd_word = word_from_lanes(self.unit.read_row(row))
-        if self._stages:
-            leaving = self.pipe[-1]
-            self.pipe[1:] = self.pipe[:-1]
-            self.pipe[0] = beat
-        else:
-            leaving = beat
-        if leaving is not None:
-            self.unit.mac(*leaving)
+            self.rd_word = self._read_row(row)
+        self._shift_pipe(beat)
 
         # MATMUL registers
         if self.pend is not None:
             slot, half = self.pend
-            self.slots[slot][half] = operand_vectors(self._cfg, data)
+            self.slots[slot][half] = data
             if half:
                 self.lpairs += 1
         if read_granted:
@@ -343,10 +430,43 @@ class MatrixEngineModel:
 
         if start and was_idle:
             self._start(instr)
+        if len(self._pending) > _MAX_PENDING:
+            self._flush()
         self.cycle += 1
 
+    def _shift_pipe(self, beat) -> None:
+        """The product stages at the edge: `beat` enters, the oldest beat reaches the
+        accumulators (it is queued for the next `_flush`)."""
+        pipe = self.pipe
+        if self._stages:
+            leaving = pipe[-1]
+            if len(pipe) == 1:
+                pipe[0] = beat
+            else:
+                pipe[1:] = pipe[:-1]
+                pipe[0] = beat
+        else:
+            leaving = beat
+        if leaving is not None:
+            self._pending.append(leaving)
+
+    def _shift_pipe_many(self, beats: list) -> None:
+        """`_shift_pipe` for each of `beats` (none None) in turn."""
+        pipe, stages = self.pipe, self._stages
+        if len(beats) < stages:
+            for beat in beats:
+                self._shift_pipe(beat)
+            return
+        pending = self._pending
+        pending.extend(beat for beat in reversed(pipe) if beat is not None)
+        if stages:
+            pending.extend(beats[:-stages])
+            pipe[:] = beats[:-stages - 1:-1]
+        else:
+            pending.extend(beats)
+
     def _start(self, instr: int):
-        ins = decode(instr)
+        ins = _decoded(instr)
         if ins.op == Opcode.MATMUL and ins.kw:
             self.mode = EngineMode.MATMUL
             self.a, self.b, self.kw, self.clear = ins.a, ins.b, ins.kw, bool(ins.clear)
@@ -355,6 +475,129 @@ class MatrixEngineModel:
             self.mode = EngineMode.MREAD
             self.dst, self.row0, self.nrows = ins.dst, ins.row0, ins.nrows
             self.requested = self.written = 0
+
+    # -- many cycles at once ---------------------------------------------------------------
+
+    def can_run_alone(self) -> bool:
+        """Whether `run_alone` applies: a MATMUL runs (and no MREAD)."""
+        return self.mode == EngineMode.MATMUL
+
+    def run_alone(self, memory: list, data: int | None, limit: int | None = None
+                  ) -> tuple[int, list[int], int | None]:
+        """Advance a MATMUL cycle by cycle as `tick` would if the engine were alone on the SRAM:
+        every read granted at once, the word from `memory` (the SRAM, which nothing writes
+        meanwhile), no start. `data` is the word arriving in the first cycle (the read granted
+        in the cycle before), None if none. Stops at the first cycle in which `idle` is high
+        (the last beat's; the caller steps that one), or after `limit` cycles.
+
+        Returns (cycles advanced, the offsets of the cycles in which a read was granted, the
+        address of the read granted in the last of them or None): the caller accounts the
+        grants and delivers that word in the next cycle."""
+        if self.mode != EngineMode.MATMUL:
+            raise ValueError("run_alone needs a running MATMUL")
+        kw, words = self.kw, self._words
+        a, b, slots, clear = self.a, self.b, self.slots, self.clear
+        rword, rhalf, c, j, lpairs, pend = (self.rword, self.rhalf, self.c, self.beat_index,
+                                            self.lpairs, self.pend)
+        pipe, stages, pending = self.pipe, self._stages, self._pending
+        last = BEATS_PER_WORD - 1
+        reads: list[int] = []
+        addr = None
+        t = 0
+        while not (c + 1 == kw and j == last) and (limit is None or t < limit):
+            if (j == 0 and rhalf == 0 and rword == c + 2 < kw and lpairs == c + 1
+                    and pend == ((c + 1) & 1, 1)):
+                # The steady state at the first beat of pair c: pair c+1's B word arrives now,
+                # pair c+2's words are read in beats 2 and 3. It repeats, pair after pair,
+                # until the last pair is read: jump over whole pairs at once.
+                blocks = kw - 2 - c
+                if limit is not None:
+                    blocks = min(blocks, (limit - t) // BEATS_PER_WORD)
+                if blocks > 0:
+                    a_words = [slots[c & 1][0], slots[(c + 1) & 1][0]]
+                    b_words = [slots[c & 1][1], data]
+                    a_words.extend(memory[(a + q) % words] for q in range(c + 2, c + blocks + 2))
+                    b_words.extend(memory[(b + q) % words] for q in range(c + 2, c + blocks + 2))
+                    beats = [(a_words[k], b_words[k], i, clear and c + k == 0 and i == 0)
+                             for k in range(blocks) for i in range(BEATS_PER_WORD)]
+                    self._shift_pipe_many(beats)
+                    for k in range(blocks):
+                        reads.append(t + BEATS_PER_WORD * k + 2)
+                        reads.append(t + BEATS_PER_WORD * k + 3)
+                    self.beats += len(beats)
+                    t += len(beats)
+                    c += blocks
+                    rword, lpairs = c + 2, c + 1
+                    pend = ((c + 1) & 1, 1)
+                    slots[c & 1][0], slots[c & 1][1] = a_words[blocks], b_words[blocks]
+                    slots[(c + 1) & 1][0] = a_words[blocks + 1]
+                    slots[(c + 1) & 1][1] = b_words[blocks - 1]
+                    data = b_words[blocks + 1]
+                    addr = (b + c + 1) % words
+                    continue
+            beat = (slots[c & 1][0], slots[c & 1][1], j, clear and c == 0 and j == 0) \
+                if lpairs != c else None
+            if rword != kw and not (rword == c + 2 and j < 2):
+                addr = ((b if rhalf else a) + rword) % words
+                reads.append(t)
+                read = True
+            else:
+                addr = None
+                read = False
+            # the edge
+            if stages:
+                leaving = pipe[-1]
+                pipe[1:] = pipe[:-1]
+                pipe[0] = beat
+            else:
+                leaving = beat
+            if leaving is not None:
+                pending.append(leaving)
+            if pend is not None:
+                slots[pend[0]][pend[1]] = data
+                if pend[1]:
+                    lpairs += 1
+            if read:
+                pend = (rword & 1, rhalf)
+                data = memory[addr]
+                if rhalf:
+                    rword += 1
+                rhalf ^= 1
+            else:
+                pend = None
+                data = None
+            if beat is not None:
+                self.beats += 1
+                if j == last:
+                    j = 0
+                    c += 1
+                else:
+                    j += 1
+            t += 1
+        self.rword, self.rhalf, self.c, self.beat_index, self.lpairs, self.pend = (
+            rword, rhalf, c, j, lpairs, pend)
+        self.cycle += t
+        return t, reads, addr
+
+    def snapshot(self) -> tuple:
+        """The registers, for `restore` after `run_alone` (the instruction's fields are not
+        saved: `run_alone` does not start one). The accumulators need no saving: the beats
+        that reach them are only queued (`_flush` applies them when they are read), and a
+        restore drops the ones queued since."""
+        return (self.mode, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs,
+                self.pend, [list(slot) for slot in self.slots], list(self.pipe), self.cycle,
+                self.beats, self._flushes, len(self._pending))
+
+    def restore(self, saved: tuple) -> None:
+        """Back to the registers of `snapshot()`. Raises RuntimeError if the accumulators were
+        read since (the beats queued since have been applied, and cannot be taken back)."""
+        (self.mode, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs, self.pend,
+         slots, pipe, self.cycle, self.beats, flushes, pending) = saved
+        if flushes != self._flushes:
+            raise RuntimeError("matrix engine: the accumulators were read after the snapshot")
+        self.slots = [list(slot) for slot in slots]
+        self.pipe = list(pipe)
+        del self._pending[pending:]
 
     def describe(self) -> str:
         """The state in one line, for hang and mismatch reports."""

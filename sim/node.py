@@ -10,39 +10,86 @@ One cycle of a node is split in three calls, made for every node of the tile in 
    requests), and the registered pulses DMA-in sends to the sequencer are captured.
 2. `eject_ready(flit)`: whether DMA-in takes the flit the router offers on its local output
    (combinational from this cycle's write grant and DMA-out's `reply_ready`).
-3. `tick(accepted, ejected, router)`: the clock edge of every part, given whether the router
+3. `tick(accepted, ejected, counters)`: the clock edge of every part, given whether the router
    took DMA-out's flit and the flit DMA-in took; the performance counters add this cycle's events.
 
 SRAM ports (index = priority): read 0 DMA-out, 1 matrix engine, 2 and 3 vector engine (a, b);
 write 0 DMA-in, 1 matrix engine, 2 vector engine.
+
+Resting: cycles that need no stepping
+-------------------------------------
+Most cycles of most nodes change nothing, or change only the matrix engine. `rest(cycle,
+router)`, called at the start of a cycle, recognises the cases in which that is provable until
+the node's router wakes it:
+
+* *asleep*: every engine and DMA idle with nothing in flight, and the sequencer in IDLE,
+  STOPPED, or stalled on a WAIT (which only DMA-in's bump can release). Only the `cycles` and
+  `stall_wait` counters move.
+* *blocked*: the same, except that DMA-out offers a flit its router's LOCAL input cannot take
+  (the input is full) and has nothing to fetch: it stays so until that input has room. A
+  reply request DMA-in hands over meanwhile waits for it.
+* *coasting*: the same, except that a MATMUL runs, and the sequencer's decision is a stall
+  (or NONE) that cannot change before the matrix engine's `idle` rises: the engine is then
+  alone on the SRAM, so every read is granted at once and its course is fixed. It is run ahead
+  at once (`MatrixEngineModel.run_alone`) to the cycle `idle` rises, `wake`.
+
+A resting node is not stepped: the tile calls `resume(cycle)` before stepping it again, at
+`wake` or in the first cycle its router wakes it (`woken_by`: a flit on its local output, or
+room for a blocked DMA-out's flit), whichever comes first. `resume` brings every register and
+counter to where the skipped cycles would have left them (a coast cut short is replayed from
+its snapshot to that cycle). `active_at(cycle)` says whether a skipped cycle had any activity
+(a matrix read grant), for the host's hang detection.
+
+A node that is one end of a steady stream (`stream_end`: DMA-out sending SRAM words, or DMA-in
+taking a packet's body, and nothing else moving) can also be advanced many cycles at once
+(`stream_source`, `stream_sink`), by `d1tile.sim.streams`.
 """
 
 from __future__ import annotations
 
-from d1tile.formats import COUNTER_NAMES, NODE_STATUS
+from bisect import bisect_left
+
+from d1tile.formats import COUNTER_NAMES, NODE_STATUS, Port, flit_format
 from d1tile.params import TileConfig
-from d1tile.sim.dma import DmaInModel, DmaOutModel
-from d1tile.sim.mxu import MatrixEngineModel
+from d1tile.sim.dma import (DISCARD_MODE, IMEM_DATA_BITS, IMEM_MODE, PREFETCH_DEPTH, WRITE_MODE,
+                            DmaInModel, DmaOutModel)
+from d1tile.sim.mxu import EngineMode, MatrixEngineModel
 from d1tile.sim.sequencer import ENGINES, SeqEvent, SeqState, SequencerModel
 from d1tile.sim.sram import SRAMModel
 from d1tile.sim.vpu import VectorEngineModel
 
 
-__all__ = ["NodeModel", "READ_PORTS", "WRITE_PORTS"]
+__all__ = ["NodeModel", "READ_PORTS", "WRITE_PORTS", "NEVER"]
 
 READ_PORTS = 4
 WRITE_PORTS = 3
 COUNTER_MASK = 0xFFFF_FFFF
+NEVER = float("inf")
+"""`NodeModel.wake` of a node asleep: only a flit wakes it."""
+
 _C = {name: i for i, name in enumerate(COUNTER_NAMES)}
 _DMA = ENGINES.index(next(u for u in ENGINES if u.name == "DMA"))
 _MATRIX = ENGINES.index(next(u for u in ENGINES if u.name == "MATRIX"))
 _VECTOR = ENGINES.index(next(u for u in ENGINES if u.name == "VECTOR"))
 _STALL_COUNTER = {SeqEvent.STALL_UNIT: _C["stall_unit"], SeqEvent.STALL_HAZARD: _C["stall_hazard"],
                   SeqEvent.STALL_WAIT: _C["stall_wait"], SeqEvent.STALL_HALT: _C["stall_halt"]}
+_RESTING_EVENTS = frozenset({SeqEvent.NONE, *_STALL_COUNTER})
+_CYCLES, _ISSUED = _C["cycles"], _C["instructions"]
+_BUSY_MATRIX, _BUSY_VECTOR = _C["busy_matrix"], _C["busy_vector"]
+_BUSY_DMA_OUT, _BUSY_DMA_IN = _C["busy_dma_out"], _C["busy_dma_in"]
+_CONFLICTS = _C["sram_conflicts"]
+_FLITS_IN, _FLITS_OUT = _C["flits_in_local"], _C["flits_out_local"]
+_ISSUE = SeqEvent.ISSUE
+_LOCAL_PORT = int(Port.LOCAL)
+_MATRIX_IDLE, _MATRIX_MREAD = EngineMode.IDLE, EngineMode.MREAD
 
 
 class NodeModel:
-    """Node (x, y) of a tile: see the module docstring for the per-cycle protocol."""
+    """Node (x, y) of a tile: see the module docstring for the per-cycle protocol.
+
+    `counters` holds the node's performance counters (all but the router's flit counters) as
+    running totals; the RTL's 32-bit registers hold them modulo 2**32 (`counter_values`).
+    """
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
         self.cfg, self.x, self.y = cfg, x, y
@@ -52,33 +99,64 @@ class NodeModel:
         self.dout = DmaOutModel(cfg, x, y)
         self.din = DmaInModel(cfg, x, y)
         self.sram = SRAMModel(cfg, READ_PORTS, WRITE_PORTS)
-        self.counters = [0] * len(COUNTER_NAMES)   # all but the router's flit counters
+        self.counters = [0] * len(COUNTER_NAMES)
+        self._payload_shift = flit_format(cfg).offsets["payload"]
         # This cycle's values, set by outputs():
         self._arrived = [None] * READ_PORTS
         self._granted_before = [False] * READ_PORTS
+        self.reply = None
+        self._din_busy = False
+        # Resting (module docstring).
+        self.resting = False
+        self.blocked = False
+        self.wake = 0
+        self._rest_from = 0
+        self._rest_event = SeqEvent.NONE
+        self._rest_running = False
+        self._coast = None    # (snapshot, first data, read cycles, set of them, last address)
 
     # -- phase 1 -------------------------------------------------------------------------------
 
     def outputs(self) -> int | None:
         """Evaluate this cycle's outputs and arbitrate the SRAM; returns DMA-out's flit offer."""
-        din, dout = self.din, self.dout
-        self.reply = din.reply
-        self._din_busy = din.busy
-        self.idle = (self.mxu.idle, self.vpu.idle, dout.idle(self.reply))
-        self.decision = self.seq.decide(self.idle)
-        self.reply_ready = dout.reply_ready
+        din, dout, mxu, vpu, sram = self.din, self.dout, self.mxu, self.vpu, self.sram
+        reply = self.reply = din.reply
+        self._din_busy = din.in_packet or din.wr_pending
+        dout_active = dout.active
+        idle = self.idle = (mxu.idle, vpu.idle, not dout_active and reply is None)
+        self.decision = self.seq.decide(idle)
+        self.reply_ready = not dout_active
         # Registered pulses of DMA-in, seen by the sequencer this cycle.
         self.pulses = (din.bump, din.bump_id, din.start_req, din.imem_write)
-        reads = dout.sram_reads() + self.mxu.sram_reads() + self.vpu.sram_reads()
-        writes = din.sram_writes() + self.mxu.sram_writes() + self.vpu.sram_writes()
+        r0 = dout._read_addr() if dout_active else None
+        r1 = mxu._read_address()
+        if vpu.still:
+            r2 = r3 = w2 = None
+        else:
+            r2, r3 = vpu.sram_reads()
+            w2 = vpu.sram_writes()[0]
+        w0 = din.sram_writes()[0] if din.wr_pending else None
+        w1 = mxu._write_request()
         # The words on the read ports this cycle come from last cycle's grants.
-        self._arrived = [self.sram.read_data[i] if self._granted_before[i] else None
-                         for i in range(READ_PORTS)]
-        self.read_grants, self.write_grants = self.sram.step(reads, writes)
-        self._granted_before = list(self.read_grants)
-        self.requests = sum(r is not None for r in reads) + sum(w is not None for w in writes)
-        self.grants = sum(self.read_grants) + sum(self.write_grants)
-        self.offer = dout.offer()
+        granted_before = self._granted_before
+        if True in granted_before:
+            data = sram.read_data
+            self._arrived = [data[i] if granted_before[i] else None for i in range(READ_PORTS)]
+        elif self._arrived is not _NOTHING:
+            self._arrived = _NOTHING
+        if r0 is None and r1 is None and r2 is None and r3 is None and w0 is None \
+                and w1 is None and w2 is None:
+            sram.idle_cycles(1)
+            self.read_grants, self.write_grants = _NO_READS, _NO_WRITES
+            self._granted_before = _NO_READS
+            self.requests = self.grants = 0
+        else:
+            reads, writes = (r0, r1, r2, r3), (w0, w1, w2)
+            self.read_grants, self.write_grants = sram.step(reads, writes, check=False)
+            self._granted_before = self.read_grants
+            self.requests = (READ_PORTS - reads.count(None)) + (WRITE_PORTS - writes.count(None))
+            self.grants = self.read_grants.count(True) + self.write_grants.count(True)
+        self.offer = dout.offer() if dout_active else None
         return self.offer
 
     # -- phase 2 -------------------------------------------------------------------------------
@@ -88,53 +166,322 @@ class NodeModel:
 
     # -- phase 3 -------------------------------------------------------------------------------
 
+    @property
+    def wants_counters(self) -> bool:
+        """Whether this cycle's `tick` reads the counters (DMA-out fetches a READ_CTRS word)."""
+        dout = self.dout
+        return dout.active and dout.from_ctrs and dout.fetch_left > 0
+
     def counter_values(self, router) -> list[int]:
         """The counters as the RTL's registers hold them at the start of this cycle."""
-        values = list(self.counters)
-        base_in, base_out = _C["flits_in_local"], _C["flits_out_local"]
+        values = [v & COUNTER_MASK for v in self.counters]
         for p in range(5):
-            values[base_in + p] = router.flits_in[p] & COUNTER_MASK
-            values[base_out + p] = router.flits_out[p] & COUNTER_MASK
+            values[_FLITS_IN + p] = router.flits_in[p] & COUNTER_MASK
+            values[_FLITS_OUT + p] = router.flits_out[p] & COUNTER_MASK
         return values
 
-    def tick(self, accepted: bool, ejected: int | None, counters: list[int]) -> None:
-        """The clock edge. `counters`: `counter_values()` taken before the router stepped."""
+    def tick(self, accepted: bool, ejected: int | None, counters: list[int] | None) -> None:
+        """The clock edge. `counters`: `counter_values()` taken before the router stepped (only
+        read when `wants_counters` was true in this cycle; may be None otherwise)."""
         seq, decision, arrived = self.seq, self.decision, self._arrived
-        starts = [False, False, False]
-        if decision.engine >= 0:
-            starts[decision.engine] = True
-        reply_taken = self.dout.tick(
-            start=starts[_DMA], instr=decision.instr if starts[_DMA] else 0,
-            status=seq.status, pc=seq.pc, info=seq.info, reply=self.reply,
-            read_grants=self.read_grants[0:1], read_data=arrived[0:1], accepted=accepted,
-            counters=counters)
-        self.din.tick(ejected, self.write_grants[0:1], reply_taken)
-        self.mxu.tick(starts[_MATRIX], decision.instr if starts[_MATRIX] else 0,
-                      self.read_grants[1:2], self.write_grants[1:2], arrived[1:2])
-        self.vpu.tick(self.read_grants[2:4], self.write_grants[2:3], arrived[2:4],
-                      starts[_VECTOR], decision.instr if starts[_VECTOR] else 0,
-                      seq.scale, seq.shift, seq.relu)
+        dout, din = self.dout, self.din
+        engine = decision.engine
+        instr = decision.instr
+        read_grants, write_grants = self.read_grants, self.write_grants
+        reply = self.reply
+        if dout.active or reply is not None or engine == _DMA:
+            reply_taken = dout.tick(
+                start=engine == _DMA, instr=instr if engine == _DMA else 0,
+                status=seq.status, pc=seq.pc, info=seq.info, reply=reply,
+                read_grants=read_grants[0:1], read_data=arrived[0:1], accepted=accepted,
+                counters=counters)
+        else:
+            reply_taken = False
+        if ejected is not None or din.wr_pending or reply_taken or din.pulsing:
+            din.tick(ejected, write_grants[0:1], reply_taken)
+        mxu = self.mxu
+        if engine == _MATRIX or not mxu.still:
+            mxu.tick(engine == _MATRIX, instr if engine == _MATRIX else 0,
+                     read_grants[1:2], write_grants[1:2], arrived[1:2])
+        else:
+            mxu.cycle += 1          # all an idle engine's tick does
+        vpu = self.vpu
+        if engine == _VECTOR or not vpu.still:
+            vpu.tick(read_grants[2:4], write_grants[2:3], arrived[2:4],
+                     engine == _VECTOR, instr if engine == _VECTOR else 0,
+                     seq.scale, seq.shift, seq.relu)
         c = self.counters
-        if seq.running:
-            c[0] += 1
+        state = seq.state
+        if state == SeqState.RUN or state == SeqState.HALTING:
+            c[_CYCLES] += 1
         event = decision.event
-        if event == SeqEvent.ISSUE:
-            c[1] += 1
-        elif event in _STALL_COUNTER:
-            c[_STALL_COUNTER[event]] += 1
-        c[2] += not self.idle[_MATRIX]
-        c[3] += not self.idle[_VECTOR]
-        c[4] += not self.idle[_DMA]
-        c[5] += self.din_busy
-        c[_C["sram_conflicts"]] += self.requests - self.grants
+        if event == _ISSUE:
+            c[_ISSUED] += 1
+        else:
+            stall = _STALL_COUNTER.get(event)
+            if stall is not None:
+                c[stall] += 1
+        idle = self.idle
+        if not idle[_MATRIX]:
+            c[_BUSY_MATRIX] += 1
+        if not idle[_VECTOR]:
+            c[_BUSY_VECTOR] += 1
+        if not idle[_DMA]:
+            c[_BUSY_DMA_OUT] += 1
+        if self._din_busy:
+            c[_BUSY_DMA_IN] += 1
+        if self.requests != self.grants:
+            c[_CONFLICTS] += self.requests - self.grants
         bump, bump_id, start_req, imem_write = self.pulses
-        seq.tick(self.idle, bump, bump_id, start_req, imem_write)
-        for i in range(len(c)):
-            c[i] &= COUNTER_MASK
+        if bump or start_req or imem_write is not None or event not in _RESTING_EVENTS:
+            seq.tick(idle, bump, bump_id, start_req, imem_write)
 
     @property
     def din_busy(self) -> bool:
         return self._din_busy
+
+    # -- resting (module docstring) --------------------------------------------------------------
+
+    def rest(self, cycle: int, router) -> bool:
+        """At the start of `cycle` (every earlier cycle ticked; `router` is the node's, in that
+        cycle's state): stop stepping the node if it is asleep, blocked or can coast (module
+        docstring). Returns whether it rests; `wake` is then the first cycle it must be stepped
+        in again (`NEVER`: only its router can wake it, see `woken_by`)."""
+        din, dout = self.din, self.dout
+        if din.busy or din.pulsing or not self.vpu.still:
+            return False
+        if din.reply is not None and not dout.active:
+            return False     # DMA-out takes the hand-off in this cycle
+        granted = self._granted_before
+        if granted[0] or granted[2] or granted[3]:
+            return False
+        blocked = dout.active
+        if blocked:
+            # DMA-out rests only blocked: its flit refused by a full LOCAL input, and nothing
+            # to fetch (its queue full, or every word fetched).
+            if dout.in_flight or (dout.fetch_left and len(dout.queue) < PREFETCH_DEPTH):
+                return False
+            router.evaluate()
+            if router.ready[_LOCAL_PORT] or dout.offer() is None:
+                return False
+        mxu = self.mxu
+        if mxu.mode == _MATRIX_IDLE:
+            if not mxu.still:
+                return False
+            coast = False
+        elif mxu.mode == _MATRIX_MREAD or mxu.idle:
+            return False
+        else:
+            coast = True
+        event = self.seq.decide((not coast, True, not blocked and din.reply is None)).event
+        if event not in _RESTING_EVENTS:
+            return False
+        self.resting = True
+        self.blocked = blocked
+        self._rest_from = cycle
+        self._rest_event = event
+        self._rest_running = self.seq.running
+        if coast:
+            sram = self.sram
+            data = sram.read_data[1] if granted[1] else None
+            snapshot = mxu.snapshot()
+            n, reads, last = mxu.run_alone(sram.memory, data)
+            reads = [cycle + r for r in reads]
+            self._coast = (snapshot, data, reads, frozenset(reads), last)
+            self.wake = cycle + n
+        else:
+            self._coast = None
+            self.wake = NEVER
+        return True
+
+    def woken_by(self, router) -> bool:
+        """Whether the resting node's router wakes it in this cycle: a flit on its local output,
+        or, for a blocked DMA-out, room in its LOCAL input."""
+        if not router.count:
+            return self.blocked
+        router.evaluate()
+        return router.out[_LOCAL_PORT] is not None or (self.blocked and router.ready[_LOCAL_PORT])
+
+    def active_at(self, cycle: int) -> bool:
+        """Whether the resting node has activity (an SRAM grant) in `cycle` (before `wake`)."""
+        return self._coast is not None and cycle in self._coast[3]
+
+    def last_activity(self, first: int, end: int) -> int | None:
+        """The last cycle of first..end-1 in which the resting node has activity, or None."""
+        if self._coast is None:
+            return None
+        reads = self._coast[2]
+        k = bisect_left(reads, end)
+        if k and reads[k - 1] >= first:
+            return reads[k - 1]
+        return None
+
+    def resume(self, cycle: int) -> None:
+        """Bring the resting node to the start of `cycle` (at most `wake`) and step it again."""
+        if not self.resting:
+            return
+        if cycle > self.wake:
+            raise ValueError(f"node ({self.x},{self.y}): resumed at cycle {cycle}, after its "
+                             f"wake cycle {self.wake}")
+        n = cycle - self._rest_from
+        c = self.counters
+        if self._rest_running:
+            c[_CYCLES] += n
+        if self.blocked:
+            c[_BUSY_DMA_OUT] += n
+        stall = _STALL_COUNTER.get(self._rest_event)
+        if stall is not None:
+            c[stall] += n
+        sram, mxu = self.sram, self.mxu
+        coast = self._coast
+        if coast is None:
+            mxu.cycle += n
+            sram.idle_cycles(n)
+        else:
+            snapshot, data, reads, _, last = coast
+            if cycle < self.wake:
+                mxu.restore(snapshot)
+                ran, done, last = mxu.run_alone(sram.memory, data, limit=n)
+                assert ran == n, (ran, n)
+                granted = len(done)
+            else:
+                granted = len(reads)
+            c[_BUSY_MATRIX] += n
+            if n:
+                # The word of a read granted in the last skipped cycle arrives in this one.
+                sram.read_grants[1] += granted
+                sram.idle_cycles(n)
+                if last is not None:
+                    sram.read_data[1] = sram.memory[last]
+                    self._granted_before = _PORT1_READ
+                else:
+                    self._granted_before = _NO_READS
+            self._coast = None
+        self.resting = False
+
+    # -- steady streams (d1tile.sim.streams) ----------------------------------------------------
+
+    def stream_end(self) -> str | None:
+        """The node's part in a steady stream in this cycle (`d1tile.sim.streams`): "source"
+        (DMA-out sends SRAM words in its steady state: one word queued, one arriving, one read
+        per cycle), "sink" (DMA-in takes the body of a WRITE, IMEM or discarded packet), or None.
+        Either way nothing else in the node may move: the other engines idle, no pulse, and the
+        sequencer in a decision that only a DMA end or a bump can change (NONE or a stall)."""
+        din, dout = self.din, self.dout
+        if din.bump or din.start_req or din.bad_packet or din.dropped:
+            return None
+        if not self.vpu.still or not self.mxu.still:
+            return None
+        granted = self._granted_before
+        if granted[1] or granted[2] or granted[3]:
+            return None
+        source = dout.active
+        if source == din.in_packet:
+            return None
+        if source:
+            if din.wr_pending or din.imem_write is not None:
+                return None
+            if dout.head_pending or dout.from_ctrs or len(dout.queue) != 1 \
+                    or not dout.in_flight or not dout.fetch_left or not granted[0]:
+                return None
+        else:
+            if din.reply is not None or granted[0]:
+                return None
+            mode = din.mode
+            if mode == IMEM_MODE:
+                if self.seq.state != SeqState.IDLE and self.seq.state != SeqState.STOPPED:
+                    return None     # instruction words could change its decisions
+            elif (mode != WRITE_MODE and mode != DISCARD_MODE) or din.imem_write is not None:
+                return None
+        if self._stream_event(source) not in _RESTING_EVENTS:
+            return None
+        return "source" if source else "sink"
+
+    def _stream_event(self, source: bool) -> SeqEvent:
+        return self.seq.decide((True, True, not source and self.din.reply is None)).event
+
+    def stream_limit(self) -> float:
+        """How many cycles the node's end of a stream stays steady: a source until its last
+        word is fetched (its tail comes later), a sink until its address would leave its memory."""
+        if self.dout.active:
+            return self.dout.fetch_left
+        din = self.din
+        if din.mode == WRITE_MODE:
+            return max(0, self.cfg.sram_words - din.pkt_addr)
+        if din.mode == IMEM_MODE:
+            return max(0, self.cfg.imem_words - din.pkt_addr)
+        return NEVER
+
+    def _stream_cycles(self, m: int, source: bool) -> None:
+        """The counters and cycle counts of m cycles at one end of a stream."""
+        c = self.counters
+        if self.seq.running:
+            c[_CYCLES] += m
+        stall = _STALL_COUNTER.get(self._stream_event(source))
+        if stall is not None:
+            c[stall] += m
+        c[_BUSY_DMA_OUT if source else _BUSY_DMA_IN] += m
+        self.mxu.cycle += m
+        self.sram.cycle += m
+
+    def stream_source(self, m: int) -> list[int]:
+        """m >= 2 cycles of a steady source (`stream_end` said "source", m <= `stream_limit`):
+        the m flits DMA-out sends, one per cycle, as its registers, the SRAM's and the counters
+        advance."""
+        if m < 2:
+            raise ValueError(f"stream_source: {m} cycles (2 at least)")
+        dout, sram = self.dout, self.sram
+        mem, mask = sram.memory, self.cfg.sram_words - 1
+        base, shift = dout.body_base, self._payload_shift
+        # The queued word goes first, then the arriving one, then one read per cycle (the
+        # word read in cycle k is sent in cycle k + 2): the steady state of `DmaOutModel`.
+        first = dout.fetch_addr
+        words = [dout.queue[0], sram.read_data[0]]
+        words.extend(mem[(first + k) & mask] for k in range(m - 2))
+        flits = [base | (word << shift) for word in words]
+        dout.queue[0] = mem[(first + m - 2) & mask]
+        dout.fetch_addr += m
+        dout.fetch_left -= m
+        dout.send_left -= m
+        data = sram.read_data
+        data[0] = mem[(first + m - 1) & mask]
+        for i in range(1, READ_PORTS):
+            data[i] = None
+        sram.read_grants[0] += m
+        self._stream_cycles(m, True)
+        return flits
+
+    def stream_sink(self, flits: list[int]) -> None:
+        """len(flits) cycles of a steady sink (`stream_end` said "sink", at most `stream_limit`
+        of them): DMA-in takes one body flit per cycle."""
+        m = len(flits)
+        din, sram = self.din, self.sram
+        shift, payload = self._payload_shift, (1 << self.cfg.word_bits) - 1
+        words = [(flit >> shift) & payload for flit in flits]
+        addr = din.pkt_addr
+        if din.mode == WRITE_MODE:
+            mem, mask = sram.memory, self.cfg.sram_words - 1
+            written = 0
+            if din.wr_pending:             # the word taken in the cycle before
+                if din.wr_full:
+                    mem[din.wr_addr] = din.wr_data
+                written += 1
+            for k in range(m - 1):
+                mem[(addr + k) & mask] = words[k]
+            written += m - 1
+            sram.write_grants[0] += written
+            din.wr_pending, din.wr_addr, din.wr_data = True, (addr + m - 1) & mask, words[-1]
+            din.wr_full, din.wr_bump, din.wr_counter = True, False, din.pkt_counter
+            din.pkt_addr = (addr + m) & 0x1FFFF
+        elif din.mode == IMEM_MODE:
+            bits = (1 << IMEM_DATA_BITS) - 1
+            seq = self.seq
+            if din.imem_write is not None:
+                seq.load_imem([din.imem_write[1]], din.imem_write[0])
+            seq.load_imem([word & bits for word in words[:-1]], addr)
+            din.imem_write = (addr + m - 1, words[-1] & bits)
+            din.pkt_addr = (addr + m) & 0x1FFFF
+        self._stream_cycles(m, False)
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -159,3 +506,9 @@ class NodeModel:
     @property
     def halted(self) -> bool:
         return self.seq.state == SeqState.STOPPED
+
+
+_NOTHING = (None,) * READ_PORTS
+_NO_READS = (False,) * READ_PORTS
+_NO_WRITES = (False,) * WRITE_PORTS
+_PORT1_READ = (False, True, False, False)

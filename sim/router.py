@@ -245,6 +245,20 @@ class RouterModel:
         self.flits_in[i] += 1
         self._stale = True
 
+    def pass_through(self, i: int, o: int, m: int, contents) -> None:
+        """m cycles in which output `o`, locked to input `i`, sent one body flit per cycle and
+        input `i` took one: the FIFO now holds `contents` (as many flits as before). Locks and
+        round-robin pointers do not move for body flits (`d1tile.sim.streams` checks that the
+        flits are such)."""
+        fifo = self.fifos[i]
+        if len(contents) != len(fifo) or not self.locked[o] or self.owner[o] != i:
+            raise ValueError(f"router ({self.x},{self.y}): no stream from input {i} to output {o}")
+        fifo.clear()
+        fifo.extend(contents)
+        self.flits_in[i] += m
+        self.flits_out[o] += m
+        self._stale = True
+
     def step(self, offers, out_ready) -> tuple[list[bool], list[int | None]]:
         """One cycle of a stand-alone router.
 
@@ -326,6 +340,11 @@ class MeshModel:
     def misroute(self) -> bool:
         return bool(self.misroutes)
 
+    def link(self, node: tuple[int, int], port: int):
+        """Where output `port` of router `node` leads: (neighbour router, its input port),
+        ("host", row) for the host port, or None (LOCAL, or an edge)."""
+        return self._links[self.routers[node]][port]
+
     @property
     def in_flight(self) -> int:
         """Flits buffered in the mesh."""
@@ -344,7 +363,8 @@ class MeshModel:
     def step(self, offers: dict, eject_ready: dict, host_offers: dict | None = None
              ) -> tuple[set, dict]:
         for router in self._order:
-            router.evaluate()
+            if router._stale:
+                router.evaluate()
         # Every ready below is the start-of-cycle value that evaluate() stored, so the order in
         # which routers pop and push during this cycle does not matter (as in the RTL).
         routers = self.routers

@@ -234,6 +234,8 @@ class SequencerModel:
 
     def decide(self, units_idle: Sequence[bool]) -> Decision:
         """This cycle's decision (module docstring) for the engines' idle flags."""
+        if units_idle == self._memo_idle:
+            return self._memo       # the state has not changed since (tick clears the memo)
         idle = tuple(bool(x) for x in units_idle)
         if idle == self._memo_idle:
             return self._memo

@@ -137,7 +137,7 @@ class SRAMModel:
                 grants.append(True)
         return grants
 
-    def step(self, reads, writes) -> tuple[list[bool], list[bool]]:
+    def step(self, reads, writes, *, check: bool = True) -> tuple[list[bool], list[bool]]:
         """Advance one cycle.
 
         `reads[i]` is read port i's address or None; `writes[j]` is `(addr, data, mask)` or None,
@@ -145,20 +145,64 @@ class SRAMModel:
         enable. Returns `(read_grants, write_grants)`, lists of bools (the RTL's `ready` of each
         requesting port). Afterwards `read_data` holds the granted reads' words. Raises
         ValueError/TypeError (naming the port and value) for a wrong number of ports, an address
-        outside the SRAM, or data/mask wider than their fields.
+        outside the SRAM, or data/mask wider than their fields; `check=False` skips those checks
+        (for a caller whose requests are valid by construction, like the node's engines).
         """
+        if check:
+            self._check_step(reads, writes)
+        shift = self._bank_shift
+        mem = self._mem
+        read_data = self.read_data
+        # Reads first: they see the words as they were before this cycle's writes.
+        taken = 0  # bit b set: bank b already granted to a lower-indexed port
+        read_grants = []
+        for i, addr in enumerate(reads):
+            if addr is None:
+                read_grants.append(False)
+                read_data[i] = None
+                continue
+            bit = 1 << (addr >> shift)
+            if taken & bit:
+                read_grants.append(False)
+                read_data[i] = None
+                self.read_stalls[i] += 1
+            else:
+                taken |= bit
+                read_grants.append(True)
+                read_data[i] = mem[addr]
+                self.read_grants[i] += 1
+        # Granted writes are to different banks, hence different words: their order is moot.
+        taken = 0
+        write_grants = []
+        for j, request in enumerate(writes):
+            if request is None:
+                write_grants.append(False)
+                continue
+            addr, data, mask = request
+            bit = 1 << (addr >> shift)
+            if taken & bit:
+                write_grants.append(False)
+                self.write_stalls[j] += 1
+            else:
+                taken |= bit
+                write_grants.append(True)
+                mem[addr] = data if mask == self._full_mask else self._merge(mem[addr], data, mask)
+                self.write_grants[j] += 1
+        self.cycle += 1
+        return read_grants, write_grants
+
+    def _check_step(self, reads, writes) -> None:
         if len(reads) != self._read_ports or len(writes) != self._write_ports:
             raise ValueError(f"step needs {self._read_ports} reads and {self._write_ports} writes, "
                              f"got {len(reads)} and {len(writes)}")
-        read_addrs = [None if a is None else self._check_addr("read", i, a)
-                      for i, a in enumerate(reads)]
-        write_addrs = []
+        for i, a in enumerate(reads):
+            if a is not None:
+                self._check_addr("read", i, a)
         for j, request in enumerate(writes):
             if request is None:
-                write_addrs.append(None)
                 continue
             addr, data, mask = request
-            write_addrs.append(self._check_addr("write", j, addr))
+            self._check_addr("write", j, addr)
             if not 0 <= data <= self._word_mask:
                 raise ValueError(f"write port {j}: data {data:#x} does not fit "
                                  f"{self._cfg.word_bits} unsigned bits")
@@ -166,29 +210,18 @@ class SRAMModel:
                 raise ValueError(f"write port {j}: mask {mask:#x} does not fit "
                                  f"{self._cfg.word_bytes} byte enables")
 
-        read_grants = self.arbitrate(read_addrs)
-        write_grants = self.arbitrate(write_addrs)
-
-        mem = self._mem
-        # Reads first: they see the words as they were before this cycle's writes.
-        for i, granted in enumerate(read_grants):
-            if granted:
-                self.read_data[i] = mem[read_addrs[i]]
-                self.read_grants[i] += 1
-            else:
+    def idle_cycles(self, n: int) -> None:
+        """`n` cycles without a request (what `step` with every port idle does, n times)."""
+        if n:
+            for i in range(self._read_ports):
                 self.read_data[i] = None
-                if read_addrs[i] is not None:
-                    self.read_stalls[i] += 1
-        # Granted writes are to different banks, hence different words: their order is moot.
-        for j, granted in enumerate(write_grants):
-            if granted:
-                addr, data, mask = writes[j]
-                mem[addr] = self._merge(mem[addr], data, mask)
-                self.write_grants[j] += 1
-            elif write_addrs[j] is not None:
-                self.write_stalls[j] += 1
-        self.cycle += 1
-        return read_grants, write_grants
+            self.cycle += n
+
+    @property
+    def memory(self) -> list:
+        """The words themselves (not a copy), for a caller that reads many in one go while no
+        port writes (`MatrixEngineModel.run_alone`)."""
+        return self._mem
 
     def _merge(self, old: int, data: int, mask: int) -> int:
         if mask == self._full_mask:

@@ -8,13 +8,27 @@ node's counters. Cycle 0 is the first cycle after reset.
 A cycle: every node evaluates its outputs (and arbitrates its SRAM), the mesh moves flits
 (DMA-in's readiness for the flit its router offers is combinational from that cycle's SRAM
 grant), then every node takes its clock edge.
+
+Speed without approximation: three fast paths, each exact by construction (the conditions are
+checked, not assumed; `d1tile.sim.node` and `d1tile.sim.streams` list them):
+
+* a node that rests (`NodeModel.rest`: asleep, blocked on its router's LOCAL input, or coasting
+  through a MATMUL alone) is not stepped until its wake cycle or until its router wakes it;
+* when every node rests, the mesh holds no flit and the host has nothing to send, nothing can
+  happen before the earliest wake cycle: the run jumps there;
+* when all that moves is steady streams of body flits (loading, read-back, long SENDs), the
+  streams advance many cycles at once (`d1tile.sim.streams`).
+
+The host driver accounts skipped cycles in one call (`HostDriver.end_cycles`), bounded so that
+no hang can be detected inside them. The results, cycle numbers included, are those of stepping
+every node in every cycle (`TileModel(cfg, fast=False)`), which the tests check.
 """
 
 from __future__ import annotations
 
 from d1tile.formats import NODE_STATUS, Port
 from d1tile.params import TileConfig
-from d1tile.sim import isa
+from d1tile.sim import isa, streams
 from d1tile.sim.host import DEFAULT_HANG_CYCLES, HostDriver, RunResult
 from d1tile.sim.isa import FaultCode, Opcode
 from d1tile.sim.node import NodeModel
@@ -25,44 +39,101 @@ from d1tile.sim.sequencer import SeqEvent, SeqState
 __all__ = ["TileModel", "describe_node", "hang_report"]
 
 _LOCAL = int(Port.LOCAL)
+_ISSUE = SeqEvent.ISSUE
+_MAX_BACKOFF = 8
 
 
 class TileModel:
-    def __init__(self, cfg: TileConfig):
+    """The tile, cycle-exact (module docstring). `fast=False` turns the fast paths off (every
+    node stepped in every cycle): slower, with the same results, which the tests check."""
+
+    def __init__(self, cfg: TileConfig, *, fast: bool = True):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self.cfg = cfg
+        self.fast = fast
         self.mesh = MeshModel(cfg, host_edge=True)
         self.nodes = {(x, y): NodeModel(cfg, x, y)
                       for y in range(cfg.rows) for x in range(cfg.cols)}
         self.cycle = 0
+        self._plan = [(node, model, self.mesh.routers[node]) for node, model in self.nodes.items()]
+        self._all_resting = False
 
     def step(self, host_offers: dict) -> tuple[set, dict, bool]:
         """One cycle. `host_offers`: row -> flit the host presents. Returns the rows whose flit
         was taken, the flits the host received (row -> flit) and whether anything happened."""
-        mesh, nodes = self.mesh, self.nodes
+        t = self.cycle
         offers, ready, counters = {}, {}, {}
+        stepped = []
         activity = False
-        for node, model in nodes.items():
+        for node, model, router in self._plan:
+            if model.resting:
+                if t < model.wake and not ((router.count or model.blocked)
+                                           and model.woken_by(router)):
+                    if not activity and model.active_at(t):
+                        activity = True
+                    continue
+                model.resume(t)
             offer = model.outputs()
             if offer is not None:
                 offers[node] = offer
-            router = mesh.routers[node]
-            counters[node] = model.counter_values(router)
-            flit = mesh.eject_flit(node)
-            ready[node] = model.eject_ready(flit) if flit is not None else True
-            activity = activity or model.grants or model.decision.event == SeqEvent.ISSUE
-        accepted, ejected = mesh.step(offers, ready, host_offers)
-        activity = activity or mesh.moved > 0
-        for node, model in nodes.items():
-            flit_taken = ejected.get(node)
-            model.tick(node in accepted, flit_taken, counters[node])
-        self.cycle += 1
-        return mesh.host_accepted, mesh.host_ejected, activity
+            if model.wants_counters:
+                counters[node] = model.counter_values(router)
+            if router.count:
+                router.evaluate()
+                flit = router.out[_LOCAL]
+                if flit is not None:
+                    ready[node] = model.eject_ready(flit)
+            if not activity and (model.grants or model.decision.event == _ISSUE):
+                activity = True
+            stepped.append((node, model))
+        accepted, ejected = self.mesh.step(offers, ready, host_offers)
+        activity = activity or self.mesh.moved > 0
+        t += 1
+        resting = len(self._plan) - len(stepped)
+        for node, model in stepped:
+            model.tick(node in accepted, ejected.get(node), counters.get(node))
+            if self.fast and model.rest(t, self.mesh.routers[node]):
+                resting += 1
+        self.cycle = t
+        self._all_resting = resting == len(self._plan)
+        return self.mesh.host_accepted, self.mesh.host_ejected, activity
+
+    def skippable(self) -> int:
+        """Cycles that can pass now without any node, router or host link doing anything but
+        what the resting nodes account for themselves: up to the earliest wake cycle when every
+        node rests and the mesh is empty (the host must have nothing to send), else 0."""
+        if not self._all_resting or self.mesh.in_flight:
+            return 0
+        return min(model.wake for model in self.nodes.values()) - self.cycle
+
+    def skip(self, n: int) -> int | None:
+        """Let `n` cycles (at most `skippable()`) pass at once; returns the last of them with any
+        activity (a resting node's SRAM grant), or None."""
+        if not 0 <= n <= self.skippable():
+            raise ValueError(f"cannot skip {n} cycles at cycle {self.cycle} "
+                             f"(skippable: {self.skippable()})")
+        first, end = self.cycle, self.cycle + n
+        last = None
+        for model in self.nodes.values():
+            active = model.last_activity(first, end)
+            if active is not None and (last is None or active > last):
+                last = active
+        self.mesh.cycle += n
+        self.cycle = end
+        return last
+
+    def settle(self) -> None:
+        """Bring every resting node to the current cycle (its registers and counters as if it
+        had been stepped); the run ends with this."""
+        for model in self.nodes.values():
+            model.resume(self.cycle)
+        self._all_resting = False
 
     def statuses(self) -> dict:
         """Every node's `NODE_STATUS` word and sync counters in the current cycle (for hang
         reports: it evaluates the cycle's outputs, so the run cannot go on afterwards)."""
+        self.settle()
         return {node: (model.status(self.mesh.routers[node]), list(model.seq.counters))
                 for node, model in self.nodes.items()}
 
@@ -72,10 +143,30 @@ class TileModel:
             raise ValueError("the program was built for another configuration")
         driver = HostDriver(self.cfg, tile_program, hang_cycles=hang_cycles)
         rows = range(self.cfg.rows)
-        cycle = 0
+        cycle = self.cycle
+        next_try, backoff = cycle, 1     # when to look for steady streams next
         while not driver.finished and not driver.hung and cycle < max_cycles:
-            host_accepted, host_ejected, activity = self.step(
-                {row: driver.offer(row) for row in rows})
+            offers = {row: driver.offer(row) for row in rows}
+            if self._all_resting and not any(flit is not None for flit in offers.values()):
+                n = min(self.skippable(), driver.skippable(), max_cycles - cycle)
+                if n > 0:
+                    last = self.skip(n)
+                    driver.end_cycles(cycle, n, last)
+                    cycle += n
+                    continue
+            if self.fast and cycle >= next_try:
+                found = streams.find_window(self, driver,
+                                            min(driver.skippable(), max_cycles - cycle))
+                if found is not None:
+                    m, steady = found
+                    streams.advance(self, driver, m, steady)
+                    cycle += m
+                    backoff = 1
+                    continue
+                # Looking costs about as much as a cycle: look less often while it fails.
+                backoff = min(2 * backoff, _MAX_BACKOFF)
+                next_try = cycle + backoff
+            host_accepted, host_ejected, activity = self.step(offers)
             for row in host_accepted:
                 driver.accepted(row)
             for row, flit in host_ejected.items():
@@ -85,6 +176,8 @@ class TileModel:
         report = None
         if driver.hung:
             report = hang_report(self.cfg, tile_program, self.statuses())
+        else:
+            self.settle()
         return driver.result(report, misroute=self.mesh.misroute)
 
 

@@ -241,6 +241,11 @@ class VectorEngineModel:
         """The `busy_vector` counter event of this cycle."""
         return self._busy
 
+    @property
+    def still(self) -> bool:
+        """Idle with nothing in flight: a tick without `start` changes nothing."""
+        return not (self._busy or self._inflight_a or self._inflight_b or self._res_valid)
+
     def _read_a(self) -> bool:
         return (self._busy and self._ra < self._n
                 and len(self._buf_a) + self._inflight_a < OPERAND_BUFFER)

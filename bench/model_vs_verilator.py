@@ -1,0 +1,192 @@
+"""Simulation speed: the cycle model (`d1tile.sim.tile.TileModel`) against the Verilator tile
+(`d1tile.hw.tile_run.run_rtl`), on the same 4x4 programs.
+
+    .venv/bin/python bench/model_vs_verilator.py [--preset tiny|default] [--programs N] [--seed S]
+                                                 [--repeat R] [--grid RxC] [--model-only]
+
+Runs a compute-heavy program (every node: MATMULs of kw = 16..64 words, MREADs, a REQUANT and
+SENDs to its east and south neighbours, phase after phase; `compute_program`) and N random race-free programs
+(`d1tile.sw.randprog`) on both backends, checks that the results are identical
+(`RunResult.comparable()`), and prints simulated cycles, wall seconds and cycles per second for
+each, with the Verilator build time apart. Each program runs in its own simulator launch; a
+launch has a fixed cost (process start, cocotb start-up), measured with a lone-HALT program and
+subtracted from the Verilator seconds the ratios are taken against (the total with it is
+printed too).
+
+Simulated cycles are the cycles the host driver steps through: loading, the run and the
+read-back (`total_cycles + 1` per program).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from d1tile.formats import VecOp
+from d1tile.params import TileConfig
+from d1tile.sim.isa import requant_words
+from d1tile.sim.tile import TileModel
+from d1tile.sw.program import TileProgram
+from d1tile.sw.randprog import random_tile_program
+
+
+def compute_program(cfg: TileConfig, rng: random.Random, *, phases: int = 4,
+                    matmuls: int = 4) -> TileProgram:
+    """A compute-heavy, race-free program: in each phase every node runs `matmuls` MATMULs of
+    kw = 16..64 words (fewer when the SRAM is small) over its loaded operands, reads the
+    accumulators out (MREAD), requantises them (VEC REQUANT), sends the rows to its east and
+    south neighbours (wrapping around the grid) and waits for the two messages it receives;
+    the next phase also multiplies the rows it received. The results and inboxes are read back.
+    """
+    tp = TileProgram(cfg)
+    n = cfg.mac_dim
+    words = cfg.sram_words
+    kw_max = min(64, words // 8)
+    kw_min = min(16, kw_max)
+    a_base, b_base = 0, kw_max
+    out_base = 2 * kw_max                       # phase p: n accumulator rows at out_base + p*n
+    q_base = out_base + phases * n              # phase p: requantised rows
+    inbox = q_base + phases * requant_words(n)  # phase p: 2 messages of n words
+    if inbox + 2 * phases * n > words:
+        raise ValueError(f"{cfg.name}: {words} SRAM words are too few for {phases} phases")
+    limit = 1 << cfg.word_bits
+    for node in tp.nodes:
+        tp.load(node, a_base, [rng.randrange(limit) for _ in range(2 * kw_max)])
+    for node in tp.nodes:
+        x, y = node
+        p = tp.node(x, y)
+        p.setq(rng.randrange(1, 1 << 16), rng.randrange(8, 24), relu=True)
+        for phase in range(phases):
+            for m in range(matmuls):
+                kw = rng.randint(kw_min, kw_max)
+                a = a_base + rng.randrange(kw_max - kw + 1)
+                b = b_base + rng.randrange(kw_max - kw + 1)
+                p.matmul(a, b, kw, clear=m == 0)
+            if phase:
+                # Multiply what the west neighbour sent last phase (after the WAIT below).
+                p.matmul(inbox + 2 * (phase - 1) * n, b_base, n)
+            out = out_base + phase * n
+            p.mread(out, 0, n)
+            p.vec(VecOp.REQUANT, q_base + phase * requant_words(n), out, 0, n)
+            east, south = ((x + 1) % cfg.cols, y), (x, (y + 1) % cfg.rows)
+            # Slot 0 of a phase's inbox takes the west neighbour's rows, slot 1 the north's.
+            p.send(out, n, east, inbox + (2 * phase) * n, counter=phase % 16)
+            p.send(out, n, south, inbox + (2 * phase + 1) * n, counter=phase % 16)
+            p.wait(phase % 16, 2)
+        p.halt()
+        tp.read(node, out_base, inbox + 2 * phases * n - out_base)
+    return tp
+
+
+def trivial_program(cfg: TileConfig) -> TileProgram:
+    """A lone HALT on every node: measures a simulator launch, not simulation."""
+    return TileProgram(cfg)
+
+
+def cycles_of(result) -> int:
+    return result.total_cycles + 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "default"])
+    parser.add_argument("--programs", type=int, default=3, help="random programs (default 3)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--grid", default="4x4", help="RxC (default 4x4)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every program this many times on each backend and keep the "
+                             "fastest (default 1)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="time the model alone (no Verilator build or run)")
+    args = parser.parse_args(argv)
+    rows, cols = (int(v) for v in args.grid.lower().split("x"))
+    cfg = TileConfig.preset(args.preset).with_grid(rows, cols)
+    rng = random.Random(args.seed)
+    programs = [("compute", compute_program(cfg, rng))]
+    for k in range(args.programs):
+        programs.append((f"random{k}", random_tile_program(cfg, random.Random(args.seed * 1000 + k))))
+    print(f"model vs Verilator on {cfg.key}, seed {args.seed}: {len(programs)} programs",
+          flush=True)
+
+    model_results, model_s = [], []
+    for name, tp in programs:
+        best = None
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            result = TileModel(cfg).run(tp)
+            seconds = time.perf_counter() - started
+            best = seconds if best is None else min(best, seconds)
+        model_results.append(result)
+        model_s.append(best)
+    cycles = [cycles_of(r) for r in model_results]
+    total_cycles, total_model = sum(cycles), sum(model_s)
+
+    if args.model_only:
+        _table([("program", "cycles", "model s", "model cyc/s")]
+               + [(name, f"{c}", f"{s:.3f}", f"{c / s:,.0f}")
+                  for (name, _), c, s in zip(programs, cycles, model_s)]
+               + [("total", f"{total_cycles}", f"{total_model:.3f}",
+                   f"{total_cycles / total_model:,.0f}")])
+        return 0
+
+    from d1tile.hw.tile_run import run_rtl
+    print("Verilator: building (or reusing) the tile, then one simulator launch per program "
+          "...", flush=True)
+    launch: dict = {}
+    launch_result = run_rtl([trivial_program(cfg)], timing=launch)[0]
+    build_s = launch["build_s"]
+    rtl_results, rtl_s = [], []
+    for _, tp in programs:
+        best = None
+        for _ in range(args.repeat):
+            timing: dict = {}
+            result = run_rtl([tp], timing=timing)[0]
+            best = timing["run_s"] if best is None else min(best, timing["run_s"])
+        rtl_results.append(result)
+        rtl_s.append(best)
+    mismatches = [name for (name, _), m, r in zip(programs, model_results, rtl_results)
+                  if m.comparable() != r.comparable()]
+    # A launch costs the lone-HALT run's wall time less its few hundred cycles, taken at the
+    # measured rate.
+    total_rtl = sum(rtl_s)
+    rate = total_cycles / total_rtl
+    launch_s = max(0.0, launch["run_s"] - cycles_of(launch_result) / rate)
+    net = [max(s - launch_s, 1e-9) for s in rtl_s]
+
+    rows = [("program", "cycles", "model s", "model cyc/s", "Verilator s", "Verilator cyc/s",
+             "model/Verilator")]
+    for (name, _), c, m, v in zip(programs, cycles, model_s, net):
+        rows.append((name, f"{c}", f"{m:.3f}", f"{c / m:,.0f}", f"{v:.2f}", f"{c / v:,.0f}",
+                     f"{v / m:.1f}x"))
+    total_net = sum(net)
+    rows.append(("total", f"{total_cycles}", f"{total_model:.3f}",
+                 f"{total_cycles / total_model:,.0f}", f"{total_net:.2f}",
+                 f"{total_cycles / total_net:,.0f}", f"{total_net / total_model:.1f}x"))
+    print()
+    _table(rows)
+    print(f"\nVerilator seconds exclude the simulator launch ({launch_s:.2f} s each, measured "
+          f"with a lone-HALT program); with it: {total_rtl:.2f} s, "
+          f"{total_cycles / total_rtl:,.0f} cycles/s, model {total_rtl / total_model:.1f}x "
+          "faster.")
+    print(f"Verilator build of the tile: {build_s:.1f} s (about 0 when reused from the build "
+          "cache).")
+    if mismatches:
+        print(f"MISMATCH between the model and the RTL on: {', '.join(mismatches)}")
+        return 1
+    print(f"results identical on all {len(programs)} programs (RunResult.comparable())")
+    return 0
+
+
+def _table(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

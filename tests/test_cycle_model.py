@@ -1,0 +1,203 @@
+"""The cycle model's fast paths change nothing: resting nodes, jumps over idle stretches and
+steady streams (`d1tile.sim.tile`, `d1tile.sim.node`, `d1tile.sim.streams`) give the results of
+stepping every node in every cycle (`TileModel(cfg, fast=False)`), to the cycle and to the
+counter, on random, compute-heavy, racy, faulting and hanging programs; and the parts they
+rely on (`MatrixEngineModel.run_alone`, `HostDriver.end_cycles`) do what their step-by-step
+counterparts do. The model against the RTL is `tests/test_tile.py` and `d1tile verify`; the
+speed is measured by `bench/model_vs_verilator.py`."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import bench_seed
+from d1tile.formats import VecOp
+from d1tile.params import TileConfig
+from d1tile.sim.host import HostDriver
+from d1tile.sim.isa import COUNTERS, Opcode, encode
+from d1tile.sim.mxu import MatrixEngineModel
+from d1tile.sim.tile import TileModel
+from d1tile.sw.asm import Program
+from d1tile.sw.program import TileProgram
+from d1tile.sw.randprog import random_tile_program
+
+TINY = TileConfig.preset("tiny")
+
+
+def compute_program(cfg: TileConfig, rng: random.Random) -> TileProgram:
+    """Every node: chains of MATMULs, an MREAD, a REQUANT, rows sent to a neighbour, a WAIT."""
+    tp = TileProgram(cfg)
+    words, n = cfg.sram_words, cfg.mac_dim
+    kw = words // 8
+    for node in tp.nodes:
+        tp.load(node, 0, [rng.randrange(1 << cfg.word_bits) for _ in range(2 * kw)])
+    for x, y in tp.nodes:
+        p = tp.node(x, y)
+        for phase in range(2):
+            for m in range(3):
+                k = rng.randint(1, kw)
+                p.matmul(rng.randrange(kw - k + 1), kw + rng.randrange(kw - k + 1), k,
+                         clear=m == 0)
+            out = 2 * kw + phase * n
+            p.mread(out)
+            p.vec(VecOp.REQUANT, 2 * kw + 2 * n + phase, out, 0, n)
+            p.send(out, n, ((x + 1) % cfg.cols, y), words // 2 + phase * n, counter=phase)
+            p.wait(phase, 1)
+        p.halt()
+        tp.read(node=(x, y), addr=0, n=words)
+    return tp
+
+
+def racy_program(cfg: TileConfig, rng: random.Random) -> TileProgram:
+    """Not race-free on purpose (the model must be exact whatever the program): SENDs land in
+    the operands of running MATMULs, nodes send to themselves, long packets cross, some
+    instructions fault and some WAITs are never satisfied."""
+    tp = TileProgram(cfg)
+    words = cfg.sram_words
+    for node in tp.nodes:
+        tp.load(node, 0, [rng.randrange(1 << cfg.word_bits) for _ in range(words // 2)])
+        p = Program(cfg, check=False)
+        for _ in range(rng.randint(2, 12)):
+            k = rng.random()
+            if k < 0.35:
+                kw = rng.randint(1, words // 4)
+                p.matmul(rng.randrange(words - kw), rng.randrange(words - kw), kw,
+                         clear=rng.random() < 0.3)
+            elif k < 0.45:
+                p.mread(rng.randrange(words - cfg.mac_dim))
+            elif k < 0.55:
+                n = rng.randint(1, 12)
+                p.emit(Opcode.VEC, vop=int(rng.choice(list(VecOp))), dst=rng.randrange(words - n),
+                       a=rng.randrange(words - n), b=rng.randrange(words - n), n=n, bfix=0)
+            elif k < 0.85:
+                n = rng.choice([0, 1, rng.randint(1, words // 2)])
+                to = node if rng.random() < 0.2 else rng.choice(tp.nodes)
+                p.send(rng.randrange(words - n + 1), n, to, rng.randrange(words - n + 1),
+                       rng.randrange(COUNTERS))
+            elif k < 0.95:
+                p.wait(rng.randrange(COUNTERS), rng.choice([1, 1, 2]))
+            else:
+                p.word(encode(Opcode.NOP) | 0xC)        # undefined opcode: a fault
+        p.halt()
+        tp.programs[node] = p
+        tp.read(node, 0, words)
+    return tp
+
+
+def final_state(model: TileModel) -> dict:
+    """What a run leaves in the tile beyond its `RunResult`."""
+    return {node: (m.sram.dump(), list(m.seq.counters), m.mxu.unit.acc.tolist(),
+                   list(model.mesh.routers[node].flits_in), m.sram.cycle, m.mxu.cycle)
+            for node, m in model.nodes.items()}
+
+
+def both_ways(tp: TileProgram, hang_cycles: int = 2000):
+    fast, slow = TileModel(tp.cfg), TileModel(tp.cfg, fast=False)
+    results = [model.run(tp, hang_cycles=hang_cycles) for model in (fast, slow)]
+    assert results[0].comparable() == results[1].comparable()
+    assert final_state(fast) == final_state(slow)
+    return results[0]
+
+
+CASES = {
+    "random 2x2": lambda rng: random_tile_program(TINY, rng),
+    "random 3x3, 3-flit FIFOs, 2 banks": lambda rng: random_tile_program(
+        TINY.replace(router_fifo_depth=3, sram_banks=2).with_grid(3, 3), rng),
+    "compute 4x4": lambda rng: compute_program(TINY.with_grid(4, 4), rng),
+    "racy 2x3": lambda rng: racy_program(TINY.with_grid(2, 3), rng),
+    "racy 3x2, 4-flit FIFOs": lambda rng: racy_program(
+        TINY.replace(router_fifo_depth=4).with_grid(3, 2), rng),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_paths_give_the_results_of_stepping_every_cycle(case):
+    seed = bench_seed()
+    for i in range(3):
+        tp = CASES[case](random.Random(f"{seed}:{case}:{i}"))
+        both_ways(tp, hang_cycles=random.Random(i).choice([40, 300, 2000]))
+
+
+def test_a_hang_is_reported_at_the_same_cycle():
+    """Every node waits forever: the run jumps over the quiet cycles in chunks shorter than
+    the hang horizon, and stops exactly where stepping stops."""
+    tp = TileProgram(TINY)
+    for x, y in tp.nodes:
+        tp.node(x, y).wait(3, 1)
+        tp.node(x, y).halt()
+    for hang_cycles in (1, 2, 7, 300, 2000):
+        result = both_ways(tp, hang_cycles=hang_cycles)
+        assert result.hang is not None and f"no activity for {hang_cycles} cycles" in result.hang
+
+
+def test_run_alone_is_tick_by_tick_with_every_read_granted():
+    rng = random.Random(bench_seed())
+    for _ in range(60):
+        cfg = rng.choice([TINY, TileConfig.preset("default")])
+        words = cfg.sram_words
+        memory = [rng.randrange(1 << cfg.word_bits) for _ in range(words)]
+        engines = [MatrixEngineModel(cfg) for _ in range(2)]
+        kw = rng.randint(1, 24)
+        word = encode(Opcode.MATMUL, a=rng.randrange(words - kw), b=rng.randrange(words - kw),
+                      kw=kw, clear=rng.randint(0, 1))
+        pending = [None, None]           # the read granted last cycle, per engine
+        refuse = rng.random()
+        for engine in engines:
+            engine.tick(start=True, instr=word)
+        for _ in range(rng.randrange(4 * kw)):   # a start with random refusals, in lockstep
+            for k, engine in enumerate(engines):
+                addr = engine.sram_reads()[0]
+                granted = addr is not None and rng.random() >= refuse if k == 0 else granted
+                data = memory[pending[k]] if pending[k] is not None else None
+                engine.tick(read_grants=[granted], read_data=[data])
+                pending[k] = addr if granted else None
+        if engines[0].idle:
+            continue
+        fast, slow = engines
+        saved = fast.snapshot()
+        cut = rng.randint(0, 4 * kw)
+        first = memory[pending[0]] if pending[0] is not None else None
+        ran, reads, last = fast.run_alone(memory, first, limit=cut)
+        fast.restore(saved)
+        ran, reads, last = fast.run_alone(memory, first)      # the whole way, after a restore
+        granted_at = []
+        for t in range(ran):
+            addr = slow.sram_reads()[0]
+            data = memory[pending[1]] if pending[1] is not None else None
+            slow.tick(read_grants=[addr is not None], read_data=[data])
+            pending[1] = addr
+            if addr is not None:
+                granted_at.append(t)
+        assert slow.idle and reads == granted_at and last == pending[1]
+        registers = lambda e: (e.rword, e.rhalf, e.c, e.beat_index, e.lpairs, e.pend, e.slots,
+                               e.pipe, e.cycle, e.beats, e.unit.acc.tolist())
+        assert registers(fast) == registers(slow)
+
+
+def test_end_cycles_is_end_cycle_repeated():
+    rng = random.Random(bench_seed())
+    tp = TileProgram(TINY)
+    for _ in range(200):
+        hang_cycles = rng.randint(1, 50)
+        bulk, single = (HostDriver(TINY, tp, hang_cycles=hang_cycles) for _ in range(2))
+        for driver in (bulk, single):
+            driver.queues = [type(q)() for q in driver.queues]    # nothing left to send
+        cycle = 0
+        while not single.hung and cycle < 400:
+            n = rng.randint(0, bulk.skippable())
+            active = [rng.random() < 0.3 for _ in range(n)]
+            last = max((cycle + k for k in range(n) if active[k]), default=None)
+            bulk.end_cycles(cycle, n, last)
+            for k in range(n):
+                single.end_cycle(cycle + k, active[k])
+            assert (bulk.quiet, bulk.last_cycle, bulk.hang) == \
+                (single.quiet, single.last_cycle, single.hang)
+            active_now = rng.random() < 0.3
+            for driver in (bulk, single):
+                driver.end_cycle(cycle + n, active_now)
+            assert (bulk.quiet, bulk.hang) == (single.quiet, single.hang)
+            cycle += n + 1
+        with pytest.raises(ValueError):
+            bulk.end_cycles(cycle, bulk.skippable() + 1, None)
