@@ -7,8 +7,8 @@ tile's pure-Python cycle model. `RouterModel` and `MeshModel` reproduce the RTL 
 back-pressure), so a testbench can step them in lockstep with Verilator and compare every
 handshake.
 
-The router, in one paragraph (docs/blocks/router.md has the long form)
-----------------------------------------------------------------------
+The router, in one paragraph (docs/architecture.md, "Mesh router", has the long form)
+-------------------------------------------------------------------------------------
 Five ports (`Port`: LOCAL, NORTH, EAST, SOUTH, WEST), each with an input FIFO of
 `cfg.router_fifo_depth` flits. An input is ready when its FIFO is not full (a function of FIFO
 state only, never of this cycle's traffic). A flit accepted at the end of cycle t is at the FIFO
