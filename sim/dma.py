@@ -115,6 +115,7 @@ from d1tile.formats import (COUNTER_BITS, COUNTER_NAMES, BitFormat, Field, Packe
                             flit_format, packet_header_format)
 from d1tile.params import TileConfig
 from d1tile.sim.isa import FORMATS, INSTR_BITS, Opcode
+from d1tile.sim.router import check_node
 
 
 __all__ = [
@@ -167,20 +168,9 @@ def counter_word(cfg: TileConfig, counters, w: int) -> int:
 
 
 def check_dma_node(cfg: TileConfig, x, y) -> None:
-    """Reject a node position outside the grid or of the wrong type, and a configuration whose
-    packet header does not fit one word of payload."""
-    if not isinstance(cfg, TileConfig):
-        raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-    for name, value, limit in (("x", x, cfg.cols), ("y", y, cfg.rows)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer, not {value!r}")
-        if not 0 <= value < limit:
-            raise ValueError(f"{name}={value} is outside the {cfg.rows}x{cfg.cols} grid "
-                             f"(0..{limit - 1})")
-    header = packet_header_format(cfg).width
-    if header > cfg.word_bits:
-        raise ValueError(f"the packet header ({header} bits) does not fit a {cfg.word_bits}-bit "
-                         f"flit payload (mac_dim={cfg.mac_dim}, {cfg.rows}x{cfg.cols} grid)")
+    """Reject a node position outside the grid or of the wrong type (the router's check; a
+    configuration whose packet header does not fit a word is already refused by TileConfig)."""
+    check_node(cfg, x, y)
 
 
 def job_cycles(length: int, *, counters: bool = False) -> int:
