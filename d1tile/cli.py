@@ -44,14 +44,167 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _backends(name: str) -> list[str]:
+    return ["model", "rtl"] if name == "both" else [name]
+
+
+def _load_array(path: str, option: str):
+    import numpy as np
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{option} {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{option} {path}: not a NumPy .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{option} {path}: expected a numeric .npy array")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{option} {path}: contains NaN or infinite values")
+    return array.astype(np.float32)
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail before any work (no partial output) when `path` cannot be written."""
+    from pathlib import Path
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+
+
+def _write_atomically(path: str, write) -> None:
+    """`write(tmp_path)`, then rename: a failed run leaves no half-written file."""
+    import os
+    from pathlib import Path
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_report(path: str, report) -> None:
+    import json
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+
+
+def _check_run(reports: list) -> None:
+    for report in reports:
+        if not report["bit_exact"]:
+            raise CheckFailed(f"{report['model']}: the tile's outputs differ from the integer "
+                              f"reference (max |diff| {report['max_abs_diff_vs_reference']})")
+        if report["model_and_rtl_identical"] is False:
+            raise CheckFailed(f"{report['model']}: the cycle model and the RTL differ (cycles "
+                              f"{report['cycles']})")
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from .sw.compiler import compile_model
+    from .sw.onnx_frontend import load_onnx
+    from .sw.quant import finish_on_host
+    from .sw.report import run_network, summary
+    cfg = config_from_args(args)
+    backends = _backends(args.backend)
+    _check_writable(args.out, "--out")
+    _check_writable(args.report, "--report")
+    x = _load_array(args.input, "--input")
+    calib = _load_array(args.calib, "--calib") if args.calib else x
+    labels = None
+    if args.labels:
+        labels = _load_array(args.labels, "--labels")
+        if labels.shape != (len(x),) or not np.all(labels == np.rint(labels)):
+            raise ValueError(f"--labels {args.labels}: expected {len(x)} integer class labels, "
+                             f"one per input, not shape {list(labels.shape)}")
+        labels = labels.astype(np.int64)
+    graph = load_onnx(args.model)
+    if len(graph.inputs) != 1:
+        raise ValueError(f"{args.model}: the model has {len(graph.inputs)} inputs; `d1tile run` "
+                         "feeds exactly one")
+    want = tuple(graph.shape(graph.inputs[0]))
+    if tuple(x.shape) != want:
+        raise ValueError(f"--input {args.input}: shape {list(x.shape)}, the model's input "
+                         f"'{graph.inputs[0]}' is {list(want)}")
+    if tuple(calib.shape[1:]) != want[1:]:
+        raise ValueError(f"--calib {args.calib}: shape {list(calib.shape)}, the model's input "
+                         f"samples are {list(want[1:])}")
+    if args.out and len(graph.outputs) > 1 and not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out}: the model has {len(graph.outputs)} outputs; give "
+                         "a .npz file")
+    print(f"d1tile run: {args.model} on a {cfg.rows}x{cfg.cols} tile (preset {args.preset}), "
+          f"backend {args.backend}")
+    compiled = compile_model(graph, cfg, calib)
+    net = run_network(compiled, x, backends, labels=labels, log=print)
+    report = net.report()
+    report["model"] = str(args.model)
+    print(summary(report))
+    if args.out:
+        first = next(iter(net.executions.values()))
+        outputs = finish_on_host(compiled.qgraph, first.outputs)
+        if len(outputs) == 1:
+            _write_atomically(args.out, lambda tmp: np.save(open(tmp, "wb"),
+                                                            next(iter(outputs.values()))))
+        else:
+            _write_atomically(args.out, lambda tmp: np.savez(open(tmp, "wb"), **outputs))
+        print(f"  outputs       {args.out}")
+    if args.report:
+        _save_report(args.report, report)
+        print(f"  report        {args.report}")
+    _check_run([report])
+    return 0
+
+
 def cmd_demo(args) -> int:
+    from .sw.compiler import compile_model
+    from .sw.report import run_network, summary
+    from .sw.toy_models import TOY_MODELS, digits_split
+    cfg = config_from_args(args)
+    backends = _backends(args.backend)
+    _check_writable(args.report, "--report")
+    names = args.models.split(",")
+    for name in names:
+        if name not in TOY_MODELS:
+            raise ValueError(f"--models: unknown model {name!r}; known: {', '.join(TOY_MODELS)}")
+    test_images = len(digits_split()[2])
+    batch = test_images if args.batch is None else args.batch
+    if not 1 <= batch <= test_images:
+        raise ValueError(f"--batch {batch}: give 1..{test_images} (the test set's size)")
+    print(f"d1tile demo: toy models on sklearn's 8x8 digits, {batch} test images, on the "
+          f"{cfg.rows}x{cfg.cols} tile (preset {args.preset}), backend {args.backend}")
+    reports = []
+    for name in names:
+        print(f"{name}: training (NumPy / scikit-learn), exporting to ONNX, quantising, "
+              "compiling ...")
+        toy = TOY_MODELS[name](batch=batch)
+        compiled = compile_model(toy.model, cfg, toy.calib_x)
+        net = run_network(compiled, toy.test_x[:batch], backends, labels=toy.test_y[:batch],
+                          log=print)
+        report = net.report()
+        reports.append(report)
+        print(summary(report))
+    exact = all(r["bit_exact"] for r in reports)
+    print(f"all outputs bit-exact with the integer reference: {'yes' if exact else 'NO'}")
+    if "rtl" in backends and "model" in backends:
+        same = all(r["model_and_rtl_identical"] for r in reports)
+        print(f"cycle model and RTL: {'identical cycles, counters and outputs' if same else 'DIFFERENT'}")
+    if args.report:
+        _save_report(args.report, {r["model"]: r for r in reports})
+        print(f"report: {args.report}")
+    _check_run(reports)
+    return 0
+
+
+def cmd_matrix_demo(args) -> int:
     from .hw.matrix_demo import run_demo
     cfg = config_from_args(args)
     m, k, n = args.shape
     for name, value in zip("mkn", args.shape):
         if value < 1:   # checked before anything is printed: no partial output
             raise ValueError(f"--shape: dimension {name}={value} must be a positive integer")
-    print(f"d1tile demo: random int8 ({m}x{k}) @ ({k}x{n}) on the {cfg.mac_dim}x{cfg.mac_dim} "
+    print(f"d1tile matrix-demo: random int8 ({m}x{k}) @ ({k}x{n}) on the {cfg.mac_dim}x{cfg.mac_dim} "
           f"matrix unit of preset {args.preset!r}, RTL on Verilator (seed {args.seed})")
     result = run_demo(cfg, m, k, n, args.seed, log=print)
     print(f"  cycles        {result['cycles']}")
@@ -105,12 +258,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="run the demo (a random int8 matrix product on the RTL)")
+    p = sub.add_parser("run", help="compile an ONNX model onto the tile and run it")
+    _add_config_options(p)
+    p.add_argument("model", metavar="MODEL.onnx", help="the network (ONNX, opset 13 or later)")
+    p.add_argument("--input", required=True, metavar="X.npy",
+                   help="the input batch (float, the model's input shape)")
+    p.add_argument("--calib", metavar="C.npy",
+                   help="calibration inputs for the int8 scales (default: the input itself)")
+    p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
+                   help="cycle model, Verilator RTL, or both compared (default: model)")
+    p.add_argument("--labels", metavar="L.npy",
+                   help="class labels of the inputs: report the accuracy (argmax of the output)")
+    p.add_argument("--out", metavar="Y.npy",
+                   help="write the outputs (dequantised, host ops applied); .npz for several")
+    p.add_argument("--report", metavar="R.json", help="write the JSON report")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the toy MLP and CNN compiled onto the tile and run")
+    _add_config_options(p)
+    p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
+                   help="cycle model, Verilator RTL, or both compared (default: model)")
+    p.add_argument("--models", default="mlp,cnn", help="comma-separated (default: mlp,cnn)")
+    p.add_argument("--batch", type=int,
+                   help="test images, one batch (default: the whole test set, 360)")
+    p.add_argument("--report", metavar="R.json", help="write the JSON reports")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("matrix-demo",
+                       help="a random int8 matrix product on the matrix unit's RTL")
     _add_config_options(p)
     p.add_argument("--shape", nargs=3, type=int, metavar=("M", "K", "N"), default=(32, 64, 32),
                    help="matrix product shape (default: 32 64 32)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_matrix_demo)
 
     p = sub.add_parser("noc-stress", help="random traffic from every node through the mesh")
     _add_config_options(p)

@@ -104,7 +104,8 @@ def generate_verilog(component, top: str) -> str:
 
 def source_digest() -> str:
     """A hash of the sources a design is generated from: every Python file of the `d1tile`,
-    `d1tile.hw` and `d1tile.sim` packages, and the Amaranth version."""
+    `d1tile.hw` and `d1tile.sim` packages but the command line (`d1tile/cli.py`, which no
+    design or testbench imports), and the Amaranth version."""
     import importlib.metadata
 
     import d1tile
@@ -114,6 +115,8 @@ def source_digest() -> str:
     for package in (d1tile, d1tile.hw, d1tile.sim):
         folder = Path(package.__file__).parent
         for path in sorted(folder.glob("*.py")):
+            if package is d1tile and path.name == "cli.py":
+                continue
             h.update(f"{package.__name__}/{path.name}".encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -43,6 +43,10 @@ its snapshot to that cycle). `active_at(cycle)` says whether a skipped cycle had
 A node that is one end of a steady stream (`stream_end`: DMA-out sending SRAM words, or DMA-in
 taking a packet's body, and nothing else moving) can also be advanced many cycles at once
 (`stream_source`, `stream_sink`), by `d1tile.sim.streams`.
+
+Issues happen in `tick` alone (a resting node and a stream's end issue nothing: their decision
+is NONE or a stall), so the optional issue trace (`issue_trace`, `TileModel(cfg, trace=True)`)
+is recorded there, with the cycle of the tile stepping the node (`trace_clock.cycle`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,11 @@ class NodeModel:
         self._rest_event = SeqEvent.NONE
         self._rest_running = False
         self._coast = None    # (snapshot, first data, read cycles, set of them, last address)
+        # Issue trace (`TileModel(cfg, trace=True)`): a list that `tick` appends (pc, cycle) to
+        # at every issue, `cycle` read from `trace_clock.cycle` (the tile, whose `cycle` is the
+        # cycle being stepped while it ticks its nodes). None: no trace.
+        self.issue_trace: list | None = None
+        self.trace_clock = None
 
     # -- phase 1 -------------------------------------------------------------------------------
 
@@ -217,6 +226,8 @@ class NodeModel:
         event = decision.event
         if event == _ISSUE:
             c[_ISSUED] += 1
+            if self.issue_trace is not None:     # seq.pc: the issued instruction's (tick moves it)
+                self.issue_trace.append((seq.pc, self.trace_clock.cycle))
         else:
             stall = _STALL_COUNTER.get(event)
             if stall is not None:

@@ -22,6 +22,14 @@ checked, not assumed; `d1tile.sim.node` and `d1tile.sim.streams` list them):
 The host driver accounts skipped cycles in one call (`HostDriver.end_cycles`), bounded so that
 no hang can be detected inside them. The results, cycle numbers included, are those of stepping
 every node in every cycle (`TileModel(cfg, fast=False)`), which the tests check.
+
+Issue trace: `TileModel(cfg, trace=True)` records, per node, every instruction the node issues
+as `(pc, cycle)`, in issue order (`issue_trace`, (x, y) -> list, that of the last `run`). `cycle`
+is the cycle in which the instruction issued, in the time base of `RunResult.cycles` and
+`NodeReport.done_cycle` (the run loop's cycle index). It is exact in both modes: an instruction
+issues only in `NodeModel.tick`, which only `step` calls, and while `step` ticks the nodes
+`TileModel.cycle` is still the cycle being stepped (the fast paths skip only cycles in which the
+skipped nodes issue nothing). A compiler uses it to break a run's cycles down per layer.
 """
 
 from __future__ import annotations
@@ -45,9 +53,13 @@ _MAX_BACKOFF = 8
 
 class TileModel:
     """The tile, cycle-exact (module docstring). `fast=False` turns the fast paths off (every
-    node stepped in every cycle): slower, with the same results, which the tests check."""
+    node stepped in every cycle): slower, with the same results, which the tests check.
 
-    def __init__(self, cfg: TileConfig, *, fast: bool = True):
+    `trace=True` records the issue trace (module docstring): after `run`, `issue_trace` is a dict
+    (x, y) -> [(pc, cycle), ...], one entry per issued instruction in issue order. Without it,
+    `issue_trace` is None."""
+
+    def __init__(self, cfg: TileConfig, *, fast: bool = True, trace: bool = False):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self.cfg = cfg
@@ -58,6 +70,17 @@ class TileModel:
         self.cycle = 0
         self._plan = [(node, model, self.mesh.routers[node]) for node, model in self.nodes.items()]
         self._all_resting = False
+        self.trace = trace
+        self.issue_trace: dict | None = None
+        if trace:
+            self._new_trace()
+
+    def _new_trace(self) -> None:
+        """Fresh, empty issue-trace lists, shared by `issue_trace` and the nodes that fill them."""
+        self.issue_trace = {}
+        for node, model in self.nodes.items():
+            model.issue_trace = self.issue_trace[node] = []
+            model.trace_clock = self
 
     def step(self, host_offers: dict) -> tuple[set, dict, bool]:
         """One cycle. `host_offers`: row -> flit the host presents. Returns the rows whose flit
@@ -95,7 +118,7 @@ class TileModel:
             model.tick(node in accepted, ejected.get(node), counters.get(node))
             if self.fast and model.rest(t, self.mesh.routers[node]):
                 resting += 1
-        self.cycle = t
+        self.cycle = t      # only now: the issue trace reads the stepped cycle during the ticks
         self._all_resting = resting == len(self._plan)
         return self.mesh.host_accepted, self.mesh.host_ejected, activity
 
@@ -142,6 +165,8 @@ class TileModel:
         if tile_program.cfg != self.cfg:
             raise ValueError("the program was built for another configuration")
         driver = HostDriver(self.cfg, tile_program, hang_cycles=hang_cycles)
+        if self.trace:
+            self._new_trace()
         rows = range(self.cfg.rows)
         cycle = self.cycle
         next_try, backoff = cycle, 1     # when to look for steady streams next

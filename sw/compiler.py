@@ -30,10 +30,11 @@ from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
 from d1tile.sw.kernels import KernelBuilder, load_activation, unpack_activation
 from d1tile.sw.quant import (calibrate, dequantize, quantize, quantize_tensor, run_float,
-                             run_int8)
+                             run_int8, windows)
 
 
-__all__ = ["Compilation", "compile_model", "execute", "Execution", "PASSES", "LOWERINGS"]
+__all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "PASSES",
+           "LINEAR"]
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Compilation:
     layouts: dict = field(default_factory=dict)      # tensor name -> ActivationLayout on the tile
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
-    layers: list = field(default_factory=list)       # (name, op, macs)
+    layers: list = field(default_factory=list)       # LayerInfo per tile layer, in order
 
     @property
     def input_name(self) -> str:
@@ -56,6 +57,18 @@ class Compilation:
     @property
     def ideal_cycles(self) -> float:
         return self.macs / self.cfg.peak_macs_per_cycle
+
+
+@dataclass
+class LayerInfo:
+    """One layer on the tile: the quantised ops it computes, the network's multiply-accumulates
+    for them (`macs`: gemm and conv only), those the matrix units perform (`tile_macs`:
+    unrolled zeros, pooling and adds included) and the kernel's `LayerPlan`."""
+    name: str
+    ops: list
+    macs: int
+    tile_macs: int
+    plan: object
 
 
 def front_end(c: Compilation) -> None:
@@ -73,45 +86,205 @@ def quantise(c: Compilation) -> None:
     c.qgraph = quantize(c.graph, calibrate(c.graph, c.calibration))
 
 
-def _lower_gemm(c: Compilation, op) -> None:
-    x = c.layouts.get(op.inputs[0])
-    if x is None:
-        raise CompileError(f"node '{op.name}' (gemm): its input '{op.inputs[0]}' is not on the tile")
-    y = c.builder.quantised_layer(op.name, x, op.weight, op.bias, int(op.scale), int(op.shift),
-                                  relu=bool(op.relu))
-    c.layouts[op.output] = y
+# -- lowering: every tile op as a quantised matrix layer -----------------------------------------
+#
+# Activations live on the tile as [batch, features] int8 (`ActivationLayout`), an NCHW tensor's
+# features in ONNX flatten order (c, h, w), so flatten and reshape move nothing. Every other op
+# becomes one `KernelBuilder.quantised_layer`: Y = requantize(X @ W + b) with an int8 matrix W
+# that is
+#   gemm     the layer's weights;
+#   conv     the convolution unrolled: W[(c, iy, ix), (o, oy, ox)] = w[o, c, dy, dx] where
+#            input pixel (iy, ix) is element (dy, dx) of output (oy, ox)'s window (stride,
+#            padding); K windows skip the all-zero words of each feature block;
+#   add      k_a I stacked on k_b I over the two inputs' features (a constant: bias);
+#   avgpool  the 0/1 window sums, requantised by 1 / count;
+#   relu     I with the REQUANT's ReLU (scale 1, shift 0 is exact on int8);
+# and a maxpool is a *pooled* layer: candidate p's weights are the columns of the p-th element
+# of every window (padding: another element of the same window), max-reduced on the int32
+# accumulators. It fuses into the layer that produces its input when that layer has no other
+# use (the conv's columns gathered per candidate), else it selects from the int8 activation
+# (I's columns, scale 1, shift 0).
+
+
+@dataclass
+class Linear:
+    """One op as a matrix layer over the tile activations `inputs` (features concatenated)."""
+    name: str
+    inputs: list                 # tensor names
+    weight: np.ndarray           # int64 [K, F] with int8 values
+    bias: np.ndarray             # int64 [F] with int32 values
+    scale: int
+    shift: int
+    relu: bool
+    macs: int                    # the op's own multiply-accumulates (gemm, conv), else 0
+
+
+def _window_sources(shape, attrs, kernel) -> np.ndarray:
+    """[C, OH, OW, kh, kw]: the flat input feature (c, h, w) of each window element, -1 where
+    the window covers padding."""
+    index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape((1, *shape))
+    return windows(index, attrs, kernel, -1)[0]
+
+
+def _linear_gemm(c: Compilation, op) -> Linear:
     k, f = op.weight.shape
-    macs = x.batch * k * f
-    c.macs += macs
-    c.layers.append((op.name, op.op, macs))
+    return Linear(op.name, [op.inputs[0]], op.weight.astype(np.int64),
+                  op.bias.astype(np.int64), int(op.scale), int(op.shift), bool(op.relu),
+                  c.graph.batch * k * f)
 
 
-def _lower_move(c: Compilation, op) -> None:
-    """flatten / reshape of a [batch, features] activation: nothing to move."""
-    shape = c.graph.shape(op.output)
-    if len(shape) != 2 or op.inputs[0] not in c.layouts:
-        raise CompileError(f"node '{op.name}' ({op.op}): only [batch, features] tensors are "
-                           f"reshaped on the tile (output shape {list(shape)})")
-    c.layouts[op.output] = c.layouts[op.inputs[0]]
+def _linear_conv(c: Compilation, op) -> Linear:
+    x_shape = c.graph.shape(op.inputs[0])[1:]
+    _, o_ch, oh, ow = c.graph.shape(op.output)
+    o, ch, kh, kw = op.weight.shape
+    src = _window_sources(x_shape, op.attrs, (kh, kw))           # C, OH, OW, kh, kw
+    positions = oh * ow
+    w = np.zeros((int(np.prod(x_shape)), o * positions), dtype=np.int64)
+    pos = np.arange(positions)
+    for ci in range(ch):
+        for dy in range(kh):
+            for dx in range(kw):
+                rows = src[ci, :, :, dy, dx].reshape(-1)
+                valid = rows >= 0
+                for oi in range(o):
+                    w[rows[valid], oi * positions + pos[valid]] = op.weight[oi, ci, dy, dx]
+    bias = np.repeat(op.bias.astype(np.int64), positions)
+    return Linear(op.name, [op.inputs[0]], w, bias, int(op.scale), int(op.shift),
+                  bool(op.relu), c.graph.batch * o * positions * ch * kh * kw)
 
 
-LOWERINGS = {"gemm": _lower_gemm, "flatten": _lower_move, "reshape": _lower_move}
+def _features(c: Compilation, name: str) -> int:
+    return int(np.prod(c.graph.shape(name)[1:]))
+
+
+def _linear_add(c: Compilation, op) -> Linear:
+    f = _features(c, op.output)
+    eye = np.eye(f, dtype=np.int64)
+    w = np.concatenate([k * eye for k in op.input_weights])
+    bias = np.zeros(f, dtype=np.int64) if op.bias is None else \
+        op.bias.astype(np.int64).reshape(-1)
+    return Linear(op.name, list(op.inputs), w, bias, int(op.scale), int(op.shift),
+                  bool(op.relu), 0)
+
+
+def _linear_avgpool(c: Compilation, op) -> Linear:
+    if np.ndim(op.scale):
+        raise CompileError(
+            f"node '{op.name}' (avgpool): with count_include_pad=0 and padding the divisor "
+            "differs between positions, and the tile's REQUANT has one multiplier per layer "
+            "(use count_include_pad=1 or no padding)")
+    x_shape = c.graph.shape(op.inputs[0])[1:]
+    src = _window_sources(x_shape, op.attrs, op.attrs["kernel"])
+    n_in, n_out = int(np.prod(x_shape)), int(np.prod(src.shape[:3]))
+    w = np.zeros((n_in, n_out), dtype=np.int64)
+    out = np.arange(n_out)
+    for element in src.reshape(n_out, -1).T:
+        valid = element >= 0
+        w[element[valid], out[valid]] += 1
+    return Linear(op.name, [op.inputs[0]], w, np.zeros(n_out, dtype=np.int64),
+                  int(op.scale), int(op.shift), False, 0)
+
+
+def _linear_relu(c: Compilation, op) -> Linear:
+    f = _features(c, op.output)
+    return Linear(op.name, [op.inputs[0]], np.eye(f, dtype=np.int64),
+                  np.zeros(f, dtype=np.int64), 1, 0, True, 0)
+
+
+def _identity(c: Compilation, op) -> Linear:
+    f = _features(c, op.inputs[0])
+    return Linear(op.name, [op.inputs[0]], np.eye(f, dtype=np.int64),
+                  np.zeros(f, dtype=np.int64), 1, 0, False, 0)
+
+
+LINEAR = {"gemm": _linear_gemm, "conv": _linear_conv, "add": _linear_add,
+          "avgpool": _linear_avgpool, "relu": _linear_relu}
+"""Quantised op -> its matrix layer (module comment above)."""
+
+
+def _pool_candidates(c: Compilation, pool) -> np.ndarray:
+    """[P, F_in]: for maxpool `pool`, the input feature of candidate p of each output feature
+    (a window element over padding takes the window's first real element instead; max is not
+    changed by a repeat)."""
+    x_shape = c.graph.shape(pool.inputs[0])[1:]
+    src = _window_sources(x_shape, pool.attrs, pool.attrs["kernel"])
+    per_out = src.reshape(-1, src.shape[3] * src.shape[4])         # F_out, P
+    first = np.array([row[row >= 0][0] for row in per_out])
+    return np.where(per_out >= 0, per_out, first[:, None]).T
+
+
+def _pooled(c: Compilation, lin: Linear, pool) -> tuple[np.ndarray, np.ndarray] | None:
+    """`lin`'s weights and bias gathered per candidate of `pool` ([P, K, F_out], [F_out]), or
+    None when the candidates of an output feature have different biases."""
+    cand = _pool_candidates(c, pool)
+    bias = lin.bias[cand]
+    if not np.all(bias == bias[:1]):
+        return None
+    return np.stack([lin.weight[:, cols] for cols in cand]), bias[0]
+
+
+def _emit(c: Compilation, name: str, lin: Linear, output: str, weight, bias, op_names) -> None:
+    inputs = []
+    for t in lin.inputs:
+        if t not in c.layouts:
+            raise CompileError(f"node '{name}': its input '{t}' is not on the tile")
+        inputs.append(c.layouts[t])
+    y = c.builder.quantised_layer(name, inputs, weight, bias, lin.scale, lin.shift,
+                                  relu=lin.relu)
+    c.layouts[output] = y
+    layer = c.builder.layers[-1]
+    c.macs += lin.macs
+    c.layers.append(LayerInfo(name, op_names, lin.macs, _tile_macs(c.cfg, layer), layer))
+
+
+def _tile_macs(cfg: TileConfig, layer) -> int:
+    """The multiply-accumulates the matrix units perform for a layer (zeros included)."""
+    n = cfg.mac_dim
+    return sum((layer.kwin[i][1] - layer.kwin[i][0]) * cfg.k_per_word * n * n
+               for p in layer.plans.values() for i, _ in p.tiles)
+
+
+def _single_user(c: Compilation, tensor: str):
+    """The one quantised op reading `tensor`, when it has exactly one and is not an output."""
+    if tensor in c.qgraph.outputs:
+        return None
+    users = [q for q in c.qgraph.ops if tensor in q.inputs]
+    return users[0] if len(users) == 1 else None
 
 
 def lower(c: Compilation) -> None:
     c.builder = KernelBuilder(c.cfg)
     name = c.input_name
     shape = c.graph.shape(name)
-    if len(shape) != 2:
-        raise CompileError(f"input '{name}' has shape {list(shape)}: this version of the tile "
-                           "lowering takes [batch, features] inputs (conv is not lowered yet)")
-    c.layouts[name] = c.builder.input(name, batch=shape[0], features=shape[1])
+    c.layouts[name] = c.builder.input(name, batch=shape[0], features=int(np.prod(shape[1:])))
+    done = set()
     for op in c.qgraph.ops:
-        lowering = LOWERINGS.get(op.op)
-        if lowering is None:
-            raise CompileError(f"node '{op.name}' ({op.op}): not lowered onto the tile yet "
-                               f"(lowered ops: {', '.join(sorted(LOWERINGS))})")
-        lowering(c, op)
+        if op.name in done:
+            continue
+        if op.op in ("flatten", "reshape"):
+            if op.inputs[0] not in c.layouts:
+                raise CompileError(f"node '{op.name}' ({op.op}): its input '{op.inputs[0]}' is "
+                                   "not on the tile")
+            c.layouts[op.output] = c.layouts[op.inputs[0]]
+            continue
+        if op.op == "maxpool":
+            lin = _identity(c, op)
+            weight, bias = _pooled(c, lin, op)
+            _emit(c, op.name, lin, op.output, weight, bias, [op.op])
+            continue
+        make = LINEAR.get(op.op)
+        if make is None:
+            raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
+                               f"(lowered: {', '.join(sorted([*LINEAR, 'maxpool', 'flatten', 'reshape']))})")
+        lin = make(c, op)
+        user = _single_user(c, op.output)
+        if user is not None and user.op == "maxpool":
+            fused = _pooled(c, lin, user)
+            if fused is not None:
+                done.add(user.name)
+                _emit(c, f"{op.name}+{user.name}", lin, user.output, *fused, [op.op, user.op])
+                continue
+        _emit(c, op.name, lin, op.output, lin.weight, lin.bias, [op.op])
 
 
 def finish(c: Compilation) -> None:
@@ -160,7 +333,8 @@ def execute(c: Compilation, device, x) -> Execution:
     result = device.run()
     if result.hang or result.faults:
         raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
-    outputs = {k: unpack_activation(c.layouts[k], result) for k in c.qgraph.outputs}
+    outputs = {k: unpack_activation(c.layouts[k], result).reshape(c.qgraph.shape(k))
+               for k in c.qgraph.outputs}
     reference = run_int8(c.qgraph, {name: x})
     floats = run_float(c.graph, {name: x})
     return Execution(outputs, {k: reference[k] for k in outputs}, floats, result)
@@ -170,7 +344,7 @@ def _with_input(c: Compilation, xq) -> object:
     """The compiled program with this input's words loaded (the program itself is reused)."""
     from copy import deepcopy
     tp = deepcopy(c.tile_program)
-    load_activation(tp, c.layouts[c.input_name], xq)
+    load_activation(tp, c.layouts[c.input_name], xq.reshape(len(xq), -1))
     return tp
 
 

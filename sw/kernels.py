@@ -308,13 +308,17 @@ class LayerPlan:
     `KernelBuilder.layers` keeps them for reports (bench/gemm_utilisation.py)."""
     name: str
     quant: tuple | None                 # (scale, shift, relu) of a quantised layer
+    pool: int                           # feature blocks max-reduced into one output block
     inputs: list                        # ActivationLayouts, features concatenated
     offsets: list                       # each input's first word in a block of kw words
-    kw: int                             # K words per block (MATMUL kw)
-    wstride: int                        # words per weight block: kw (+ N bias words)
-    features: int
+    kw: int                             # K words of an activation block
+    width: int                          # weight words stored per block: the widest K window
+    wstride: int                        # words per weight block: width (+ N bias words)
+    features: int                       # weight columns (candidate blocks when pooled)
+    out_features: int                   # output features (after pooling)
     blocks: tuple                       # batch blocks per column
     fblocks: tuple                      # feature blocks per row
+    kwin: dict                          # feature block -> (k0, k1): its nonzero K words
     active_cols: list
     active_rows: list
     plans: dict = field(default_factory=dict)       # node -> NodePlan
@@ -322,15 +326,18 @@ class LayerPlan:
     first_w: dict = field(default_factory=dict)     # (node, i) -> first tile using block i
     first_x: dict = field(default_factory=dict)     # (node, j) -> first tile using block j
     messages: list = field(default_factory=list)
+    pcs: dict = field(default_factory=dict)         # node -> (first, end): its instructions
 
     @property
     def where(self) -> str:
         return f"layer {self.name!r}"
 
-    @property
-    def per_tile(self) -> int:
-        """Instructions per tile: MATMUL, MREAD (and VEC ADD, VEC REQUANT)."""
-        return 4 if self.quant else 2
+    def instructions(self, tiles: int) -> int:
+        """Instructions of `tiles` tiles: MATMUL and MREAD per tile, and for a quantised layer
+        per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD and a VEC REQUANT, plus a SETQ."""
+        if not self.quant:
+            return 2 * tiles
+        return 2 * tiles + (tiles // self.pool) * (self.pool + 1) + (1 if tiles else 0)
 
 
 def schedule_sends(messages, tiles: dict, capacity: int) -> None:
@@ -465,7 +472,15 @@ class KernelBuilder:
         words [i0 * N / 4, i1 * N / 4) for feature blocks [i0, i1)).
 
         `x`: `ActivationLayout` (or a list, features concatenated); `w`: int8 [K, F];
-        `b`: int32 [F]; `scale` 0..65535, `shift` 0..63, one per layer."""
+        `b`: int32 [F]; `scale` 0..65535, `shift` 0..63, one per layer.
+
+        **Max pooling** (`w` int8 [P, K, F], P candidates): Y = max over p of
+        requantize(X @ W[p] + b), computed as requantize(max_p (X @ W[p]) + b) on the int32
+        accumulators (equal, since requantize is monotonic, whenever nothing wraps int32). A
+        max pool after a layer is such a layer whose candidate p holds, for every output
+        feature, the columns of the p-th element of its window. Each output block's P
+        candidate blocks are computed on one node, one after the other, then reduced by P - 1
+        VEC MAX before the bias ADD and the REQUANT."""
         if self.cfg.mac_dim % K_PER_WORD:
             raise CompileError(f"layer {name!r}: quantised layers need mac_dim to be a multiple "
                                f"of 4 (REQUANT packs 4 accumulator rows per word); it is "
@@ -474,18 +489,27 @@ class KernelBuilder:
             if not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
                 raise CompileError(f"layer {name!r}: {what}={value!r} is outside "
                                    f"0..{(1 << bits) - 1}")
-        layer = self._layer(name, x, w, bias=b, quant=(int(scale), int(shift), bool(relu)))
-        words = self.cfg.mac_dim // K_PER_WORD          # output words per feature block
+        w = np.asarray(w)
+        pool, out_features = 1, int(w.shape[-1]) if w.ndim else 0
+        if w.ndim == 3:
+            pool = w.shape[0]
+            if pool < 1:
+                raise CompileError(f"layer {name!r}: a pooled layer needs at least one candidate")
+            w, b = _pool_columns(self.cfg, name, w, b)
+        layer = self._layer(name, x, w, bias=b, quant=(int(scale), int(shift), bool(relu)),
+                            pool=pool, out_features=out_features)
+        words = self.cfg.mac_dim // K_PER_WORD          # output words per output block
         segments = {}
         for (x, y), p in layer.plans.items():
             if p.tiles:
                 (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
-                cw = (i1 - i0) * words
+                g0, g1 = i0 // pool, i1 // pool
+                cw = (g1 - g0) * words
                 segments[(x, y)] = tuple(
-                    Segment(j, i0 * words, i1 * words, p.y_base + (j - j0) * cw)
+                    Segment(j, g0 * words, g1 * words, p.y_base + (j - j0) * cw)
                     for j in range(j0, j1))
-        return ActivationLayout(self.cfg, name, layer.inputs[0].batch, layer.features,
-                                layer.fblocks[-1][1] * words, layer.blocks, segments)
+        return ActivationLayout(self.cfg, name, layer.inputs[0].batch, out_features,
+                                layer.fblocks[-1][1] // pool * words, layer.blocks, segments)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -545,27 +569,30 @@ class KernelBuilder:
                                    f"have batches {inputs[0].batch} and {i.batch}")
         return inputs
 
-    def _layer(self, name, x, w, bias, quant) -> LayerPlan:
+    def _layer(self, name, x, w, bias, quant, pool=1, out_features=None) -> LayerPlan:
         """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
         self._check_open(name)
-        layer = self._partition(name, x, w, bias, quant)
+        layer = self._partition(name, x, w, bias, quant, pool, out_features)
         self._order_tiles(layer)
         self._check_instruction_memory(layer)
         self._place_regions(layer)
         self._load_weights(layer, w, bias)
         self._gather(layer)
-        capacity = matmul_cycles(self.cfg, layer.kw) - 4
-        if quant:
-            capacity -= 2 * vec_cycles(self.cfg.mac_dim)     # the VECs issue first in a slot
+        mean_kw = max(1, round(sum(k1 - k0 for k0, k1 in layer.kwin.values()) / len(layer.kwin)))
+        capacity = matmul_cycles(self.cfg, mean_kw) - 4
+        if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
+            capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
         schedule_sends(layer.messages, {node: len(p.tiles) for node, p in layer.plans.items()},
                        capacity)
         self._emit_layer(layer)
         self.layers.append(layer)
         return layer
 
-    def _partition(self, name, x, w, bias, quant) -> LayerPlan:
+    def _partition(self, name, x, w, bias, quant, pool, out_features) -> LayerPlan:
         """Check the arguments; lay out K (the inputs' words one after the other); split the
-        feature blocks over the rows (the batch blocks are the inputs')."""
+        feature blocks (in groups of `pool`) over the rows (the batch blocks are the inputs');
+        find each feature block's K window (the words where its weights are not all zero): only
+        those are stored, sent and multiplied."""
         cfg, n = self.cfg, self.cfg.mac_dim
         where = f"layer {name!r}"
         inputs = self._inputs(name, x)
@@ -595,7 +622,13 @@ class KernelBuilder:
         for i in inputs:
             offsets.append(kw)
             kw += i.kwords
-        wstride = kw + (n if quant else 0)
+        nz = _padded_weights(n, inputs, offsets, kw, features, w).reshape(kw, K_PER_WORD, -1, n)
+        kwin = {}
+        for i, used in enumerate(nz.any(axis=(1, 3)).T):       # used[word] for block i
+            hits = np.flatnonzero(used)
+            kwin[i] = (int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, 1)
+        width = max(k1 - k0 for k0, k1 in kwin.values())
+        wstride = width + (n if quant else 0)
         longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
                       default=0)
         for what, value, limit in (("K words per block", kw, MAX_KW),
@@ -605,9 +638,11 @@ class KernelBuilder:
                 raise CompileError(f"{where}: {value} {what} exceed the instruction limit "
                                    f"of {limit} (K = {k_total} is too large)")
         blocks = inputs[0].blocks
-        fblocks = tuple(split_even(ceil(features / n), cfg.rows))
+        fblocks = tuple((lo * pool, hi * pool)
+                        for lo, hi in split_even(ceil(features / (n * pool)), cfg.rows))
         return LayerPlan(
-            name, quant, inputs, offsets, kw, wstride, features, blocks, fblocks,
+            name, quant, pool, inputs, offsets, kw, width, wstride, features,
+            features if out_features is None else out_features, blocks, fblocks, kwin,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
             plans={node: NodePlan() for node in self.tp.nodes})
@@ -616,26 +651,29 @@ class KernelBuilder:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
         every node's tile order: its own weight blocks first, then those of the next owners
         along the row (their sends are due later); within each, the batch blocks it holds
-        itself first, then by how far down the column the last part of a block comes from."""
+        itself first, then by how far down the column the last part of a block comes from. A
+        pooled layer deals and orders whole groups of `pool` blocks, and runs a group's tiles
+        for one batch block one after the other."""
         rows = self.cfg.rows
         holders = {}                     # batch block -> rows of its column holding a part
         for i in layer.inputs:
             for (_, ys), segs in i.segments.items():
                 for seg in segs:
                     holders.setdefault(seg.block, set()).add(ys)
-        cols = layer.active_cols
+        cols, pool = layer.active_cols, layer.pool
         for y in layer.active_rows:
             i0, i1 = layer.fblocks[y]
             for i in range(i0, i1):
-                owner = (cols[(i - i0) % len(cols)], y)
+                owner = (cols[(i - i0) // pool % len(cols)], y)
                 layer.owner[i] = owner
                 layer.plans[owner].owned.append(i)
             for pos, x in enumerate(cols):
-                order = [i for ox in cols[pos:] + cols[:pos] for i in range(i0, i1)
-                         if layer.owner[i][0] == ox]
+                order = [g for ox in cols[pos:] + cols[:pos] for g in range(i0, i1, pool)
+                         if layer.owner[g][0] == ox]
                 js = sorted(range(*layer.blocks[x]), key=lambda j: (
                     max(((ys - y) % rows for ys in holders.get(j, ())), default=0), j))
-                layer.plans[(x, y)].tiles = [(i, j) for i in order for j in js]
+                layer.plans[(x, y)].tiles = [(g + k, j) for g in order for j in js
+                                             for k in range(pool)]
         for node, p in layer.plans.items():
             for t, (i, j) in enumerate(p.tiles):
                 layer.first_w.setdefault((node, i), t)
@@ -649,7 +687,7 @@ class KernelBuilder:
                  for node in self.tp.nodes}
         waits = {node: set() for node in self.tp.nodes}
         for node, p in layer.plans.items():
-            count[node] += len(p.tiles) * layer.per_tile + (1 if layer.quant and p.tiles else 0)
+            count[node] += layer.instructions(len(p.tiles))
             count[node] += len(p.owned) * len(layer.active_cols)
             for i in p.owned:
                 for x in layer.active_cols:
@@ -670,7 +708,8 @@ class KernelBuilder:
         if count[worst] > self.cfg.imem_words:
             raise CompileError(
                 f"{layer.where} needs {count[worst]} instructions on node {worst} "
-                f"({len(layer.plans[worst].tiles)} tiles of {layer.per_tile}, "
+                f"({len(layer.plans[worst].tiles)} tiles: "
+                f"{layer.instructions(len(layer.plans[worst].tiles))} instructions, "
                 f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), its "
                 f"instruction memory holds {self.cfg.imem_words}")
 
@@ -691,9 +730,9 @@ class KernelBuilder:
                 parts["weights"] = nf * layer.wstride
                 parts["activations"] = nbx * layer.kw
                 if layer.quant:
-                    parts["output chunks"] = nbx * nf * n // K_PER_WORD
-                    if (x, y) not in self._acc:
-                        parts["accumulator rows"] = 2 * n
+                    parts["output chunks"] = nbx * nf // layer.pool * n // K_PER_WORD
+                    if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
+                        parts["accumulator rows"] = 2 * layer.pool * n
                 else:
                     parts["results"] = nf * nbx * n
             if parts:
@@ -709,20 +748,19 @@ class KernelBuilder:
             p.y_base = addrs.get("output chunks", 0)
             p.out_base = addrs.get("results", 0)
             if "accumulator rows" in addrs:
-                self._acc[node] = addrs["accumulator rows"]
+                self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
 
     def _load_weights(self, layer: LayerPlan, w, bias) -> None:
-        """The host loads each weight block (and its bias words) once, into its owner's
-        staging region."""
+        """The host loads each weight block (the words of its K window, zero-padded to the
+        layer's width, then its N bias words) once, into its owner's staging region."""
         cfg, n = self.cfg, self.cfg.mac_dim
-        rows = np.concatenate([K_PER_WORD * off + np.arange(i.features)
-                               for off, i in zip(layer.offsets, layer.inputs)])
-        wpad = np.zeros((K_PER_WORD * layer.kw, layer.fblocks[-1][1] * n), dtype=np.int64)
-        wpad[rows, :layer.features] = np.asarray(w)
+        wpad = _padded_weights(n, layer.inputs, layer.offsets, layer.kw, layer.features, w)
         for node, p in layer.plans.items():
             words = []
             for i in p.owned:
-                words += _weight_words(cfg, wpad, i, layer.kw)
+                k0, k1 = layer.kwin[i]
+                words += _weight_words(cfg, wpad, i, layer.kw)[k0:k1] \
+                    + [0] * (layer.width - (k1 - k0))
                 if layer.quant:
                     b = np.zeros(n, dtype=np.int64)
                     hi = min(layer.features, (i + 1) * n)
@@ -759,9 +797,10 @@ class KernelBuilder:
 
     def _emit_layer(self, layer: LayerPlan) -> None:
         """The instructions (see docs/kernels.md): per node, SETQ, the sends of slot -1, then per
-        tile its WAITs, MATMUL, the previous tile's VEC ADD and REQUANT, its slot's sends and
-        its MREAD; the last tile's VECs at the end."""
-        n = self.cfg.mac_dim
+        tile its WAITs, its MATMUL over the block's K window, the VECs of the previous group
+        (MAX, bias ADD, REQUANT) when this tile starts a group, its slot's sends and its MREAD;
+        the last group's VECs at the end."""
+        n, pool = self.cfg.mac_dim, layer.pool
         count, _ = self._instruction_counts(layer)
         sends = {node: {} for node in self.tp.nodes}
         waits = {node: {} for node in self.tp.nodes}
@@ -775,6 +814,7 @@ class KernelBuilder:
             x, y = node
             (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
             prog = self.tp.node(x, y)
+            first = len(prog)
 
             def emit(method, *args, **kwargs):
                 self._emit(node, layer.where, getattr(prog, method), *args, **kwargs)
@@ -784,14 +824,18 @@ class KernelBuilder:
                     emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)
 
             def acc(t):
-                return self._acc[node] + (t % 2) * n
+                return self._acc[node][0] + ((t // pool) % 2 * pool + t % pool) * n
 
-            def requantise(t):
-                i, j = p.tiles[t]
-                emit("vec", VecOp.ADD, dst=acc(t), a=acc(t),
-                     b=p.w_base + (i - i0) * layer.wstride + layer.kw, n=n)
-                emit("vec", VecOp.REQUANT, a=acc(t), n=n,
-                     dst=p.y_base + ((j - j0) * (i1 - i0) + (i - i0)) * n // K_PER_WORD)
+            def finish_group(g):
+                first = g * pool
+                i, j = p.tiles[first]
+                for t in range(first + 1, first + pool):
+                    emit("vec", VecOp.MAX, dst=acc(first), a=acc(first), b=acc(t), n=n)
+                emit("vec", VecOp.ADD, dst=acc(first), a=acc(first),
+                     b=p.w_base + (i - i0) * layer.wstride + layer.width, n=n)
+                out_blocks = (i1 - i0) // pool
+                emit("vec", VecOp.REQUANT, a=acc(first), n=n,
+                     dst=p.y_base + ((j - j0) * out_blocks + (i - i0) // pool) * n // K_PER_WORD)
 
             if layer.quant and p.tiles:
                 emit("setq", *layer.quant)
@@ -799,18 +843,30 @@ class KernelBuilder:
             for t, (i, j) in enumerate(p.tiles):
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
+                k0, k1 = layer.kwin[i]
                 emit("matmul", p.w_base + (i - i0) * layer.wstride,
-                     p.x_base + (j - j0) * layer.kw, layer.kw, clear=True)
-                if layer.quant and t:
-                    requantise(t - 1)
+                     p.x_base + (j - j0) * layer.kw + k0, k1 - k0, clear=True)
+                if layer.quant and t and t % pool == 0:
+                    finish_group(t // pool - 1)
                 send_slot(t)
                 if layer.quant:
                     emit("mread", acc(t))
                 else:
                     emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n)
             if layer.quant and p.tiles:
-                requantise(len(p.tiles) - 1)
+                finish_group(len(p.tiles) // pool - 1)
             assert len(prog) + 1 == count[node], (node, len(prog), count[node])
+            layer.pcs[node] = (first, len(prog))
+
+
+def _padded_weights(n: int, inputs, offsets, kw: int, features: int, w) -> np.ndarray:
+    """W [K, F] as [4 kw, F rounded up to whole blocks] int64: each input's rows from word
+    `offset` on, zero rows where an input's features do not fill its last word."""
+    rows = np.concatenate([K_PER_WORD * off + np.arange(i.features)
+                           for off, i in zip(offsets, inputs)])
+    wpad = np.zeros((K_PER_WORD * kw, ceil(features / n) * n), dtype=np.int64)
+    wpad[rows, :features] = np.asarray(w)
+    return wpad
 
 
 def _weight_words(cfg: TileConfig, wpad: np.ndarray, i: int, kw: int) -> list[int]:
@@ -818,6 +874,26 @@ def _weight_words(cfg: TileConfig, wpad: np.ndarray, i: int, kw: int) -> list[in
     n = cfg.mac_dim
     block = wpad[:, i * n:(i + 1) * n]              # (4 kw, N)
     return [word_from_bytes(block[4 * w:4 * w + 4].reshape(-1)) for w in range(kw)]
+
+
+def _pool_columns(cfg: TileConfig, name: str, w: np.ndarray, b) -> tuple[np.ndarray, np.ndarray]:
+    """A pooled layer's weights [P, K, F] and bias [F] as one [K, G P N] matrix and bias
+    (G = ceil(F / N) output blocks): feature block g P + p holds candidate p of output block g,
+    its row r output feature g N + r (zero columns beyond F)."""
+    n = cfg.mac_dim
+    pool, k, f = w.shape
+    b = np.asarray(b)
+    if b.shape != (f,) or not np.issubdtype(b.dtype, np.integer):
+        raise CompileError(f"layer {name!r}: bias must be an integer vector of {f} values, "
+                           f"not {b.dtype} {list(b.shape)}")
+    groups = ceil(f / n)
+    cols = np.zeros((k, groups, pool, n), dtype=w.dtype)
+    wp = np.zeros((pool, k, groups * n), dtype=w.dtype)
+    wp[:, :, :f] = w
+    cols[:] = wp.reshape(pool, k, groups, n).transpose(1, 2, 0, 3)
+    bias = np.zeros((groups, pool, n), dtype=np.int64)
+    bias[:] = np.pad(b.astype(np.int64), (0, groups * n - f)).reshape(groups, 1, n)
+    return cols.reshape(k, groups * pool * n), bias.reshape(-1)
 
 
 # -- host side -------------------------------------------------------------------------------
@@ -907,7 +983,10 @@ def reference_gemm(x, w) -> np.ndarray:
 
 def reference_layer(x, w, b, scale: int, shift: int, relu: bool = False) -> np.ndarray:
     """What `KernelBuilder.quantised_layer` computes: requantize(X @ W + b) with the tile's
-    int32 wrap-around and the vector unit's own rounding (`d1tile.sim.vector.requantize`)."""
-    acc = _wrap32(_wrap32(np.asarray(x, dtype=np.int64) @ np.asarray(w, dtype=np.int64))
-                  + np.asarray(b, dtype=np.int64))
-    return requantize(acc, scale, shift, relu)
+    int32 wrap-around and the vector unit's own rounding (`d1tile.sim.vector.requantize`); for
+    pooled weights [P, K, F], requantize(max_p (X @ W[p]) + b)."""
+    w = np.asarray(w, dtype=np.int64)
+    products = _wrap32(np.asarray(x, dtype=np.int64) @ w)
+    if w.ndim == 3:
+        products = products.max(axis=0)
+    return requantize(_wrap32(products + np.asarray(b, dtype=np.int64)), scale, shift, relu)

@@ -53,8 +53,10 @@ from d1tile.sw.ir import OPS, Graph, Node
 
 __all__ = [
     "run_float", "calibrate", "quantize", "run_int8", "int32_accumulators", "run_quantized",
+    "finish_on_host",
     "quant_report", "QuantReport", "QuantGraph", "QuantOp", "requant_params",
-    "quantize_tensor", "dequantize", "MAX_SHIFT", "FLOAT_KERNELS", "INT8_KERNELS", "QUANTIZERS",
+    "quantize_tensor", "dequantize", "windows", "MAX_SHIFT", "FLOAT_KERNELS", "INT8_KERNELS",
+    "QUANTIZERS",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -93,7 +95,7 @@ def _batched(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
 
 # --- windows: one definition for both references ----------------------------------------------
 
-def _windows(x: np.ndarray, attrs: dict, kernel, pad_value) -> np.ndarray:
+def windows(x: np.ndarray, attrs: dict, kernel, pad_value) -> np.ndarray:
     """[B, C, OH, OW, kh, kw] windows of NCHW `x` padded with `pad_value`, strided."""
     pt, pl, pb, pr = attrs["pads"]
     sh, sw = attrs["strides"]
@@ -104,11 +106,11 @@ def _windows(x: np.ndarray, attrs: dict, kernel, pad_value) -> np.ndarray:
 def _window_counts(hw: tuple[int, int], attrs: dict) -> np.ndarray:
     """[OH, OW] number of non-padding elements in each pooling window."""
     ones = np.ones((1, 1) + tuple(hw), np.int64)
-    return _windows(ones, attrs, attrs["kernel"], 0).sum(axis=(-2, -1))[0, 0]
+    return windows(ones, attrs, attrs["kernel"], 0).sum(axis=(-2, -1))[0, 0]
 
 
 def _conv_product(x: np.ndarray, w: np.ndarray, attrs: dict, pad_value=0) -> np.ndarray:
-    win = _windows(x, attrs, w.shape[2:], pad_value)            # B, C, OH, OW, kh, kw
+    win = windows(x, attrs, w.shape[2:], pad_value)            # B, C, OH, OW, kh, kw
     out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))     # B, OH, OW, O
     return out.transpose(0, 3, 1, 2)
 
@@ -121,7 +123,7 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _float_avgpool(node, x, consts):
-    win = _windows(x, node.attrs, node.attrs["kernel"], 0.0).sum(axis=(-2, -1))
+    win = windows(x, node.attrs, node.attrs["kernel"], 0.0).sum(axis=(-2, -1))
     if node.attrs["count_include_pad"]:
         return win / prod(node.attrs["kernel"])
     return win / _window_counts(x.shape[2:], node.attrs)
@@ -132,7 +134,7 @@ FLOAT_KERNELS: dict[str, Callable] = {
     "conv": lambda n, x, c: _conv_product(x, c[1], n.attrs) + c[2][None, :, None, None],
     "relu": lambda n, x, c: np.maximum(x, 0),
     "add": lambda n, x, c: x + c[1],
-    "maxpool": lambda n, x, c: _windows(x, n.attrs, n.attrs["kernel"], -np.inf).max(axis=(-2, -1)),
+    "maxpool": lambda n, x, c: windows(x, n.attrs, n.attrs["kernel"], -np.inf).max(axis=(-2, -1)),
     "avgpool": _float_avgpool,
     "flatten": lambda n, x, c: x.reshape(x.shape[0], -1),
     "reshape": lambda n, x, c: x.reshape(_batched(n.attrs["shape"], x.shape[0])),
@@ -493,7 +495,7 @@ def _int8_add(q: QuantOp, xs):
 
 
 def _int8_avgpool(q: QuantOp, xs):
-    return _as_int32(_windows(xs[0].astype(np.int64), q.attrs, q.attrs["kernel"], 0)
+    return _as_int32(windows(xs[0].astype(np.int64), q.attrs, q.attrs["kernel"], 0)
                      .sum(axis=(-2, -1)), q)
 
 
@@ -503,7 +505,7 @@ INT32_KERNELS: dict[str, Callable] = {
 """Requantising ops: kernel(op, int8 inputs) -> the int32 accumulator."""
 
 INT8_KERNELS: dict[str, Callable] = {
-    "maxpool": lambda q, xs: _windows(xs[0], q.attrs, q.attrs["kernel"], INT8_MIN)
+    "maxpool": lambda q, xs: windows(xs[0], q.attrs, q.attrs["kernel"], INT8_MIN)
     .max(axis=(-2, -1)),
     "relu": lambda q, xs: np.maximum(xs[0], 0).astype(np.int8),
     "flatten": lambda q, xs: xs[0].reshape(xs[0].shape[0], -1),
@@ -544,7 +546,12 @@ def int32_accumulators(qgraph: QuantGraph, inputs) -> dict[str, np.ndarray]:
 def run_quantized(qgraph: QuantGraph, inputs) -> dict[str, np.ndarray]:
     """The float graph's outputs as the quantised pipeline computes them: `run_int8`, the tile
     outputs dequantised, then the host ops (softmax) in float64."""
-    values = {o: dequantize(q, qgraph.scales[o]) for o, q in run_int8(qgraph, inputs).items()}
+    return finish_on_host(qgraph, run_int8(qgraph, inputs))
+
+
+def finish_on_host(qgraph: QuantGraph, tile_outputs: dict) -> dict[str, np.ndarray]:
+    """The graph's outputs from the tile's int8 outputs: dequantised, then the host ops."""
+    values = {o: dequantize(q, qgraph.scales[o]) for o, q in tile_outputs.items()}
     for node in qgraph.host_nodes:
         values[node.output] = _run_float_node(node, values, qgraph.graph)
     return {o: values[o] for o in qgraph.graph.outputs}

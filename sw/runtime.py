@@ -6,6 +6,9 @@
     words = device.read((x, y), addr, n)       # words read back after the run
     device.counters((x, y))                    # that node's performance counters
 
+    device = get_device("model", cfg, trace=True)  # the model can also trace the issues:
+    device.issue_trace                         # after run(): (x, y) -> [(pc, cycle), ...]
+
 Both devices run the same `TileProgram` from a fresh tile through the same host protocol
 (`d1tile.sim.host`), so their results can be compared as they are: `result.comparable()`.
 """
@@ -67,13 +70,41 @@ class Device:
 
 
 class ModelDevice(Device):
-    """The cycle model (`d1tile.sim.tile.TileModel`)."""
+    """The cycle model (`d1tile.sim.tile.TileModel`).
+
+    `trace=True` records the model's issue trace: after `run()`, `issue_trace` is
+    (x, y) -> [(pc, cycle), ...], every instruction each node issued and the cycle it issued in
+    (the time base of `RunResult.cycles`), in issue order."""
 
     name = "model"
 
+    def __init__(self, cfg: TileConfig, *, hang_cycles: int = DEFAULT_HANG_CYCLES,
+                 trace: bool = False):
+        super().__init__(cfg, hang_cycles=hang_cycles)
+        self.trace = trace
+        self._issue_trace: dict | None = None
+
+    def load(self, tile_program) -> None:
+        super().load(tile_program)
+        self._issue_trace = None
+
     def _execute(self, tile_program) -> RunResult:
         from d1tile.sim.tile import TileModel
-        return TileModel(self.cfg).run(tile_program, hang_cycles=self.hang_cycles)
+        self._issue_trace = None
+        model = TileModel(self.cfg, trace=self.trace)
+        result = model.run(tile_program, hang_cycles=self.hang_cycles)
+        self._issue_trace = model.issue_trace
+        return result
+
+    @property
+    def issue_trace(self) -> dict:
+        """(x, y) -> [(pc, cycle), ...] of the last run (`d1tile.sim.tile.TileModel`)."""
+        if not self.trace:
+            raise RuntimeError("no issue trace: this device records none; create it with "
+                               "ModelDevice(cfg, trace=True)")
+        if self._issue_trace is None:
+            raise RuntimeError("no issue trace yet: call run() first")
+        return self._issue_trace
 
 
 class RtlDevice(Device):

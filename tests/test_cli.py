@@ -17,7 +17,9 @@ def run_cli(*args):
     (["config", "--preset", "huge"], "unknown preset 'huge'"),
     (["config", "--grid", "4by4"], "grid '4by4' is not of the form RxC"),
     (["config", "--grid", "0x4"], "rows=0 is outside the supported range"),
-    (["demo", "--preset", "tiny", "--shape", "0", "4", "4"], "m"),
+    (["matrix-demo", "--preset", "tiny", "--shape", "0", "4", "4"], "m"),
+    (["demo", "--models", "vgg"], "unknown model 'vgg'"),
+    (["demo", "--batch", "0"], "--batch 0"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message):
     result = run_cli(*args)
@@ -32,3 +34,105 @@ def test_config_prints_derived_sizes(capsys):
     out = capsys.readouterr().out
     assert "rows=3, cols=2" in out
     assert "peak_macs_per_cycle (grid)" in out and " 96" in out   # 6 nodes x 16 MACs
+
+
+# -- d1tile run / d1tile demo ---------------------------------------------------------------------
+
+def small_onnx(path, batch=8):
+    """Conv 3x3 pad 1 -> ReLU -> MaxPool 2 -> Flatten -> Gemm -> Softmax, input [batch, 1, 5, 5]:
+    small enough for the tiny preset."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    inits = {"cw": rng.normal(size=(3, 1, 3, 3)), "cb": rng.normal(size=3),
+             "fw": rng.normal(size=(4, 12)), "fb": rng.normal(size=4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], name="fc", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 5, 5])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, path)
+    x = rng.normal(size=(batch, 1, 5, 5)).astype(np.float32)
+    return x
+
+
+def test_run_on_both_backends_writes_outputs_and_report(tmp_path):
+    import json
+    import numpy as np
+    x = small_onnx(tmp_path / "small.onnx")
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("run", str(tmp_path / "small.onnx"), "--input", str(tmp_path / "x.npy"),
+                     "--preset", "tiny", "--backend", "both", "--out", str(tmp_path / "y.npy"),
+                     "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    assert "bit-exact" in result.stdout and "cycle difference 0" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["backends"] == ["model", "rtl"] and report["grid"] == "2x2"
+    assert report["cycles"]["model"] == report["cycles"]["rtl"] > 0
+    assert report["model_vs_rtl_cycle_diff"] == 0 and report["model_and_rtl_identical"]
+    assert report["max_abs_diff_vs_reference"] == {"model": 0, "rtl": 0}
+    macs = 8 * 3 * 25 * 9 + 8 * 12 * 4          # conv (every output position) + gemm
+    assert report["macs"] == macs
+    assert report["ideal_cycles"] == macs / report["peak_macs_per_cycle"]
+    assert report["mac_utilisation"]["rtl"] == report["ideal_cycles"] / report["cycles"]["rtl"]
+    assert [layer["name"] for layer in report["layers"]] == ["conv+relu+pool", "fc"]
+    breakdown = report["cycles_breakdown"]
+    assert breakdown["load"] + sum(layer["cycles"] for layer in report["layers"]) \
+        + breakdown["finish"] == report["cycles"]["model"]
+    assert report["error_vs_float"]["max_abs"] >= 0
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (8, 4) and np.allclose(y.sum(axis=1), 1)     # the host softmax ran
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "cannot read"),
+    ("shape", "shape [4, 1, 5, 5], the model's input 'x' is [8, 1, 5, 5]"),
+    ("nan", "contains NaN"),
+    ("op", "Sigmoid"),
+    ("outdir", "does not exist"),
+])
+def test_run_rejects_bad_input_cleanly(tmp_path, case, message):
+    import numpy as np
+    import onnx
+    model = tmp_path / "small.onnx"
+    x = small_onnx(model)
+    if case == "shape":
+        x = x[:4]
+    if case == "nan":
+        x[0, 0, 0, 0] = np.nan
+    if case == "op":
+        m = onnx.load(model)
+        m.graph.node[1].op_type = "Sigmoid"
+        onnx.save(m, model)
+    if case == "missing":
+        model = tmp_path / "absent.onnx"
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / ("nowhere/y.npy" if case == "outdir" else "y.npy")
+    result = run_cli("run", str(model), "--input", str(tmp_path / "x.npy"), "--preset", "tiny",
+                     "--out", str(out), "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists() and not (tmp_path / "r.json").exists()     # no partial output
+
+
+def test_demo_runs_the_toy_models_bit_exact(capsys):
+    assert main(["demo", "--batch", "64"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp", "cnn"):
+        assert f"{name}: batch 64 on the 4x4 tile" in out
+    assert out.count("bit-exact (max |diff|: model 0)") == 2
+    assert out.count("accuracy      tile (int8)") == 2
+    assert "all outputs bit-exact with the integer reference: yes" in out

@@ -4,7 +4,9 @@ stepping every node in every cycle (`TileModel(cfg, fast=False)`), to the cycle 
 counter, on random, compute-heavy, racy, faulting and hanging programs; and the parts they
 rely on (`MatrixEngineModel.run_alone`, `HostDriver.end_cycles`) do what their step-by-step
 counterparts do. The model against the RTL is `tests/test_tile.py` and `d1tile verify`; the
-speed is measured by `bench/model_vs_verilator.py`."""
+speed is measured by `bench/model_vs_verilator.py`. The issue trace (`TileModel(cfg,
+trace=True)`) is the same fast or slow, and the one rebuilt from the outside, cycle by cycle,
+from the nodes' `instructions` counters."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ import random
 import pytest
 
 from conftest import bench_seed
-from d1tile.formats import VecOp
+from d1tile.formats import COUNTER_NAMES, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.host import HostDriver
 from d1tile.sim.isa import COUNTERS, Opcode, encode
-from d1tile.sim.mxu import MatrixEngineModel
+from d1tile.sim.mxu import MatrixEngineModel, matmul_cycles
 from d1tile.sim.tile import TileModel
 from d1tile.sw.asm import Program
 from d1tile.sw.program import TileProgram
@@ -201,3 +203,150 @@ def test_end_cycles_is_end_cycle_repeated():
             cycle += n + 1
         with pytest.raises(ValueError):
             bulk.end_cycles(cycle, bulk.skippable() + 1, None)
+
+
+# -- the issue trace (TileModel(cfg, trace=True)) ---------------------------------------------
+
+_ISSUED = COUNTER_NAMES.index("instructions")
+
+
+def stepped_trace(tp: TileProgram, hang_cycles: int):
+    """The issue trace rebuilt without the trace, from the outside: stepping every node in every
+    cycle (fast=False: one `step` per cycle from cycle 0), an instruction issued in the step in
+    which the node's `instructions` counter moved, at the pc the node had before that step."""
+    model = TileModel(tp.cfg, fast=False)
+    seen = {node: [] for node in model.nodes}
+    step, steps = model.step, [0]
+
+    def watched(offers):
+        before = {node: (m.counters[_ISSUED], m.seq.pc) for node, m in model.nodes.items()}
+        out = step(offers)
+        for node, m in model.nodes.items():
+            count, pc = before[node]
+            assert m.counters[_ISSUED] - count in (0, 1)
+            if m.counters[_ISSUED] != count:
+                seen[node].append((pc, steps[0]))
+        steps[0] += 1
+        return out
+
+    model.step = watched
+    result = model.run(tp, hang_cycles=hang_cycles)
+    assert steps[0] == result.total_cycles + 1       # the steps are the run's cycles 0, 1, ...
+    return result, seen
+
+
+def traced_run(tp: TileProgram, hang_cycles: int = 2000):
+    """Run `tp` traced, fast and slow; check that both traces are the one `stepped_trace`
+    rebuilds and that tracing changes no result. Returns the RunResult and the fast model."""
+    fast, slow = (TileModel(tp.cfg, fast=f, trace=True) for f in (True, False))
+    results = [model.run(tp, hang_cycles=hang_cycles) for model in (fast, slow)]
+    plain, outside = stepped_trace(tp, hang_cycles)
+    assert results[0].comparable() == results[1].comparable() == plain.comparable()
+    assert fast.issue_trace == slow.issue_trace == outside
+    return results[0], fast
+
+
+TRACE_CASES = {
+    "random 2x2": lambda rng: random_tile_program(TINY, rng),
+    "random 3x3": lambda rng: random_tile_program(TINY.with_grid(3, 3), rng),
+    "random 3x3, 3-flit FIFOs, 2 banks": lambda rng: random_tile_program(
+        TINY.replace(router_fifo_depth=3, sram_banks=2).with_grid(3, 3), rng),
+    "compute 2x2": lambda rng: compute_program(TINY, rng),
+    "racy 2x3": lambda rng: racy_program(TINY.with_grid(2, 3), rng),
+}
+
+
+@pytest.mark.parametrize("case", TRACE_CASES)
+def test_the_issue_trace_is_exact_and_the_same_fast_or_slow(case):
+    seed = bench_seed()
+    for i in range(3):
+        tp = TRACE_CASES[case](random.Random(f"{seed}:trace:{case}:{i}"))
+        hang_cycles = random.Random(i).choice([40, 300, 2000]) if "racy" in case else 2000
+        result, model = traced_run(tp, hang_cycles)
+        trace = model.issue_trace
+        assert set(trace) == set(tp.nodes)
+        for node, issues in trace.items():
+            report = result.nodes[node]
+            where = f"seed {seed}, {case} #{i}, node {node}"
+            # After a hang nothing is read back: the model's own counters then.
+            issued = report.counters["instructions"] if report.counters else \
+                model.nodes[node].counters[_ISSUED]
+            assert result.hang is not None or report.counters, where
+            assert len(issues) == issued, where
+            cycles = [cycle for _, cycle in issues]
+            assert all(a < b for a, b in zip(cycles, cycles[1:])), where
+            if report.done_cycle is not None:
+                assert not cycles or cycles[-1] < report.done_cycle, where
+            if "random" in case or "compute" in case:     # no faults, no hang: every node halts
+                assert report.done_cycle is not None and report.fault == 0, where
+                words = tp.words_of(node)
+                assert issues[-1][0] == len(words) - 1 and words[-1] == encode(Opcode.HALT), where
+                assert [pc for pc, _ in issues] == list(range(len(words))), where
+
+
+def test_a_wait_issues_after_the_send_it_waits_for():
+    """(0, 0) computes, then SENDs to (1, 0), which WAITs for it from the start: the WAIT issues
+    only after the SEND (its packet's travel later), then (1, 0) goes on one issue per cycle.
+    (The nodes with no program halt at once.)"""
+    tp = TileProgram(TINY)
+    words = TINY.sram_words
+    tp.load((0, 0), 0, list(range(64)))
+    a = tp.node(0, 0)
+    a.matmul(0, 16, 16, clear=True)
+    a.mread(64)
+    a.nop()
+    send = a.send(64, 4, (1, 0), words // 2, counter=5)
+    a.halt()
+    b = tp.node(1, 0)
+    wait = b.wait(5, 1)
+    b.nop()
+    b.nop()
+    b.halt()
+    result, model = traced_run(tp)
+    trace = model.issue_trace
+    sender, waiter = trace[(0, 0)], trace[(1, 0)]
+    send_cycle = dict(sender)[send]
+    (wait_pc, wait_cycle), *after = waiter
+    assert wait_pc == wait and wait_cycle > send_cycle + 1
+    assert result.nodes[(1, 0)].counters["stall_wait"] > 0
+    assert [pc for pc, _ in after] == [1, 2, 3]
+    assert [cycle for _, cycle in after] == [wait_cycle + 1, wait_cycle + 2, wait_cycle + 3]
+    assert after[-1][1] < result.nodes[(1, 0)].done_cycle
+    for node in ((0, 1), (1, 1)):
+        assert [pc for pc, _ in trace[node]] == [0]
+    # (0, 0): the MREAD issues when the MATMUL's last beat is due (the matrix engine's known
+    # timing), the NOP the next cycle; the SEND waits for the MREAD, which writes its words.
+    assert [pc for pc, _ in sender] == [0, 1, 2, 3, 4]
+    cycles = [cycle for _, cycle in sender]
+    assert cycles[1] == cycles[0] + matmul_cycles(TINY, 16) and cycles[2] == cycles[1] + 1
+    assert cycles[3] > cycles[2] + 1 and result.nodes[(0, 0)].counters["stall_hazard"] > 0
+
+
+def test_no_trace_unless_asked():
+    tp = random_tile_program(TINY, random.Random(bench_seed()))
+    model = TileModel(TINY)
+    model.run(tp)
+    assert model.issue_trace is None
+    assert all(node.issue_trace is None for node in model.nodes.values())
+
+
+def test_the_model_device_gives_the_trace():
+    from d1tile.sw.runtime import ModelDevice, get_device
+    tp = random_tile_program(TINY, random.Random(bench_seed()))
+    plain = ModelDevice(TINY)
+    plain.load(tp)
+    plain.run()
+    with pytest.raises(RuntimeError, match="trace=True"):
+        plain.issue_trace
+    device = get_device("model", TINY, trace=True)
+    with pytest.raises(RuntimeError, match="run"):
+        device.issue_trace
+    device.load(tp)
+    with pytest.raises(RuntimeError, match="run"):
+        device.issue_trace
+    result = device.run()
+    model = TileModel(TINY, trace=True)
+    assert result.comparable() == model.run(tp).comparable() == plain.result.comparable()
+    assert device.issue_trace == model.issue_trace
+    assert sum(map(len, device.issue_trace.values())) == sum(
+        device.counters(node)["instructions"] for node in tp.nodes)

@@ -7,9 +7,6 @@ message (node, op, reason) and for being a `CompileError`.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -20,10 +17,8 @@ from d1tile.sw.errors import CompileError
 from d1tile.sw.graph_api import GraphBuilder
 from d1tile.sw.ir import Graph, Node, Tensor, normalize
 from d1tile.sw.onnx_frontend import LOWERINGS, load_onnx
+from d1tile.sw import toy_models
 from d1tile.sw.quant import run_float
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import toy_models  # noqa: E402
 
 
 RNG = np.random.default_rng(1234)

@@ -92,6 +92,52 @@ def test_quantised_layer_on_the_model(shape, relu):
     assert np.array_equal(got, reference_layer(x, w, b, 777, 16, relu))
 
 
+@pytest.mark.parametrize("cfg", [TINY, DEFAULT], ids=["tiny", "default"])
+@pytest.mark.parametrize("shape", [(5, 12, 4, 9), (9, 20, 2, 17), (6, 8, 9, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_pooled_layer_on_the_model(cfg, shape):
+    """max over P candidate weight sets, reduced on the int32 accumulators, equals the max of
+    the requantised candidates (requantize is monotonic) and the pooled reference."""
+    batch, k, pool, f = shape
+    r = rng(7, *shape)
+    x, w, b = int8(r, batch, k), int8(r, pool, k, f), r.integers(-2**16, 2**16, size=f)
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", batch, k)
+    y = kb.quantised_layer("pooled", layout, w, b, scale=555, shift=15, relu=True)
+    kb.read(y)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    result = TileModel(cfg).run(tp)
+    check_run(tp, result)
+    got = unpack_activation(y, result)
+    candidates = [reference_layer(x, w[p], b, 555, 15, True) for p in range(pool)]
+    assert np.array_equal(got, reference_layer(x, w, b, 555, 15, True))
+    assert np.array_equal(got, np.max(candidates, axis=0))
+
+
+def test_sparse_weights_use_k_windows():
+    """A feature block whose weights are zero outside a few K words multiplies only those:
+    fewer MAC cycles, the same result."""
+    batch, k, f = 8, 64, 16
+    r = rng(8)
+    x = int8(r, batch, k)
+    w = np.zeros((k, f), dtype=np.int64)
+    w[8:20, :4] = int8(r, 12, 4)          # block 0 of tiny (N = 4): words 2..4
+    w[40:44, 4:8] = int8(r, 4, 4)         # block 1: word 10
+    b = r.integers(-100, 100, size=f)
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", batch, k)
+    y = kb.quantised_layer("sparse", layout, w, b, scale=300, shift=10)
+    assert kb.layers[-1].kwin[0] == (2, 5) and kb.layers[-1].kwin[1] == (10, 11)
+    assert kb.layers[-1].kwin[2] == (0, 1)        # all zero: one word
+    kb.read(y)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    assert np.array_equal(unpack_activation(y, result), reference_layer(x, w, b, 300, 10))
+
+
 def chain(cfg, batch, sizes, r, relus):
     x = int8(r, batch, sizes[0])
     kb = KernelBuilder(cfg)
@@ -227,7 +273,7 @@ def test_sram_overflow_names_the_layer_and_the_limit():
     with pytest.raises(CompileError, match=r"layer 'fc1' needs [\d.]+ KiB of SRAM per node "
                                            r"\(node \(\d, \d\): .*weights [\d.]+ KiB.*\), "
                                            r"the node has 4 KiB"):
-        kb.quantised_layer("fc1", layout, np.zeros((512, 8), dtype=np.int8),
+        kb.quantised_layer("fc1", layout, np.ones((512, 8), dtype=np.int8),
                            np.zeros(8, dtype=np.int32), 1, 1)
     kb = KernelBuilder(TINY)
     with pytest.raises(CompileError, match=r"tensor 'huge' needs [\d.]+ KiB .* the node has "
@@ -238,10 +284,10 @@ def test_sram_overflow_names_the_layer_and_the_limit():
 def test_chained_layers_report_earlier_layers_in_the_overflow():
     kb = KernelBuilder(TINY)
     layout = kb.input("x", 8, 200)
-    h = kb.gemm("fc1", layout, np.zeros((200, 8), dtype=np.int8))
+    h = kb.gemm("fc1", layout, np.ones((200, 8), dtype=np.int8))
     layout2 = kb.input("x2", 8, 200)
     with pytest.raises(CompileError, match=r"layer 'fc2' needs .* earlier layers [\d.]+ KiB"):
-        kb.gemm("fc2", layout2, np.zeros((200, 8), dtype=np.int8))
+        kb.gemm("fc2", layout2, np.ones((200, 8), dtype=np.int8))
     assert h.base
 
 
@@ -249,8 +295,8 @@ def test_instruction_memory_overflow_names_the_layer():
     kb = KernelBuilder(TINY)
     layout = kb.input("x", 64, 4)
     with pytest.raises(CompileError, match=r"layer 'wide' needs 290 instructions on node "
-                                           r"\(0, 0\) \(64 tiles of 4, .*\), its instruction "
-                                           r"memory holds 256"):
+                                           r"\(0, 0\) \(64 tiles: 257 instructions, .*\), "
+                                           r"its instruction memory holds 256"):
         # 8 x 8 tiles per node, four instructions each
         kb.quantised_layer("wide", layout, np.zeros((4, 64), dtype=np.int8),
                            np.zeros(64, dtype=np.int32), 1, 1)

@@ -4,24 +4,20 @@ per-lane REQUANT), and the toy models' int8 accuracy against the float reference
 
 from __future__ import annotations
 
-import sys
 from fractions import Fraction
 from math import floor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from d1tile.sim.vector import requantize_lane
 from d1tile.sw.errors import CompileError
+from d1tile.sw import toy_models
 from d1tile.sw.graph_api import GraphBuilder
 from d1tile.sw.onnx_frontend import load_onnx
 from d1tile.sw.quant import (MAX_SHIFT, calibrate, dequantize, int32_accumulators, quant_report,
                              quantize, quantize_tensor, requant_params, run_float, run_int8,
                              run_quantized)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import toy_models  # noqa: E402
 
 
 RNG = np.random.default_rng(99)

@@ -1,6 +1,6 @@
 """The compiler's toy models: an MLP and a small CNN for sklearn's 8x8 digits, exported to ONNX.
 
-    from toy_models import mlp_model, cnn_model
+    from d1tile.sw.toy_models import mlp_model, cnn_model
     toy = cnn_model()            # ToyModel(model, calib_x, test_x, test_y, float_accuracy)
     graph = load_onnx(toy.model)
 
@@ -19,8 +19,9 @@ tile's 8 lanes); the references run any batch. Weights are small (MLP 4.8 k, CNN
 parameters) so the default 4x4 tile's 64 KiB per node holds them. Training takes a few seconds
 and is cached per process.
 
-Run as a script to write `mlp.onnx` and `cnn.onnx` and print float and int8 accuracy:
-    python examples/toy_models.py --out build/models
+Run as a script to write `mlp.onnx` and `cnn.onnx` (with a batch of test images, their labels
+and the calibration inputs as .npy files) and print float and int8 accuracy:
+    python -m d1tile.sw.toy_models --out build/models --batch 64
 """
 
 from __future__ import annotations
@@ -215,15 +216,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from d1tile.sw.onnx_frontend import load_onnx
     from d1tile.sw.quant import calibrate, quant_report, quantize
+    if not 1 <= args.batch <= len(digits_split()[2]):
+        parser.error(f"--batch {args.batch}: give 1..{len(digits_split()[2])}")
     args.out.mkdir(parents=True, exist_ok=True)
     for name, make in TOY_MODELS.items():
         toy = make(args.batch)
         path = args.out / f"{name}.onnx"
         onnx.save(toy.model, path)
+        np.save(args.out / f"{name}_x.npy", toy.test_x[:args.batch])
+        np.save(args.out / f"{name}_labels.npy", toy.test_y[:args.batch])
+        np.save(args.out / f"{name}_calib.npy", toy.calib_x)
         graph = load_onnx(toy.model)
         qgraph = quantize(graph, calibrate(graph, toy.calib_x))
         report = quant_report(graph, qgraph, toy.test_x, toy.test_y)
-        print(f"{name}: wrote {path}; {report}")
+        print(f"{name}: wrote {path}, the first {args.batch} test images {name}_x.npy (labels "
+              f"{name}_labels.npy), calibration inputs {name}_calib.npy; {report}")
     return 0
 
 
