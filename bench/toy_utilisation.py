@@ -49,9 +49,10 @@ def show(report: dict, out=print) -> None:
     out(f"{report['model']}: batch {report['batch']} on {report['preset']} "
         f"{report['grid']} ({report['peak_macs_per_cycle']} MACs/cycle), "
         f"bit-exact, {report['wall']:.1f} s wall")
+    acc = report["accuracy"]
     out(f"  cycles {cycles:,}   ideal {report['ideal_cycles']:,.0f}   utilisation "
         f"{100 * report['mac_utilisation']['model']:.1f} %   accuracy int8 "
-        f"{100 * report['accuracy']['tile']:.1f} % (float {100 * report['accuracy']['float']:.1f} %)")
+        f"{100 * acc['tile']:.1f} % (float {100 * acc['float']:.1f} %)")
     out(f"  MACs {report['macs']:,} (network)   {report['tile_macs']:,} (matrix units, "
         f"{report['tile_macs'] / report['macs']:.2f}x)   matrix units busy "
         f"{100 * report['matrix_busy']:.1f} % of node-cycles")

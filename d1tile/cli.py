@@ -189,7 +189,8 @@ def cmd_demo(args) -> int:
     print(f"all outputs bit-exact with the integer reference: {'yes' if exact else 'NO'}")
     if "rtl" in backends and "model" in backends:
         same = all(r["model_and_rtl_identical"] for r in reports)
-        print(f"cycle model and RTL: {'identical cycles, counters and outputs' if same else 'DIFFERENT'}")
+        verdict = "identical cycles, counters and outputs" if same else "DIFFERENT"
+        print(f"cycle model and RTL: {verdict}")
     if args.report:
         _save_report(args.report, {r["model"]: r for r in reports})
         print(f"report: {args.report}")

@@ -10,13 +10,13 @@ Passes (`PASSES`, each a function of the `Compilation` that it fills in):
 1. `front_end`: ONNX -> graph IR (`sw/onnx_frontend.py`), normalised; or a `Graph` as it is.
 2. `quantise`: per-tensor int8 scales from the calibration inputs, then the quantised graph
    (`sw/quant.py`).
-3. `lower`: every quantised op through the lowering table `LOWERINGS` onto the tile kernels
+3. `lower`: every quantised op through the lowering table `LINEAR` onto the tile kernels
    (`sw/kernels.py`); an op without a lowering is a `CompileError` naming it.
 4. `finish`: the per-node programs (with HALT), what to read back.
 
-This version lowers chains of fully connected layers (gemm, with the bias, the requantisation
-and a fused ReLU on the tile; flatten/reshape of a 2-D activation; softmax on the host). Conv,
-pooling and activation adds are rejected with a message that says so.
+Every tile op becomes one matrix layer of the kernels (gemm, conv unrolled, add, avgpool,
+relu; a maxpool fused into its producer or as a selection; flatten/reshape move nothing; the
+comment above `Linear` and docs/compiler.md tell how); softmax runs on the host.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class Compilation:
     qgraph: object = None
     builder: KernelBuilder | None = None
     layouts: dict = field(default_factory=dict)      # tensor name -> ActivationLayout on the tile
+    orders: dict = field(default_factory=dict)       # tensor name -> ONNX index of each stored
+    #                                                  feature (see lower)
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
     layers: list = field(default_factory=list)       # LayerInfo per tile layer, in order
@@ -88,27 +90,37 @@ def quantise(c: Compilation) -> None:
 
 # -- lowering: every tile op as a quantised matrix layer -----------------------------------------
 #
-# Activations live on the tile as [batch, features] int8 (`ActivationLayout`), an NCHW tensor's
-# features in ONNX flatten order (c, h, w), so flatten and reshape move nothing. Every other op
-# becomes one `KernelBuilder.quantised_layer`: Y = requantize(X @ W + b) with an int8 matrix W
-# that is
+# Activations live on the tile as [batch, features] int8 (`ActivationLayout`) whose stored
+# features are a chosen order of the tensor's ONNX features (`Compilation.orders`): an NCHW
+# tensor is stored channels-last, (h, w, c), so that a block of N stored features is N channels
+# at one position and a convolution's K window is one band of input rows; a [batch, F] tensor in
+# its own order. Flatten and reshape keep ONNX's flat feature index, so they move nothing.
+# (Storing a convolution's host input as im2col patches, which makes each output block's K
+# window exactly its patch, was measured and left out: for the toy CNN it cut the matrix units'
+# MACs from 2x to 1.3x the network's but not the cycles, which are bound by each tile's
+# accumulator readout at such small K, while the 9x larger input cost load time and SRAM.)
+#
+# Every other op becomes one `KernelBuilder.quantised_layer`: Y = requantize(X @ W + b) with an
+# int8 matrix W, first built over ONNX feature indices (`Linear`):
 #   gemm     the layer's weights;
-#   conv     the convolution unrolled: W[(c, iy, ix), (o, oy, ox)] = w[o, c, dy, dx] where
-#            input pixel (iy, ix) is element (dy, dx) of output (oy, ox)'s window (stride,
-#            padding); K windows skip the all-zero words of each feature block;
+#   conv     unrolled: W[(c, iy, ix), (o, oy, ox)] = w[o, c, dy, dx] where input pixel (iy, ix)
+#            is element (dy, dx) of output (oy, ox)'s window (stride, padding);
 #   add      k_a I stacked on k_b I over the two inputs' features (a constant: bias);
 #   avgpool  the 0/1 window sums, requantised by 1 / count;
 #   relu     I with the REQUANT's ReLU (scale 1, shift 0 is exact on int8);
-# and a maxpool is a *pooled* layer: candidate p's weights are the columns of the p-th element
-# of every window (padding: another element of the same window), max-reduced on the int32
+# then its rows gathered in each input's stored order and its columns in the output's. A
+# maxpool is a *pooled* layer: candidate p's weights are the columns of the p-th element of
+# every window (padding: another element of the same window), max-reduced on the int32
 # accumulators. It fuses into the layer that produces its input when that layer has no other
-# use (the conv's columns gathered per candidate), else it selects from the int8 activation
+# use (the producer's columns gathered per candidate), else it selects from the int8 activation
 # (I's columns, scale 1, shift 0).
 
 
 @dataclass
 class Linear:
-    """One op as a matrix layer over the tile activations `inputs` (features concatenated)."""
+    """One op as a matrix layer over the tile activations `inputs` (features concatenated).
+    `weight` rows are ONNX feature indices of the inputs, one after the other; columns are ONNX
+    feature indices of the output."""
     name: str
     inputs: list                 # tensor names
     weight: np.ndarray           # int64 [K, F] with int8 values
@@ -126,6 +138,15 @@ def _window_sources(shape, attrs, kernel) -> np.ndarray:
     return windows(index, attrs, kernel, -1)[0]
 
 
+def channels_last(shape) -> np.ndarray:
+    """The stored order of a tensor of sample shape `shape`: ONNX flat index of each stored
+    feature, (h, w, c) for (C, H, W), the identity otherwise."""
+    n = int(np.prod(shape))
+    if len(shape) != 3:
+        return np.arange(n)
+    return np.arange(n).reshape(shape).transpose(1, 2, 0).reshape(-1)
+
+
 def _linear_gemm(c: Compilation, op) -> Linear:
     k, f = op.weight.shape
     return Linear(op.name, [op.inputs[0]], op.weight.astype(np.int64),
@@ -135,10 +156,12 @@ def _linear_gemm(c: Compilation, op) -> Linear:
 
 def _linear_conv(c: Compilation, op) -> Linear:
     x_shape = c.graph.shape(op.inputs[0])[1:]
-    _, o_ch, oh, ow = c.graph.shape(op.output)
+    _, _, oh, ow = c.graph.shape(op.output)
     o, ch, kh, kw = op.weight.shape
-    src = _window_sources(x_shape, op.attrs, (kh, kw))           # C, OH, OW, kh, kw
     positions = oh * ow
+    macs = c.graph.batch * o * positions * ch * kh * kw
+    bias = np.repeat(op.bias.astype(np.int64), positions)
+    src = _window_sources(x_shape, op.attrs, (kh, kw))                       # C, OH, OW, kh, kw
     w = np.zeros((int(np.prod(x_shape)), o * positions), dtype=np.int64)
     pos = np.arange(positions)
     for ci in range(ch):
@@ -148,9 +171,8 @@ def _linear_conv(c: Compilation, op) -> Linear:
                 valid = rows >= 0
                 for oi in range(o):
                     w[rows[valid], oi * positions + pos[valid]] = op.weight[oi, ci, dy, dx]
-    bias = np.repeat(op.bias.astype(np.int64), positions)
     return Linear(op.name, [op.inputs[0]], w, bias, int(op.scale), int(op.shift),
-                  bool(op.relu), c.graph.batch * o * positions * ch * kh * kw)
+                  bool(op.relu), macs)
 
 
 def _features(c: Compilation, name: str) -> int:
@@ -203,9 +225,9 @@ LINEAR = {"gemm": _linear_gemm, "conv": _linear_conv, "add": _linear_add,
 
 
 def _pool_candidates(c: Compilation, pool) -> np.ndarray:
-    """[P, F_in]: for maxpool `pool`, the input feature of candidate p of each output feature
-    (a window element over padding takes the window's first real element instead; max is not
-    changed by a repeat)."""
+    """[P, F_out]: for maxpool `pool`, the input feature (ONNX index) of candidate p of each
+    output feature (a window element over padding takes the window's first real element
+    instead; max is not changed by a repeat)."""
     x_shape = c.graph.shape(pool.inputs[0])[1:]
     src = _window_sources(x_shape, pool.attrs, pool.attrs["kernel"])
     per_out = src.reshape(-1, src.shape[3] * src.shape[4])         # F_out, P
@@ -213,28 +235,42 @@ def _pool_candidates(c: Compilation, pool) -> np.ndarray:
     return np.where(per_out >= 0, per_out, first[:, None]).T
 
 
-def _pooled(c: Compilation, lin: Linear, pool) -> tuple[np.ndarray, np.ndarray] | None:
-    """`lin`'s weights and bias gathered per candidate of `pool` ([P, K, F_out], [F_out]), or
-    None when the candidates of an output feature have different biases."""
-    cand = _pool_candidates(c, pool)
-    bias = lin.bias[cand]
-    if not np.all(bias == bias[:1]):
-        return None
-    return np.stack([lin.weight[:, cols] for cols in cand]), bias[0]
+def _stored_rows(c: Compilation, lin: Linear) -> np.ndarray:
+    """`lin`'s weight rows in its inputs' stored orders."""
+    parts, at = [], 0
+    for t in lin.inputs:
+        n = _features(c, t)
+        parts.append(lin.weight[at:at + n][c.orders[t]])
+        at += n
+    return np.concatenate(parts)
 
 
-def _emit(c: Compilation, name: str, lin: Linear, output: str, weight, bias, op_names) -> None:
+def _emit(c: Compilation, name: str, lin: Linear, output: str, op_names, pool=None) -> bool:
+    """Lower `lin` (pooled by maxpool `pool` if given) as one layer writing `output`; returns
+    False, emitting nothing, when the pooled candidates of an output have different biases."""
+    order = channels_last(c.graph.shape(output)[1:])
+    if pool is None:
+        cols, bias = order, lin.bias[order]
+    else:
+        cols = _pool_candidates(c, pool)[:, order]                 # [P, F_out stored]
+        biases = lin.bias[cols]
+        if not np.all(biases == biases[:1]):
+            return False
+        bias = biases[0]
     inputs = []
     for t in lin.inputs:
         if t not in c.layouts:
             raise CompileError(f"node '{name}': its input '{t}' is not on the tile")
         inputs.append(c.layouts[t])
-    y = c.builder.quantised_layer(name, inputs, weight, bias, lin.scale, lin.shift,
-                                  relu=lin.relu)
-    c.layouts[output] = y
+    rows = _stored_rows(c, lin)
+    weight = rows[:, cols] if pool is None else np.stack([rows[:, k] for k in cols])
+    c.layouts[output] = c.builder.quantised_layer(name, inputs, weight, bias, lin.scale,
+                                                  lin.shift, relu=lin.relu)
+    c.orders[output] = order
     layer = c.builder.layers[-1]
     c.macs += lin.macs
     c.layers.append(LayerInfo(name, op_names, lin.macs, _tile_macs(c.cfg, layer), layer))
+    return True
 
 
 def _tile_macs(cfg: TileConfig, layer) -> int:
@@ -244,19 +280,29 @@ def _tile_macs(cfg: TileConfig, layer) -> int:
                for p in layer.plans.values() for i, _ in p.tiles)
 
 
+def _users(c: Compilation, tensor: str) -> list:
+    return [q for q in c.qgraph.ops if tensor in q.inputs]
+
+
 def _single_user(c: Compilation, tensor: str):
     """The one quantised op reading `tensor`, when it has exactly one and is not an output."""
     if tensor in c.qgraph.outputs:
         return None
-    users = [q for q in c.qgraph.ops if tensor in q.inputs]
+    users = _users(c, tensor)
     return users[0] if len(users) == 1 else None
+
+
+def _place_input(c: Compilation) -> None:
+    """The host input's stored order (channels-last) and its staging regions."""
+    name = c.input_name
+    shape = c.graph.shape(name)
+    order = c.orders[name] = channels_last(shape[1:])
+    c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(order))
 
 
 def lower(c: Compilation) -> None:
     c.builder = KernelBuilder(c.cfg)
-    name = c.input_name
-    shape = c.graph.shape(name)
-    c.layouts[name] = c.builder.input(name, batch=shape[0], features=int(np.prod(shape[1:])))
+    _place_input(c)
     done = set()
     for op in c.qgraph.ops:
         if op.name in done:
@@ -265,26 +311,37 @@ def lower(c: Compilation) -> None:
             if op.inputs[0] not in c.layouts:
                 raise CompileError(f"node '{op.name}' ({op.op}): its input '{op.inputs[0]}' is "
                                    "not on the tile")
+            # The ONNX flat index of every feature is unchanged: same words, same order.
             c.layouts[op.output] = c.layouts[op.inputs[0]]
+            c.orders[op.output] = c.orders[op.inputs[0]]
             continue
         if op.op == "maxpool":
-            lin = _identity(c, op)
-            weight, bias = _pooled(c, lin, op)
-            _emit(c, op.name, lin, op.output, weight, bias, [op.op])
+            _emit(c, op.name, _identity(c, op), op.output, [op.op], pool=op)
             continue
         make = LINEAR.get(op.op)
         if make is None:
+            lowered = ", ".join(sorted([*LINEAR, "maxpool", "flatten", "reshape"]))
             raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
-                               f"(lowered: {', '.join(sorted([*LINEAR, 'maxpool', 'flatten', 'reshape']))})")
+                               f"(lowered: {lowered})")
         lin = make(c, op)
         user = _single_user(c, op.output)
-        if user is not None and user.op == "maxpool":
-            fused = _pooled(c, lin, user)
-            if fused is not None:
-                done.add(user.name)
-                _emit(c, f"{op.name}+{user.name}", lin, user.output, *fused, [op.op, user.op])
-                continue
-        _emit(c, op.name, lin, op.output, lin.weight, lin.bias, [op.op])
+        if user is not None and user.op == "maxpool" and _emit(
+                c, f"{op.name}+{user.name}", lin, user.output, [op.op, user.op], pool=user):
+            done.add(user.name)
+            continue
+        _emit(c, op.name, lin, op.output, [op.op])
+
+
+def to_stored(order: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[batch, ONNX features] -> [batch, stored features]."""
+    return x[:, order]
+
+
+def from_stored(order: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """[batch, stored features] -> [batch, ONNX features]."""
+    out = np.empty_like(stored)
+    out[:, order] = stored
+    return out
 
 
 def finish(c: Compilation) -> None:
@@ -333,8 +390,8 @@ def execute(c: Compilation, device, x) -> Execution:
     result = device.run()
     if result.hang or result.faults:
         raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
-    outputs = {k: unpack_activation(c.layouts[k], result).reshape(c.qgraph.shape(k))
-               for k in c.qgraph.outputs}
+    outputs = {k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
+               .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs}
     reference = run_int8(c.qgraph, {name: x})
     floats = run_float(c.graph, {name: x})
     return Execution(outputs, {k: reference[k] for k in outputs}, floats, result)
@@ -344,7 +401,8 @@ def _with_input(c: Compilation, xq) -> object:
     """The compiled program with this input's words loaded (the program itself is reused)."""
     from copy import deepcopy
     tp = deepcopy(c.tile_program)
-    load_activation(tp, c.layouts[c.input_name], xq.reshape(len(xq), -1))
+    load_activation(tp, c.layouts[c.input_name],
+                    to_stored(c.orders[c.input_name], xq.reshape(len(xq), -1)))
     return tp
 
 

@@ -156,7 +156,10 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
     executions, trace, model_cycles = {}, None, None
     for b in backends if "model" in backends else ["model", *backends]:
         if log:
-            log(f"  running on the {'cycle model' if b == 'model' else 'RTL (Verilator)'} ...")
+            what = {"model": "the cycle model", "rtl": "the RTL (Verilator)"}[b]
+            if b not in backends:
+                what += " (for the per-layer breakdown)"
+            log(f"  running on {what} ...")
         if b == "model":
             device = ModelDevice(c.cfg, trace=True)
         else:

@@ -72,6 +72,19 @@ def test_gemm_on_the_model(shape, form):
     assert np.array_equal(unpack_gemm(out, result), expected)
 
 
+def run_layer(cfg, x, w, b, scale, shift, relu):
+    """One quantised layer on the model (run checked against the interpreter): its output."""
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", *x.shape)
+    y = kb.quantised_layer("fc", layout, w, b, scale=scale, shift=shift, relu=relu)
+    kb.read(y)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    result = TileModel(cfg).run(tp)
+    check_run(tp, result)
+    return unpack_activation(y, result)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(8, 16, 8), (5, 7, 3), (13, 30, 11), (17, 9, 12)],
                          ids=lambda s: "x".join(map(str, s)))
@@ -79,15 +92,7 @@ def test_quantised_layer_on_the_model(shape, relu):
     batch, k, f = shape
     r = rng(2, *shape)
     x, w, b = int8(r, batch, k), int8(r, k, f), r.integers(-2**20, 2**20, size=f)
-    kb = KernelBuilder(TINY)
-    layout = kb.input("x", batch, k)
-    y = kb.quantised_layer("fc", layout, w, b, scale=777, shift=16, relu=relu)
-    kb.read(y)
-    tp = kb.finish()
-    load_activation(tp, layout, x)
-    result = TileModel(TINY).run(tp)
-    check_run(tp, result)
-    got = unpack_activation(y, result)
+    got = run_layer(TINY, x, w, b, 777, 16, relu)
     assert got.dtype == np.int8 and got.shape == (batch, f)
     assert np.array_equal(got, reference_layer(x, w, b, 777, 16, relu))
 
@@ -101,15 +106,7 @@ def test_pooled_layer_on_the_model(cfg, shape):
     batch, k, pool, f = shape
     r = rng(7, *shape)
     x, w, b = int8(r, batch, k), int8(r, pool, k, f), r.integers(-2**16, 2**16, size=f)
-    kb = KernelBuilder(cfg)
-    layout = kb.input("x", batch, k)
-    y = kb.quantised_layer("pooled", layout, w, b, scale=555, shift=15, relu=True)
-    kb.read(y)
-    tp = kb.finish()
-    load_activation(tp, layout, x)
-    result = TileModel(cfg).run(tp)
-    check_run(tp, result)
-    got = unpack_activation(y, result)
+    got = run_layer(cfg, x, w, b, 555, 15, True)
     candidates = [reference_layer(x, w[p], b, 555, 15, True) for p in range(pool)]
     assert np.array_equal(got, reference_layer(x, w, b, 555, 15, True))
     assert np.array_equal(got, np.max(candidates, axis=0))
