@@ -104,7 +104,7 @@ def _check_run(reports: list) -> None:
 def cmd_run(args) -> int:
     import numpy as np
     from .sw.compiler import compile_model
-    from .sw.onnx_frontend import load_onnx
+    from .sw.onnx_frontend import input_signature, load_onnx
     from .sw.quant import finish_on_host
     from .sw.report import run_network, summary
     cfg = config_from_args(args)
@@ -120,23 +120,29 @@ def cmd_run(args) -> int:
             raise ValueError(f"--labels {args.labels}: expected {len(x)} integer class labels, "
                              f"one per input, not shape {list(labels.shape)}")
         labels = labels.astype(np.int64)
-    graph = load_onnx(args.model)
-    if len(graph.inputs) != 1:
-        raise ValueError(f"{args.model}: the model has {len(graph.inputs)} inputs; `d1tile run` "
+    signature = input_signature(args.model)
+    if len(signature) != 1:
+        raise ValueError(f"{args.model}: the model has {len(signature)} inputs; `d1tile run` "
                          "feeds exactly one")
-    want = tuple(graph.shape(graph.inputs[0]))
-    if tuple(x.shape) != want:
+    (name, dims), = signature.items()
+    shown = "[" + ", ".join(str(d if d is not None else "?") for d in dims) + "]"
+    if dims and (len(dims) != x.ndim
+                 or any(isinstance(d, int) and d != n for d, n in zip(dims, x.shape))):
         raise ValueError(f"--input {args.input}: shape {list(x.shape)}, the model's input "
-                         f"'{graph.inputs[0]}' is {list(want)}")
+                         f"'{name}' is {shown}")
+    # Symbolic dimensions (a dynamic batch) take the input's sizes.
+    static = dims and all(isinstance(d, int) for d in dims)
+    graph = load_onnx(args.model, input_shapes=None if static else {name: x.shape})
+    want = tuple(graph.shape(graph.inputs[0]))
     if tuple(calib.shape[1:]) != want[1:]:
         raise ValueError(f"--calib {args.calib}: shape {list(calib.shape)}, the model's input "
                          f"samples are {list(want[1:])}")
     if args.out and len(graph.outputs) > 1 and not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: the model has {len(graph.outputs)} outputs; give "
                          "a .npz file")
-    print(f"d1tile run: {args.model} on a {cfg.rows}x{cfg.cols} tile (preset {args.preset}), "
-          f"backend {args.backend}")
     compiled = compile_model(graph, cfg, calib)
+    print(f"d1tile run: {args.model} compiled for a {cfg.rows}x{cfg.cols} tile (preset "
+          f"{args.preset}), backend {args.backend}")
     net = run_network(compiled, x, backends, labels=labels, log=print)
     report = net.report()
     report["model"] = str(args.model)

@@ -93,10 +93,10 @@ def quantise(c: Compilation) -> None:
 # Activations live on the tile as [batch, features] int8 (`ActivationLayout`) whose stored
 # features are a chosen order of the tensor's ONNX features (`Compilation.orders`): an NCHW
 # tensor is stored channels-last, (h, w, c), so that a block of N stored features is N channels
-# at one position and a convolution's K window is one band of input rows; a [batch, F] tensor in
+# at one position and a convolution's K runs are bands of input rows; a [batch, F] tensor in
 # its own order. Flatten and reshape keep ONNX's flat feature index, so they move nothing.
 # (Storing a convolution's host input as im2col patches, which makes each output block's K
-# window exactly its patch, was measured and left out: for the toy CNN it cut the matrix units'
+# run exactly its patch, was measured and left out: for the toy CNN it cut the matrix units'
 # MACs from 2x to 1.3x the network's but not the cycles, which are bound by each tile's
 # accumulator readout at such small K, while the 9x larger input cost load time and SRAM.)
 #
@@ -105,6 +105,7 @@ def quantise(c: Compilation) -> None:
 #   gemm     the layer's weights;
 #   conv     unrolled: W[(c, iy, ix), (o, oy, ox)] = w[o, c, dy, dx] where input pixel (iy, ix)
 #            is element (dy, dx) of output (oy, ox)'s window (stride, padding);
+#            K runs (kernels.md) skip the all-zero words of each feature block;
 #   add      k_a I stacked on k_b I over the two inputs' features (a constant: bias);
 #   avgpool  the 0/1 window sums, requantised by 1 / count;
 #   relu     I with the REQUANT's ReLU (scale 1, shift 0 is exact on int8);
@@ -276,8 +277,8 @@ def _emit(c: Compilation, name: str, lin: Linear, output: str, op_names, pool=No
 def _tile_macs(cfg: TileConfig, layer) -> int:
     """The multiply-accumulates the matrix units perform for a layer (zeros included)."""
     n = cfg.mac_dim
-    return sum((layer.kwin[i][1] - layer.kwin[i][0]) * cfg.k_per_word * n * n
-               for p in layer.plans.values() for i, _ in p.tiles)
+    return sum((k1 - k0) * cfg.k_per_word * n * n
+               for p in layer.plans.values() for i, _ in p.tiles for k0, k1 in layer.kruns[i])
 
 
 def _users(c: Compilation, tensor: str) -> list:

@@ -312,13 +312,13 @@ class LayerPlan:
     inputs: list                        # ActivationLayouts, features concatenated
     offsets: list                       # each input's first word in a block of kw words
     kw: int                             # K words of an activation block
-    width: int                          # weight words stored per block: the widest K window
+    width: int                          # weight words stored per block: the most in K runs
     wstride: int                        # words per weight block: width (+ N bias words)
     features: int                       # weight columns (candidate blocks when pooled)
     out_features: int                   # output features (after pooling)
     blocks: tuple                       # batch blocks per column
     fblocks: tuple                      # feature blocks per row
-    kwin: dict                          # feature block -> (k0, k1): its nonzero K words
+    kruns: dict                         # feature block -> [(k0, k1)]: its runs of nonzero K words
     active_cols: list
     active_rows: list
     plans: dict = field(default_factory=dict)       # node -> NodePlan
@@ -332,12 +332,14 @@ class LayerPlan:
     def where(self) -> str:
         return f"layer {self.name!r}"
 
-    def instructions(self, tiles: int) -> int:
-        """Instructions of `tiles` tiles: MATMUL and MREAD per tile, and for a quantised layer
-        per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD and a VEC REQUANT, plus a SETQ."""
+    def instructions(self, tiles: list) -> int:
+        """Instructions of these tiles: a MATMUL per K run of the tile's block and an MREAD per
+        tile, and for a quantised layer per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD
+        and a VEC REQUANT, plus a SETQ."""
+        n = sum(len(self.kruns[i]) for i, _ in tiles) + len(tiles)
         if not self.quant:
-            return 2 * tiles
-        return 2 * tiles + (tiles // self.pool) * (self.pool + 1) + (1 if tiles else 0)
+            return n
+        return n + (len(tiles) // self.pool) * (self.pool + 1) + (1 if tiles else 0)
 
 
 def schedule_sends(messages, tiles: dict, capacity: int) -> None:
@@ -578,7 +580,8 @@ class KernelBuilder:
         self._place_regions(layer)
         self._load_weights(layer, w, bias)
         self._gather(layer)
-        mean_kw = max(1, round(sum(k1 - k0 for k0, k1 in layer.kwin.values()) / len(layer.kwin)))
+        mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
+                               / len(layer.kruns)))
         capacity = matmul_cycles(self.cfg, mean_kw) - 4
         if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
             capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
@@ -591,7 +594,7 @@ class KernelBuilder:
     def _partition(self, name, x, w, bias, quant, pool, out_features) -> LayerPlan:
         """Check the arguments; lay out K (the inputs' words one after the other); split the
         feature blocks (in groups of `pool`) over the rows (the batch blocks are the inputs');
-        find each feature block's K window (the words where its weights are not all zero): only
+        find each feature block's K runs (the words where its weights are not all zero): only
         those are stored, sent and multiplied."""
         cfg, n = self.cfg, self.cfg.mac_dim
         where = f"layer {name!r}"
@@ -623,11 +626,8 @@ class KernelBuilder:
             offsets.append(kw)
             kw += i.kwords
         nz = _padded_weights(n, inputs, offsets, kw, features, w).reshape(kw, K_PER_WORD, -1, n)
-        kwin = {}
-        for i, used in enumerate(nz.any(axis=(1, 3)).T):       # used[word] for block i
-            hits = np.flatnonzero(used)
-            kwin[i] = (int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, 1)
-        width = max(k1 - k0 for k0, k1 in kwin.values())
+        kruns = {i: k_runs(used) for i, used in enumerate(nz.any(axis=(1, 3)).T)}
+        width = max(sum(k1 - k0 for k0, k1 in runs) for runs in kruns.values())
         wstride = width + (n if quant else 0)
         longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
                       default=0)
@@ -642,7 +642,7 @@ class KernelBuilder:
                         for lo, hi in split_even(ceil(features / (n * pool)), cfg.rows))
         return LayerPlan(
             name, quant, pool, inputs, offsets, kw, width, wstride, features,
-            features if out_features is None else out_features, blocks, fblocks, kwin,
+            features if out_features is None else out_features, blocks, fblocks, kruns,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
             plans={node: NodePlan() for node in self.tp.nodes})
@@ -687,7 +687,7 @@ class KernelBuilder:
                  for node in self.tp.nodes}
         waits = {node: set() for node in self.tp.nodes}
         for node, p in layer.plans.items():
-            count[node] += layer.instructions(len(p.tiles))
+            count[node] += layer.instructions(p.tiles)
             count[node] += len(p.owned) * len(layer.active_cols)
             for i in p.owned:
                 for x in layer.active_cols:
@@ -709,7 +709,7 @@ class KernelBuilder:
             raise CompileError(
                 f"{layer.where} needs {count[worst]} instructions on node {worst} "
                 f"({len(layer.plans[worst].tiles)} tiles: "
-                f"{layer.instructions(len(layer.plans[worst].tiles))} instructions, "
+                f"{layer.instructions(layer.plans[worst].tiles)} instructions, "
                 f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), its "
                 f"instruction memory holds {self.cfg.imem_words}")
 
@@ -751,16 +751,16 @@ class KernelBuilder:
                 self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
 
     def _load_weights(self, layer: LayerPlan, w, bias) -> None:
-        """The host loads each weight block (the words of its K window, zero-padded to the
+        """The host loads each weight block (the words of its K runs, zero-padded to the
         layer's width, then its N bias words) once, into its owner's staging region."""
         cfg, n = self.cfg, self.cfg.mac_dim
         wpad = _padded_weights(n, layer.inputs, layer.offsets, layer.kw, layer.features, w)
         for node, p in layer.plans.items():
             words = []
             for i in p.owned:
-                k0, k1 = layer.kwin[i]
-                words += _weight_words(cfg, wpad, i, layer.kw)[k0:k1] \
-                    + [0] * (layer.width - (k1 - k0))
+                block = _weight_words(cfg, wpad, i, layer.kw)
+                runs = [w for k0, k1 in layer.kruns[i] for w in block[k0:k1]]
+                words += runs + [0] * (layer.width - len(runs))
                 if layer.quant:
                     b = np.zeros(n, dtype=np.int64)
                     hi = min(layer.features, (i + 1) * n)
@@ -797,7 +797,7 @@ class KernelBuilder:
 
     def _emit_layer(self, layer: LayerPlan) -> None:
         """The instructions (see docs/kernels.md): per node, SETQ, the sends of slot -1, then per
-        tile its WAITs, its MATMUL over the block's K window, the VECs of the previous group
+        tile its WAITs, a MATMUL per K run of its block, the VECs of the previous group
         (MAX, bias ADD, REQUANT) when this tile starts a group, its slot's sends and its MREAD;
         the last group's VECs at the end."""
         n, pool = self.cfg.mac_dim, layer.pool
@@ -843,9 +843,11 @@ class KernelBuilder:
             for t, (i, j) in enumerate(p.tiles):
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
-                k0, k1 = layer.kwin[i]
-                emit("matmul", p.w_base + (i - i0) * layer.wstride,
-                     p.x_base + (j - j0) * layer.kw + k0, k1 - k0, clear=True)
+                at = p.w_base + (i - i0) * layer.wstride
+                for r, (k0, k1) in enumerate(layer.kruns[i]):
+                    emit("matmul", at, p.x_base + (j - j0) * layer.kw + k0, k1 - k0,
+                         clear=r == 0)
+                    at += k1 - k0
                 if layer.quant and t and t % pool == 0:
                     finish_group(t // pool - 1)
                 send_slot(t)
@@ -857,6 +859,27 @@ class KernelBuilder:
                 finish_group(len(p.tiles) // pool - 1)
             assert len(prog) + 1 == count[node], (node, len(prog), count[node])
             layer.pcs[node] = (first, len(prog))
+
+
+K_RUN_GAP = 1
+"""All-zero words between two runs of a block's K words that are multiplied anyway rather than
+split into another MATMUL (a MATMUL's start-up costs about what one word of beats does)."""
+
+
+def k_runs(used) -> list[tuple[int, int]]:
+    """The runs [k0, k1) of words where `used` (one bool per K word) is true, runs separated by
+    at most `K_RUN_GAP` unused words merged; one word when nothing is used (an all-zero block
+    still needs its MATMUL to clear the accumulators)."""
+    hits = np.flatnonzero(used)
+    if not hits.size:
+        return [(0, 1)]
+    runs = [[int(hits[0]), int(hits[0]) + 1]]
+    for k in hits[1:]:
+        if k - runs[-1][1] <= K_RUN_GAP:
+            runs[-1][1] = int(k) + 1
+        else:
+            runs.append([int(k), int(k) + 1])
+    return [tuple(r) for r in runs]
 
 
 def _padded_weights(n: int, inputs, offsets, kw: int, features: int, w) -> np.ndarray:

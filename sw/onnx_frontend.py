@@ -44,7 +44,7 @@ from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph, Node, Tensor, infer_shape, normalize
 
 
-__all__ = ["load_onnx", "LOWERINGS", "MIN_OPSET"]
+__all__ = ["load_onnx", "input_signature", "LOWERINGS", "MIN_OPSET"]
 
 MIN_OPSET = 13
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -119,6 +119,21 @@ def _run_checker(model: onnx.ModelProto, label: str, input_shapes: dict | None):
 def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     constants = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in constants]
+
+
+def input_signature(source) -> dict[str, tuple]:
+    """The model's inputs (initializers excluded) and their shapes: an int per static
+    dimension, the dimension's name (or None) per symbolic one; an empty tuple when the input
+    has no shape. For fixing a dynamic batch from the data: `load_onnx(source,
+    input_shapes=...)`."""
+    model, _ = _read_model(source)
+    out = {}
+    for vi in _real_inputs(model):
+        tt = vi.type.tensor_type
+        dims = tt.shape.dim if tt.HasField("shape") else []
+        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                             for d in dims)
+    return out
 
 
 def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict | None) -> onnx.ModelProto:

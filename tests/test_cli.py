@@ -38,9 +38,9 @@ def test_config_prints_derived_sizes(capsys):
 
 # -- d1tile run / d1tile demo ---------------------------------------------------------------------
 
-def small_onnx(path, batch=8):
-    """Conv 3x3 pad 1 -> ReLU -> MaxPool 2 -> Flatten -> Gemm -> Softmax, input [batch, 1, 5, 5]:
-    small enough for the tiny preset."""
+def small_onnx(path, batch=8, batch_dim=None):
+    """Conv 3x3 pad 1 -> ReLU -> MaxPool 2 -> Flatten -> Gemm -> Softmax, input [batch, 1, 5, 5]
+    (`batch_dim`: a symbolic batch dimension instead): small enough for the tiny preset."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -58,8 +58,9 @@ def small_onnx(path, batch=8):
         helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 5, 5])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 4])],
+        nodes, "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim or batch, 1, 5, 5])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch_dim or batch, 4])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, path)
@@ -95,8 +96,33 @@ def test_run_on_both_backends_writes_outputs_and_report(tmp_path):
     assert y.shape == (8, 4) and np.allclose(y.sum(axis=1), 1)     # the host softmax ran
 
 
+def test_run_fixes_a_dynamic_batch_from_the_input(tmp_path):
+    import json
+    import numpy as np
+    x = small_onnx(tmp_path / "dyn.onnx", batch=12, batch_dim="N")
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("run", str(tmp_path / "dyn.onnx"), "--input", str(tmp_path / "x.npy"),
+                     "--preset", "tiny", "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["batch"] == 12 and report["bit_exact"]
+
+
+def test_run_limits_of_the_kernels_are_one_line(tmp_path):
+    import numpy as np
+    x = small_onnx(tmp_path / "small.onnx")
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("run", str(tmp_path / "small.onnx"), "--input", str(tmp_path / "x.npy"),
+                     "--preset", "tiny", "--grid", "9x9")
+    assert result.returncode == 2
+    assert result.stderr == ("d1tile run: error: the GEMM kernels need rows + cols <= 16 sync "
+                             "counters; the grid is 9x9\n")
+    assert result.stdout == ""                  # nothing printed before the error
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "cannot read"),
+    ("rank", "shape [8, 25], the model's input 'x' is [8, 1, 5, 5]"),
     ("shape", "shape [4, 1, 5, 5], the model's input 'x' is [8, 1, 5, 5]"),
     ("nan", "contains NaN"),
     ("op", "Sigmoid"),
@@ -109,6 +135,8 @@ def test_run_rejects_bad_input_cleanly(tmp_path, case, message):
     x = small_onnx(model)
     if case == "shape":
         x = x[:4]
+    if case == "rank":
+        x = x.reshape(8, 25)
     if case == "nan":
         x[0, 0, 0, 0] = np.nan
     if case == "op":

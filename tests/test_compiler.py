@@ -35,6 +35,19 @@ def test_toy_model_on_the_default_tile_is_bit_exact(make):
     assert np.mean(predicted == toy.test_y[:64]) > 0.85
 
 
+def small_residual(rng, batch=8):
+    """Two branches from x added: the add's output blocks read one word of each input, two
+    K runs apart, so its tiles are two accumulating MATMULs."""
+    g = GraphBuilder("residual")
+    x = g.input("x", (batch, 16))
+    a = g.relu(g.gemm(x, rng.normal(size=(16, 24)).astype(np.float32),
+                      rng.normal(size=24).astype(np.float32), name="fa"))
+    b = g.gemm(x, rng.normal(size=(16, 24)).astype(np.float32), None, name="fb")
+    y = g.gemm(g.relu(g.add(a, b, name="sum")), rng.normal(size=(24, 4)).astype(np.float32),
+               None, name="out")
+    return g.build(outputs=[y])
+
+
 def small_cnn(rng, batch=8):
     """Conv (stride 1, pad 1) + ReLU + MaxPool fused (floor: 5 -> 2); a second conv with stride
     2 and padding 1; a residual add with an avgpool of the first; flatten; gemm. Small enough
@@ -87,6 +100,63 @@ def test_conv_pool_add_networks_are_bit_exact(make, cfg):
     assert run.outputs[out].std() > 0          # not a constant: the test checks something
 
 
+def random_conv_net(rng, index):
+    """A random small CNN: conv (random kernel, strides, asymmetric pads, channels) with or
+    without ReLU, optionally a maxpool or an avgpool (random window, stride, padding), sometimes
+    a second conv and a residual add, then flatten and gemm."""
+    def window(size):
+        k = int(rng.integers(1, min(3, size) + 1))
+        s = int(rng.integers(1, 3))
+        pads = [int(rng.integers(0, k)) for _ in range(4)] if rng.random() < 0.5 else [0] * 4
+        return k, s, pads
+
+    def out(size, k, s, lo, hi):
+        return (size + lo + hi - k) // s + 1
+
+    g = GraphBuilder(f"random{index}")
+    b, c, h, w = (int(rng.integers(9, 25)), int(rng.integers(1, 4)), int(rng.integers(4, 7)),
+                  int(rng.integers(4, 7)))
+    t = g.input("x", (b, c, h, w))
+    o = int(rng.integers(1, 6))
+    kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    sh, sw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    pads = [int(rng.integers(0, kh)), int(rng.integers(0, kw)), int(rng.integers(0, kh)),
+            int(rng.integers(0, kw))]
+    t = g.conv(t, rng.normal(size=(o, c, kh, kw)).astype(np.float32),
+               rng.normal(size=o).astype(np.float32), strides=(sh, sw), pads=pads, name="conv")
+    h, w = out(h, kh, sh, pads[0], pads[2]), out(w, kw, sw, pads[1], pads[3])
+    if rng.random() < 0.7:
+        t = g.relu(t, name="relu")
+    kind = rng.choice(["max", "avg", "none"])
+    if kind != "none" and min(h, w) >= 1:
+        k, s, pp = window(min(h, w))
+        if kind == "max":
+            t = g.maxpool(t, k, strides=s, pads=pp, name="pool")
+        else:
+            t = g.avgpool(t, k, strides=s, pads=pp, count_include_pad=True, name="pool")
+        h, w = out(h, k, s, pp[0], pp[2]), out(w, k, s, pp[1], pp[3])
+    if rng.random() < 0.5:
+        r = g.conv(t, rng.normal(size=(o, o, 3, 3)).astype(np.float32), None, pads=1,
+                   name="conv2")
+        t = g.relu(g.add(r, t, name="residual"), name="relu2")
+    y = g.gemm(g.flatten(t), rng.normal(size=(o * h * w, 4)).astype(np.float32),
+               rng.normal(size=4).astype(np.float32), name="fc")
+    return g.build(outputs=[y])
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_random_conv_networks_are_bit_exact(index):
+    """Random kernels, strides, asymmetric pads, pools and residual adds (seeded by the
+    session seed, printed in pytest's header): tile output == integer reference."""
+    rng = np.random.default_rng([bench_seed(), 100 + index])
+    graph = random_conv_net(rng, index)
+    cfg = TileConfig.preset("default").with_grid(*[(2, 3), (3, 2), (3, 3), (4, 4)][index % 4])
+    shape = graph.shape(graph.inputs[0])
+    compiled = compile_model(graph, cfg, rng.normal(size=(16, *shape[1:])).astype(np.float32))
+    run = execute(compiled, get_device("model", cfg), rng.normal(size=shape).astype(np.float32))
+    assert run.max_abs_diff == 0, f"seed {bench_seed()}, network {index}:\n{graph}"
+
+
 def test_maxpool_fuses_into_its_conv_and_reports_macs():
     rng = np.random.default_rng([bench_seed(), 4])
     graph = small_cnn(rng)
@@ -137,8 +207,9 @@ def test_what_is_not_lowered_or_does_not_fit_is_a_clear_error():
         compile_model(mlp.model, TileConfig.preset("tiny"), mlp.calib_x)
 
 
-@pytest.mark.parametrize("make, shape", [(small_mlp, (8, 12)), (small_cnn, (8, 1, 5, 5))],
-                         ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make, shape", [(small_mlp, (8, 12)), (small_cnn, (8, 1, 5, 5)),
+                                         (small_residual, (8, 16))],
+                         ids=["mlp", "cnn", "residual"])
 def test_small_network_on_both_backends(make, shape):
     cfg = TileConfig.preset("tiny")
     rng = np.random.default_rng(bench_seed())
@@ -146,6 +217,8 @@ def test_small_network_on_both_backends(make, shape):
     calib = rng.normal(size=(8, *shape[1:])).astype(np.float32)
     compiled = compile_model(graph, cfg, calib)
     x = rng.normal(size=shape).astype(np.float32)
+    if make is small_residual:
+        assert max(len(runs) for runs in compiled.layers[2].plan.kruns.values()) == 2
     model = execute(compiled, get_device("model", cfg), x)
     rtl = execute(compiled, get_device("rtl", cfg), x)
     assert model.max_abs_diff == 0 and rtl.max_abs_diff == 0

@@ -121,12 +121,15 @@ def test_sparse_weights_use_k_windows():
     w = np.zeros((k, f), dtype=np.int64)
     w[8:20, :4] = int8(r, 12, 4)          # block 0 of tiny (N = 4): words 2..4
     w[40:44, 4:8] = int8(r, 4, 4)         # block 1: word 10
+    w[4:8, 12:16] = int8(r, 4, 4)         # block 3: words 1, then (a gap of 3) 6..7
+    w[24:32, 12:16] = int8(r, 8, 4)
     b = r.integers(-100, 100, size=f)
     kb = KernelBuilder(TINY)
     layout = kb.input("x", batch, k)
     y = kb.quantised_layer("sparse", layout, w, b, scale=300, shift=10)
-    assert kb.layers[-1].kwin[0] == (2, 5) and kb.layers[-1].kwin[1] == (10, 11)
-    assert kb.layers[-1].kwin[2] == (0, 1)        # all zero: one word
+    assert kb.layers[-1].kruns[0] == [(2, 5)] and kb.layers[-1].kruns[1] == [(10, 11)]
+    assert kb.layers[-1].kruns[2] == [(0, 1)]        # all zero: one word
+    assert kb.layers[-1].kruns[3] == [(1, 2), (6, 8)]  # two runs: two accumulating MATMULs
     kb.read(y)
     tp = kb.finish()
     load_activation(tp, layout, x)
