@@ -150,11 +150,16 @@ def cmd_run(args) -> int:
     if args.out:
         first = next(iter(net.executions.values()))
         outputs = finish_on_host(compiled.qgraph, first.outputs)
-        if len(outputs) == 1:
-            _write_atomically(args.out, lambda tmp: np.save(open(tmp, "wb"),
-                                                            next(iter(outputs.values()))))
-        else:
-            _write_atomically(args.out, lambda tmp: np.savez(open(tmp, "wb"), **outputs))
+
+        def write(tmp):
+            # A file object, not a path: np.save would add ".npy" to the temporary name.
+            with open(tmp, "wb") as f:
+                if len(outputs) == 1:
+                    np.save(f, next(iter(outputs.values())))
+                else:
+                    np.savez(f, **outputs)
+
+        _write_atomically(args.out, write)
         print(f"  outputs       {args.out}")
     if args.report:
         _save_report(args.report, report)
