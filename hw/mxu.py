@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 from ..formats import MatrixDType
 from ..params import TileConfig
 from ..sim.isa import FORMATS, Opcode
-from ..sim.mxu import BEATS_PER_WORD, EngineMode
+from ..sim.mxu import BEATS_PER_WORD, EngineMode, check_engine_cfg
 from .matrix import MatrixUnit, operand_layout
 from .sequencer import EngineCommand
 from .sram import SRAMReadPort, SRAMWritePort
@@ -69,11 +69,7 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
-        if not isinstance(cfg, TileConfig):
-            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-        if cfg.k_per_word != BEATS_PER_WORD:
-            raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
-                             f"{BEATS_PER_WORD} operand vectors per word")
+        check_engine_cfg(cfg)
         self._cfg = cfg
         self._unit = MatrixUnit(cfg, dtype)
         super().__init__({

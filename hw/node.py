@@ -24,7 +24,7 @@ from ..sim.sequencer import SeqEvent
 from .dma import DmaIn, DmaOut
 from .mxu import MatrixEngine
 from .router import Router
-from .sequencer import Sequencer
+from .sequencer import SYNC_COUNTERS_LAYOUT, Sequencer
 from .sram import NodeSRAM
 from .vpu import VectorEngine
 
@@ -52,7 +52,7 @@ class Node(wiring.Component):
         members.update({
             "activity": Out(1),
             "status": Out(NODE_STATUS.layout),
-            "sync_counters": Out(data.ArrayLayout(16, 16)),
+            "sync_counters": Out(SYNC_COUNTERS_LAYOUT),
         })
         super().__init__(members)
 

@@ -22,9 +22,11 @@ from ..sim.sequencer import ENGINES, HALT_WORD, SeqState
 from ..sim.vector import SCALE_BITS, SHIFT_BITS
 
 
-__all__ = ["EngineCommand", "ImemWritePort", "Sequencer"]
+__all__ = ["EngineCommand", "ImemWritePort", "Sequencer", "SYNC_COUNTERS_LAYOUT"]
 
 IMEM_ADDR_BITS = 16   # imem addresses on the write bus and in the DONE report
+SYNC_COUNTERS_LAYOUT = data.ArrayLayout(COUNTER_BITS, COUNTERS)
+"""The WAIT counters as the sequencer exports them (and the node and tile pass them on)."""
 FAULT_BITS = 4        # the DONE packet's status field
 
 
@@ -213,7 +215,7 @@ class Sequencer(wiring.Component):
             "fault_code": Out(FAULT_BITS),
             "fault_pc": Out(IMEM_ADDR_BITS),
             "fault_value": Out(16),
-            "counters": Out(data.ArrayLayout(COUNTER_BITS, COUNTERS)),
+            "counters": Out(SYNC_COUNTERS_LAYOUT),
         })
 
     @property
@@ -236,7 +238,7 @@ class Sequencer(wiring.Component):
         scale = Signal(SCALE_BITS)
         shift = Signal(SHIFT_BITS)
         relu = Signal(1)
-        counters = Signal(data.ArrayLayout(COUNTER_BITS, COUNTERS))
+        counters = Signal(SYNC_COUNTERS_LAYOUT)
         # ranges[e]: what engine e's current instruction reads and writes, recorded at its start.
         ranges = [Signal(_RANGES, name=f"ranges_{unit.name.lower()}") for unit in ENGINES]
 

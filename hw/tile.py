@@ -15,12 +15,13 @@ Ports (Verilog names in brackets):
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..formats import NODE_STATUS, flit_format
 from ..params import TileConfig
 from .node import Node
+from .sequencer import SYNC_COUNTERS_LAYOUT
 
 
 __all__ = ["Tile"]
@@ -39,7 +40,7 @@ class Tile(wiring.Component):
         for y in range(cfg.rows):
             for x in range(cfg.cols):
                 members[f"status_{x}_{y}"] = Out(NODE_STATUS.layout)
-                members[f"sync_counters_{x}_{y}"] = Out(data.ArrayLayout(16, 16))
+                members[f"sync_counters_{x}_{y}"] = Out(SYNC_COUNTERS_LAYOUT)
         super().__init__(members)
 
     @property

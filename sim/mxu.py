@@ -75,7 +75,7 @@ from .matrix import MatrixUnitRef, acc_latency
 
 
 __all__ = [
-    "EngineMode", "MatrixEngineModel", "BEATS_PER_WORD", "MATMUL_FIRST_BEAT",
+    "EngineMode", "MatrixEngineModel", "BEATS_PER_WORD", "MATMUL_FIRST_BEAT", "check_engine_cfg",
     "operand_vectors", "matmul_cycles", "mread_cycles", "ideal_matmul_cycles",
     "matmul_reference_words",
 ]
@@ -91,6 +91,15 @@ class EngineMode(enum.IntEnum):
 BEATS_PER_WORD = 4
 """Operand beats per SRAM word pair: a word is 4 * N bytes = 4 operand vectors of N int8
 (`TileConfig.k_per_word`, which is 4 for every mac_dim)."""
+
+def check_engine_cfg(cfg) -> None:
+    """The configuration checks of the matrix engine, RTL and model alike."""
+    if not isinstance(cfg, TileConfig):
+        raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+    if cfg.k_per_word != BEATS_PER_WORD:
+        raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
+                         f"{BEATS_PER_WORD} operand vectors per word")
+
 
 MATMUL_FIRST_BEAT = 4
 """Cycles from the start cycle s of a MATMUL to its first beat when no read is refused: read A0
@@ -171,11 +180,7 @@ class MatrixEngineModel:
     """
 
     def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
-        if not isinstance(cfg, TileConfig):
-            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-        if cfg.k_per_word != BEATS_PER_WORD:
-            raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
-                             f"{BEATS_PER_WORD} operand vectors per word")
+        check_engine_cfg(cfg)
         self._cfg = cfg
         self._n = cfg.mac_dim
         self._words = cfg.sram_words
