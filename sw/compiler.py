@@ -29,12 +29,12 @@ from d1tile.params import TileConfig
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
 from d1tile.sw.kernels import KernelBuilder, load_activation, unpack_activation
-from d1tile.sw.quant import (calibrate, dequantize, quantize, quantize_tensor, run_float,
-                             run_int8, windows)
+from d1tile.sw.quant import (calibrate, quantize, quantize_tensor, run_float, run_int8,
+                             windows)
 
 
-__all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "PASSES",
-           "LINEAR"]
+__all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "References",
+           "references", "PASSES", "LINEAR"]
 
 
 @dataclass
@@ -208,16 +208,15 @@ def _linear_avgpool(c: Compilation, op) -> Linear:
                   int(op.scale), int(op.shift), False, 0)
 
 
-def _linear_relu(c: Compilation, op) -> Linear:
-    f = _features(c, op.output)
-    return Linear(op.name, [op.inputs[0]], np.eye(f, dtype=np.int64),
-                  np.zeros(f, dtype=np.int64), 1, 0, True, 0)
-
-
-def _identity(c: Compilation, op) -> Linear:
+def _identity(c: Compilation, op, relu: bool = False) -> Linear:
+    """I over `op`'s input, scale 1, shift 0: exact on int8 (a relu, a maxpool's selection)."""
     f = _features(c, op.inputs[0])
     return Linear(op.name, [op.inputs[0]], np.eye(f, dtype=np.int64),
-                  np.zeros(f, dtype=np.int64), 1, 0, False, 0)
+                  np.zeros(f, dtype=np.int64), 1, 0, relu, 0)
+
+
+def _linear_relu(c: Compilation, op) -> Linear:
+    return _identity(c, op, relu=True)
 
 
 LINEAR = {"gemm": _linear_gemm, "conv": _linear_conv, "add": _linear_add,
@@ -281,15 +280,11 @@ def _tile_macs(cfg: TileConfig, layer) -> int:
                for p in layer.plans.values() for i, _ in p.tiles for k0, k1 in layer.kruns[i])
 
 
-def _users(c: Compilation, tensor: str) -> list:
-    return [q for q in c.qgraph.ops if tensor in q.inputs]
-
-
 def _single_user(c: Compilation, tensor: str):
     """The one quantised op reading `tensor`, when it has exactly one and is not an output."""
     if tensor in c.qgraph.outputs:
         return None
-    users = _users(c, tensor)
+    users = [q for q in c.qgraph.ops if tensor in q.inputs]
     return users[0] if len(users) == 1 else None
 
 
@@ -366,11 +361,26 @@ def compile_model(source, cfg: TileConfig, calibration) -> Compilation:
     return c
 
 
+@dataclass(frozen=True)
+class References:
+    """What a run is checked against, for one input: the integer reference's int8 tile outputs
+    (`run_int8`) and the float graph's values of the same tensors (`run_float`)."""
+    int8: dict
+    floats: dict
+
+
+def references(c: Compilation, x) -> References:
+    name = c.input_name
+    x = np.asarray(x, dtype=np.float32)
+    floats = run_float(c.graph, {name: x}, keep=True)
+    return References(run_int8(c.qgraph, {name: x}), {k: floats[k] for k in c.qgraph.outputs})
+
+
 @dataclass
 class Execution:
     outputs: dict        # tile output name -> int8 array read back from the tile
     reference: dict      # the same from the integer reference (run_int8)
-    float_outputs: dict  # the float graph's outputs
+    float_values: dict   # the float graph's values of the same tensors
     result: object       # the device's RunResult
 
     @property
@@ -380,9 +390,10 @@ class Execution:
                    for k in self.outputs)
 
 
-def execute(c: Compilation, device, x) -> Execution:
+def execute(c: Compilation, device, x, refs: References | None = None) -> Execution:
     """Quantise the float input `x`, run the compiled program on `device`, read the outputs
-    back; also run the integer and float references on the same input."""
+    back; also run the integer and float references on the same input (or take them from
+    `refs`, `references(c, x)`, when several devices run it)."""
     name = c.input_name
     x = np.asarray(x, dtype=np.float32)
     xq = quantize_tensor(x, c.qgraph.scales[name])
@@ -393,9 +404,8 @@ def execute(c: Compilation, device, x) -> Execution:
         raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
     outputs = {k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
                .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs}
-    reference = run_int8(c.qgraph, {name: x})
-    floats = run_float(c.graph, {name: x})
-    return Execution(outputs, {k: reference[k] for k in outputs}, floats, result)
+    refs = refs if refs is not None else references(c, x)
+    return Execution(outputs, refs.int8, refs.floats, result)
 
 
 def _with_input(c: Compilation, xq) -> object:
@@ -405,7 +415,3 @@ def _with_input(c: Compilation, xq) -> object:
     load_activation(tp, c.layouts[c.input_name],
                     to_stored(c.orders[c.input_name], xq.reshape(len(xq), -1)))
     return tp
-
-
-def dequantised(c: Compilation, outputs: dict) -> dict:
-    return {k: dequantize(v, c.qgraph.scales[k]) for k, v in outputs.items()}

@@ -574,11 +574,11 @@ class KernelBuilder:
     def _layer(self, name, x, w, bias, quant, pool=1, out_features=None) -> LayerPlan:
         """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
         self._check_open(name)
-        layer = self._partition(name, x, w, bias, quant, pool, out_features)
+        layer, wpad = self._partition(name, x, w, bias, quant, pool, out_features)
         self._order_tiles(layer)
         self._check_instruction_memory(layer)
         self._place_regions(layer)
-        self._load_weights(layer, w, bias)
+        self._load_weights(layer, wpad, bias)
         self._gather(layer)
         mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
                                / len(layer.kruns)))
@@ -591,11 +591,12 @@ class KernelBuilder:
         self.layers.append(layer)
         return layer
 
-    def _partition(self, name, x, w, bias, quant, pool, out_features) -> LayerPlan:
+    def _partition(self, name, x, w, bias, quant, pool, out_features):
         """Check the arguments; lay out K (the inputs' words one after the other); split the
         feature blocks (in groups of `pool`) over the rows (the batch blocks are the inputs');
         find each feature block's K runs (the words where its weights are not all zero): only
-        those are stored, sent and multiplied."""
+        those are stored, sent and multiplied. Returns the plan and the padded weights
+        (`_padded_weights`)."""
         cfg, n = self.cfg, self.cfg.mac_dim
         where = f"layer {name!r}"
         inputs = self._inputs(name, x)
@@ -615,18 +616,16 @@ class KernelBuilder:
         if features < 1:
             raise CompileError(f"{where}: weights have no output features")
         if bias is not None:
-            b = np.asarray(bias)
-            if b.shape != (features,) or not np.issubdtype(b.dtype, np.integer):
-                raise CompileError(f"{where}: bias must be an integer vector of {features} "
-                                   f"values, not {b.dtype} {list(b.shape)}")
+            b = _check_bias(where, bias, features)
             if b.size and (b.min() < -2**31 or b.max() >= 2**31):
                 raise CompileError(f"{where}: bias values must fit int32")
         offsets, kw = [], 0
         for i in inputs:
             offsets.append(kw)
             kw += i.kwords
-        nz = _padded_weights(n, inputs, offsets, kw, features, w).reshape(kw, K_PER_WORD, -1, n)
-        kruns = {i: k_runs(used) for i, used in enumerate(nz.any(axis=(1, 3)).T)}
+        wpad = _padded_weights(n, inputs, offsets, kw, features, w)
+        nz = wpad.reshape(kw, K_PER_WORD, -1, n).any(axis=(1, 3)).T      # [block, K word]
+        kruns = {i: k_runs(used) for i, used in enumerate(nz)}
         width = max(sum(k1 - k0 for k0, k1 in runs) for runs in kruns.values())
         wstride = width + (n if quant else 0)
         longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
@@ -645,7 +644,7 @@ class KernelBuilder:
             features if out_features is None else out_features, blocks, fblocks, kruns,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
-            plans={node: NodePlan() for node in self.tp.nodes})
+            plans={node: NodePlan() for node in self.tp.nodes}), wpad
 
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
@@ -750,11 +749,10 @@ class KernelBuilder:
             if "accumulator rows" in addrs:
                 self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
 
-    def _load_weights(self, layer: LayerPlan, w, bias) -> None:
+    def _load_weights(self, layer: LayerPlan, wpad, bias) -> None:
         """The host loads each weight block (the words of its K runs, zero-padded to the
         layer's width, then its N bias words) once, into its owner's staging region."""
         cfg, n = self.cfg, self.cfg.mac_dim
-        wpad = _padded_weights(n, layer.inputs, layer.offsets, layer.kw, layer.features, w)
         for node, p in layer.plans.items():
             words = []
             for i in p.owned:
@@ -814,7 +812,7 @@ class KernelBuilder:
             x, y = node
             (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
             prog = self.tp.node(x, y)
-            first = len(prog)
+            pc0 = len(prog)
 
             def emit(method, *args, **kwargs):
                 self._emit(node, layer.where, getattr(prog, method), *args, **kwargs)
@@ -858,7 +856,7 @@ class KernelBuilder:
             if layer.quant and p.tiles:
                 finish_group(len(p.tiles) // pool - 1)
             assert len(prog) + 1 == count[node], (node, len(prog), count[node])
-            layer.pcs[node] = (first, len(prog))
+            layer.pcs[node] = (pc0, len(prog))
 
 
 K_RUN_GAP = 1
@@ -905,18 +903,21 @@ def _pool_columns(cfg: TileConfig, name: str, w: np.ndarray, b) -> tuple[np.ndar
     its row r output feature g N + r (zero columns beyond F)."""
     n = cfg.mac_dim
     pool, k, f = w.shape
-    b = np.asarray(b)
-    if b.shape != (f,) or not np.issubdtype(b.dtype, np.integer):
-        raise CompileError(f"layer {name!r}: bias must be an integer vector of {f} values, "
-                           f"not {b.dtype} {list(b.shape)}")
+    b = _check_bias(f"layer {name!r}", b, f)
     groups = ceil(f / n)
-    cols = np.zeros((k, groups, pool, n), dtype=w.dtype)
     wp = np.zeros((pool, k, groups * n), dtype=w.dtype)
     wp[:, :, :f] = w
-    cols[:] = wp.reshape(pool, k, groups, n).transpose(1, 2, 0, 3)
-    bias = np.zeros((groups, pool, n), dtype=np.int64)
-    bias[:] = np.pad(b.astype(np.int64), (0, groups * n - f)).reshape(groups, 1, n)
-    return cols.reshape(k, groups * pool * n), bias.reshape(-1)
+    cols = wp.reshape(pool, k, groups, n).transpose(1, 2, 0, 3)       # k, group, p, row
+    bias = np.pad(b.astype(np.int64), (0, groups * n - f)).reshape(groups, 1, n)
+    return cols.reshape(k, groups * pool * n), np.repeat(bias, pool, axis=1).reshape(-1)
+
+
+def _check_bias(where: str, b, features: int) -> np.ndarray:
+    b = np.asarray(b)
+    if b.shape != (features,) or not np.issubdtype(b.dtype, np.integer):
+        raise CompileError(f"{where}: bias must be an integer vector of {features} values, "
+                           f"not {b.dtype} {list(b.shape)}")
+    return b
 
 
 # -- host side -------------------------------------------------------------------------------

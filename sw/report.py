@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d1tile.sw.compiler import Compilation, execute
-from d1tile.sw.quant import dequantize, run_float
+from d1tile.sw.compiler import Compilation, execute, references
+from d1tile.sw.quant import dequantize
 from d1tile.sw.runtime import ModelDevice, get_device
 
 
@@ -69,7 +69,6 @@ class NetworkRun:
     x: np.ndarray
     executions: dict           # backend -> Execution
     breakdown: dict            # layer_cycles of the run
-    float_values: dict         # the float graph's value of every tile output (before the host)
     labels: np.ndarray | None = None
 
     def report(self) -> dict:
@@ -122,7 +121,7 @@ class NetworkRun:
         errors, peaks, agree = [], [], []
         for name, q in execution.outputs.items():
             got = dequantize(q, c.qgraph.scales[name])
-            want = self.float_values[name]
+            want = execution.float_values[name]
             errors.append(np.abs(got - want).reshape(-1))
             peaks.append(float(np.max(np.abs(want))) if want.size else 0.0)
             if want.ndim == 2:
@@ -137,7 +136,7 @@ class NetworkRun:
 
     def _accuracy(self, execution) -> dict:
         name = next(iter(execution.outputs))
-        logits = self.float_values[name]
+        logits = execution.float_values[name]
         return {"labels": int(len(self.labels)),
                 "tile": float(np.mean(execution.outputs[name].argmax(1) == self.labels)),
                 "float": float(np.mean(logits.argmax(1) == self.labels))}
@@ -153,6 +152,7 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
         if b not in ("model", "rtl"):
             raise ValueError(f"unknown backend {b!r}; use model, rtl or both")
     x = np.asarray(x, dtype=np.float32)
+    refs = references(c, x)
     executions, trace, model_cycles = {}, None, None
     for b in backends if "model" in backends else ["model", *backends]:
         if log:
@@ -164,14 +164,12 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
             device = ModelDevice(c.cfg, trace=True)
         else:
             device = rtl_device if rtl_device is not None else get_device(b, c.cfg, log=log)
-        run = execute(c, device, x)
+        run = execute(c, device, x, refs)
         if b == "model":
             trace, model_cycles = device.issue_trace, run.result.cycles
         if b in backends:
             executions[b] = run
-    float_values = run_float(c.graph, {c.input_name: x}, keep=True)
     return NetworkRun(c, x, executions, layer_cycles(c, trace, model_cycles),
-                      {k: float_values[k] for k in c.qgraph.outputs},
                       None if labels is None else np.asarray(labels))
 
 
