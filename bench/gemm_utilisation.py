@@ -1,10 +1,12 @@
-"""MAC utilisation of the tile GEMM kernel (`d1tile.sw.kernels`) on the cycle model.
+"""MAC utilisation of the tile GEMM kernel (`d1tile.sw.kernels`) on the cycle model, int8 and
+bf16.
 
-    .venv/bin/python bench/gemm_utilisation.py                 # 256^3 on default, 32^3 on tiny
-    .venv/bin/python bench/gemm_utilisation.py --preset default --size 256 256 256 --seed 1
+    .venv/bin/python bench/gemm_utilisation.py                 # 256^3 on default, 32^3 on tiny, both types
+    .venv/bin/python bench/gemm_utilisation.py --preset default --size 256 256 256 --dtype bf16
 
-Runs C = X @ W (int8 X [M, K], W [K, N], int32 C read back) compiled by
-`KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy, and prints:
+Runs C = X @ W (int8 X [M, K], W [K, N], int32 C read back; or bf16 X and W, FP32 C) compiled
+by `KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy (int8) or
+`reference_gemm_bf16` (bf16: the FP32 sums added k after k), and prints:
 
 * `cycles` (`RunResult.cycles`: from reset to the last DONE, so it includes the host loading
   every program and the weights and activations through the east edge) and `total_cycles`
@@ -29,19 +31,26 @@ from math import ceil
 
 import numpy as np
 
+from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.params import TileConfig
 from d1tile.sim.host import CHUNK
 from d1tile.sim.mxu import ideal_matmul_cycles, matmul_cycles, mread_cycles
 from d1tile.sim.tile import TileModel
-from d1tile.sw.kernels import KernelBuilder, load_activation, reference_gemm, unpack_gemm
+from d1tile.sw.errors import CompileError
+from d1tile.sw.kernels import (KernelBuilder, load_activation, reference_gemm,
+                               reference_gemm_bf16, unpack_gemm)
 
 
-def build(cfg: TileConfig, m: int, k: int, n: int, seed: int):
+def build(cfg: TileConfig, m: int, k: int, n: int, seed: int, dtype=ElemType.INT8):
     rng = np.random.default_rng(seed)
-    x = rng.integers(-128, 128, size=(m, k))
-    w = rng.integers(-128, 128, size=(k, n))
+    if dtype == ElemType.BF16:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+    else:
+        x = rng.integers(-128, 128, size=(m, k))
+        w = rng.integers(-128, 128, size=(k, n))
     kb = KernelBuilder(cfg)
-    layout = kb.input("x", m, k)
+    layout = kb.input("x", m, k, dtype=dtype)
     out = kb.gemm("gemm", layout, w)
     kb.read(out)
     tp = kb.finish()
@@ -64,27 +73,38 @@ def load_flits(tp) -> dict:
     return per_row
 
 
-def run_case(cfg: TileConfig, m: int, k: int, n: int, seed: int = 1) -> dict:
-    tp, kb, out, x, w = build(cfg, m, k, n, seed)
+def run_case(cfg: TileConfig, m: int, k: int, n: int, seed: int = 1,
+             dtype=ElemType.INT8) -> dict:
+    tp, kb, out, x, w = build(cfg, m, k, n, seed, dtype)
     started = time.monotonic()
     result = TileModel(cfg).run(tp)
     wall = time.monotonic() - started
     if result.faults or result.hang:
         raise RuntimeError(f"the run failed: faults {result.faults}, hang {result.hang}")
-    if not np.array_equal(unpack_gemm(out, result), reference_gemm(x, w)):
+    got = unpack_gemm(out, result)
+    if dtype == ElemType.BF16:
+        if not np.array_equal(got.view(np.uint32),
+                              reference_gemm_bf16(cfg, x, w).view(np.uint32)):
+            raise RuntimeError("the tile's product differs from the bf16 reference")
+    elif not np.array_equal(got, reference_gemm(x, w)):
         raise RuntimeError("the tile's product differs from NumPy's")
     layer = kb.layers[-1]
     return {"cfg": cfg, "m": m, "k": k, "n": n, "result": result, "wall": wall, "layer": layer,
-            "ideal": m * k * n / cfg.peak_macs_per_cycle, "load": load_flits(tp)}
+            "ideal": m * k * n / cfg.peak_macs_per_cycle, "load": load_flits(tp),
+            "dtype": dtype}
 
 
 def report(case: dict, out=print) -> None:
     cfg, result, layer = case["cfg"], case["result"], case["layer"]
     m, k, n, ideal = case["m"], case["k"], case["n"], case["ideal"]
     kw, N = layer.kw, cfg.mac_dim
-    out(f"GEMM {m} x {k} x {n} (int8 X [{m}, {k}] @ W [{k}, {n}] -> int32) on {cfg.name}: "
-        f"{cfg.rows}x{cfg.cols} nodes of {N}x{N} MACs, cycle model ({case['wall']:.1f} s wall), "
-        "result bit-exact with NumPy")
+    dtype = case["dtype"]
+    vpw = MATRIX_TYPES[dtype].vectors_per_word(cfg)
+    kinds = {ElemType.INT8: ("int8", "int32", "NumPy"),
+             ElemType.BF16: ("bf16", "fp32", "the bf16 reference")}[dtype]
+    out(f"GEMM {m} x {k} x {n} ({kinds[0]} X [{m}, {k}] @ W [{k}, {n}] -> {kinds[1]}) on "
+        f"{cfg.name}: {cfg.rows}x{cfg.cols} nodes of {N}x{N} MACs, cycle model "
+        f"({case['wall']:.1f} s wall), result bit-exact with {kinds[2]}")
     cycles, total = result.cycles, result.total_cycles
     crit = max(result.nodes, key=lambda node: result.nodes[node].done_cycle)
     rep = result.nodes[crit]
@@ -104,15 +124,15 @@ def report(case: dict, out=print) -> None:
         out(f"  {label:{width}s} {value}")
 
     tiles = len(layer.plans[crit].tiles)
-    beats = tiles * ideal_matmul_cycles(cfg, kw)
-    startup = tiles * (matmul_cycles(cfg, kw) - ideal_matmul_cycles(cfg, kw))
+    beats = tiles * ideal_matmul_cycles(cfg, kw, dtype)
+    startup = tiles * (matmul_cycles(cfg, kw, dtype) - ideal_matmul_cycles(cfg, kw, dtype))
     drain = tiles * mread_cycles(N, 1)
     rest = c["cycles"] - beats - startup - drain
     rows = load_flits_text(case["load"])
     out(f"  where the cycles of the critical node {crit} go ({tiles} tiles of kw = {kw} words):")
     items = [
         ("host load before its START, and its DONE's trip", pre, rows),
-        ("MAC beats (4 kw per tile)", beats, "the ideal share of this node"),
+        (f"MAC beats ({vpw} kw per tile)", beats, "the ideal share of this node"),
         ("MATMUL start-up (3 per tile)", startup, "first beat 4 cycles after issue"),
         ("MREAD / drain (N + 3 per tile)", drain,
          "one accumulator set: rows out before the next tile"),
@@ -140,7 +160,7 @@ def report(case: dict, out=print) -> None:
         flits = sum(cc[f"flits_out_{p}"] for p in ("north", "east", "south", "west"))
         table.append([str(node), str(t), str(r.done_cycle - cc["cycles"]), str(r.done_cycle),
                       str(cc["cycles"]), str(cc["busy_matrix"]),
-                      f"{100 * t * ideal_matmul_cycles(cfg, kw) / max(cc['cycles'], 1):.1f} %",
+                      f"{100 * t * ideal_matmul_cycles(cfg, kw, dtype) / max(cc['cycles'], 1):.1f} %",
                       str(cc["stall_wait"]), str(cc["stall_unit"]), str(cc["stall_hazard"]),
                       str(cc["busy_dma_out"]), str(flits), str(cc["sram_conflicts"])])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -157,22 +177,46 @@ def load_flits_text(load: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=["tiny", "default"],
-                        help="one case on this preset (default: 256^3 on default, then 32^3 "
-                             "on tiny)")
+                        help="one case on this preset (default: 256^3 and 256x128x256 on "
+                             "default, then 32^3 on tiny)")
     parser.add_argument("--size", type=int, nargs=3, metavar=("M", "K", "N"),
                         help="M K N (default 256 256 256 on default, 32 32 32 on tiny)")
+    parser.add_argument("--dtype", choices=["int8", "bf16", "both"], default="both",
+                        help="operand type (default: both, int8 then bf16)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    dtypes = [ElemType.INT8, ElemType.BF16] if args.dtype == "both" else \
+        [ElemType[args.dtype.upper()]]
     if args.preset:
         sizes = {"default": (256, 256, 256), "tiny": (32, 32, 32)}
         cases = [(args.preset, tuple(args.size) if args.size else sizes[args.preset])]
+    elif args.size:
+        cases = [("default", tuple(args.size))]
     else:
-        cases = [("default", tuple(args.size) if args.size else (256, 256, 256)),
+        # 256^3 in bf16 needs twice the SRAM of int8 (every node keeps all of K): 96 KiB of
+        # the 64 KiB; 256 x 128 x 256 takes in bf16 the words 256^3 takes in int8.
+        cases = [("default", (256, 256, 256)), ("default", (256, 128, 256)),
                  ("tiny", (32, 32, 32))]
-    for i, (preset, (m, k, n)) in enumerate(cases):
-        if i:
+    summary = []
+    for preset, (m, k, n) in cases:
+        for dtype in dtypes:
             print()
-        report(run_case(TileConfig.preset(preset), m, k, n, args.seed))
+            try:
+                case = run_case(TileConfig.preset(preset), m, k, n, args.seed, dtype)
+            except CompileError as exc:
+                print(f"GEMM {m} x {k} x {n} {dtype.name.lower()} on {preset}: does not fit: {exc}")
+                summary.append((preset, m, k, n, dtype.name.lower(), None, None))
+                continue
+            report(case)
+            summary.append((preset, m, k, n, dtype.name.lower(), case["ideal"],
+                            case["result"].cycles))
+    print("\nsummary: utilisation = ideal / cycles (host loading included)")
+    for preset, m, k, n, kind, ideal, cycles in summary:
+        if cycles is None:
+            print(f"  {preset:8s} {m}x{k}x{n} {kind:5s} does not fit the node's SRAM")
+            continue
+        print(f"  {preset:8s} {m}x{k}x{n} {kind:5s} {cycles:8d} cycles, ideal {ideal:8.0f}: "
+              f"{100 * ideal / cycles:5.1f} %")
     return 0
 
 

@@ -24,9 +24,9 @@ import random
 import sys
 import time
 
-from d1tile.formats import VecOp
+from d1tile.isa import VecOp
 from d1tile.params import TileConfig
-from d1tile.sim.isa import requant_words
+from d1tile.isa import requant_words
 from d1tile.sim.tile import TileModel
 from d1tile.sw.program import TileProgram
 from d1tile.sw.randprog import random_tile_program

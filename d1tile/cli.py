@@ -216,22 +216,36 @@ def cmd_matrix_demo(args) -> int:
     for name, value in zip("mkn", args.shape):
         if value < 1:   # checked before anything is printed: no partial output
             raise ValueError(f"--shape: dimension {name}={value} must be a positive integer")
-    print(f"d1tile matrix-demo: random int8 ({m}x{k}) @ ({k}x{n}) on the {cfg.mac_dim}x{cfg.mac_dim} "
-          f"matrix unit of preset {args.preset!r}, RTL on Verilator (seed {args.seed})")
-    result = run_demo(cfg, m, k, n, args.seed, log=print)
+    kind = ("int8 x int8 -> int32" if args.dtype == "int8"
+            else "bf16 x bf16 -> fp32 (standard normal operands)")
+    print(f"d1tile matrix-demo: random {kind} ({m}x{k}) @ ({k}x{n}) on the "
+          f"{cfg.mac_dim}x{cfg.mac_dim} matrix unit of preset {args.preset!r}, RTL on Verilator "
+          f"(seed {args.seed})")
+    result = run_demo(cfg, m, k, n, args.seed, dtype=args.dtype, log=print)
     print(f"  cycles        {result['cycles']}")
     print(f"  ideal cycles  {result['ideal_cycles']:g}  (m*k*n / {cfg.macs_per_cycle} MACs per cycle)")
     print(f"  utilisation   {100 * result['utilisation']:.1f} %")
-    print(f"  vs NumPy      {'bit-exact' if result['match'] else 'MISMATCH'}")
+    if args.dtype == "int8":
+        print(f"  vs NumPy      {'bit-exact' if result['match'] else 'MISMATCH'}")
+    else:
+        print(f"  vs reference  {'bit-exact' if result['match'] else 'MISMATCH'} "
+              "(d1tile.numerics.bf16_matmul: FP32 sums added k after k)")
+        print(f"  vs float64    max |error| {result['max_abs_error']:.3g} (results up to "
+              f"{result['reference_max_abs']:.3g}), max relative error "
+              f"{result['max_rel_error']:.3g}")
     if not result["match"]:
-        raise CheckFailed("the matrix unit's product differs from NumPy's")
+        raise CheckFailed(f"the matrix unit's product differs from the {args.dtype} reference "
+                          f"in {result['mismatches']} elements")
     return 0
 
 
 def cmd_noc_stress(args) -> int:
     from .sim import noc
     cfg = config_from_args(args)
-    run = noc.run_rtl if args.backend == "rtl" else noc.run_model
+    if args.backend == "rtl":
+        from .hw.noc_run import run_rtl as run
+    else:
+        run = noc.run_model
     kwargs = {"log": print} if args.backend == "rtl" else {}
     # Argument errors surface before anything is printed.
     noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed)
@@ -257,6 +271,7 @@ def cmd_verify(args) -> int:
     report = verify(cfg, args.random_programs, args.seed, only=args.only)
     print(f"model: {report.model_cycles} cycles in {report.model_seconds:.2f} s; RTL: "
           f"{report.rtl_seconds:.2f} s (+ {report.build_seconds:.1f} s build)")
+    print(report.exercised_line())
     print(f"{report.programs} programs: {report.mismatches} mismatches")
     return 1 if report.mismatches else 0
 
@@ -297,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("matrix-demo",
-                       help="a random int8 matrix product on the matrix unit's RTL")
+                       help="a random int8 or bf16 matrix product on the matrix unit's RTL")
     _add_config_options(p)
+    p.add_argument("--dtype", choices=("int8", "bf16"), default="int8",
+                   help="operand type (default int8; bf16 accumulates in FP32)")
     p.add_argument("--shape", nargs=3, type=int, metavar=("M", "K", "N"), default=(32, 64, 32),
                    help="matrix product shape (default: 32 64 32)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")

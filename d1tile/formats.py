@@ -11,8 +11,9 @@ Formats defined here:
 * `packet_header_format(cfg)`: the payload of a packet's head flit.
 * SRAM word <-> int32 lanes / int8 bytes conversions (`word_from_lanes`, ...).
 
-Enumerations shared by hardware, model and compiler (`Port`, `VecOp`, `PacketKind`,
-`MatrixDType`) are plain `enum.IntEnum`s; Amaranth accepts them as shapes.
+Enumerations shared by hardware, model and compiler (`Port`, `PacketKind`) are plain
+`enum.IntEnum`s; Amaranth accepts them as shapes. Element types are in `d1tile.dtypes`, the
+instruction set's fields and codes in `d1tile.isa`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .params import TileConfig
 
 __all__ = [
     "Field", "BitFormat", "FormatError",
-    "Port", "VecOp", "PacketKind", "MatrixDType", "COUNTER_NAMES", "COUNTER_BITS", "NODE_STATUS",
+    "Port", "PacketKind", "COUNTER_NAMES", "PERF_COUNTER_BITS", "NODE_STATUS",
     "flit_format", "packet_header_format",
     "word_from_lanes", "lanes_from_word", "word_from_bytes", "bytes_from_word",
 ]
@@ -130,24 +131,6 @@ class Port(enum.IntEnum):
     WEST = 4
 
 
-class VecOp(enum.IntEnum):
-    """Vector-unit operations on int32 lanes (see `d1tile.sim.vector` for exact semantics)."""
-    ADD = 0      # a + b, wrapping int32
-    MUL = 1      # a * b, low 32 bits (wrapping)
-    MAX = 2      # max(a, b)
-    RELU = 3     # max(a, 0)
-    REQUANT = 4  # int32 -> int8: saturate((a * scale + round) >> shift), into byte slot `slot`
-
-
-VECOP_BITS = 3
-
-
-class MatrixDType(enum.IntEnum):
-    """Operand/accumulator types of the matrix unit. Only INT8 exists; BF16 (x BF16 -> FP32) is
-    the planned second entry."""
-    INT8 = 0
-
-
 class PacketKind(enum.IntEnum):
     """What a packet's head flit asks of its destination (see `packet_header_format`)."""
     WRITE = 0      # body words -> SRAM[addr...]; then, if `bump`, counter[`counter`] += 1
@@ -176,7 +159,8 @@ COUNTER_NAMES = (
 """The node's performance counters, 32 bits each, in the order READ_CTRS returns them (lane i of
 reply word i // lanes is counter i)."""
 
-COUNTER_BITS = 32
+PERF_COUNTER_BITS = 32
+"""Width of each performance counter (the sync counters are `d1tile.isa.SYNC_COUNTER_BITS`)."""
 
 
 NODE_STATUS = BitFormat("node_status", [

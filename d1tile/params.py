@@ -6,9 +6,11 @@ Derived sizes are properties; named configurations are presets (`TileConfig.pres
 
 Data layout conventions that follow from the parameters:
 
-* The matrix unit is `mac_dim` x `mac_dim` multiply-accumulate cells (int8 x int8 -> int32).
-* An SRAM word holds `mac_dim` int32 lanes, i.e. `4 * mac_dim` bytes. The same word holds
-  `4 * mac_dim` int8 values, four matrix-unit operand vectors of `mac_dim` bytes each.
+* The matrix unit is `mac_dim` x `mac_dim` multiply-accumulate cells (int8 x int8 -> int32 and
+  bf16 x bf16 -> fp32).
+* An SRAM word holds `mac_dim` 32-bit lanes, i.e. `4 * mac_dim` bytes. How many elements of
+  each type it holds, and how many matrix-unit operand vectors (4 of int8, 2 of bf16), is the
+  element-type table's (`d1tile.dtypes`).
 * One flit carries one SRAM word of payload, so a DMA moves a word per flit.
 """
 
@@ -38,7 +40,7 @@ class TileConfig:
     ------
     name : label used in reports and build-cache keys.
     rows, cols : grid size. 1..8 each for the RTL (the limit tested); the model accepts up to 15.
-    mac_dim : N, the matrix unit is N x N MACs; SRAM words are N int32 lanes. One of 2, 4, 8, 16.
+    mac_dim : N, the matrix unit is N x N MACs; SRAM words are N 32-bit lanes. One of 2, 4, 8, 16.
     sram_kib : SRAM per node in KiB (the node's only data memory). A power of two, 1..1024.
     sram_banks : independent SRAM banks per node (high address bits select the bank). 1..16,
         a power of two.
@@ -101,7 +103,7 @@ class TileConfig:
 
     @property
     def lanes(self) -> int:
-        """int32 lanes per SRAM word (= mac_dim)."""
+        """32-bit lanes per SRAM word (= mac_dim)."""
         return self.mac_dim
 
     @property
@@ -111,11 +113,6 @@ class TileConfig:
     @property
     def word_bits(self) -> int:
         return 8 * self.word_bytes
-
-    @property
-    def k_per_word(self) -> int:
-        """Matrix-unit operand vectors (of mac_dim int8) per SRAM word."""
-        return self.word_bytes // self.mac_dim
 
     @property
     def sram_words(self) -> int:

@@ -14,11 +14,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from d1tile.formats import COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_format, packet_header_format
+from d1tile.formats import PERF_COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_format, packet_header_format
 from d1tile.params import TileConfig
-from d1tile.sim.dma import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_dma_node,
-                            counter_words, reply_request_format)
-from d1tile.sim.isa import FORMATS, Opcode
+from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
+                              counter_words, reply_request_format)
+from d1tile.isa import FORMATS, Opcode
 
 from .sequencer import EngineCommand, ImemWritePort
 from .sram import SRAMReadPort, SRAMWritePort
@@ -29,7 +29,7 @@ __all__ = ["DmaOut", "DmaIn"]
 
 class _DmaPart(wiring.Component):
     def __init__(self, cfg: TileConfig, x: int, y: int, members: dict):
-        check_dma_node(cfg, x, y)
+        check_node(cfg, x, y)
         self._cfg, self._x, self._y = cfg, x, y
         super().__init__(members)
 
@@ -85,7 +85,7 @@ class DmaOut(_DmaPart):
             "read": Out(SRAMReadPort.Signature(cfg)),
             "flit_out": Out(stream.Signature(flit_format(cfg).layout)),
             "reply": In(stream.Signature(reply_request_format(cfg).layout)),
-            "counters": In(data.ArrayLayout(unsigned(COUNTER_BITS), len(COUNTER_NAMES))),
+            "counters": In(data.ArrayLayout(unsigned(PERF_COUNTER_BITS), len(COUNTER_NAMES))),
             "busy": Out(1),
         })
 

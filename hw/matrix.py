@@ -1,128 +1,92 @@
-"""The matrix unit: an N x N array of multiply-accumulate cells (N = `cfg.mac_dim`).
+"""The matrix unit: an N x N array of multiply-accumulate cells (N = `cfg.mac_dim`), int8 x int8
+-> int32 and bf16 x bf16 -> fp32, chosen per beat.
 
 `MatrixUnit` adds one outer product per cycle to its accumulators and reads them back a row at a
-time. What it computes is `d1tile.sim.matrix.MatrixUnitRef`; its timing is described (and
-predicted for testbenches) by the timing functions of `d1tile.sim.matrix`.
+time. What it computes is `d1tile.sim.matrix.MatrixUnitRef` (the types' arithmetic is their
+entries in `d1tile.dtypes.MATRIX_TYPES`; BF16's is `d1tile.numerics.bf16_mac`); its timing is
+described (and predicted for testbenches) by the timing functions of `d1tile.sim.matrix`.
 
-The array is generic; what depends on the data type is a *cell* (`MacCell`: the multiply, the
-product's shape, the accumulate) looked up in `MAC_CELLS`, and an entry of the data-type table
-`d1tile.sim.matrix.DTYPES` (widths, pipeline depth). A BF16 x BF16 -> FP32 unit is one more
-table entry and one more cell.
+Each cell has one multiplier for both types: a signed 9 x 9 product that is the int8 product for
+INT8 beats (operands sign-extended) and the product of the two 8-bit significands (1.mmmmmmm)
+for BF16 beats. The product is registered (the product stage); in the accumulate stage an INT8
+beat adds it to the accumulator as an int32 (wrapping), a BF16 beat adds the exact product to
+the accumulator read as FP32, with one rounding (`d1tile.hw.fp.fp_add`, the fused
+multiply-add of the numeric contract). The accumulators are 32-bit registers whatever the type.
 
-The payload layouts (`operand_layout`, `row_layout`) are derived from the table here and only
-here; testbenches pack and unpack through them (`pack_operands`, `unpack_row`).
+The payload layouts (`operand_layout`, `row_layout`) are defined here and only here; testbenches
+pack and unpack through them (`pack_operands`, `unpack_row`).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..formats import MatrixDType
+from ..contracts import READOUT_LATENCY
+from ..dtypes import MATRIX_TYPES, TYPE_BITS, ElemType, matrix_type
 from ..params import TileConfig
-from ..sim.matrix import READOUT_LATENCY, DTypeSpec, dtype_spec, validate_operand
+from .fp import Unpacked, fp_add, unpack_bf16, unpack_fp32
 
 
-__all__ = ["MacCell", "Int8MacCell", "MAC_CELLS", "MatrixUnit",
-           "operand_layout", "row_layout", "pack_operands", "unpack_row"]
+__all__ = ["MatrixUnit", "OPERAND_BITS", "operand_layout", "row_layout", "pack_operands",
+           "unpack_row"]
+
+OPERAND_BITS = max(t.operand_bits for t in MATRIX_TYPES.values())
+"""Bits per operand element on the `operands` stream: the widest type's (BF16: 16). An INT8
+beat uses the low 8 bits of each element (two's complement); the rest is ignored."""
+
+def _pipeline_depth() -> int:
+    """The unit's beat-to-accumulator latency: the same for every type (`d1tile.dtypes`)."""
+    depths = {t.pipeline_depth for t in MATRIX_TYPES.values()}
+    if len(depths) != 1:
+        raise ValueError(f"the matrix types disagree on pipeline_depth ({sorted(depths)}); the "
+                         "unit has one pipeline")
+    return depths.pop()
 
 
 # -- payload layouts ---------------------------------------------------------------------------
 
-def _element(bits: int, is_signed: bool):
-    return signed(bits) if is_signed else unsigned(bits)
-
-
-def operand_layout(cfg: TileConfig, dtype=MatrixDType.INT8) -> data.StructLayout:
+def operand_layout(cfg: TileConfig) -> data.StructLayout:
     """Payload of the `operands` stream: `a` (column vector, N elements), `b` (row vector, N
-    elements), element 0 in the low bits, then `clear` (1 bit)."""
-    spec = dtype_spec(dtype)
-    element = _element(spec.operand_bits, spec.operand_signed)
+    elements), element 0 in the low bits, `OPERAND_BITS` raw bits each; then `clear` (1 bit)
+    and `type` (the beat's `ElemType`, 2 bits)."""
+    element = unsigned(OPERAND_BITS)
     return data.StructLayout({
         "a": data.ArrayLayout(element, cfg.mac_dim),
         "b": data.ArrayLayout(element, cfg.mac_dim),
         "clear": 1,
+        "type": TYPE_BITS,
     })
 
 
-def row_layout(cfg: TileConfig, dtype=MatrixDType.INT8) -> data.ArrayLayout:
-    """Payload of `rd_data`: one accumulator row, N elements, element 0 in the low bits. For INT8
-    this is exactly an SRAM word of N int32 lanes (`d1tile.formats.word_from_lanes`)."""
-    spec = dtype_spec(dtype)
-    return data.ArrayLayout(_element(spec.acc_bits, spec.acc_signed), cfg.mac_dim)
+def row_layout(cfg: TileConfig) -> data.ArrayLayout:
+    """Payload of `rd_data`: one accumulator row, N 32-bit lanes of raw bits (int32 or FP32),
+    element 0 in the low bits: exactly an SRAM word (`d1tile.formats.word_from_lanes`)."""
+    return data.ArrayLayout(unsigned(32), cfg.mac_dim)
 
 
-def pack_operands(cfg: TileConfig, a, b, clear: bool, dtype=MatrixDType.INT8) -> int:
-    """The integer value of an `operands` payload. Raises ValueError on operands of the wrong
-    length or outside the type's range (the layout itself would silently truncate them)."""
-    spec = dtype_spec(dtype)
-    a = validate_operand(spec, "a", a, cfg.mac_dim)
-    b = validate_operand(spec, "b", b, cfg.mac_dim)
-    const = operand_layout(cfg, dtype).const(
-        {"a": [int(x) for x in a], "b": [int(x) for x in b], "clear": int(bool(clear))})
+def pack_operands(cfg: TileConfig, a, b, clear: bool, dtype=ElemType.INT8) -> int:
+    """The integer value of an `operands` payload: INT8 values or BF16 bit patterns. Raises
+    ValueError on operands of the wrong length or outside the type's range (the layout itself
+    would silently truncate them)."""
+    spec = matrix_type(dtype)
+    a = spec.check_operand("a", a, cfg.mac_dim)
+    b = spec.check_operand("b", b, cfg.mac_dim)
+    mask = (1 << OPERAND_BITS) - 1
+    const = operand_layout(cfg).const(
+        {"a": [int(x) & mask for x in a], "b": [int(x) & mask for x in b],
+         "clear": int(bool(clear)), "type": int(spec.operand)})
     return const.as_value().value
 
 
-def unpack_row(cfg: TileConfig, raw: int, dtype=MatrixDType.INT8) -> list[int]:
-    """The N accumulator values of a `rd_data` payload integer."""
-    return list(data.Const(row_layout(cfg, dtype), int(raw)))
-
-
-# -- cells ---------------------------------------------------------------------------------------
-
-class MacCell:
-    """The data-type dependent part of one multiply-accumulate cell.
-
-    A cell is a recipe, not a module: the array calls it once per (i, j) position.
-
-    * `product_shape`: shape of a product as it enters the accumulate stage.
-    * `multiply(a, b)`: the combinational product of two operand elements.
-    * `product(m, a, b, name)`: the product after `spec.product_stages` registers. The default
-      registers `multiply` that many times (and leaves retiming to synthesis); a cell whose
-      multiply needs explicit internal stages (a floating-point one) overrides it, keeping the
-      same number of stages.
-    * `accumulate(base, product)`: the next accumulator value, combinational, one cycle; `base`
-      is the accumulator or zero (on `clear`). The array truncates it to the accumulator shape.
-    """
-
-    product_shape = None
-
-    def __init__(self, spec: DTypeSpec):
-        self.spec = spec
-
-    def multiply(self, a: Value, b: Value) -> Value:
-        raise NotImplementedError
-
-    def accumulate(self, base: Value, product: Value) -> Value:
-        raise NotImplementedError
-
-    def product(self, m: Module, a: Value, b: Value, name: str) -> Value:
-        value = self.multiply(a, b)
-        for stage in range(1, self.spec.product_stages + 1):
-            reg = Signal(self.product_shape, name=f"{name}_s{stage}")
-            m.d.sync += reg.eq(value)
-            value = reg
-        return value
-
-
-class Int8MacCell(MacCell):
-    """int8 x int8 -> int16 product (exact), accumulated into a wrapping int32."""
-
-    product_shape = signed(16)
-
-    def multiply(self, a, b):
-        return a * b
-
-    def accumulate(self, base, product):
-        # The sum is 33 bits wide; assigning it to the 32-bit accumulator drops the carry, which
-        # is the int32 wrap of the reference.
-        return base + product
-
-
-MAC_CELLS: dict[MatrixDType, type[MacCell]] = {
-    MatrixDType.INT8: Int8MacCell,
-}
+def unpack_row(cfg: TileConfig, raw: int, dtype=ElemType.INT8) -> list[int]:
+    """The N accumulator values of a `rd_data` payload integer, as type `dtype`'s results:
+    int32 values (INT8) or FP32 bit patterns (BF16)."""
+    lanes = list(data.Const(row_layout(cfg), int(raw)))
+    if matrix_type(dtype).acc == ElemType.INT32:
+        return [v - (1 << 32) if v >> 31 else v for v in lanes]
+    return lanes
 
 
 # -- the unit ------------------------------------------------------------------------------------
@@ -132,20 +96,25 @@ class MatrixUnit(wiring.Component):
 
     Ports
     -----
-    operands : In(stream of `operand_layout`): one outer product per beat,
-        `acc[i][j] = (0 if clear else acc[i][j]) + a[i] * b[j]`. `ready` is always 1: the array
-        never stalls, a beat is taken in every cycle its `valid` is high.
+    operands : In(stream of `operand_layout`): one outer product per beat, of the beat's type,
+        `acc[i][j] = (clear_bits if clear else acc[i][j]) + a[i] * b[j]` (`d1tile.dtypes`:
+        int32 wrapping for INT8, FP32 with one rounding for BF16; `clear_bits` 0 and -0.0).
+        `ready` is always 1: the array never stalls, a beat is taken in every cycle its `valid`
+        is high. A beat of a type the unit lacks (INT32, FP32) leaves the accumulators as they
+        are (the sequencer faults such MATMULs before they get here).
     busy : Out(1): high while an accepted beat has not reached the accumulators yet (cycles
         t+1 .. t + acc_latency - 1 for a beat accepted in cycle t).
     rd_req : In(stream of range(N)): a row index to read. Accepted when
         `~busy & (~rd_data.valid | rd_data.ready)`, so a readout sees every beat accepted before
         it and never overwrites an unread row.
-    rd_data : Out(stream of `row_layout`): the requested accumulator row, valid the cycle after
-        the request was accepted (latency `READOUT_LATENCY` = 1), held until taken.
+    rd_data : Out(stream of `row_layout`): the requested accumulator row (raw 32-bit lanes),
+        valid the cycle after the request was accepted (latency `READOUT_LATENCY` = 1), held
+        until taken.
 
     Latency and throughput: a beat accepted in cycle t is in the accumulators from cycle
-    t + `acc_latency` (2 for INT8: products are registered, then accumulated); one beat per
-    cycle. One row per cycle on `rd_data` when its consumer is always ready.
+    t + `acc_latency` (2, for both types: products are registered, then accumulated); one beat
+    per cycle, N^2 MACs per beat for either type. One row per cycle on `rd_data` when its
+    consumer is always ready.
 
     Hazards: a beat and a readout request accepted in the same cycle: the readout sees the
     accumulators *before* that beat. A beat sent during a readout sequence (between row
@@ -155,29 +124,22 @@ class MatrixUnit(wiring.Component):
     product, send no beat until the last row request has been accepted (the same cycle is fine).
 
     The accumulators are zero after reset. Every row index of range(N) is valid (N is a power of
-    two). `dtype` must have an entry in `d1tile.sim.matrix.DTYPES` and in `MAC_CELLS`, else
-    ValueError; `cfg` must be a TileConfig, else TypeError.
+    two). `cfg` must be a TileConfig, else TypeError.
     """
 
-    def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
+    def __init__(self, cfg: TileConfig):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-        spec = dtype_spec(dtype)  # ValueError for unknown types
-        dtype = MatrixDType(dtype)
-        if dtype not in MAC_CELLS:
-            raise ValueError(f"dtype {dtype.name} has no MAC cell in the RTL; implemented: "
-                             f"{', '.join(d.name for d in MAC_CELLS)}")
-        if spec.pipeline_depth < 1:
-            raise ValueError(f"dtype {dtype.name}: pipeline_depth={spec.pipeline_depth} must be "
-                             "at least 1 (the accumulate stage)")
+        depth = _pipeline_depth()
+        if depth < 1:
+            raise ValueError(f"pipeline_depth={depth} must be at least 1 (the accumulate stage)")
         self._cfg = cfg
-        self._dtype = dtype
-        self._spec = spec
+        self._depth = depth
         super().__init__({
-            "operands": In(stream.Signature(operand_layout(cfg, dtype))),
+            "operands": In(stream.Signature(operand_layout(cfg))),
             "busy": Out(1),
             "rd_req": In(stream.Signature(range(cfg.mac_dim))),
-            "rd_data": Out(stream.Signature(row_layout(cfg, dtype))),
+            "rd_data": Out(stream.Signature(row_layout(cfg))),
         })
 
     @property
@@ -185,20 +147,12 @@ class MatrixUnit(wiring.Component):
         return self._cfg
 
     @property
-    def dtype(self) -> MatrixDType:
-        return self._dtype
-
-    @property
-    def spec(self) -> DTypeSpec:
-        return self._spec
-
-    @property
     def n(self) -> int:
         return self._cfg.mac_dim
 
     @property
     def acc_latency(self) -> int:
-        return self._spec.pipeline_depth
+        return self._depth
 
     @property
     def readout_latency(self) -> int:
@@ -207,34 +161,80 @@ class MatrixUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self.n
-        spec = self._spec
-        cell = MAC_CELLS[self._dtype](spec)
         ops = self.operands
+        stages = self._depth - 1
 
         m.d.comb += ops.ready.eq(1)
 
-        # `valid` and `clear` travel beside the products through the product stages; the
-        # products themselves are registered unconditionally (no enable: less logic, and the
+        # `valid`, `clear` and `type` travel beside the products through the product stages;
+        # the products themselves are registered unconditionally (no enable: less logic, and the
         # valid bit says whether a stage holds a beat).
-        valid, clear = ops.valid, ops.p.clear
+        valid, clear, kind = ops.valid, ops.p.clear, ops.p.type
         stage_valid = []
-        for stage in range(1, spec.product_stages + 1):
+        for stage in range(1, stages + 1):
             v = Signal(name=f"stage{stage}_valid")
             c = Signal(name=f"stage{stage}_clear")
-            m.d.sync += [v.eq(valid), c.eq(clear)]
+            t = Signal(TYPE_BITS, name=f"stage{stage}_type")
+            m.d.sync += [v.eq(valid), c.eq(clear), t.eq(kind)]
             stage_valid.append(v)
-            valid, clear = v, c
+            valid, clear, kind = v, c, t
         m.d.comb += self.busy.eq(Cat(*stage_valid).any() if stage_valid else 0)
+        bf16 = kind == ElemType.BF16
+        known = Cat(*(kind == t for t in MATRIX_TYPES)).any()
 
-        acc_shape = _element(spec.acc_bits, spec.acc_signed)
-        acc = [[Signal(acc_shape, name=f"acc_{i}_{j}") for j in range(n)] for i in range(n)]
+        # The operands' BF16 fields, decoded once per element (shared by a row or a column).
+        in_bf16 = ops.p.type == ElemType.BF16
+        a_fp = [unpack_bf16(m, ops.p.a[i], f"a{i}") for i in range(n)]
+        b_fp = [unpack_bf16(m, ops.p.b[j], f"b{j}") for j in range(n)]
+
+        def factor(element, unpacked, name):
+            # int8: sign-extended; bf16: the 8-bit significand 1.mmmmmmm, zero-extended.
+            f = Signal(signed(9), name=name)
+            m.d.comb += f.eq(Mux(in_bf16, Cat(unpacked.sig[16:24], Const(0, 1)).as_signed(),
+                                 element[:8].as_signed()))
+            return f
+
+        a_factor = [factor(ops.p.a[i], a_fp[i], f"a{i}_factor") for i in range(n)]
+        b_factor = [factor(ops.p.b[j], b_fp[j], f"b{j}_factor") for j in range(n)]
+
+        acc = [[Signal(32, name=f"acc_{i}_{j}") for j in range(n)] for i in range(n)]
         for i in range(n):
             for j in range(n):
-                product = cell.product(m, ops.p.a[i], ops.p.b[j], name=f"prod_{i}_{j}")
-                # Zero bits are 0 in every accumulator type (integer or IEEE float).
-                base = Mux(clear, 0, acc[i][j])
-                with m.If(valid):
-                    m.d.sync += acc[i][j].eq(cell.accumulate(base, product))
+                name = f"cell_{i}_{j}"
+                # Product stage input: the shared multiplier and, for BF16, the product's sign,
+                # exponent and specials (the significand follows from the 16-bit product).
+                fields = {
+                    "p": (signed(18), a_factor[i] * b_factor[j]),
+                    "sign": (1, a_fp[i].sign ^ b_fp[j].sign),
+                    "exp": (signed(12), a_fp[i].exp + b_fp[j].exp),
+                    "zero": (1, a_fp[i].zero | b_fp[j].zero),
+                    "inf": (1, a_fp[i].inf | b_fp[j].inf),
+                    "nan": (1, a_fp[i].nan | b_fp[j].nan | (a_fp[i].inf & b_fp[j].zero)
+                            | (a_fp[i].zero & b_fp[j].inf)),
+                }
+                values = {}
+                for key, (shape, value) in fields.items():
+                    for stage in range(1, stages + 1):
+                        reg = Signal(shape, name=f"{name}_{key}_s{stage}")
+                        m.d.sync += reg.eq(value)
+                        value = reg
+                    values[key] = value
+                p16 = values["p"][:16]
+                top = p16[15]
+                product = Unpacked(
+                    sign=values["sign"], exp=values["exp"] + top,
+                    sig=Mux(top, p16 << 8, p16 << 9)[:24], zero=values["zero"],
+                    inf=values["inf"], nan=values["nan"])
+                # Accumulate stage: from the accumulator, or from the type's clear value.
+                base = Signal(32, name=f"{name}_base")
+                m.d.comb += base.eq(Mux(clear, Mux(bf16, MATRIX_TYPES[ElemType.BF16].clear_bits,
+                                                   MATRIX_TYPES[ElemType.INT8].clear_bits),
+                                        acc[i][j]))
+                fp_sum = fp_add(m, unpack_fp32(m, base, f"{name}_acc"), product, f"{name}_add")
+                # The 33-bit int sum, truncated to 32 bits: the int32 wrap of the reference.
+                int_sum = base + values["p"].as_signed()
+                with m.If(valid & known):
+                    m.d.sync += acc[i][j].eq(Mux(bf16, fp_sum, int_sum))
 
         # Readout: one output register. While `busy` is low no accumulator changes in this
         # cycle (with product stages) or only changes with a beat of this same cycle, so the row

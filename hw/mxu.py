@@ -7,15 +7,15 @@ The per-cycle rules, the timing formulas and the cycle-exact model are in `d1til
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..formats import MatrixDType
+from ..contracts import EngineMode
+from ..dtypes import MATRIX_TYPES, TYPE_BITS, ElemType
+from ..isa import FORMATS, Opcode
 from ..params import TileConfig
-from ..sim.isa import FORMATS, Opcode
-from ..sim.mxu import BEATS_PER_WORD, EngineMode, check_engine_cfg
-from .matrix import MatrixUnit, operand_layout
+from .matrix import OPERAND_BITS, MatrixUnit
 from .sequencer import EngineCommand
 from .sram import SRAMReadPort, SRAMWritePort
 
@@ -23,14 +23,18 @@ from .sram import SRAMReadPort, SRAMWritePort
 __all__ = ["MatrixEngine", "operand_word_layout"]
 
 
-def operand_word_layout(cfg: TileConfig, dtype=MatrixDType.INT8) -> data.ArrayLayout:
-    """An SRAM word seen as `cfg.k_per_word` operand vectors of the matrix unit (vector j = bytes
-    j*N .. j*N+N-1, element 0 in the low bits), i.e. `d1tile.sim.mxu.operand_vectors`."""
-    vector = operand_layout(cfg, dtype).members["a"]
-    if vector.size * cfg.k_per_word != cfg.word_bits:
-        raise ValueError(f"{cfg.k_per_word} operand vectors of {vector.size} bits do not fill a "
+def operand_word_layout(cfg: TileConfig, dtype=ElemType.INT8) -> data.ArrayLayout:
+    """An SRAM word seen as the operand vectors of a MATMUL of type `dtype` (vector j =
+    elements jN .. jN+N-1, element 0 in the low bits), i.e. `d1tile.sim.mxu.operand_vectors`."""
+    spec = MATRIX_TYPES[ElemType(dtype)]
+    vectors = spec.vectors_per_word(cfg)
+    element = signed(spec.operand_bits) if spec.operand == ElemType.INT8 else \
+        unsigned(spec.operand_bits)
+    layout = data.ArrayLayout(data.ArrayLayout(element, cfg.mac_dim), vectors)
+    if layout.size != cfg.word_bits:
+        raise ValueError(f"{vectors} operand vectors of {spec.name} do not fill a "
                          f"{cfg.word_bits}-bit word")
-    return data.ArrayLayout(vector, cfg.k_per_word)
+    return layout
 
 
 class MatrixEngine(wiring.Component):
@@ -50,28 +54,31 @@ class MatrixEngine(wiring.Component):
 
     Contract (details and formulas in `d1tile.sim.mxu`):
 
-    * MATMUL a, b, kw, clear: words a+w and b+w (w < kw) are read and give 4 beats each,
-      beat j = operand vector j of both words, `clear` on the first beat if set. Two pair slots
-      prefetch; first beat 4 cycles after the start cycle; one beat per cycle in steady state if
-      each word's reads are refused at most 3 cycles. `idle` is high in the last-beat cycle:
-      back-to-back MATMULs issue every 4 * kw + 3 cycles.
+    * MATMUL a, b, kw, clear, type: words a+w and b+w (w < kw) are read and give V beats each
+      (V = the type's vectors per word: 4 for INT8, 2 for BF16), beat j = operand vector j of
+      both words and the type, `clear` on the first beat if set. Two pair slots prefetch; first
+      beat 4 cycles after the start cycle; one beat per cycle in steady state if each word's
+      reads are refused at most V - 1 cycles. `idle` is high in the last-beat cycle:
+      back-to-back MATMULs issue every V * kw + 3 cycles.
     * MREAD dst, row0, nrows: rows (row0 + r) mod N to words dst + r, one per cycle while the
       writes are granted; `idle` rises the cycle after the last write's grant (nrows + 2 cycles
       after the start when nothing waits).
     * Every SRAM request, `idle` and `busy` are functions of registers only (Moore); refused
       requests are held unchanged until granted. The only same-cycle dependency on a grant is
       the unit's `rd_data.ready` (= the write grant).
-    * Bad input: MATMUL kw = 0, MREAD nrows = 0 and other opcodes are ignored (stays idle);
+    * Bad input: MATMUL kw = 0 or of a type the unit lacks, MREAD nrows = 0 and other opcodes
+      are ignored (stays idle);
       other fields are not checked (the sequencer validates): addresses wrap modulo
       `cfg.sram_words`, rows modulo N. A `start` while not idle is ignored.
 
-    `cfg` must be a TileConfig (else TypeError); `dtype` as for `MatrixUnit`.
+    `cfg` must be a TileConfig (else TypeError).
     """
 
-    def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
-        check_engine_cfg(cfg)
+    def __init__(self, cfg: TileConfig):
+        if not isinstance(cfg, TileConfig):
+            raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self._cfg = cfg
-        self._unit = MatrixUnit(cfg, dtype)
+        self._unit = MatrixUnit(cfg)
         super().__init__({
             "cmd": In(EngineCommand.Signature()),
             "read": Out(SRAMReadPort.Signature(cfg)),
@@ -84,10 +91,6 @@ class MatrixEngine(wiring.Component):
         return self._cfg
 
     @property
-    def dtype(self) -> MatrixDType:
-        return self._unit.dtype
-
-    @property
     def unit(self) -> MatrixUnit:
         """The owned matrix unit (a submodule; testbenches observe its streams)."""
         return self._unit
@@ -98,7 +101,6 @@ class MatrixEngine(wiring.Component):
         m.submodules.unit = unit = self._unit
         ops, rd_req, rd_data = unit.operands, unit.rd_req, unit.rd_data
         cmd, read, write = self.cmd, self.read, self.write
-        last_beat = BEATS_PER_WORD - 1
 
         mode = Signal(EngineMode)
         is_matmul = mode == EngineMode.MATMUL
@@ -110,17 +112,25 @@ class MatrixEngine(wiring.Component):
         b_base = Signal(mm_format.field("b").width)
         kw = Signal(mm_format.field("kw").width)
         clear = Signal()
+        mtype = Signal(TYPE_BITS)          # the MATMUL's operand type
         rword = Signal.like(kw)            # next word to read
         rhalf = Signal()                   # 0: its A word, 1: its B word
         c = Signal.like(kw)                # pair being beaten
-        beat = Signal(range(BEATS_PER_WORD))
+        vpw_max = max(t.vectors_per_word(cfg) for t in MATRIX_TYPES.values())
+        beat = Signal(range(vpw_max))
+        # The type's last beat of a word pair (V - 1), from the type table.
+        last_beat = Signal.like(beat)
+        m.d.comb += last_beat.eq(Const(0))
+        with m.Switch(mtype):
+            for t, spec in MATRIX_TYPES.items():
+                with m.Case(t):
+                    m.d.comb += last_beat.eq(spec.vectors_per_word(cfg) - 1)
         lpairs = Signal.like(kw)           # pairs whose B word has landed
         pend = Signal()                    # a read was granted last cycle: its word is on `data`
         pend_half = Signal()
         pend_slot = Signal()
-        word = operand_word_layout(cfg, self.dtype)
-        slot_a = [Signal(word, name=f"slot{s}_a") for s in range(2)]
-        slot_b = [Signal(word, name=f"slot{s}_b") for s in range(2)]
+        slot_a = [Signal(cfg.word_bits, name=f"slot{s}_a") for s in range(2)]
+        slot_b = [Signal(cfg.word_bits, name=f"slot{s}_b") for s in range(2)]
 
         # -- MREAD state -------------------------------------------------------------------
         mr_format = FORMATS[Opcode.MREAD]
@@ -141,20 +151,29 @@ class MatrixEngine(wiring.Component):
 
         # Pair rword goes to slot rword % 2, which holds pair rword - 2 = c until the end of c's
         # last beat; a read granted in beat last_beat - 1 lands exactly at that edge.
-        slot_free = (rword != c + 2) | (beat >= last_beat - 1)
+        slot_free = (rword != c + 2) | (beat + 1 >= last_beat)
         m.d.comb += [
             read.en.eq(is_matmul & (rword != kw) & slot_free),
             read.addr.eq(Mux(rhalf, b_base, a_base) + rword),
         ]
 
         head = c[0]
-        cur_a = data.View(word, Mux(head, slot_a[1].as_value(), slot_a[0].as_value()))
-        cur_b = data.View(word, Mux(head, slot_b[1].as_value(), slot_b[0].as_value()))
+        cur_a = Mux(head, slot_a[1], slot_a[0])
+        cur_b = Mux(head, slot_b[1], slot_b[0])
+        # Operand vector `beat` of the current words, element by element into the unit's
+        # OPERAND_BITS-wide fields, in the layout of the MATMUL's type.
+        with m.Switch(mtype):
+            for t in MATRIX_TYPES:
+                with m.Case(t):
+                    layout = operand_word_layout(cfg, t)
+                    va, vb = data.View(layout, cur_a), data.View(layout, cur_b)
+                    for e in range(cfg.mac_dim):
+                        m.d.comb += [ops.p.a[e].eq(va[beat][e]),
+                                     ops.p.b[e].eq(vb[beat][e])]
         m.d.comb += [
             ops.valid.eq(is_matmul & (lpairs != c)),
-            ops.p.a.eq(cur_a[beat]),
-            ops.p.b.eq(cur_b[beat]),
             ops.p.clear.eq(clear & (c == 0) & (beat == 0)),
+            ops.p.type.eq(mtype),
         ]
 
         m.d.comb += [
@@ -203,11 +222,13 @@ class MatrixEngine(wiring.Component):
         op = cmd.instr[:4]
         mm = data.View(mm_format.layout, cmd.instr[:mm_format.width])
         mr = data.View(mr_format.layout, cmd.instr[:mr_format.width])
+        known_type = Cat(*(mm.type == t for t in MATRIX_TYPES)).any()
         with m.If(cmd.start & idle):
-            with m.If((op == Opcode.MATMUL) & (mm.kw != 0)):
+            with m.If((op == Opcode.MATMUL) & (mm.kw != 0) & known_type):
                 m.d.sync += [
                     mode.eq(EngineMode.MATMUL),
                     a_base.eq(mm.a), b_base.eq(mm.b), kw.eq(mm.kw), clear.eq(mm.clear),
+                    mtype.eq(mm.type),
                     rword.eq(0), rhalf.eq(0), c.eq(0), beat.eq(0), lpairs.eq(0),
                 ]
             with m.Elif((op == Opcode.MREAD) & (mr.nrows != 0)):

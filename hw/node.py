@@ -17,10 +17,9 @@ from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..formats import COUNTER_BITS, COUNTER_NAMES, NODE_STATUS, Port, flit_format
+from ..formats import PERF_COUNTER_BITS, COUNTER_NAMES, NODE_STATUS, Port, flit_format
 from ..params import TileConfig
-from ..sim.node import READ_PORTS, WRITE_PORTS
-from ..sim.sequencer import SeqEvent
+from ..contracts import READ_PORTS, WRITE_PORTS, SeqEvent
 from .dma import DmaIn, DmaOut
 from .mxu import MatrixEngine
 from .router import Router
@@ -89,7 +88,7 @@ class Node(wiring.Component):
             wiring.connect(m, master, port)
 
         # -- performance counters ---------------------------------------------------------
-        counters = Signal(data.ArrayLayout(COUNTER_BITS, len(COUNTER_NAMES)))
+        counters = Signal(data.ArrayLayout(PERF_COUNTER_BITS, len(COUNTER_NAMES)))
         m.d.comb += dout.counters.eq(counters)
         refused = [p.en & ~p.ready for p in (*sram.read, *sram.write)]
         granted = Cat(*(p.en & p.ready for p in (*sram.read, *sram.write)))

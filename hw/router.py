@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from d1tile.formats import Port, flit_format
 from d1tile.params import TileConfig
-from d1tile.sim.router import OPPOSITE, PORTS, RR_RESET, STEP, check_node
+from d1tile.contracts import OPPOSITE, PORTS, RR_RESET, STEP, check_node
 
 
 __all__ = ["route_xy", "Router", "RouterMesh"]

@@ -9,23 +9,24 @@ The cycle-exact reference of the sequencer is `d1tile.sim.sequencer.SequencerMod
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..formats import VecOp
+from .. import isa
+from ..contracts import ENGINES, HALT_WORD, SeqState
+from ..isa import (ADDR_BITS, FORMATS, INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF,
+                   FaultCode, Opcode, SetrReg, Unit)
 from ..params import TileConfig
-from ..sim.isa import (ADDR_BITS, BINARY_VECOPS, COUNTER_BITS, COUNTERS, FORMATS, INSTR_BITS,
-                       FaultCode, Opcode, Unit)
-from ..sim.sequencer import ENGINES, HALT_WORD, SeqState
-from ..sim.vector import SCALE_BITS, SHIFT_BITS
+from ..vector_ops import FSCALE_BITS, SCALE_BITS, SEED_BITS, SHIFT_BITS
+from .decode import IsaLogic
 
 
 __all__ = ["EngineCommand", "ImemWritePort", "Sequencer", "SYNC_COUNTERS_LAYOUT"]
 
 IMEM_ADDR_BITS = 16   # imem addresses on the write bus and in the DONE report
-SYNC_COUNTERS_LAYOUT = data.ArrayLayout(COUNTER_BITS, COUNTERS)
+SYNC_COUNTERS_LAYOUT = data.ArrayLayout(SYNC_COUNTER_BITS, SYNC_COUNTERS)
 """The WAIT counters as the sequencer exports them (and the node and tile pass them on)."""
 FAULT_BITS = 4        # the DONE packet's status field
 
@@ -39,7 +40,7 @@ class EngineCommand(wiring.PureInterface):
         Parameters
         ----------
         quant : bool
-            Add the SETQ registers (the vector engine's bus).
+            Add the SETQ and SETR registers (the vector engine's bus).
         done : bool
             Add the DONE report fields (DMA-out's bus).
 
@@ -55,8 +56,11 @@ class EngineCommand(wiring.PureInterface):
         idle : In(1)
             The engine can accept a command (a registered signal: `start` depends on it
             combinationally).
-        scale : Out(16), shift : Out(6), relu : Out(1)   (only with `quant=True`)
-            The SETQ registers, valid with `start`.
+        scale : Out(16), shift : Out(6), relu : Out(1), fscale : Out(32), seed : Out(32),
+        reseed : Out(1)   (only with `quant=True`)
+            The SETQ registers and SETR's (q and the generator seed), valid with `start`;
+            `reseed` is high with a `start` when a SETR SEED came after the previous start:
+            the engine reseeds its generator from `seed` before the instruction runs.
         status : Out(4), pc : Out(16), info : Out(16)   (only with `done=True`)
             For DONE: the `FaultCode` (0 = none), the pc of the HALT or of the faulting
             instruction, and the fault value. Valid with `start`.
@@ -74,7 +78,8 @@ class EngineCommand(wiring.PureInterface):
                 "idle": In(1),
             }
             if quant:
-                members.update(scale=Out(16), shift=Out(6), relu=Out(1))
+                members.update(scale=Out(SCALE_BITS), shift=Out(SHIFT_BITS), relu=Out(1),
+                               fscale=Out(FSCALE_BITS), seed=Out(SEED_BITS), reseed=Out(1))
             if done:
                 members.update(status=Out(4), pc=Out(16), info=Out(16))
             super().__init__(members)
@@ -129,18 +134,20 @@ class ImemWritePort(wiring.PureInterface):
             return "ImemWritePort.Signature()"
 
 
-# Hazard ranges [lo, hi) of an instruction (`d1tile.sim.isa.Ranges`); hi may be 2**16.
+# Hazard ranges [lo, hi) of an instruction (`d1tile.isa.Ranges`); hi may be 2**16.
 _RANGE = data.StructLayout({"lo": ADDR_BITS, "hi": ADDR_BITS + 1})
 _RANGES = data.StructLayout({"read0": _RANGE, "read1": _RANGE, "write": _RANGE})
 
 
+
+
 def _meet(p, q):
-    """Two half-open ranges share a word (`d1tile.sim.isa._meet`)."""
+    """Two half-open ranges share a word (`d1tile.isa._meet`)."""
     return (p.lo < p.hi) & (q.lo < q.hi) & (p.lo < q.hi) & (q.lo < p.hi)
 
 
 def _overlaps(new, running):
-    """`d1tile.sim.isa.overlaps`: new writes what running reads or writes, or reads what it
+    """`d1tile.isa.overlaps`: new writes what running reads or writes, or reads what it
     writes."""
     return (_meet(new.write, running.read0) | _meet(new.write, running.read1)
             | _meet(new.write, running.write) | _meet(new.read0, running.write)
@@ -166,7 +173,9 @@ class Sequencer(wiring.Component):
     matrix : Out(EngineCommand.Signature())
         MATMUL and MREAD to the matrix engine.
     vector : Out(EngineCommand.Signature(quant=True))
-        VEC to the vector engine; `scale`/`shift`/`relu` are the SETQ registers (always driven).
+        VEC, FVEC and FCVT to the vector engine; `scale`/`shift`/`relu` are the SETQ registers,
+        `fscale`/`seed` SETR's (always driven), `reseed` the pending-seed flag (cleared by the
+        vector engine's next start).
     dma : Out(EngineCommand.Signature(done=True))
         SEND to DMA-out, and the DONE command (`instr` = `HALT_WORD`) at the end of a run;
         `status`/`pc`/`info` are always driven from fault_code / pc / fault_value.
@@ -186,7 +195,7 @@ class Sequencer(wiring.Component):
     on the engines' `idle` inputs (engine registers). One instruction per cycle when nothing
     stalls; `start_req` in cycle t lets instruction 0 issue in cycle t + 1.
 
-    Bad input: an invalid instruction (`d1tile.sim.isa.validate`) faults the node (state
+    Bad input: an invalid instruction (`d1tile.isa.validate`) faults the node (state
     HALTING, then DONE with the fault code, pc and value) in the first cycle it is at pc; so
     does running past the last imem word (fault PC, value = pc = imem_words; with
     imem_words = 65536 the 16-bit pc, fault_pc and value read 0).
@@ -200,7 +209,7 @@ class Sequencer(wiring.Component):
             "imem_w": In(ImemWritePort.Signature()),
             "start_req": In(1),
             "bump": In(1),
-            "bump_id": In(range(COUNTERS)),
+            "bump_id": In(range(SYNC_COUNTERS)),
             "matrix": Out(EngineCommand.Signature()),
             "vector": Out(EngineCommand.Signature(quant=True)),
             "dma": Out(EngineCommand.Signature(done=True)),
@@ -238,6 +247,9 @@ class Sequencer(wiring.Component):
         scale = Signal(SCALE_BITS)
         shift = Signal(SHIFT_BITS)
         relu = Signal(1)
+        fscale = Signal(FSCALE_BITS)        # SETR q
+        seed = Signal(SEED_BITS)            # SETR seed
+        reseed = Signal()                   # a SETR seed since the vector engine's last start
         counters = Signal(SYNC_COUNTERS_LAYOUT)
         # ranges[e]: what engine e's current instruction reads and writes, recorded at its start.
         ranges = [Signal(_RANGES, name=f"ranges_{unit.name.lower()}") for unit in ENGINES]
@@ -260,78 +272,32 @@ class Sequencer(wiring.Component):
         op = word[:4]
         f = {code: FORMATS[code].layout(word[:FORMATS[code].width]) for code in Opcode}
 
-        # Validity (`isa.validate`, same checks in the same order) and hazard ranges
-        # (`isa.hazard_ranges`) of the word at pc.
+        # Validity and hazard ranges of the word at pc: the ISA's own rules (`isa.checks`,
+        # `isa.ranges_of`, in their order), built into logic by the HDL backend.
         fault = Signal(FAULT_BITS)
         value = Signal(16)
         new = Signal(_RANGES)
         engine_of = Signal(range(len(ENGINES) + 1))   # index in ENGINES; len(ENGINES) = none
 
-        def flag(code, val):
-            return [fault.eq(code), value.eq(val)]
-
-        def span(rng, lo, length):
-            return [rng.lo.eq(lo), rng.hi.eq(lo + length)]
-
+        hdl = IsaLogic(m)
         m.d.comb += engine_of.eq(len(ENGINES))
         with m.Switch(op):
-            with m.Case(Opcode.MATMUL):
-                x = f[Opcode.MATMUL]
-                m.d.comb += engine_of.eq(ENGINES.index(Unit.MATRIX))
-                m.d.comb += span(new.read0, x.a, x.kw) + span(new.read1, x.b, x.kw)
-                with m.If(x.kw == 0):
-                    m.d.comb += flag(FaultCode.FIELD, x.kw)
-                with m.Elif(x.a + x.kw > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.a)
-                with m.Elif(x.b + x.kw > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.b)
-            with m.Case(Opcode.MREAD):
-                x = f[Opcode.MREAD]
-                m.d.comb += engine_of.eq(ENGINES.index(Unit.MATRIX))
-                m.d.comb += span(new.write, x.dst, x.nrows)
-                with m.If((x.nrows == 0) | (x.row0 + x.nrows > cfg.mac_dim)):
-                    m.d.comb += flag(FaultCode.FIELD, x.row0 + x.nrows)
-                with m.Elif(x.dst + x.nrows > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
-            with m.Case(Opcode.VEC):
-                x = f[Opcode.VEC]
-                binary = Cat(*(x.vop == v for v in BINARY_VECOPS)).any()
-                b_len = Mux(x.bfix, 1, x.n)
-                out_len = Mux(x.vop == VecOp.REQUANT, (x.n + 3) >> 2, x.n)
-                m.d.comb += engine_of.eq(ENGINES.index(Unit.VECTOR))
-                m.d.comb += span(new.read0, x.a, x.n) + span(new.write, x.dst, out_len)
-                with m.If(binary):
-                    m.d.comb += span(new.read1, x.b, b_len)
-                with m.If(~Cat(*(x.vop == v for v in VecOp)).any()):
-                    m.d.comb += flag(FaultCode.FIELD, x.vop)
-                with m.Elif(x.n == 0):
-                    m.d.comb += flag(FaultCode.FIELD, x.n)
-                with m.Elif(x.a + x.n > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.a)
-                with m.Elif(binary & (x.b + b_len > words)):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.b)
-                with m.Elif(x.dst + out_len > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
-                # A later element would read what an earlier one wrote (`isa.validate`).
-                with m.Elif((_meet(new.write, new.read0) & (x.dst > x.a))
-                            | (binary & ~x.bfix & _meet(new.write, new.read1) & (x.dst > x.b))
-                            | (binary & x.bfix & (x.b >= x.dst) & (x.b < x.dst + out_len))):
-                    m.d.comb += flag(FaultCode.FIELD, x.dst)
-            with m.Case(Opcode.SEND):
-                x = f[Opcode.SEND]
-                m.d.comb += engine_of.eq(ENGINES.index(Unit.DMA))
-                m.d.comb += span(new.read0, x.src, x.n)
-                with m.If((x.x >= cfg.cols) | (x.y >= cfg.rows)):
-                    m.d.comb += flag(FaultCode.NODE, Cat(x.x, x.y))
-                with m.Elif(x.src + x.n > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.src)
-                with m.Elif(x.dst + x.n > words):
-                    m.d.comb += flag(FaultCode.ADDRESS, x.dst)
-            with m.Case(*(code for code in range(16) if code not in Opcode.__members__.values())):
-                m.d.comb += flag(FaultCode.UNDEFINED, op)
+            for code in Opcode:
+                with m.Case(code):
+                    x = f[code]
+                    if UNIT_OF[code] in ENGINES:
+                        m.d.comb += engine_of.eq(ENGINES.index(UNIT_OF[code]))
+                        for rng, (lo, hi) in zip((new.read0, new.read1, new.write),
+                                                 isa.ranges_of(code, x, hdl)):
+                            m.d.comb += [rng.lo.eq(lo), rng.hi.eq(hi)]
+                    for k, (failed, raised, offending) in enumerate(isa.checks(code, cfg, x, hdl)):
+                        with (m.If(failed) if k == 0 else m.Elif(failed)):
+                            m.d.comb += [fault.eq(raised), value.eq(offending)]
+            with m.Default():
+                m.d.comb += [fault.eq(FaultCode.UNDEFINED), value.eq(op)]
         # Past the end of the imem (the word read is imem[0], and is ignored).
         with m.If(pc == cfg.imem_words):
-            m.d.comb += flag(FaultCode.PC, pc)
+            m.d.comb += [fault.eq(FaultCode.PC), value.eq(pc)]
 
         # -- the cycle's decision --------------------------------------------------------------
         idle = [getattr(self, unit.name.lower()).idle for unit in ENGINES]
@@ -353,7 +319,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += fault_now.eq(1)
                 with m.Else():
                     with m.Switch(op):
-                        with m.Case(Opcode.NOP, Opcode.SETQ):
+                        with m.Case(Opcode.NOP, Opcode.SETQ, Opcode.SETR):
                             m.d.comb += issue.eq(1)
                         with m.Case(Opcode.WAIT):
                             m.d.comb += [issue.eq(wait_ready), self.stall_wait.eq(~wait_ready)]
@@ -378,6 +344,9 @@ class Sequencer(wiring.Component):
             self.vector.scale.eq(scale),
             self.vector.shift.eq(shift),
             self.vector.relu.eq(relu),
+            self.vector.fscale.eq(fscale),
+            self.vector.seed.eq(seed),
+            self.vector.reseed.eq(reseed),
             self.dma.start.eq(start[2] | done),
             self.dma.instr.eq(Mux(done, HALT_WORD, word)),
             self.dma.status.eq(fault_code),
@@ -402,6 +371,16 @@ class Sequencer(wiring.Component):
             with m.If(op == Opcode.SETQ):
                 x = f[Opcode.SETQ]
                 m.d.sync += [scale.eq(x.scale), shift.eq(x.shift), relu.eq(x.relu)]
+            with m.If(op == Opcode.SETR):
+                x = f[Opcode.SETR]
+                with m.If(x.reg == SetrReg.SCALE):
+                    m.d.sync += fscale.eq(x.value)
+                with m.Else():      # SEED (other regs fault before they issue)
+                    m.d.sync += [seed.eq(x.value), reseed.eq(1)]
+        # The vector engine takes the pending seed with its next start (a SETR issues alone
+        # in its cycle, so the two never meet).
+        with m.If(start[ENGINES.index(UNIT_OF[Opcode.VEC])]):
+            m.d.sync += reseed.eq(0)
         for e in range(len(ENGINES)):
             with m.If(start[e]):
                 m.d.sync += ranges[e].eq(new)
@@ -416,7 +395,7 @@ class Sequencer(wiring.Component):
 
         # Sync counters: this cycle's bump and a WAIT's subtraction combine (mod 2**16).
         wait_issue = issue & (op == Opcode.WAIT)
-        for c in range(COUNTERS):
+        for c in range(SYNC_COUNTERS):
             plus = self.bump & (self.bump_id == c)
             minus = Mux(wait_issue & (wait.counter == c), wait.value, 0)
             m.d.sync += counters[c].eq(counters[c] + plus - minus)

@@ -1,7 +1,7 @@
 """cocotb bench that runs a `TileProgram` on the Verilator `Tile` through the `HostDriver` (the
 same driver the cycle model uses) and writes the `RunResult` as JSON.
 
-Environment: `D1TILE_TILE_RUNS` (JSON: a list of {program (path to a TileProgram JSON), out,
+Environment: `D1TILE_TILE_RUNS` (JSON: a list of {program (path to a `TileImage` JSON), out,
 hang_cycles, max_cycles}); the programs run one after another, each after a reset. Part of the
 package so that it runs from an installed wheel.
 """
@@ -18,9 +18,8 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.clock import Clock
 
 from d1tile.hw.testbench import CLOCK_PERIOD_NS, TB
-from d1tile.sim.host import HostDriver
+from d1tile.sim.host import HostDriver, TileImage
 from d1tile.sim.tile import hang_report
-from d1tile.sw.program import TileProgram
 
 
 @cocotb.test()
@@ -56,7 +55,7 @@ async def reset(dut, cycles: int = 2):
 
 async def run_one(dut, spec, clear: bool):
     await RisingEdge(dut.clk)      # leave the previous run's ReadOnly phase
-    tp = TileProgram.from_json(Path(spec["program"]).read_text())
+    tp = TileImage.from_json(Path(spec["program"]).read_text())
     if clear:
         clear_memories(dut, tp.cfg)
     cfg = tp.cfg

@@ -109,51 +109,22 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from functools import cache
 
-from d1tile.formats import (COUNTER_BITS, COUNTER_NAMES, BitFormat, Field, PacketKind,
-                            flit_format, packet_header_format)
+from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
+                              counter_words, reply_request_format)
+from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_format,
+                            packet_header_format)
+from d1tile.isa import FORMATS, Opcode
 from d1tile.params import TileConfig
-from d1tile.sim.isa import FORMATS, INSTR_BITS, Opcode
-from d1tile.sim.router import check_node
 
 
 __all__ = [
     "PREFETCH_DEPTH", "BAD_READ_TAG", "IMEM_DATA_BITS",
-    "reply_request_format", "counter_words", "counter_word", "check_dma_node", "job_cycles",
+    "reply_request_format", "counter_words", "counter_word", "job_cycles",
     "DmaOutModel", "DmaInModel",
 ]
 
-PREFETCH_DEPTH = 3
-"""Words DMA-out may hold in its prefetch queue plus the one in flight from the SRAM."""
-
-BAD_READ_TAG = 0xFFFF
-"""Tag of the REPLY to a READ whose range runs past the SRAM (its length is 0)."""
-
-IMEM_DATA_BITS = INSTR_BITS
-"""Bits of an IMEM body word that are written to the instruction memory (the low ones)."""
-
 _SEND = FORMATS[Opcode.SEND]
-
-
-@cache
-def reply_request_format(cfg: TileConfig) -> BitFormat:
-    """DMA-in's hand-off of a READ / READ_CTRS request to DMA-out: `ctrs` (1: READ_CTRS), the
-    requester (`src_x`, `src_y`: where the REPLY goes), and `addr`, `length`, `tag` as in the
-    request's header."""
-    return BitFormat("reply_request", [
-        Field("ctrs", 1),
-        Field("src_x", cfg.coord_bits),
-        Field("src_y", cfg.coord_bits),
-        Field("addr", 16),
-        Field("length", 16),
-        Field("tag", 16),
-    ])
-
-
-def counter_words(cfg: TileConfig) -> int:
-    """Body words of a READ_CTRS reply: the counters, `cfg.lanes` per word."""
-    return -(-len(COUNTER_NAMES) // cfg.lanes)
 
 
 def counter_word(cfg: TileConfig, counters, w: int) -> int:
@@ -163,14 +134,8 @@ def counter_word(cfg: TileConfig, counters, w: int) -> int:
     word = 0
     base = w * lanes
     for i in range(min(lanes, len(COUNTER_NAMES) - base)):
-        word |= (int(counters[base + i]) & 0xFFFF_FFFF) << (COUNTER_BITS * i)
+        word |= (int(counters[base + i]) & 0xFFFF_FFFF) << (PERF_COUNTER_BITS * i)
     return word
-
-
-def check_dma_node(cfg: TileConfig, x, y) -> None:
-    """Reject a node position outside the grid or of the wrong type (the router's check; a
-    configuration whose packet header does not fit a word is already refused by TileConfig)."""
-    check_node(cfg, x, y)
 
 
 def job_cycles(length: int, *, counters: bool = False) -> int:
@@ -206,7 +171,7 @@ class DmaOutModel:
                  "_payload_shift", "_tail_bit", "_flit", "_hdr", "_req", "_ctr_words", "_words")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
-        check_dma_node(cfg, x, y)
+        check_node(cfg, x, y)
         self.cfg, self.x, self.y = cfg, x, y
         self._flit = flit_format(cfg)
         self._hdr = packet_header_format(cfg)
@@ -399,7 +364,7 @@ class DmaInModel:
                  "_bump_off", "_req")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
-        check_dma_node(cfg, x, y)
+        check_node(cfg, x, y)
         self.cfg, self.x, self.y = cfg, x, y
         self._flit = flit_format(cfg)
         self._hdr = packet_header_format(cfg)

@@ -20,20 +20,61 @@ tile stop the run.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 
 from d1tile.formats import (COUNTER_NAMES, PacketKind, flit_format, lanes_from_word,
                             packet_header_format)
 from d1tile.params import TileConfig
-from d1tile.sim.isa import FaultCode
+from d1tile.isa import FaultCode
 
 
-__all__ = ["CHUNK", "CTRS_TAG", "HostDriver", "NodeReport", "RunResult", "packet"]
+__all__ = ["CHUNK", "CTRS_TAG", "HostDriver", "NodeReport", "RunResult", "TileImage", "packet"]
 
 CHUNK = 64          # body words per load packet
 CTRS_TAG = 0x8000   # tag of READ_CTRS requests; READ requests are tagged 0, 1, ...
 DEFAULT_HANG_CYCLES = 2000
+
+
+@dataclass
+class TileImage:
+    """What a run loads into a tile and reads back, as plain data: every node's program words,
+    the SRAM words loaded before the start and the regions read back after the last DONE. The
+    host driver, the interpreter and the Verilator bench read this (a `d1tile.sw.program.
+    TileProgram`, which builds programs, has the same attributes and JSON form)."""
+    cfg: TileConfig
+    programs: dict = field(default_factory=dict)   # (x, y) -> [instruction words]
+    loads: dict = field(default_factory=dict)      # (x, y) -> [(addr, [words])]
+    reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
+
+    @property
+    def nodes(self) -> list[tuple[int, int]]:
+        return [(x, y) for y in range(self.cfg.rows) for x in range(self.cfg.cols)]
+
+    def words_of(self, node) -> list[int]:
+        """The node's program words (a lone HALT, instruction word 1, when it has none)."""
+        return list(self.programs.get(node) or [1])
+
+    def to_json(self) -> str:
+        """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
+        key = lambda node: f"{node[0]},{node[1]}"
+        return json.dumps({
+            "config": json.loads(self.cfg.to_json()),
+            "programs": {key(n): list(words) for n, words in self.programs.items()},
+            "loads": {key(n): regions for n, regions in self.loads.items()},
+            "reads": {key(n): regions for n, regions in self.reads.items()},
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "TileImage":
+        data = json.loads(text)
+        cfg = TileConfig.from_json(json.dumps(data["config"]))
+        node = lambda key: tuple(int(v) for v in key.split(","))
+        return cls(cfg,
+                   {node(k): [int(w) for w in words] for k, words in data["programs"].items()},
+                   {node(k): [(a, list(w)) for a, w in v] for k, v in data["loads"].items()},
+                   {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()})
 
 
 def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tuple[int, int],

@@ -7,8 +7,12 @@ synchronise properly (data that arrives over the mesh is read only after a WAIT 
 and is not overwritten while another node may still send into it), every timed execution ends in
 the same state, so the cycle model and the RTL must produce exactly what this produces.
 
-Arithmetic comes from the block references (`sim.matrix` semantics, `sim.vector.vector_op`);
-SRAM words are Python ints (see `d1tile.formats` for the byte order).
+Arithmetic comes from the block references: a MATMUL applies its beats with the matrix type's
+reference (`d1tile.dtypes.MATRIX_TYPES`: int32 wrapping, or the BF16 k-loop of
+`d1tile.numerics`) to the node's accumulator bits; VEC, FVEC and FCVT run
+`d1tile.sim.vpu.execute_vec` (the vector unit's functional reference) with the node's SETQ and
+SETR registers and its vector-unit state (the stochastic-rounding generator). SRAM words are
+Python ints (see `d1tile.formats` for the byte order).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from d1tile.formats import VecOp, bytes_from_word, word_from_lanes
+from d1tile import isa
+from d1tile.dtypes import matrix_type
+from d1tile.formats import word_from_lanes
+from d1tile.isa import FaultCode, Opcode, SetrReg
 from d1tile.params import TileConfig
-from d1tile.sim import isa
-from d1tile.sim.isa import FaultCode, Opcode
-from d1tile.sim.vector import vector_op
+from d1tile.sim.vector import VectorUnitState
+from d1tile.sim.vpu import execute_vec
 
 
 __all__ = ["FunctionalNode", "FunctionalResult", "interpret"]
@@ -36,20 +42,21 @@ class FunctionalNode:
     halted: bool = False
     fault: FaultCode = FaultCode.NONE
     fault_value: int = 0
-    counters: list = field(default_factory=lambda: [0] * isa.COUNTERS)
-    qparams: tuple = (0, 0, 0)
-    acc: np.ndarray | None = None
+    counters: list = field(default_factory=lambda: [0] * isa.SYNC_COUNTERS)
+    qparams: tuple = (0, 0, 0)       # SETQ scale, shift, relu
+    fscale: int = 0                  # SETR q (FP32 bits)
+    acc: np.ndarray | None = None    # the accumulators' bits, (N, N) uint32
+    vector: VectorUnitState | None = None
 
     def __post_init__(self):
         n = self.cfg.mac_dim
-        self.acc = np.zeros((n, n), dtype=np.int64)
+        self.acc = np.zeros((n, n), dtype=np.uint32)
+        self.vector = VectorUnitState(self.cfg)
 
-    def _operand(self, base: int, kw: int) -> np.ndarray:
-        """Words base..base+kw-1 as a (4*kw, N) int8 matrix: row k is operand vector k."""
-        n = self.cfg.mac_dim
-        raw = np.concatenate([bytes_from_word(self.sram[base + w], self.cfg.word_bytes)
-                              for w in range(kw)])
-        return raw.reshape(kw * self.cfg.k_per_word, n).astype(np.int64)
+    def _operands(self, spec, base: int, kw: int) -> np.ndarray:
+        """Words base..base+kw-1 as the type's operand vectors, shape (V * kw, N)."""
+        return np.concatenate([spec.operand_vectors(self.cfg, self.sram[base + w])
+                               for w in range(kw)])
 
     def step(self, tile) -> bool:
         """Execute the instruction at pc; False when blocked (WAIT) or stopped."""
@@ -75,38 +82,32 @@ class FunctionalNode:
             self.counters[f["counter"]] -= f["value"]
         elif op == Opcode.SETQ:
             self.qparams = (f["scale"], f["shift"], f["relu"])
+        elif op == Opcode.SETR:
+            if f["reg"] == SetrReg.SCALE:
+                self.fscale = f["value"]
+            else:
+                self.vector.reseed(f["value"])
         elif op == Opcode.MATMUL:
-            product = self._operand(f["a"], f["kw"]).T @ self._operand(f["b"], f["kw"])
-            acc = product if f["clear"] else self.acc + product
-            self.acc = ((acc + 2**31) % 2**32) - 2**31     # int32 wrap
+            spec = matrix_type(f["type"])
+            a = self._operands(spec, f["a"], f["kw"])
+            b = self._operands(spec, f["b"], f["kw"])
+            base = np.full_like(self.acc, spec.clear_bits) if f["clear"] else self.acc
+            self.acc = spec.block(base, a, b)
         elif op == Opcode.MREAD:
             for r in range(f["nrows"]):
                 self.sram[f["dst"] + r] = word_from_lanes(self.acc[f["row0"] + r])
-        elif op == Opcode.VEC:
-            self._vec(f)
+        elif op in isa.VECTOR_FAMILY:
+            scale, shift, relu = self.qparams
+            execute_vec(self.cfg, self.sram, word, scale, shift, relu, q=self.fscale,
+                        state=self.vector)
         elif op == Opcode.SEND:
             dest = tile[(f["x"], f["y"])]
             words = self.sram[f["src"]:f["src"] + f["n"]]
             dest.sram[f["dst"]:f["dst"] + f["n"]] = words
-            dest.counters[f["counter"]] = (dest.counters[f["counter"]] + 1) % 2**isa.COUNTER_BITS
+            dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
+                                           % 2**isa.SYNC_COUNTER_BITS)
         self.pc += 1
         return True
-
-    def _vec(self, f):
-        scale, shift, relu = self.qparams
-        vop = VecOp(f["vop"])
-        for i in range(f["n"]):
-            a = self.sram[f["a"] + i]
-            b = self.sram[f["b"] + (0 if f["bfix"] else i)] if vop in isa.BINARY_VECOPS else 0
-            slot = i % 4 if vop == VecOp.REQUANT else 0
-            data, mask = vector_op(self.cfg, vop, a, b, scale=scale, shift=shift, slot=slot,
-                                   relu=relu)
-            dst = f["dst"] + (i // 4 if vop == VecOp.REQUANT else i)
-            bits = 0
-            for byte in range(self.cfg.word_bytes):
-                if mask >> byte & 1:
-                    bits |= 0xFF << (8 * byte)
-            self.sram[dst] = (self.sram[dst] & ~bits) | (data & bits)
 
 
 @dataclass

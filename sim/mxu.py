@@ -4,12 +4,14 @@ The matrix engine runs the sequencer's MATMUL and MREAD instructions on the node
 It owns node SRAM read port 1 and write port 1 and a `MatrixUnit`; the sequencer starts it
 through the engine command interface (`start`, `instr`, `idle`).
 
-MATMUL a, b, kw, clear
+MATMUL a, b, kw, clear, type
     For w in 0..kw-1 it reads word A = SRAM[a+w] and word B = SRAM[b+w] (A first, one read port)
-    and sends `BEATS_PER_WORD` (= `cfg.k_per_word` = 4) operand beats from the pair: beat j has
-    `a` = operand vector j of A (bytes j*N .. j*N+N-1, int8), `b` = the same vector of B
-    (`operand_vectors`); `clear` is set on the very first beat when the instruction's flag is.
-    So a MATMUL adds A_w^T-style outer products: acc += sum_w sum_j outer(A_w[j], B_w[j]).
+    and sends V operand beats from the pair, V = the type's vectors per word
+    (`d1tile.dtypes.MatrixType.vectors_per_word`: 4 for INT8, 2 for BF16): beat j has `a` =
+    operand vector j of A (elements jN .. jN+N-1), `b` = the same vector of B
+    (`operand_vectors`), and the instruction's type; `clear` is set on the very first beat when
+    the instruction's flag is. So a MATMUL adds outer products,
+    acc += sum_w sum_j outer(A_w[j], B_w[j]), in the type's arithmetic, beat after beat.
 MREAD dst, row0, nrows
     For r in 0..nrows-1 it requests accumulator row (row0 + r) mod N from the unit and writes it
     to SRAM[dst + r] (all bytes).
@@ -22,21 +24,23 @@ MATMUL
       name the next word to read (half 0 = A, half 1 = B); `c` is the pair being beaten,
       `beat` its beat index, `lpairs` the number of pairs whose B word has landed.
     * Read request (port 1): while `rword < kw` and the target slot is free by the time the word
-      lands: `rword != c + 2`, or `beat >= BEATS_PER_WORD - 2` (then pair c leaves the slot at
+      lands: `rword != c + 2`, or `beat >= V - 2` (then pair c leaves the slot at
       the end of its last beat, the edge at which a read granted now lands, or earlier). The
       address is `(a if half 0 else b) + rword`, modulo `cfg.sram_words`. A refused read is held
       (same address) until granted: the condition never becomes false before the grant.
     * A granted read's word arrives on the port's `data` the next cycle and is latched at the end
       of that cycle into its slot half (`pend` remembers slot and half).
     * Beat: sent in every cycle where `lpairs > c` (the pair is complete); the matrix unit never
-      refuses one. After beat `BEATS_PER_WORD - 1` of pair c, c advances.
+      refuses one. After beat `V - 1` of pair c, c advances.
     * Start-up: started in cycle s, the reads of A0 and B0 are granted in s+1 and s+2 (when
       unrefused) and the first beat is sent in s + 4 (`MATMUL_FIRST_BEAT`); then one beat per
-      cycle as long as the two reads of pair w+2 are granted within the 5 cycles from beat 2 of
-      pair w to beat 2 of pair w+1 (so up to 3 refused read cycles per word cost nothing).
+      cycle as long as the two reads of pair w+2 are granted in time: for INT8 (V = 4) within
+      the 5 cycles from beat 2 of pair w to beat 2 of pair w+1, so up to 3 refused read cycles
+      per word cost nothing; for BF16 (V = 2) the read port is busy every cycle in the steady
+      state (two words per two beats), so every refused read costs a beat.
     * `idle` is high again IN the cycle of the last beat (every read has landed by then and the
-      beat cannot be refused), so back-to-back MATMULs issue every `matmul_cycles(kw)` =
-      4 * kw + 3 cycles, against the ideal 4 * kw.
+      beat cannot be refused), so back-to-back MATMULs issue every `matmul_cycles(kw, type)` =
+      V * kw + 3 cycles, against the ideal V * kw: the same MACs per cycle for both types.
 MREAD
     * Row request (to the unit's `rd_req`): while fewer than nrows rows were requested; row
       (row0 + requested) mod N. The unit accepts it when it is not busy (a beat in flight) and
@@ -63,67 +67,49 @@ The model imports no Amaranth: the cycle model of the node uses it.
 
 from __future__ import annotations
 
-import enum
 from functools import lru_cache
 
 import numpy as np
 
-from ..formats import MatrixDType, bytes_from_word, word_from_lanes
+from ..contracts import MATMUL_FIRST_BEAT, EngineMode
+from ..dtypes import MATRIX_TYPES, ElemType, matrix_type
+from ..formats import word_from_lanes
+from ..isa import Opcode, decode
 from ..params import TileConfig
-from .isa import Opcode, decode
-from .matrix import MatrixUnitRef, acc_latency
+from .matrix import ACC_LATENCY, MatrixUnitRef
 
 
 __all__ = [
-    "EngineMode", "MatrixEngineModel", "BEATS_PER_WORD", "MATMUL_FIRST_BEAT", "check_engine_cfg",
+    "EngineMode", "MatrixEngineModel", "MATMUL_FIRST_BEAT", "check_engine_cfg",
     "operand_vectors", "matmul_cycles", "mread_cycles", "ideal_matmul_cycles",
     "matmul_reference_words",
 ]
 
 
-class EngineMode(enum.IntEnum):
-    """What the engine is doing (the RTL's `mode` register)."""
-    IDLE = 0
-    MATMUL = 1
-    MREAD = 2
-
-
-BEATS_PER_WORD = 4
-"""Operand beats per SRAM word pair: a word is 4 * N bytes = 4 operand vectors of N int8
-(`TileConfig.k_per_word`, which is 4 for every mac_dim)."""
-
 def check_engine_cfg(cfg) -> None:
-    """The configuration checks of the matrix engine, RTL and model alike."""
+    """The configuration check of the matrix engine, RTL and model alike."""
     if not isinstance(cfg, TileConfig):
         raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-    if cfg.k_per_word != BEATS_PER_WORD:
-        raise ValueError(f"cfg.k_per_word={cfg.k_per_word}: the engine is built for "
-                         f"{BEATS_PER_WORD} operand vectors per word")
 
 
-MATMUL_FIRST_BEAT = 4
-"""Cycles from the start cycle s of a MATMUL to its first beat when no read is refused: read A0
-in s+1, read B0 in s+2 (A0 arrives), B0 arrives in s+3, beat in s+4."""
+def operand_vectors(cfg: TileConfig, word: int, dtype=ElemType.INT8) -> np.ndarray:
+    """The operand vectors of an SRAM word for a MATMUL of type `dtype`, shape (V, N): vector j
+    is elements jN .. jN+N-1 (int8 values, or BF16 bits; `d1tile.dtypes`)."""
+    return matrix_type(dtype).operand_vectors(cfg, word)
 
 
-def operand_vectors(cfg: TileConfig, word: int) -> np.ndarray:
-    """The `cfg.k_per_word` operand vectors of an SRAM word, shape (k_per_word, N), int8:
-    vector j is bytes j*N .. j*N+N-1 (byte k of a word is element k, `formats.bytes_from_word`)."""
-    return bytes_from_word(word, cfg.word_bytes).reshape(cfg.k_per_word, cfg.mac_dim)
+def ideal_matmul_cycles(cfg: TileConfig, kw: int, dtype=ElemType.INT8) -> int:
+    """One beat per cycle and no overhead: V * kw (V = the type's vectors per word)."""
+    return matrix_type(dtype).vectors_per_word(cfg) * kw
 
 
-def ideal_matmul_cycles(cfg: TileConfig, kw: int) -> int:
-    """One beat per cycle and no overhead: k_per_word * kw."""
-    return cfg.k_per_word * kw
-
-
-def matmul_cycles(cfg: TileConfig, kw: int) -> int:
+def matmul_cycles(cfg: TileConfig, kw: int, dtype=ElemType.INT8) -> int:
     """Cycles from a MATMUL's start cycle to the first cycle `idle` is high again (its last-beat
     cycle), i.e. the issue interval of back-to-back MATMULs, when no read is refused:
-    MATMUL_FIRST_BEAT + k_per_word * kw - 1 = 4 * kw + 3."""
+    MATMUL_FIRST_BEAT + V * kw - 1 (INT8: 4 kw + 3, BF16: 2 kw + 3)."""
     if kw < 1:
         raise ValueError(f"kw={kw} must be at least 1")
-    return MATMUL_FIRST_BEAT + cfg.k_per_word * kw - 1
+    return MATMUL_FIRST_BEAT + ideal_matmul_cycles(cfg, kw, dtype) - 1
 
 
 def mread_cycles(nrows: int, unit_busy: int = 0) -> int:
@@ -136,13 +122,21 @@ def mread_cycles(nrows: int, unit_busy: int = 0) -> int:
     return nrows + 2 + unit_busy
 
 
-def matmul_reference_words(cfg: TileConfig, a_words, b_words) -> np.ndarray:
-    """What a MATMUL adds to the accumulators, from its A and B words by NumPy directly:
-    sum over words w and vectors j of outer(A_w[j], B_w[j]), exact in int64 (wrap to int32 when
-    comparing)."""
-    a = np.concatenate([operand_vectors(cfg, w) for w in a_words]).astype(np.int64)
-    b = np.concatenate([operand_vectors(cfg, w) for w in b_words]).astype(np.int64)
-    return a.T @ b
+def matmul_reference_words(cfg: TileConfig, a_words, b_words, dtype=ElemType.INT8, *,
+                           acc=None, clear: bool = True) -> np.ndarray:
+    """The accumulator bits (N x N, uint32) after a MATMUL of type `dtype` over the words
+    `a_words`, `b_words`, from `acc` (bits; zeros if None) or, with `clear`, from the type's
+    clear value: every beat of every word pair in order, by the type's reference
+    (`d1tile.dtypes.MatrixType.block`), independent of the engine model."""
+    spec = matrix_type(dtype)
+    a = np.concatenate([spec.operand_vectors(cfg, w) for w in a_words])
+    b = np.concatenate([spec.operand_vectors(cfg, w) for w in b_words])
+    n = cfg.mac_dim
+    if clear:
+        base = np.full((n, n), spec.clear_bits, dtype=np.uint32)
+    else:
+        base = np.zeros((n, n), dtype=np.uint32) if acc is None else np.asarray(acc, np.uint32)
+    return spec.block(base, a, b)
 
 
 _MAX_PENDING = 4096
@@ -179,15 +173,19 @@ class MatrixEngineModel:
     are kept, not unpacked beat by beat.
     """
 
-    def __init__(self, cfg: TileConfig, dtype=MatrixDType.INT8):
+    def __init__(self, cfg: TileConfig):
         check_engine_cfg(cfg)
         self._cfg = cfg
         self._n = cfg.mac_dim
         self._words = cfg.sram_words
         self._word_bytes = cfg.word_bytes
         self._full_mask = (1 << cfg.word_bytes) - 1
-        self._unit = MatrixUnitRef(cfg, dtype)
-        self._stages = acc_latency(dtype) - 1
+        self._unit = MatrixUnitRef(cfg)
+        self._stages = ACC_LATENCY - 1
+        # per type: (vectors per word, bytes per vector, NumPy element type of an operand)
+        self._layout = {t: (spec.vectors_per_word(cfg), cfg.mac_dim * spec.operand_bits // 8,
+                            "<i1" if spec.operand == ElemType.INT8 else "<u2")
+                        for t, spec in MATRIX_TYPES.items()}
         self.reset()
 
     @property
@@ -206,9 +204,11 @@ class MatrixEngineModel:
         self._pending: list = []      # beats in the accumulators, not yet applied to `_unit`
         self._flushes = 0
         self.mode = EngineMode.IDLE
-        # MATMUL registers
+        # MATMUL registers (`mtype` its type, `vpw` that type's beats per word pair)
         self.a = self.b = self.kw = 0
         self.clear = False
+        self.mtype = ElemType.INT8
+        self.vpw = self._layout[ElemType.INT8][0]
         self.rword = 0
         self.rhalf = 0
         self.c = 0
@@ -221,7 +221,7 @@ class MatrixEngineModel:
         self.requested = 0
         self.written = 0
         # matrix unit timing: beats in the product stages (newest first), readout register.
-        # A beat is (A word, B word, vector index j, clear).
+        # A beat is (A word, B word, vector index j, clear, type).
         self.pipe: list = [None] * self._stages
         self.rd_word: int | None = None
         # statistics
@@ -234,9 +234,9 @@ class MatrixEngineModel:
     # -- the accumulators ------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Apply the pending beats to the unit: from the last beat with `clear` on, as one
-        block (`MatrixUnitRef.mac_block`, which falls back to beat by beat for a type whose
-        accumulation is not associative)."""
+        """Apply the pending beats to the unit: from the last beat with `clear` on (which
+        discards what came before), each run of beats of one type as one block
+        (`MatrixUnitRef.mac_block`: one exact sum for INT8, beat after beat for BF16)."""
         pending = self._pending
         if not pending:
             return
@@ -245,26 +245,39 @@ class MatrixEngineModel:
             if pending[k][3]:
                 first = k
                 break
-        n, nbytes = self._n, self._word_bytes
-        a_parts, b_parts = [], []
         k, end = first, len(pending)
         while k < end:
-            a, b, j, _ = pending[k]
-            if j == 0 and k + 3 < end and pending[k + 3][2] == 3 and pending[k + 3][0] == a \
-                    and pending[k + 3][1] == b:
-                # The four beats of one word pair (they are sent in a row): the whole words.
-                a_parts.append(a.to_bytes(nbytes, "little"))
-                b_parts.append(b.to_bytes(nbytes, "little"))
-                k += 4
-            else:
-                a_parts.append(a.to_bytes(nbytes, "little")[j * n:j * n + n])
-                b_parts.append(b.to_bytes(nbytes, "little")[j * n:j * n + n])
-                k += 1
-        a = np.frombuffer(b"".join(a_parts), dtype=np.int8).reshape(-1, n)
-        b = np.frombuffer(b"".join(b_parts), dtype=np.int8).reshape(-1, n)
-        self._unit.mac_block(a, b, clear=pending[first][3])
+            dtype = pending[k][4]
+            run = k
+            while run < end and pending[run][4] == dtype:
+                run += 1
+            a, b = self._operand_block(pending, k, run, dtype)
+            self._unit.mac_block(a, b, clear=pending[k][3], dtype=dtype)
+            k = run
         pending.clear()
         self._flushes += 1
+
+    def _operand_block(self, pending: list, k: int, end: int, dtype) -> tuple:
+        """The (K, N) operand arrays of the pending beats k..end-1, all of type `dtype`."""
+        vpw, vbytes, element = self._layout[dtype]
+        nbytes, last = self._word_bytes, vpw - 1
+        a_parts, b_parts = [], []
+        while k < end:
+            a, b, j = pending[k][:3]
+            tail = k + last
+            if j == 0 and tail < end and pending[tail][2] == last and pending[tail][0] == a \
+                    and pending[tail][1] == b:
+                # The beats of one word pair (they are sent in a row): the whole words.
+                a_parts.append(a.to_bytes(nbytes, "little"))
+                b_parts.append(b.to_bytes(nbytes, "little"))
+                k += vpw
+            else:
+                a_parts.append(a.to_bytes(nbytes, "little")[j * vbytes:(j + 1) * vbytes])
+                b_parts.append(b.to_bytes(nbytes, "little")[j * vbytes:(j + 1) * vbytes])
+                k += 1
+        n = self._n
+        return (np.frombuffer(b"".join(a_parts), dtype=element).reshape(-1, n),
+                np.frombuffer(b"".join(b_parts), dtype=element).reshape(-1, n))
 
     def _read_row(self, row: int) -> int:
         self._flush()
@@ -278,7 +291,7 @@ class MatrixEngineModel:
         if mode == EngineMode.IDLE:
             return True
         return (mode == EngineMode.MATMUL and self.c + 1 == self.kw
-                and self.beat_index == BEATS_PER_WORD - 1)
+                and self.beat_index == self.vpw - 1)
 
     @property
     def busy(self) -> bool:
@@ -302,7 +315,7 @@ class MatrixEngineModel:
     def _read_address(self) -> int | None:
         if self.mode != EngineMode.MATMUL or self.rword == self.kw:
             return None
-        if self.rword == self.c + 2 and self.beat_index < BEATS_PER_WORD - 2:
+        if self.rword == self.c + 2 and self.beat_index < self.vpw - 2:
             return None
         base = self.b if self.rhalf else self.a
         return (base + self.rword) % self._words
@@ -321,20 +334,22 @@ class MatrixEngineModel:
         return [self._write_request()]
 
     def _beat(self):
-        """This cycle's beat in the internal form (A word, B word, j, clear), or None."""
+        """This cycle's beat in the internal form (A word, B word, j, clear, type), or None."""
         if self.mode != EngineMode.MATMUL or self.lpairs == self.c:
             return None
         slot = self.slots[self.c & 1]
         j = self.beat_index
-        return slot[0], slot[1], j, self.clear and self.c == 0 and j == 0
+        return slot[0], slot[1], j, self.clear and self.c == 0 and j == 0, self.mtype
 
     def beat(self):
-        """The operand beat of this cycle, `(a, b, clear)` (int8 arrays of N), or None."""
+        """The operand beat of this cycle, `(a, b, clear, type)` (a and b: N int8 values or
+        BF16 bit patterns), or None."""
         beat = self._beat()
         if beat is None:
             return None
-        a, b, j, clear = beat
-        return (operand_vectors(self._cfg, a)[j], operand_vectors(self._cfg, b)[j], clear)
+        a, b, j, clear, dtype = beat
+        return (operand_vectors(self._cfg, a, dtype)[j], operand_vectors(self._cfg, b, dtype)[j],
+                clear, dtype)
 
     def row_request(self) -> int | None:
         """The row index on the unit's `rd_req` this cycle (valid), or None."""
@@ -416,7 +431,7 @@ class MatrixEngineModel:
             self.pend = None
         if beat is not None:
             self.beats += 1
-            if self.beat_index == BEATS_PER_WORD - 1:
+            if self.beat_index == self.vpw - 1:
                 self.beat_index = 0
                 self.c += 1
                 if self.c == self.kw:
@@ -472,9 +487,11 @@ class MatrixEngineModel:
 
     def _start(self, instr: int):
         ins = _decoded(instr)
-        if ins.op == Opcode.MATMUL and ins.kw:
+        if ins.op == Opcode.MATMUL and ins.kw and ins.type in self._layout:
             self.mode = EngineMode.MATMUL
             self.a, self.b, self.kw, self.clear = ins.a, ins.b, ins.kw, bool(ins.clear)
+            self.mtype = ElemType(ins.type)
+            self.vpw = self._layout[self.mtype][0]
             self.rword = self.rhalf = self.c = self.beat_index = self.lpairs = 0
         elif ins.op == Opcode.MREAD and ins.nrows:
             self.mode = EngineMode.MREAD
@@ -505,30 +522,33 @@ class MatrixEngineModel:
         rword, rhalf, c, j, lpairs, pend = (self.rword, self.rhalf, self.c, self.beat_index,
                                             self.lpairs, self.pend)
         pipe, stages, pending = self.pipe, self._stages, self._pending
-        last = BEATS_PER_WORD - 1
+        vpw, dtype = self.vpw, self.mtype
+        last = vpw - 1
         reads: list[int] = []
         addr = None
         t = 0
         while not (c + 1 == kw and j == last) and (limit is None or t < limit):
-            if (j == 0 and rhalf == 0 and rword == c + 2 < kw and lpairs == c + 1
+            if (vpw >= 3 and j == 0 and rhalf == 0 and rword == c + 2 < kw and lpairs == c + 1
                     and pend == ((c + 1) & 1, 1)):
-                # The steady state at the first beat of pair c: pair c+1's B word arrives now,
-                # pair c+2's words are read in beats 2 and 3. It repeats, pair after pair,
-                # until the last pair is read: jump over whole pairs at once.
+                # The steady state at the first beat of pair c (types of 3 or more beats per
+                # word: INT8): pair c+1's B word arrives now, pair c+2's words are read in
+                # beats V-2 and V-1. It repeats, pair after pair, until the last pair is read:
+                # jump over whole pairs at once. (BF16's two beats per word keep the read port
+                # busy every cycle; it takes the cycle-by-cycle path below.)
                 blocks = kw - 2 - c
                 if limit is not None:
-                    blocks = min(blocks, (limit - t) // BEATS_PER_WORD)
+                    blocks = min(blocks, (limit - t) // vpw)
                 if blocks > 0:
                     a_words = [slots[c & 1][0], slots[(c + 1) & 1][0]]
                     b_words = [slots[c & 1][1], data]
                     a_words.extend(memory[(a + q) % words] for q in range(c + 2, c + blocks + 2))
                     b_words.extend(memory[(b + q) % words] for q in range(c + 2, c + blocks + 2))
-                    beats = [(a_words[k], b_words[k], i, clear and c + k == 0 and i == 0)
-                             for k in range(blocks) for i in range(BEATS_PER_WORD)]
+                    beats = [(a_words[k], b_words[k], i, clear and c + k == 0 and i == 0, dtype)
+                             for k in range(blocks) for i in range(vpw)]
                     self._shift_pipe_many(beats)
                     for k in range(blocks):
-                        reads.append(t + BEATS_PER_WORD * k + 2)
-                        reads.append(t + BEATS_PER_WORD * k + 3)
+                        reads.append(t + vpw * k + vpw - 2)
+                        reads.append(t + vpw * k + vpw - 1)
                     self.beats += len(beats)
                     t += len(beats)
                     c += blocks
@@ -540,9 +560,9 @@ class MatrixEngineModel:
                     data = b_words[blocks + 1]
                     addr = (b + c + 1) % words
                     continue
-            beat = (slots[c & 1][0], slots[c & 1][1], j, clear and c == 0 and j == 0) \
+            beat = (slots[c & 1][0], slots[c & 1][1], j, clear and c == 0 and j == 0, dtype) \
                 if lpairs != c else None
-            if rword != kw and not (rword == c + 2 and j < 2):
+            if rword != kw and not (rword == c + 2 and j < vpw - 2):
                 addr = ((b if rhalf else a) + rword) % words
                 reads.append(t)
                 read = True
@@ -607,7 +627,8 @@ class MatrixEngineModel:
     def describe(self) -> str:
         """The state in one line, for hang and mismatch reports."""
         if self.mode == EngineMode.MATMUL:
-            return (f"MATMUL a={self.a} b={self.b} kw={self.kw}: next read word {self.rword} "
+            return (f"MATMUL a={self.a} b={self.b} kw={self.kw} type={self.mtype.name}: "
+                    f"next read word {self.rword} "
                     f"half {self.rhalf}, pair {self.c} beat {self.beat_index}, "
                     f"{self.lpairs} pairs landed")
         if self.mode == EngineMode.MREAD:

@@ -203,33 +203,3 @@ def run_model(cfg: TileConfig, *, packets: int, rate: float, seed: int,
     if mesh.misroutes:
         traffic.counts.misdelivered += len(mesh.misroutes)
     return traffic.stats()
-
-
-def run_rtl(cfg: TileConfig, *, packets: int, rate: float, seed: int,
-            max_cycles: int = 10_000_000, log=None) -> NocStats:
-    """noc-stress on the Verilator build of `RouterMesh(cfg)` (built once per configuration)."""
-    import contextlib
-    import io
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from d1tile.hw import verilator
-    from d1tile.hw.router import RouterMesh
-
-    NocTraffic(cfg, packets=packets, rate=rate, seed=seed)     # argument errors before building
-    log = log or (lambda line: None)
-    build = verilator.build(lambda: RouterMesh(cfg), "router_mesh", f"router_mesh-{cfg.key}",
-                            log=log)
-    with tempfile.TemporaryDirectory(prefix="d1tile-noc-") as tmp:
-        out = Path(tmp) / "stats.json"
-        env = {"D1TILE_CONFIG": cfg.to_json(),
-               "D1TILE_NOC": json.dumps({"packets": packets, "rate": rate, "seed": seed,
-                                         "out": str(out), "max_cycles": max_cycles})}
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):
-            verilator.run_cocotb(build, "d1tile.hw.noc_bench", seed=seed, env=env,
-                                 test_dir=build.directory / "runs" / f"noc-{seed}")
-        for line in captured.getvalue().splitlines():
-            log(line)
-        return NocStats(**json.loads(out.read_text()))

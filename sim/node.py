@@ -53,20 +53,20 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from d1tile.contracts import (ENGINES, IMEM_DATA_BITS, PREFETCH_DEPTH, READ_PORTS, WRITE_PORTS,
+                              EngineMode, SeqEvent, SeqState)
 from d1tile.formats import COUNTER_NAMES, NODE_STATUS, Port, flit_format
 from d1tile.params import TileConfig
-from d1tile.sim.dma import (DISCARD_MODE, IMEM_DATA_BITS, IMEM_MODE, PREFETCH_DEPTH, WRITE_MODE,
+from d1tile.sim.dma import (DISCARD_MODE, IMEM_MODE, WRITE_MODE,
                             DmaInModel, DmaOutModel)
-from d1tile.sim.mxu import EngineMode, MatrixEngineModel
-from d1tile.sim.sequencer import ENGINES, SeqEvent, SeqState, SequencerModel
+from d1tile.sim.mxu import MatrixEngineModel
+from d1tile.sim.sequencer import SequencerModel
 from d1tile.sim.sram import SRAMModel
 from d1tile.sim.vpu import VectorEngineModel
 
 
 __all__ = ["NodeModel", "READ_PORTS", "WRITE_PORTS", "NEVER"]
 
-READ_PORTS = 4
-WRITE_PORTS = 3
 COUNTER_MASK = 0xFFFF_FFFF
 NEVER = float("inf")
 """`NodeModel.wake` of a node asleep: only a flit wakes it."""
@@ -218,7 +218,8 @@ class NodeModel:
         if engine == _VECTOR or not vpu.still:
             vpu.tick(read_grants[2:4], write_grants[2:3], arrived[2:4],
                      engine == _VECTOR, instr if engine == _VECTOR else 0,
-                     seq.scale, seq.shift, seq.relu)
+                     seq.scale, seq.shift, seq.relu, q=seq.fscale, seed=seq.seed,
+                     reseed=seq.reseed)
         c = self.counters
         state = seq.state
         if state == SeqState.RUN or state == SeqState.HALTING:

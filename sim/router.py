@@ -33,6 +33,7 @@ import random
 from collections import deque
 from functools import cache
 
+from d1tile.contracts import OPPOSITE, PORTS, RR_RESET, STEP, check_node
 from d1tile.formats import BitFormat, Field, Port, flit_format
 from d1tile.params import TileConfig
 
@@ -43,21 +44,6 @@ __all__ = [
     "RouterModel", "MeshModel",
     "trace_format", "make_packet", "describe_flit", "PacketScoreboard", "ScoreboardError",
 ]
-
-PORTS = tuple(Port)
-"""The five ports in index order (the order the round robin walks)."""
-
-OPPOSITE = {Port.NORTH: Port.SOUTH, Port.SOUTH: Port.NORTH,
-            Port.EAST: Port.WEST, Port.WEST: Port.EAST}
-"""The input port of the neighbour that an output port feeds."""
-
-STEP = {Port.NORTH: (0, -1), Port.EAST: (1, 0), Port.SOUTH: (0, 1), Port.WEST: (-1, 0)}
-"""(dx, dy) from a router to the neighbour behind an output port (x east, y south)."""
-
-RR_RESET = Port.WEST
-"""Reset value of every output's round-robin pointer: the search starts after it, so LOCAL has
-the first turn after reset."""
-
 
 def route_xy(x: int, y: int, dst_x: int, dst_y: int) -> Port:
     """Dimension-ordered (XY) routing: the output port that router (x, y) sends a packet for
@@ -110,17 +96,6 @@ def rr_grant() -> tuple[tuple[int, ...], ...]:
             row.append(winner)
         table.append(tuple(row))
     return tuple(table)
-
-
-def check_node(cfg: TileConfig, x, y) -> None:
-    """Reject a router position outside the mesh (ValueError) or of the wrong type (TypeError)."""
-    if not isinstance(cfg, TileConfig):
-        raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-    for name, value, limit in (("x", x, cfg.cols), ("y", y, cfg.rows)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer, not {value!r}")
-        if not 0 <= value < limit:
-            raise ValueError(f"{name}={value} is outside the {cfg.rows}x{cfg.cols} mesh (0..{limit - 1})")
 
 
 # -- cycle-exact model -------------------------------------------------------------------------

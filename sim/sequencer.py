@@ -18,7 +18,8 @@ instruction `imem[pc]` (read combinationally) and the three idle flags:
   1. `validate(cfg, i)` is a fault: `FAULT`. At the edge: fault_code/fault_pc/fault_value are
      recorded, state -> HALTING, pc stays. Nothing issues, no stall strobe. fault_pc and
      fault_value are 16 bits: with imem_words = 65536 a PC fault reads as pc 0, value 0.
-  2. NOP, SETQ: `ISSUE`; SETQ loads scale/shift/relu at the edge; pc += 1.
+  2. NOP, SETQ, SETR: `ISSUE`; SETQ loads scale/shift/relu at the edge, SETR q (`fscale`) or
+     the seed (and sets `reseed`); pc += 1.
   3. WAIT c, v: counter[c] >= v (register value, not counting this cycle's bump): `ISSUE`,
      counter[c] -= v at the edge, pc += 1; else `STALL_WAIT`.
   4. MATMUL/MREAD (MATRIX), VEC (VECTOR), SEND (DMA) on engine U: U not idle: `STALL_UNIT`;
@@ -33,6 +34,9 @@ instruction `imem[pc]` (read combinationally) and the three idle flags:
 
 Other edge effects, every cycle, independent of the decision:
 
+* `reseed` is cleared at the edge of a cycle in which the vector engine's `start` is high: the
+  engine takes the pending seed with that instruction (the vector command's `reseed` is the
+  register, so the instruction after a SETR SEED sees it high).
 * `start_req` in IDLE or STOPPED: state -> RUN, pc -> 0, fault registers -> 0 (counters, SETQ
   registers and imem are kept). Ignored in RUN and HALTING. So instruction 0 can issue in the
   cycle after the `start_req` pulse.
@@ -53,12 +57,12 @@ cycle t + 1 + i, the HALT in t + 1 + k, and starts DONE in t + 2 + k (`unstalled
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple, Sequence
 
+from d1tile.contracts import ENGINES, HALT_WORD, SeqEvent, SeqState
+from d1tile.isa import (INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode,
+                        Ranges, SetrReg, Unit, decode, hazard_ranges, overlaps, validate)
 from d1tile.params import TileConfig
-from d1tile.sim.isa import (COUNTER_BITS, COUNTERS, INSTR_BITS, FaultCode, Opcode, Ranges, Unit,
-                            UNIT_OF, decode, encode, hazard_ranges, overlaps, validate)
 
 
 __all__ = [
@@ -67,34 +71,10 @@ __all__ = [
     "unstalled_done_cycle",
 ]
 
-ENGINES = (Unit.MATRIX, Unit.VECTOR, Unit.DMA)
-"""The engines in the order of every per-engine list (`units_idle`, `Decision.engine`)."""
-
 _ENGINE_INDEX = {unit: k for k, unit in enumerate(ENGINES)}
-
-HALT_WORD = encode(Opcode.HALT)
-"""The `instr` of the DONE command to DMA-out (the canonical HALT word, whatever the word at the
-HALT's address holds in its unused bits, and also after a fault)."""
+_VECTOR = _ENGINE_INDEX[Unit.VECTOR]
 
 _EMPTY = Ranges()
-
-
-class SeqState(enum.IntEnum):
-    IDLE = 0      # after reset, before the first START
-    RUN = 1       # fetching and issuing
-    HALTING = 2   # HALT issued or fault raised: waiting for every engine to be idle
-    STOPPED = 3   # DONE handed to DMA-out; a START runs the program again from pc 0
-
-
-class SeqEvent(enum.IntEnum):
-    NONE = 0          # IDLE, STOPPED, or HALTING while an engine is busy
-    ISSUE = 1
-    STALL_UNIT = 2
-    STALL_HAZARD = 3
-    STALL_WAIT = 4
-    STALL_HALT = 5
-    FAULT = 6
-    DONE = 7          # HALTING with every engine idle: DMA started with the DONE command
 
 
 STROBES = ("issued", "stall_unit", "stall_hazard", "stall_wait", "stall_halt")
@@ -123,7 +103,7 @@ _STALLS = {event: Decision(event) for event in (SeqEvent.STALL_UNIT, SeqEvent.ST
                                                 SeqEvent.STALL_WAIT, SeqEvent.STALL_HALT)}
 
 # What the model keeps per imem word, computed once per write: (kind, *details).
-_K_FAULT, _K_SEQ, _K_SETQ, _K_WAIT, _K_UNIT, _K_HALT = range(6)
+_K_FAULT, _K_SEQ, _K_SETQ, _K_WAIT, _K_UNIT, _K_HALT, _K_SETR = range(7)
 _PAST_END = (_K_FAULT, FaultCode.PC)   # pc == imem_words: the value is the pc
 
 _FIELD_MASK = 0xFFFF   # fault_pc and fault_value are 16-bit registers (and DONE fields)
@@ -144,7 +124,8 @@ class SequencerModel:
        high and its `instr`, and the event strobe), from the state and the engines' idle flags
        (`units_idle`: three bools in `ENGINES` order). The other outputs are properties of the
        state: `state`, `running`, `pc`, `fault_code`, `fault_pc`, `fault_value`, `counters`,
-       `scale`, `shift`, `relu` (the vector command's SETQ fields), and for the DMA command
+       `scale`, `shift`, `relu`, `fscale`, `seed`, `reseed` (the vector command's SETQ and SETR
+       fields), and for the DMA command
        `status` (= fault_code), `pc`, `info` (= fault_value).
     2. `tick(units_idle, bump=False, bump_id=0, start_req=False, imem_write=None)`: the clock
        edge. `imem_write` is None or `(addr, word)`; an address >= imem_words is ignored.
@@ -166,7 +147,9 @@ class SequencerModel:
         self.fault_pc = 0
         self.fault_value = 0
         self.scale = self.shift = self.relu = 0
-        self.counters = [0] * COUNTERS
+        self.fscale = self.seed = 0
+        self.reseed = False
+        self.counters = [0] * SYNC_COUNTERS
         self.ranges = [_EMPTY] * len(ENGINES)
         self._memo_idle = None
         self._memo = _NONE
@@ -220,6 +203,8 @@ class SequencerModel:
                 info = (_K_SEQ,)
             elif op == Opcode.SETQ:
                 info = (_K_SETQ, instr.scale, instr.shift, instr.relu)
+            elif op == Opcode.SETR:
+                info = (_K_SETR, instr.reg, instr.value)
             elif op == Opcode.WAIT:
                 info = (_K_WAIT, instr.counter, instr.value)
             elif op == Opcode.HALT:
@@ -251,7 +236,7 @@ class SequencerModel:
             kind = info[0]
             if kind == _K_FAULT:
                 decision = _FAULT
-            elif kind == _K_SEQ or kind == _K_SETQ:
+            elif kind == _K_SEQ or kind == _K_SETQ or kind == _K_SETR:
                 decision = _ISSUE
             elif kind == _K_WAIT:
                 decision = (_ISSUE if self.counters[info[1]] >= info[2]
@@ -293,7 +278,7 @@ class SequencerModel:
         event = decision.event
         state = self.state          # the register before this edge (START looks at it)
         counters = self.counters
-        mask = (1 << COUNTER_BITS) - 1
+        mask = (1 << SYNC_COUNTER_BITS) - 1
         if event == SeqEvent.ISSUE:
             info = self._decoded(self.pc)
             kind = info[0]
@@ -302,10 +287,17 @@ class SequencerModel:
             else:
                 if kind == _K_SETQ:
                     self.scale, self.shift, self.relu = info[1], info[2], info[3]
+                elif kind == _K_SETR:
+                    if info[1] == SetrReg.SCALE:
+                        self.fscale = info[2]
+                    else:
+                        self.seed, self.reseed = info[2], True
                 elif kind == _K_WAIT:
                     counters[info[1]] = (counters[info[1]] - info[2]) & mask
                 elif kind == _K_UNIT:
                     self.ranges[info[1]] = info[2]
+                    if info[1] == _VECTOR:
+                        self.reseed = False
                 self.pc += 1
         elif event == SeqEvent.FAULT:
             if self.pc == self._cfg.imem_words:
@@ -318,8 +310,8 @@ class SequencerModel:
             self.ranges[decision.engine] = _EMPTY
             self.state = SeqState.STOPPED
         if bump:
-            if not 0 <= bump_id < COUNTERS:
-                raise ValueError(f"bump_id={bump_id} is not a counter (0..{COUNTERS - 1})")
+            if not 0 <= bump_id < SYNC_COUNTERS:
+                raise ValueError(f"bump_id={bump_id} is not a counter (0..{SYNC_COUNTERS - 1})")
             counters[bump_id] = (counters[bump_id] + 1) & mask
         if start_req and (state == SeqState.IDLE or state == SeqState.STOPPED):
             # The decision of an IDLE/STOPPED cycle is NONE, so nothing above changed the state.

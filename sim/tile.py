@@ -36,9 +36,10 @@ from __future__ import annotations
 
 from d1tile.formats import NODE_STATUS, Port
 from d1tile.params import TileConfig
-from d1tile.sim import isa, streams
+from d1tile import isa
+from d1tile.sim import streams
 from d1tile.sim.host import DEFAULT_HANG_CYCLES, HostDriver, RunResult
-from d1tile.sim.isa import FaultCode, Opcode
+from d1tile.isa import FaultCode, Opcode
 from d1tile.sim.node import NodeModel
 from d1tile.sim.router import MeshModel
 from d1tile.sim.sequencer import SeqEvent, SeqState

@@ -1,82 +1,69 @@
-"""Functional reference of the vector unit: lane-parallel int32 operations over SRAM words.
+"""Functional reference of the vector unit: what one command computes, bit for bit.
 
-This module is the definition of what the vector unit computes, bit for bit, and of its command
-and result formats. It imports no Amaranth: the RTL (`d1tile.hw.vector`) takes the formats'
-`.layout` from here, and the cycle model and the compiler call the arithmetic.
+The unit takes one command per cycle (`d1tile.vector_ops.vector_cmd_format`: an op code, two
+operand words, the SETQ/SETR parameters, the element's slot and first/last flags) and produces at
+most one result (`vector_result_format`: a word and its byte mask). What each op computes is its
+entry in `d1tile.vector_ops.VECTOR_OPS` (the table, with the lane references and the element
+types that say which group of a word is read and written); `vector_op` applies an entry to
+words:
 
-A word is `cfg.lanes` (= N) signed int32 lanes, little-endian (lane i = bytes 4i..4i+3, see
-`d1tile.formats.word_from_lanes`). Per lane i, with a_i and b_i the lanes of `a` and `b`:
-
-* ADD: a_i + b_i, wrapped to int32.
-* MUL: the low 32 bits of a_i * b_i (wrapping).
-* MAX: signed max(a_i, b_i).
-* RELU: max(a_i, 0) (`b` is ignored).
-* REQUANT: q_i = clamp((a_i * scale + r) >> shift, lo, 127), where the product is exact
-  (signed 32 x unsigned 16 bits), r = 1 << (shift - 1) if shift > 0 else 0, `>>` is arithmetic
-  (floor), so ties round towards +infinity; lo = 0 if relu else -128. Byte slot*N + i of the
-  result is q_i as int8, every other byte is 0, and the byte mask has exactly bytes
-  slot*N .. slot*N + N - 1 set. Four REQUANTs with slots 0..3 into the same SRAM word pack four
-  int32 words into one int8 word: the matrix unit's operand layout (4 vectors of N int8).
-
-ADD, MUL, MAX and RELU write the whole word (mask all ones); `scale`, `shift`, `slot` and `relu`
-are ignored by them. Op codes outside `VecOp` (5..7) produce data 0 and mask 0: a result that
-writes nothing. The sequencer rejects such codes before they reach the unit; the unit still
-answers them one for one so that its stream never loses a beat.
+* the a lanes are group `slot % groups(src)` of word `a`, as `src` elements (`d1tile.dtypes`);
+  b (binary ops) is a whole word of 32-bit lanes of the same kind;
+* the result lanes go to group `slot % groups(dst)` of the data word, and the mask enables
+  exactly that group's bytes (all of them for 32-bit results). REQUANT (int32 -> int8) thus
+  fills byte slot i % 4, FP32 -> BF16 half i % 2, as the instructions' element index i says;
+* a reduction (FSUM, FMAXR) folds the lanes into the unit's accumulator (`VectorUnitState.acc`):
+  starting from the op's identity at `first`, it gives a result (the whole word) only at
+  `last`, and nothing (None) for the other elements;
+* a stochastic conversion advances the unit's generator (`VectorUnitState.rng`, one xorshift32
+  per lane, `d1tile.numerics.rng_next`) once per element and rounds with its 16-bit values;
+* an undefined op code gives data 0 and mask 0 (a result that writes nothing): the sequencer
+  rejects such codes before they reach the unit, which still answers them one for one so that
+  its stream never loses a beat.
 
 Timing (the RTL's contract, used by the cycle model and the testbenches): a command accepted in
 cycle t has its result valid from cycle t + `VECTOR_LATENCY`; the unit accepts one command per
 cycle while its result is taken (`cmd.ready = ~result.valid | result.ready`).
+
+This module imports no Amaranth.
 """
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
-from d1tile.formats import (VECOP_BITS, BitFormat, Field, VecOp, lanes_from_word,
-                            word_from_bytes, word_from_lanes)
+from d1tile import numerics
+from d1tile.dtypes import ELEMENTS
 from d1tile.params import TileConfig
+from d1tile.vector_ops import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, SCALE_BITS, SHIFT_BITS,
+                               SLOT_BITS, VECTOR_LATENCY, VECTOR_OPS, Params, requantize,
+                               requantize_lane, vector_cmd_format, vector_result_format)
 
 
 __all__ = [
-    "VECTOR_LATENCY", "SCALE_BITS", "SHIFT_BITS", "SLOT_BITS",
-    "vector_cmd_format", "vector_result_format",
+    "VECTOR_LATENCY", "SCALE_BITS", "SHIFT_BITS", "SLOT_BITS", "INT8_MIN", "INT8_MAX",
+    "INT32_MIN", "INT32_MAX", "vector_cmd_format", "vector_result_format", "VectorUnitState",
     "vector_op", "vector_execute", "requantize", "requantize_lane", "vector_ideal_cycles",
 ]
 
-VECTOR_LATENCY = 1
-"""Cycles from a command's acceptance to its result being valid (the result is registered)."""
 
-SCALE_BITS = 16   # REQUANT multiplier, unsigned
-SHIFT_BITS = 6    # REQUANT right shift, unsigned, 0..63
-SLOT_BITS = 2     # REQUANT destination: which quarter of the word receives the N int8 results
+class VectorUnitState:
+    """The vector unit's registers besides its result register: the reduction accumulator
+    (`acc`, N lanes of 32-bit bits) and the stochastic-rounding generator's lane states (`rng`,
+    seeded with 0 after reset; `reseed` is what the unit's `reseed` input does)."""
 
-INT8_MIN, INT8_MAX = -128, 127
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+    def __init__(self, cfg: TileConfig, seed: int = 0):
+        self.lanes = cfg.lanes
+        self.acc = np.zeros(cfg.lanes, dtype=np.uint32)
+        self.rng = numerics.rng_seed_states(seed, cfg.lanes)
 
+    def reseed(self, seed: int) -> None:
+        self.rng = numerics.rng_seed_states(seed, self.lanes)
 
-@cache
-def vector_cmd_format(cfg: TileConfig) -> BitFormat:
-    """One vector-unit command: the op, two operand words and the REQUANT parameters."""
-    return BitFormat("vector_cmd", [
-        Field("op", VECOP_BITS),
-        Field("a", cfg.word_bits),
-        Field("b", cfg.word_bits),
-        Field("scale", SCALE_BITS),
-        Field("shift", SHIFT_BITS),
-        Field("slot", SLOT_BITS),
-        Field("relu", 1),
-    ])
-
-
-@cache
-def vector_result_format(cfg: TileConfig) -> BitFormat:
-    """One vector-unit result: a word to write and its byte enables (bit j enables byte j)."""
-    return BitFormat("vector_result", [
-        Field("data", cfg.word_bits),
-        Field("mask", cfg.word_bytes),
-    ])
+    def copy(self) -> "VectorUnitState":
+        other = object.__new__(VectorUnitState)
+        other.lanes, other.acc, other.rng = self.lanes, self.acc.copy(), list(self.rng)
+        return other
 
 
 def vector_ideal_cycles(n: int) -> int:
@@ -88,71 +75,51 @@ def vector_ideal_cycles(n: int) -> int:
     return n + VECTOR_LATENCY if n else 0
 
 
-def requantize_lane(a: int, scale: int, shift: int, relu: int) -> int:
-    """REQUANT of one int32 lane, in exact Python integers (see the module docstring)."""
-    rounding = 1 << (shift - 1) if shift > 0 else 0
-    q = (a * scale + rounding) >> shift
-    return max(0 if relu else INT8_MIN, min(INT8_MAX, q))
-
-
 def vector_op(cfg: TileConfig, op: int, a: int, b: int, scale: int = 0, shift: int = 0,
-              slot: int = 0, relu: int = 0) -> tuple[int, int]:
-    """Execute one command on word integers; returns `(data, mask)` as unsigned integers.
+              slot: int = 0, relu: int = 0, q: int = 0, first: int = 1, last: int = 1,
+              state: VectorUnitState | None = None) -> tuple[int, int] | None:
+    """Execute one command on word integers; returns `(data, mask)` as unsigned integers, or
+    None when the command gives no result (a reduction before its last element).
 
     Every argument must fit its field of `vector_cmd_format(cfg)` (words are unsigned
     `cfg.word_bits`-bit integers); otherwise `FormatError` (a `ValueError`) names the field.
+    Reductions and stochastic conversions need the unit's `state` (ValueError without it),
+    which they update.
     """
-    vector_cmd_format(cfg).pack(op=op, a=a, b=b, scale=scale, shift=shift, slot=slot, relu=relu)
-    n = cfg.lanes
-    full_mask = (1 << cfg.word_bytes) - 1
-    la = [int(x) for x in lanes_from_word(a, n)]
-    lb = [int(x) for x in lanes_from_word(b, n)]
-    if op == VecOp.ADD:
-        return word_from_lanes(x + y for x, y in zip(la, lb)), full_mask
-    if op == VecOp.MUL:
-        return word_from_lanes(x * y for x, y in zip(la, lb)), full_mask
-    if op == VecOp.MAX:
-        return word_from_lanes(max(x, y) for x, y in zip(la, lb)), full_mask
-    if op == VecOp.RELU:
-        return word_from_lanes(max(x, 0) for x in la), full_mask
-    if op == VecOp.REQUANT:
-        q = [requantize_lane(x, scale, shift, relu) for x in la]
-        return word_from_bytes(q) << (8 * n * slot), ((1 << n) - 1) << (n * slot)
-    return 0, 0
+    vector_cmd_format(cfg).pack(op=op, a=a, b=b, scale=scale, shift=shift, slot=slot, relu=relu,
+                                q=q, first=first, last=last)
+    spec = VECTOR_OPS.get(op)
+    if spec is None:
+        return 0, 0
+    if (spec.reduce or spec.stochastic) and state is None:
+        raise ValueError(f"vector op {spec.name} needs the unit's state (VectorUnitState)")
+    src, dst = ELEMENTS[spec.src], ELEMENTS[spec.dst]
+    lanes_a = src.group(cfg, a, slot % src.groups)
+    if spec.reduce:
+        base = (np.full(cfg.lanes, spec.identity, dtype=np.uint32) if first else state.acc)
+        state.acc = np.asarray(spec.lanes(base, lanes_a), dtype=np.uint32)
+        if not last:
+            return None
+        result = state.acc
+    elif spec.stochastic:
+        state.rng, rand = numerics.rng_next(state.rng)
+        result = spec.lanes(lanes_a, rand)
+    else:
+        lanes_b = src.unpack(cfg, b) if spec.binary else None
+        result = spec.lanes(lanes_a, lanes_b, Params(scale, shift, relu, q))
+    group = slot % dst.groups
+    group_bits = cfg.lanes * dst.bits
+    data = dst.pack(cfg, result) << (group * group_bits)
+    mask = ((1 << (group_bits // 8)) - 1) << (group * group_bits // 8)
+    return data, mask
 
 
-def vector_execute(cfg: TileConfig, cmd: int) -> int:
+def vector_execute(cfg: TileConfig, cmd: int, state: VectorUnitState | None = None) -> int | None:
     """Execute one packed command (`vector_cmd_format(cfg)`); returns the packed result
-    (`vector_result_format(cfg)`). This is what the unit does to one stream beat."""
-    data, mask = vector_op(cfg, **vector_cmd_format(cfg).unpack(cmd))
+    (`vector_result_format(cfg)`), or None when the command gives none. This is what the unit
+    does to one stream beat."""
+    out = vector_op(cfg, **vector_cmd_format(cfg).unpack(cmd), state=state)
+    if out is None:
+        return None
+    data, mask = out
     return vector_result_format(cfg).pack(data=data, mask=mask)
-
-
-def requantize(acc, scale, shift, relu=False) -> np.ndarray:
-    """REQUANT of whole arrays, NumPy-vectorised; bit-identical to `vector_op`'s REQUANT.
-
-    `acc` is an integer array of int32 values (any integer dtype); `scale` (0..65535), `shift`
-    (0..63) and `relu` (bool) are scalars or arrays broadcastable against `acc`. Returns an int8
-    array of the broadcast shape. Non-integer input raises `TypeError`; values outside their
-    ranges raise `ValueError` naming the argument.
-    """
-    acc = np.asarray(acc)
-    scale = np.asarray(scale)
-    shift = np.asarray(shift)
-    relu = np.asarray(relu)
-    for name, arr, lo, hi in (("acc", acc, INT32_MIN, INT32_MAX),
-                              ("scale", scale, 0, (1 << SCALE_BITS) - 1),
-                              ("shift", shift, 0, (1 << SHIFT_BITS) - 1)):
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-            raise TypeError(f"requantize: {name} must be integers, not dtype {arr.dtype}")
-        if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
-            raise ValueError(f"requantize: {name} has values outside {lo}..{hi} "
-                             f"(min {int(arr.min())}, max {int(arr.max())})")
-    acc = acc.astype(np.int64)
-    scale = scale.astype(np.int64)
-    shift = shift.astype(np.int64)
-    # |acc * scale| < 2**47 and the rounding term is at most 2**62, so int64 never overflows.
-    rounding = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    q = np.right_shift(acc * scale + rounding, shift)
-    lo = np.where(relu.astype(bool), 0, INT8_MIN)
-    return np.clip(q, lo, INT8_MAX).astype(np.int8)

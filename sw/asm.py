@@ -10,8 +10,11 @@ Programs can be built in Python::
     words = p.words
 
 or written as text and assembled (`assemble(cfg, text)`), one instruction a line; arguments are
-positional in the order of `d1tile.sim.isa.FORMATS` or `name=value`; `;` and `#` start comments;
-vector ops are written by name (`VEC ADD, 10, 0, 5, 4`); `.word 0x...` emits a raw word::
+positional in the order of `d1tile.isa.FORMATS` or `name=value`; `;` and `#` start comments;
+vector ops, element types and SETR registers are written by name (`VEC ADD, 10, 0, 5, 4`,
+`FVEC FAXPY, ...`, `MATMUL 0, 64, 16, clear=1, type=BF16`, `FCVT FP32, BF16, sr=1, ...`,
+`SETR SCALE, 0.01`: a number with a decimal point or exponent is an FP32 value); `.word 0x...`
+emits a raw word::
 
     MATMUL 0, 64, 16, clear=1
     MREAD dst=128, row0=0, nrows=8
@@ -29,13 +32,16 @@ from __future__ import annotations
 
 import re
 
-from d1tile.formats import FormatError, VecOp
+import numpy as np
+
+from d1tile import isa
+from d1tile.dtypes import ElemType
+from d1tile.formats import FormatError
+from d1tile.isa import FaultCode, FVecOp, Opcode, SetrReg, VecOp
 from d1tile.params import TileConfig
-from d1tile.sim import isa
-from d1tile.sim.isa import FaultCode, Opcode
 
 
-__all__ = ["AsmError", "Program", "assemble", "disassemble"]
+__all__ = ["AsmError", "Program", "assemble", "disassemble", "f32_bits"]
 
 
 class AsmError(ValueError):
@@ -47,7 +53,17 @@ _FAULT_REASONS = {
     FaultCode.ADDRESS: "SRAM range beyond the node's {words} words (at address {value})",
     FaultCode.NODE: "destination node outside the {rows}x{cols} grid",
     FaultCode.FIELD: "field out of range (value {value})",
+    FaultCode.TYPE: "element type or conversion the node does not have (value {value})",
 }
+
+# Fields written by name in text, and how: field -> (enum, printed when disassembling).
+_NAMED = {"vop": VecOp, "fop": FVecOp, "type": ElemType, "stype": ElemType, "dtype": ElemType,
+          "reg": SetrReg}
+
+
+def f32_bits(value: float) -> int:
+    """The FP32 bits of a Python float (rounded to nearest even), e.g. for SETR SCALE."""
+    return int(np.array(value, dtype=np.float32).view(np.uint32))
 
 
 class Program:
@@ -90,9 +106,11 @@ class Program:
     def halt(self):
         return self.emit(Opcode.HALT)
 
-    def matmul(self, a: int, b: int, kw: int, clear: bool = False):
-        """acc (+)= A @ B over 4*kw k-steps: A^T words a.., B words b.. (see architecture.md)."""
-        return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear))
+    def matmul(self, a: int, b: int, kw: int, clear: bool = False, dtype=ElemType.INT8):
+        """acc (+)= A @ B over V*kw k-steps (V = 4 for INT8, 2 for BF16 operands): A^T words
+        a.., B words b.. (see architecture.md). `dtype` an ElemType or its name."""
+        dtype = ElemType[dtype.upper()] if isinstance(dtype, str) else ElemType(dtype)
+        return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype))
 
     def mread(self, dst: int, row0: int = 0, nrows: int | None = None):
         """Accumulator rows row0.. to SRAM words dst.. (all rows by default)."""
@@ -104,8 +122,33 @@ class Program:
         vop = VecOp[op.upper()] if isinstance(op, str) else VecOp(op)
         return self.emit(Opcode.VEC, vop=int(vop), dst=dst, a=a, b=b, n=n, bfix=int(bfix))
 
+    def fvec(self, op, dst: int, a: int, b: int = 0, n: int = 1, bfix: bool = False):
+        """n FP32 vector-unit operations (or one reduction of n words); `op` an FVecOp or its
+        name."""
+        fop = FVecOp[op.upper()] if isinstance(op, str) else FVecOp(op)
+        return self.emit(Opcode.FVEC, fop=int(fop), dst=dst, a=a, b=b, n=n, bfix=int(bfix))
+
+    def fcvt(self, stype, dtype, dst: int, a: int, n: int = 1, stochastic: bool = False):
+        """n conversions from element type `stype` to `dtype` (ElemTypes or names)."""
+        types = [ElemType[t.upper()] if isinstance(t, str) else ElemType(t) for t in (stype, dtype)]
+        return self.emit(Opcode.FCVT, stype=int(types[0]), dtype=int(types[1]),
+                         sr=int(stochastic), dst=dst, a=a, n=n)
+
     def setq(self, scale: int, shift: int, relu: bool = False):
         return self.emit(Opcode.SETQ, scale=scale, shift=shift, relu=int(relu))
+
+    def setr(self, reg, value: int):
+        """SETR: `reg` a SetrReg or its name; `value` the raw 32 bits."""
+        reg = SetrReg[reg.upper()] if isinstance(reg, str) else SetrReg(reg)
+        return self.emit(Opcode.SETR, reg=int(reg), value=value)
+
+    def fscale(self, q: float):
+        """SETR SCALE with the FP32 value of `q` (the scalar of FAXPY, FSCALE, conversions)."""
+        return self.setr(SetrReg.SCALE, f32_bits(q))
+
+    def seed(self, seed: int):
+        """SETR SEED: reseed the stochastic-rounding generator before the next vector op."""
+        return self.setr(SetrReg.SEED, seed)
 
     def send(self, src: int, n: int, to: tuple[int, int], dst: int, counter: int = 0):
         """Push words src..src+n-1 to node `to` = (x, y), words dst.., then bump its counter."""
@@ -131,12 +174,20 @@ _LINE = re.compile(r"^\s*([.A-Za-z]+)\s*(.*)$")
 
 def _parse_value(text: str, field: str, where: str) -> int:
     text = text.strip()
-    if field == "vop" and text.upper() in VecOp.__members__:
-        return int(VecOp[text.upper()])
+    named = _NAMED.get(field)
+    if named is not None and text.upper() in named.__members__:
+        return int(named[text.upper()])
     try:
         return int(text, 0)
     except ValueError:
-        raise AsmError(f"{where}: {field}={text!r} is not a number") from None
+        pass
+    if field == "value":
+        try:
+            return f32_bits(float(text))
+        except ValueError:
+            pass
+    known = f"; names: {', '.join(named.__members__)}" if named is not None else ""
+    raise AsmError(f"{where}: {field}={text!r} is not a number{known}") from None
 
 
 def assemble(cfg: TileConfig, text: str, *, check: bool = True) -> Program:
@@ -191,8 +242,9 @@ def disassemble(words) -> str:
         else:
             args = []
             for name, value in instr.fields.items():
-                if name == "vop" and value in VecOp.__members__.values():
-                    args.append(f"vop={VecOp(value).name}")
+                named = _NAMED.get(name)
+                if named is not None and value in named.__members__.values():
+                    args.append(f"{name}={named(value).name}")
                 else:
                     args.append(f"{name}={value}")
             text = f"{instr.op.name} {', '.join(args)}".rstrip()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from d1tile.dtypes import MATRIX_TYPES
 from d1tile.params import TileConfig
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
@@ -276,7 +277,8 @@ def _emit(c: Compilation, name: str, lin: Linear, output: str, op_names, pool=No
 def _tile_macs(cfg: TileConfig, layer) -> int:
     """The multiply-accumulates the matrix units perform for a layer (zeros included)."""
     n = cfg.mac_dim
-    return sum((k1 - k0) * cfg.k_per_word * n * n
+    per_word = MATRIX_TYPES[layer.dtype].vectors_per_word(cfg)
+    return sum((k1 - k0) * per_word * n * n
                for p in layer.plans.values() for i, _ in p.tiles for k0, k1 in layer.kruns[i])
 
 

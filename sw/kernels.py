@@ -1,5 +1,10 @@
 """Tile kernels for GEMM layers: per-node programs, SRAM placement and host-side packing.
 
+Two element types: int8 (quantised layers and the int8 GEMM) and bf16 (the bf16 GEMM, FP32
+accumulators read back). What differs between them is the type table's (`d1tile.dtypes`):
+V = 4 int8 or 2 bf16 k-steps per operand word, so a bf16 operand takes twice the words, SENDs
+and SRAM of an int8 one for the same K, at the same MACs per cycle.
+
 A layer Y = requant(X @ W + b) (X: int8 [batch, K], W: int8 [K, F], b: int32 [F]) is computed
 transposed, Y^T = W^T X^T, output-stationary over the R x C grid, in the operand layout of
 docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells the whole story.
@@ -46,6 +51,13 @@ Typical use (a lowering chains layers; the plain GEMM is the benchmark's kernel)
     load_activation(tp, x, x_int8)
     result = TileModel(cfg).run(tp)
     y_int8 = unpack_activation(y, result)     # == reference_layer(reference_layer(...), ...)
+
+and in bf16 (values are rounded to BF16 on the host; C comes back as FP32)::
+
+    x = kb.input("x", batch=64, features=100, dtype=ElemType.BF16)
+    c = kb.gemm("fc1", x, w_float)
+    ...
+    c_fp32 = unpack_gemm(c, result)           # == reference_gemm_bf16(x_float, w_float)
 """
 
 from __future__ import annotations
@@ -55,10 +67,12 @@ from math import ceil
 
 import numpy as np
 
-from d1tile.formats import VecOp, bytes_from_word, lanes_from_word, word_from_bytes, word_from_lanes
+from d1tile import numerics
+from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType, MatrixType
+from d1tile.formats import lanes_from_word, word_from_lanes
+from d1tile.isa import FORMATS, SYNC_COUNTERS, Opcode, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.dma import job_cycles
-from d1tile.sim.isa import COUNTERS, FORMATS, Opcode
 from d1tile.sim.mxu import matmul_cycles
 from d1tile.sim.vector import SCALE_BITS, SHIFT_BITS, requantize
 from d1tile.sim.vpu import vec_cycles
@@ -71,10 +85,13 @@ __all__ = [
     "KernelBuilder", "ActivationLayout", "Segment", "GemmOutput", "NodeSram", "Region",
     "LayerPlan", "NodePlan", "Message", "schedule_sends", "split_even", "batch_blocks",
     "pack_activation", "load_activation", "unpack_activation", "unpack_gemm",
-    "reference_gemm", "reference_layer",
+    "reference_gemm", "reference_gemm_bf16", "reference_layer", "GEMM_TYPES",
 ]
 
-K_PER_WORD = 4                                 # int8 features per operand vector group
+GEMM_TYPES = (ElemType.INT8, ElemType.BF16)
+"""The operand types of the kernels (`MATRIX_TYPES`): int8 values, or floats rounded to BF16."""
+
+INT8_OUT_PER_WORD = ELEMENTS[ElemType.INT8].groups    # REQUANT packs 4 accumulator rows a word
 MAX_SEND_WORDS = (1 << FORMATS[Opcode.SEND].field("n").width) - 1
 MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 
@@ -120,10 +137,12 @@ class Segment:
 
 @dataclass(frozen=True)
 class ActivationLayout:
-    """Where an int8 activation X [batch, features] lives on the tile, as X^T operand words.
+    """Where an activation X [batch, features] of type `dtype` (int8 or bf16) lives on the tile,
+    as X^T operand words.
 
-    Word w of batch block j holds features 4w .. 4w+3, each as a vector of the N batch elements
-    jN .. jN+N-1 (byte s*N + i = X[jN + i, 4w + s], zero beyond the tensor); a block has
+    Word w of batch block j holds features Vw .. Vw+V-1 (V = the type's vectors per word, 4 for
+    int8, 2 for bf16), each as a vector of the N batch elements jN .. jN+N-1 (element s*N + i =
+    X[jN + i, Vw + s], zero beyond the tensor); a block has
     `kwords` words. Grid column x owns the batch blocks `blocks[x]` = [j0, j1) (`batch_blocks`,
     the same for every activation of one batch), and the nodes of column x hold them as
     `segments[(x, y)]`: (block, words [k0, k1), address), contiguous on each node, block after
@@ -144,6 +163,11 @@ class ActivationLayout:
     kwords: int
     blocks: tuple[tuple[int, int], ...]
     segments: dict
+    dtype: ElemType = ElemType.INT8
+
+    @property
+    def mtype(self) -> MatrixType:
+        return MATRIX_TYPES[self.dtype]
 
     def __post_init__(self):
         for node, segs in self.segments.items():
@@ -163,10 +187,10 @@ class ActivationLayout:
 
 @dataclass(frozen=True)
 class GemmOutput:
-    """Where a plain GEMM's int32 result C^T lives: node (x, y) holds, from word `base[(x, y)]`,
-    one N-word tile per (feature block i of row y, batch block j of column x), in the order
-    ((i - i0) * blocks_of_column + (j - j0)); word r of a tile is feature iN + r over the N batch
-    elements jN .. jN+N-1 (int32 lanes)."""
+    """Where a plain GEMM's result C^T lives (int32 lanes for int8 operands, FP32 for bf16):
+    node (x, y) holds, from word `base[(x, y)]`, one N-word tile per (feature block i of row y,
+    batch block j of column x), in the order ((i - i0) * blocks_of_column + (j - j0)); word r
+    of a tile is feature iN + r over the N batch elements jN .. jN+N-1."""
     cfg: TileConfig
     name: str
     batch: int
@@ -174,6 +198,7 @@ class GemmOutput:
     blocks: tuple[tuple[int, int], ...]       # batch blocks per column
     feature_blocks: tuple[tuple[int, int], ...]   # feature blocks per row
     base: dict
+    dtype: ElemType = ElemType.INT8
 
     def region(self, x: int, y: int) -> tuple[int, int]:
         """(address, words) of node (x, y)'s result tiles."""
@@ -307,6 +332,7 @@ class LayerPlan:
     tile order, instruction count, SRAM placement, weight loads, gather, send schedule, emit);
     `KernelBuilder.layers` keeps them for reports (bench/gemm_utilisation.py)."""
     name: str
+    dtype: ElemType                     # the operand type of its MATMULs
     quant: tuple | None                 # (scale, shift, relu) of a quantised layer
     pool: int                           # feature blocks max-reduced into one output block
     inputs: list                        # ActivationLayouts, features concatenated
@@ -377,8 +403,8 @@ class KernelBuilder:
     def __init__(self, cfg: TileConfig, tile_program: TileProgram | None = None):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-        if cfg.rows + cfg.cols > COUNTERS:
-            raise CompileError(f"the GEMM kernels need rows + cols <= {COUNTERS} sync counters; "
+        if cfg.rows + cfg.cols > SYNC_COUNTERS:
+            raise CompileError(f"the GEMM kernels need rows + cols <= {SYNC_COUNTERS} sync counters; "
                                f"the grid is {cfg.rows}x{cfg.cols}")
         self.cfg = cfg
         self.tp = tile_program if tile_program is not None else TileProgram(cfg)
@@ -392,12 +418,13 @@ class KernelBuilder:
 
     # -- activations -------------------------------------------------------------------------
 
-    def input(self, name: str, batch: int, features: int, *,
-              form: str = "auto") -> ActivationLayout:
-        """Reserve the staging regions of a host-fed activation [batch, features] (fill them with
-        `load_activation`). `form` is "blocks" (whole batch blocks dealt over the rows of each
-        column), "chunks" (the K words split evenly over the rows) or "auto": blocks when every
-        active column has at least `rows` blocks (every node gets a share), else chunks."""
+    def input(self, name: str, batch: int, features: int, *, form: str = "auto",
+              dtype=ElemType.INT8) -> ActivationLayout:
+        """Reserve the staging regions of a host-fed activation [batch, features] of type
+        `dtype` (INT8 or BF16; fill them with `load_activation`). `form` is "blocks" (whole
+        batch blocks dealt over the rows of each column), "chunks" (the K words split evenly
+        over the rows) or "auto": blocks when every active column has at least `rows` blocks
+        (every node gets a share), else chunks."""
         self._check_open(name)
         for what, value in (("batch", batch), ("features", features)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -405,9 +432,13 @@ class KernelBuilder:
                                    f"not {value!r}")
         if form not in ("auto", "blocks", "chunks"):
             raise ValueError(f"form={form!r}: use 'auto', 'blocks' or 'chunks'")
+        if dtype not in GEMM_TYPES:
+            raise CompileError(f"tensor {name!r}: type {dtype!r} is not one of "
+                               f"{', '.join(t.name for t in GEMM_TYPES)}")
+        dtype = ElemType(dtype)
         cfg = self.cfg
         blocks = batch_blocks(cfg, batch)
-        kwords = ceil(features / K_PER_WORD)
+        kwords = ceil(features / MATRIX_TYPES[dtype].vectors_per_word(cfg))
         if form == "auto":
             form = "blocks" if all(j1 - j0 >= cfg.rows for j0, j1 in blocks if j1 > j0) \
                 else "chunks"
@@ -433,7 +464,8 @@ class KernelBuilder:
                 segs.append(Segment(j, k0, k1, addr))
                 addr += k1 - k0
             segments[node] = tuple(segs)
-        return ActivationLayout(cfg, name, int(batch), int(features), kwords, blocks, segments)
+        return ActivationLayout(cfg, name, int(batch), int(features), kwords, blocks, segments,
+                                dtype)
 
     def read(self, what) -> None:
         """Ask for an activation or a GEMM result to be read back after the run."""
@@ -458,13 +490,16 @@ class KernelBuilder:
     # -- layers ------------------------------------------------------------------------------
 
     def gemm(self, name: str, x, w) -> GemmOutput:
-        """Plain int8 GEMM C = X @ W with the int32 result left in SRAM (read it back with
-        `read` and `unpack_gemm`). `x` is an `ActivationLayout` (or a list of them, whose
-        features are concatenated), `w` int8 [K, F]."""
+        """Plain GEMM C = X @ W with the result left in SRAM (read it back with `read` and
+        `unpack_gemm`). `x` is an `ActivationLayout` (or a list of them, whose features are
+        concatenated), `w` [K, F]: int8 values for int8 inputs (int32 C), floats for bf16
+        inputs (rounded to BF16 on the host; FP32 C, every K step added in order: K runs of
+        zero weights are not skipped for bf16, since skipping a 0 x x product is not neutral in
+        floating point: -0 + +0 is +0, 0 x Inf is NaN)."""
         layer = self._layer(name, x, w, bias=None, quant=None)
         base = {node: p.out_base for node, p in layer.plans.items() if p.tiles}
         return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
-                          layer.fblocks, base)
+                          layer.fblocks, base, layer.dtype)
 
     def quantised_layer(self, name: str, x, w, b, scale: int, shift: int,
                         relu: bool = False) -> ActivationLayout:
@@ -483,10 +518,13 @@ class KernelBuilder:
         feature, the columns of the p-th element of its window. Each output block's P
         candidate blocks are computed on one node, one after the other, then reduced by P - 1
         VEC MAX before the bias ADD and the REQUANT."""
-        if self.cfg.mac_dim % K_PER_WORD:
+        if self.cfg.mac_dim % INT8_OUT_PER_WORD:
             raise CompileError(f"layer {name!r}: quantised layers need mac_dim to be a multiple "
-                               f"of 4 (REQUANT packs 4 accumulator rows per word); it is "
-                               f"{self.cfg.mac_dim}")
+                               f"of {INT8_OUT_PER_WORD} (REQUANT packs {INT8_OUT_PER_WORD} "
+                               f"accumulator rows per word); it is {self.cfg.mac_dim}")
+        if any(i.dtype != ElemType.INT8 for i in self._inputs(name, x)):
+            raise CompileError(f"layer {name!r}: quantised layers take int8 inputs (bf16 "
+                               "layers are plain GEMMs so far)")
         for what, value, bits in (("scale", scale, SCALE_BITS), ("shift", shift, SHIFT_BITS)):
             if not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
                 raise CompileError(f"layer {name!r}: {what}={value!r} is outside "
@@ -500,7 +538,7 @@ class KernelBuilder:
             w, b = _pool_columns(self.cfg, name, w, b)
         layer = self._layer(name, x, w, bias=b, quant=(int(scale), int(shift), bool(relu)),
                             pool=pool, out_features=out_features)
-        words = self.cfg.mac_dim // K_PER_WORD          # output words per output block
+        words = self.cfg.mac_dim // INT8_OUT_PER_WORD   # output words per output block
         segments = {}
         for (x, y), p in layer.plans.items():
             if p.tiles:
@@ -569,6 +607,9 @@ class KernelBuilder:
             if i.batch != inputs[0].batch:
                 raise CompileError(f"layer {name!r}: inputs {inputs[0].name!r} and {i.name!r} "
                                    f"have batches {inputs[0].batch} and {i.batch}")
+            if i.dtype != inputs[0].dtype:
+                raise CompileError(f"layer {name!r}: inputs {inputs[0].name!r} and {i.name!r} "
+                                   f"are {inputs[0].dtype.name} and {i.dtype.name}")
         return inputs
 
     def _layer(self, name, x, w, bias, quant, pool=1, out_features=None) -> LayerPlan:
@@ -582,7 +623,7 @@ class KernelBuilder:
         self._gather(layer)
         mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
                                / len(layer.kruns)))
-        capacity = matmul_cycles(self.cfg, mean_kw) - 4
+        capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
         if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
             capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
         schedule_sends(layer.messages, {node: len(p.tiles) for node, p in layer.plans.items()},
@@ -600,13 +641,11 @@ class KernelBuilder:
         cfg, n = self.cfg, self.cfg.mac_dim
         where = f"layer {name!r}"
         inputs = self._inputs(name, x)
-        w = np.asarray(w)
-        if w.ndim != 2 or not np.issubdtype(w.dtype, np.integer):
-            raise CompileError(f"{where}: weights must be a 2-D integer array, not {w.dtype} "
-                               f"{list(w.shape)}")
-        if w.size and (w.min() < -128 or w.max() > 127):
-            raise CompileError(f"{where}: weights must be int8 (-128..127), found "
-                               f"{int(w.min())}..{int(w.max())}")
+        dtype = inputs[0].dtype
+        vpw = MATRIX_TYPES[dtype].vectors_per_word(cfg)
+        w = _operand_values(where, "weights", w, dtype)
+        if w.ndim != 2:
+            raise CompileError(f"{where}: weights must be a 2-D array, not {list(w.shape)}")
         k_total = sum(i.features for i in inputs)
         if w.shape[0] != k_total:
             names = " + ".join(f"{i.name!r} ({i.features})" for i in inputs)
@@ -623,9 +662,12 @@ class KernelBuilder:
         for i in inputs:
             offsets.append(kw)
             kw += i.kwords
-        wpad = _padded_weights(n, inputs, offsets, kw, features, w)
-        nz = wpad.reshape(kw, K_PER_WORD, -1, n).any(axis=(1, 3)).T      # [block, K word]
-        kruns = {i: k_runs(used) for i, used in enumerate(nz)}
+        wpad = _padded_weights(n, vpw, inputs, offsets, kw, features, w)
+        if dtype == ElemType.INT8:
+            nz = wpad.reshape(kw, vpw, -1, n).any(axis=(1, 3)).T      # [block, K word]
+            kruns = {i: k_runs(used) for i, used in enumerate(nz)}
+        else:           # every K step, in order (see `gemm`)
+            kruns = {i: [(0, kw)] for i in range(wpad.shape[1] // n)}
         width = max(sum(k1 - k0 for k0, k1 in runs) for runs in kruns.values())
         wstride = width + (n if quant else 0)
         longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
@@ -640,7 +682,7 @@ class KernelBuilder:
         fblocks = tuple((lo * pool, hi * pool)
                         for lo, hi in split_even(ceil(features / (n * pool)), cfg.rows))
         return LayerPlan(
-            name, quant, pool, inputs, offsets, kw, width, wstride, features,
+            name, dtype, quant, pool, inputs, offsets, kw, width, wstride, features,
             features if out_features is None else out_features, blocks, fblocks, kruns,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
@@ -729,7 +771,7 @@ class KernelBuilder:
                 parts["weights"] = nf * layer.wstride
                 parts["activations"] = nbx * layer.kw
                 if layer.quant:
-                    parts["output chunks"] = nbx * nf // layer.pool * n // K_PER_WORD
+                    parts["output chunks"] = nbx * nf // layer.pool * n // INT8_OUT_PER_WORD
                     if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
                         parts["accumulator rows"] = 2 * layer.pool * n
                 else:
@@ -756,7 +798,7 @@ class KernelBuilder:
         for node, p in layer.plans.items():
             words = []
             for i in p.owned:
-                block = _weight_words(cfg, wpad, i, layer.kw)
+                block = _weight_words(cfg, layer.dtype, wpad, i, layer.kw)
                 runs = [w for k0, k1 in layer.kruns[i] for w in block[k0:k1]]
                 words += runs + [0] * (layer.width - len(runs))
                 if layer.quant:
@@ -833,7 +875,8 @@ class KernelBuilder:
                      b=p.w_base + (i - i0) * layer.wstride + layer.width, n=n)
                 out_blocks = (i1 - i0) // pool
                 emit("vec", VecOp.REQUANT, a=acc(first), n=n,
-                     dst=p.y_base + ((j - j0) * out_blocks + (i - i0) // pool) * n // K_PER_WORD)
+                     dst=p.y_base + ((j - j0) * out_blocks + (i - i0) // pool) * n
+                     // INT8_OUT_PER_WORD)
 
             if layer.quant and p.tiles:
                 emit("setq", *layer.quant)
@@ -844,7 +887,7 @@ class KernelBuilder:
                 at = p.w_base + (i - i0) * layer.wstride
                 for r, (k0, k1) in enumerate(layer.kruns[i]):
                     emit("matmul", at, p.x_base + (j - j0) * layer.kw + k0, k1 - k0,
-                         clear=r == 0)
+                         clear=r == 0, dtype=layer.dtype)
                     at += k1 - k0
                 if layer.quant and t and t % pool == 0:
                     finish_group(t // pool - 1)
@@ -880,21 +923,41 @@ def k_runs(used) -> list[tuple[int, int]]:
     return [tuple(r) for r in runs]
 
 
-def _padded_weights(n: int, inputs, offsets, kw: int, features: int, w) -> np.ndarray:
-    """W [K, F] as [4 kw, F rounded up to whole blocks] int64: each input's rows from word
-    `offset` on, zero rows where an input's features do not fill its last word."""
-    rows = np.concatenate([K_PER_WORD * off + np.arange(i.features)
+def _padded_weights(n: int, vpw: int, inputs, offsets, kw: int, features: int,
+                    w) -> np.ndarray:
+    """W [K, F] (int8 values or BF16 bits) as [V kw, F rounded up to whole blocks] int64: each
+    input's rows from word `offset` on, zero rows where an input's features do not fill its
+    last word."""
+    rows = np.concatenate([vpw * off + np.arange(i.features)
                            for off, i in zip(offsets, inputs)])
-    wpad = np.zeros((K_PER_WORD * kw, ceil(features / n) * n), dtype=np.int64)
+    wpad = np.zeros((vpw * kw, ceil(features / n) * n), dtype=np.int64)
     wpad[rows, :features] = np.asarray(w)
     return wpad
 
 
-def _weight_words(cfg: TileConfig, wpad: np.ndarray, i: int, kw: int) -> list[int]:
-    """The kw W operand words of feature block i: word w, byte s*N + r = W[4w + s, iN + r]."""
+def _weight_words(cfg: TileConfig, dtype, wpad: np.ndarray, i: int, kw: int) -> list[int]:
+    """The kw W operand words of feature block i: word w, element s*N + r = W[Vw + s, iN + r]."""
     n = cfg.mac_dim
-    block = wpad[:, i * n:(i + 1) * n]              # (4 kw, N)
-    return [word_from_bytes(block[4 * w:4 * w + 4].reshape(-1)) for w in range(kw)]
+    spec = MATRIX_TYPES[dtype]
+    vpw = spec.vectors_per_word(cfg)
+    block = wpad[:, i * n:(i + 1) * n]              # (V kw, N)
+    return [spec.pack_vectors(cfg, block[vpw * w:vpw * w + vpw]) for w in range(kw)]
+
+
+def _operand_values(where: str, what: str, values, dtype) -> np.ndarray:
+    """A tensor as the operand elements of `dtype`: int8 values (checked) as int64, or floats
+    rounded to BF16 (RNE) as their bit patterns. CompileError naming the tensor otherwise."""
+    arr = np.asarray(values)
+    if dtype == ElemType.INT8:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise CompileError(f"{where}: {what} must be integers for int8, not {arr.dtype}")
+        if arr.size and (arr.min() < -128 or arr.max() > 127):
+            raise CompileError(f"{where}: {what} must be int8 (-128..127), found "
+                               f"{int(arr.min())}..{int(arr.max())}")
+        return arr.astype(np.int64)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CompileError(f"{where}: {what} must be numbers for bf16, not {arr.dtype}")
+    return numerics.bf16_bits(arr.astype(np.float32)).astype(np.int64)
 
 
 def _pool_columns(cfg: TileConfig, name: str, w: np.ndarray, b) -> tuple[np.ndarray, np.ndarray]:
@@ -922,23 +985,28 @@ def _check_bias(where: str, b, features: int) -> np.ndarray:
 
 # -- host side -------------------------------------------------------------------------------
 
-def _int8(what: str, x, shape=None) -> np.ndarray:
+def _activation_values(layout: ActivationLayout, x) -> np.ndarray:
+    """x as the layout's operand elements (int8 values, or BF16 bits of floats), checked."""
+    what = f"tensor {layout.name!r}"
     x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"{what}: expected integers, not dtype {x.dtype}")
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{what}: expected shape {list(shape)}, not {list(x.shape)}")
-    if x.size and (x.min() < -128 or x.max() > 127):
-        raise ValueError(f"{what}: values outside int8 ({int(x.min())}..{int(x.max())})")
-    return x.astype(np.int64)
+    if x.shape != (layout.batch, layout.features):
+        raise ValueError(f"{what}: expected shape {[layout.batch, layout.features]}, not "
+                         f"{list(x.shape)}")
+    try:
+        return _operand_values(what, "values", x, layout.dtype)
+    except CompileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def pack_activation(layout: ActivationLayout, x) -> dict:
-    """NumPy int8 [batch, features] -> {node: (address, words)}: what each node holds."""
+    """NumPy [batch, features] (int8 values, or floats for bf16) -> {node: (address, words)}:
+    what each node holds."""
     n = layout.cfg.mac_dim
-    x = _int8(f"tensor {layout.name!r}", x, (layout.batch, layout.features))
+    spec = layout.mtype
+    vpw = spec.vectors_per_word(layout.cfg)
+    x = _activation_values(layout, x)
     nblocks = max(hi for _, hi in layout.blocks)
-    xpad = np.zeros((nblocks * n, K_PER_WORD * layout.kwords), dtype=np.int64)
+    xpad = np.zeros((nblocks * n, vpw * layout.kwords), dtype=np.int64)
     xpad[:layout.batch, :layout.features] = x
     pieces = {}
     for node, segs in layout.segments.items():
@@ -946,7 +1014,7 @@ def pack_activation(layout: ActivationLayout, x) -> dict:
         for seg in segs:
             rows = xpad[seg.block * n:(seg.block + 1) * n]     # (N, features): batch x features
             for w in range(seg.k0, seg.k1):
-                words.append(word_from_bytes(rows[:, 4 * w:4 * w + 4].T.reshape(-1)))
+                words.append(spec.pack_vectors(layout.cfg, rows[:, vpw * w:vpw * w + vpw].T))
         pieces[node] = (segs[0].addr, words)
     return pieces
 
@@ -962,28 +1030,33 @@ def _reads(result) -> dict:
 
 
 def unpack_activation(layout: ActivationLayout, result) -> np.ndarray:
-    """The int8 [batch, features] activation from a run's read-back (a `RunResult`, or its
-    `reads` dict); `KernelBuilder.read(layout)` must have asked for it."""
+    """The [batch, features] activation from a run's read-back (a `RunResult`, or its `reads`
+    dict): int8 values, or BF16 bit patterns (uint16) for a bf16 layout;
+    `KernelBuilder.read(layout)` must have asked for it."""
     cfg, n = layout.cfg, layout.cfg.mac_dim
+    spec = layout.mtype
+    vpw = spec.vectors_per_word(cfg)
     reads = _reads(result)
     nblocks = max(hi for _, hi in layout.blocks)
-    out = np.zeros((nblocks * n, K_PER_WORD * layout.kwords), dtype=np.int8)
+    out = np.zeros((nblocks * n, vpw * layout.kwords),
+                   dtype=np.int8 if layout.dtype == ElemType.INT8 else np.uint16)
     for node, segs in layout.segments.items():
         words = iter(reads[(node, *layout.region(*node))])
         for seg in segs:
             for w in range(seg.k0, seg.k1):
-                vectors = bytes_from_word(next(words), cfg.word_bytes).reshape(K_PER_WORD, n)
-                out[seg.block * n:(seg.block + 1) * n, 4 * w:4 * w + 4] = vectors.T
+                vectors = spec.operand_vectors(cfg, next(words))
+                out[seg.block * n:(seg.block + 1) * n, vpw * w:vpw * w + vpw] = vectors.T
     return out[:layout.batch, :layout.features]
 
 
 def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
-    """The int32 [batch, features] product from a run's read-back (`KernelBuilder.read(out)`)."""
+    """The [batch, features] product from a run's read-back (`KernelBuilder.read(out)`): int32
+    for int8 operands, float32 (the FP32 accumulators' bits) for bf16."""
     cfg, n = output.cfg, output.cfg.mac_dim
     reads = _reads(result)
     nb_all = max(hi for _, hi in output.blocks)
     nf_all = max(hi for _, hi in output.feature_blocks)
-    ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T
+    ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T, raw 32-bit lanes
     for (x, y), base in output.base.items():
         addr, size = output.region(x, y)
         words = reads[((x, y), addr, size)]
@@ -991,7 +1064,8 @@ def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
         for t, (i, j) in enumerate((i, j) for i in range(i0, i1) for j in range(j0, j1)):
             rows = [lanes_from_word(wd, n) for wd in words[t * n:(t + 1) * n]]
             ct[i * n:(i + 1) * n, j * n:(j + 1) * n] = rows
-    return ct.T[:output.batch, :output.features].copy()
+    c = ct.T[:output.batch, :output.features].copy()
+    return c.view(np.float32) if output.dtype == ElemType.BF16 else c
 
 
 # -- integer references ----------------------------------------------------------------------
@@ -1001,8 +1075,23 @@ def _wrap32(a: np.ndarray) -> np.ndarray:
 
 
 def reference_gemm(x, w) -> np.ndarray:
-    """What `KernelBuilder.gemm` computes: X @ W in int32 (wrapping)."""
-    return _wrap32(np.asarray(x, dtype=np.int64) @ np.asarray(w, dtype=np.int64)).astype(np.int32)
+    """What `KernelBuilder.gemm` computes for int8: X @ W in int32 (wrapping)."""
+    return MATRIX_TYPES[ElemType.INT8].matmul(x, w)
+
+
+def reference_gemm_bf16(cfg: TileConfig, x, w) -> np.ndarray:
+    """What `KernelBuilder.gemm` computes for one bf16 input: X and W rounded to BF16, each C
+    element accumulated in FP32 from -0 over the K steps in order, K padded with zeros to whole
+    operand words as the tile pads it (`d1tile.numerics.bf16_matmul`; never a BLAS product).
+    Returns float32."""
+    vpw = MATRIX_TYPES[ElemType.BF16].vectors_per_word(cfg)
+    xb = numerics.bf16_bits(np.asarray(x, dtype=np.float32))
+    wb = numerics.bf16_bits(np.asarray(w, dtype=np.float32))
+    k = xb.shape[1]
+    pad = -k % vpw
+    xb = np.pad(xb, ((0, 0), (0, pad)))
+    wb = np.pad(wb, ((0, pad), (0, 0)))
+    return MATRIX_TYPES[ElemType.BF16].matmul(xb, wb).view(np.float32)
 
 
 def reference_layer(x, w, b, scale: int, shift: int, relu: bool = False) -> np.ndarray:
@@ -1010,7 +1099,10 @@ def reference_layer(x, w, b, scale: int, shift: int, relu: bool = False) -> np.n
     int32 wrap-around and the vector unit's own rounding (`d1tile.sim.vector.requantize`); for
     pooled weights [P, K, F], requantize(max_p (X @ W[p]) + b)."""
     w = np.asarray(w, dtype=np.int64)
-    products = _wrap32(np.asarray(x, dtype=np.int64) @ w)
+    matmul = MATRIX_TYPES[ElemType.INT8].matmul
     if w.ndim == 3:
-        products = products.max(axis=0)
-    return requantize(_wrap32(products + np.asarray(b, dtype=np.int64)), scale, shift, relu)
+        products = np.max([matmul(x, wp) for wp in w], axis=0)
+    else:
+        products = matmul(x, w)
+    return requantize(_wrap32(products.astype(np.int64) + np.asarray(b, dtype=np.int64)), scale,
+                      shift, relu)

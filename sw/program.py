@@ -11,10 +11,10 @@ Every node of the grid runs a program; a node without one gets a lone HALT.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from d1tile.params import TileConfig
+from d1tile.sim.host import TileImage
 from d1tile.sw.asm import Program
 
 
@@ -77,26 +77,22 @@ class TileProgram:
     def nodes(self) -> list[tuple[int, int]]:
         return [(x, y) for y in range(self.cfg.rows) for x in range(self.cfg.cols)]
 
+    def image(self) -> TileImage:
+        """The program as plain data (`d1tile.sim.host.TileImage`)."""
+        return TileImage(self.cfg, {n: self.words_of(n) for n in self.programs},
+                         self.loads, self.reads)
+
     def to_json(self) -> str:
         """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
-        key = lambda node: f"{node[0]},{node[1]}"
-        return json.dumps({
-            "config": json.loads(self.cfg.to_json()),
-            "programs": {key(n): p.words for n, p in self.programs.items()},
-            "loads": {key(n): regions for n, regions in self.loads.items()},
-            "reads": {key(n): regions for n, regions in self.reads.items()},
-        })
+        return self.image().to_json()
 
     @classmethod
     def from_json(cls, text: str) -> "TileProgram":
-        data = json.loads(text)
-        cfg = TileConfig.from_json(json.dumps(data["config"]))
-        node = lambda key: tuple(int(v) for v in key.split(","))
-        tp = cls(cfg)
-        for key, words in data["programs"].items():
-            program = Program(cfg, check=False)
-            program.words = [int(w) for w in words]
-            tp.programs[node(key)] = program
-        tp.loads = {node(k): [(a, list(w)) for a, w in v] for k, v in data["loads"].items()}
-        tp.reads = {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()}
+        image = TileImage.from_json(text)
+        tp = cls(image.cfg)
+        for node, words in image.programs.items():
+            program = Program(image.cfg, check=False)
+            program.words = words
+            tp.programs[node] = program
+        tp.loads, tp.reads = image.loads, image.reads
         return tp

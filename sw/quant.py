@@ -46,6 +46,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.sim.vector import requantize, SCALE_BITS
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import OPS, Graph, Node
@@ -479,7 +480,7 @@ def _as_int32(acc: np.ndarray, q: QuantOp) -> np.ndarray:
 
 
 def _int8_gemm(q: QuantOp, xs):
-    return _as_int32(xs[0].astype(np.int64) @ q.weight.astype(np.int64) + q.bias, q)
+    return _as_int32(MATRIX_TYPES[ElemType.INT8].exact(xs[0], q.weight) + q.bias, q)
 
 
 def _int8_conv(q: QuantOp, xs):

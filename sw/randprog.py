@@ -14,23 +14,59 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
   the same phase, so the phases cannot deadlock. Each phase bumps its own counters (a message of
   a later phase may arrive before one of an earlier phase, and must not satisfy its WAIT).
 
-The programs mix every instruction: MATMUL (with and without clear), MREAD (any rows), VEC (all
-ops, fixed b, REQUANT packing), SETQ, NOP, SEND (including zero-length signals and sends to
-self) and WAIT, with ranges that often overlap inside the private half, to exercise the hazard
-check. Every node's whole SRAM is read back.
+The programs mix every instruction: MATMUL (INT8 and BF16, with and without clear), MREAD (any
+rows), VEC (all ops, fixed b, REQUANT packing), FVEC (every FP32 op, fixed b, the reductions),
+FCVT (every conversion, stochastic rounding), SETQ, SETR (q and reseeds), NOP, SEND (including
+zero-length signals and sends to self) and WAIT, with ranges that often overlap inside the
+private half, to exercise the hazard check. Every node's whole SRAM is read back.
+
+The loaded words are drawn to reach the corner cases of every element type (`random_word`):
+random bits, FP32 lanes and BF16 halves from `numerics.SPECIAL_FP32` (signed zeros, subnormals,
+infinities, NaNs with payloads, the largest and smallest normals, values one ulp apart so that
+sums tie or cancel), values at both ends of the exponent range, ordinary values, and small
+integers.
 """
 
 from __future__ import annotations
 
 import random
 
-from d1tile.formats import VecOp
+import struct
+
+from d1tile import isa, numerics
+from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
+from d1tile.isa import CONVERSIONS, SYNC_COUNTERS, FaultCode, FVecOp, Opcode, VecOp
 from d1tile.params import TileConfig
-from d1tile.sim.isa import COUNTERS, BINARY_VECOPS, requant_words
 from d1tile.sw.program import TileProgram
+from d1tile.vector_ops import VECTOR_OPS
 
 
-__all__ = ["random_tile_program"]
+__all__ = ["random_tile_program", "random_word"]
+
+
+
+
+def _fp32_lane(rng: random.Random) -> int:
+    r = rng.random()
+    if r < 0.5:
+        return numerics.random_fp32(rng, special=0.5)
+    return struct.unpack("<I", struct.pack("<f", rng.gauss(0.0, 8.0)))[0]
+
+
+def random_word(cfg: TileConfig, rng: random.Random) -> int:
+    """One SRAM word for random programs: random bits, small integers (int8 / int32 lanes), FP32
+    lanes or BF16 halves drawn from `numerics.SPECIAL_FP32`, values at both ends of the
+    exponent range and ordinary values."""
+    kind = rng.random()
+    if kind < 0.25:
+        return rng.getrandbits(cfg.word_bits)
+    if kind < 0.4:
+        return ELEMENTS[ElemType.INT8].pack(
+            cfg, [rng.randint(-128, 127) for _ in range(ELEMENTS[ElemType.INT8].per_word(cfg))])
+    if kind < 0.7:
+        return ELEMENTS[ElemType.FP32].pack(cfg, [_fp32_lane(rng) for _ in range(cfg.lanes)])
+    halves = ELEMENTS[ElemType.BF16].per_word(cfg)
+    return ELEMENTS[ElemType.BF16].pack(cfg, [_fp32_lane(rng) >> 16 for _ in range(halves)])
 
 
 def _span(rng: random.Random, lo: int, hi: int, n: int) -> int:
@@ -48,10 +84,9 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
     nodes = tp.nodes
     max_words = max(1, min(max_words, half // 8))
     inbox_next = {node: half for node in nodes}
-    word_limit = 1 << cfg.word_bits
     # Filled per phase: messages[p] = [(src, dst, n, src_addr, dst_addr, counter)]
     for node in nodes:
-        tp.load(node, 0, [rng.randrange(word_limit) for _ in range(half)])
+        tp.load(node, 0, [random_word(cfg, rng) for _ in range(half)])
     programs = {node: tp.node(*node) for node in nodes}
     usable = {node: [(0, half)] for node in nodes}   # regions a node may read
 
@@ -59,42 +94,64 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
         lo, hi = rng.choice([r for r in usable[node] if r[1] - r[0] >= n] or [(0, half)])
         return _span(rng, lo, hi, n)
 
+    def vector_op(node):
+        """A random VEC, FVEC or FCVT: its op, n, sources, and a destination in place or clear
+        of the sources (a later element must never read what an earlier one wrote), checked
+        with `isa.validate`; a NOP if no destination fits."""
+        p = programs[node]
+        family = rng.choice([Opcode.VEC, Opcode.FVEC, Opcode.FVEC, Opcode.FCVT])
+        if family == Opcode.VEC:
+            choice = rng.choice(list(VecOp))
+            fields = dict(vop=int(choice))
+            spec = VECTOR_OPS[int(choice)]
+        elif family == Opcode.FVEC:
+            choice = rng.choice(list(FVecOp))
+            fields = dict(fop=int(choice))
+            spec = VECTOR_OPS[isa.FVEC_BASE + int(choice)]
+        else:
+            (stype, dtype, sr), code = rng.choice(list(CONVERSIONS.items()))
+            fields = dict(stype=int(stype), dtype=int(dtype), sr=sr)
+            spec = VECTOR_OPS[code]
+        n = rng.randint(1, min(max_words, (1 << isa.FORMATS[family].field("n").width) - 1))
+        a = region(node, spec.source_words(n))
+        if family != Opcode.FCVT:
+            bfix = spec.binary and rng.random() < 0.3
+            b = region(node, 1 if bfix else n) if spec.binary else 0
+            fields.update(bfix=int(bfix), b=b)
+        out = spec.dest_words(n)
+        for _ in range(20):
+            dst = a if rng.random() < 0.25 else _span(rng, 0, half, out)
+            word = isa.encode(family, dst=dst, a=a, n=n, **fields)
+            if isa.validate(cfg, isa.decode(word)) == (FaultCode.NONE, 0):
+                p.emit(family, dst=dst, a=a, n=n, **fields)
+                return
+        p.nop()
+
     def local_op(node):
         p = programs[node]
-        kind = rng.choice(["matmul", "matmul", "mread", "vec", "vec", "setq", "nop"])
+        kind = rng.choice(["matmul", "matmul", "mread", "vec", "vec", "vec", "setq", "setr",
+                           "nop"])
         if kind == "matmul":
             kw = rng.randint(1, max_words)
-            p.matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7)
+            p.matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7,
+                     dtype=rng.choice(list(MATRIX_TYPES)))
         elif kind == "mread":
             row0 = rng.randrange(cfg.mac_dim)
             nrows = rng.randint(1, cfg.mac_dim - row0)
             p.mread(_span(rng, 0, half, nrows), row0, nrows)
         elif kind == "vec":
-            op = rng.choice(list(VecOp))
-            n = rng.randint(1, max_words)
-            a = region(node, n)
-            bfix = op in BINARY_VECOPS and rng.random() < 0.3
-            b = region(node, 1 if bfix else n) if op in BINARY_VECOPS else 0
-            out = requant_words(n) if op == VecOp.REQUANT else n
-            # In place, or a destination clear of the sources (a later element must never read
-            # what an earlier one wrote).
-            for _ in range(20):
-                dst = a if rng.random() < 0.25 and op != VecOp.REQUANT else _span(rng, 0, half, out)
-                clear_a = dst == a or dst + out <= a or a + n <= dst
-                clear_b = (op not in BINARY_VECOPS or (not bfix and dst == b)
-                           or dst + out <= b or b + (1 if bfix else n) <= dst)
-                if clear_a and clear_b:
-                    break
-            else:
-                p.nop()
-                return
-            p.vec(op, dst, a, b, n, bfix)
+            vector_op(node)
         elif kind == "setq":
             p.setq(rng.randrange(1 << 16), rng.randrange(48), rng.random() < 0.5)
+        elif kind == "setr":
+            if rng.random() < 0.6:
+                p.setr("SCALE", rng.choice([_fp32_lane(rng), 0x3F80_0000, 0x3C23_D70A]))
+            else:
+                p.setr("SEED", rng.getrandbits(32))
         else:
             p.nop()
 
-    phase_sets = min(phases, COUNTERS)     # phase p uses the counters c = p (mod phase_sets)
+    phase_sets = min(phases, SYNC_COUNTERS)     # phase p uses the counters c = p (mod phase_sets)
     for phase in range(phases):
         messages = []
         for src in nodes:
@@ -103,7 +160,7 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
                 if inbox_next[dst] + n > words:
                     continue
-                counter = rng.randrange(phase % phase_sets, COUNTERS, phase_sets)
+                counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
                 messages.append((src, dst, n, _span(rng, 0, half, n) if n else 0,
                                  inbox_next[dst], counter))
                 inbox_next[dst] += n

@@ -7,26 +7,70 @@ and every performance counter. Both are also checked against the functional inte
 executable specification): the same final SRAM and no fault.
 
 Program i of seed S is `random_tile_program(cfg, random.Random(f"{S}:{i}"))`, so any program can
-be replayed alone with `--only i`.
+be replayed alone with `--only i`. The report counts the instructions the programs issued, per
+opcode and type (`instruction_kind`), so that a run shows which paths it exercised.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
+from d1tile import isa
+from d1tile.dtypes import ElemType
+from d1tile.isa import FVecOp, Opcode, SetrReg, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.interp import interpret
 from d1tile.sim.tile import TileModel
 from d1tile.sw.randprog import random_tile_program
 
 
-__all__ = ["VerifyReport", "verify", "program_for", "differences"]
+__all__ = ["VerifyReport", "verify", "program_for", "differences", "instruction_kind",
+           "exercised"]
 
 
 def program_for(cfg: TileConfig, seed: int, index: int):
     return random_tile_program(cfg, random.Random(f"{seed}:{index}"))
+
+
+def _name(enum, value) -> str:
+    try:
+        return enum(value).name
+    except ValueError:
+        return str(value)
+
+
+def instruction_kind(word: int) -> str:
+    """What an instruction exercises, in a few words: the opcode, and the type or op where it
+    has one ("MATMUL BF16", "FVEC FAXPY", "FCVT FP32->BF16 SR", "SETR SEED")."""
+    ins = isa.decode(word)
+    if ins.op is None:
+        return "undefined"
+    if ins.op == Opcode.MATMUL:
+        return f"MATMUL {_name(ElemType, ins.type)}"
+    if ins.op == Opcode.VEC:
+        return f"VEC {_name(VecOp, ins.vop)}"
+    if ins.op == Opcode.FVEC:
+        return f"FVEC {_name(FVecOp, ins.fop)}"
+    if ins.op == Opcode.FCVT:
+        return (f"FCVT {_name(ElemType, ins.stype)}->{_name(ElemType, ins.dtype)}"
+                + (" SR" if ins.sr else ""))
+    if ins.op == Opcode.SETR:
+        return f"SETR {_name(SetrReg, ins.reg)}"
+    return ins.op.name
+
+
+def exercised(programs) -> Counter:
+    """Instructions per `instruction_kind` in `programs`. A random program is straight-line,
+    valid and race-free, so each of its instructions issues exactly once in a run."""
+    counts = Counter()
+    for tp in programs:
+        for node in tp.nodes:
+            for word in tp.words_of(node):
+                counts[instruction_kind(word)] += 1
+    return counts
 
 
 def differences(model: dict, rtl: dict, limit: int = 3) -> list[str]:
@@ -64,6 +108,12 @@ class VerifyReport:
     model_seconds: float = 0.0
     rtl_seconds: float = 0.0
     build_seconds: float = 0.0
+    exercised: Counter = field(default_factory=Counter)
+
+    def exercised_line(self) -> str:
+        """One line: instructions per opcode and type, most frequent first."""
+        parts = ", ".join(f"{kind} {count}" for kind, count in self.exercised.most_common())
+        return f"instructions exercised ({sum(self.exercised.values())}): {parts}"
 
 
 def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, log=print,
@@ -73,6 +123,7 @@ def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, l
     indices = [only] if only is not None else list(range(count))
     programs = [program_for(cfg, seed, i) for i in indices]
     report = VerifyReport(programs=len(programs))
+    report.exercised = exercised(programs)
     started = time.monotonic()
     models = [TileModel(cfg).run(tp) for tp in programs]
     report.model_seconds = time.monotonic() - started

@@ -15,10 +15,11 @@ import random
 import pytest
 
 from conftest import bench_seed
-from d1tile.formats import COUNTER_NAMES, VecOp
+from d1tile.formats import COUNTER_NAMES
+from d1tile.isa import VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.host import HostDriver
-from d1tile.sim.isa import COUNTERS, Opcode, encode
+from d1tile.isa import SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.mxu import MatrixEngineModel, matmul_cycles
 from d1tile.sim.tile import TileModel
 from d1tile.sw.asm import Program
@@ -77,9 +78,9 @@ def racy_program(cfg: TileConfig, rng: random.Random) -> TileProgram:
                 n = rng.choice([0, 1, rng.randint(1, words // 2)])
                 to = node if rng.random() < 0.2 else rng.choice(tp.nodes)
                 p.send(rng.randrange(words - n + 1), n, to, rng.randrange(words - n + 1),
-                       rng.randrange(COUNTERS))
+                       rng.randrange(SYNC_COUNTERS))
             elif k < 0.95:
-                p.wait(rng.randrange(COUNTERS), rng.choice([1, 1, 2]))
+                p.wait(rng.randrange(SYNC_COUNTERS), rng.choice([1, 1, 2]))
             else:
                 p.word(encode(Opcode.NOP) | 0xC)        # undefined opcode: a fault
         p.halt()

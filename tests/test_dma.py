@@ -22,7 +22,7 @@ from d1tile.params import TileConfig
 from d1tile.sim.dma import (BAD_READ_TAG, PREFETCH_DEPTH, DmaInModel, DmaOutModel,
                             counter_word, counter_words, job_cycles, reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.sim.isa import Opcode, encode
+from d1tile.isa import Opcode, encode
 from d1tile.sim.sram import SRAMModel
 
 from conftest import bench_seed, run_bench

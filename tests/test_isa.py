@@ -1,5 +1,5 @@
 """The instruction set (encoding, validity, hazard ranges), the assembler and the functional
-interpreter."""
+interpreter (integer and floating-point instructions)."""
 
 import random
 
@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from conftest import bench_seed
-from d1tile.formats import VecOp, bytes_from_word, lanes_from_word, word_from_bytes
+from d1tile.formats import bytes_from_word, lanes_from_word, word_from_bytes
+from d1tile.isa import VecOp
 from d1tile.params import TileConfig
-from d1tile.sim import isa
+from d1tile import isa
 from d1tile.sim.interp import interpret
-from d1tile.sim.isa import FaultCode, Opcode, Ranges, overlaps
+from d1tile.isa import FaultCode, FVecOp, Opcode, Ranges, SetrReg, overlaps
+from d1tile import numerics as nx
+from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
 from d1tile.sim.vector import requantize
 from d1tile.sw.asm import AsmError, Program, assemble, disassemble
 from d1tile.sw.program import ProgramError, TileProgram
@@ -33,7 +36,7 @@ def test_encode_decode_round_trip_for_every_opcode():
 
 
 def test_undefined_opcodes_decode_and_fault():
-    for code in range(8, 16):
+    for code in range(11, 16):
         instr = isa.decode(code | 0xABC0)
         assert instr.op is None
         assert isa.validate(TINY, instr) == (FaultCode.UNDEFINED, code)
@@ -60,6 +63,34 @@ def test_undefined_opcodes_decode_and_fault():
     (Opcode.SEND, dict(src=200, n=60, x=1, y=1, dst=0), (FaultCode.ADDRESS, 200)),
     (Opcode.SEND, dict(src=0, n=60, x=1, y=1, dst=200), (FaultCode.ADDRESS, 200)),
     (Opcode.SEND, dict(src=256 - 1, n=0, x=1, y=1, dst=0), (FaultCode.NONE, 0)),
+    # types: MATMUL INT8 / BF16 exist, INT32 / FP32 operands do not (checked first)
+    (Opcode.MATMUL, dict(a=0, b=0, kw=1, type=ElemType.BF16), (FaultCode.NONE, 0)),
+    (Opcode.MATMUL, dict(a=0, b=0, kw=0, type=ElemType.FP32), (FaultCode.TYPE, 3)),
+    (Opcode.MATMUL, dict(a=250, b=0, kw=7, type=ElemType.INT32), (FaultCode.TYPE, 1)),
+    # FVEC
+    (Opcode.FVEC, dict(fop=10, dst=0, a=0, b=0, n=1), (FaultCode.FIELD, 10)),
+    (Opcode.FVEC, dict(fop=FVecOp.FADD, dst=0, a=0, b=0, n=0), (FaultCode.FIELD, 0)),
+    (Opcode.FVEC, dict(fop=FVecOp.FADD, dst=0, a=0, b=250, n=7), (FaultCode.ADDRESS, 250)),
+    (Opcode.FVEC, dict(fop=FVecOp.FRELU, dst=0, a=0, b=255, n=7), (FaultCode.NONE, 0)),
+    (Opcode.FVEC, dict(fop=FVecOp.FSUM, dst=255, a=0, n=100), (FaultCode.NONE, 0)),  # 1 word
+    (Opcode.FVEC, dict(fop=FVecOp.FSUM, dst=5, a=0, n=100), (FaultCode.NONE, 0)),    # overlap ok
+    # FCVT: the conversions that exist, their packing
+    (Opcode.FCVT, dict(stype=ElemType.FP32, dtype=ElemType.BF16, dst=252, a=0, n=8),
+     (FaultCode.NONE, 0)),                                                     # 8 -> 4 words
+    (Opcode.FCVT, dict(stype=ElemType.FP32, dtype=ElemType.BF16, dst=253, a=0, n=8),
+     (FaultCode.ADDRESS, 253)),
+    (Opcode.FCVT, dict(stype=ElemType.BF16, dtype=ElemType.FP32, dst=0, a=252, n=8),
+     (FaultCode.NONE, 0)),                                                     # 4 -> 8 words
+    (Opcode.FCVT, dict(stype=ElemType.INT8, dtype=ElemType.FP32, dst=0, a=254, n=9),
+     (FaultCode.ADDRESS, 254)),                                                # 3 source words
+    (Opcode.FCVT, dict(stype=ElemType.BF16, dtype=ElemType.FP32, sr=1, dst=0, a=0, n=1),
+     (FaultCode.TYPE, 2 | 3 << 2 | 1 << 4)),                                   # SR only to BF16
+    (Opcode.FCVT, dict(stype=ElemType.INT8, dtype=ElemType.BF16, dst=0, a=0, n=1),
+     (FaultCode.TYPE, 0 | 2 << 2)),
+    (Opcode.FCVT, dict(stype=ElemType.FP32, dtype=ElemType.FP32, dst=0, a=0, n=1),
+     (FaultCode.TYPE, 3 | 3 << 2)),
+    (Opcode.SETR, dict(reg=SetrReg.SEED, value=2**32 - 1), (FaultCode.NONE, 0)),
+    (Opcode.SETR, dict(reg=2, value=0), (FaultCode.FIELD, 2)),
 ])
 def test_validity_rules(op, fields, fault):
     assert TINY.sram_words == 256
@@ -71,6 +102,16 @@ def test_hazard_ranges_and_overlap():
     assert isa.hazard_ranges(vec) == Ranges((0, 4), (10, 14), (20, 24))
     req = isa.decode(isa.encode(Opcode.VEC, vop=VecOp.REQUANT, dst=20, a=0, b=99, n=5))
     assert isa.hazard_ranges(req) == Ranges((0, 5), (0, 0), (20, 22))
+    axpy = isa.decode(isa.encode(Opcode.FVEC, fop=FVecOp.FAXPY, dst=20, a=0, b=10, n=4, bfix=1))
+    assert isa.hazard_ranges(axpy) == Ranges((0, 4), (10, 11), (20, 24))
+    fsum = isa.decode(isa.encode(Opcode.FVEC, fop=FVecOp.FSUM, dst=20, a=0, b=10, n=9))
+    assert isa.hazard_ranges(fsum) == Ranges((0, 9), (0, 0), (20, 21))
+    narrow = isa.decode(isa.encode(Opcode.FCVT, stype=ElemType.FP32, dtype=ElemType.BF16,
+                                   dst=20, a=0, n=5))
+    assert isa.hazard_ranges(narrow) == Ranges((0, 5), (0, 0), (20, 23))
+    widen = isa.decode(isa.encode(Opcode.FCVT, stype=ElemType.INT8, dtype=ElemType.FP32,
+                                  dst=20, a=0, n=5))
+    assert isa.hazard_ranges(widen) == Ranges((0, 2), (0, 0), (20, 25))
     matmul = Ranges((0, 4), (8, 12))
     mread = Ranges(write=(3, 5))
     send_empty = Ranges((3, 3))
@@ -106,16 +147,39 @@ def test_builder_and_text_assemble_to_the_same_words():
     assert assemble(TINY, disassemble(p.words)).words == p.words
 
 
+def test_floating_point_instructions_assemble_by_name():
+    p = Program(TINY)
+    p.matmul(0, 16, 4, clear=True, dtype="bf16")
+    p.fscale(0.01)
+    p.seed(7)
+    p.fvec("faxpy", dst=40, a=32, b=48, n=8)
+    p.fcvt("fp32", "bf16", dst=60, a=40, n=8, stochastic=True)
+    text = """
+        MATMUL 0, 16, 4, clear=1, type=BF16
+        SETR SCALE, 0.01
+        SETR SEED, 7
+        FVEC FAXPY, 0, 40, 32, 48, 8      # fop, bfix, dst, a, b, n
+        FCVT FP32, BF16, 1, 60, 40, 8     # stype, dtype, sr, dst, a, n
+    """
+    assert assemble(TINY, text).words == p.words
+    assert assemble(TINY, disassemble(p.words)).words == p.words
+    assert "type=BF16" in disassemble(p.words) and "fop=FAXPY" in disassemble(p.words)
+    assert isa.decode(p.words[1]).value == int(nx.f32_bits(0.01))
+
+
 @pytest.mark.parametrize("text, message", [
     ("FOO 1", "line 1: unknown instruction 'FOO'"),
-    ("NOP\nMATMUL 0, 0, 0", "line 2: MATMUL a=0, b=0, kw=0, clear=0: field out of range"),
+    ("NOP\nMATMUL 0, 0, 0", "line 2: MATMUL a=0, b=0, kw=0, clear=0, type=0: field out of range"),
     ("MATMUL 0, 250, 8", "line 1: .*SRAM range beyond the node's 256 words \\(at address 250\\)"),
     ("SEND 0, 1, 5, 0, 0", "destination node outside the 2x2 grid"),
     ("WAIT 16, 1", "counter=16 does not fit 4 unsigned bits"),
     ("WAIT 1, 1, 1", "WAIT takes at most 2 arguments"),
     ("WAIT counter=1, count=2", "WAIT has no field 'count'"),
     ("WAIT 1, x", "value='x' is not a number"),
-    ("VEC SHUFFLE, 0, 0, 0, 0, 1", "vop='SHUFFLE' is not a number"),
+    ("VEC SHUFFLE, 0, 0, 0, 0, 1", "vop='SHUFFLE' is not a number; names: ADD, MUL"),
+    ("MATMUL 0, 0, 1, type=FP32", "element type or conversion the node does not have"),
+    ("FCVT BF16, INT8, 0, 0, 0, 1", "element type or conversion the node does not have"),
+    ("SETR SCALE, 1.5e", "value='1.5e' is not a number"),
 ])
 def test_assembler_errors_name_the_line_and_the_reason(text, message):
     with pytest.raises(AsmError, match=message):
@@ -146,7 +210,7 @@ def test_tile_program_rejects_bad_regions():
 def operand_words(cfg, matrix):
     """(4*kw, N) int8 rows -> kw words (4 operand vectors per word)."""
     rows = np.asarray(matrix, dtype=np.int8)
-    per = cfg.k_per_word
+    per = MATRIX_TYPES[ElemType.INT8].vectors_per_word(cfg)
     return [word_from_bytes(rows[i:i + per].reshape(-1)) for i in range(0, len(rows), per)]
 
 
@@ -160,7 +224,7 @@ def test_interpreter_matrix_product_requantise_and_send():
     tp.load((0, 0), 0, operand_words(cfg, a.T))
     tp.load((0, 0), 16, operand_words(cfg, b))
     p = tp.node(0, 0)
-    p.matmul(0, 16, k // cfg.k_per_word, clear=True)
+    p.matmul(0, 16, k // MATRIX_TYPES[ElemType.INT8].vectors_per_word(cfg), clear=True)
     p.mread(32)
     p.setq(scale=77, shift=9)
     p.vec("requant", dst=40, a=32, n=n)
@@ -217,3 +281,58 @@ def test_interpreter_faults_when_the_pc_runs_off_the_instruction_memory():
 def test_vec_destination_must_not_run_ahead_of_its_sources(fields, fault):
     instr = isa.decode(isa.encode(Opcode.VEC, **fields))
     assert isa.validate(TINY, instr)[0] == fault
+
+
+@pytest.mark.parametrize("fields, fault", [
+    (dict(stype=ElemType.BF16, dtype=ElemType.FP32, dst=10, a=10, n=4), FaultCode.FIELD),
+    (dict(stype=ElemType.BF16, dtype=ElemType.FP32, dst=8, a=10, n=4), FaultCode.FIELD),
+    (dict(stype=ElemType.BF16, dtype=ElemType.FP32, dst=12, a=10, n=4), FaultCode.NONE),
+    (dict(stype=ElemType.BF16, dtype=ElemType.FP32, dst=6, a=10, n=4), FaultCode.NONE),
+    (dict(stype=ElemType.FP32, dtype=ElemType.BF16, dst=10, a=10, n=4), FaultCode.NONE),
+    (dict(stype=ElemType.FP32, dtype=ElemType.INT8, dst=11, a=10, n=4), FaultCode.FIELD),
+])
+def test_widening_conversions_never_overlap_their_source(fields, fault):
+    """An element that reads one source word for several results (BF16 -> FP32, INT8 -> FP32)
+    would read its own results in place: those conversions may not overlap their source at
+    all; narrowing ones follow the in-place rule."""
+    instr = isa.decode(isa.encode(Opcode.FCVT, **fields))
+    assert isa.validate(TINY, instr)[0] == fault
+
+
+def test_interpreter_bf16_product_and_vector_ops():
+    """MATMUL BF16 and MREAD give the FP32 reference; FAXPY with SETR's q, a reduction and a
+    conversion back to BF16 give what the numeric reference gives on the same words."""
+    cfg = TINY
+    n = cfg.mac_dim
+    rng = np.random.default_rng(bench_seed())
+    k = 6                                          # three BF16 words of two vectors each
+    a = nx.bf16_bits(rng.standard_normal((n, k)))
+    b = nx.bf16_bits(rng.standard_normal((k, n)))
+    bf16 = ELEMENTS[ElemType.BF16]
+    words = lambda m: [bf16.pack(cfg, m[2 * w:2 * w + 2].reshape(-1)) for w in range(len(m) // 2)]
+    tp = TileProgram(cfg)
+    tp.load((0, 0), 0, words(a.T))
+    tp.load((0, 0), 16, words(b))
+    p = tp.node(0, 0)
+    p.matmul(0, 16, k // 2, clear=True, dtype="bf16")
+    p.mread(32)
+    p.fscale(-0.5)
+    p.fvec("faxpy", dst=40, a=32, b=32, n=n)           # c * -0.5 + c
+    p.fvec("fsum", dst=50, a=40, n=n)                  # sum of the rows, lane by lane
+    p.fcvt("fp32", "bf16", dst=60, a=40, n=n)
+    p.halt()
+    tp.read((0, 0), 32, n)
+    tp.read((0, 0), 40, n)
+    tp.read((0, 0), 50, 1)
+    tp.read((0, 0), 60, n // 2)
+    result = interpret(tp)
+    assert result.deadlock is None and not result.faults()
+    fp32 = ELEMENTS[ElemType.FP32]
+    lanes = lambda ws: np.array([fp32.unpack(cfg, w) for w in ws])
+    c = nx.bf16_matmul(a, b)
+    assert np.array_equal(lanes(result.reads[((0, 0), 32, n)]), c)
+    half = nx.fp32_axpy(c, nx.f32_bits(-0.5), c)
+    assert np.array_equal(lanes(result.reads[((0, 0), 40, n)]), half)
+    assert np.array_equal(lanes(result.reads[((0, 0), 50, 1)])[0], nx.fp32_sum(half))
+    packed = np.concatenate([bf16.unpack(cfg, w) for w in result.reads[((0, 0), 60, n // 2)]])
+    assert np.array_equal(packed.reshape(n, n), nx.bf16_from_f32_rne(half))

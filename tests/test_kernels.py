@@ -6,19 +6,24 @@ proves the programs deadlock-free for the timing the interpreter picks).
 Shapes cover multiples of N and of the grid, shapes that are neither, idle grid rows and
 columns (fewer blocks than rows/columns), K that is not a multiple of 4, both forms of a host
 input, concatenated inputs, two chained quantised layers, and the compile errors (SRAM and
-instruction memory overflow, bad arguments)."""
+instruction memory overflow, bad arguments). The bf16 GEMM (BF16 operands, FP32 results) must
+give `reference_gemm_bf16` (the FP32 sums added k after k) bit for bit, including K that is not a
+multiple of the two BF16 vectors per word, NaN, Inf and signed zeros in the inputs."""
 
 import numpy as np
 import pytest
 
 from conftest import bench_seed
+from d1tile import numerics
+from d1tile.dtypes import ElemType
 from d1tile.params import TileConfig
 from d1tile.sim.interp import interpret
 from d1tile.sim.sram import bank_of
 from d1tile.sim.tile import TileModel
 from d1tile.sw.errors import CompileError
 from d1tile.sw.kernels import (KernelBuilder, load_activation, pack_activation, reference_gemm,
-                               reference_layer, split_even, unpack_activation, unpack_gemm)
+                               reference_gemm_bf16, reference_layer, split_even,
+                               unpack_activation, unpack_gemm)
 from d1tile.sw.verify import differences
 
 TINY = TileConfig.preset("tiny")          # 2x2 nodes, N = 4, 256 words of 16 B
@@ -42,6 +47,29 @@ def gemm_program(cfg, batch, k, f, r, form="auto"):
     tp = kb.finish()
     load_activation(tp, layout, x)
     return tp, out, reference_gemm(x, w)
+
+
+def bf16_gemm_program(cfg, batch, k, f, r, form="auto", specials=False):
+    x = r.standard_normal((batch, k)).astype(np.float32)
+    w = r.standard_normal((k, f)).astype(np.float32)
+    if specials:        # signed zeros, infinities and NaNs, and values that flush
+        for a in (x, w):
+            flat = a.reshape(-1)
+            picks = r.choice(flat.size, size=max(1, flat.size // 8), replace=False)
+            flat[picks] = r.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-39, 3e38],
+                                   size=picks.size)
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", batch, k, form=form, dtype=ElemType.BF16)
+    out = kb.gemm("gemm", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    return tp, out, reference_gemm_bf16(cfg, x, w)
+
+
+def same_bits(a, b) -> bool:
+    return np.array_equal(np.asarray(a, np.float32).view(np.uint32),
+                          np.asarray(b, np.float32).view(np.uint32))
 
 
 def check_run(tp, result):
@@ -83,6 +111,47 @@ def run_layer(cfg, x, w, b, scale, shift, relu):
     result = TileModel(cfg).run(tp)
     check_run(tp, result)
     return unpack_activation(y, result)
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bf16_gemm_on_the_model(shape):
+    tp, out, expected = bf16_gemm_program(TINY, *shape, rng(21, *shape), specials=True)
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    got = unpack_gemm(out, result)
+    assert got.dtype == np.float32
+    assert same_bits(got, expected), f"{np.count_nonzero(got.view(np.uint32) != expected.view(np.uint32))} differ"
+
+
+def test_bf16_gemm_on_the_default_tile_is_close_to_float64():
+    """A 64 x 200 x 48 bf16 GEMM on the default 4x4 tile: bit-exact with its reference, and
+    within the FP32 summation bound (K u sum |x w|, u = 2**-24) of the float64 product of the
+    same BF16-rounded inputs."""
+    r = rng(22)
+    tp, out, expected = bf16_gemm_program(DEFAULT, 64, 200, 48, r)
+    result = TileModel(DEFAULT).run(tp)
+    check_run(tp, result)
+    got = unpack_gemm(out, result)
+    assert same_bits(got, expected)
+    r2 = rng(22)            # the same draws as bf16_gemm_program's
+    xf = numerics.bf16_value(numerics.bf16_bits(r2.standard_normal((64, 200)).astype(np.float32)))
+    wf = numerics.bf16_value(numerics.bf16_bits(r2.standard_normal((200, 48)).astype(np.float32)))
+    exact = xf @ wf
+    bound = 200 * 2.0 ** -24 * (np.abs(xf) @ np.abs(wf))
+    assert (np.abs(got.astype(np.float64) - exact) <= bound).all()
+
+
+def test_bf16_operands_take_twice_the_words():
+    kb = KernelBuilder(TINY)
+    a = kb.input("a", 8, 40)
+    b = kb.input("b", 8, 40, dtype=ElemType.BF16)
+    assert (a.kwords, b.kwords) == (10, 20)
+    with pytest.raises(CompileError, match="are INT8 and BF16"):
+        kb.gemm("mixed", [a, b], np.zeros((80, 4), dtype=np.int8))
+    with pytest.raises(CompileError, match="quantised layers take int8 inputs"):
+        kb.quantised_layer("q", b, np.zeros((40, 4)), np.zeros(4, int), 1, 1)
+    with pytest.raises(CompileError, match="must be numbers for bf16"):
+        kb.gemm("s", b, np.array([["a"] * 4] * 40))
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -310,7 +379,7 @@ def test_bad_arguments_are_compile_errors():
          r"layer 'a': weights have 9 rows but the input has 8 features"),
         (lambda: kb.gemm("b", x, np.full((8, 4), 200)), r"layer 'b': weights must be int8"),
         (lambda: kb.gemm("c", x, np.zeros((8, 4), dtype=np.float32)),
-         r"layer 'c': weights must be a 2-D integer array"),
+         r"layer 'c': weights must be integers for int8, not float32"),
         (lambda: kb.quantised_layer("d", x, np.zeros((8, 4), dtype=np.int8), np.zeros(3, int),
                                     1, 1), r"layer 'd': bias must be an integer vector of 4"),
         (lambda: kb.quantised_layer("e", x, np.zeros((8, 4), dtype=np.int8), np.zeros(4, int),
@@ -409,6 +478,9 @@ def rtl_cases():
     tp3, outputs, expected3 = chain(TINY, 6, (12, 8, 5), rng(11), (True, False))
     cases["two layers 6x12->8->5"] = (tp3, lambda res: unpack_activation(outputs[-1], res),
                                       expected3[-1])
+    tp4, out4, expected4 = bf16_gemm_program(TINY, 8, 13, 6, rng(23), specials=True)
+    cases["bf16 gemm 8x13x6"] = (tp4, lambda res: unpack_gemm(out4, res).view(np.uint32),
+                                 expected4.view(np.uint32))
     return cases
 
 

@@ -10,15 +10,19 @@ import pytest
 from amaranth.hdl import Fragment
 
 from conftest import bench_seed, run_bench
-from d1tile.formats import MatrixDType, word_from_lanes
-from d1tile.hw.matrix import (MatrixUnit, operand_layout, pack_operands, row_layout,
-                              unpack_row)
+from d1tile import dtypes, numerics as nx
+from d1tile.dtypes import MATRIX_TYPES, ElemType
+from d1tile.formats import word_from_lanes
+from d1tile.hw.matrix import (OPERAND_BITS, MatrixUnit, operand_layout, pack_operands,
+                              row_layout, unpack_row)
 from d1tile.hw.matrix_demo import run_demo
 from d1tile.params import TileConfig
-from d1tile.sim.matrix import (ACC_LATENCY, DTYPES, READOUT_LATENCY, MatrixUnitRef, busy_at,
+from d1tile.sim.matrix import (ACC_LATENCY, READOUT_LATENCY, MatrixUnitRef, busy_at,
                                earliest_readout_cycle, first_row_cycle, ideal_cycles,
                                matmul_reference, outer_product_beats, tile_count,
                                tiled_matmul_cycles)
+
+INT8, BF16 = ElemType.INT8, ElemType.BF16
 
 
 PRESETS = ["tiny", "default"]
@@ -50,7 +54,37 @@ def test_ref_matches_numpy(preset, rng):
         assert np.array_equal(got, expected), f"K={k}: expected\n{expected}\ngot\n{got}"
         assert np.array_equal(got, matmul_reference(A, B))
         for i in range(n):
-            assert np.array_equal(ref.read_row(i), expected[i]), f"row {i}"
+            assert np.array_equal(ref.read_row(i), expected[i].view(np.uint32)), f"row {i}"
+
+
+def test_ref_bf16_is_the_k_loop_of_the_numeric_contract(rng):
+    cfg = TileConfig.preset("default")
+    n, k = cfg.mac_dim, 40
+    A = nx.bf16_bits(rng.standard_normal((n, k)))
+    B = nx.bf16_bits(rng.standard_normal((k, n)))
+    ref = MatrixUnitRef(cfg)
+    got = ref.run(((a, b, i == 0) for i, (a, b) in enumerate(outer_product_beats(A, B))), BF16)
+    assert np.array_equal(got, nx.bf16_matmul(A, B))
+    assert np.array_equal(got, matmul_reference(A, B, BF16))
+    # mac_block (the cycle model's fast path) gives the same bits as beat by beat
+    ref2 = MatrixUnitRef(cfg)
+    ref2.mac_block(A.T, B, clear=True, dtype=BF16)
+    assert np.array_equal(ref2.values(BF16), got)
+
+
+def test_ref_clear_starts_from_the_types_identity():
+    cfg = TileConfig.preset("tiny")
+    n = cfg.mac_dim
+    ref = MatrixUnitRef(cfg)
+    neg_zero = np.full(n, 0x8000)
+    ref.mac(neg_zero, np.full(n, 0x3F80), clear=True, dtype=BF16)     # -0 x 1 after clear
+    assert (ref.acc == 0x8000_0000).all(), "clear must keep a -0 product (it adds to -0)"
+    ref.mac(np.zeros(n, np.int64), np.zeros(n, np.int64), clear=True, dtype=INT8)
+    assert not ref.acc.any()
+    # without clear a type change reinterprets the bits
+    ref.mac(np.full(n, 0x3F80), np.full(n, 0x3F80), clear=True, dtype=BF16)   # 1.0
+    ref.mac(np.ones(n, np.int64), np.ones(n, np.int64), dtype=INT8)           # + 1 as int32
+    assert (ref.acc == 0x3F80_0001).all()
 
 
 def test_ref_clear_and_accumulate(rng):
@@ -62,19 +96,19 @@ def test_ref_clear_and_accumulate(rng):
     outer1 = np.outer(a1.astype(np.int32), b1)
     outer2 = np.outer(a2.astype(np.int32), b2)
     ref.mac(a1, b1, clear=False)
-    assert np.array_equal(ref.acc, outer1)
+    assert np.array_equal(ref.values(), outer1)
     ref.mac(a2, b2, clear=False)
-    assert np.array_equal(ref.acc, outer1 + outer2), "a beat without clear must accumulate"
+    assert np.array_equal(ref.values(), outer1 + outer2), "a beat without clear must accumulate"
     ref.mac(a2, b2, clear=True)
-    assert np.array_equal(ref.acc, outer2), "a beat with clear must replace the sums"
+    assert np.array_equal(ref.values(), outer2), "a beat with clear must replace the sums"
     ref.reset()
     assert not ref.acc.any()
 
 
 def test_ref_wraps_int32():
-    spec = DTYPES[MatrixDType.INT8]
-    acc = np.full((2, 2), 2**31 - 1, dtype=np.int32)
-    got = spec.accumulate(acc, spec.outer(np.array([1, -1]), np.array([1, 2])))
+    spec = MATRIX_TYPES[INT8]
+    acc = np.full((2, 2), 2**31 - 1, dtype=np.int32).view(np.uint32)
+    got = spec.values(spec.beat(acc, np.array([1, -1]), np.array([1, 2])))
     assert got.dtype == np.int32
     assert got.tolist() == [[-2**31, -2**31 + 1], [2**31 - 2, 2**31 - 3]]
     # 131073 beats of (-128) * (-128) overflow int32 once.
@@ -96,8 +130,12 @@ def test_ref_rejects_bad_input():
         ref.mac([0.5] * 4, [0] * 4)
     with pytest.raises(ValueError, match="row 4"):
         ref.read_row(4)
-    with pytest.raises(ValueError, match="dtype 7"):
-        MatrixUnitRef(cfg, dtype=7)
+    with pytest.raises(ValueError, match="FP32"):
+        ref.mac([0] * 4, [0] * 4, dtype=ElemType.FP32)
+    with pytest.raises(ValueError, match="7 is not an element type"):
+        ref.mac([0] * 4, [0] * 4, dtype=7)
+    with pytest.raises(ValueError, match=r"a\[1\]=65536"):
+        ref.mac([0, 65536, 0, 0], [0] * 4, dtype=BF16)
     with pytest.raises(TypeError, match="TileConfig"):
         MatrixUnitRef({"mac_dim": 4})
 
@@ -142,7 +180,7 @@ def simulate_tiled_schedule(cfg: TileConfig, m: int, k: int, n: int) -> int:
 
 
 def test_timing_description():
-    assert ACC_LATENCY == DTYPES[MatrixDType.INT8].pipeline_depth == 2
+    assert ACC_LATENCY == MATRIX_TYPES[INT8].pipeline_depth == MATRIX_TYPES[BF16].pipeline_depth == 2
     assert READOUT_LATENCY == 1
     assert [busy_at(c, [10]) for c in range(9, 14)] == [False, False, True, False, False]
     assert earliest_readout_cycle(10) == 10 + ACC_LATENCY
@@ -163,16 +201,23 @@ def test_timing_description():
 def test_payload_layouts(preset, rng):
     cfg = TileConfig.preset(preset)
     n = cfg.mac_dim
-    assert operand_layout(cfg).size == 2 * 8 * n + 1
+    assert OPERAND_BITS == 16
+    assert operand_layout(cfg).size == 2 * 16 * n + 1 + 2
     assert row_layout(cfg).size == 32 * n == cfg.word_bits
     a, b = random_int8(rng, n), random_int8(rng, n)
-    # Independent construction: a[0] in the low byte, then b, then clear.
-    expected = int.from_bytes(a.tobytes() + b.tobytes(), "little") | (1 << (16 * n))
+    # Independent construction: a[0] in the low 16 bits (an int8 two's complement, widened),
+    # then b, then clear, then the type.
+    widen = lambda v: v.astype(np.int16).tobytes()
+    expected = int.from_bytes(widen(a) + widen(b), "little") | (1 << (32 * n))
     assert pack_operands(cfg, a, b, True) == expected
-    assert pack_operands(cfg, a, b, False) == expected ^ (1 << (16 * n))
+    assert pack_operands(cfg, a, b, False) == expected ^ (1 << (32 * n))
+    h = rng.integers(0, 1 << 16, size=n)
+    assert pack_operands(cfg, h, h, False, BF16) == (
+        int.from_bytes(h.astype("<u2").tobytes() * 2, "little") | (int(BF16) << (32 * n + 1)))
     lanes = rng.integers(-2**31, 2**31, size=n)
     assert unpack_row(cfg, word_from_lanes(lanes)) == lanes.tolist(), \
         "a readout row must be an SRAM word of int32 lanes"
+    assert unpack_row(cfg, word_from_lanes(lanes), BF16) == (lanes & 0xFFFF_FFFF).tolist()
     with pytest.raises(ValueError, match=r"a\[0\]=200"):
         pack_operands(cfg, [200] + [0] * (n - 1), [0] * n, False)
 
@@ -181,17 +226,13 @@ def test_matrix_unit_contract():
     cfg = TileConfig.preset("tiny")
     unit = MatrixUnit(cfg)
     Fragment.get(unit, None)   # elaborates without error (and marks the component as used)
-    assert unit.n == 4 and unit.dtype is MatrixDType.INT8
+    assert unit.n == 4
     assert unit.acc_latency == ACC_LATENCY and unit.readout_latency == READOUT_LATENCY
     assert set(unit.signature.members) == {"operands", "busy", "rd_req", "rd_data"}
     with pytest.raises(AttributeError):
         unit.n = 8
     with pytest.raises(TypeError, match="TileConfig"):
         MatrixUnit(4)
-    with pytest.raises(ValueError, match="dtype 3"):
-        MatrixUnit(cfg, dtype=3)
-    with pytest.raises(ValueError, match="'bf16'"):
-        MatrixUnit(cfg, dtype="bf16")
 
 
 # -- RTL on Verilator -----------------------------------------------------------------------------
@@ -226,14 +267,15 @@ def test_demo_rejects_bad_dimensions(dims, name):
 
 @pytest.mark.parametrize("depth", [1, 3])
 def test_pipeline_depth_comes_from_the_table(depth, monkeypatch, rng):
-    """The array takes its depth from the data-type table: with INT8's entry patched to another
-    depth, `busy` and the readout gate move with it (Amaranth's simulator, quick)."""
+    """The array takes its depth from the type table: with every type's entry patched to
+    another depth, `busy` and the readout gate move with it (Amaranth's simulator, quick)."""
     import dataclasses
     from amaranth.sim import Simulator
 
     from d1tile.sim import matrix as sim_matrix
-    patched = dataclasses.replace(DTYPES[MatrixDType.INT8], pipeline_depth=depth)
-    monkeypatch.setitem(sim_matrix.DTYPES, MatrixDType.INT8, patched)
+    for t in list(MATRIX_TYPES):
+        monkeypatch.setitem(dtypes.MATRIX_TYPES, t,
+                            dataclasses.replace(MATRIX_TYPES[t], pipeline_depth=depth))
     assert sim_matrix.acc_latency() == depth
 
     cfg = TileConfig.preset("tiny")
@@ -275,7 +317,7 @@ def test_pipeline_depth_comes_from_the_table(depth, monkeypatch, rng):
     assert log["requests"][0] == earliest_readout_cycle(log["beats"][-1]), (
         f"depth {depth}: first request accepted in cycle {log['requests'][0]}, expected "
         f"{earliest_readout_cycle(log['beats'][-1])}")
-    expected = A.astype(np.int32) @ B
+    expected = (A.astype(np.int32) @ B).view(np.uint32)
     for row, cycle in enumerate(log["requests"]):
         assert log["rows"][cycle + READOUT_LATENCY] == expected[row].tolist(), (
             f"depth {depth}: row {row}")

@@ -14,13 +14,14 @@ from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
 from d1tile.formats import bytes_from_word, lanes_from_word
 from d1tile.hw.matrix import operand_layout
 from d1tile.hw.mxu import MatrixEngine, operand_word_layout
 from d1tile.hw.sequencer import EngineCommand
 from d1tile.hw.sram import NodeSRAM, SRAMReadPort, SRAMWritePort
 from d1tile.params import TileConfig
-from d1tile.sim.isa import Opcode, encode
+from d1tile.isa import Opcode, encode
 from d1tile.sim.matrix import acc_latency
 from d1tile.sim.mxu import (MATMUL_FIRST_BEAT, MatrixEngineModel, ideal_matmul_cycles,
                             matmul_cycles, matmul_reference_words, mread_cycles,
@@ -138,33 +139,44 @@ def _random_words(cfg, rng, n):
 
 
 @pytest.mark.parametrize("cfg", [TINY, DEFAULT], ids=["tiny", "default"])
-def test_operand_vectors_match_the_rtl_layout(cfg):
-    """The model's byte slicing of a word and the RTL's `operand_word_layout` agree."""
+@pytest.mark.parametrize("dtype", list(MATRIX_TYPES), ids=lambda t: t.name)
+def test_operand_vectors_match_the_rtl_layout(cfg, dtype):
+    """The model's slicing of a word and the RTL's `operand_word_layout` agree, for each type:
+    4 vectors of N int8, or 2 vectors of N BF16."""
     rng = random.Random(1)
-    layout = operand_word_layout(cfg)
+    layout = operand_word_layout(cfg, dtype)
+    vectors = MATRIX_TYPES[dtype].vectors_per_word(cfg)
+    assert vectors == {ElemType.INT8: 4, ElemType.BF16: 2}[dtype]
     for _ in range(20):
         word = rng.getrandbits(cfg.word_bits)
         view = data.Const(layout, word)
-        rtl = [[int(x) for x in view[j]] for j in range(cfg.k_per_word)]
-        assert operand_vectors(cfg, word).tolist() == rtl
+        rtl = [[int(x) for x in view[j]] for j in range(vectors)]
+        assert operand_vectors(cfg, word, dtype).tolist() == rtl
+        assert operand_vectors(cfg, word, dtype).ravel().tolist() == \
+            ELEMENTS[dtype].unpack(cfg, word).tolist()
+    if dtype == ElemType.INT8:
         assert operand_vectors(cfg, word).ravel().tolist() == \
             bytes_from_word(word, cfg.word_bytes).tolist()
 
 
 @pytest.mark.parametrize("cfg", [TINY, DEFAULT], ids=["tiny", "default"])
 @pytest.mark.parametrize("kw", [1, 2, 3, 16])
-def test_model_matmul_timing(cfg, kw):
+@pytest.mark.parametrize("dtype", list(MATRIX_TYPES), ids=lambda t: t.name)
+def test_model_matmul_timing(cfg, kw, dtype):
     """Uncontended: first beat MATMUL_FIRST_BEAT cycles after the start, then one beat per
-    cycle, `idle` high in the last-beat cycle, `matmul_cycles(kw)` after the start."""
+    cycle, `idle` high in the last-beat cycle, `matmul_cycles(kw, type)` after the start: the
+    same beats per cycle for both types, V = 4 (INT8) or 2 (BF16) beats per word pair."""
     eng = EngineAlone(cfg)
     eng.sram.load(0, _random_words(cfg, random.Random(kw), 2 * kw))
     eng.step()
     start = eng.cycle
-    cycles = eng.run(matmul(0, kw, kw, True))
+    cycles = eng.run(matmul(0, kw, kw, True, dtype))
     eng.step()     # the last-beat cycle
-    expected_beats = [start + MATMUL_FIRST_BEAT + k for k in range(ideal_matmul_cycles(cfg, kw))]
+    expected_beats = [start + MATMUL_FIRST_BEAT + k
+                      for k in range(ideal_matmul_cycles(cfg, kw, dtype))]
     assert eng.beats == expected_beats
-    assert cycles == matmul_cycles(cfg, kw) == 4 * kw + 3
+    v = {ElemType.INT8: 4, ElemType.BF16: 2}[dtype]
+    assert cycles == matmul_cycles(cfg, kw, dtype) == v * kw + 3
     assert eng.beats[-1] == start + cycles, "idle must rise in the last-beat cycle"
 
 
@@ -201,9 +213,26 @@ def test_model_full_rate_under_two_refusals_per_four_cycles():
     assert eng.model.read_refusals > 0
 
 
+def test_model_bf16_needs_a_read_every_cycle():
+    """A BF16 MATMUL reads two words per two beats: the read port is busy every cycle in the
+    steady state, so each refused read cycle delays the beats (INT8 absorbs up to 3 per word)."""
+    cfg = DEFAULT
+    kw = 16
+    for dtype, free in ((ElemType.INT8, True), (ElemType.BF16, False)):
+        eng = EngineAlone(cfg, block=lambda cycle: cycle % 4 == 1)
+        eng.sram.load(0, _random_words(cfg, random.Random(4), 2 * kw))
+        eng.run(matmul(0, kw, kw, True, dtype))
+        eng.step()
+        beats = ideal_matmul_cycles(cfg, kw, dtype)
+        span = eng.beats[-1] - eng.beats[0] + 1
+        assert len(eng.beats) == beats
+        assert (span == beats) == free, f"{dtype.name}: {beats} beats over {span} cycles"
+
+
 def test_model_results_match_numpy():
-    """Random MATMUL/MREAD programs on the model alone (with refusals) leave in SRAM exactly the
-    rows of the NumPy products."""
+    """Random MATMUL/MREAD programs of both types on the model alone (with refusals) leave in
+    SRAM exactly the rows of the reference products (`matmul_reference_words`: int64 sums, or
+    the BF16 k-loop)."""
     for seed in range(6):
         rng = random.Random(seed)
         cfg = [TINY, DEFAULT][seed % 2]
@@ -211,14 +240,15 @@ def test_model_results_match_numpy():
         eng = EngineAlone(cfg, block=lambda cycle: rng.random() < 0.3)
         words = _random_words(cfg, rng, 64)
         eng.sram.load(0, words)
-        acc = np.zeros((n, n), dtype=np.int64)
+        acc = np.zeros((n, n), dtype=np.uint32)
         for _ in range(12):
             kw = rng.randint(1, 20)
             a, b = rng.randrange(64 - kw), rng.randrange(64 - kw)
             clear = rng.random() < 0.4
-            eng.run(matmul(a, b, kw, clear))
-            acc = (0 if clear else acc) + matmul_reference_words(cfg, words[a:a + kw],
-                                                                 words[b:b + kw])
+            dtype = rng.choice(list(MATRIX_TYPES))
+            eng.run(matmul(a, b, kw, clear, dtype))
+            acc = matmul_reference_words(cfg, words[a:a + kw], words[b:b + kw], dtype, acc=acc,
+                                         clear=clear)
             row0 = rng.randrange(n)
             nrows = rng.randint(1, n - row0)
             dst = 100 + rng.randrange(50)
@@ -227,10 +257,9 @@ def test_model_results_match_numpy():
             eng.run(mread(dst, row0, nrows))
             for _ in range(3):
                 eng.step()
-            expected = ((acc + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
             for r in range(nrows):
-                got = lanes_from_word(eng.sram.word(dst + r), n)
-                assert got.tolist() == expected[row0 + r].tolist(), \
+                got = lanes_from_word(eng.sram.word(dst + r), n).view(np.uint32)
+                assert got.tolist() == acc[row0 + r].tolist(), \
                     f"seed {seed}: row {row0 + r} at word {dst + r}"
 
 
@@ -239,7 +268,8 @@ def test_model_ignores_bad_commands():
     cfg = TINY
     eng = EngineAlone(cfg)
     for word in (encode(Opcode.NOP), encode(Opcode.HALT), matmul(0, 0, 0, True),
-                 mread(0, 0, 0), encode(Opcode.VEC, vop=0, dst=0, a=0, b=0, n=1), 0xF):
+                 mread(0, 0, 0), encode(Opcode.VEC, vop=0, dst=0, a=0, b=0, n=1), 0xF,
+                 matmul(0, 4, 4, True, ElemType.FP32), matmul(0, 4, 4, True, ElemType.INT32)):
         eng.step(True, word)
         assert eng.model.idle, f"{word:#x} was not ignored"
     eng.step(True, matmul(0, 4, 4, False))
@@ -308,8 +338,6 @@ def test_engine_interface():
     assert engine.cfg is TINY and engine.unit.n == TINY.mac_dim
     with pytest.raises(TypeError, match="cfg must be a TileConfig, not 'tiny'"):
         MatrixEngine("tiny")
-    with pytest.raises(ValueError, match="dtype"):
-        MatrixEngine(TINY, dtype=7)
 
 
 # -- quick lockstep in Amaranth's simulator ----------------------------------------------------

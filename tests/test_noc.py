@@ -5,7 +5,8 @@ import pytest
 
 from conftest import bench_seed
 from d1tile.params import TileConfig
-from d1tile.sim.noc import NocTraffic, run_model, run_rtl
+from d1tile.hw.noc_run import run_rtl
+from d1tile.sim.noc import NocTraffic, run_model
 from d1tile.sim.router import MeshModel
 
 

@@ -19,7 +19,7 @@ def test_derived_sizes_are_consistent(name):
     assert cfg.bank_words * cfg.sram_banks == cfg.sram_words
     assert 1 << cfg.sram_addr_bits == cfg.sram_words
     assert 1 << cfg.bank_addr_bits == cfg.bank_words
-    assert cfg.k_per_word * cfg.mac_dim == cfg.word_bytes
+    assert cfg.word_bits == 32 * cfg.lanes
     assert cfg.peak_macs_per_cycle == cfg.nodes * cfg.mac_dim ** 2
     # the host edge column x == cols must be representable
     assert cfg.cols < 1 << cfg.coord_bits and cfg.rows - 1 < 1 << cfg.coord_bits

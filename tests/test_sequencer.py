@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from d1tile.hw.sequencer import EngineCommand, ImemWritePort, Sequencer
 from d1tile.params import TileConfig
-from d1tile.sim.isa import FaultCode, Opcode, decode, encode, validate
+from d1tile.isa import FaultCode, Opcode, decode, encode, validate
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, SeqEvent, SeqState, SequencerModel,
                                   unstalled_done_cycle)
 
@@ -36,7 +36,8 @@ def test_engine_command_signature():
         "start": (Out, 1), "instr": (Out, 64), "idle": (In, 1)}
     quant = EngineCommand.Signature(quant=True)
     assert {k: _width(m) for k, m in quant.members.items()
-            if k not in plain.members} == {"scale": 16, "shift": 6, "relu": 1}
+            if k not in plain.members} == {"scale": 16, "shift": 6, "relu": 1, "fscale": 32,
+                                           "seed": 32, "reseed": 1}
     done = EngineCommand.Signature(done=True)
     assert {k: _width(m) for k, m in done.members.items()
             if k not in plain.members} == {"status": 4, "pc": 16, "info": 16}
@@ -114,6 +115,26 @@ def test_model_unstalled_timing():
     assert decisions[-1] == (SeqEvent.DONE, 2, HALT_WORD)
     assert (model.scale, model.shift, model.relu) == (7, 3, 1)
     assert model.state == SeqState.STOPPED and model.pc == 4 and not model.running
+
+
+def test_model_setr_registers_and_the_pending_seed():
+    """SETR SCALE loads q; SETR SEED loads the seed and raises `reseed`, which the next vector
+    instruction's start carries and clears (a MATMUL's start does not)."""
+    model = SequencerModel(TINY)
+    vec = encode(Opcode.FVEC, fop=0, dst=0, a=8, b=16, n=1)
+    program = [encode(Opcode.SETR, reg=0, value=0x3F80_0000),
+               encode(Opcode.SETR, reg=1, value=1234),
+               encode(Opcode.MATMUL, a=0, b=0, kw=1, type=2), vec, vec, HALT_WORD]
+    model.load_imem(program)
+    model.tick(IDLE, start_req=True)
+    seen = []
+    while model.state != SeqState.STOPPED:
+        decision = model.decide(IDLE)
+        if decision.engine >= 0 and decision.instr != HALT_WORD:
+            seen.append((decision.engine, model.fscale, model.seed, model.reseed))
+        model.tick(IDLE)
+    assert seen == [(0, 0x3F80_0000, 1234, True), (1, 0x3F80_0000, 1234, True),
+                    (1, 0x3F80_0000, 1234, False)]
 
 
 def test_model_counters_wrap_and_combine():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import bench_seed
-from d1tile.formats import (COUNTER_NAMES, VecOp, bytes_from_word, lanes_from_word,
-                            word_from_bytes, word_from_lanes)
+from d1tile.formats import COUNTER_NAMES, bytes_from_word, lanes_from_word, word_from_bytes, word_from_lanes
+from d1tile.isa import VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.interp import interpret
-from d1tile.sim.isa import FaultCode, Opcode, encode
+from d1tile.isa import FaultCode, Opcode, encode
 from d1tile.sim.tile import TileModel
 from d1tile.sw.asm import Program
 from d1tile.sw.program import TileProgram

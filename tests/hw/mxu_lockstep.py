@@ -13,7 +13,8 @@ request and its acceptance, and the contention ports' grants and read data, with
 `LockstepError` naming the cycle, the signal, the expected and the got value.
 
 Phases, driven by the tests: `fill()` writes random words to every SRAM word through the
-contention write ports; `issue()` queues instructions, each started when the engine is idle
+contention write ports (half of them random bits, half packed with BF16 values of moderate size,
+so that BF16 products are not all NaN and Inf); `issue()` queues instructions, each started when the engine is idle
 after its gap (or, for `force`, regardless of `idle`, to check that it is ignored), while the
 contention ports make random requests (held until granted, like every requester): reads biased
 to the banks the current instruction uses, writes only to a scratch area at the top of each bank
@@ -21,6 +22,9 @@ to the banks the current instruction uses, writes only to a scratch area at the 
 contention read ports. `functional` is the memory as a NumPy execution of the accepted
 instructions makes it (`matmul_reference_words`, independent of the cycle model);
 `final_check()` compares it with the words read back and with the SRAM model.
+
+MATMULs are INT8 or BF16 (`random_matmul` picks either; a BF16 MATMUL without `clear` after an
+INT8 one reinterprets the accumulator bits, as the hardware does).
 
 Imports no simulator: the cocotb bench (tb_mxu.py) and the quick Amaranth-sim test share it.
 """
@@ -31,9 +35,11 @@ from collections import deque
 
 import numpy as np
 
+from d1tile import numerics
+from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
 from d1tile.formats import word_from_lanes
 from d1tile.hw.matrix import pack_operands
-from d1tile.sim.isa import Opcode, decode, encode
+from d1tile.isa import Opcode, decode, encode
 from d1tile.sim.mxu import MatrixEngineModel, matmul_reference_words
 from d1tile.sim.sram import SRAMModel
 
@@ -65,8 +71,8 @@ def output_names() -> list[str]:
     return names
 
 
-def matmul(a, b, kw, clear) -> int:
-    return encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear))
+def matmul(a, b, kw, clear, dtype=ElemType.INT8) -> int:
+    return encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype))
 
 
 def mread(dst, row0, nrows) -> int:
@@ -101,7 +107,7 @@ class MxuLockstep:
         self.hot_banks: list[int] = []
         # functional memory (None: unknown) and accumulators
         self.functional: list[int | None] = [None] * cfg.sram_words
-        self.acc = np.zeros((self.n, self.n), dtype=np.int64)
+        self.acc = np.zeros((self.n, self.n), dtype=np.uint32)       # accumulator bits
         self.readback_words: dict[int, int] = {}
         self.pending_readback: set[int] = set()
         # the DUT's read data due this cycle per contention port:
@@ -137,7 +143,16 @@ class MxuLockstep:
 
     def random_matmul(self, max_kw: int) -> int:
         kw = self.rng.randint(1, min(max_kw, self.cfg.bank_words - SCRATCH))
-        return matmul(self.random_range(kw), self.random_range(kw), kw, self.rng.random() < 0.5)
+        return matmul(self.random_range(kw), self.random_range(kw), kw, self.rng.random() < 0.5,
+                      self.rng.choice(list(MATRIX_TYPES)))
+
+    def random_word(self) -> int:
+        """Random bits, or BF16 values of moderate size (normal, no overflow in short sums)."""
+        cfg = self.cfg
+        if self.rng.random() < 0.5:
+            return self.rng.getrandbits(cfg.word_bits)
+        values = [self.rng.gauss(0.0, 4.0) for _ in range(ELEMENTS[ElemType.BF16].per_word(cfg))]
+        return ELEMENTS[ElemType.BF16].pack(cfg, numerics.bf16_bits(values))
 
     def random_mread(self) -> int:
         row0 = self.rng.randrange(self.n)
@@ -154,7 +169,7 @@ class MxuLockstep:
                  for b in range(cfg.sram_banks)]
         for n, addr in enumerate(order):
             port = CONTEND_WRITES[n % len(CONTEND_WRITES)]
-            self.write_queue[port].append((addr, self.rng.getrandbits(cfg.word_bits), self.full))
+            self.write_queue[port].append((addr, self.random_word(), self.full))
 
     def issue(self, word: int, gap: int = 0, force: bool = False):
         """Queue an instruction: started `gap` cycles after the engine is idle and the previous
@@ -356,7 +371,7 @@ class MxuLockstep:
     def _record(self, cycle, word, accepted):
         """A start pulse: apply the instruction functionally if the engine takes it."""
         ins = decode(word)
-        taken = accepted and ((ins.op == Opcode.MATMUL and ins.kw > 0)
+        taken = accepted and ((ins.op == Opcode.MATMUL and ins.kw > 0 and ins.type in MATRIX_TYPES)
                               or (ins.op == Opcode.MREAD and ins.nrows > 0))
         entry = {"start": cycle, "word": word, "instr": ins, "taken": taken,
                  "idle_cycle": None if taken else cycle,
@@ -371,8 +386,8 @@ class MxuLockstep:
             b_words = [self.functional[(ins.b + w) % cfg.sram_words] for w in range(ins.kw)]
             if None in a_words or None in b_words:
                 raise LockstepError(f"cycle {cycle}: MATMUL {ins} reads words of unknown contents")
-            base = 0 if ins.clear else self.acc
-            self.acc = _wrap32(base + matmul_reference_words(cfg, a_words, b_words))
+            self.acc = matmul_reference_words(cfg, a_words, b_words, ins.type, acc=self.acc,
+                                              clear=bool(ins.clear))
             self.hot_banks = sorted({self.bank_of((x + w) % cfg.sram_words)
                                      for x in (ins.a, ins.b) for w in (0, ins.kw - 1)})
         else:
@@ -406,10 +421,6 @@ class MxuLockstep:
         s = entry["start"]
         return {"beats": [c - s for c in beats], "writes": [c - s for c in writes],
                 "idle": None if entry["idle_cycle"] is None else entry["idle_cycle"] - s}
-
-
-def _wrap32(values: np.ndarray) -> np.ndarray:
-    return (np.asarray(values, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
 def _merge(old: int, new: int, mask: int, nbytes: int) -> int:

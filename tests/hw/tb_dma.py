@@ -44,7 +44,7 @@ from d1tile.hw.testbench import TB
 from d1tile.sim.dma import (BAD_READ_TAG, DmaInModel, DmaOutModel, counter_words, job_cycles,
                             reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.sim.isa import Opcode, encode
+from d1tile.isa import Opcode, encode
 from d1tile.sim.router import RouterModel, route_xy, unloaded_latency
 from d1tile.sim.sram import SRAMModel
 

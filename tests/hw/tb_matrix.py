@@ -11,7 +11,10 @@ cycle, and ends with `MatrixBench.check()`:
   `busy_at` predicts, `rd_req.ready` follows its documented formula, every row appears
   `READOUT_LATENCY` cycle after its request and is held, unchanged, until taken.
 
-Tests that compute whole products also compare with NumPy (`A.astype(int32) @ B`).
+Tests that compute whole products also compare with NumPy (`A.astype(int32) @ B`) for INT8
+and with `matmul_reference(A, B, BF16)` (the k-by-k FP32 reference of the numeric contract) for
+BF16, bit for bit; BF16 operands are drawn to hit the corner cases (zeros of both signs,
+subnormals, infinities, NaNs, the largest values, exact ties, cancellation).
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from bench_config import bench_config
+from d1tile import numerics as nx
+from d1tile.dtypes import ElemType
 from d1tile.hw.matrix import pack_operands, unpack_row
 from d1tile.hw.testbench import TB, StreamDriver, StreamSink
 from d1tile.sim.matrix import (ACC_LATENCY, READOUT_LATENCY, MatrixUnitRef, busy_at,
                                earliest_readout_cycle, first_row_cycle, matmul_reference,
                                outer_product_beats)
+
+INT8, BF16 = ElemType.INT8, ElemType.BF16
+BF16_SPECIALS = [0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x7F81, 0x0001, 0x807F,
+                 0x0080, 0x8080, 0x7F7F, 0xFF7F, 0x3F80, 0xBF80, 0x3F81, 0x0081]
 
 
 class _DirectLog:
@@ -59,7 +68,7 @@ class MatrixBench:
             dut.operands__valid.value = 0
             dut.rd_req__valid.value = 0
         self.rows = StreamSink(self.tb, "rd_data", rd_ready)
-        self.beats: list[tuple[np.ndarray, np.ndarray, bool]] = []   # in send order
+        self.beats: list[tuple[np.ndarray, np.ndarray, bool, ElemType]] = []   # in send order
         self.samples: dict[int, dict[str, int]] = {}
         self.tb.log.info("matrix bench: N=%d, operand valid %.2f, request valid %.2f, "
                          "rd_data ready %.2f", self.n, op_valid, req_valid, rd_ready)
@@ -87,14 +96,24 @@ class MatrixBench:
     def random_int8(self, *shape) -> np.ndarray:
         return self.rng.integers(-128, 128, size=shape, dtype=np.int64).astype(np.int8)
 
-    def send_beat(self, a, b, clear: bool):
-        self.beats.append((np.asarray(a), np.asarray(b), bool(clear)))
-        self.ops.send(pack_operands(self.cfg, a, b, clear))
+    def random_bf16(self, *shape, special: float = 0.05) -> np.ndarray:
+        """BF16 bit patterns: mostly standard normal values, some of them scaled to extreme
+        exponents, and `special` of them corner cases."""
+        values = self.rng.standard_normal(shape) * np.exp2(self.rng.choice(
+            [0, 0, 0, 0, -60, 60, -120, 120], size=shape))
+        bits = nx.bf16_bits(values).astype(np.int64)
+        corner = self.rng.random(shape) < special
+        bits[corner] = self.rng.choice(BF16_SPECIALS, size=int(corner.sum()))
+        return bits
 
-    def send_product(self, A, B, clear: bool = True):
+    def send_beat(self, a, b, clear: bool, dtype=INT8):
+        self.beats.append((np.asarray(a), np.asarray(b), bool(clear), dtype))
+        self.ops.send(pack_operands(self.cfg, a, b, clear, dtype))
+
+    def send_product(self, A, B, clear: bool = True, dtype=INT8):
         """The beats of A @ B; `clear` on the first one when `clear`."""
         for k, (a, b) in enumerate(outer_product_beats(A, B)):
-            self.send_beat(a, b, clear and k == 0)
+            self.send_beat(a, b, clear and k == 0, dtype)
 
     def request_rows(self, rows):
         for row in rows:
@@ -116,9 +135,9 @@ class MatrixBench:
         # Let the monitor record the cycle of the last transfer.
         await RisingEdge(self.dut.clk)
 
-    async def read_matrix(self, order=None) -> np.ndarray:
+    async def read_matrix(self, order=None, dtype=INT8) -> np.ndarray:
         """Once every queued beat is accepted, request all rows (random order by default), wait,
-        and return the N x N result."""
+        and return the N x N result as `dtype`'s results (int32 values, or FP32 bits)."""
         order = self.random_order() if order is None else order
         await self.ops.drain()
         first = len(self.rows.received)
@@ -126,7 +145,7 @@ class MatrixBench:
         await self.wait_idle()
         result = np.zeros((self.n, self.n), dtype=np.int64)
         for row, (_, payload) in zip(order, self.rows.received[first:]):
-            result[row] = unpack_row(self.cfg, payload)
+            result[row] = unpack_row(self.cfg, payload, dtype)
         return result
 
     # -- checks ------------------------------------------------------------------------------
@@ -146,14 +165,14 @@ class MatrixBench:
             if kind == 0:
                 expected_rows.append(ref.read_row(self.req.sent[idx][1]))
             else:
-                a, b, clear = self.beats[idx]
-                ref.mac(a, b, clear)
+                a, b, clear, dtype = self.beats[idx]
+                ref.mac(a, b, clear, dtype)
 
         assert len(self.rows.received) == len(self.req.sent), (
             f"{len(self.req.sent)} requests accepted but {len(self.rows.received)} rows taken")
         for idx, ((req_cycle, row), (data_cycle, payload), expected) in enumerate(
                 zip(self.req.sent, self.rows.received, expected_rows)):
-            got = unpack_row(self.cfg, payload)
+            got = unpack_row(self.cfg, payload, BF16)       # raw 32-bit lanes
             assert got == [int(x) for x in expected], (
                 f"read #{idx} of row {row} (request accepted in cycle {req_cycle}, data taken in "
                 f"cycle {data_cycle}): expected {list(map(int, expected))}, got {got}")
@@ -190,12 +209,15 @@ class MatrixBench:
                          len(expected_rows), len(self.samples))
 
 
-def _assert_matrix(got, expected, what):
+def _assert_matrix(got, expected, what, bits=False):
+    """All elements equal; `bits`: they are FP32 bit patterns (printed in hex)."""
     expected = np.asarray(expected, dtype=np.int64)
     bad = np.argwhere(got != expected)
+    show = (lambda v: f"{int(v):#010x}") if bits else (lambda v: f"{int(v)}")
     assert bad.size == 0, (
-        f"{what}: {len(bad)} elements differ; first at {tuple(bad[0])}: expected "
-        f"{expected[tuple(bad[0])]}, got {got[tuple(bad[0])]}\nexpected:\n{expected}\ngot:\n{got}")
+        f"{what}: {len(bad)} of {got.size} elements differ; first at {tuple(bad[0])}: expected "
+        f"{show(expected[tuple(bad[0])])}, got {show(got[tuple(bad[0])])}"
+        + ("" if bits else f"\nexpected:\n{expected}\ngot:\n{got}"))
 
 
 @cocotb.test()
@@ -307,7 +329,7 @@ async def test_timing(dut):
         beats = outer_product_beats(A, B)
         order = bench.random_order()
         first_read = len(bench.rows.received)
-        bench.beats.extend((a, b, i == 0) for i, (a, b) in enumerate(beats))
+        bench.beats.extend((a, b, i == 0, INT8) for i, (a, b) in enumerate(beats))
         # Drive the pins directly so that the offer cycles are exact.
         next_beat = 0
         next_req = 0
@@ -360,4 +382,69 @@ async def test_timing(dut):
         for row, (_, payload) in zip(order, bench.rows.received[first_read:]):
             got[row] = unpack_row(bench.cfg, payload)
         _assert_matrix(got, A.astype(np.int32) @ B, f"timing trial {trial} (K={k})")
+    bench.check()
+
+
+@cocotb.test()
+async def test_bf16_random_products(dut):
+    """BF16 products with K in 1..3N and a long one (K = 64N), operands biased to the corner
+    cases, random idle cycles and back-pressure: bit-exact with the k-by-k FP32 reference."""
+    bench = MatrixBench(dut, op_valid=0.8, req_valid=0.8, rd_ready=0.7)
+    await bench.start()
+    n = bench.n
+    for product in range(10):
+        k = 64 * n if product == 9 else int(bench.rng.integers(1, 3 * n + 1))
+        A, B = bench.random_bf16(n, k), bench.random_bf16(k, n)
+        bench.send_product(A, B, dtype=BF16)
+        _assert_matrix(await bench.read_matrix(dtype=BF16), matmul_reference(A, B, BF16),
+                       f"bf16 product {product} (K={k})", bits=True)
+    bench.check()
+
+
+@cocotb.test()
+async def test_bf16_directed_corners(dut):
+    """Each row of A against a B chosen so that every accumulator meets one corner case:
+    -0 products with clear, Inf, NaN (canonical out), Inf - Inf, overflow to Inf, products
+    below the flush threshold, exact ties (half an ulp, both parities), catastrophic
+    cancellation (x + y - x), and a long alternating sum."""
+    bench = MatrixBench(dut)
+    await bench.start()
+    n = bench.n
+    big, one, tiny = 0x7F00, 0x3F80, 0x0180          # 2**127, 1, 2**-124
+    cases = {
+        "signed zeros": ([0x8000, 0x0000], [0x0000, 0x8000]),
+        "infinities": ([0x7F80, one], [one, 0xFF80]),
+        "nan": ([0x7FC1, one], [one, one]),
+        "overflow": ([big, big], [0x4000, 0x4000]),            # 2**128 + 2**128
+        "flush": ([tiny, tiny], [0x0180, 0x8180]),               # 2**-248, ±
+        "tie even": ([one, one], [0x3F80, 0x3380]),              # 1 + 2**-24
+        "tie odd": ([one, one, one], [0x3F80, 0x3400, 0x3380]),   # 1 + 2**-23 + 2**-24
+        "cancellation": ([big, one, big], [0x3F80, 0x3F80, 0xBF80]),
+    }
+    for name, (a_col, b_row) in cases.items():
+        k = len(a_col)
+        A = np.tile(np.array(a_col, dtype=np.int64), (n, 1))
+        B = np.tile(np.array(b_row, dtype=np.int64)[:, None], (1, n))
+        bench.send_product(A, B, dtype=BF16)
+        _assert_matrix(await bench.read_matrix(dtype=BF16), matmul_reference(A, B, BF16), name,
+                       bits=True)
+    bench.check()
+
+
+@cocotb.test()
+async def test_mixed_types(dut):
+    """INT8 and BF16 beats interleaved, with and without clear, and readouts among them: the
+    accumulators are the same 32-bit registers, reinterpreted by each beat's type."""
+    bench = MatrixBench(dut, op_valid=0.6, req_valid=0.5, rd_ready=0.6)
+    await bench.start()
+    n = bench.n
+    for _ in range(12 * n):
+        if bench.rng.random() < 0.5:
+            bench.send_beat(bench.random_int8(n), bench.random_int8(n),
+                            bench.rng.random() < 0.1, INT8)
+        else:
+            bench.send_beat(bench.random_bf16(n), bench.random_bf16(n),
+                            bench.rng.random() < 0.1, BF16)
+    bench.request_rows(int(x) for x in bench.rng.integers(0, n, size=4 * n))
+    await bench.wait_idle()
     bench.check()

@@ -26,8 +26,9 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from bench_config import bench_config
+from d1tile.dtypes import ElemType
 from d1tile.hw.testbench import TB
-from d1tile.sim.isa import Opcode, encode
+from d1tile.isa import Opcode, encode
 from d1tile.sim.matrix import acc_latency
 from d1tile.sim.mxu import MATMUL_FIRST_BEAT, ideal_matmul_cycles, matmul_cycles, mread_cycles
 from mxu_lockstep import MxuLockstep, input_names, matmul, mread, output_names
@@ -104,29 +105,30 @@ def unit_busy_after(lock, entry) -> int:
 
 @cocotb.test()
 async def directed_timing(dut):
-    """No contention. MATMULs of several kw, each followed at once (in its last-beat cycle) by an
-    MREAD of all rows, then after a gap by an MREAD of one row: beats at
-    start + MATMUL_FIRST_BEAT + k, `idle` again after `matmul_cycles(kw)`; rows written one per
-    cycle from start + 2 (+ the unit's busy cycles), `idle` after `mread_cycles`."""
+    """No contention. MATMULs of several kw, INT8 and BF16, each followed at once (in its
+    last-beat cycle) by an MREAD of all rows, then after a gap by an MREAD of one row: beats at
+    start + MATMUL_FIRST_BEAT + k, `idle` again after `matmul_cycles(kw, type)`; rows written
+    one per cycle from start + 2 (+ the unit's busy cycles), `idle` after `mread_cycles`."""
     bench = await MxuBench.create(dut)
     cfg, lock = bench.cfg, bench.lock
     n = cfg.mac_dim
     kws = [1, 2, 3, 16, 48]
-    for kw in kws:
-        lock.issue(matmul(lock.random_range(kw), lock.random_range(kw), kw, True))
-        lock.issue(mread(lock.random_range(n), 0, n))
-        lock.issue(mread(lock.random_range(1), n - 1, 1), gap=3)
+    for dtype in (ElemType.INT8, ElemType.BF16):
+        for kw in kws:
+            lock.issue(matmul(lock.random_range(kw), lock.random_range(kw), kw, True, dtype))
+            lock.issue(mread(lock.random_range(n), 0, n))
+            lock.issue(mread(lock.random_range(1), n - 1, 1), gap=3)
     await bench.run()
     for entry in lock.trace:
         ins = entry["instr"]
         got = lock.timing(entry)
         if ins.op == Opcode.MATMUL:
-            beats = ideal_matmul_cycles(cfg, ins.kw)
+            beats = ideal_matmul_cycles(cfg, ins.kw, ins.type)
             expected = {"beats": [MATMUL_FIRST_BEAT + k for k in range(beats)], "writes": [],
-                        "idle": matmul_cycles(cfg, ins.kw)}
-            bench.log.info("MATMUL kw=%d: %d cycles from start to idle (ideal %d beats, "
-                           "formula 4*kw+3 = %d)", ins.kw, got["idle"], beats,
-                           matmul_cycles(cfg, ins.kw))
+                        "idle": matmul_cycles(cfg, ins.kw, ins.type)}
+            bench.log.info("MATMUL kw=%d type %s: %d cycles from start to idle (ideal %d beats, "
+                           "formula V*kw+3 = %d)", ins.kw, ElemType(ins.type).name, got["idle"],
+                           beats, matmul_cycles(cfg, ins.kw, ins.type))
         else:
             busy = unit_busy_after(lock, entry)
             expected = {"beats": [], "writes": [2 + busy + r for r in range(ins.nrows)],
@@ -168,15 +170,18 @@ async def edge_cases(dut):
     lock.contention(reads={0: 0.3, 2: 0.0, 3: 0.0}, writes=0.0)
     lock.issue(matmul(words - 4, bank - 2, 4, True))          # end of SRAM; across banks 0|1
     lock.issue(matmul(bank - 3, bank - 3, 5, False))          # A and B the same words
+    lock.issue(matmul(bank - 3, 11, 3, False, ElemType.BF16))  # BF16 on top of INT8 sums
     lock.issue(mread(words - n, 0, n))                        # the last n words
     lock.issue(mread(2 * bank - 1, n - 1, 1))                 # last row; last word of bank 1
     lock.issue(matmul(0, words - 1, 1, True), gap=2)          # first word x last word
     lock.issue(matmul(5, 2 * bank + 5, 3, False))             # back to back with the previous
     lock.issue(mread(3 * bank - n // 2, 0, n))                # across banks 2|3
     lock.issue(matmul(7, 9, 2, True))                         # MREAD -> MATMUL back to back
+    lock.issue(matmul(3, 9, 2, True, ElemType.BF16))          # BF16 after INT8, back to back
     ignored = [encode(Opcode.NOP), encode(Opcode.HALT), encode(Opcode.SETQ, scale=3),
                encode(Opcode.VEC, vop=0, dst=1, a=2, b=3, n=4), encode(Opcode.WAIT, value=1),
-               encode(Opcode.SEND, src=0, n=1), matmul(0, 0, 0, True), mread(0, 0, 0), 0x8, 0xF]
+               encode(Opcode.SEND, src=0, n=1), matmul(0, 0, 0, True), mread(0, 0, 0), 0xB, 0xF,
+               matmul(0, 4, 2, True, ElemType.INT32), matmul(0, 4, 2, True, ElemType.FP32)]
     for word in ignored:
         lock.issue(word, gap=1)
     lock.issue(matmul(10, 20, 8, False), gap=1)
@@ -190,8 +195,9 @@ async def edge_cases(dut):
             assert not entry["taken"] and entry["idle_next"], \
                 f"{entry['instr']} (cycle {entry['start']}) was not ignored"
     taken = [e for e in trace if e["taken"]]
-    back_to_back = (matmul(5, 2 * bank + 5, 3, False), matmul(7, 9, 2, True))
-    assert sum(e["word"] in back_to_back for e in taken) == 2
+    back_to_back = (matmul(5, 2 * bank + 5, 3, False), matmul(7, 9, 2, True),
+                    matmul(3, 9, 2, True, ElemType.BF16))
+    assert sum(e["word"] in back_to_back for e in taken) == 3
     for prev, entry in zip(taken, taken[1:]):
         if entry["word"] in back_to_back:
             # Issued with gap 0: in the previous MATMUL's last-beat cycle / the MREAD's idle.

@@ -6,7 +6,7 @@ policy or a fixed one), and DMA-out may also turn busy on its own (as it does fo
 that the sequencer did not start). The bench drives every input right after the rising edge
 (engines' `idle`, `start_req`, `bump`/`bump_id`, `imem_w`), and in `ReadOnly` compares every
 output with the model's for the same cycle: each engine's `start` and, with it, `instr` (and
-`scale`/`shift`/`relu`, `status`/`pc`/`info`), the strobes `running`, `issued`, `stall_*`, and
+`scale`/`shift`/`relu`/`fscale`/`seed`/`reseed`, `status`/`pc`/`info`), the strobes `running`, `issued`, `stall_*`, and
 the registers `pc`, `state`, `fault_code`, `fault_pc`, `fault_value` and all 16 `counters`.
 Then it steps the model and the stubs with the same inputs. The first difference fails the test
 with the cycle, the signal, the expected and the observed value and the model's state.
@@ -29,10 +29,11 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from bench_config import bench_config
-from d1tile.formats import VecOp
+from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.hw.testbench import TB
-from d1tile.sim.isa import (COUNTERS, FaultCode, Opcode, decode, encode, hazard_ranges, overlaps,
-                            validate)
+from d1tile.isa import (CONVERSIONS, FVEC_BASE, SYNC_COUNTERS, UNIT_OF, FaultCode, FVecOp, Opcode,
+                        SetrReg, Unit, VecOp, decode, encode, hazard_ranges, overlaps, validate)
+from d1tile.vector_ops import VECTOR_OPS
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, STROBE_OF, STROBES, SeqEvent, SeqState,
                                   SequencerModel, unstalled_done_cycle)
 
@@ -98,8 +99,8 @@ class SeqBench:
         # Scoreboard.
         self.trace: list[tuple[int, int, int]] = []   # (cycle, engine, instr) of every start
         self.events: list[tuple[int, SeqEvent]] = []  # (cycle, event) of every cycle
-        self.bumps = [0] * COUNTERS
-        self.waited = [0] * COUNTERS
+        self.bumps = [0] * SYNC_COUNTERS
+        self.waited = [0] * SYNC_COUNTERS
         self.cycles = 0
 
     @classmethod
@@ -140,7 +141,7 @@ class SeqBench:
             h.value = int(i)
         dut.start_req.value = int(start_req)
         dut.bump.value = int(bump is not None)
-        dut.bump_id.value = rng.randrange(COUNTERS) if bump is None else bump
+        dut.bump_id.value = rng.randrange(SYNC_COUNTERS) if bump is None else bump
         dut.imem_w__en.value = int(imem_write is not None)
         if imem_write is None:   # idle bus: random address and data, to show they are ignored
             dut.imem_w__addr.value = rng.randrange(1 << 16)
@@ -188,10 +189,10 @@ class SeqBench:
                 if got != decision.instr:
                     self.fail(cycle, f"{name}.instr", f"{decision.instr:#x}", f"{got:#x}", idle)
         if decision.engine == VECTOR:
-            for field in ("scale", "shift", "relu"):
+            for field in ("scale", "shift", "relu", "fscale", "seed", "reseed"):
                 got = int(getattr(self.dut, f"vector__{field}").value)
-                if got != getattr(model, field):
-                    self.fail(cycle, f"vector.{field}", getattr(model, field), got, idle)
+                if got != int(getattr(model, field)):
+                    self.fail(cycle, f"vector.{field}", int(getattr(model, field)), got, idle)
         if decision.engine == DMA:
             for field, expected in (("status", model.status), ("pc", model.pc & 0xFFFF),
                                     ("info", model.info)):
@@ -211,7 +212,7 @@ class SeqBench:
             if got != expected:
                 self.fail(cycle, name, int(expected), got, idle)
         raw = int(self.counters_h.value)
-        got = [(raw >> (16 * c)) & 0xFFFF for c in range(COUNTERS)]
+        got = [(raw >> (16 * c)) & 0xFFFF for c in range(SYNC_COUNTERS)]
         if got != model.counters:
             self.fail(cycle, "counters", model.counters, got, idle)
 
@@ -270,16 +271,13 @@ class SeqBench:
     def check_program_order(self, program, since):
         """The engines received the program's unit instructions in order, then DONE."""
         expected = []
+        engine = {Unit.MATRIX: MATRIX, Unit.VECTOR: VECTOR, Unit.DMA: DMA}
         for word in program:
             instr = decode(word)
-            if instr.op in (Opcode.MATMUL, Opcode.MREAD):
-                expected.append((MATRIX, word))
-            elif instr.op == Opcode.VEC:
-                expected.append((VECTOR, word))
-            elif instr.op == Opcode.SEND:
-                expected.append((DMA, word))
-            elif instr.op == Opcode.HALT:
+            if instr.op == Opcode.HALT:
                 break
+            if UNIT_OF[instr.op] in engine:
+                expected.append((engine[UNIT_OF[instr.op]], word))
         expected.append((DMA, HALT))
         got = self.starts_of(since)
         if got != expected:
@@ -305,19 +303,22 @@ def _span(rng, words, length, window):
 def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
     """A random valid instruction word (never HALT)."""
     words = cfg.sram_words
-    kind = rng.choices(["NOP", "SETQ", "WAIT", "MATMUL", "MREAD", "VEC", "SEND"],
-                       [1, 1, 1, 3, 2, 3, 3])[0]
+    kind = rng.choices(["NOP", "SETQ", "SETR", "WAIT", "MATMUL", "MREAD", "VEC", "FVEC", "FCVT",
+                        "SEND"], [1, 1, 1, 1, 3, 2, 2, 2, 2, 3])[0]
     if kind == "NOP":
         return encode(Opcode.NOP)
     if kind == "SETQ":
         return encode(Opcode.SETQ, scale=rng.getrandbits(16), shift=rng.getrandbits(6),
                       relu=rng.getrandbits(1))
+    if kind == "SETR":
+        return encode(Opcode.SETR, reg=rng.choice(list(SetrReg)), value=rng.getrandbits(32))
     if kind == "WAIT":
         return encode(Opcode.WAIT, counter=rng.choice(counters), value=rng.randint(0, wait_max))
     if kind == "MATMUL":
         kw = rng.randint(1, 12)
         return encode(Opcode.MATMUL, a=_span(rng, words, kw, window),
-                      b=_span(rng, words, kw, window), kw=kw, clear=rng.getrandbits(1))
+                      b=_span(rng, words, kw, window), kw=kw, clear=rng.getrandbits(1),
+                      type=rng.choice(list(MATRIX_TYPES)))
     if kind == "MREAD":
         row0 = rng.randrange(cfg.mac_dim)
         nrows = rng.randint(1, cfg.mac_dim - row0)
@@ -333,10 +334,25 @@ def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
         # Valid means also: the destination does not run ahead of a source it overlaps.
         if validate(cfg, decode(word))[0] == FaultCode.NONE:
             return word
+    while kind in ("FVEC", "FCVT"):
+        n = rng.randint(1, 12)
+        if kind == "FVEC":
+            fop = rng.choice(list(FVecOp))
+            spec = VECTOR_OPS[FVEC_BASE + fop]
+            bfix = rng.getrandbits(1)
+            fields = dict(fop=fop, bfix=bfix, b=_span(rng, words, 1 if bfix else n, window))
+        else:
+            (stype, dtype, sr), code = rng.choice(list(CONVERSIONS.items()))
+            spec = VECTOR_OPS[code]
+            fields = dict(stype=stype, dtype=dtype, sr=sr)
+        word = encode(getattr(Opcode, kind), dst=_span(rng, words, spec.dest_words(n), window),
+                      a=_span(rng, words, spec.source_words(n), window), n=n, **fields)
+        if validate(cfg, decode(word))[0] == FaultCode.NONE:
+            return word
     n = rng.choice([0, rng.randint(1, 12)])
     return encode(Opcode.SEND, src=_span(rng, words, n, window), n=n,
                   x=rng.randrange(cfg.cols), y=rng.randrange(cfg.rows),
-                  dst=_span(rng, words, n, window), counter=rng.randrange(COUNTERS))
+                  dst=_span(rng, words, n, window), counter=rng.randrange(SYNC_COUNTERS))
 
 
 # -- tests ------------------------------------------------------------------------------------------
@@ -386,9 +402,32 @@ async def seq_faults_directed(dut):
     cfg = bench.cfg
     w, rows, cols, n = cfg.sram_words, cfg.rows, cfg.cols, cfg.mac_dim
     F, A, N, U = FaultCode.FIELD, FaultCode.ADDRESS, FaultCode.NODE, FaultCode.UNDEFINED
+    T = FaultCode.TYPE
     ok = FaultCode.NONE
     MM, MR, VE, SE = Opcode.MATMUL, Opcode.MREAD, Opcode.VEC, Opcode.SEND
-    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(8, 16)] + [
+    FV, FC, SR = Opcode.FVEC, Opcode.FCVT, Opcode.SETR
+    BF, FP, I8, I32 = ElemType.BF16, ElemType.FP32, ElemType.INT8, ElemType.INT32
+    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(11, 16)] + [
+        (encode(MM, a=0, b=0, kw=1, type=BF), ok), (encode(MM, a=0, b=0, kw=0, type=FP), T),
+        (encode(MM, a=w, b=w, kw=1, type=I32), T), (encode(MM, a=0, b=0, kw=0, type=BF), F),
+        (encode(FV, fop=10, dst=0, a=0, b=0, n=1), F), (encode(FV, fop=15, dst=0, a=0, n=1), F),
+        (encode(FV, fop=FVecOp.FADD, dst=0, a=0, b=0, n=0), F),
+        (encode(FV, fop=FVecOp.FMUL, dst=0, a=0, b=w - 3, n=4), A),
+        (encode(FV, fop=FVecOp.FSCALE, dst=0, a=0, b=w - 3, n=4), ok),
+        (encode(FV, fop=FVecOp.FSUM, dst=w - 1, a=0, n=127), ok),
+        (encode(FV, fop=FVecOp.FMAXR, dst=w, a=0, n=1), A),
+        (encode(FV, fop=FVecOp.FAXPY, dst=4, a=0, b=0, n=8), F),
+        (encode(FC, stype=FP, dtype=BF, dst=w - 4, a=0, n=8), ok),
+        (encode(FC, stype=FP, dtype=BF, dst=w - 4, a=0, n=9), A),
+        (encode(FC, stype=BF, dtype=FP, dst=0, a=w - 4, n=8), ok),
+        (encode(FC, stype=I8, dtype=FP, dst=0, a=w - 2, n=9), A),
+        (encode(FC, stype=BF, dtype=FP, dst=0, a=0, n=8), F),
+        (encode(FC, stype=FP, dtype=I8, dst=0, a=0, n=8), ok),
+        (encode(FC, stype=FP, dtype=FP, dst=0, a=0, n=1), T),
+        (encode(FC, stype=FP, dtype=I32, sr=1, dst=0, a=0, n=1), T),
+        (encode(FC, stype=FP, dtype=BF, sr=1, dst=0, a=0, n=0), F),
+        (encode(SR, reg=SetrReg.SEED, value=2**32 - 1), ok), (encode(SR, reg=2), F),
+        (encode(SR, reg=3), F),
         (encode(MM, a=0, b=0, kw=0), F), (encode(MM, a=w - 4, b=0, kw=5), A),
         (encode(MM, a=0, b=w - 4, kw=5), A), (encode(MM, a=w, b=w, kw=1), A),
         (encode(MM, a=w - 5, b=w - 5, kw=5), ok), (encode(MM, a=0, b=0, kw=0xFFFF), A),
@@ -454,12 +493,23 @@ async def seq_faults_random(dut):
     seen = {}
     await bench.write_imem([HALT], base=1)
     for _ in range(150 if cfg.name == "tiny" else 100):
-        # Biased towards the four instructions with validity rules.
-        op = rng.choice([2, 3, 4, 6]) if rng.random() < 0.6 else rng.randrange(16)
+        # Biased towards the instructions with validity rules.
+        op = rng.choice([2, 3, 4, 6, 8, 9, 10]) if rng.random() < 0.6 else rng.randrange(16)
         if op == Opcode.MATMUL:
             kw = rng.choice([0, rng.randint(1, 8), near(w, 16)])
             word = encode(Opcode.MATMUL, a=near(w - kw, 16), b=near(w - kw, 16), kw=kw,
-                          clear=rng.getrandbits(1))
+                          clear=rng.getrandbits(1), type=rng.getrandbits(2))
+        elif op == Opcode.FVEC:
+            nn = near(4, 7)
+            word = encode(Opcode.FVEC, fop=near(9, 4), bfix=rng.getrandbits(1),
+                          dst=near(w - nn, 16), a=near(w - nn, 16), b=near(w - nn, 16), n=nn)
+        elif op == Opcode.FCVT:
+            nn = near(4, 8)
+            word = encode(Opcode.FCVT, stype=rng.getrandbits(2), dtype=rng.getrandbits(2),
+                          sr=rng.getrandbits(1), dst=near(w - nn // 2, 16), a=near(w - nn, 16),
+                          n=nn)
+        elif op == Opcode.SETR:
+            word = encode(Opcode.SETR, reg=rng.getrandbits(2), value=rng.getrandbits(32))
         elif op == Opcode.MREAD:
             word = encode(Opcode.MREAD, dst=near(w - cfg.mac_dim, 16),
                           row0=near(0, 8) if rng.random() < 0.7 else near(cfg.mac_dim, 8),
@@ -498,6 +548,10 @@ def _hazard_cases(cfg):
     vec = lambda vop, dst, a, b, n, bfix=0: encode(Opcode.VEC, vop=vop, bfix=bfix, dst=dst, a=a,
                                                    b=b, n=n)
     send = lambda src, n: encode(Opcode.SEND, src=src, n=n, x=0, y=0, dst=0, counter=0)
+    fv = lambda fop, dst, a, b, n, bfix=0: encode(Opcode.FVEC, fop=fop, bfix=bfix, dst=dst, a=a,
+                                                  b=b, n=n)
+    fc = lambda stype, dtype, dst, a, n: encode(Opcode.FCVT, stype=stype, dtype=dtype, dst=dst,
+                                                a=a, n=n)
     nr = min(4, cfg.mac_dim)
     return [
         # RAW: the new instruction reads what the running one writes.
@@ -522,6 +576,15 @@ def _hazard_cases(cfg):
         (vec(VecOp.REQUANT, 30, 60, 0, 5), send(32, 2), False),
         (send(10, 4), mm(10, 11, 3), False),
         (send(10, 0), vec(VecOp.ADD, 10, 0, 20, 1), False),
+        # the FP32 and conversion instructions' ranges (packing, reductions' single word)
+        (mm(5, 50, 3), fc(ElemType.FP32, ElemType.BF16, 50, 80, 4), True),
+        (mm(5, 50, 3), fc(ElemType.FP32, ElemType.BF16, 53, 80, 4), False),
+        (mr(20, nr), fc(ElemType.BF16, ElemType.FP32, 60, 20 + nr - 1, 2), True),
+        (mr(20, nr), fc(ElemType.BF16, ElemType.FP32, 60, 20 + nr, 4), False),
+        (fv(FVecOp.FSUM, 40, 60, 0, 8), mr(40, 1), True),
+        (fv(FVecOp.FSUM, 40, 60, 0, 8), mr(41, 1), False),
+        (send(10, 4), fv(FVecOp.FAXPY, 13, 50, 70, 1), True),
+        (mr(30, nr), fv(FVecOp.FMUL, 60, 50, 30, 3, bfix=1), True),
     ]
 
 
@@ -534,7 +597,7 @@ async def seq_hazards(dut):
     cfg = bench.cfg
     bench.busy = lambda engine, instr: BUSY
     engine_of = {Opcode.MATMUL: MATRIX, Opcode.MREAD: MATRIX, Opcode.VEC: VECTOR,
-                 Opcode.SEND: DMA}
+                 Opcode.FVEC: VECTOR, Opcode.FCVT: VECTOR, Opcode.SEND: DMA}
     for first, second, hazard in _hazard_cases(cfg):
         a, b = decode(first), decode(second)
         assert engine_of[a.op] != engine_of[b.op]

@@ -4,20 +4,25 @@ and write ports 0, 1 brought out as contention ports (`contend_read__i__*`,
 `contend_write__j__*`) and the engine's own SRAM ports mirrored on probe outputs (`a_*`, `b_*`,
 `w_*`).
 
-`VpuLockstep` plays the sequencer and the other requesters. Per cycle the simulator adapter calls
-`inputs()` (what to drive this cycle, after the rising edge) and then `check(observed)` with every
-output of the top sampled in the same cycle (after the inputs settled). `check` compares the
-DUT's engine requests, grants, `idle`, `busy` and the contention ports' grants and read data
-with the models (`VectorEngineModel` + `SRAMModel`), then clocks the models. The first
-difference raises `LockstepError` naming the cycle, the signal, the expected and the got value.
+`VpuLockstep` plays the sequencer (VEC, FVEC and FCVT words of every op of `VECTOR_OPS`, with
+random SETQ values, SETR q, and reseeds with random seeds) and the other requesters. Per cycle
+the simulator adapter calls `inputs()` (what to drive this cycle, after the rising edge) and
+then `check(observed)` with every output of the top sampled in the same cycle (after the inputs
+settled). `check` compares the DUT's engine requests, grants, `idle`, `busy` and the contention
+ports' grants and read data with the models (`VectorEngineModel` + `SRAMModel`), then clocks
+the models. The first difference raises `LockstepError` naming the cycle, the signal, the
+expected and the got value.
 
 Phases, driven by the test: `fill()` writes every SRAM word through the contention write ports
-(random words); `run_vecs()` issues VECs, each when the engine is idle after a random gap, while
-the contention ports make random requests (held until granted, like every requester); reads to
-the banks the engine is using, writes only to a scratch area at the top of each bank that no VEC
+(random int32 / FP32 corner-case words, some the negation of their neighbour); `run()` issues
+the queued instructions, each when the engine is idle after a random gap, while the contention
+ports make random requests (held until granted, like every requester): reads to the banks the
+engine is using, writes only to a scratch area at the top of each bank that no instruction
 touches; `readback()` reads every word back through the contention read ports. `functional` is
-the memory as `execute_vec` (and the contention writes) make it, independent of the cycle model;
-`final_check()` compares it with the words read back and with the SRAM model.
+the memory as `execute_vec` (and the contention writes) make it, independent of the cycle model,
+with its own `VectorUnitState` mirror (reseeded as the instructions say); `final_check()`
+compares it with the words read back and with the SRAM model, and the mirror's generator with
+the cycle model's.
 
 This module imports no simulator, so the cocotb bench (tb_vpu.py) and the quick Amaranth-sim
 test share it.
@@ -27,23 +32,32 @@ from __future__ import annotations
 
 from collections import deque
 
-from d1tile.formats import VecOp, word_from_lanes
-from d1tile.sim.isa import BINARY_VECOPS, FORMATS, Opcode, requant_words
+from d1tile import isa
+from d1tile import numerics
+from d1tile.formats import word_from_lanes
+from d1tile.isa import CONVERSIONS, FORMATS, Opcode
 from d1tile.sim.sram import SRAMModel
+from d1tile.sim.vector import VectorUnitState
 from d1tile.sim.vpu import VectorEngineModel, execute_vec, vec_fields
+from d1tile.vector_ops import VECTOR_OPS
 
 
 CONTEND_READS = 2    # node read ports 0, 1 (higher priority than the engine's 2 and 3)
 CONTEND_WRITES = 2   # node write ports 0, 1 (higher priority than the engine's 2)
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
+FP_SPECIAL = numerics.SPECIAL_FP32
 
+_CONVERSION_OF = {code: key for key, code in CONVERSIONS.items()}
+_VEC_CODES = range(1 << FORMATS[Opcode.VEC].field("vop").width)
+_FVEC_CODES = range(isa.FVEC_BASE, isa.FVEC_BASE + (1 << FORMATS[Opcode.FVEC].field("fop").width))
 class LockstepError(AssertionError):
     """The DUT and the models disagree."""
 
 
 def input_names() -> list[str]:
-    names = ["cmd__start", "cmd__instr", "cmd__scale", "cmd__shift", "cmd__relu"]
+    names = ["cmd__start", "cmd__instr", "cmd__scale", "cmd__shift", "cmd__relu", "cmd__fscale",
+             "cmd__seed", "cmd__reseed"]
     for i in range(CONTEND_READS):
         names += [f"contend_read__{i}__en", f"contend_read__{i}__addr"]
     for j in range(CONTEND_WRITES):
@@ -62,17 +76,56 @@ def output_names() -> list[str]:
 
 
 def vec_word(op, dst, a, b, n, bfix=0) -> int:
+    """A VEC word (integer ops, `VecOp`)."""
     return FORMATS[Opcode.VEC].pack(op=Opcode.VEC, vop=int(op), dst=dst, a=a, b=b, n=n,
                                     bfix=bfix)
 
 
+def vector_word(code: int, dst: int, a: int, b: int, n: int, bfix: int = 0) -> int:
+    """The instruction word of vector-unit op `code`: VEC for codes VEC's vop reaches (the
+    integer ops), FVEC for FVEC's fop range (the FP32 ops), FCVT for the rest (the conversions,
+    which have no b: `b`, `bfix` ignored). A code of no op gives an undefined vop / fop, or for
+    FCVT an undefined type combination (FP32 -> FP32 with sr)."""
+    if code in _VEC_CODES:
+        return vec_word(code, dst, a, b, n, bfix)
+    if code in _FVEC_CODES:
+        return FORMATS[Opcode.FVEC].pack(op=Opcode.FVEC, fop=code - isa.FVEC_BASE, dst=dst, a=a,
+                                         b=b, n=n, bfix=bfix)
+    stype, dtype, sr = _CONVERSION_OF.get(code, (3, 3, 1))
+    return FORMATS[Opcode.FCVT].pack(op=Opcode.FCVT, stype=int(stype), dtype=int(dtype), sr=sr,
+                                     dst=dst, a=a, n=n)
+
+
+def max_elements(code: int) -> int:
+    """The largest n the instruction of op `code` can encode."""
+    word = vector_word(code, 0, 0, 0, 0)
+    return (1 << FORMATS[isa.decode(word).op].field("n").width) - 1
+
+
+def op_name(code: int) -> str:
+    spec = VECTOR_OPS.get(code)
+    return spec.name if spec else f"undefined op {code}"
+
+
 def describe_vec(instr: int) -> str:
     f = vec_fields(instr)
-    try:
-        op = VecOp(f["vop"]).name
-    except ValueError:
-        op = f"op{f['vop']}"
-    return f"VEC {op} dst={f['dst']} a={f['a']} b={f['b']} n={f['n']} bfix={f['bfix']}"
+    return (f"{Opcode(f['opcode']).name} {op_name(f['code'])} dst={f['dst']} a={f['a']} "
+            f"b={f['b']} n={f['n']} bfix={f['bfix']}")
+
+
+def random_fp32(rng) -> int:
+    """FP32 bits biased to the corner cases (`numerics.random_fp32`)."""
+    return numerics.random_fp32(rng, special=0.2)
+
+
+def random_q(rng) -> int:
+    """A SETR q: mostly ordinary scales (powers of two, 1, random normals), some corner cases."""
+    r = rng.random()
+    if r < 0.3:
+        return rng.choice((0x3F80_0000, 0x4000_0000, 0x3E80_0000, 0xBF80_0000, 0x4380_0000))
+    if r < 0.5:
+        return rng.choice(FP_SPECIAL)
+    return random_fp32(rng)
 
 
 class _Requester:
@@ -98,18 +151,19 @@ class VpuLockstep:
         self.model = VectorEngineModel(cfg)
         self.sram = SRAMModel(cfg, 2 + CONTEND_READS, 1 + CONTEND_WRITES)
         self.functional = [0] * self.words
+        self.functional_state = VectorUnitState(cfg)   # the unit's state as execute_vec sees it
         self.due = [None] * self.sram.read_ports       # read data arriving this cycle
         self.readers = [_Requester() for _ in range(CONTEND_READS)]
         self.writers = [_Requester() for _ in range(CONTEND_WRITES)]
         self.cycle = 0
         self.read_back: dict[int, int] = {}
-        # Scratch: the top eighth of every bank, for contention writes; VECs stay out of it.
+        # Scratch: the top eighth of every bank, for contention writes; instructions stay out.
         self.scratch = max(1, cfg.bank_words // 8)
         # The sequencer's side.
-        self.vecs: deque = deque()       # (instr, scale, shift, relu, gap)
+        self.vecs: deque = deque()       # (instr, scale, shift, relu, q, reseed, gap)
         self.gap = 0
         self.start_while_busy = 0.0
-        self.runs: list[dict] = []       # per VEC issued: instr, start cycle, idle cycle
+        self.runs: list[dict] = []       # per instruction issued: instr, start cycle, idle cycle
         self.contention = (0.0, 0.0)     # per-cycle probability of a new read / write request
         self._drive: dict | None = None
 
@@ -119,7 +173,7 @@ class VpuLockstep:
         return bank * self.cfg.bank_words
 
     def data_words(self, bank: int) -> range:
-        """The words of `bank` that VECs may use (all but the scratch area)."""
+        """The words of `bank` that instructions may use (all but the scratch area)."""
         base = self.bank_base(bank)
         return range(base, base + self.cfg.bank_words - self.scratch)
 
@@ -130,15 +184,30 @@ class VpuLockstep:
     # -- stimulus ------------------------------------------------------------------------
 
     def random_lane(self) -> int:
+        """An int32 lane or FP32 bits, both biased to their corner cases (a word's BF16 halves
+        and int8 bytes come out varied too)."""
         r = self.rng.random()
-        if r < 0.25:
+        if r < 0.15:
             return self.rng.choice((INT32_MIN, INT32_MAX, -1, 0, 1))
-        if r < 0.6:
+        if r < 0.35:
             return self.rng.randint(-3000, 3000)
-        return self.rng.randint(INT32_MIN, INT32_MAX)
+        if r < 0.45:
+            return self.rng.randint(INT32_MIN, INT32_MAX)
+        bits = random_fp32(self.rng)
+        return bits - (1 << 32) if bits >> 31 else bits
 
     def random_word(self) -> int:
         return word_from_lanes(self.random_lane() for _ in range(self.cfg.lanes))
+
+    def related_word(self, word: int) -> int:
+        """A word whose FP32 lanes are those of `word` negated and nudged by up to 2 ulps, so
+        that FADD / FSUB / FSUM of neighbouring words cancel exactly or nearly."""
+        lanes = []
+        for k in range(self.cfg.lanes):
+            bits = (word >> (32 * k)) & 0xFFFF_FFFF
+            bits = ((bits ^ 0x8000_0000) + self.rng.randint(-2, 2)) & 0xFFFF_FFFF
+            lanes.append(bits << (32 * k))
+        return sum(lanes)
 
     def random_quant(self) -> tuple[int, int, int]:
         rng = self.rng
@@ -146,19 +215,30 @@ class VpuLockstep:
             return rng.randint(1, 300), rng.randint(0, 16), rng.randrange(2)
         return rng.randrange(1 << 16), rng.randrange(64), rng.randrange(2)
 
+    def random_code(self) -> int:
+        """A vector-unit op code: every op of the table alike, an undefined one now and then."""
+        if self.rng.random() < 0.04:
+            return self.rng.choice([c for c in (*_VEC_CODES, *_FVEC_CODES, 31)
+                                    if c not in VECTOR_OPS])
+        return self.rng.choice(sorted(VECTOR_OPS))
+
     def random_vec(self, max_n: int | None = None, same_bank: float = 0.3, op=None) -> int:
-        """A VEC (of `op`, or a random op) with disjoint source/destination ranges inside the
-        banks' data areas; a and b in the same bank with probability `same_bank`."""
+        """An instruction (of unit op code `op`, or a random one) with disjoint source and
+        destination ranges inside the banks' data areas; a and b in the same bank with
+        probability `same_bank`."""
         rng, cfg = self.rng, self.cfg
+        code = self.random_code() if op is None else int(op)
+        spec = VECTOR_OPS.get(code)
         area = cfg.bank_words - self.scratch
-        limit = min(255, area, max_n or 255)
-        op = rng.choice(list(VecOp)) if op is None else op
+        limit = min(max_elements(code), area, max_n or 255)
         r = rng.random()
-        n = rng.randint(1, 4) if r < 0.3 else rng.randint(5, min(32, limit)) if r < 0.8 \
+        n = rng.randint(1, 4) if r < 0.3 else rng.randint(5, max(5, min(32, limit))) if r < 0.8 \
             else rng.randint(1, limit)
         n = min(n, limit)
         bfix = rng.randrange(2)   # unary ops must ignore it
-        out = requant_words(n) if op == VecOp.REQUANT else n
+        src = spec.source_words(n) if spec else n
+        out = spec.dest_words(n) if spec else n
+        binary = bool(spec and spec.binary)
         b_len = 1 if bfix else n
 
         def place(length, bank=None):
@@ -168,18 +248,28 @@ class VpuLockstep:
             return start, bank
 
         for _ in range(1000):
-            a, a_bank = place(n)
+            a, a_bank = place(src)
             b, _ = place(b_len, a_bank if rng.random() < same_bank else None)
             dst, _ = place(out)
-            clash = dst < a + n and a < dst + out
-            if op in BINARY_VECOPS:
+            clash = dst < a + src and a < dst + out
+            if binary:
                 clash = clash or (dst < b + b_len and b < dst + out)
             if not clash:
-                return vec_word(op, dst, a, b, n, bfix)
-        raise RuntimeError("could not place a VEC's ranges")
+                return vector_word(code, dst, a, b, n, bfix)
+        raise RuntimeError("could not place an instruction's ranges")
 
-    def queue_vec(self, instr: int, quant=(0, 0, 0), gap: int = 0):
-        self.vecs.append((instr, *quant, gap))
+    def queue_vec(self, instr: int, quant=(0, 0, 0), gap: int = 0, q: int = 0,
+                  reseed: int | None = None):
+        """Queue an instruction with its SETQ values, SETR q and, unless None, a reseed with
+        that seed; it starts in the first idle cycle `gap` cycles after the previous one."""
+        self.vecs.append((instr, *quant, q, reseed, gap))
+
+    def queue_random(self, instr: int, gap: int = 0, reseed_prob: float = 0.3):
+        """Queue `instr` with random SETQ values, q, and a reseed with probability
+        `reseed_prob`."""
+        rng = self.rng
+        self.queue_vec(instr, self.random_quant(), gap, random_q(rng),
+                       rng.getrandbits(32) if rng.random() < reseed_prob else None)
 
     def _new_contention(self):
         rng, cfg = self.rng, self.cfg
@@ -213,8 +303,10 @@ class VpuLockstep:
         model = self.model
         self._new_contention()
         start = False
-        instr, scale, shift, relu = (rng.getrandbits(64), rng.getrandbits(16),
-                                     rng.getrandbits(6), rng.getrandbits(1))
+        # Garbage on every command input while `start` is low: the engine must ignore it.
+        instr, scale, shift, relu, q, seed, reseed = (
+            rng.getrandbits(64), rng.getrandbits(16), rng.getrandbits(6), rng.getrandbits(1),
+            rng.getrandbits(32), rng.getrandbits(32), rng.getrandbits(1))
         issue = None
         if self.vecs:
             if model.idle:
@@ -223,16 +315,23 @@ class VpuLockstep:
                 else:
                     issue = self.vecs.popleft()
             elif rng.random() < self.start_while_busy:
-                # Outside the command contract (start only while idle): must be ignored.
+                # Outside the command contract (start only while idle): must be ignored, and
+                # so must its reseed.
                 start = True
         if issue is not None:
-            instr, scale, shift, relu, gap = issue
+            instr, scale, shift, relu, q, new_seed, gap = issue
             start = True
+            reseed = int(new_seed is not None)
+            if reseed:
+                seed = new_seed
+                self.functional_state.reseed(seed)
             self.gap = gap
-            execute_vec(cfg, self.functional, instr, scale, shift, relu)
+            execute_vec(cfg, self.functional, instr, scale, shift, relu, q,
+                        self.functional_state)
             self.runs.append({"instr": instr, "start": self.cycle, "idle": None})
         drive = {"cmd__start": int(start), "cmd__instr": instr, "cmd__scale": scale,
-                 "cmd__shift": shift, "cmd__relu": relu}
+                 "cmd__shift": shift, "cmd__relu": relu, "cmd__fscale": q, "cmd__seed": seed,
+                 "cmd__reseed": reseed}
         for i, reader in enumerate(self.readers):
             addr = reader.request
             drive[f"contend_read__{i}__en"] = int(addr is not None)
@@ -301,7 +400,8 @@ class VpuLockstep:
         engine_due = [None if d is None else d[1] for d in self.due[2:]]
         model.tick(read_grants[2:], write_grants[2:], engine_due,
                    bool(drive["cmd__start"]), drive["cmd__instr"], drive["cmd__scale"],
-                   drive["cmd__shift"], drive["cmd__relu"])
+                   drive["cmd__shift"], drive["cmd__relu"], q=drive["cmd__fscale"],
+                   seed=drive["cmd__seed"], reseed=bool(drive["cmd__reseed"]))
         self.due = [(reads[i], data[i]) if g else None for i, g in enumerate(read_grants)]
         for reader, granted in zip(self.readers, read_grants):
             if granted:
@@ -330,17 +430,22 @@ class VpuLockstep:
             await step()
             if self.quiet:
                 return
-        raise LockstepError(f"not done after {max_cycles} cycles: {len(self.vecs)} VECs queued; "
+        raise LockstepError(f"not done after {max_cycles} cycles: {len(self.vecs)} instructions "
+                            f"queued; "
                             f"{self.model.describe()}")
 
     async def fill(self, step):
-        """Write every word through the contention write ports (random words, full masks)."""
+        """Write every word through the contention write ports (random words, full masks; one
+        in five the negated neighbour of the word below it, for cancellations)."""
         cfg = self.cfg
         order = [b * cfg.bank_words + k for k in range(cfg.bank_words)
                  for b in range(cfg.sram_banks)]
         saved, self.contention = self.contention, (0.0, 0.0)
         for k, addr in enumerate(order):
-            word = self.random_word()
+            if addr % cfg.bank_words and self.rng.random() < 0.2:
+                word = self.related_word(self.functional[addr - 1])
+            else:
+                word = self.random_word()
             self.writers[k % CONTEND_WRITES].queue.append((addr, word, self.full_mask))
             self.functional[addr] = word
         await self.run(step, 4 * len(order) + 100)
@@ -369,6 +474,9 @@ class VpuLockstep:
             raise LockstepError(
                 f"{len(bad)} word(s) differ from the functional result (execute_vec), first at "
                 f"{addr}: expected {self.functional[addr]:#x}, got "
-                f"{'nothing' if got is None else hex(got)}; VECs: "
+                f"{'nothing' if got is None else hex(got)}; last instructions: "
                 + "; ".join(describe_vec(r["instr"]) for r in self.runs[-5:]))
         assert self.sram.dump() == self.functional, "SRAM model differs from execute_vec"
+        assert self.model.unit_state.rng == self.functional_state.rng, (
+            f"generator states: cycle model {self.model.unit_state.rng}, execute_vec "
+            f"{self.functional_state.rng}")

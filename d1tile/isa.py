@@ -1,0 +1,449 @@
+"""The node's instruction set: the one definition of its encoding, validity rules and hazard
+ranges. The RTL decoder (`d1tile.hw.sequencer`) is generated from the same rules as
+`validate` and `hazard_ranges` (they are written once, over an `ops` backend that is either
+Python integers or Amaranth values: `PY`, and `d1tile.hw.sequencer`'s), and the cycle model,
+the functional interpreter (`d1tile.sim.interp`) and the assembler (`d1tile.sw.asm`) use this
+module.
+
+Instructions are 64-bit words; bits 3..0 are the opcode, the fields follow from bit 4 upwards in
+the order listed in `FORMATS`. Programs are straight-line (the compiler unrolls); the registers
+besides SRAM are SETQ's requantisation parameters and SETR's FP32 scalar and generator seed.
+
+| opcode | instruction | unit | effect |
+| --- | --- | --- | --- |
+| 0 | `NOP` | sequencer | nothing |
+| 1 | `HALT` | sequencer | wait until every unit is idle, report DONE to the host, stop |
+| 2 | `MATMUL a, b, kw, clear, type` | matrix | k_per_word(type) * kw outer products from words a.. (A^T) and b.. (B); type INT8 or BF16 |
+| 3 | `MREAD dst, row0, nrows` | matrix | accumulator rows row0.. (N 32-bit lanes each) to words dst.. |
+| 4 | `VEC vop, dst, a, b, n, bfix` | vector | n integer vector-unit ops (`VecOp`), word by word |
+| 5 | `SETQ scale, shift, relu` | sequencer | set the REQUANT parameters of later vector instructions |
+| 6 | `SEND src, n, x, y, dst, counter` | DMA | push words src.. to node (x, y) words dst.., then bump its counter |
+| 7 | `WAIT counter, value` | sequencer | block until counter >= value, then subtract value |
+| 8 | `FVEC fop, dst, a, b, n, bfix` | vector | n FP32 vector-unit ops (`FVecOp`), or a reduction of n words |
+| 9 | `FCVT stype, dtype, sr, dst, a, n` | vector | n conversions between element types (`CONVERSIONS`) |
+| 10 | `SETR reg, value` | sequencer | set the FP32 scalar q (reg 0) or reseed the stochastic-rounding generator (reg 1) |
+| 11-15 | undefined | | fault UNDEFINED |
+
+Validity (checked when the instruction reaches issue; an invalid instruction faults the node,
+which stops and reports the fault, the pc and the offending value to the host). The checks of
+each opcode run in the order of `_CHECKS`; the first that fails names the fault:
+
+* MATMUL: `type` has a `d1tile.dtypes.MATRIX_TYPES` entry (else TYPE, value type); kw >= 1
+  (else FIELD, value kw); a + kw and b + kw <= sram_words (else ADDRESS, value a or b).
+* MREAD: nrows >= 1 and row0 + nrows <= mac_dim (else FIELD, value row0 + nrows);
+  dst + nrows <= sram_words (else ADDRESS, value dst).
+* VEC, FVEC, FCVT (the vector family; each names a vector-unit op of `d1tile.vector_ops`): the
+  op exists (VEC's vop, FVEC's fop: else FIELD, value the field; FCVT's (stype, dtype, sr): else
+  TYPE, value stype | dtype << 2 | sr << 4); n >= 1 (else FIELD, value n); the source words
+  (a + ceil(n / elements per source word)), b's words for binary ops (b + (1 if bfix else n))
+  and the destination words (dst + ceil(n / elements per destination word), dst + 1 for a
+  reduction) fit the SRAM (else ADDRESS, value a, b or dst, in that order); and the
+  destination does not run ahead of a source (else FIELD, value dst): it may overlap the a
+  words only if it starts at or below them and the op reads one source word per element, the
+  b words only if it starts at or below them, and a fixed b must lie outside it. (The engine
+  reads ahead of its writes, so a later element must never read what an earlier one wrote.) A
+  reduction writes once, after its last read, so its destination may overlap anything.
+* SEND: x < cols and y < rows (else NODE, value x | y << 4); src + n and dst + n <= sram_words
+  (else ADDRESS, value src or dst). n = 0 sends no data, only the counter bump (a signal).
+* SETR: reg is 0 (q) or 1 (seed) (else FIELD, value reg).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .dtypes import MATRIX_TYPES, TYPE_BITS, ElemType
+from .formats import BitFormat, Field
+from .params import TileConfig
+from .vector_ops import FSCALE_BITS, NO_OP, VECTOR_OPS, VectorOp
+
+
+__all__ = [
+    "Opcode", "Unit", "UNIT_OF", "FaultCode", "VecOp", "FVecOp", "SetrReg", "CONVERSIONS",
+    "FORMATS", "INSTR_BITS", "ADDR_BITS", "SYNC_COUNTERS", "SYNC_COUNTER_BITS", "VECTOR_FAMILY",
+    "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
+    "vector_op", "requant_words", "BINARY_VECOPS", "PY",
+]
+
+INSTR_BITS = 64
+ADDR_BITS = 16            # SRAM word address fields; TileConfig keeps sram_words <= 2**16
+SYNC_COUNTERS = 16        # the WAIT / SEND synchronisation counters of a node
+SYNC_COUNTER_BITS = 16    # each wraps at 2**16 (the performance counters are formats.PERF_COUNTER_BITS)
+
+
+class Opcode(enum.IntEnum):
+    NOP = 0
+    HALT = 1
+    MATMUL = 2
+    MREAD = 3
+    VEC = 4
+    SETQ = 5
+    SEND = 6
+    WAIT = 7
+    FVEC = 8
+    FCVT = 9
+    SETR = 10
+
+
+class Unit(enum.IntEnum):
+    """Who executes an instruction. Each of MATRIX, VECTOR and DMA runs one instruction at a
+    time, beside the others; SEQUENCER instructions complete in the cycle they issue."""
+    SEQUENCER = 0
+    MATRIX = 1
+    VECTOR = 2
+    DMA = 3
+
+
+UNIT_OF = {
+    Opcode.NOP: Unit.SEQUENCER, Opcode.HALT: Unit.SEQUENCER, Opcode.SETQ: Unit.SEQUENCER,
+    Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
+    Opcode.MREAD: Unit.MATRIX, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
+    Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA,
+}
+
+VECTOR_FAMILY = (Opcode.VEC, Opcode.FVEC, Opcode.FCVT)
+"""The instructions the vector engine runs: each names one op of `d1tile.vector_ops`."""
+
+
+class FaultCode(enum.IntEnum):
+    NONE = 0
+    UNDEFINED = 1   # opcode 11..15
+    ADDRESS = 2     # an SRAM range beyond sram_words
+    NODE = 3        # SEND to a node outside the grid
+    FIELD = 4       # a field out of its range (kw = 0, rows beyond the array, bad vector op)
+    PC = 5          # the pc ran past the end of the instruction memory (no HALT)
+    TYPE = 6        # an element type the matrix unit lacks, or a conversion FCVT lacks
+
+
+class VecOp(enum.IntEnum):
+    """VEC's `vop`: integer ops on int32 lanes (`d1tile.vector_ops` codes 0..4)."""
+    ADD = 0      # a + b, wrapping int32
+    MUL = 1      # a * b, low 32 bits (wrapping)
+    MAX = 2      # max(a, b)
+    RELU = 3     # max(a, 0)
+    REQUANT = 4  # int32 -> int8: saturate((a * scale + round) >> shift), into byte slot i % 4
+
+
+class FVecOp(enum.IntEnum):
+    """FVEC's `fop`: FP32 ops (`d1tile.vector_ops` code 8 + fop)."""
+    FADD = 0     # a + b
+    FSUB = 1     # a - b
+    FMUL = 2     # a * b
+    FMAX = 3     # max(a, b)
+    FMASK = 4    # a where b > 0, else +0 (the ReLU backward mask)
+    FAXPY = 5    # a * q + b, two roundings
+    FRELU = 6    # max(a, +0)
+    FSCALE = 7   # a * q
+    FSUM = 8     # dst = sum of the n words a.., lane by lane, in order
+    FMAXR = 9    # dst = max of the n words a.., lane by lane
+
+
+FVEC_BASE = 8
+
+
+class SetrReg(enum.IntEnum):
+    """SETR's `reg`."""
+    SCALE = 0    # q := value (FP32 bits), latched by later vector instructions
+    SEED = 1     # the stochastic-rounding generator is reseeded with value at the next start
+
+
+CONVERSIONS: dict[tuple[ElemType, ElemType, int], int] = {
+    (ElemType.FP32, ElemType.BF16, 0): 24,
+    (ElemType.FP32, ElemType.BF16, 1): 25,
+    (ElemType.BF16, ElemType.FP32, 0): 26,
+    (ElemType.INT32, ElemType.FP32, 0): 27,
+    (ElemType.FP32, ElemType.INT32, 0): 28,
+    (ElemType.INT8, ElemType.FP32, 0): 29,
+    (ElemType.FP32, ElemType.INT8, 0): 30,
+}
+"""FCVT's (stype, dtype, sr) -> the vector-unit op code. `sr` = 1 (stochastic rounding) exists
+only for FP32 -> BF16; every other combination faults TYPE."""
+
+_CONVERSION_KEYS = {s | d << 2 | r << 4: code for (s, d, r), code in CONVERSIONS.items()}
+
+
+def _fmt(name, *fields) -> BitFormat:
+    return BitFormat(name, [Field("op", 4), *fields])
+
+
+A = ADDR_BITS
+FORMATS: dict[Opcode, BitFormat] = {
+    Opcode.NOP: _fmt("NOP"),
+    Opcode.HALT: _fmt("HALT"),
+    Opcode.MATMUL: _fmt("MATMUL", Field("a", A), Field("b", A), Field("kw", 16), Field("clear", 1),
+                        Field("type", TYPE_BITS)),
+    Opcode.MREAD: _fmt("MREAD", Field("dst", A), Field("row0", 8), Field("nrows", 8)),
+    Opcode.VEC: _fmt("VEC", Field("vop", 3), Field("bfix", 1), Field("dst", A), Field("a", A),
+                     Field("b", A), Field("n", 8)),
+    Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),
+    Opcode.SEND: _fmt("SEND", Field("src", A), Field("n", 12), Field("x", 4), Field("y", 4),
+                      Field("dst", A), Field("counter", 4)),
+    Opcode.WAIT: _fmt("WAIT", Field("counter", 4), Field("value", SYNC_COUNTER_BITS)),
+    Opcode.FVEC: _fmt("FVEC", Field("fop", 4), Field("bfix", 1), Field("dst", A), Field("a", A),
+                      Field("b", A), Field("n", 7)),
+    Opcode.FCVT: _fmt("FCVT", Field("stype", TYPE_BITS), Field("dtype", TYPE_BITS),
+                      Field("sr", 1), Field("dst", A), Field("a", A), Field("n", 8)),
+    Opcode.SETR: _fmt("SETR", Field("reg", 2), Field("value", FSCALE_BITS)),
+}
+assert all(f.width <= INSTR_BITS for f in FORMATS.values())
+
+BINARY_VECOPS = frozenset(v for v in VecOp if VECTOR_OPS[v].binary)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A decoded instruction: `op` is an `Opcode`, or None for an undefined opcode (`raw` keeps
+    the word); `fields` maps field names (without `op`) to values."""
+    op: Opcode | None
+    fields: dict
+    raw: int
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __str__(self):
+        if self.op is None:
+            return f".word {self.raw:#018x}"
+        args = ", ".join(f"{k}={v}" for k, v in self.fields.items())
+        return f"{self.op.name} {args}".strip()
+
+
+def encode(op: Opcode, **fields) -> int:
+    """The 64-bit word of an instruction; a field that does not fit raises FormatError."""
+    return FORMATS[Opcode(op)].pack(op=int(op), **fields)
+
+
+def decode(word: int) -> Instruction:
+    word = int(word)
+    if word < 0 or word >> INSTR_BITS:
+        raise ValueError(f"instruction word {word:#x} is wider than {INSTR_BITS} bits")
+    code = word & 0xF
+    try:
+        op = Opcode(code)
+    except ValueError:
+        return Instruction(None, {}, word)
+    values = FORMATS[op].unpack(word & ((1 << FORMATS[op].width) - 1))
+    del values["op"]
+    return Instruction(op, values, word)
+
+
+def requant_words(n: int) -> int:
+    """Destination words of a REQUANT over n source words."""
+    return VECTOR_OPS[VecOp.REQUANT].dest_words(n)
+
+
+# -- the rules, written once over an `ops` backend ------------------------------------------------
+#
+# A rule is an expression over an instruction's fields (`x.kw`, ...) that uses only +, >>, <<,
+# |, &, comparisons and the backend's `mux`, `lookup`, `any`, `not_`: the same text evaluates
+# to Python integers (`PY`, for `validate` and `hazard_ranges`) or builds Amaranth logic (the
+# RTL decoder's backend). Comparisons give bools in Python and 1-bit values in Amaranth, and
+# `&` / `|` combine both.
+
+class _PyOps:
+    """The Python backend of the rules."""
+
+    @staticmethod
+    def mux(cond, if_true, if_false):
+        return if_true if cond else if_false
+
+    @staticmethod
+    def lookup(table: dict, key, default):
+        return table.get(int(key), default)
+
+    @staticmethod
+    def any(conds):
+        return any(conds)
+
+    @staticmethod
+    def not_(cond):
+        return not cond
+
+
+PY = _PyOps()
+
+_BINARY = {code: 1 for code, op in VECTOR_OPS.items() if op.binary}
+_REDUCE = {code: 1 for code, op in VECTOR_OPS.items() if op.reduce}
+_READ_SHIFT = {code: op.read_shift for code, op in VECTOR_OPS.items() if op.read_shift}
+_WRITE_SHIFT = {code: op.write_shift for code, op in VECTOR_OPS.items() if op.write_shift}
+
+
+class VecFields(NamedTuple):
+    """A vector-family instruction seen uniformly (for FCVT, b = bfix = 0)."""
+    code: object          # the vector-unit op code
+    defined: object       # the op exists
+    undefined: tuple      # (FaultCode, value) when it does not
+    dst: object
+    a: object
+    b: object
+    n: object
+    bfix: object
+
+
+def vector_fields(op: Opcode, x, ops) -> VecFields:
+    """The vector-unit op and operands of a VEC, FVEC or FCVT (`x`: its fields)."""
+    if op == Opcode.VEC:
+        defined = ops.any([x.vop == v for v in VecOp])
+        return VecFields(x.vop, defined, (FaultCode.FIELD, x.vop), x.dst, x.a, x.b, x.n, x.bfix)
+    if op == Opcode.FVEC:
+        defined = ops.any([x.fop == f for f in FVecOp])
+        return VecFields(x.fop + FVEC_BASE, defined, (FaultCode.FIELD, x.fop), x.dst, x.a, x.b,
+                         x.n, x.bfix)
+    key = x.stype | (x.dtype << 2) | (x.sr << 4)
+    defined = ops.any([key == k for k in _CONVERSION_KEYS])
+    code = ops.lookup(_CONVERSION_KEYS, key, NO_OP)
+    return VecFields(code, defined, (FaultCode.TYPE, key), x.dst, x.a, 0, x.n, 0)
+
+
+class VecShape(NamedTuple):
+    binary: object
+    reduce: object
+    read_shift: object
+    write_shift: object
+    source: tuple         # [lo, hi) of the a words
+    other: tuple          # [lo, hi) of the b words (empty for unary ops)
+    dest: tuple           # [lo, hi) of the destination words
+
+
+def _ceil_shift(n, shift, ops):
+    return ops.mux(shift == 0, n, ops.mux(shift == 1, (n + 1) >> 1, (n + 3) >> 2))
+
+
+def vector_shape(v: VecFields, ops) -> VecShape:
+    """The ranges a vector-family instruction reads and writes."""
+    binary = ops.lookup(_BINARY, v.code, 0)
+    reduce = ops.lookup(_REDUCE, v.code, 0)
+    rs = ops.lookup(_READ_SHIFT, v.code, 0)
+    ws = ops.lookup(_WRITE_SHIFT, v.code, 0)
+    source = (v.a, v.a + _ceil_shift(v.n, rs, ops))
+    other = (ops.mux(binary, v.b, 0), ops.mux(binary, v.b + ops.mux(v.bfix, 1, v.n), 0))
+    dest = (v.dst, v.dst + ops.mux(reduce, 1, _ceil_shift(v.n, ws, ops)))
+    return VecShape(binary, reduce, rs, ws, source, other, dest)
+
+
+def _meet(p, q):
+    """Two half-open ranges share a word (an empty range meets nothing)."""
+    return (p[0] < p[1]) & (q[0] < q[1]) & (p[0] < q[1]) & (q[0] < p[1])
+
+
+def _vector_checks(op, cfg, x, ops):
+    words = cfg.sram_words
+    v = vector_fields(op, x, ops)
+    s = vector_shape(v, ops)
+    runs_ahead = ops.not_(s.reduce) & (
+        (_meet(s.dest, s.source) & ((s.read_shift != 0) | (v.dst > v.a)))
+        | (s.binary & ops.not_(v.bfix) & _meet(s.dest, s.other) & (v.dst > v.b))
+        | (s.binary & v.bfix & (v.dst <= v.b) & (v.b < s.dest[1])))
+    return [
+        (ops.not_(v.defined), *v.undefined),
+        (v.n == 0, FaultCode.FIELD, v.n),
+        (s.source[1] > words, FaultCode.ADDRESS, v.a),
+        (s.binary & (s.other[1] > words), FaultCode.ADDRESS, v.b),
+        (s.dest[1] > words, FaultCode.ADDRESS, v.dst),
+        (runs_ahead, FaultCode.FIELD, v.dst),
+    ]
+
+
+def _matmul_checks(op, cfg, x, ops):
+    words = cfg.sram_words
+    return [
+        (ops.not_(ops.any([x.type == t for t in MATRIX_TYPES])), FaultCode.TYPE, x.type),
+        (x.kw == 0, FaultCode.FIELD, x.kw),
+        (x.a + x.kw > words, FaultCode.ADDRESS, x.a),
+        (x.b + x.kw > words, FaultCode.ADDRESS, x.b),
+    ]
+
+
+def _mread_checks(op, cfg, x, ops):
+    return [
+        ((x.nrows == 0) | (x.row0 + x.nrows > cfg.mac_dim), FaultCode.FIELD, x.row0 + x.nrows),
+        (x.dst + x.nrows > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+    ]
+
+
+def _send_checks(op, cfg, x, ops):
+    return [
+        ((x.x >= cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
+        (x.src + x.n > cfg.sram_words, FaultCode.ADDRESS, x.src),
+        (x.dst + x.n > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+    ]
+
+
+def _setr_checks(op, cfg, x, ops):
+    return [(x.reg > max(SetrReg), FaultCode.FIELD, x.reg)]
+
+
+_CHECKS = {
+    Opcode.MATMUL: _matmul_checks, Opcode.MREAD: _mread_checks, Opcode.VEC: _vector_checks,
+    Opcode.FVEC: _vector_checks, Opcode.FCVT: _vector_checks, Opcode.SEND: _send_checks,
+    Opcode.SETR: _setr_checks,
+}
+
+
+def checks(op: Opcode, cfg: TileConfig, x, ops=PY) -> list:
+    """The validity checks of opcode `op` in priority order: (failed, FaultCode, value) each,
+    as values of the `ops` backend. Opcodes without checks give []."""
+    rules = _CHECKS.get(op)
+    return rules(op, cfg, x, ops) if rules else []
+
+
+def ranges_of(op: Opcode, x, ops=PY) -> tuple:
+    """(read0, read1, write), each (lo, hi), of a unit instruction, in the `ops` backend."""
+    if op == Opcode.MATMUL:
+        return (x.a, x.a + x.kw), (x.b, x.b + x.kw), (0, 0)
+    if op == Opcode.MREAD:
+        return (0, 0), (0, 0), (x.dst, x.dst + x.nrows)
+    if op in VECTOR_FAMILY:
+        s = vector_shape(vector_fields(op, x, ops), ops)
+        return s.source, s.other, s.dest
+    if op == Opcode.SEND:
+        return (x.src, x.src + x.n), (0, 0), (0, 0)
+    return (0, 0), (0, 0), (0, 0)
+
+
+def validate(cfg: TileConfig, instr: Instruction) -> tuple[FaultCode, int]:
+    """(FaultCode.NONE, 0), or the fault this instruction raises and the offending value."""
+    if instr.op is None:
+        return FaultCode.UNDEFINED, instr.raw & 0xF
+    for failed, code, value in checks(instr.op, cfg, instr):
+        if failed:
+            return code, int(value)
+    return FaultCode.NONE, 0
+
+
+def vector_op(instr: Instruction) -> VectorOp | None:
+    """The vector-unit op a VEC / FVEC / FCVT names (None if undefined, or not one)."""
+    if instr.op not in VECTOR_FAMILY:
+        return None
+    v = vector_fields(instr.op, instr, PY)
+    return VECTOR_OPS.get(v.code) if v.defined else None
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The SRAM word ranges [lo, hi) an instruction reads and writes while its unit runs it.
+    Empty ranges have lo == hi."""
+    read0: tuple[int, int] = (0, 0)
+    read1: tuple[int, int] = (0, 0)
+    write: tuple[int, int] = (0, 0)
+
+
+def hazard_ranges(instr: Instruction) -> Ranges:
+    """The ranges the sequencer tracks for a valid unit instruction (see `overlaps`)."""
+    if instr.op is None:
+        return Ranges()
+    read0, read1, write = ranges_of(instr.op, instr)
+    return Ranges(tuple(read0), tuple(read1), tuple(write))
+
+
+def overlaps(new: Ranges, running: Ranges) -> bool:
+    """True when `new` may not issue while `running` is in progress on another unit:
+    new writes what running reads or writes, or new reads what running writes."""
+    return bool(_meet(new.write, running.read0) or _meet(new.write, running.read1)
+                or _meet(new.write, running.write) or _meet(new.read0, running.write)
+                or _meet(new.read1, running.write))
