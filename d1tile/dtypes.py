@@ -175,10 +175,6 @@ class MatrixType:
         """Operand vectors (beats) per SRAM word: 4 for int8, 2 for bf16."""
         return ELEMENTS[self.operand].groups
 
-    def k_per_word(self, cfg: TileConfig) -> int:
-        """k-steps (= beats) per operand word: the K a word pair contributes to a product."""
-        return self.vectors_per_word(cfg)
-
     def operand_vectors(self, cfg: TileConfig, word: int) -> np.ndarray:
         """The operand vectors of a word, shape (vectors_per_word, N): vector j is elements
         jN .. jN + N - 1 (int8 values, or BF16 bits)."""

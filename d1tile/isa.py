@@ -13,7 +13,7 @@ besides SRAM are SETQ's requantisation parameters and SETR's FP32 scalar and gen
 | --- | --- | --- | --- |
 | 0 | `NOP` | sequencer | nothing |
 | 1 | `HALT` | sequencer | wait until every unit is idle, report DONE to the host, stop |
-| 2 | `MATMUL a, b, kw, clear, type` | matrix | k_per_word(type) * kw outer products from words a.. (A^T) and b.. (B); type INT8 or BF16 |
+| 2 | `MATMUL a, b, kw, clear, type` | matrix | V * kw outer products from words a.. (A^T) and b.. (B), V = 4 (INT8) or 2 (BF16) vectors per word |
 | 3 | `MREAD dst, row0, nrows` | matrix | accumulator rows row0.. (N 32-bit lanes each) to words dst.. |
 | 4 | `VEC vop, dst, a, b, n, bfix` | vector | n integer vector-unit ops (`VecOp`), word by word |
 | 5 | `SETQ scale, shift, relu` | sequencer | set the REQUANT parameters of later vector instructions |

@@ -258,6 +258,19 @@ def test_demo_tiny():
     assert any("matrix demo" in line for line in lines), lines
 
 
+def test_demo_tiny_bf16():
+    """The bf16 demo: bit-exact with the FP32 k-loop reference, within FP32 summation error of
+    the float64 product of the same operands, and timed like the int8 demo."""
+    cfg = TileConfig.preset("tiny")
+    m, k, n = 5, 24, 6
+    report = run_demo(cfg, m, k, n, seed=bench_seed(), dtype="bf16")
+    assert report["dtype"] == "bf16" and report["match"], report
+    assert report["cycles"] == tiled_matmul_cycles(cfg, m, k, n)
+    assert 0 <= report["max_abs_error"] <= k * 2.0 ** -24 * 4 * report["reference_max_abs"] + 1e-6
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        run_demo(cfg, m, k, n, seed=1, dtype="fp8")
+
+
 @pytest.mark.parametrize("dims, name", [((0, 4, 4), "m=0"), ((4, -1, 4), "k=-1"),
                                         ((4, 4, 2.5), "n=2.5")])
 def test_demo_rejects_bad_dimensions(dims, name):
