@@ -371,8 +371,15 @@ class DmaBench(TB):
             self.in_head = self.hdr.unpack(fmt.get(flit, "payload") & self.hdr_mask)
         if fmt.get(flit, "tail"):
             head, self.in_head = self.in_head, None
-            if head["kind"] == PacketKind.WRITE and head["addr"] in self.tracked:
-                self.landing.append((head["addr"], self.tracked.pop(head["addr"])))
+            # Only a WRITE with words can be a tracked one: empty WRITEs (a zero-word SEND or
+            # packet) go to random addresses, which may be a tracked range's first word.
+            if (head["kind"] == PacketKind.WRITE and head["length"]
+                    and head["addr"] in self.tracked):
+                length = self.tracked.pop(head["addr"])
+                if length != head["length"]:
+                    raise ScoreboardError(f"cycle {self.t}: WRITE to {head['addr']} of "
+                                          f"{head['length']} words, expected {length}")
+                self.landing.append((head["addr"], length))
 
     def receive(self, port, flit):
         buf = self.rx_buf[port]
