@@ -17,7 +17,8 @@ by `KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy (int8
   phase (START to the last DONE of the critical node);
 * where the cycles of the critical node (the one whose DONE came last) go, from its
   counters and the timing contracts of `d1tile.sim.mxu`: host load before its START, MAC beats,
-  MATMUL start-up, MREAD/drain, and the rest (the first operands' gather, waits, HALT);
+  MATMUL start-up, the MREAD issue cycle between tiles, the last tile's readout (the others
+  overlap the next tile's MATMUL: two accumulator banks), and the rest (the first operands' gather, waits, HALT);
 * a per-node table of the counters (busy_matrix, stall_*, DMA-out busy, flits, SRAM conflicts;
   the counters are read after the node's results, so DMA-out and flits include the read-back).
 """
@@ -126,16 +127,20 @@ def report(case: dict, out=print) -> None:
     tiles = len(layer.plans[crit].tiles)
     beats = tiles * ideal_matmul_cycles(cfg, kw, dtype)
     startup = tiles * (matmul_cycles(cfg, kw, dtype) - ideal_matmul_cycles(cfg, kw, dtype))
-    drain = tiles * mread_cycles(N, 1)
-    rest = c["cycles"] - beats - startup - drain
+    # Two accumulator banks: tile t's MREAD issues in its MATMUL's last-beat cycle and runs
+    # beside tile t+1's MATMUL, which issues one cycle later; only the last tile's rows wait.
+    issue = tiles - 1
+    drain = mread_cycles(N, 1)
+    rest = c["cycles"] - beats - startup - issue - drain
     rows = load_flits_text(case["load"])
     out(f"  where the cycles of the critical node {crit} go ({tiles} tiles of kw = {kw} words):")
     items = [
         ("host load before its START, and its DONE's trip", pre, rows),
         (f"MAC beats ({vpw} kw per tile)", beats, "the ideal share of this node"),
         ("MATMUL start-up (3 per tile)", startup, "first beat 4 cycles after issue"),
-        ("MREAD / drain (N + 3 per tile)", drain,
-         "one accumulator set: rows out before the next tile"),
+        ("MREAD issue between tiles (1 per tile)", issue,
+         "its rows go out beside the next MATMUL (two banks)"),
+        ("last tile's MREAD (N + 3)", drain, "the only readout not overlapped"),
         ("first operands, waits, HALT", rest,
          f"stall_wait {c['stall_wait']}, matrix idle while running "
          f"{c['cycles'] - c['busy_matrix']}"),
@@ -183,6 +188,8 @@ def main(argv=None) -> int:
                         help="M K N (default 256 256 256 on default, 32 32 32 on tiny)")
     parser.add_argument("--dtype", choices=["int8", "bf16", "both"], default="both",
                         help="operand type (default: both, int8 then bf16)")
+    parser.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
+                        help="the preset's node on another grid (e.g. 8 8)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     dtypes = [ElemType.INT8, ElemType.BF16] if args.dtype == "both" else \
@@ -202,7 +209,10 @@ def main(argv=None) -> int:
         for dtype in dtypes:
             print()
             try:
-                case = run_case(TileConfig.preset(preset), m, k, n, args.seed, dtype)
+                cfg = TileConfig.preset(preset)
+                if args.grid:
+                    cfg = cfg.with_grid(*args.grid)
+                case = run_case(cfg, m, k, n, args.seed, dtype)
             except CompileError as exc:
                 print(f"GEMM {m} x {k} x {n} {dtype.name.lower()} on {preset}: does not fit: {exc}")
                 summary.append((preset, m, k, n, dtype.name.lower(), None, None))

@@ -23,7 +23,7 @@ from .params import TileConfig
 __all__ = [
     "READ_PORTS", "WRITE_PORTS",
     "SeqState", "SeqEvent", "ENGINES", "HALT_WORD",
-    "EngineMode", "MATMUL_FIRST_BEAT", "READOUT_LATENCY",
+    "MATMUL_FIRST_BEAT", "READOUT_LATENCY",
     "OPERAND_BUFFER",
     "PREFETCH_DEPTH", "BAD_READ_TAG", "IMEM_DATA_BITS", "reply_request_format", "counter_words",
     "PORTS", "OPPOSITE", "STEP", "RR_RESET", "check_node",
@@ -36,7 +36,7 @@ READ_PORTS = 4
 """SRAM read ports of a node; index = priority on a bank conflict: 0 DMA-out, 1 matrix engine,
 2 and 3 vector engine (operands a and b)."""
 WRITE_PORTS = 3
-"""SRAM write ports: 0 DMA-in, 1 matrix engine, 2 vector engine."""
+"""SRAM write ports: 0 DMA-in, 1 matrix engine (its readout half: MREAD), 2 vector engine."""
 
 
 # -- the sequencer -------------------------------------------------------------------------------
@@ -59,8 +59,9 @@ class SeqEvent(enum.IntEnum):
     DONE = 7          # HALTING with every engine idle: DMA started with the DONE command
 
 
-ENGINES = (Unit.MATRIX, Unit.VECTOR, Unit.DMA)
-"""The engines in the order of every per-engine list (`units_idle`, start vectors, ranges)."""
+ENGINES = (Unit.MATRIX, Unit.VECTOR, Unit.DMA, Unit.READOUT)
+"""The engines in the order of every per-engine list (`units_idle`, start vectors, ranges).
+MATRIX (MATMUL) and READOUT (MREAD) are the two halves of the matrix engine."""
 
 HALT_WORD = encode(Opcode.HALT)
 """The `instr` of the DONE command to DMA-out (the canonical HALT word, whatever the word at the
@@ -68,13 +69,6 @@ HALT's address holds in its unused bits, and also after a fault)."""
 
 
 # -- the matrix engine ---------------------------------------------------------------------------
-
-class EngineMode(enum.IntEnum):
-    """What the matrix engine is doing (the RTL's `mode` register)."""
-    IDLE = 0
-    MATMUL = 1
-    MREAD = 2
-
 
 MATMUL_FIRST_BEAT = 4
 """Cycles from the start cycle s of a MATMUL to its first beat when no read is refused: read A0

@@ -7,14 +7,23 @@ module.
 
 Instructions are 64-bit words; bits 3..0 are the opcode, the fields follow from bit 4 upwards in
 the order listed in `FORMATS`. Programs are straight-line (the compiler unrolls); the registers
-besides SRAM are SETQ's requantisation parameters and SETR's FP32 scalar and generator seed.
+besides SRAM are SETQ's requantisation parameters and SETR's FP32 scalar and generator seed,
+and the matrix unit's `ACC_BANKS` accumulator banks.
+
+Accumulator banks: MATMUL adds into the bank it names, MREAD reads out the bank it names, on
+two engines of their own (MATRIX and READOUT), so that one bank is read out while the next
+product accumulates into the other. The sequencer orders them like SRAM ranges: bank b is the
+pseudo-range [ACC_RANGE_BASE + b, ACC_RANGE_BASE + b + 1), above every SRAM address, that a
+MATMUL writes and an MREAD reads (`ranges_of`), so an MREAD of a bank waits for the MATMUL
+accumulating into it (STALL_HAZARD), a MATMUL into a bank waits for the MREAD reading it, and
+a MATMUL and an MREAD of different banks run side by side.
 
 | opcode | instruction | unit | effect |
 | --- | --- | --- | --- |
 | 0 | `NOP` | sequencer | nothing |
 | 1 | `HALT` | sequencer | wait until every unit is idle, report DONE to the host, stop |
-| 2 | `MATMUL a, b, kw, clear, type` | matrix | V * kw outer products from words a.. (A^T) and b.. (B), V = 4 (INT8) or 2 (BF16) vectors per word |
-| 3 | `MREAD dst, row0, nrows` | matrix | accumulator rows row0.. (N 32-bit lanes each) to words dst.. |
+| 2 | `MATMUL a, b, kw, clear, type, bank` | matrix | V * kw outer products from words a.. (A^T) and b.. (B) into accumulator bank `bank`, V = 4 (INT8) or 2 (BF16) vectors per word |
+| 3 | `MREAD dst, row0, nrows, bank` | readout | rows row0.. of accumulator bank `bank` (N 32-bit lanes each) to words dst.. |
 | 4 | `VEC vop, dst, a, b, n, bfix` | vector | n integer vector-unit ops (`VecOp`), word by word |
 | 5 | `SETQ scale, shift, relu` | sequencer | set the REQUANT parameters of later vector instructions |
 | 6 | `SEND src, n, x, y, dst, counter` | DMA | push words src.. to node (x, y) words dst.., then bump its counter |
@@ -64,13 +73,17 @@ __all__ = [
     "Opcode", "Unit", "UNIT_OF", "FaultCode", "VecOp", "FVecOp", "SetrReg", "CONVERSIONS",
     "FORMATS", "INSTR_BITS", "ADDR_BITS", "SYNC_COUNTERS", "SYNC_COUNTER_BITS", "VECTOR_FAMILY",
     "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
-    "vector_op", "requant_words", "BINARY_VECOPS", "PY",
+    "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
 ]
 
 INSTR_BITS = 64
 ADDR_BITS = 16            # SRAM word address fields; TileConfig keeps sram_words <= 2**16
 SYNC_COUNTERS = 16        # the WAIT / SEND synchronisation counters of a node
 SYNC_COUNTER_BITS = 16    # each wraps at 2**16 (the performance counters are formats.PERF_COUNTER_BITS)
+ACC_BANKS = 2             # accumulator banks of the matrix unit (MATMUL's and MREAD's `bank`)
+ACC_RANGE_BASE = 1 << ADDR_BITS
+"""The hazard pseudo-address of accumulator bank 0 (bank b is ACC_RANGE_BASE + b): above every
+SRAM word, so banks and SRAM ranges never meet."""
 
 
 class Opcode(enum.IntEnum):
@@ -88,18 +101,21 @@ class Opcode(enum.IntEnum):
 
 
 class Unit(enum.IntEnum):
-    """Who executes an instruction. Each of MATRIX, VECTOR and DMA runs one instruction at a
-    time, beside the others; SEQUENCER instructions complete in the cycle they issue."""
+    """Who executes an instruction. Each of MATRIX, VECTOR, DMA and READOUT runs one
+    instruction at a time, beside the others; SEQUENCER instructions complete in the cycle they
+    issue. MATRIX (MATMUL) and READOUT (MREAD) are the two halves of the matrix engine: they
+    share the matrix unit, each owns one of its accumulator banks at a time."""
     SEQUENCER = 0
     MATRIX = 1
     VECTOR = 2
     DMA = 3
+    READOUT = 4     # MREAD: accumulator rows to SRAM, beside the MATRIX engine's MATMULs
 
 
 UNIT_OF = {
     Opcode.NOP: Unit.SEQUENCER, Opcode.HALT: Unit.SEQUENCER, Opcode.SETQ: Unit.SEQUENCER,
     Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
-    Opcode.MREAD: Unit.MATRIX, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
+    Opcode.MREAD: Unit.READOUT, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
     Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA,
 }
 
@@ -173,8 +189,9 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.NOP: _fmt("NOP"),
     Opcode.HALT: _fmt("HALT"),
     Opcode.MATMUL: _fmt("MATMUL", Field("a", A), Field("b", A), Field("kw", 16), Field("clear", 1),
-                        Field("type", TYPE_BITS)),
-    Opcode.MREAD: _fmt("MREAD", Field("dst", A), Field("row0", 8), Field("nrows", 8)),
+                        Field("type", TYPE_BITS), Field("bank", 1)),
+    Opcode.MREAD: _fmt("MREAD", Field("dst", A), Field("row0", 8), Field("nrows", 8),
+                       Field("bank", 1)),
     Opcode.VEC: _fmt("VEC", Field("vop", 3), Field("bfix", 1), Field("dst", A), Field("a", A),
                      Field("b", A), Field("n", 8)),
     Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),
@@ -395,9 +412,11 @@ def checks(op: Opcode, cfg: TileConfig, x, ops=PY) -> list:
 def ranges_of(op: Opcode, x, ops=PY) -> tuple:
     """(read0, read1, write), each (lo, hi), of a unit instruction, in the `ops` backend."""
     if op == Opcode.MATMUL:
-        return (x.a, x.a + x.kw), (x.b, x.b + x.kw), (0, 0)
+        return (x.a, x.a + x.kw), (x.b, x.b + x.kw), (ACC_RANGE_BASE + x.bank,
+                                                       ACC_RANGE_BASE + x.bank + 1)
     if op == Opcode.MREAD:
-        return (0, 0), (0, 0), (x.dst, x.dst + x.nrows)
+        return ((ACC_RANGE_BASE + x.bank, ACC_RANGE_BASE + x.bank + 1), (0, 0),
+                (x.dst, x.dst + x.nrows))
     if op in VECTOR_FAMILY:
         s = vector_shape(vector_fields(op, x, ops), ops)
         return s.source, s.other, s.dest

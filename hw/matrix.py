@@ -25,12 +25,13 @@ from amaranth.lib.wiring import In, Out
 
 from ..contracts import READOUT_LATENCY
 from ..dtypes import MATRIX_TYPES, TYPE_BITS, ElemType, matrix_type
+from ..isa import ACC_BANKS
 from ..params import TileConfig
 from .fp import Unpacked, fp_add, unpack_bf16, unpack_fp32
 
 
-__all__ = ["MatrixUnit", "OPERAND_BITS", "operand_layout", "row_layout", "pack_operands",
-           "unpack_row"]
+__all__ = ["MatrixUnit", "OPERAND_BITS", "operand_layout", "row_layout", "row_request_layout",
+           "pack_operands", "unpack_row"]
 
 OPERAND_BITS = max(t.operand_bits for t in MATRIX_TYPES.values())
 """Bits per operand element on the `operands` stream: the widest type's (BF16: 16). An INT8
@@ -49,15 +50,22 @@ def _pipeline_depth() -> int:
 
 def operand_layout(cfg: TileConfig) -> data.StructLayout:
     """Payload of the `operands` stream: `a` (column vector, N elements), `b` (row vector, N
-    elements), element 0 in the low bits, `OPERAND_BITS` raw bits each; then `clear` (1 bit)
-    and `type` (the beat's `ElemType`, 2 bits)."""
+    elements), element 0 in the low bits, `OPERAND_BITS` raw bits each; then `clear` (1 bit),
+    `type` (the beat's `ElemType`, 2 bits) and `bank` (the accumulator bank it adds into)."""
     element = unsigned(OPERAND_BITS)
     return data.StructLayout({
         "a": data.ArrayLayout(element, cfg.mac_dim),
         "b": data.ArrayLayout(element, cfg.mac_dim),
         "clear": 1,
         "type": TYPE_BITS,
+        "bank": range(ACC_BANKS),
     })
+
+
+def row_request_layout(cfg: TileConfig) -> data.StructLayout:
+    """Payload of `rd_req`: the row (low bits, so a plain row index asks for bank 0) and the
+    accumulator bank."""
+    return data.StructLayout({"row": range(cfg.mac_dim), "bank": range(ACC_BANKS)})
 
 
 def row_layout(cfg: TileConfig) -> data.ArrayLayout:
@@ -66,7 +74,7 @@ def row_layout(cfg: TileConfig) -> data.ArrayLayout:
     return data.ArrayLayout(unsigned(32), cfg.mac_dim)
 
 
-def pack_operands(cfg: TileConfig, a, b, clear: bool, dtype=ElemType.INT8) -> int:
+def pack_operands(cfg: TileConfig, a, b, clear: bool, dtype=ElemType.INT8, bank: int = 0) -> int:
     """The integer value of an `operands` payload: INT8 values or BF16 bit patterns. Raises
     ValueError on operands of the wrong length or outside the type's range (the layout itself
     would silently truncate them)."""
@@ -76,7 +84,7 @@ def pack_operands(cfg: TileConfig, a, b, clear: bool, dtype=ElemType.INT8) -> in
     mask = (1 << OPERAND_BITS) - 1
     const = operand_layout(cfg).const(
         {"a": [int(x) & mask for x in a], "b": [int(x) & mask for x in b],
-         "clear": int(bool(clear)), "type": int(spec.operand)})
+         "clear": int(bool(clear)), "type": int(spec.operand), "bank": int(bank)})
     return const.as_value().value
 
 
@@ -97,16 +105,19 @@ class MatrixUnit(wiring.Component):
     Ports
     -----
     operands : In(stream of `operand_layout`): one outer product per beat, of the beat's type,
-        `acc[i][j] = (clear_bits if clear else acc[i][j]) + a[i] * b[j]` (`d1tile.dtypes`:
+        into the beat's bank k,
+        `acc[k][i][j] = (clear_bits if clear else acc[k][i][j]) + a[i] * b[j]` (`d1tile.dtypes`:
         int32 wrapping for INT8, FP32 with one rounding for BF16; `clear_bits` 0 and -0.0).
         `ready` is always 1: the array never stalls, a beat is taken in every cycle its `valid`
         is high. A beat of a type the unit lacks (INT32, FP32) leaves the accumulators as they
         are (the sequencer faults such MATMULs before they get here).
     busy : Out(1): high while an accepted beat has not reached the accumulators yet (cycles
         t+1 .. t + acc_latency - 1 for a beat accepted in cycle t).
-    rd_req : In(stream of range(N)): a row index to read. Accepted when
-        `~busy & (~rd_data.valid | rd_data.ready)`, so a readout sees every beat accepted before
-        it and never overwrites an unread row.
+    bank_busy : Out(ACC_BANKS): bit k is `busy` for the beats into bank k alone.
+    rd_req : In(stream of `row_request_layout`): a row of a bank to read. Accepted when
+        `~bank_busy[bank] & (~rd_data.valid | rd_data.ready)`, so a readout sees every beat
+        into its bank accepted before it and never overwrites an unread row; beats into the
+        other bank do not hold it up (one bank is read out while the other accumulates).
     rd_data : Out(stream of `row_layout`): the requested accumulator row (raw 32-bit lanes),
         valid the cycle after the request was accepted (latency `READOUT_LATENCY` = 1), held
         until taken.
@@ -116,9 +127,9 @@ class MatrixUnit(wiring.Component):
     per cycle, N^2 MACs per beat for either type. One row per cycle on `rd_data` when its
     consumer is always ready.
 
-    Hazards: a beat and a readout request accepted in the same cycle: the readout sees the
-    accumulators *before* that beat. A beat sent during a readout sequence (between row
-    requests) holds `busy` high, which stalls the following requests for acc_latency - 1 cycles;
+    Hazards: a beat and a readout request of its bank accepted in the same cycle: the readout
+    sees the accumulators *before* that beat. A beat into the bank being read out, sent during a
+    readout sequence (between row requests), holds `bank_busy` high, which stalls the following requests for acc_latency - 1 cycles;
     when it reaches the accumulators the later rows include it (or, with `clear`, lose the old
     values). Ordering operand beats and readouts is the sequencer's job: to read a finished
     product, send no beat until the last row request has been accepted (the same cycle is fine).
@@ -138,7 +149,8 @@ class MatrixUnit(wiring.Component):
         super().__init__({
             "operands": In(stream.Signature(operand_layout(cfg))),
             "busy": Out(1),
-            "rd_req": In(stream.Signature(range(cfg.mac_dim))),
+            "bank_busy": Out(ACC_BANKS),
+            "rd_req": In(stream.Signature(row_request_layout(cfg))),
             "rd_data": Out(stream.Signature(row_layout(cfg))),
         })
 
@@ -166,19 +178,25 @@ class MatrixUnit(wiring.Component):
 
         m.d.comb += ops.ready.eq(1)
 
-        # `valid`, `clear` and `type` travel beside the products through the product stages;
-        # the products themselves are registered unconditionally (no enable: less logic, and the
-        # valid bit says whether a stage holds a beat).
-        valid, clear, kind = ops.valid, ops.p.clear, ops.p.type
-        stage_valid = []
+        # `valid`, `clear`, `type` and `bank` travel beside the products through the product
+        # stages; the products themselves are registered unconditionally (no enable: less logic,
+        # and the valid bit says whether a stage holds a beat).
+        valid, clear, kind, bank = ops.valid, ops.p.clear, ops.p.type, ops.p.bank
+        stage_valid, stage_bank = [], []
         for stage in range(1, stages + 1):
             v = Signal(name=f"stage{stage}_valid")
             c = Signal(name=f"stage{stage}_clear")
             t = Signal(TYPE_BITS, name=f"stage{stage}_type")
-            m.d.sync += [v.eq(valid), c.eq(clear), t.eq(kind)]
+            k = Signal(range(ACC_BANKS), name=f"stage{stage}_bank")
+            m.d.sync += [v.eq(valid), c.eq(clear), t.eq(kind), k.eq(bank)]
             stage_valid.append(v)
-            valid, clear, kind = v, c, t
+            stage_bank.append(k)
+            valid, clear, kind, bank = v, c, t, k
         m.d.comb += self.busy.eq(Cat(*stage_valid).any() if stage_valid else 0)
+        for b in range(ACC_BANKS):
+            m.d.comb += self.bank_busy[b].eq(
+                Cat(*(v & (k == b) for v, k in zip(stage_valid, stage_bank))).any()
+                if stage_valid else 0)
         bf16 = kind == ElemType.BF16
         known = Cat(*(kind == t for t in MATRIX_TYPES)).any()
 
@@ -197,7 +215,8 @@ class MatrixUnit(wiring.Component):
         a_factor = [factor(ops.p.a[i], a_fp[i], f"a{i}_factor") for i in range(n)]
         b_factor = [factor(ops.p.b[j], b_fp[j], f"b{j}_factor") for j in range(n)]
 
-        acc = [[Signal(32, name=f"acc_{i}_{j}") for j in range(n)] for i in range(n)]
+        acc = [[[Signal(32, name=f"acc{k}_{i}_{j}") for j in range(n)] for i in range(n)]
+               for k in range(ACC_BANKS)]
         for i in range(n):
             for j in range(n):
                 name = f"cell_{i}_{j}"
@@ -225,28 +244,39 @@ class MatrixUnit(wiring.Component):
                     sign=values["sign"], exp=values["exp"] + top,
                     sig=Mux(top, p16 << 8, p16 << 9)[:24], zero=values["zero"],
                     inf=values["inf"], nan=values["nan"])
-                # Accumulate stage: from the accumulator, or from the type's clear value.
+                # Accumulate stage: from the beat's bank of the accumulator, or from the type's
+                # clear value. One adder per cell serves both banks.
+                current = Signal(32, name=f"{name}_current")
+                m.d.comb += current.eq(acc[0][i][j])
+                for k in range(1, ACC_BANKS):
+                    with m.If(bank == k):
+                        m.d.comb += current.eq(acc[k][i][j])
                 base = Signal(32, name=f"{name}_base")
                 m.d.comb += base.eq(Mux(clear, Mux(bf16, MATRIX_TYPES[ElemType.BF16].clear_bits,
                                                    MATRIX_TYPES[ElemType.INT8].clear_bits),
-                                        acc[i][j]))
+                                        current))
                 fp_sum = fp_add(m, unpack_fp32(m, base, f"{name}_acc"), product, f"{name}_add")
                 # The 33-bit int sum, truncated to 32 bits: the int32 wrap of the reference.
                 int_sum = base + values["p"].as_signed()
-                with m.If(valid & known):
-                    m.d.sync += acc[i][j].eq(Mux(bf16, fp_sum, int_sum))
+                total = Mux(bf16, fp_sum, int_sum)
+                for k in range(ACC_BANKS):
+                    with m.If(valid & known & (bank == k)):
+                        m.d.sync += acc[k][i][j].eq(total)
 
-        # Readout: one output register. While `busy` is low no accumulator changes in this
-        # cycle (with product stages) or only changes with a beat of this same cycle, so the row
-        # registered here holds every beat accepted before the request.
+        # Readout: one output register. While the requested bank's `bank_busy` is low none of
+        # its accumulators changes in this cycle (with product stages) or only with a beat of
+        # this same cycle, so the row registered here holds every beat into the bank accepted
+        # before the request.
         rd_req, rd_data = self.rd_req, self.rd_data
-        m.d.comb += rd_req.ready.eq(~self.busy & (~rd_data.valid | rd_data.ready))
+        m.d.comb += rd_req.ready.eq(~self.bank_busy.bit_select(rd_req.p.bank, 1)
+                                    & (~rd_data.valid | rd_data.ready))
         with m.If(rd_data.ready):
             m.d.sync += rd_data.valid.eq(0)
         with m.If(rd_req.valid & rd_req.ready):
             m.d.sync += rd_data.valid.eq(1)
-            with m.Switch(rd_req.payload):
-                for i in range(n):
-                    with m.Case(i):
-                        m.d.sync += [rd_data.payload[j].eq(acc[i][j]) for j in range(n)]
+            with m.Switch(Cat(rd_req.p.row, rd_req.p.bank)):
+                for k in range(ACC_BANKS):
+                    for i in range(n):
+                        with m.Case(i | (k << (n - 1).bit_length())):
+                            m.d.sync += [rd_data.payload[j].eq(acc[k][i][j]) for j in range(n)]
         return m

@@ -1,5 +1,6 @@
 """The matrix engine: runs MATMUL and MREAD on the node's matrix unit, fed from and written to the
-node SRAM.
+node SRAM. Its two halves run side by side: MATMUL (the sequencer's MATRIX engine) accumulates
+into one accumulator bank while MREAD (the READOUT engine) reads out another.
 
 The per-cycle rules, the timing formulas and the cycle-exact model are in `d1tile.sim.mxu`
 (`MatrixEngineModel`); this module is their RTL, register for register.
@@ -11,9 +12,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..contracts import EngineMode
 from ..dtypes import MATRIX_TYPES, TYPE_BITS, ElemType
-from ..isa import FORMATS, Opcode
+from ..isa import ACC_BANKS, FORMATS, Opcode
 from ..params import TileConfig
 from .matrix import OPERAND_BITS, MatrixUnit
 from .sequencer import EngineCommand
@@ -43,31 +43,37 @@ class MatrixEngine(wiring.Component):
     Ports
     -----
     cmd : In(EngineCommand.Signature())
-        `start` (pulse, taken only while `idle` is high), `instr` (the raw MATMUL/MREAD word),
-        `idle` (out): low from the cycle after an accepted start until the instruction is done.
+        MATMULs (the MATRIX engine): `start` (pulse, taken only while `idle` is high), `instr`
+        (the raw MATMUL word), `idle` (out): low from the cycle after an accepted start until
+        the instruction is done.
+    rd_cmd : In(EngineCommand.Signature())
+        MREADs (the READOUT engine), the same protocol, independent of `cmd`: an MREAD runs
+        beside a MATMUL (the sequencer keeps them on different banks).
     read : Out(SRAMReadPort.Signature(cfg))
         Node SRAM read port 1: MATMUL's operand words (A and B alternately).
     write : Out(SRAMWritePort.Signature(cfg))
         Node SRAM write port 1: MREAD's accumulator rows (mask all ones).
     busy : Out(1)
-        `~idle`, the event of the `busy_matrix` counter.
+        Either half busy (`~cmd.idle | ~rd_cmd.idle`), the event of the `busy_matrix` counter.
 
     Contract (details and formulas in `d1tile.sim.mxu`):
 
-    * MATMUL a, b, kw, clear, type: words a+w and b+w (w < kw) are read and give V beats each
+    * MATMUL a, b, kw, clear, type, bank: words a+w and b+w (w < kw) are read and give V beats
+      each into accumulator bank `bank`
       (V = the type's vectors per word: 4 for INT8, 2 for BF16), beat j = operand vector j of
       both words and the type, `clear` on the first beat if set. Two pair slots prefetch; first
       beat 4 cycles after the start cycle; one beat per cycle in steady state if each word's
       reads are refused at most V - 1 cycles. `idle` is high in the last-beat cycle:
       back-to-back MATMULs issue every V * kw + 3 cycles.
-    * MREAD dst, row0, nrows: rows (row0 + r) mod N to words dst + r, one per cycle while the
-      writes are granted; `idle` rises the cycle after the last write's grant (nrows + 2 cycles
-      after the start when nothing waits).
+    * MREAD dst, row0, nrows, bank: rows (row0 + r) mod N of bank `bank` to words dst + r, one
+      per cycle while the writes are granted; `rd_cmd.idle` rises the cycle after the last
+      write's grant (nrows + 2 cycles after the start when nothing waits; a row request waits
+      while a beat into its bank is in the unit's pipeline).
     * Every SRAM request, `idle` and `busy` are functions of registers only (Moore); refused
       requests are held unchanged until granted. The only same-cycle dependency on a grant is
       the unit's `rd_data.ready` (= the write grant).
     * Bad input: MATMUL kw = 0 or of a type the unit lacks, MREAD nrows = 0 and other opcodes
-      are ignored (stays idle);
+      (on either command bus) are ignored (stays idle);
       other fields are not checked (the sequencer validates): addresses wrap modulo
       `cfg.sram_words`, rows modulo N. A `start` while not idle is ignored.
 
@@ -81,6 +87,7 @@ class MatrixEngine(wiring.Component):
         self._unit = MatrixUnit(cfg)
         super().__init__({
             "cmd": In(EngineCommand.Signature()),
+            "rd_cmd": In(EngineCommand.Signature()),
             "read": Out(SRAMReadPort.Signature(cfg)),
             "write": Out(SRAMWritePort.Signature(cfg)),
             "busy": Out(1),
@@ -100,11 +107,10 @@ class MatrixEngine(wiring.Component):
         m = Module()
         m.submodules.unit = unit = self._unit
         ops, rd_req, rd_data = unit.operands, unit.rd_req, unit.rd_data
-        cmd, read, write = self.cmd, self.read, self.write
+        cmd, rd_cmd, read, write = self.cmd, self.rd_cmd, self.read, self.write
 
-        mode = Signal(EngineMode)
-        is_matmul = mode == EngineMode.MATMUL
-        is_mread = mode == EngineMode.MREAD
+        is_matmul = Signal()     # a MATMUL runs
+        is_mread = Signal()      # an MREAD runs
 
         # -- MATMUL state ------------------------------------------------------------------
         mm_format = FORMATS[Opcode.MATMUL]
@@ -113,6 +119,7 @@ class MatrixEngine(wiring.Component):
         kw = Signal(mm_format.field("kw").width)
         clear = Signal()
         mtype = Signal(TYPE_BITS)          # the MATMUL's operand type
+        mbank = Signal(range(ACC_BANKS))   # its accumulator bank
         rword = Signal.like(kw)            # next word to read
         rhalf = Signal()                   # 0: its A word, 1: its B word
         c = Signal.like(kw)                # pair being beaten
@@ -137,16 +144,17 @@ class MatrixEngine(wiring.Component):
         dst = Signal(mr_format.field("dst").width)
         row0 = Signal(mr_format.field("row0").width)
         nrows = Signal(mr_format.field("nrows").width)
+        rbank = Signal(range(ACC_BANKS))
         requested = Signal.like(nrows)
         written = Signal.like(nrows)
 
         # -- Moore outputs -----------------------------------------------------------------
         idle = Signal()
         m.d.comb += [
-            idle.eq((mode == EngineMode.IDLE)
-                    | (is_matmul & (c + 1 == kw) & (beat == last_beat))),
+            idle.eq(~is_matmul | ((c + 1 == kw) & (beat == last_beat))),
             cmd.idle.eq(idle),
-            self.busy.eq(~idle),
+            rd_cmd.idle.eq(~is_mread),
+            self.busy.eq(~idle | is_mread),
         ]
 
         # Pair rword goes to slot rword % 2, which holds pair rword - 2 = c until the end of c's
@@ -174,11 +182,13 @@ class MatrixEngine(wiring.Component):
             ops.valid.eq(is_matmul & (lpairs != c)),
             ops.p.clear.eq(clear & (c == 0) & (beat == 0)),
             ops.p.type.eq(mtype),
+            ops.p.bank.eq(mbank),
         ]
 
         m.d.comb += [
             rd_req.valid.eq(is_mread & (requested != nrows)),
-            rd_req.payload.eq(row0 + requested),     # truncated: rows wrap modulo N
+            rd_req.p.row.eq(row0 + requested),       # truncated: rows wrap modulo N
+            rd_req.p.bank.eq(rbank),
             write.en.eq(is_mread & rd_data.valid),
             write.addr.eq(dst + written),
             write.data.eq(rd_data.payload),
@@ -208,7 +218,7 @@ class MatrixEngine(wiring.Component):
             with m.If(beat == last_beat):
                 m.d.sync += [beat.eq(0), c.eq(c + 1)]
                 with m.If(c + 1 == kw):
-                    m.d.sync += mode.eq(EngineMode.IDLE)
+                    m.d.sync += is_matmul.eq(0)
 
         # -- MREAD: row requests, writes ---------------------------------------------------
         with m.If(rd_req.valid & rd_req.ready):
@@ -216,25 +226,25 @@ class MatrixEngine(wiring.Component):
         with m.If(write.en & write.ready):
             m.d.sync += written.eq(written + 1)
             with m.If(written + 1 == nrows):
-                m.d.sync += mode.eq(EngineMode.IDLE)
+                m.d.sync += is_mread.eq(0)
 
         # -- commands (after the finishing transitions: a start in the last-beat cycle wins) --
-        op = cmd.instr[:4]
         mm = data.View(mm_format.layout, cmd.instr[:mm_format.width])
-        mr = data.View(mr_format.layout, cmd.instr[:mr_format.width])
+        mr = data.View(mr_format.layout, rd_cmd.instr[:mr_format.width])
         known_type = Cat(*(mm.type == t for t in MATRIX_TYPES)).any()
-        with m.If(cmd.start & idle):
-            with m.If((op == Opcode.MATMUL) & (mm.kw != 0) & known_type):
-                m.d.sync += [
-                    mode.eq(EngineMode.MATMUL),
-                    a_base.eq(mm.a), b_base.eq(mm.b), kw.eq(mm.kw), clear.eq(mm.clear),
-                    mtype.eq(mm.type),
-                    rword.eq(0), rhalf.eq(0), c.eq(0), beat.eq(0), lpairs.eq(0),
-                ]
-            with m.Elif((op == Opcode.MREAD) & (mr.nrows != 0)):
-                m.d.sync += [
-                    mode.eq(EngineMode.MREAD),
-                    dst.eq(mr.dst), row0.eq(mr.row0), nrows.eq(mr.nrows),
-                    requested.eq(0), written.eq(0),
-                ]
+        with m.If(cmd.start & idle & (cmd.instr[:4] == Opcode.MATMUL) & (mm.kw != 0)
+                  & known_type):
+            m.d.sync += [
+                is_matmul.eq(1),
+                a_base.eq(mm.a), b_base.eq(mm.b), kw.eq(mm.kw), clear.eq(mm.clear),
+                mtype.eq(mm.type), mbank.eq(mm.bank),
+                rword.eq(0), rhalf.eq(0), c.eq(0), beat.eq(0), lpairs.eq(0),
+            ]
+        with m.If(rd_cmd.start & ~is_mread & (rd_cmd.instr[:4] == Opcode.MREAD)
+                  & (mr.nrows != 0)):
+            m.d.sync += [
+                is_mread.eq(1),
+                dst.eq(mr.dst), row0.eq(mr.row0), nrows.eq(mr.nrows), rbank.eq(mr.bank),
+                requested.eq(0), written.eq(0),
+            ]
         return m

@@ -76,6 +76,7 @@ class Node(wiring.Component):
         wiring.connect(m, dout.flit_out, router.in_local)
         wiring.connect(m, router.out_local, din.flit_in)
         wiring.connect(m, seq.matrix, mxu.cmd)
+        wiring.connect(m, seq.readout, mxu.rd_cmd)
         wiring.connect(m, seq.vector, vpu.cmd)
         wiring.connect(m, seq.dma, dout.cmd)
         wiring.connect(m, din.reply, dout.reply)

@@ -2,7 +2,8 @@
 counters, HALT and faults.
 
 This module also defines `EngineCommand`, the command bus from the sequencer to the matrix
-engine (`d1tile.hw.mxu`), the vector engine (`d1tile.hw.vpu`) and DMA-out (`d1tile.hw.dma`).
+engine's two halves (`d1tile.hw.mxu`: MATMUL and MREAD), the vector engine (`d1tile.hw.vpu`)
+and DMA-out (`d1tile.hw.dma`).
 
 The cycle-exact reference of the sequencer is `d1tile.sim.sequencer.SequencerModel`.
 """
@@ -16,8 +17,8 @@ from amaranth.lib.wiring import In, Out
 
 from .. import isa
 from ..contracts import ENGINES, HALT_WORD, SeqState
-from ..isa import (ADDR_BITS, FORMATS, INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF,
-                   FaultCode, Opcode, SetrReg, Unit)
+from ..isa import (ACC_BANKS, ACC_RANGE_BASE, FORMATS, INSTR_BITS, SYNC_COUNTER_BITS,
+                   SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode, SetrReg, Unit)
 from ..params import TileConfig
 from ..vector_ops import FSCALE_BITS, SCALE_BITS, SEED_BITS, SHIFT_BITS
 from .decode import IsaLogic
@@ -134,8 +135,10 @@ class ImemWritePort(wiring.PureInterface):
             return "ImemWritePort.Signature()"
 
 
-# Hazard ranges [lo, hi) of an instruction (`d1tile.isa.Ranges`); hi may be 2**16.
-_RANGE = data.StructLayout({"lo": ADDR_BITS, "hi": ADDR_BITS + 1})
+# Hazard ranges [lo, hi) of an instruction (`d1tile.isa.Ranges`): SRAM words below 2**16 and
+# the accumulator banks' pseudo-addresses from ACC_RANGE_BASE = 2**16 up.
+_RANGE_BITS = (ACC_RANGE_BASE + ACC_BANKS).bit_length()
+_RANGE = data.StructLayout({"lo": _RANGE_BITS, "hi": _RANGE_BITS})
 _RANGES = data.StructLayout({"read0": _RANGE, "read1": _RANGE, "write": _RANGE})
 
 
@@ -171,7 +174,9 @@ class Sequencer(wiring.Component):
     bump : In(1), bump_id : In(4)
         Add 1 to sync counter `bump_id` at the end of the cycle (wrapping at 2**16).
     matrix : Out(EngineCommand.Signature())
-        MATMUL and MREAD to the matrix engine.
+        MATMUL to the matrix engine.
+    readout : Out(EngineCommand.Signature())
+        MREAD to the matrix engine's readout half.
     vector : Out(EngineCommand.Signature(quant=True))
         VEC, FVEC and FCVT to the vector engine; `scale`/`shift`/`relu` are the SETQ registers,
         `fscale`/`seed` SETR's (always driven), `reseed` the pending-seed flag (cleared by the
@@ -211,6 +216,7 @@ class Sequencer(wiring.Component):
             "bump": In(1),
             "bump_id": In(range(SYNC_COUNTERS)),
             "matrix": Out(EngineCommand.Signature()),
+            "readout": Out(EngineCommand.Signature()),
             "vector": Out(EngineCommand.Signature(quant=True)),
             "dma": Out(EngineCommand.Signature(done=True)),
             "running": Out(1),
@@ -325,7 +331,7 @@ class Sequencer(wiring.Component):
                             m.d.comb += [issue.eq(wait_ready), self.stall_wait.eq(~wait_ready)]
                         with m.Case(Opcode.HALT):
                             m.d.comb += [issue.eq(all_idle), self.stall_halt.eq(~all_idle)]
-                        with m.Default():   # MATMUL, MREAD, VEC, SEND (the others fault)
+                        with m.Default():   # MATMUL, MREAD, the vector family, SEND
                             with m.If(~unit_idle):
                                 m.d.comb += self.stall_unit.eq(1)
                             with m.Elif(hazard):
@@ -336,10 +342,13 @@ class Sequencer(wiring.Component):
                 m.d.comb += done.eq(all_idle)
 
         # -- outputs -----------------------------------------------------------------------------
+        start_of = {unit: start[k] for k, unit in enumerate(ENGINES)}
         m.d.comb += [
-            self.matrix.start.eq(start[0]),
+            self.matrix.start.eq(start_of[Unit.MATRIX]),
             self.matrix.instr.eq(word),
-            self.vector.start.eq(start[1]),
+            self.readout.start.eq(start_of[Unit.READOUT]),
+            self.readout.instr.eq(word),
+            self.vector.start.eq(start_of[Unit.VECTOR]),
             self.vector.instr.eq(word),
             self.vector.scale.eq(scale),
             self.vector.shift.eq(shift),
@@ -347,7 +356,7 @@ class Sequencer(wiring.Component):
             self.vector.fscale.eq(fscale),
             self.vector.seed.eq(seed),
             self.vector.reseed.eq(reseed),
-            self.dma.start.eq(start[2] | done),
+            self.dma.start.eq(start_of[Unit.DMA] | done),
             self.dma.instr.eq(Mux(done, HALT_WORD, word)),
             self.dma.status.eq(fault_code),
             self.dma.pc.eq(pc),

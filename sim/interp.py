@@ -9,7 +9,7 @@ the same state, so the cycle model and the RTL must produce exactly what this pr
 
 Arithmetic comes from the block references: a MATMUL applies its beats with the matrix type's
 reference (`d1tile.dtypes.MATRIX_TYPES`: int32 wrapping, or the BF16 k-loop of
-`d1tile.numerics`) to the node's accumulator bits; VEC, FVEC and FCVT run
+`d1tile.numerics`) to the bits of the accumulator bank it names (MREAD reads one out); VEC, FVEC and FCVT run
 `d1tile.sim.vpu.execute_vec` (the vector unit's functional reference) with the node's SETQ and
 SETR registers and its vector-unit state (the stochastic-rounding generator). SRAM words are
 Python ints (see `d1tile.formats` for the byte order).
@@ -45,12 +45,12 @@ class FunctionalNode:
     counters: list = field(default_factory=lambda: [0] * isa.SYNC_COUNTERS)
     qparams: tuple = (0, 0, 0)       # SETQ scale, shift, relu
     fscale: int = 0                  # SETR q (FP32 bits)
-    acc: np.ndarray | None = None    # the accumulators' bits, (N, N) uint32
+    acc: list | None = None          # the accumulator banks' bits, ACC_BANKS x (N, N) uint32
     vector: VectorUnitState | None = None
 
     def __post_init__(self):
         n = self.cfg.mac_dim
-        self.acc = np.zeros((n, n), dtype=np.uint32)
+        self.acc = [np.zeros((n, n), dtype=np.uint32) for _ in range(isa.ACC_BANKS)]
         self.vector = VectorUnitState(self.cfg)
 
     def _operands(self, spec, base: int, kw: int) -> np.ndarray:
@@ -91,11 +91,13 @@ class FunctionalNode:
             spec = matrix_type(f["type"])
             a = self._operands(spec, f["a"], f["kw"])
             b = self._operands(spec, f["b"], f["kw"])
-            base = np.full_like(self.acc, spec.clear_bits) if f["clear"] else self.acc
-            self.acc = spec.block(base, a, b)
+            acc = self.acc[f["bank"]]
+            base = np.full_like(acc, spec.clear_bits) if f["clear"] else acc
+            self.acc[f["bank"]] = spec.block(base, a, b)
         elif op == Opcode.MREAD:
+            acc = self.acc[f["bank"]]
             for r in range(f["nrows"]):
-                self.sram[f["dst"] + r] = word_from_lanes(self.acc[f["row0"] + r])
+                self.sram[f["dst"] + r] = word_from_lanes(acc[f["row0"] + r])
         elif op in isa.VECTOR_FAMILY:
             scale, shift, relu = self.qparams
             execute_vec(self.cfg, self.sram, word, scale, shift, relu, q=self.fscale,

@@ -22,11 +22,16 @@ handshake happens, i.e. valid and ready both high):
 
 * an operand beat accepted in cycle t is in the accumulators from cycle t + `acc_latency(dtype)`
   (`ACC_LATENCY` = 2, for every type); the unit accepts a beat every cycle, it never stalls;
-* `busy` is high in cycles t+1 .. t + acc_latency - 1 of every accepted beat t (`busy_at`);
-* a readout request is accepted only in a cycle where `busy` is low and the output register is
-  free or being drained, and its row is on `rd_data` `READOUT_LATENCY` (= 1) cycle later;
-* an operand beat and a readout request accepted in the same cycle: the readout sees the
-  accumulators before that beat.
+* `busy[k]` is high in cycles t+1 .. t + acc_latency - 1 of every accepted beat t into bank k
+  (`busy_at`);
+* a readout request of bank k is accepted only in a cycle where `busy[k]` is low and the output
+  register is free or being drained, and its row is on `rd_data` `READOUT_LATENCY` (= 1) cycle
+  later (beats into the other bank do not hold it up);
+* an operand beat and a readout request of its bank accepted in the same cycle: the readout
+  sees the accumulators before that beat.
+
+The accumulators are `ACC_BANKS` (2) banks of N x N; every beat names its bank, every readout
+request its bank and row. One array of multipliers and adders serves both banks.
 
 This module imports no Amaranth: the cycle-level model and the compiler use it.
 """
@@ -40,6 +45,7 @@ import numpy as np
 
 from ..contracts import READOUT_LATENCY
 from ..dtypes import MATRIX_TYPES, ElemType, MatrixType, matrix_type
+from ..isa import ACC_BANKS
 from ..params import TileConfig
 
 
@@ -118,49 +124,67 @@ def ideal_cycles(cfg: TileConfig, m: int, k: int, n: int) -> float:
 class MatrixUnitRef:
     """What the matrix unit computes, beat by beat, without timing.
 
-    `mac(a, b, clear, dtype)` applies one operand beat of type `dtype` (INT8: int8 values, BF16:
-    BF16 bit patterns); `read_row(i)` returns accumulator row i as N 32-bit lanes (raw bits,
-    uint32: int32 two's complement or FP32, as the beats that made them). The accumulators start
-    at zero (as after reset). Bad operands (wrong length, out of the type's range, not integers)
-    and types the unit lacks raise ValueError naming them.
+    `mac(a, b, clear, dtype, bank)` applies one operand beat of type `dtype` (INT8: int8 values,
+    BF16: BF16 bit patterns) to accumulator bank `bank`; `read_row(i, bank)` returns row i of a
+    bank as N 32-bit lanes (raw bits, uint32: int32 two's complement or FP32, as the beats that
+    made them). The accumulators start at zero (as after reset). Bad operands (wrong length, out
+    of the type's range, not integers), types the unit lacks and banks outside
+    0..ACC_BANKS - 1 raise ValueError naming them.
     """
 
     def __init__(self, cfg: TileConfig):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self._cfg = cfg
-        self._acc = np.zeros((cfg.mac_dim, cfg.mac_dim), dtype=np.uint32)
+        self._acc = [np.zeros((cfg.mac_dim, cfg.mac_dim), dtype=np.uint32)
+                     for _ in range(ACC_BANKS)]
 
     @property
     def n(self) -> int:
         return self._cfg.mac_dim
 
+    def _bank(self, bank) -> int:
+        if not isinstance(bank, (int, np.integer)) or not 0 <= bank < ACC_BANKS:
+            raise ValueError(f"accumulator bank {bank!r} is outside 0..{ACC_BANKS - 1}")
+        return int(bank)
+
+    def bank_acc(self, bank: int = 0) -> np.ndarray:
+        """A copy of the accumulator bits of `bank`, shape (N, N), uint32."""
+        return self._acc[self._bank(bank)].copy()
+
     @property
     def acc(self) -> np.ndarray:
-        """A copy of the accumulator bits, shape (N, N), uint32."""
-        return self._acc.copy()
+        """A copy of bank 0's accumulator bits, shape (N, N), uint32."""
+        return self.bank_acc(0)
 
-    def values(self, dtype=ElemType.INT8) -> np.ndarray:
-        """The accumulators as results of type `dtype`: int32 values (INT8), FP32 bits (BF16)."""
-        return matrix_type(dtype).values(self._acc).copy()
+    def values(self, dtype=ElemType.INT8, bank: int = 0) -> np.ndarray:
+        """A bank's accumulators as results of type `dtype`: int32 values (INT8), FP32 bits
+        (BF16)."""
+        return matrix_type(dtype).values(self._acc[self._bank(bank)]).copy()
 
     def reset(self):
-        self._acc[:] = 0
+        for acc in self._acc:
+            acc[:] = 0
 
-    def _base(self, spec: MatrixType, clear: bool) -> np.ndarray:
-        return np.full_like(self._acc, spec.clear_bits) if clear else self._acc
+    def _base(self, spec: MatrixType, clear: bool, bank: int) -> np.ndarray:
+        acc = self._acc[bank]
+        return np.full_like(acc, spec.clear_bits) if clear else acc
 
-    def mac(self, a, b, clear: bool = False, dtype=ElemType.INT8):
-        """acc = (clear_bits if clear else acc) + outer(a, b), in the type's arithmetic."""
+    def mac(self, a, b, clear: bool = False, dtype=ElemType.INT8, bank: int = 0):
+        """acc[bank] = (clear_bits if clear else acc[bank]) + outer(a, b), in the type's
+        arithmetic."""
         spec = matrix_type(dtype)
+        bank = self._bank(bank)
         a = spec.check_operand("a", a, self.n)
         b = spec.check_operand("b", b, self.n)
-        self._acc = spec.beat(self._base(spec, clear), a, b)
+        self._acc[bank] = spec.beat(self._base(spec, clear, bank), a, b)
 
-    def mac_block(self, a, b, clear: bool = False, dtype=ElemType.INT8):
-        """K beats at once: rows a[k], b[k] of two (K, N) arrays, `clear` on the first; the same
-        accumulators as K calls of `mac`. Bad operands raise ValueError as in `mac`."""
+    def mac_block(self, a, b, clear: bool = False, dtype=ElemType.INT8, bank: int = 0):
+        """K beats at once into `bank`: rows a[k], b[k] of two (K, N) arrays, `clear` on the
+        first; the same accumulators as K calls of `mac`. Bad operands raise ValueError as in
+        `mac`."""
         spec = matrix_type(dtype)
+        bank = self._bank(bank)
         a = self._block_operand(spec, "a", a)
         b = self._block_operand(spec, "b", b)
         if a.shape != b.shape:
@@ -169,7 +193,7 @@ class MatrixUnitRef:
             if clear:
                 raise ValueError("clear needs at least one beat")
             return
-        self._acc = spec.block(self._base(spec, clear), a, b)
+        self._acc[bank] = spec.block(self._base(spec, clear, bank), a, b)
 
     def _block_operand(self, spec: MatrixType, name: str, values) -> np.ndarray:
         arr = np.asarray(values)
@@ -184,19 +208,19 @@ class MatrixUnitRef:
                              f"{lo}..{hi}")
         return arr
 
-    def read_row(self, i: int) -> np.ndarray:
-        """Accumulator row i (a copy): N lanes of raw bits, uint32."""
+    def read_row(self, i: int, bank: int = 0) -> np.ndarray:
+        """Row i of accumulator bank `bank` (a copy): N lanes of raw bits, uint32."""
         if not isinstance(i, (int, np.integer)) or not 0 <= i < self.n:
             raise ValueError(f"row {i!r} is outside 0..{self.n - 1}")
-        return self._acc[int(i)].copy()
+        return self._acc[self._bank(bank)][int(i)].copy()
 
     def run(self, beats: Iterable[tuple[Sequence[int], Sequence[int], bool]],
-            dtype=ElemType.INT8) -> np.ndarray:
-        """Apply `(a, b, clear)` beats of one type in order; return the accumulators as that
-        type's results (`values`)."""
+            dtype=ElemType.INT8, bank: int = 0) -> np.ndarray:
+        """Apply `(a, b, clear)` beats of one type in order to `bank`; return that bank's
+        accumulators as the type's results (`values`)."""
         for a, b, clear in beats:
-            self.mac(a, b, clear, dtype)
-        return self.values(dtype)
+            self.mac(a, b, clear, dtype, bank)
+        return self.values(dtype, bank)
 
 
 def outer_product_beats(A, B) -> list[tuple[np.ndarray, np.ndarray]]:

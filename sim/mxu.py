@@ -2,19 +2,21 @@
 
 The matrix engine runs the sequencer's MATMUL and MREAD instructions on the node's matrix unit.
 It owns node SRAM read port 1 and write port 1 and a `MatrixUnit`; the sequencer starts it
-through the engine command interface (`start`, `instr`, `idle`).
+through two engine command interfaces (`start`, `instr`, `idle` each): MATRIX for MATMUL,
+READOUT for MREAD. The two halves run side by side, each on the accumulator bank its
+instruction names (the sequencer keeps them on different banks: `d1tile.isa`).
 
-MATMUL a, b, kw, clear, type
+MATMUL a, b, kw, clear, type, bank
     For w in 0..kw-1 it reads word A = SRAM[a+w] and word B = SRAM[b+w] (A first, one read port)
     and sends V operand beats from the pair, V = the type's vectors per word
     (`d1tile.dtypes.MatrixType.vectors_per_word`: 4 for INT8, 2 for BF16): beat j has `a` =
     operand vector j of A (elements jN .. jN+N-1), `b` = the same vector of B
     (`operand_vectors`), and the instruction's type; `clear` is set on the very first beat when
-    the instruction's flag is. So a MATMUL adds outer products,
-    acc += sum_w sum_j outer(A_w[j], B_w[j]), in the type's arithmetic, beat after beat.
-MREAD dst, row0, nrows
-    For r in 0..nrows-1 it requests accumulator row (row0 + r) mod N from the unit and writes it
-    to SRAM[dst + r] (all bytes).
+    the instruction's flag is, and the bank. So a MATMUL adds outer products,
+    acc[bank] += sum_w sum_j outer(A_w[j], B_w[j]), in the type's arithmetic, beat after beat.
+MREAD dst, row0, nrows, bank
+    For r in 0..nrows-1 it requests row (row0 + r) mod N of accumulator bank `bank` from the unit
+    and writes it to SRAM[dst + r] (all bytes).
 
 Per-cycle rules (state = the registers listed in `MatrixEngineModel`; every SRAM request, the
 operand beat, `idle` and `busy` are functions of the state only):
@@ -43,8 +45,8 @@ MATMUL
       V * kw + 3 cycles, against the ideal V * kw: the same MACs per cycle for both types.
 MREAD
     * Row request (to the unit's `rd_req`): while fewer than nrows rows were requested; row
-      (row0 + requested) mod N. The unit accepts it when it is not busy (a beat in flight) and
-      its row register is empty or being written this cycle.
+      (row0 + requested) mod N of the bank. The unit accepts it when no beat into that bank is
+      in flight and its row register is empty or being written this cycle.
     * Write request (port 1): while the unit's row register holds a row: address
       `dst + written` (mod `cfg.sram_words`), data the row (N int32 lanes = one word), mask all
       ones. `rd_data.ready` = the write grant, so a refused write is held (same address, same
@@ -52,15 +54,18 @@ MREAD
     * `idle` rises in the cycle after the last write is granted: started in cycle s with the unit
       idle, the writes are granted in s+2 .. s+nrows+1 when unrefused, `idle` is high in
       s + nrows + 2 (`mread_cycles`). Started while the unit is still busy with the beats of a
-      MATMUL (the MREAD issued in the last-beat cycle), the first row request waits until the
-      last beat has reached the accumulators: `acc_latency - 1` more cycles.
+      MATMUL into the same bank (the MREAD issued in the last-beat cycle), the first row request
+      waits until the last beat has reached the accumulators: `acc_latency - 1` more cycles.
+      Beats into the other bank do not hold it up: that is how a readout overlaps the next
+      tile's MATMUL.
 
-Commands: `start` is taken only in a cycle where `idle` is high; the command is latched at the
-end of that cycle and `idle` is low from the next. MATMUL with kw = 0, MREAD with nrows = 0 and
-any other opcode are ignored (the engine stays idle). Fields are otherwise not checked (the
-sequencer validates instructions): addresses wrap modulo `cfg.sram_words`, rows modulo N.
+Commands: each half's `start` is taken only in a cycle where its `idle` is high; the command is
+latched at the end of that cycle and that `idle` is low from the next. MATMUL with kw = 0 (or on
+the READOUT bus), MREAD with nrows = 0 (or on the MATRIX bus) and any other opcode are ignored
+(the half stays idle). Fields are otherwise not checked (the sequencer validates instructions):
+addresses wrap modulo `cfg.sram_words`, rows modulo N.
 
-`busy` (the `busy_matrix` counter's event) is `not idle`.
+`busy` (the `busy_matrix` counter's event) is `not idle or not rd_idle`: either half busy.
 
 The model imports no Amaranth: the cycle model of the node uses it.
 """
@@ -71,16 +76,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..contracts import MATMUL_FIRST_BEAT, EngineMode
+from ..contracts import MATMUL_FIRST_BEAT
 from ..dtypes import MATRIX_TYPES, ElemType, matrix_type
 from ..formats import word_from_lanes
-from ..isa import Opcode, decode
+from ..isa import ACC_BANKS, Opcode, decode
 from ..params import TileConfig
 from .matrix import ACC_LATENCY, MatrixUnitRef
 
 
 __all__ = [
-    "EngineMode", "MatrixEngineModel", "MATMUL_FIRST_BEAT", "check_engine_cfg",
+    "MatrixEngineModel", "MATMUL_FIRST_BEAT", "check_engine_cfg",
     "operand_vectors", "matmul_cycles", "mread_cycles", "ideal_matmul_cycles",
     "matmul_reference_words",
 ]
@@ -155,11 +160,12 @@ class MatrixEngineModel:
 
     Two-phase API (see the module docstring for the rules):
 
-    * outputs of the current cycle, from state only: `idle`, `busy`, `sram_reads()` (one entry,
+    * outputs of the current cycle, from state only: `idle` (the MATMUL half's), `rd_idle`
+      (the MREAD half's), `busy`, `sram_reads()` (one entry,
       read port 1: address or None), `sram_writes()` (one entry, write port 1:
       `(addr, data, mask)` or None), and for testbenches `beat()` (the operand beat sent to the
-      unit: `(a, b, clear)` or None) and `row_request()` (row index on the unit's `rd_req` or
-      None);
+      unit: `(a, b, clear, type)` or None; its bank is `mbank`) and `row_request()` (row index
+      on the unit's `rd_req` or None; its bank is `rbank`);
     * `tick(...)`: the clock edge, with this cycle's inputs.
 
     `run_alone(...)` advances many cycles at once while the engine is alone on the SRAM (the
@@ -168,9 +174,9 @@ class MatrixEngineModel:
 
     `cycle` counts ticks; `beats`, `rows_written`, `read_refusals`, `write_refusals` count events.
 
-    The accumulators are `unit` (a `MatrixUnitRef`). Beats that reached them are applied to it
-    lazily, many at a time (`MatrixUnitRef.mac_block`), when `unit` is read: the operand words
-    are kept, not unpacked beat by beat.
+    The accumulators are `unit` (a `MatrixUnitRef`, both banks). Beats that reached them are
+    applied to it lazily, many at a time (`MatrixUnitRef.mac_block`), when a bank is read: the
+    operand words are kept, not unpacked beat by beat.
     """
 
     def __init__(self, cfg: TileConfig):
@@ -195,16 +201,20 @@ class MatrixEngineModel:
     @property
     def unit(self) -> MatrixUnitRef:
         """The matrix unit's accumulators, up to date (every beat that reached them applied)."""
-        self._flush()
+        for bank in range(ACC_BANKS):
+            self._flush(bank)
         return self._unit
 
     def reset(self):
         """The state after reset (accumulators zero, like the RTL's reset)."""
         self._unit.reset()
-        self._pending: list = []      # beats in the accumulators, not yet applied to `_unit`
+        # per bank: beats in the accumulators, not yet applied to `_unit`
+        self._pending: list = [[] for _ in range(ACC_BANKS)]
         self._flushes = 0
-        self.mode = EngineMode.IDLE
+        self.matmul_on = False        # the MATMUL half runs an instruction
+        self.mread_on = False         # the MREAD half runs one
         # MATMUL registers (`mtype` its type, `vpw` that type's beats per word pair)
+        self.mbank = 0
         self.a = self.b = self.kw = 0
         self.clear = False
         self.mtype = ElemType.INT8
@@ -217,11 +227,12 @@ class MatrixEngineModel:
         self.pend: tuple[int, int] | None = None      # (slot, half) of the word arriving now
         self.slots = [[0, 0], [0, 0]]                  # slot -> [A word, B word]
         # MREAD registers
+        self.rbank = 0
         self.dst = self.row0 = self.nrows = 0
         self.requested = 0
         self.written = 0
         # matrix unit timing: beats in the product stages (newest first), readout register.
-        # A beat is (A word, B word, vector index j, clear, type).
+        # A beat is (A word, B word, vector index j, clear, type, bank).
         self.pipe: list = [None] * self._stages
         self.rd_word: int | None = None
         # statistics
@@ -233,11 +244,11 @@ class MatrixEngineModel:
 
     # -- the accumulators ------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """Apply the pending beats to the unit: from the last beat with `clear` on (which
+    def _flush(self, bank: int) -> None:
+        """Apply a bank's pending beats to the unit: from the last beat with `clear` on (which
         discards what came before), each run of beats of one type as one block
         (`MatrixUnitRef.mac_block`: one exact sum for INT8, beat after beat for BF16)."""
-        pending = self._pending
+        pending = self._pending[bank]
         if not pending:
             return
         first = 0
@@ -252,7 +263,7 @@ class MatrixEngineModel:
             while run < end and pending[run][4] == dtype:
                 run += 1
             a, b = self._operand_block(pending, k, run, dtype)
-            self._unit.mac_block(a, b, clear=pending[k][3], dtype=dtype)
+            self._unit.mac_block(a, b, clear=pending[k][3], dtype=dtype, bank=bank)
             k = run
         pending.clear()
         self._flushes += 1
@@ -279,30 +290,34 @@ class MatrixEngineModel:
         return (np.frombuffer(b"".join(a_parts), dtype=element).reshape(-1, n),
                 np.frombuffer(b"".join(b_parts), dtype=element).reshape(-1, n))
 
-    def _read_row(self, row: int) -> int:
-        self._flush()
-        return word_from_lanes(self._unit.read_row(row))
+    def _read_row(self, row: int, bank: int) -> int:
+        self._flush(bank)
+        return word_from_lanes(self._unit.read_row(row, bank))
 
     # -- outputs from state ----------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        mode = self.mode
-        if mode == EngineMode.IDLE:
+        """The MATMUL half's `idle` (the MATRIX engine's)."""
+        if not self.matmul_on:
             return True
-        return (mode == EngineMode.MATMUL and self.c + 1 == self.kw
-                and self.beat_index == self.vpw - 1)
+        return self.c + 1 == self.kw and self.beat_index == self.vpw - 1
+
+    @property
+    def rd_idle(self) -> bool:
+        """The MREAD half's `idle` (the READOUT engine's)."""
+        return not self.mread_on
 
     @property
     def busy(self) -> bool:
-        return not self.idle
+        return not self.idle or self.mread_on
 
     @property
     def still(self) -> bool:
-        """Idle with nothing in flight (no beat in the unit, no row, no read arriving): a tick
-        without `start` changes nothing but `cycle`."""
-        return (self.mode == EngineMode.IDLE and self.rd_word is None and self.pend is None
-                and not self.unit_busy)
+        """Both halves idle with nothing in flight (no beat in the unit, no row, no read
+        arriving): a tick without a start changes nothing but `cycle`."""
+        return (not self.matmul_on and not self.mread_on and self.rd_word is None
+                and self.pend is None and not self.unit_busy)
 
     @property
     def unit_busy(self) -> bool:
@@ -312,8 +327,15 @@ class MatrixEngineModel:
                 return True
         return False
 
+    def bank_busy(self, bank: int) -> bool:
+        """The matrix unit's `bank_busy[bank]`: a beat into `bank` is in its product stages."""
+        for stage in self.pipe:
+            if stage is not None and stage[5] == bank:
+                return True
+        return False
+
     def _read_address(self) -> int | None:
-        if self.mode != EngineMode.MATMUL or self.rword == self.kw:
+        if not self.matmul_on or self.rword == self.kw:
             return None
         if self.rword == self.c + 2 and self.beat_index < self.vpw - 2:
             return None
@@ -325,7 +347,7 @@ class MatrixEngineModel:
         return [self._read_address()]
 
     def _write_request(self):
-        if self.mode != EngineMode.MREAD or self.rd_word is None:
+        if not self.mread_on or self.rd_word is None:
             return None
         return ((self.dst + self.written) % self._words, self.rd_word, self._full_mask)
 
@@ -334,12 +356,13 @@ class MatrixEngineModel:
         return [self._write_request()]
 
     def _beat(self):
-        """This cycle's beat in the internal form (A word, B word, j, clear, type), or None."""
-        if self.mode != EngineMode.MATMUL or self.lpairs == self.c:
+        """This cycle's beat in the internal form (A word, B word, j, clear, type, bank), or
+        None."""
+        if not self.matmul_on or self.lpairs == self.c:
             return None
         slot = self.slots[self.c & 1]
         j = self.beat_index
-        return slot[0], slot[1], j, self.clear and self.c == 0 and j == 0, self.mtype
+        return slot[0], slot[1], j, self.clear and self.c == 0 and j == 0, self.mtype, self.mbank
 
     def beat(self):
         """The operand beat of this cycle, `(a, b, clear, type)` (a and b: N int8 values or
@@ -347,29 +370,30 @@ class MatrixEngineModel:
         beat = self._beat()
         if beat is None:
             return None
-        a, b, j, clear, dtype = beat
+        a, b, j, clear, dtype, _ = beat
         return (operand_vectors(self._cfg, a, dtype)[j], operand_vectors(self._cfg, b, dtype)[j],
                 clear, dtype)
 
     def row_request(self) -> int | None:
         """The row index on the unit's `rd_req` this cycle (valid), or None."""
-        if self.mode != EngineMode.MREAD or self.requested == self.nrows:
+        if not self.mread_on or self.requested == self.nrows:
             return None
         return (self.row0 + self.requested) % self._n
 
     def row_ready(self, write_granted: bool) -> bool:
-        """The unit's `rd_req.ready` this cycle, given write port 1's grant: not busy, and its
-        row register empty or being written now."""
-        return not self.unit_busy and (self.rd_word is None or bool(write_granted))
+        """The unit's `rd_req.ready` this cycle, given write port 1's grant: no beat into the
+        MREAD's bank in flight, and its row register empty or being written now."""
+        return not self.bank_busy(self.rbank) and (self.rd_word is None or bool(write_granted))
 
     # -- the clock edge --------------------------------------------------------------------
 
     def tick(self, start: bool = False, instr: int = 0, read_grants=(False,),
-             write_grants=(False,), read_data=(None,)):
+             write_grants=(False,), read_data=(None,), rd_start: bool = False, rd_instr: int = 0):
         """Advance one cycle.
 
-        start, instr : the sequencer's command interface this cycle (`instr` is the raw 64-bit
-            word; it matters only with `start`). A start while not `idle` is ignored.
+        start, instr : the sequencer's MATRIX command interface this cycle (`instr` is the raw
+            64-bit word; it matters only with `start`). A start while not `idle` is ignored.
+        rd_start, rd_instr : the READOUT command interface, the same way (`rd_idle`).
         read_grants : [bool], the grant (`ready`) of read port 1's request of this cycle.
         write_grants : [bool], the grant of write port 1's request of this cycle.
         read_data : [int or None], the word arriving on read port 1 this cycle, i.e. from the
@@ -381,11 +405,10 @@ class MatrixEngineModel:
         read_granted = bool(read_grants[0])
         write_granted = bool(write_grants[0])
         data = read_data[0]
-        mode = self.mode
-        if mode == EngineMode.IDLE and not read_granted and not write_granted \
+        if not self.matmul_on and not self.mread_on and not read_granted and not write_granted \
                 and data is None and self.pend is None and self.rd_word is None:
             # Nothing but the product stages can move (the common case of an idle engine).
-            if not start:
+            if not start and not rd_start:
                 self._shift_pipe(None)
                 self.cycle += 1
                 return
@@ -403,7 +426,7 @@ class MatrixEngineModel:
             self.read_refusals += 1
         if write_req is not None and not write_granted:
             self.write_refusals += 1
-        was_idle = self.idle
+        was_idle, was_rd_idle = self.idle, not self.mread_on
         beat = self._beat()
         row = self.row_request()
 
@@ -413,7 +436,7 @@ class MatrixEngineModel:
         if write_granted:
             self.rd_word = None
         if row_accepted:
-            self.rd_word = self._read_row(row)
+            self.rd_word = self._read_row(row, self.rbank)
         self._shift_pipe(beat)
 
         # MATMUL registers
@@ -435,7 +458,7 @@ class MatrixEngineModel:
                 self.beat_index = 0
                 self.c += 1
                 if self.c == self.kw:
-                    self.mode = EngineMode.IDLE
+                    self.matmul_on = False
             else:
                 self.beat_index += 1
 
@@ -446,12 +469,15 @@ class MatrixEngineModel:
             self.written += 1
             self.rows_written += 1
             if self.written == self.nrows:
-                self.mode = EngineMode.IDLE
+                self.mread_on = False
 
         if start and was_idle:
             self._start(instr)
-        if len(self._pending) > _MAX_PENDING:
-            self._flush()
+        if rd_start and was_rd_idle:
+            self._start_read(rd_instr)
+        for bank in range(ACC_BANKS):
+            if len(self._pending[bank]) > _MAX_PENDING:
+                self._flush(bank)
         self.cycle += 1
 
     def _shift_pipe(self, beat) -> None:
@@ -468,17 +494,20 @@ class MatrixEngineModel:
         else:
             leaving = beat
         if leaving is not None:
-            self._pending.append(leaving)
+            self._pending[leaving[5]].append(leaving)
 
     def _shift_pipe_many(self, beats: list) -> None:
-        """`_shift_pipe` for each of `beats` (none None) in turn."""
+        """`_shift_pipe` for each of `beats` (none None, all into the running MATMUL's bank) in
+        turn."""
         pipe, stages = self.pipe, self._stages
         if len(beats) < stages:
             for beat in beats:
                 self._shift_pipe(beat)
             return
-        pending = self._pending
-        pending.extend(beat for beat in reversed(pipe) if beat is not None)
+        for beat in reversed(pipe):
+            if beat is not None:
+                self._pending[beat[5]].append(beat)
+        pending = self._pending[self.mbank]
         if stages:
             pending.extend(beats[:-stages])
             pipe[:] = beats[:-stages - 1:-1]
@@ -488,21 +517,25 @@ class MatrixEngineModel:
     def _start(self, instr: int):
         ins = _decoded(instr)
         if ins.op == Opcode.MATMUL and ins.kw and ins.type in self._layout:
-            self.mode = EngineMode.MATMUL
+            self.matmul_on = True
             self.a, self.b, self.kw, self.clear = ins.a, ins.b, ins.kw, bool(ins.clear)
             self.mtype = ElemType(ins.type)
+            self.mbank = ins.bank
             self.vpw = self._layout[self.mtype][0]
             self.rword = self.rhalf = self.c = self.beat_index = self.lpairs = 0
-        elif ins.op == Opcode.MREAD and ins.nrows:
-            self.mode = EngineMode.MREAD
-            self.dst, self.row0, self.nrows = ins.dst, ins.row0, ins.nrows
+
+    def _start_read(self, instr: int):
+        ins = _decoded(instr)
+        if ins.op == Opcode.MREAD and ins.nrows:
+            self.mread_on = True
+            self.dst, self.row0, self.nrows, self.rbank = ins.dst, ins.row0, ins.nrows, ins.bank
             self.requested = self.written = 0
 
     # -- many cycles at once ---------------------------------------------------------------
 
     def can_run_alone(self) -> bool:
-        """Whether `run_alone` applies: a MATMUL runs (and no MREAD)."""
-        return self.mode == EngineMode.MATMUL
+        """Whether `run_alone` applies: a MATMUL runs, and no MREAD."""
+        return self.matmul_on and not self.mread_on and self.rd_word is None
 
     def run_alone(self, memory: list, data: int | None, limit: int | None = None
                   ) -> tuple[int, list[int], int | None]:
@@ -515,14 +548,14 @@ class MatrixEngineModel:
         Returns (cycles advanced, the offsets of the cycles in which a read was granted, the
         address of the read granted in the last of them or None): the caller accounts the
         grants and delivers that word in the next cycle."""
-        if self.mode != EngineMode.MATMUL:
-            raise ValueError("run_alone needs a running MATMUL")
+        if not self.can_run_alone():
+            raise ValueError("run_alone needs a running MATMUL and no MREAD")
         kw, words = self.kw, self._words
         a, b, slots, clear = self.a, self.b, self.slots, self.clear
         rword, rhalf, c, j, lpairs, pend = (self.rword, self.rhalf, self.c, self.beat_index,
                                             self.lpairs, self.pend)
         pipe, stages, pending = self.pipe, self._stages, self._pending
-        vpw, dtype = self.vpw, self.mtype
+        vpw, dtype, bank = self.vpw, self.mtype, self.mbank
         last = vpw - 1
         reads: list[int] = []
         addr = None
@@ -543,8 +576,8 @@ class MatrixEngineModel:
                     b_words = [slots[c & 1][1], data]
                     a_words.extend(memory[(a + q) % words] for q in range(c + 2, c + blocks + 2))
                     b_words.extend(memory[(b + q) % words] for q in range(c + 2, c + blocks + 2))
-                    beats = [(a_words[k], b_words[k], i, clear and c + k == 0 and i == 0, dtype)
-                             for k in range(blocks) for i in range(vpw)]
+                    beats = [(a_words[k], b_words[k], i, clear and c + k == 0 and i == 0, dtype,
+                              bank) for k in range(blocks) for i in range(vpw)]
                     self._shift_pipe_many(beats)
                     for k in range(blocks):
                         reads.append(t + vpw * k + vpw - 2)
@@ -560,8 +593,8 @@ class MatrixEngineModel:
                     data = b_words[blocks + 1]
                     addr = (b + c + 1) % words
                     continue
-            beat = (slots[c & 1][0], slots[c & 1][1], j, clear and c == 0 and j == 0, dtype) \
-                if lpairs != c else None
+            beat = (slots[c & 1][0], slots[c & 1][1], j, clear and c == 0 and j == 0, dtype,
+                    bank) if lpairs != c else None
             if rword != kw and not (rword == c + 2 and j < vpw - 2):
                 addr = ((b if rhalf else a) + rword) % words
                 reads.append(t)
@@ -577,7 +610,7 @@ class MatrixEngineModel:
             else:
                 leaving = beat
             if leaving is not None:
-                pending.append(leaving)
+                pending[leaving[5]].append(leaving)
             if pend is not None:
                 slots[pend[0]][pend[1]] = data
                 if pend[1]:
@@ -609,29 +642,31 @@ class MatrixEngineModel:
         saved: `run_alone` does not start one). The accumulators need no saving: the beats
         that reach them are only queued (`_flush` applies them when they are read), and a
         restore drops the ones queued since."""
-        return (self.mode, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs,
+        return (self.matmul_on, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs,
                 self.pend, [list(slot) for slot in self.slots], list(self.pipe), self.cycle,
-                self.beats, self._flushes, len(self._pending))
+                self.beats, self._flushes, [len(p) for p in self._pending])
 
     def restore(self, saved: tuple) -> None:
         """Back to the registers of `snapshot()`. Raises RuntimeError if the accumulators were
         read since (the beats queued since have been applied, and cannot be taken back)."""
-        (self.mode, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs, self.pend,
+        (self.matmul_on, self.rword, self.rhalf, self.c, self.beat_index, self.lpairs, self.pend,
          slots, pipe, self.cycle, self.beats, flushes, pending) = saved
         if flushes != self._flushes:
             raise RuntimeError("matrix engine: the accumulators were read after the snapshot")
         self.slots = [list(slot) for slot in slots]
         self.pipe = list(pipe)
-        del self._pending[pending:]
+        for queue, length in zip(self._pending, pending):
+            del queue[length:]
 
     def describe(self) -> str:
         """The state in one line, for hang and mismatch reports."""
-        if self.mode == EngineMode.MATMUL:
-            return (f"MATMUL a={self.a} b={self.b} kw={self.kw} type={self.mtype.name}: "
-                    f"next read word {self.rword} "
-                    f"half {self.rhalf}, pair {self.c} beat {self.beat_index}, "
-                    f"{self.lpairs} pairs landed")
-        if self.mode == EngineMode.MREAD:
-            return (f"MREAD dst={self.dst} row0={self.row0} nrows={self.nrows}: "
-                    f"{self.requested} requested, {self.written} written")
-        return "idle"
+        parts = []
+        if self.matmul_on:
+            parts.append(f"MATMUL a={self.a} b={self.b} kw={self.kw} type={self.mtype.name} "
+                         f"bank={self.mbank}: next read word {self.rword} "
+                         f"half {self.rhalf}, pair {self.c} beat {self.beat_index}, "
+                         f"{self.lpairs} pairs landed")
+        if self.mread_on:
+            parts.append(f"MREAD dst={self.dst} row0={self.row0} nrows={self.nrows} "
+                         f"bank={self.rbank}: {self.requested} requested, {self.written} written")
+        return "; ".join(parts) or "idle"

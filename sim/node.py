@@ -1,6 +1,6 @@
-"""Cycle-exact model of a node (`d1tile.hw.node.Node`): the sequencer, the three engines, the
-DMA-in half, the banked SRAM and the performance counters, composed exactly as the RTL wires
-them. The node's router lives in the tile's `MeshModel`.
+"""Cycle-exact model of a node (`d1tile.hw.node.Node`): the sequencer, the engines (the matrix
+engine with its MATMUL and MREAD halves, the vector engine, DMA-out), the DMA-in half, the
+banked SRAM and the performance counters, composed exactly as the RTL wires them. The node's router lives in the tile's `MeshModel`.
 
 One cycle of a node is split in three calls, made for every node of the tile in this order:
 
@@ -54,7 +54,8 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from d1tile.contracts import (ENGINES, IMEM_DATA_BITS, PREFETCH_DEPTH, READ_PORTS, WRITE_PORTS,
-                              EngineMode, SeqEvent, SeqState)
+                              SeqEvent, SeqState)
+from d1tile.isa import Unit
 from d1tile.formats import COUNTER_NAMES, NODE_STATUS, Port, flit_format
 from d1tile.params import TileConfig
 from d1tile.sim.dma import (DISCARD_MODE, IMEM_MODE, WRITE_MODE,
@@ -72,9 +73,10 @@ NEVER = float("inf")
 """`NodeModel.wake` of a node asleep: only a flit wakes it."""
 
 _C = {name: i for i, name in enumerate(COUNTER_NAMES)}
-_DMA = ENGINES.index(next(u for u in ENGINES if u.name == "DMA"))
-_MATRIX = ENGINES.index(next(u for u in ENGINES if u.name == "MATRIX"))
-_VECTOR = ENGINES.index(next(u for u in ENGINES if u.name == "VECTOR"))
+_DMA, _MATRIX = ENGINES.index(Unit.DMA), ENGINES.index(Unit.MATRIX)
+_VECTOR, _READOUT = ENGINES.index(Unit.VECTOR), ENGINES.index(Unit.READOUT)
+# `outputs` and `rest` build the idle flags in this order:
+assert ENGINES == (Unit.MATRIX, Unit.VECTOR, Unit.DMA, Unit.READOUT), ENGINES
 _STALL_COUNTER = {SeqEvent.STALL_UNIT: _C["stall_unit"], SeqEvent.STALL_HAZARD: _C["stall_hazard"],
                   SeqEvent.STALL_WAIT: _C["stall_wait"], SeqEvent.STALL_HALT: _C["stall_halt"]}
 _RESTING_EVENTS = frozenset({SeqEvent.NONE, *_STALL_COUNTER})
@@ -85,7 +87,6 @@ _CONFLICTS = _C["sram_conflicts"]
 _FLITS_IN, _FLITS_OUT = _C["flits_in_local"], _C["flits_out_local"]
 _ISSUE = SeqEvent.ISSUE
 _LOCAL_PORT = int(Port.LOCAL)
-_MATRIX_IDLE, _MATRIX_MREAD = EngineMode.IDLE, EngineMode.MREAD
 
 
 class NodeModel:
@@ -132,7 +133,8 @@ class NodeModel:
         reply = self.reply = din.reply
         self._din_busy = din.in_packet or din.wr_pending
         dout_active = dout.active
-        idle = self.idle = (mxu.idle, vpu.idle, not dout_active and reply is None)
+        idle = self.idle = (mxu.idle, vpu.idle, not dout_active and reply is None,
+                            not mxu.mread_on)
         self.decision = self.seq.decide(idle)
         self.reply_ready = not dout_active
         # Registered pulses of DMA-in, seen by the sequencer this cycle.
@@ -209,9 +211,10 @@ class NodeModel:
         if ejected is not None or din.wr_pending or reply_taken or din.pulsing:
             din.tick(ejected, write_grants[0:1], reply_taken)
         mxu = self.mxu
-        if engine == _MATRIX or not mxu.still:
+        if engine == _MATRIX or engine == _READOUT or not mxu.still:
             mxu.tick(engine == _MATRIX, instr if engine == _MATRIX else 0,
-                     read_grants[1:2], write_grants[1:2], arrived[1:2])
+                     read_grants[1:2], write_grants[1:2], arrived[1:2],
+                     engine == _READOUT, instr if engine == _READOUT else 0)
         else:
             mxu.cycle += 1          # all an idle engine's tick does
         vpu = self.vpu
@@ -234,7 +237,7 @@ class NodeModel:
             if stall is not None:
                 c[stall] += 1
         idle = self.idle
-        if not idle[_MATRIX]:
+        if not idle[_MATRIX] or not idle[_READOUT]:
             c[_BUSY_MATRIX] += 1
         if not idle[_VECTOR]:
             c[_BUSY_VECTOR] += 1
@@ -277,15 +280,15 @@ class NodeModel:
             if router.ready[_LOCAL_PORT] or dout.offer() is None:
                 return False
         mxu = self.mxu
-        if mxu.mode == _MATRIX_IDLE:
+        if not mxu.matmul_on:
             if not mxu.still:
                 return False
             coast = False
-        elif mxu.mode == _MATRIX_MREAD or mxu.idle:
+        elif mxu.idle or not mxu.can_run_alone():
             return False
         else:
             coast = True
-        event = self.seq.decide((not coast, True, not blocked and din.reply is None)).event
+        event = self.seq.decide((not coast, True, not blocked and din.reply is None, True)).event
         if event not in _RESTING_EVENTS:
             return False
         self.resting = True
@@ -410,7 +413,7 @@ class NodeModel:
         return "source" if source else "sink"
 
     def _stream_event(self, source: bool) -> SeqEvent:
-        return self.seq.decide((True, True, not source and self.din.reply is None)).event
+        return self.seq.decide((True, True, not source and self.din.reply is None, True)).event
 
     def stream_limit(self) -> float:
         """How many cycles the node's end of a stream stays steady: a source until its last
@@ -509,7 +512,8 @@ class NodeModel:
             event = SeqEvent.NONE      # the RTL's status shows the issue and stall strobes only
         return NODE_STATUS.pack(
             state=int(seq.state), pc=seq.pc & 0xFFFF, event=int(event),
-            fault=int(seq.fault_code), busy_matrix=int(not self.idle[_MATRIX]),
+            fault=int(seq.fault_code),
+            busy_matrix=int(not self.idle[_MATRIX] or not self.idle[_READOUT]),
             busy_vector=int(not self.idle[_VECTOR]), busy_dma_out=int(not self.idle[_DMA]),
             busy_dma_in=int(self._din_busy),
             out_blocked=int(offer is not None and not router.ready[0]),

@@ -7,9 +7,10 @@ can step it in lockstep with Verilator.
 
 The sequencer, cycle by cycle
 -----------------------------
-The engines are `ENGINES` = (MATRIX, VECTOR, DMA); each has an `idle` input, a registered
-signal of the engine. In every cycle the sequencer makes one `Decision` from its state, the
-instruction `imem[pc]` (read combinationally) and the three idle flags:
+The engines are `ENGINES` = (MATRIX, VECTOR, DMA, READOUT); each has an `idle` input, a
+registered signal of the engine (MATRIX and READOUT are the matrix engine's MATMUL and MREAD
+halves). In every cycle the sequencer makes one `Decision` from its state, the instruction
+`imem[pc]` (read combinationally) and the four idle flags:
 
 * IDLE, STOPPED: nothing (`NONE`).
 * RUN, with `i = decode(imem[pc])`, in this order:
@@ -22,13 +23,14 @@ instruction `imem[pc]` (read combinationally) and the three idle flags:
      the seed (and sets `reseed`); pc += 1.
   3. WAIT c, v: counter[c] >= v (register value, not counting this cycle's bump): `ISSUE`,
      counter[c] -= v at the edge, pc += 1; else `STALL_WAIT`.
-  4. MATMUL/MREAD (MATRIX), VEC (VECTOR), SEND (DMA) on engine U: U not idle: `STALL_UNIT`;
+  4. MATMUL (MATRIX), MREAD (READOUT), VEC/FVEC/FCVT (VECTOR), SEND (DMA) on engine U: U not
+     idle: `STALL_UNIT`;
      else if `overlaps(hazard_ranges(i), ranges[U'])` for an engine U' != U that is not
      idle: `STALL_HAZARD`; else `ISSUE`: U's `start` is high this cycle with `instr` = the
      word, ranges[U] := hazard_ranges(i) at the edge, pc += 1.
-  5. HALT: all three engines idle: `ISSUE` (counted as an issued instruction), state ->
+  5. HALT: all engines idle: `ISSUE` (counted as an issued instruction), state ->
      HALTING, pc stays at the HALT; else `STALL_HALT`.
-* HALTING: all three engines idle: `DONE`: DMA `start` with `instr` = `HALT_WORD`, and the
+* HALTING: all engines idle: `DONE`: DMA `start` with `instr` = `HALT_WORD`, and the
   DMA command's `status`/`pc`/`info` = fault_code/pc/fault_value (always driven from those
   registers); ranges[DMA] := empty; state -> STOPPED. Else `NONE`.
 
@@ -122,7 +124,7 @@ class SequencerModel:
 
     1. `decide(units_idle)` -> `Decision`: the outputs of this cycle (which engine's `start` is
        high and its `instr`, and the event strobe), from the state and the engines' idle flags
-       (`units_idle`: three bools in `ENGINES` order). The other outputs are properties of the
+       (`units_idle`: one bool per engine, in `ENGINES` order). The other outputs are properties of the
        state: `state`, `running`, `pc`, `fault_code`, `fault_pc`, `fault_value`, `counters`,
        `scale`, `shift`, `relu`, `fscale`, `seed`, `reseed` (the vector command's SETQ and SETR
        fields), and for the DMA command

@@ -16,8 +16,8 @@ vector ops, element types and SETR registers are written by name (`VEC ADD, 10, 
 `SETR SCALE, 0.01`: a number with a decimal point or exponent is an FP32 value); `.word 0x...`
 emits a raw word::
 
-    MATMUL 0, 64, 16, clear=1
-    MREAD dst=128, row0=0, nrows=8
+    MATMUL 0, 64, 16, clear=1, bank=0
+    MREAD dst=128, row0=0, nrows=8, bank=0
     SEND src=128, n=8, x=1, y=0, dst=0, counter=0
     WAIT 0, 1
     HALT
@@ -106,16 +106,18 @@ class Program:
     def halt(self):
         return self.emit(Opcode.HALT)
 
-    def matmul(self, a: int, b: int, kw: int, clear: bool = False, dtype=ElemType.INT8):
-        """acc (+)= A @ B over V*kw k-steps (V = 4 for INT8, 2 for BF16 operands): A^T words
-        a.., B words b.. (see architecture.md). `dtype` an ElemType or its name."""
+    def matmul(self, a: int, b: int, kw: int, clear: bool = False, dtype=ElemType.INT8,
+               bank: int = 0):
+        """acc[bank] (+)= A @ B over V*kw k-steps (V = 4 for INT8, 2 for BF16 operands): A^T
+        words a.., B words b.. (see architecture.md). `dtype` an ElemType or its name."""
         dtype = ElemType[dtype.upper()] if isinstance(dtype, str) else ElemType(dtype)
-        return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype))
+        return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype),
+                         bank=bank)
 
-    def mread(self, dst: int, row0: int = 0, nrows: int | None = None):
-        """Accumulator rows row0.. to SRAM words dst.. (all rows by default)."""
+    def mread(self, dst: int, row0: int = 0, nrows: int | None = None, bank: int = 0):
+        """Rows row0.. of accumulator bank `bank` to SRAM words dst.. (all rows by default)."""
         nrows = self.cfg.mac_dim - row0 if nrows is None else nrows
-        return self.emit(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows)
+        return self.emit(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank)
 
     def vec(self, op, dst: int, a: int, b: int = 0, n: int = 1, bfix: bool = False):
         """n vector-unit operations word by word; `op` a VecOp or its name."""

@@ -70,7 +70,7 @@ import numpy as np
 from d1tile import numerics
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType, MatrixType
 from d1tile.formats import lanes_from_word, word_from_lanes
-from d1tile.isa import FORMATS, SYNC_COUNTERS, Opcode, VecOp
+from d1tile.isa import ACC_BANKS, FORMATS, SYNC_COUNTERS, Opcode, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.dma import job_cycles
 from d1tile.sim.mxu import matmul_cycles
@@ -885,17 +885,18 @@ class KernelBuilder:
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
                 at = p.w_base + (i - i0) * layer.wstride
+                bank = t % ACC_BANKS      # tile t+1 accumulates while tile t is read out
                 for r, (k0, k1) in enumerate(layer.kruns[i]):
                     emit("matmul", at, p.x_base + (j - j0) * layer.kw + k0, k1 - k0,
-                         clear=r == 0, dtype=layer.dtype)
+                         clear=r == 0, dtype=layer.dtype, bank=bank)
                     at += k1 - k0
                 if layer.quant and t and t % pool == 0:
                     finish_group(t // pool - 1)
                 send_slot(t)
                 if layer.quant:
-                    emit("mread", acc(t))
+                    emit("mread", acc(t), bank=bank)
                 else:
-                    emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n)
+                    emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n, bank=bank)
             if layer.quant and p.tiles:
                 finish_group(len(p.tiles) // pool - 1)
             assert len(prog) + 1 == count[node], (node, len(prog), count[node])

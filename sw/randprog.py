@@ -14,8 +14,9 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
   the same phase, so the phases cannot deadlock. Each phase bumps its own counters (a message of
   a later phase may arrive before one of an earlier phase, and must not satisfy its WAIT).
 
-The programs mix every instruction: MATMUL (INT8 and BF16, with and without clear), MREAD (any
-rows), VEC (all ops, fixed b, REQUANT packing), FVEC (every FP32 op, fixed b, the reductions),
+The programs mix every instruction: MATMUL (INT8 and BF16, with and without clear, either
+accumulator bank), MREAD (any rows of either bank; and "ping-pong" runs, MATMUL into one bank,
+its MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b, REQUANT packing), FVEC (every FP32 op, fixed b, the reductions),
 FCVT (every conversion, stochastic rounding), SETQ, SETR (q and reseeds), NOP, SEND (including
 zero-length signals and sends to self) and WAIT, with ranges that often overlap inside the
 private half, to exercise the hazard check. Every node's whole SRAM is read back.
@@ -35,7 +36,7 @@ import struct
 
 from d1tile import isa, numerics
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
-from d1tile.isa import CONVERSIONS, SYNC_COUNTERS, FaultCode, FVecOp, Opcode, VecOp
+from d1tile.isa import ACC_BANKS, CONVERSIONS, SYNC_COUNTERS, FaultCode, FVecOp, Opcode, VecOp
 from d1tile.params import TileConfig
 from d1tile.sw.program import TileProgram
 from d1tile.vector_ops import VECTOR_OPS
@@ -129,16 +130,29 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
 
     def local_op(node):
         p = programs[node]
-        kind = rng.choice(["matmul", "matmul", "mread", "vec", "vec", "vec", "setq", "setr",
-                           "nop"])
-        if kind == "matmul":
+        kind = rng.choice(["matmul", "matmul", "mread", "pingpong", "vec", "vec", "vec", "setq",
+                           "setr", "nop"])
+
+        def matmul(bank):
             kw = rng.randint(1, max_words)
             p.matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7,
-                     dtype=rng.choice(list(MATRIX_TYPES)))
-        elif kind == "mread":
+                     dtype=rng.choice(list(MATRIX_TYPES)), bank=bank)
+
+        def mread(bank):
             row0 = rng.randrange(cfg.mac_dim)
             nrows = rng.randint(1, cfg.mac_dim - row0)
-            p.mread(_span(rng, 0, half, nrows), row0, nrows)
+            p.mread(_span(rng, 0, half, nrows), row0, nrows, bank=bank)
+
+        if kind == "matmul":
+            matmul(rng.randrange(ACC_BANKS))
+        elif kind == "mread":
+            mread(rng.randrange(ACC_BANKS))
+        elif kind == "pingpong":
+            bank = rng.randrange(ACC_BANKS)
+            for _ in range(rng.randint(2, 4)):
+                matmul(bank)
+                mread(bank)
+                bank = (bank + 1) % ACC_BANKS
         elif kind == "vec":
             vector_op(node)
         elif kind == "setq":

@@ -44,12 +44,15 @@ def _name(enum, value) -> str:
 
 def instruction_kind(word: int) -> str:
     """What an instruction exercises, in a few words: the opcode, and the type or op where it
-    has one ("MATMUL BF16", "FVEC FAXPY", "FCVT FP32->BF16 SR", "SETR SEED")."""
+    has one, and the accumulator bank of MATMUL and MREAD ("MATMUL BF16 bank 1", "MREAD bank 0",
+    "FVEC FAXPY", "FCVT FP32->BF16 SR", "SETR SEED")."""
     ins = isa.decode(word)
     if ins.op is None:
         return "undefined"
     if ins.op == Opcode.MATMUL:
-        return f"MATMUL {_name(ElemType, ins.type)}"
+        return f"MATMUL {_name(ElemType, ins.type)} bank {ins.bank}"
+    if ins.op == Opcode.MREAD:
+        return f"MREAD bank {ins.bank}"
     if ins.op == Opcode.VEC:
         return f"VEC {_name(VecOp, ins.vop)}"
     if ins.op == Opcode.FVEC:

@@ -351,3 +351,40 @@ def test_the_model_device_gives_the_trace():
     assert device.issue_trace == model.issue_trace
     assert sum(map(len, device.issue_trace.values())) == sum(
         device.counters(node)["instructions"] for node in tp.nodes)
+
+
+@pytest.mark.parametrize("banks", [(0, 1), (0, 0)], ids=["alternating", "one bank"])
+def test_two_accumulator_banks_overlap_readout_and_products(banks):
+    """Output tiles MATMUL (bank b) + MREAD (bank b), one after another on one node. With the
+    banks alternating, each MREAD issues in its MATMUL's last-beat cycle and the next tile's
+    MATMUL one cycle later, so the tiles issue every `matmul_cycles(kw) + 1` cycles and the
+    rows go out while the next MATMUL runs; with one bank the next MATMUL waits for the MREAD
+    (STALL_HAZARD): `matmul_cycles(kw) + mread_cycles(N, 1)` per tile. Each MREAD writes its own
+    tile's product (the interpreter's result, from its own bank)."""
+    from d1tile.sim.interp import interpret
+    from d1tile.sim.mxu import mread_cycles
+    cfg, n, kw, tiles = TINY, TINY.mac_dim, 8, 6
+    rng = random.Random(bench_seed())
+    tp = TileProgram(cfg)
+    tp.load((0, 0), 0, [rng.getrandbits(cfg.word_bits) for _ in range(2 * kw * tiles)])
+    p = tp.node(0, 0)
+    mms = []
+    for t in range(tiles):
+        bank = banks[t % 2]
+        mms.append(p.matmul(kw * t, kw * (tiles + t), kw, clear=True, bank=bank))
+        p.mread(160 + n * t, bank=bank)
+    p.halt()
+    tp.read((0, 0), 160, n * tiles)
+    result, model = traced_run(tp)
+    issued = dict(model.issue_trace[(0, 0)])
+    period = [issued[b] - issued[a] for a, b in zip(mms, mms[1:])]
+    if banks == (0, 1):
+        assert period == [matmul_cycles(cfg, kw) + 1] * (tiles - 1), period
+        # Each MREAD waits for its MATMUL's last beat: on the bank (hazard), or first on the
+        # readout half still writing the previous tile's rows (unit).
+        c = result.nodes[(0, 0)].counters
+        assert c["stall_hazard"] + c["stall_unit"] == tiles * (matmul_cycles(cfg, kw) - 1)
+        assert c["stall_unit"] == (tiles - 1) * (mread_cycles(n) - 1)
+    else:
+        assert period == [matmul_cycles(cfg, kw) + mread_cycles(n, 1)] * (tiles - 1), period
+    assert result.reads == interpret(tp).reads

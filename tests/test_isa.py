@@ -169,7 +169,7 @@ def test_floating_point_instructions_assemble_by_name():
 
 @pytest.mark.parametrize("text, message", [
     ("FOO 1", "line 1: unknown instruction 'FOO'"),
-    ("NOP\nMATMUL 0, 0, 0", "line 2: MATMUL a=0, b=0, kw=0, clear=0, type=0: field out of range"),
+    ("NOP\nMATMUL 0, 0, 0", "line 2: MATMUL a=0, b=0, kw=0, clear=0, type=0, bank=0: field out of range"),
     ("MATMUL 0, 250, 8", "line 1: .*SRAM range beyond the node's 256 words \\(at address 250\\)"),
     ("SEND 0, 1, 5, 0, 0", "destination node outside the 2x2 grid"),
     ("WAIT 16, 1", "counter=16 does not fit 4 unsigned bits"),

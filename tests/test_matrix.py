@@ -202,11 +202,11 @@ def test_payload_layouts(preset, rng):
     cfg = TileConfig.preset(preset)
     n = cfg.mac_dim
     assert OPERAND_BITS == 16
-    assert operand_layout(cfg).size == 2 * 16 * n + 1 + 2
+    assert operand_layout(cfg).size == 2 * 16 * n + 1 + 2 + 1
     assert row_layout(cfg).size == 32 * n == cfg.word_bits
     a, b = random_int8(rng, n), random_int8(rng, n)
     # Independent construction: a[0] in the low 16 bits (an int8 two's complement, widened),
-    # then b, then clear, then the type.
+    # then b, then clear, then the type, then the bank.
     widen = lambda v: v.astype(np.int16).tobytes()
     expected = int.from_bytes(widen(a) + widen(b), "little") | (1 << (32 * n))
     assert pack_operands(cfg, a, b, True) == expected
@@ -214,6 +214,8 @@ def test_payload_layouts(preset, rng):
     h = rng.integers(0, 1 << 16, size=n)
     assert pack_operands(cfg, h, h, False, BF16) == (
         int.from_bytes(h.astype("<u2").tobytes() * 2, "little") | (int(BF16) << (32 * n + 1)))
+    assert pack_operands(cfg, a, b, False, bank=1) == (expected ^ (1 << (32 * n))) | (
+        1 << (32 * n + 3))
     lanes = rng.integers(-2**31, 2**31, size=n)
     assert unpack_row(cfg, word_from_lanes(lanes)) == lanes.tolist(), \
         "a readout row must be an SRAM word of int32 lanes"
@@ -228,7 +230,7 @@ def test_matrix_unit_contract():
     Fragment.get(unit, None)   # elaborates without error (and marks the component as used)
     assert unit.n == 4
     assert unit.acc_latency == ACC_LATENCY and unit.readout_latency == READOUT_LATENCY
-    assert set(unit.signature.members) == {"operands", "busy", "rd_req", "rd_data"}
+    assert set(unit.signature.members) == {"operands", "busy", "bank_busy", "rd_req", "rd_data"}
     with pytest.raises(AttributeError):
         unit.n = 8
     with pytest.raises(TypeError, match="TileConfig"):
@@ -237,8 +239,11 @@ def test_matrix_unit_contract():
 
 # -- RTL on Verilator -----------------------------------------------------------------------------
 
-def test_matrix_unit_bench(preset_cfg):
-    cfg = preset_cfg
+def test_matrix_unit_bench():
+    """The unit's own bench on the tiny preset. The default preset's unit (N = 8) is checked
+    inside the matrix engine's bench (tests/test_mxu.py, both presets), beat for beat and row
+    for row: one Verilator build per configuration of the unit, not two (each takes minutes)."""
+    cfg = TileConfig.preset("tiny")
     run_bench(lambda: MatrixUnit(cfg), "matrix_unit", cfg, "tb_matrix")
 
 
@@ -309,7 +314,7 @@ def test_pipeline_depth_comes_from_the_table(depth, monkeypatch, rng):
                 ctx.set(unit.operands.payload.as_value(), pack_operands(cfg, a, b, cycle == 0))
             offer_req = cycle >= k and next_req < n
             ctx.set(unit.rd_req.valid, offer_req)
-            ctx.set(unit.rd_req.payload, next_req % n)
+            ctx.set(unit.rd_req.p.row, next_req % n)
             log["busy"][cycle] = ctx.get(unit.busy)
             if ctx.get(unit.rd_data.valid):
                 log["rows"][cycle] = list(ctx.get(unit.rd_data.payload))

@@ -51,7 +51,8 @@ class MatrixEngineTop(wiring.Component):
 
     def __init__(self, cfg: TileConfig):
         self._cfg = cfg
-        members = {"cmd": In(EngineCommand.Signature()), "busy": Out(1)}
+        members = {"cmd": In(EngineCommand.Signature()), "rd_cmd": In(EngineCommand.Signature()),
+                   "busy": Out(1)}
         for i in CONTEND_READS:
             members[f"c_read{i}"] = In(SRAMReadPort.Signature(cfg))
         for j in CONTEND_WRITES:
@@ -61,7 +62,8 @@ class MatrixEngineTop(wiring.Component):
             mx_wr_en=Out(1), mx_wr_addr=Out(cfg.sram_addr_bits), mx_wr_data=Out(cfg.word_bits),
             mx_wr_mask=Out(cfg.word_bytes), mx_wr_ready=Out(1),
             beat_valid=Out(1), beat_payload=Out(operand_layout(cfg).size),
-            row_valid=Out(1), row_index=Out(range(cfg.mac_dim)), row_ready=Out(1))
+            row_valid=Out(1), row_index=Out(range(cfg.mac_dim)), row_bank=Out(1),
+            row_ready=Out(1))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -70,6 +72,7 @@ class MatrixEngineTop(wiring.Component):
         m.submodules.engine = engine = MatrixEngine(cfg)
         m.submodules.sram = sram = NodeSRAM(cfg, read_ports=4, write_ports=3)
         wiring.connect(m, wiring.flipped(self.cmd), engine.cmd)
+        wiring.connect(m, wiring.flipped(self.rd_cmd), engine.rd_cmd)
         wiring.connect(m, engine.read, sram.read[1])
         wiring.connect(m, engine.write, sram.write[1])
         for i in CONTEND_READS:
@@ -86,7 +89,8 @@ class MatrixEngineTop(wiring.Component):
             self.mx_wr_ready.eq(engine.write.ready),
             self.beat_valid.eq(unit.operands.valid),
             self.beat_payload.eq(unit.operands.payload.as_value()),
-            self.row_valid.eq(unit.rd_req.valid), self.row_index.eq(unit.rd_req.payload),
+            self.row_valid.eq(unit.rd_req.valid), self.row_index.eq(unit.rd_req.p.row),
+            self.row_bank.eq(unit.rd_req.p.bank),
             self.row_ready.eq(unit.rd_req.ready),
         ]
         return m
@@ -108,8 +112,15 @@ class EngineAlone:
         self.beats: list[int] = []
         self.writes: list[int] = []
 
-    def step(self, start=False, instr=0):
+    def step(self, start=False, instr=0, bus=None):
+        """One cycle; a start goes to the half its opcode names (MREAD: the readout bus), or
+        to `bus` ("matrix" or "readout") if given."""
         model = self.model
+        if bus is None:
+            bus = "readout" if start and (instr & 0xF) == Opcode.MREAD else "matrix"
+        rd_start, rd_instr = (start, instr) if bus == "readout" else (False, 0)
+        if bus == "readout":
+            start, instr = False, 0
         if model.beat() is not None:
             self.beats.append(self.cycle)
         read = model.sram_reads()[0]
@@ -119,16 +130,19 @@ class EngineAlone:
         if wg[1]:
             self.writes.append(self.cycle)
         data = self.data
-        model.tick(start, instr, [rg[1]], [wg[1]], [data])
+        model.tick(start, instr, [rg[1]], [wg[1]], [data], rd_start, rd_instr)
         self.data = self.sram.read_data[1]
         self.cycle += 1
 
     def run(self, word, limit=10_000) -> int:
-        """Start `word` now (the model must be idle); return cycles until `idle` is high."""
-        assert self.model.idle
+        """Start `word` now on its half (which must be idle); return cycles until that half's
+        `idle` is high."""
+        readout = (word & 0xF) == Opcode.MREAD
+        idle = (lambda: self.model.rd_idle) if readout else (lambda: self.model.idle)
+        assert idle()
         start = self.cycle
         self.step(True, word)
-        while not self.model.idle:
+        while not idle():
             self.step()
             assert self.cycle - start < limit, "engine never idle"
         return self.cycle - start
@@ -274,11 +288,14 @@ def test_model_ignores_bad_commands():
         assert eng.model.idle, f"{word:#x} was not ignored"
     eng.step(True, matmul(0, 4, 4, False))
     assert not eng.model.idle
-    eng.step(True, mread(0, 0, 1))      # while busy: ignored
+    eng.step(True, matmul(0, 4, 4, True))          # while busy: ignored
+    eng.step(True, mread(0, 0, 1), bus="matrix")   # an MREAD on the MATMUL bus: ignored
     while not eng.model.idle:
         eng.step()
     eng.step()     # the last-beat cycle
     assert eng.model.rows_written == 0 and eng.model.beats == 16
+    eng.step(True, matmul(0, 4, 1, True), bus="readout")   # a MATMUL on the MREAD bus: ignored
+    assert eng.model.idle and eng.model.rd_idle and eng.model.still
 
 
 def test_model_wraps_addresses_and_rows():
@@ -295,7 +312,7 @@ def test_model_wraps_addresses_and_rows():
     eng.step()     # the last-beat cycle: an MREAD started here would wait for the unit
     eng.step(True, mread(last, cfg.mac_dim - 1, 2))
     rows, writes = [], []
-    while not eng.model.idle:
+    while not eng.model.rd_idle:
         rows.append(eng.model.row_request())
         writes.append(eng.model.sram_writes()[0])
         eng.step()
@@ -330,6 +347,7 @@ def test_engine_interface():
     engine = MatrixEngine(TINY)
     members = engine.signature.members
     assert members["cmd"] == In(EngineCommand.Signature())
+    assert members["rd_cmd"] == In(EngineCommand.Signature())
     assert members["read"] == Out(SRAMReadPort.Signature(TINY))
     assert members["write"] == Out(SRAMWritePort.Signature(TINY))
     assert members["busy"] == Out(1)

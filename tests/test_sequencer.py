@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from d1tile.hw.sequencer import EngineCommand, ImemWritePort, Sequencer
 from d1tile.params import TileConfig
-from d1tile.isa import FaultCode, Opcode, decode, encode, validate
+from d1tile.isa import FaultCode, Opcode, Unit, decode, encode, validate
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, SeqEvent, SeqState, SequencerModel,
                                   unstalled_done_cycle)
 
@@ -20,7 +20,7 @@ from conftest import bench_seed, run_bench
 
 
 TINY = TileConfig.preset("tiny")
-IDLE = (True, True, True)
+IDLE = (True, True, True, True)     # MATRIX, VECTOR, DMA, READOUT (`ENGINES`)
 NOP = encode(Opcode.NOP)
 
 
@@ -194,19 +194,38 @@ def test_model_hazard_and_unit_stalls():
     send = encode(Opcode.SEND, src=11, n=1, x=0, y=0, dst=0, counter=0)
     model.load_imem([mread, send, HALT_WORD])
     model.tick(IDLE, start_req=True)
-    assert model.tick(IDLE).engine == 0
-    busy_matrix = (False, True, True)
-    assert model.decide(busy_matrix).event == SeqEvent.STALL_HAZARD
-    assert model.decide((False, True, False)).event == SeqEvent.STALL_UNIT
-    assert "busy engines: MATRIX, DMA" in model.describe((False, True, False))
+    assert model.tick(IDLE).engine == ENGINES.index(Unit.READOUT)
+    busy_readout = (True, True, True, False)
+    assert model.decide(busy_readout).event == SeqEvent.STALL_HAZARD
+    assert model.decide((True, True, False, False)).event == SeqEvent.STALL_UNIT
+    assert "busy engines: DMA, READOUT" in model.describe((True, True, False, False))
     assert model.tick(IDLE) == (SeqEvent.ISSUE, 2, send)
+
+
+def test_model_accumulator_bank_hazards():
+    """An MREAD waits for the MATMUL accumulating into its bank, a MATMUL for the MREAD reading
+    its bank (STALL_HAZARD); on different banks they issue side by side."""
+    matrix, readout = ENGINES.index(Unit.MATRIX), ENGINES.index(Unit.READOUT)
+    mm = lambda bank: encode(Opcode.MATMUL, a=0, b=8, kw=2, clear=1, bank=bank)
+    mr = lambda bank: encode(Opcode.MREAD, dst=40, row0=0, nrows=2, bank=bank)
+    busy = lambda engine: tuple(e != engine for e in range(len(ENGINES)))
+    for first, second, busy_engine, hazard in (
+            (mm(0), mr(0), matrix, True), (mm(0), mr(1), matrix, False),
+            (mr(1), mm(1), readout, True), (mr(1), mm(0), readout, False)):
+        model = SequencerModel(TINY)
+        model.load_imem([first, second, HALT_WORD])
+        model.tick(IDLE, start_req=True)
+        model.tick(IDLE)
+        event = model.decide(busy(busy_engine)).event
+        assert event == (SeqEvent.STALL_HAZARD if hazard else SeqEvent.ISSUE), \
+            (decode(first), decode(second), event)
 
 
 def test_model_bad_arguments():
     with pytest.raises(TypeError, match="'tiny'"):
         SequencerModel("tiny")
     model = SequencerModel(TINY)
-    with pytest.raises(ValueError, match="3 flags"):
+    with pytest.raises(ValueError, match="4 flags"):
         model.decide((True, True))
     with pytest.raises(ValueError, match="256-word imem"):
         model.load_imem([0, 0], base=255)

@@ -224,6 +224,11 @@ def test_verify_with_a_fixed_seed():
     assert report.programs == 6
     assert report.mismatches == 0, "\n".join(lines)
     assert report.model_cycles > 0
+    # Both accumulator banks, both types, in MATMULs and MREADs (the random programs' ping-pong
+    # runs put an MREAD beside a MATMUL into the other bank).
+    for kind in ("MATMUL INT8 bank 0", "MATMUL INT8 bank 1", "MATMUL BF16 bank 0",
+                 "MATMUL BF16 bank 1", "MREAD bank 0", "MREAD bank 1"):
+        assert report.exercised[kind] > 0, (kind, report.exercised)
 
 
 def test_single_node_tile_on_both_backends():

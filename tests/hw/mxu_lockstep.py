@@ -4,7 +4,10 @@ tests/test_mxu.py: `MatrixEngineTop`): the engine (with its `MatrixUnit`) + a
 contention ports (`c_read0__*`, ..., `c_write2__*`), and the engine's own SRAM ports, its operand
 beats and its row requests mirrored on probe outputs (`mx_*`, `beat_*`, `row_*`).
 
-`MxuLockstep` plays the sequencer and the other requesters. Per cycle the simulator adapter
+`MxuLockstep` plays the sequencer (MATMULs on the `cmd` bus, MREADs on `rd_cmd`, in program
+order, each when its half is idle and, as the sequencer's bank hazard rule has it, an MREAD not
+while a MATMUL into its bank runs, a MATMUL not while an MREAD of its bank runs) and the other
+requesters. Per cycle the simulator adapter
 calls `inputs()` (what to drive after the rising edge) and then `check(observed)` with every
 output of the top sampled in the same cycle, after the inputs settled. `check` compares the
 DUT's engine requests and grants, `idle`, `busy`, each operand beat (payload included), each row
@@ -39,7 +42,7 @@ from d1tile import numerics
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
 from d1tile.formats import word_from_lanes
 from d1tile.hw.matrix import pack_operands
-from d1tile.isa import Opcode, decode, encode
+from d1tile.isa import ACC_BANKS, Opcode, decode, encode, hazard_ranges, overlaps
 from d1tile.sim.mxu import MatrixEngineModel, matmul_reference_words
 from d1tile.sim.sram import SRAMModel
 
@@ -54,7 +57,7 @@ class LockstepError(AssertionError):
 
 
 def input_names() -> list[str]:
-    names = ["cmd__start", "cmd__instr"]
+    names = ["cmd__start", "cmd__instr", "rd_cmd__start", "rd_cmd__instr"]
     for i in CONTEND_READS:
         names += [f"c_read{i}__en", f"c_read{i}__addr"]
     for j in CONTEND_WRITES:
@@ -63,20 +66,24 @@ def input_names() -> list[str]:
 
 
 def output_names() -> list[str]:
-    names = ["cmd__idle", "busy", "mx_rd_en", "mx_rd_addr", "mx_rd_ready", "mx_wr_en",
+    names = ["cmd__idle", "rd_cmd__idle", "busy", "mx_rd_en", "mx_rd_addr", "mx_rd_ready", "mx_wr_en",
              "mx_wr_addr", "mx_wr_data", "mx_wr_mask", "mx_wr_ready", "beat_valid",
-             "beat_payload", "row_valid", "row_index", "row_ready"]
+             "beat_payload", "row_valid", "row_index", "row_bank", "row_ready"]
     names += [f"c_read{i}__{s}" for i in CONTEND_READS for s in ("ready", "data")]
     names += [f"c_write{j}__ready" for j in CONTEND_WRITES]
     return names
 
 
-def matmul(a, b, kw, clear, dtype=ElemType.INT8) -> int:
-    return encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype))
+def matmul(a, b, kw, clear, dtype=ElemType.INT8, bank=0) -> int:
+    return encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype), bank=bank)
 
 
-def mread(dst, row0, nrows) -> int:
-    return encode(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows)
+def mread(dst, row0, nrows, bank=0) -> int:
+    return encode(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank)
+
+
+def is_mread(word: int) -> bool:
+    return (word & 0xF) == Opcode.MREAD
 
 
 class MxuLockstep:
@@ -95,7 +102,7 @@ class MxuLockstep:
         self.program: deque = deque()     # (gap, word, force)
         self.gap = None                   # cycles still to wait before the head of `program`
         self.trace: list[dict] = []       # one entry per start pulse (see `_record`)
-        self._running: dict | None = None  # the entry of the last instruction taken
+        self._running = {False: None, True: None}   # per half (MREAD?): its last entry taken
         # contention requesters: held requests, queues of directed requests, random rates
         self.held_reads = {i: None for i in CONTEND_READS}
         self.held_writes = {j: None for j in CONTEND_WRITES}
@@ -107,7 +114,8 @@ class MxuLockstep:
         self.hot_banks: list[int] = []
         # functional memory (None: unknown) and accumulators
         self.functional: list[int | None] = [None] * cfg.sram_words
-        self.acc = np.zeros((self.n, self.n), dtype=np.uint32)       # accumulator bits
+        self.acc = [np.zeros((self.n, self.n), dtype=np.uint32)      # accumulator bits
+                    for _ in range(ACC_BANKS)]
         self.readback_words: dict[int, int] = {}
         self.pending_readback: set[int] = set()
         # the DUT's read data due this cycle per contention port:
@@ -123,6 +131,7 @@ class MxuLockstep:
         # this cycle's decisions (set by inputs())
         self._start = False
         self._instr = 0
+        self._readout = False             # this cycle's start is on the rd_cmd bus
         self._reads = {}
         self._writes = {}
 
@@ -144,7 +153,7 @@ class MxuLockstep:
     def random_matmul(self, max_kw: int) -> int:
         kw = self.rng.randint(1, min(max_kw, self.cfg.bank_words - SCRATCH))
         return matmul(self.random_range(kw), self.random_range(kw), kw, self.rng.random() < 0.5,
-                      self.rng.choice(list(MATRIX_TYPES)))
+                      self.rng.choice(list(MATRIX_TYPES)), self.rng.randrange(ACC_BANKS))
 
     def random_word(self) -> int:
         """Random bits, or BF16 values of moderate size (normal, no overflow in short sums)."""
@@ -157,7 +166,7 @@ class MxuLockstep:
     def random_mread(self) -> int:
         row0 = self.rng.randrange(self.n)
         nrows = self.rng.randint(1, self.n - row0)
-        return mread(self.random_range(nrows), row0, nrows)
+        return mread(self.random_range(nrows), row0, nrows, self.rng.randrange(ACC_BANKS))
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -172,9 +181,10 @@ class MxuLockstep:
             self.write_queue[port].append((addr, self.random_word(), self.full))
 
     def issue(self, word: int, gap: int = 0, force: bool = False):
-        """Queue an instruction: started `gap` cycles after the engine is idle and the previous
-        one started (`force`: started after `gap` cycles whatever `idle` says). Nothing starts
-        while directed writes (`fill`) are pending."""
+        """Queue an instruction: started `gap` cycles after it could start (its half idle, no
+        bank hazard: module docstring) and the previous one started (`force`: started after
+        `gap` cycles whatever `idle` says, on the bus of its opcode). Nothing starts while
+        directed writes (`fill`) are pending."""
         self.program.append((gap, word, force))
 
     def contention(self, reads=0.0, writes=0.0):
@@ -196,7 +206,7 @@ class MxuLockstep:
         """Work left: instructions to issue, the engine running, directed requests (fill,
         readback) not yet granted or their data not yet seen. Random contention does not
         count."""
-        return (bool(self.program) or not self.model.idle
+        return (bool(self.program) or not self.model.idle or not self.model.rd_idle
                 or any(self.read_queue.values()) or any(self.write_queue.values())
                 or bool(self.directed) or bool(self.pending_readback))
 
@@ -226,12 +236,14 @@ class MxuLockstep:
         filling = any(self.write_queue.values()) or any(k == "w" for k, _ in self.directed)
         if self.program and not filling:
             gap, word, force = self.program[0]
+            self._readout = is_mread(word)
+            ready = force or self._can_start(word)
             if self.gap is None:
                 self.gap = gap
             if self.gap > 0:
-                if force or model.idle:
+                if ready:
                     self.gap -= 1
-            elif force or model.idle:
+            elif ready:
                 self._start, self._instr = True, word
                 self.program.popleft()
                 self.gap = None
@@ -250,9 +262,12 @@ class MxuLockstep:
                     self.directed.add(("w", j))
                 elif not filling and rng.random() < self.write_prob[j]:
                     self.held_writes[j] = self._random_write()
-        values = {"cmd__start": int(self._start),
+        on_rd = self._start and self._readout
+        on_mm = self._start and not self._readout
+        values = {"cmd__start": int(on_mm), "rd_cmd__start": int(on_rd),
                   # Random bits when not starting: the engine must ignore `instr` then.
-                  "cmd__instr": self._instr if self._start else rng.getrandbits(64)}
+                  "cmd__instr": self._instr if on_mm else rng.getrandbits(64),
+                  "rd_cmd__instr": self._instr if on_rd else rng.getrandbits(64)}
         for i in CONTEND_READS:
             addr = self.held_reads[i]
             values[f"c_read{i}__en"] = int(addr is not None)
@@ -269,6 +284,21 @@ class MxuLockstep:
             values[f"c_write{j}__mask"] = mask
         return values
 
+    def _can_start(self, word: int) -> bool:
+        """Its half idle, and no hazard with what the other half runs: the sequencer's rule
+        (`d1tile.isa.overlaps`: SRAM ranges and accumulator banks)."""
+        model, readout = self.model, is_mread(word)
+        if not (model.rd_idle if readout else model.idle):
+            return False
+        other_idle = model.idle if readout else model.rd_idle
+        other = self._running[not readout]
+        if other_idle or other is None:
+            return True
+        new = decode(word)
+        if new.op not in (Opcode.MATMUL, Opcode.MREAD):
+            return True
+        return not overlaps(hazard_ranges(new), hazard_ranges(other["instr"]))
+
     def _mismatch(self, what, expected, got):
         raise LockstepError(f"cycle {self.cycle}: {what}: model expects {expected}, DUT has "
                             f"{got} (engine: {self.model.describe()})")
@@ -284,6 +314,7 @@ class MxuLockstep:
         model, sram = self.model, self.sram
         cycle = self.cycle
         self._expect(observed, "cmd__idle", model.idle)
+        self._expect(observed, "rd_cmd__idle", model.rd_idle)
         self._expect(observed, "busy", model.busy)
         read_addr = model.sram_reads()[0]
         self._expect(observed, "mx_rd_en", read_addr is not None)
@@ -298,7 +329,8 @@ class MxuLockstep:
         beat = model.beat()
         self._expect(observed, "beat_valid", beat is not None)
         if beat is not None:
-            self._expect(observed, "beat_payload", pack_operands(self.cfg, *beat))
+            self._expect(observed, "beat_payload", pack_operands(self.cfg, *beat,
+                                                                 bank=model.mbank))
             self.beat_cycles.append(cycle)
         row = model.row_request()
         self._expect(observed, "row_valid", row is not None)
@@ -317,6 +349,7 @@ class MxuLockstep:
                 self._expect(observed, name, granted)
         if row is not None:
             self._expect(observed, "row_index", row)
+            self._expect(observed, "row_bank", model.rbank)
             self._expect(observed, "row_ready", model.row_ready(write_grants[1]))
         # Contention read data granted last cycle, checked when the word's contents are known.
         for i in CONTEND_READS:
@@ -356,44 +389,54 @@ class MxuLockstep:
                 self.held_writes[j] = None
                 self.directed.discard(("w", j))
 
+        readout = self._readout
+        on_rd, on_mm = self._start and readout, self._start and not readout
         if self._start:
-            self._record(cycle, self._instr, accepted=model.idle)
-        model.tick(self._start, self._instr, [read_grants[1]], [write_grants[1]], [engine_data])
+            self._record(cycle, self._instr, readout,
+                         accepted=model.rd_idle if readout else model.idle)
+        model.tick(on_mm, self._instr if on_mm else 0, [read_grants[1]], [write_grants[1]],
+                   [engine_data], on_rd, self._instr if on_rd else 0)
         self.engine_data = sram.read_data[1]
         if self._start:
-            self.trace[-1]["idle_next"] = model.idle
-        # The model's state is now that of the next cycle: note when `idle` is high again.
-        running = self._running
-        if running is not None and running["idle_cycle"] is None and model.idle:
-            running["idle_cycle"] = cycle + 1
+            self.trace[-1]["idle_next"] = model.rd_idle if readout else model.idle
+        # The model's state is now that of the next cycle: note when each half's `idle` is high
+        # again.
+        for half, idle in ((False, model.idle), (True, model.rd_idle)):
+            running = self._running[half]
+            if running is not None and running["idle_cycle"] is None and idle:
+                running["idle_cycle"] = cycle + 1
         self.cycle += 1
 
-    def _record(self, cycle, word, accepted):
-        """A start pulse: apply the instruction functionally if the engine takes it."""
+    def _record(self, cycle, word, readout, accepted):
+        """A start pulse (on the readout bus or not): apply the instruction functionally if the
+        engine takes it."""
         ins = decode(word)
-        taken = accepted and ((ins.op == Opcode.MATMUL and ins.kw > 0 and ins.type in MATRIX_TYPES)
-                              or (ins.op == Opcode.MREAD and ins.nrows > 0))
-        entry = {"start": cycle, "word": word, "instr": ins, "taken": taken,
+        taken = accepted and ((ins.op == Opcode.MATMUL and not readout and ins.kw > 0
+                               and ins.type in MATRIX_TYPES)
+                              or (ins.op == Opcode.MREAD and readout and ins.nrows > 0))
+        entry = {"start": cycle, "word": word, "instr": ins, "taken": taken, "readout": readout,
                  "idle_cycle": None if taken else cycle,
                  "first_beat": len(self.beat_cycles), "first_write": len(self.write_cycles)}
         self.trace.append(entry)
         if not taken:
             return
-        self._running = entry
+        self._running[readout] = entry
         cfg = self.cfg
         if ins.op == Opcode.MATMUL:
             a_words = [self.functional[(ins.a + w) % cfg.sram_words] for w in range(ins.kw)]
             b_words = [self.functional[(ins.b + w) % cfg.sram_words] for w in range(ins.kw)]
             if None in a_words or None in b_words:
                 raise LockstepError(f"cycle {cycle}: MATMUL {ins} reads words of unknown contents")
-            self.acc = matmul_reference_words(cfg, a_words, b_words, ins.type, acc=self.acc,
-                                              clear=bool(ins.clear))
+            self.acc[ins.bank] = matmul_reference_words(cfg, a_words, b_words, ins.type,
+                                                        acc=self.acc[ins.bank],
+                                                        clear=bool(ins.clear))
             self.hot_banks = sorted({self.bank_of((x + w) % cfg.sram_words)
                                      for x in (ins.a, ins.b) for w in (0, ins.kw - 1)})
         else:
             for r in range(ins.nrows):
                 row = (ins.row0 + r) % self.n
-                self.functional[(ins.dst + r) % cfg.sram_words] = word_from_lanes(self.acc[row])
+                self.functional[(ins.dst + r) % cfg.sram_words] = word_from_lanes(
+                    self.acc[ins.bank][row])
             self.hot_banks = sorted({self.bank_of((ins.dst + r) % cfg.sram_words)
                                      for r in (0, ins.nrows - 1)})
 
@@ -413,12 +456,18 @@ class MxuLockstep:
                                      f"execution expects {expected:#x}")
 
     def timing(self, entry) -> dict:
-        """Beat and write cycles of a trace entry (relative to its start cycle)."""
+        """Beat and write cycles of a trace entry (relative to its start cycle): those up to the
+        next instruction of the same half."""
         index = self.trace.index(entry)
-        nxt = next((e for e in self.trace[index + 1:] if e["taken"]), None)
+        nxt = next((e for e in self.trace[index + 1:] if e["taken"]
+                    and e["readout"] == entry["readout"]), None)
         beats = self.beat_cycles[entry["first_beat"]:nxt["first_beat"] if nxt else None]
         writes = self.write_cycles[entry["first_write"]:nxt["first_write"] if nxt else None]
         s = entry["start"]
+        if entry["readout"]:
+            beats = []      # the other half's
+        else:
+            writes = []
         return {"beats": [c - s for c in beats], "writes": [c - s for c in writes],
                 "idle": None if entry["idle_cycle"] is None else entry["idle_cycle"] - s}
 

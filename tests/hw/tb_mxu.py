@@ -90,13 +90,15 @@ class MxuBench(TB):
 
 
 def unit_busy_after(lock, entry) -> int:
-    """Cycles after `entry`'s start in which the matrix unit is still busy with the beats of the
-    previous MATMUL (`acc_latency - 1` after its last beat)."""
+    """Cycles after MREAD `entry`'s start in which the matrix unit is still busy with the beats
+    of the last MATMUL into its bank (`acc_latency - 1` after its last beat); beats into the
+    other bank do not count."""
     index = lock.trace.index(entry)
     for prev in reversed(lock.trace[:index]):
-        if prev["taken"]:
+        if prev["taken"] and prev["instr"].op == Opcode.MATMUL \
+                and prev["instr"].bank == entry["instr"].bank:
             beats = lock.timing(prev)["beats"]
-            if prev["instr"].op != Opcode.MATMUL or not beats:
+            if not beats:
                 return 0
             last = prev["start"] + beats[-1]
             return max(0, last + acc_latency() - 1 - entry["start"])
@@ -108,17 +110,43 @@ async def directed_timing(dut):
     """No contention. MATMULs of several kw, INT8 and BF16, each followed at once (in its
     last-beat cycle) by an MREAD of all rows, then after a gap by an MREAD of one row: beats at
     start + MATMUL_FIRST_BEAT + k, `idle` again after `matmul_cycles(kw, type)`; rows written
-    one per cycle from start + 2 (+ the unit's busy cycles), `idle` after `mread_cycles`."""
+    one per cycle from start + 2 (+ the unit's busy cycles), `idle` after `mread_cycles`.
+    Then the two banks overlapped: MATMUL into bank 0, its MREAD in the last-beat cycle, a
+    MATMUL into bank 1 in the next cycle (its beats run while bank 0's rows are written), its
+    MREAD, and so on: the same formulas, each half on its own."""
     bench = await MxuBench.create(dut)
     cfg, lock = bench.cfg, bench.lock
-    n = cfg.mac_dim
+    n, bw = cfg.mac_dim, cfg.bank_words
     kws = [1, 2, 3, 16, 48]
     for dtype in (ElemType.INT8, ElemType.BF16):
         for kw in kws:
             lock.issue(matmul(lock.random_range(kw), lock.random_range(kw), kw, True, dtype))
             lock.issue(mread(lock.random_range(n), 0, n))
             lock.issue(mread(lock.random_range(1), n - 1, 1), gap=3)
+    for dtype in (ElemType.INT8, ElemType.BF16):
+        for kw in (1, 2, 16):
+            for bank in (0, 1, 0, 1):
+                # A in SRAM bank 0, B in bank 1, results in bank 2: no SRAM hazard between
+                # a MATMUL and the MREAD beside it.
+                lock.issue(matmul(0, bw, kw, True, dtype, bank))
+                lock.issue(mread(2 * bw + n * bank, 0, n, bank))
     await bench.run()
+    overlapped = 0
+    for k, (prev, entry) in enumerate(zip(lock.trace, lock.trace[1:])):
+        if entry["instr"].op == Opcode.MATMUL and prev["instr"].op == Opcode.MREAD \
+                and entry["instr"].bank != prev["instr"].bank:
+            # The MATMUL starts the cycle after the MREAD of the other bank, unless the MREAD
+            # of its own bank still runs (the bank hazard), and beats while the other bank's
+            # rows are written.
+            own = [e for e in lock.trace[:k + 1] if e["instr"].op == Opcode.MREAD
+                   and e["instr"].bank == entry["instr"].bank]
+            expected = max([prev["start"] + 1] + ([own[-1]["idle_cycle"]] if own else []))
+            assert entry["start"] == expected, (str(prev["instr"]), str(entry["instr"]),
+                                                entry["start"], expected)
+            first_beat = entry["start"] + lock.timing(entry)["beats"][0]
+            last_write = prev["start"] + lock.timing(prev)["writes"][-1]
+            overlapped += first_beat <= last_write
+    assert overlapped, "no MREAD overlapped the next MATMUL"
     for entry in lock.trace:
         ins = entry["instr"]
         got = lock.timing(entry)
@@ -185,9 +213,10 @@ async def edge_cases(dut):
     for word in ignored:
         lock.issue(word, gap=1)
     lock.issue(matmul(10, 20, 8, False), gap=1)
-    lock.issue(mread(30, 0, n), gap=5, force=True)            # while the MATMUL runs
+    lock.issue(matmul(40, 50, 2, True), gap=5, force=True)    # while the MATMUL runs
     lock.issue(matmul(40, 50, 2, True), gap=9, force=True)    # still running (8 words)
-    lock.issue(mread(60, 0, n))
+    lock.issue(mread(60, 0, n))                               # waits for the MATMUL (bank 0)
+    lock.issue(mread(30, 0, n), gap=2, force=True)            # while that MREAD runs
     await bench.run()
     trace = lock.trace
     for entry in trace:
@@ -206,7 +235,7 @@ async def edge_cases(dut):
             assert entry["start"] == expected, \
                 f"{entry['instr']} started in cycle {entry['start']}, expected {expected}"
     forced = [e for e in trace if not e["taken"] and e["word"] not in ignored]
-    assert len(forced) == 2 and all(not e["idle_next"] for e in forced), \
+    assert len(forced) == 3 and all(not e["idle_next"] for e in forced), \
         f"the starts while busy: {[(e['start'], str(e['instr'])) for e in forced]}"
     await bench.finish()
 

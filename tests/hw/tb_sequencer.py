@@ -1,6 +1,6 @@
 """cocotb bench of the `Sequencer` (Verilog top `sequencer`), in lockstep with `SequencerModel`.
 
-The three engines are stubs in the bench (`EngineStub`): an engine started in cycle t is busy
+The four engines (MATRIX, VECTOR, DMA, READOUT) are stubs in the bench (`EngineStub`): an engine started in cycle t is busy
 (its `idle` input low) from cycle t + 1 for a number of cycles the test chooses (a random
 policy or a fixed one), and DMA-out may also turn busy on its own (as it does for READ replies
 that the sequencer did not start). The bench drives every input right after the rising edge
@@ -40,7 +40,8 @@ from d1tile.sim.sequencer import (ENGINES, HALT_WORD, STROBE_OF, STROBES, SeqEve
 
 _SHARED = {"imem": None, "clean": False}
 NAMES = [unit.name.lower() for unit in ENGINES]
-MATRIX, VECTOR, DMA = range(3)
+MATRIX, VECTOR, DMA, READOUT = (ENGINES.index(u) for u in
+                                 (Unit.MATRIX, Unit.VECTOR, Unit.DMA, Unit.READOUT))
 NOP = encode(Opcode.NOP)
 HALT = HALT_WORD
 
@@ -271,7 +272,8 @@ class SeqBench:
     def check_program_order(self, program, since):
         """The engines received the program's unit instructions in order, then DONE."""
         expected = []
-        engine = {Unit.MATRIX: MATRIX, Unit.VECTOR: VECTOR, Unit.DMA: DMA}
+        engine = {Unit.MATRIX: MATRIX, Unit.VECTOR: VECTOR, Unit.DMA: DMA,
+                  Unit.READOUT: READOUT}
         for word in program:
             instr = decode(word)
             if instr.op == Opcode.HALT:
@@ -318,11 +320,12 @@ def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
         kw = rng.randint(1, 12)
         return encode(Opcode.MATMUL, a=_span(rng, words, kw, window),
                       b=_span(rng, words, kw, window), kw=kw, clear=rng.getrandbits(1),
-                      type=rng.choice(list(MATRIX_TYPES)))
+                      type=rng.choice(list(MATRIX_TYPES)), bank=rng.getrandbits(1))
     if kind == "MREAD":
         row0 = rng.randrange(cfg.mac_dim)
         nrows = rng.randint(1, cfg.mac_dim - row0)
-        return encode(Opcode.MREAD, dst=_span(rng, words, nrows, window), row0=row0, nrows=nrows)
+        return encode(Opcode.MREAD, dst=_span(rng, words, nrows, window), row0=row0, nrows=nrows,
+                      bank=rng.getrandbits(1))
     while kind == "VEC":
         vop = rng.choice(list(VecOp))
         n = rng.randint(1, 12)
@@ -543,8 +546,9 @@ BUSY = 7
 
 
 def _hazard_cases(cfg):
-    mm = lambda a, b, kw: encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=0)
-    mr = lambda dst, nrows: encode(Opcode.MREAD, dst=dst, row0=0, nrows=nrows)
+    mm = lambda a, b, kw, bank=0: encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=0, bank=bank)
+    mr = lambda dst, nrows, bank=0: encode(Opcode.MREAD, dst=dst, row0=0, nrows=nrows,
+                                           bank=bank)
     vec = lambda vop, dst, a, b, n, bfix=0: encode(Opcode.VEC, vop=vop, bfix=bfix, dst=dst, a=a,
                                                    b=b, n=n)
     send = lambda src, n: encode(Opcode.SEND, src=src, n=n, x=0, y=0, dst=0, counter=0)
@@ -585,6 +589,12 @@ def _hazard_cases(cfg):
         (fv(FVecOp.FSUM, 40, 60, 0, 8), mr(41, 1), False),
         (send(10, 4), fv(FVecOp.FAXPY, 13, 50, 70, 1), True),
         (mr(30, nr), fv(FVecOp.FMUL, 60, 50, 30, 3, bfix=1), True),
+        # the accumulator banks: a MATMUL writes its bank, an MREAD reads its bank
+        (mm(0, 8, 4, bank=0), mr(40, nr, bank=0), True),
+        (mm(0, 8, 4, bank=1), mr(40, nr, bank=0), False),
+        (mr(40, nr, bank=1), mm(0, 8, 4, bank=1), True),
+        (mr(40, nr, bank=1), mm(0, 8, 4, bank=0), False),
+        (mr(40, nr, bank=1), mm(40, 8, 4, bank=0), True),    # and the SRAM ranges still count
     ]
 
 
@@ -596,7 +606,7 @@ async def seq_hazards(dut):
     bench = await SeqBench.create(dut)
     cfg = bench.cfg
     bench.busy = lambda engine, instr: BUSY
-    engine_of = {Opcode.MATMUL: MATRIX, Opcode.MREAD: MATRIX, Opcode.VEC: VECTOR,
+    engine_of = {Opcode.MATMUL: MATRIX, Opcode.MREAD: READOUT, Opcode.VEC: VECTOR,
                  Opcode.FVEC: VECTOR, Opcode.FCVT: VECTOR, Opcode.SEND: DMA}
     for first, second, hazard in _hazard_cases(cfg):
         a, b = decode(first), decode(second)
@@ -615,8 +625,8 @@ async def seq_hazards(dut):
         assert stalls == (BUSY if hazard else 0), f"{b} after {a}: {stalls} hazard stalls"
         await bench.settle()
     # Same engine: unit stall, not hazard, even with overlapping ranges.
-    same = [encode(Opcode.MREAD, dst=10, row0=0, nrows=1), encode(Opcode.MATMUL, a=10, b=10,
-                                                                  kw=1, clear=0), HALT]
+    same = [encode(Opcode.MATMUL, a=10, b=10, kw=1, clear=0, bank=0),
+            encode(Opcode.MATMUL, a=10, b=10, kw=1, clear=0, bank=1), HALT]
     await bench.write_imem(same)
     start = await bench.run()
     assert bench.event_count(SeqEvent.STALL_UNIT, start) == BUSY
@@ -675,7 +685,7 @@ async def seq_halt_waits(dut):
     """HALT stalls (cause halt) while any engine is busy, then HALTING; DONE waits for DMA-out
     too (busy on its own); a fault while engines are busy waits for them before DONE."""
     bench = await SeqBench.create(dut)
-    lengths = {MATRIX: 9, VECTOR: 5, DMA: 3}
+    lengths = {MATRIX: 9, VECTOR: 5, DMA: 3, READOUT: 4}
     bench.busy = lambda engine, instr: lengths[engine]
     program = [encode(Opcode.MATMUL, a=0, b=8, kw=2, clear=1),
                encode(Opcode.VEC, vop=VecOp.RELU, bfix=0, dst=40, a=50, b=0, n=2), HALT]
