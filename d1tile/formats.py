@@ -30,7 +30,7 @@ from .params import TileConfig
 __all__ = [
     "Field", "BitFormat", "FormatError",
     "Port", "PacketKind", "COUNTER_NAMES", "PERF_COUNTER_BITS", "NODE_STATUS",
-    "flit_format", "packet_header_format",
+    "flit_format", "packet_header_format", "SYNC_COUNTER_ID_BITS",
     "word_from_lanes", "lanes_from_word", "word_from_bytes", "bytes_from_word",
 ]
 
@@ -195,6 +195,13 @@ def flit_format(cfg: TileConfig) -> BitFormat:
     ])
 
 
+SYNC_COUNTER_ID_BITS = 5
+"""Width of a sync counter's index, in packet headers and in SEND and WAIT (so a node has
+2**5 = 32 counters: `d1tile.isa.SYNC_COUNTERS`). 32 lets the GEMM kernels, which WAIT on one
+counter per sender (rows + cols of them), run on every grid up to 16x16; 6 bits would make the
+header of a mac_dim = 2 tile (64-bit words) too wide for grids of more than 3 columns."""
+
+
 @cache
 def packet_header_format(cfg: TileConfig) -> BitFormat:
     """The payload of a packet's head flit. `length` counts the body flits that follow."""
@@ -204,7 +211,7 @@ def packet_header_format(cfg: TileConfig) -> BitFormat:
         Field("src_y", cfg.coord_bits),
         Field("addr", 16),
         Field("length", 16),
-        Field("counter", 4),
+        Field("counter", SYNC_COUNTER_ID_BITS),
         Field("bump", 1),
         Field("tag", 16),
     ])

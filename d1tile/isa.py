@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .dtypes import MATRIX_TYPES, TYPE_BITS, ElemType
-from .formats import BitFormat, Field
+from .formats import SYNC_COUNTER_ID_BITS, BitFormat, Field
 from .params import TileConfig
 from .vector_ops import FSCALE_BITS, NO_OP, VECTOR_OPS, VectorOp
 
@@ -78,7 +78,7 @@ __all__ = [
 
 INSTR_BITS = 64
 ADDR_BITS = 16            # SRAM word address fields; TileConfig keeps sram_words <= 2**16
-SYNC_COUNTERS = 16        # the WAIT / SEND synchronisation counters of a node
+SYNC_COUNTERS = 1 << SYNC_COUNTER_ID_BITS   # the WAIT / SEND synchronisation counters: 32
 SYNC_COUNTER_BITS = 16    # each wraps at 2**16 (the performance counters are formats.PERF_COUNTER_BITS)
 ACC_BANKS = 2             # accumulator banks of the matrix unit (MATMUL's and MREAD's `bank`)
 ACC_RANGE_BASE = 1 << ADDR_BITS
@@ -196,8 +196,9 @@ FORMATS: dict[Opcode, BitFormat] = {
                      Field("b", A), Field("n", 8)),
     Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),
     Opcode.SEND: _fmt("SEND", Field("src", A), Field("n", 12), Field("x", 4), Field("y", 4),
-                      Field("dst", A), Field("counter", 4)),
-    Opcode.WAIT: _fmt("WAIT", Field("counter", 4), Field("value", SYNC_COUNTER_BITS)),
+                      Field("dst", A), Field("counter", SYNC_COUNTER_ID_BITS)),
+    Opcode.WAIT: _fmt("WAIT", Field("counter", SYNC_COUNTER_ID_BITS),
+                      Field("value", SYNC_COUNTER_BITS)),
     Opcode.FVEC: _fmt("FVEC", Field("fop", 4), Field("bfix", 1), Field("dst", A), Field("a", A),
                       Field("b", A), Field("n", 7)),
     Opcode.FCVT: _fmt("FCVT", Field("stype", TYPE_BITS), Field("dtype", TYPE_BITS),

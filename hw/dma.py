@@ -18,7 +18,7 @@ from d1tile.formats import PERF_COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_fo
 from d1tile.params import TileConfig
 from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
                               counter_words, reply_request_format)
-from d1tile.isa import FORMATS, Opcode
+from d1tile.isa import FORMATS, SYNC_COUNTERS, Opcode
 
 from .sequencer import EngineCommand, ImemWritePort
 from .sram import SRAMReadPort, SRAMWritePort
@@ -258,7 +258,7 @@ class DmaIn(_DmaPart):
         sent (they pulse `dropped`).
     start_req : Out(1)
         Pulse, the cycle after a START head is accepted.
-    bump : Out(1), bump_id : Out(4)
+    bump : Out(1), bump_id : Out(range(SYNC_COUNTERS))
         Pulse, the cycle after the last word of a WRITE with `bump` = 1 is written (granted), or
         after a bodyless bumping WRITE head is accepted.
     bad_packet : Out(1)
@@ -283,7 +283,7 @@ class DmaIn(_DmaPart):
             "imem_w": Out(ImemWritePort.Signature()),
             "start_req": Out(1),
             "bump": Out(1),
-            "bump_id": Out(4),
+            "bump_id": Out(range(SYNC_COUNTERS)),
             "bad_packet": Out(1),
             "dropped": Out(1),
             "busy": Out(1),
@@ -300,13 +300,13 @@ class DmaIn(_DmaPart):
         mode = Signal(2)
         pkt_addr = Signal(17)        # addr + i of the next body word; may pass 2**16
         pkt_bump = Signal()
-        pkt_counter = Signal(4)
+        pkt_counter = Signal(range(SYNC_COUNTERS))
         wr_pending = Signal()
         wr_addr = Signal(cfg.sram_addr_bits)
         wr_data = Signal(cfg.word_bits)
         wr_full = Signal()           # mask all ones; else empty (address beyond the SRAM)
         wr_bump = Signal()           # the slot holds the last word of a bumping packet
-        wr_counter = Signal(4)
+        wr_counter = Signal(range(SYNC_COUNTERS))
         reply_valid = Signal()
         reply_payload = Signal(reply_request_format(cfg).layout)
         imem_en = Signal()

@@ -37,7 +37,7 @@ class Node(wiring.Component):
     """Node (x, y). Ports: `in_<d>` / `out_<d>` flit streams for d in north, east, south, west
     (the router's links; the tile wires them to the neighbours or to its edges), `activity`
     (anything moved this cycle: a flit on a router port, an SRAM grant, an issued instruction),
-    `status` (`NODE_STATUS`, for hang reports) and `sync_counters` (16 x 16 bits)."""
+    `status` (`NODE_STATUS`, for hang reports) and `sync_counters` (`SYNC_COUNTERS` x 16 bits)."""
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
         if not isinstance(cfg, TileConfig):

@@ -171,7 +171,7 @@ class Sequencer(wiring.Component):
     start_req : In(1)
         Pulse (from DMA-in, START packet): in IDLE or STOPPED, go to RUN at pc 0 and clear the
         fault registers; ignored in RUN and HALTING (including the DONE cycle).
-    bump : In(1), bump_id : In(4)
+    bump : In(1), bump_id : In(range(SYNC_COUNTERS))
         Add 1 to sync counter `bump_id` at the end of the cycle (wrapping at 2**16).
     matrix : Out(EngineCommand.Signature())
         MATMUL to the matrix engine.

@@ -18,6 +18,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.clock import Clock
 
 from d1tile.hw.testbench import CLOCK_PERIOD_NS, TB
+from d1tile.isa import SYNC_COUNTERS
 from d1tile.sim.host import HostDriver, TileImage
 from d1tile.sim.tile import hang_report
 
@@ -98,7 +99,7 @@ async def run_one(dut, spec, clear: bool):
             x, y = node
             status = getattr(dut, f"status_{x}_{y}").value.to_unsigned()
             raw = getattr(dut, f"sync_counters_{x}_{y}").value.to_unsigned()
-            statuses[node] = (status, [(raw >> (16 * i)) & 0xFFFF for i in range(16)])
+            statuses[node] = (status, [(raw >> (16 * i)) & 0xFFFF for i in range(SYNC_COUNTERS)])
         report = hang_report(cfg, tp, statuses)
     result = driver.result(report, misroute=bool(int(dut.misroute.value)))
     Path(spec["out"]).write_text(json.dumps(result.comparable()))

@@ -1,7 +1,7 @@
 """Cycle-exact model of the node sequencer (`d1tile.hw.sequencer.Sequencer`).
 
 This module imports no Amaranth. `SequencerModel` keeps the RTL's registers (state, pc, fault
-registers, SETQ registers, the 16 sync counters, the hazard ranges recorded per engine and the
+registers, SETQ registers, the `SYNC_COUNTERS` (32) sync counters, the hazard ranges recorded per engine and the
 instruction memory) and applies the RTL's per-cycle rules, so that a testbench or the node model
 can step it in lockstep with Verilator.
 

@@ -22,7 +22,7 @@ from d1tile.params import TileConfig
 from d1tile.sim.dma import (BAD_READ_TAG, PREFETCH_DEPTH, DmaInModel, DmaOutModel,
                             counter_word, counter_words, job_cycles, reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import Opcode, encode
+from d1tile.isa import SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.sram import SRAMModel
 
 from conftest import bench_seed, run_bench
@@ -291,7 +291,7 @@ def _random_instr(cfg, rng):
     if roll < 0.6:
         return send(rng.randrange(cfg.sram_words), rng.choice([0, 1, rng.randrange(2, 12)]),
                     rng.randrange(16), rng.randrange(16), rng.randrange(1 << 16),
-                    rng.randrange(16))
+                    rng.randrange(SYNC_COUNTERS))
     if roll < 0.8:
         return HALT | rng.getrandbits(60) << 4     # fields of HALT are ignored
     return rng.getrandbits(64)
@@ -372,7 +372,7 @@ def _random_in_flit(cfg, rng, open_packet):
                        cfg.imem_words - 1, rng.randrange(1 << 16)])
     payload = hdr.pack(kind=kind, src_x=rng.randrange(1 << cfg.coord_bits),
                        src_y=rng.randrange(1 << cfg.coord_bits), addr=addr,
-                       length=rng.randrange(1 << 16), counter=rng.randrange(16),
+                       length=rng.randrange(1 << 16), counter=rng.randrange(SYNC_COUNTERS),
                        bump=rng.randrange(2), tag=rng.randrange(1 << 16))
     return fmt.pack(head=1, tail=int(rng.random() < 0.4), dst_x=0, dst_y=0, payload=payload)
 

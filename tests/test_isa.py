@@ -172,7 +172,7 @@ def test_floating_point_instructions_assemble_by_name():
     ("NOP\nMATMUL 0, 0, 0", "line 2: MATMUL a=0, b=0, kw=0, clear=0, type=0, bank=0: field out of range"),
     ("MATMUL 0, 250, 8", "line 1: .*SRAM range beyond the node's 256 words \\(at address 250\\)"),
     ("SEND 0, 1, 5, 0, 0", "destination node outside the 2x2 grid"),
-    ("WAIT 16, 1", "counter=16 does not fit 4 unsigned bits"),
+    ("WAIT 32, 1", "counter=32 does not fit 5 unsigned bits"),
     ("WAIT 1, 1, 1", "WAIT takes at most 2 arguments"),
     ("WAIT counter=1, count=2", "WAIT has no field 'count'"),
     ("WAIT 1, x", "value='x' is not a number"),

@@ -53,7 +53,7 @@ def test_sram_beyond_the_instruction_address_space_is_rejected():
 
 
 def test_grids_whose_header_does_not_fit_a_word_are_rejected():
-    with pytest.raises(ConfigError, match="packet header .65 bits for a 2x8 grid. does not fit"):
+    with pytest.raises(ConfigError, match="packet header .66 bits for a 2x8 grid. does not fit"):
         TileConfig(rows=2, cols=8, mac_dim=2, sram_kib=4)
     TileConfig(rows=8, cols=7, mac_dim=2, sram_kib=4)     # 3-bit coordinates still fit
 

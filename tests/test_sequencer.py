@@ -70,13 +70,14 @@ def test_sequencer_interface():
     members = seq.signature.members
     widths = {k: (m.flow, _width(m)) for k, m in members.items() if not m.is_signature}
     assert widths == {
-        "start_req": (In, 1), "bump": (In, 1), "bump_id": (In, 4), "running": (Out, 1),
+        "start_req": (In, 1), "bump": (In, 1), "bump_id": (In, 5), "running": (Out, 1),
         "issued": (Out, 1), "stall_unit": (Out, 1), "stall_hazard": (Out, 1),
         "stall_wait": (Out, 1), "stall_halt": (Out, 1), "pc": (Out, 16), "state": (Out, 2),
         "fault_code": (Out, 4), "fault_pc": (Out, 16), "fault_value": (Out, 16),
-        "counters": (Out, 256)}
+        "counters": (Out, 32 * 16)}
     assert members["imem_w"].flow == In and members["imem_w"].signature.flip() == ImemWritePort.Signature()
     assert members["matrix"].signature == EngineCommand.Signature()
+    assert members["readout"].signature == EngineCommand.Signature()
     assert members["vector"].signature == EngineCommand.Signature(quant=True)
     assert members["dma"].signature == EngineCommand.Signature(done=True)
     assert seq.cfg is TINY
@@ -147,8 +148,8 @@ def test_model_counters_wrap_and_combine():
     model.tick(IDLE, start_req=True)
     assert model.tick(IDLE, bump=True, bump_id=4).event == SeqEvent.ISSUE
     assert model.counters[4] == 1, "a WAIT and a bump of one counter in one cycle combine"
-    with pytest.raises(ValueError, match="bump_id=16"):
-        model.tick(IDLE, bump=True, bump_id=16)
+    with pytest.raises(ValueError, match="bump_id=32"):
+        model.tick(IDLE, bump=True, bump_id=32)
 
 
 def test_model_faults_match_isa():

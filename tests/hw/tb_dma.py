@@ -44,7 +44,7 @@ from d1tile.hw.testbench import TB
 from d1tile.sim.dma import (BAD_READ_TAG, DmaInModel, DmaOutModel, counter_words, job_cycles,
                             reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import Opcode, encode
+from d1tile.isa import SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.router import RouterModel, route_xy, unloaded_latency
 from d1tile.sim.sram import SRAMModel
 
@@ -663,7 +663,7 @@ async def dma_directed(dut):
     await bench.drain()
 
     # Every packet kind into the node.
-    bench.queue_write(S, 0, [], bump=1, counter=15)                  # a signal
+    bench.queue_write(S, 0, [], bump=1, counter=SYNC_COUNTERS - 1)   # a signal, last counter
     bench.queue_write(E, 0, [], bump=0)                              # nothing at all
     bench.queue_write(S, bench.alloc(3), bench.random_words(3), bump=0)
     beyond = cfg.sram_words + 7
@@ -730,10 +730,11 @@ def _random_generator(bench, *, self_sends: bool, ops: int):
             dst = bench.alloc(n) if n else rng.randrange(cfg.sram_words)
             if dst is None:
                 return False
-            bench.queue_send(src, n, 0, 0, dst, rng.randrange(16))
+            bench.queue_send(src, n, 0, 0, dst, rng.randrange(SYNC_COUNTERS))
         else:
             x, y = bench.random_node(grid_only=True)
-            bench.queue_send(src, n, x, y, rng.randrange(cfg.sram_words - n + 1), rng.randrange(16))
+            bench.queue_send(src, n, x, y, rng.randrange(cfg.sram_words - n + 1),
+                             rng.randrange(SYNC_COUNTERS))
         return True
 
     def incoming(port):
@@ -745,7 +746,7 @@ def _random_generator(bench, *, self_sends: bool, ops: int):
                 return False
             bump = rng.randrange(2)
             bench.queue_write(port, addr, bench.random_words(n), bump=bump,
-                              counter=rng.randrange(16))
+                              counter=rng.randrange(SYNC_COUNTERS))
         elif roll < 0.55:
             if self_sends and bench.outstanding_reads:
                 return False

@@ -380,7 +380,7 @@ async def seq_unstalled_timing(dut):
             encode(Opcode.VEC, vop=VecOp.ADD, bfix=0, dst=quarter, a=quarter + 8,
                    b=quarter + 16, n=4),
             encode(Opcode.SEND, src=2 * quarter, n=3, x=0, y=0, dst=0, counter=1),
-            rng.choice([NOP, encode(Opcode.WAIT, counter=rng.randrange(16), value=0),
+            rng.choice([NOP, encode(Opcode.WAIT, counter=rng.randrange(SYNC_COUNTERS), value=0),
                         encode(Opcode.SETQ, scale=rng.getrandbits(16), shift=3, relu=1)]),
         ]
     program += [NOP, NOP, HALT]    # the last SEND's DMA-out is idle again when HALT is at pc
