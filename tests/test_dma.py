@@ -13,7 +13,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from d1tile.formats import COUNTER_NAMES, PacketKind, flit_format, packet_header_format
+from d1tile.formats import (COUNTER_NAMES, SYNC_COUNTER_ID_BITS, PacketKind, flit_format,
+                            packet_header_format)
 from d1tile.hw.dma import DmaIn, DmaOut
 from d1tile.hw.router import Router
 from d1tile.hw.sequencer import EngineCommand, ImemWritePort, Sequencer
@@ -476,8 +477,8 @@ class DmaBenchTop(wiring.Component):
                           "mask": cfg.word_bytes, "ready": 1}),
             "hand": _probe({"valid": 1, "ready": 1,
                             "payload": reply_request_format(cfg).layout}),
-            "ev": _probe({"out_busy": 1, "in_busy": 1, "bump": 1, "bump_id": 4, "start_req": 1,
-                          "bad_packet": 1, "dropped": 1, "imem_en": 1, "imem_addr": 16,
+            "ev": _probe({"out_busy": 1, "in_busy": 1, "bump": 1,
+                          "bump_id": SYNC_COUNTER_ID_BITS, "start_req": 1, "bad_packet": 1, "dropped": 1, "imem_en": 1, "imem_addr": 16,
                           "imem_data": 64}),
         })
 
