@@ -15,10 +15,10 @@ by `KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy (int8
 * **utilisation = ideal_cycles / cycles** (the headline figure; the target is >= 80 % for
   256^3 on the default tile), and for reference ideal / total_cycles and ideal / the compute
   phase (START to the last DONE of the critical node);
-* where the cycles of the critical node (the one whose DONE came last) go, from its
-  counters and the timing contracts of `d1tile.sim.mxu`: host load before its START, MAC beats,
-  MATMUL start-up, the MREAD issue cycle between tiles, the last tile's readout (the others
-  overlap the next tile's MATMUL: two accumulator banks), and the rest (the first operands' gather, waits, HALT);
+  * where the cycles of the critical node (the one whose DONE came last) go, from its counters and
+  the timing contracts of `d1tile.sim.mxu`: host load before its START, MAC beats, MATMUL start-up,
+  the MREAD issue cycle between tiles, the last tile's readout (the others overlap the next tile's
+  MATMUL: two accumulator banks), and the rest (the first operands' gather, waits, HALT);
 * a per-node table of the counters (busy_matrix, stall_*, DMA-out busy, flits, SRAM conflicts;
   the counters are read after the node's results, so DMA-out and flits include the read-back).
 """

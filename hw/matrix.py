@@ -127,12 +127,13 @@ class MatrixUnit(wiring.Component):
     per cycle, N^2 MACs per beat for either type. One row per cycle on `rd_data` when its
     consumer is always ready.
 
-    Hazards: a beat and a readout request of its bank accepted in the same cycle: the readout
-    sees the accumulators *before* that beat. A beat into the bank being read out, sent during a
-    readout sequence (between row requests), holds `bank_busy` high, which stalls the following requests for acc_latency - 1 cycles;
-    when it reaches the accumulators the later rows include it (or, with `clear`, lose the old
-    values). Ordering operand beats and readouts is the sequencer's job: to read a finished
-    product, send no beat until the last row request has been accepted (the same cycle is fine).
+    Hazards: a beat and a readout request of its bank accepted in the same cycle: the readout sees
+    the accumulators *before* that beat. A beat into the bank being read out, sent during a readout
+    sequence (between row requests), holds `bank_busy` high, which stalls the following requests for
+    acc_latency - 1 cycles; when it reaches the accumulators the later rows include it (or, with
+    `clear`, lose the old values). Ordering operand beats and readouts is the sequencer's job: to
+    read a finished product, send no beat until the last row request has been accepted (the same
+    cycle is fine).
 
     The accumulators are zero after reset. Every row index of range(N) is valid (N is a power of
     two). `cfg` must be a TileConfig, else TypeError.

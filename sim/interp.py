@@ -8,11 +8,11 @@ and is not overwritten while another node may still send into it), every timed e
 the same state, so the cycle model and the RTL must produce exactly what this produces.
 
 Arithmetic comes from the block references: a MATMUL applies its beats with the matrix type's
-reference (`d1tile.dtypes.MATRIX_TYPES`: int32 wrapping, or the BF16 k-loop of
-`d1tile.numerics`) to the bits of the accumulator bank it names (MREAD reads one out); VEC, FVEC and FCVT run
-`d1tile.sim.vpu.execute_vec` (the vector unit's functional reference) with the node's SETQ and
-SETR registers and its vector-unit state (the stochastic-rounding generator). SRAM words are
-Python ints (see `d1tile.formats` for the byte order).
+reference (`d1tile.dtypes.MATRIX_TYPES`: int32 wrapping, or the BF16 k-loop of `d1tile.numerics`) to
+the bits of the accumulator bank it names (MREAD reads one out); VEC, FVEC and FCVT run
+`d1tile.sim.vpu.execute_vec` (the vector unit's functional reference) with the node's SETQ and SETR
+registers and its vector-unit state (the stochastic-rounding generator). SRAM words are Python ints
+(see `d1tile.formats` for the byte order).
 """
 
 from __future__ import annotations

@@ -426,7 +426,7 @@ class MatrixEngineModel:
             self.read_refusals += 1
         if write_req is not None and not write_granted:
             self.write_refusals += 1
-        was_idle, was_rd_idle = self.idle, not self.mread_on
+        was_idle, was_rd_idle = self.idle, self.rd_idle
         beat = self._beat()
         row = self.row_request()
 

@@ -1,6 +1,7 @@
 """Cycle-exact model of a node (`d1tile.hw.node.Node`): the sequencer, the engines (the matrix
-engine with its MATMUL and MREAD halves, the vector engine, DMA-out), the DMA-in half, the
-banked SRAM and the performance counters, composed exactly as the RTL wires them. The node's router lives in the tile's `MeshModel`.
+engine with its MATMUL and MREAD halves, the vector engine, DMA-out), the DMA-in half, the banked
+SRAM and the performance counters, composed exactly as the RTL wires them. The node's router lives
+in the tile's `MeshModel`.
 
 One cycle of a node is split in three calls, made for every node of the tile in this order:
 

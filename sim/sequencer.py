@@ -1,9 +1,9 @@
 """Cycle-exact model of the node sequencer (`d1tile.hw.sequencer.Sequencer`).
 
 This module imports no Amaranth. `SequencerModel` keeps the RTL's registers (state, pc, fault
-registers, SETQ registers, the `SYNC_COUNTERS` (32) sync counters, the hazard ranges recorded per engine and the
-instruction memory) and applies the RTL's per-cycle rules, so that a testbench or the node model
-can step it in lockstep with Verilator.
+registers, SETQ registers, the `SYNC_COUNTERS` (32) sync counters, the hazard ranges recorded per
+engine and the instruction memory) and applies the RTL's per-cycle rules, so that a testbench or the
+node model can step it in lockstep with Verilator.
 
 The sequencer, cycle by cycle
 -----------------------------
@@ -124,11 +124,10 @@ class SequencerModel:
 
     1. `decide(units_idle)` -> `Decision`: the outputs of this cycle (which engine's `start` is
        high and its `instr`, and the event strobe), from the state and the engines' idle flags
-       (`units_idle`: one bool per engine, in `ENGINES` order). The other outputs are properties of the
-       state: `state`, `running`, `pc`, `fault_code`, `fault_pc`, `fault_value`, `counters`,
+       (`units_idle`: one bool per engine, in `ENGINES` order). The other outputs are properties of
+       the state: `state`, `running`, `pc`, `fault_code`, `fault_pc`, `fault_value`, `counters`,
        `scale`, `shift`, `relu`, `fscale`, `seed`, `reseed` (the vector command's SETQ and SETR
-       fields), and for the DMA command
-       `status` (= fault_code), `pc`, `info` (= fault_value).
+       fields), and for the DMA command `status` (= fault_code), `pc`, `info` (= fault_value).
     2. `tick(units_idle, bump=False, bump_id=0, start_req=False, imem_write=None)`: the clock
        edge. `imem_write` is None or `(addr, word)`; an address >= imem_words is ignored.
        Returns the cycle's `Decision`.

@@ -15,11 +15,12 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
   a later phase may arrive before one of an earlier phase, and must not satisfy its WAIT).
 
 The programs mix every instruction: MATMUL (INT8 and BF16, with and without clear, either
-accumulator bank), MREAD (any rows of either bank; and "ping-pong" runs, MATMUL into one bank,
-its MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b, REQUANT packing), FVEC (every FP32 op, fixed b, the reductions),
-FCVT (every conversion, stochastic rounding), SETQ, SETR (q and reseeds), NOP, SEND (including
-zero-length signals and sends to self) and WAIT, with ranges that often overlap inside the
-private half, to exercise the hazard check. Every node's whole SRAM is read back.
+accumulator bank), MREAD (any rows of either bank; and "ping-pong" runs, MATMUL into one bank, its
+MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b,
+REQUANT packing), FVEC (every FP32 op, fixed b, the reductions), FCVT (every conversion, stochastic
+rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals and sends to self)
+and WAIT, with ranges that often overlap inside the private half, to exercise the hazard check.
+Every node's whole SRAM is read back.
 
 The loaded words are drawn to reach the corner cases of every element type (`random_word`):
 random bits, FP32 lanes and BF16 halves from `numerics.SPECIAL_FP32` (signed zeros, subnormals,

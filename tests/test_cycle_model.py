@@ -19,7 +19,7 @@ from d1tile.formats import COUNTER_NAMES
 from d1tile.isa import VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.host import HostDriver
-from d1tile.isa import SYNC_COUNTERS, Opcode, encode
+from d1tile.isa import ACC_BANKS, SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.mxu import MatrixEngineModel, matmul_cycles
 from d1tile.sim.tile import TileModel
 from d1tile.sw.asm import Program
@@ -91,7 +91,8 @@ def racy_program(cfg: TileConfig, rng: random.Random) -> TileProgram:
 
 def final_state(model: TileModel) -> dict:
     """What a run leaves in the tile beyond its `RunResult`."""
-    return {node: (m.sram.dump(), list(m.seq.counters), m.mxu.unit.acc.tolist(),
+    return {node: (m.sram.dump(), list(m.seq.counters),
+                   [m.mxu.unit.bank_acc(b).tolist() for b in range(ACC_BANKS)],
                    list(model.mesh.routers[node].flits_in), m.sram.cycle, m.mxu.cycle)
             for node, m in model.nodes.items()}
 

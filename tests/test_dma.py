@@ -478,8 +478,8 @@ class DmaBenchTop(wiring.Component):
             "hand": _probe({"valid": 1, "ready": 1,
                             "payload": reply_request_format(cfg).layout}),
             "ev": _probe({"out_busy": 1, "in_busy": 1, "bump": 1,
-                          "bump_id": SYNC_COUNTER_ID_BITS, "start_req": 1, "bad_packet": 1, "dropped": 1, "imem_en": 1, "imem_addr": 16,
-                          "imem_data": 64}),
+                          "bump_id": SYNC_COUNTER_ID_BITS, "start_req": 1, "bad_packet": 1,
+                          "dropped": 1, "imem_en": 1, "imem_addr": 16, "imem_data": 64}),
         })
 
     def elaborate(self, platform):

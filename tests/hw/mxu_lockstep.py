@@ -66,8 +66,8 @@ def input_names() -> list[str]:
 
 
 def output_names() -> list[str]:
-    names = ["cmd__idle", "rd_cmd__idle", "busy", "mx_rd_en", "mx_rd_addr", "mx_rd_ready", "mx_wr_en",
-             "mx_wr_addr", "mx_wr_data", "mx_wr_mask", "mx_wr_ready", "beat_valid",
+    names = ["cmd__idle", "rd_cmd__idle", "busy", "mx_rd_en", "mx_rd_addr", "mx_rd_ready",
+             "mx_wr_en", "mx_wr_addr", "mx_wr_data", "mx_wr_mask", "mx_wr_ready", "beat_valid",
              "beat_payload", "row_valid", "row_index", "row_bank", "row_ready"]
     names += [f"c_read{i}__{s}" for i in CONTEND_READS for s in ("ready", "data")]
     names += [f"c_write{j}__ready" for j in CONTEND_WRITES]

@@ -1,15 +1,16 @@
 """cocotb bench of the `Sequencer` (Verilog top `sequencer`), in lockstep with `SequencerModel`.
 
-The four engines (MATRIX, VECTOR, DMA, READOUT) are stubs in the bench (`EngineStub`): an engine started in cycle t is busy
-(its `idle` input low) from cycle t + 1 for a number of cycles the test chooses (a random
-policy or a fixed one), and DMA-out may also turn busy on its own (as it does for READ replies
-that the sequencer did not start). The bench drives every input right after the rising edge
-(engines' `idle`, `start_req`, `bump`/`bump_id`, `imem_w`), and in `ReadOnly` compares every
+The four engines (MATRIX, VECTOR, DMA, READOUT) are stubs in the bench (`EngineStub`): an engine
+started in cycle t is busy (its `idle` input low) from cycle t + 1 for a number of cycles the test
+chooses (a random policy or a fixed one), and DMA-out may also turn busy on its own (as it does for
+READ replies that the sequencer did not start). The bench drives every input right after the rising
+edge (engines' `idle`, `start_req`, `bump`/`bump_id`, `imem_w`), and in `ReadOnly` compares every
 output with the model's for the same cycle: each engine's `start` and, with it, `instr` (and
-`scale`/`shift`/`relu`/`fscale`/`seed`/`reseed`, `status`/`pc`/`info`), the strobes `running`, `issued`, `stall_*`, and
-the registers `pc`, `state`, `fault_code`, `fault_pc`, `fault_value` and all 16 `counters`.
-Then it steps the model and the stubs with the same inputs. The first difference fails the test
-with the cycle, the signal, the expected and the observed value and the model's state.
+`scale`/`shift`/`relu`/`fscale`/`seed`/`reseed`, `status`/`pc`/`info`), the strobes `running`,
+`issued`, `stall_*`, and the registers `pc`, `state`, `fault_code`, `fault_pc`, `fault_value` and
+all 32 `counters`. Then it steps the model and the stubs with the same inputs. The first difference
+fails the test with the cycle, the signal, the expected and the observed value and the model's
+state.
 
 Independently of the model, a scoreboard checks what every run must satisfy: a `start` only
 reaches an idle engine; a new instruction never overlaps (`isa.overlaps`) the instruction a busy
