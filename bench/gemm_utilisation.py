@@ -127,19 +127,17 @@ def report(case: dict, out=print) -> None:
     tiles = len(layer.plans[crit].tiles)
     beats = tiles * ideal_matmul_cycles(cfg, kw, dtype)
     startup = tiles * (matmul_cycles(cfg, kw, dtype) - ideal_matmul_cycles(cfg, kw, dtype))
-    # Two accumulator banks: tile t's MREAD issues in its MATMUL's last-beat cycle and runs
-    # beside tile t+1's MATMUL, which issues one cycle later; only the last tile's rows wait.
-    issue = tiles - 1
+    # Two accumulator banks: tile t's MREAD comes after tile t+1's MATMUL in the program, so
+    # the MATMULs go back to back and each readout runs beside the next product; only the
+    # last tile's rows wait.
     drain = mread_cycles(N, 1)
-    rest = c["cycles"] - beats - startup - issue - drain
+    rest = c["cycles"] - beats - startup - drain
     rows = load_flits_text(case["load"])
     out(f"  where the cycles of the critical node {crit} go ({tiles} tiles of kw = {kw} words):")
     items = [
         ("host load before its START, and its DONE's trip", pre, rows),
         (f"MAC beats ({vpw} kw per tile)", beats, "the ideal share of this node"),
         ("MATMUL start-up (3 per tile)", startup, "first beat 4 cycles after issue"),
-        ("MREAD issue between tiles (1 per tile)", issue,
-         "its rows go out beside the next MATMUL (two banks)"),
         ("last tile's MREAD (N + 3)", drain, "the only readout not overlapped"),
         ("first operands, waits, HALT", rest,
          f"stall_wait {c['stall_wait']}, matrix idle while running "

@@ -6,9 +6,19 @@ the functional interpreter (`d1tile.sim.interp`) and the assembler (`d1tile.sw.a
 module.
 
 Instructions are 64-bit words; bits 3..0 are the opcode, the fields follow from bit 4 upwards in
-the order listed in `FORMATS`. Programs are straight-line (the compiler unrolls); the registers
-besides SRAM are SETQ's requantisation parameters and SETR's FP32 scalar and generator seed,
-and the matrix unit's `ACC_BANKS` accumulator banks.
+the order listed in `FORMATS`. The registers besides SRAM are SETQ's requantisation parameters
+and SETR's FP32 scalar and generator seed, the matrix unit's `ACC_BANKS` accumulator banks, and
+the sequencer's loop stack and STEP offsets.
+
+Hardware loops: `LOOP count, body` runs the `body` instructions after it `count` times (0: skips
+them) on a stack of at most `LOOP_DEPTH` open loops; the back edge costs no cycle (when the
+body's last instruction issues, the next pc is the body's first). `STEP s0, s1, s2, level` adds
+s_k x i to the k-th address field (`ADDRESS_SLOTS`) of the next instruction that issues, i being
+the iteration (0, 1, ...) of the open loop `level` (0: the innermost); consecutive STEPs add up,
+so one instruction can advance with several loops; arithmetic is modulo 2**16 (a stride of
+0xFFFF steps down by one), and the stepped instruction is checked and run as if it had been
+written with those fields (`stepped`). `LoopControl` holds the rules that the cycle model and the
+interpreter share (the RTL sequencer implements them and is checked against the model).
 
 Accumulator banks: MATMUL adds into the bank it names, MREAD reads out the bank it names, on
 two engines of their own (MATRIX and READOUT), so that one bank is read out while the next
@@ -31,7 +41,9 @@ a MATMUL and an MREAD of different banks run side by side.
 | 8 | `FVEC fop, dst, a, b, n, bfix` | vector | n FP32 vector-unit ops (`FVecOp`), or a reduction of n words |
 | 9 | `FCVT stype, dtype, sr, dst, a, n` | vector | n conversions between element types (`CONVERSIONS`) |
 | 10 | `SETR reg, value` | sequencer | set the FP32 scalar q (reg 0) or reseed the stochastic-rounding generator (reg 1) |
-| 11-15 | undefined | | fault UNDEFINED |
+| 11 | `LOOP count, body` | sequencer | run the next `body` instructions `count` times (hardware loop) |
+| 12 | `STEP s0, s1, s2, level` | sequencer | advance the next instruction's address fields by s_k x (iteration of loop `level`) |
+| 13-15 | undefined | | fault UNDEFINED |
 
 Validity (checked when the instruction reaches issue; an invalid instruction faults the node,
 which stops and reports the fault, the pc and the offending value to the host). The checks of
@@ -55,6 +67,12 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
 * SEND: x < cols and y < rows (else NODE, value x | y << 4); src + n and dst + n <= sram_words
   (else ADDRESS, value src or dst). n = 0 sends no data, only the counter bump (a signal).
 * SETR: reg is 0 (q) or 1 (seed) (else FIELD, value reg).
+* LOOP: body >= 1 (else FIELD, value 0). Then, against the loop stack (`LoopControl.fault`, so
+  the same whatever the count): fewer than LOOP_DEPTH loops open (else LOOP, value
+  LOOP_DEPTH); the body ends inside the imem, pc + body < imem_words, and strictly inside the
+  enclosing loop's body, before its last instruction (else LOOP, value body).
+* STEP: level < LOOP_DEPTH (else FIELD, value level); then the loop `level` is open (else
+  LOOP, value level).
 """
 
 from __future__ import annotations
@@ -74,6 +92,7 @@ __all__ = [
     "FORMATS", "INSTR_BITS", "ADDR_BITS", "SYNC_COUNTERS", "SYNC_COUNTER_BITS", "VECTOR_FAMILY",
     "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
     "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
+    "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl",
 ]
 
 INSTR_BITS = 64
@@ -84,6 +103,7 @@ ACC_BANKS = 2             # accumulator banks of the matrix unit (MATMUL's and M
 ACC_RANGE_BASE = 1 << ADDR_BITS
 """The hazard pseudo-address of accumulator bank 0 (bank b is ACC_RANGE_BASE + b): above every
 SRAM word, so banks and SRAM ranges never meet."""
+LOOP_DEPTH = 4            # loops open at once (the sequencer's loop stack)
 
 
 class Opcode(enum.IntEnum):
@@ -98,6 +118,8 @@ class Opcode(enum.IntEnum):
     FVEC = 8
     FCVT = 9
     SETR = 10
+    LOOP = 11
+    STEP = 12
 
 
 class Unit(enum.IntEnum):
@@ -114,7 +136,8 @@ class Unit(enum.IntEnum):
 
 UNIT_OF = {
     Opcode.NOP: Unit.SEQUENCER, Opcode.HALT: Unit.SEQUENCER, Opcode.SETQ: Unit.SEQUENCER,
-    Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
+    Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.LOOP: Unit.SEQUENCER,
+    Opcode.STEP: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
     Opcode.MREAD: Unit.READOUT, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
     Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA,
 }
@@ -125,12 +148,13 @@ VECTOR_FAMILY = (Opcode.VEC, Opcode.FVEC, Opcode.FCVT)
 
 class FaultCode(enum.IntEnum):
     NONE = 0
-    UNDEFINED = 1   # opcode 11..15
+    UNDEFINED = 1   # opcode 13..15
     ADDRESS = 2     # an SRAM range beyond sram_words
     NODE = 3        # SEND to a node outside the grid
     FIELD = 4       # a field out of its range (kw = 0, rows beyond the array, bad vector op)
     PC = 5          # the pc ran past the end of the instruction memory (no HALT)
     TYPE = 6        # an element type the matrix unit lacks, or a conversion FCVT lacks
+    LOOP = 7        # loops nested too deep or badly, or a STEP naming a loop that is not open
 
 
 class VecOp(enum.IntEnum):
@@ -204,8 +228,23 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.FCVT: _fmt("FCVT", Field("stype", TYPE_BITS), Field("dtype", TYPE_BITS),
                       Field("sr", 1), Field("dst", A), Field("a", A), Field("n", 8)),
     Opcode.SETR: _fmt("SETR", Field("reg", 2), Field("value", FSCALE_BITS)),
+    Opcode.LOOP: _fmt("LOOP", Field("count", 16), Field("body", 16)),
+    Opcode.STEP: _fmt("STEP", Field("s0", A), Field("s1", A), Field("s2", A),
+                      Field("level", (LOOP_DEPTH - 1).bit_length())),
 }
 assert all(f.width <= INSTR_BITS for f in FORMATS.values())
+
+ADDRESS_SLOTS: dict[Opcode, tuple[str, ...]] = {
+    Opcode.MATMUL: ("a", "b"),
+    Opcode.MREAD: ("dst",),
+    Opcode.VEC: ("dst", "a", "b"),
+    Opcode.FVEC: ("dst", "a", "b"),
+    Opcode.FCVT: ("dst", "a"),
+    Opcode.SEND: ("src", "dst"),
+}
+"""The address fields a STEP advances, in the order of its s0, s1, s2 (an instruction with
+fewer slots ignores the rest; the other opcodes have none)."""
+_ADDR_MASK = (1 << A) - 1
 
 BINARY_VECOPS = frozenset(v for v in VecOp if VECTOR_OPS[v].binary)
 
@@ -396,10 +435,18 @@ def _setr_checks(op, cfg, x, ops):
     return [(x.reg > max(SetrReg), FaultCode.FIELD, x.reg)]
 
 
+def _loop_checks(op, cfg, x, ops):
+    return [(x.body == 0, FaultCode.FIELD, 0)]
+
+
+def _step_checks(op, cfg, x, ops):
+    return [(x.level >= LOOP_DEPTH, FaultCode.FIELD, x.level)]
+
+
 _CHECKS = {
     Opcode.MATMUL: _matmul_checks, Opcode.MREAD: _mread_checks, Opcode.VEC: _vector_checks,
     Opcode.FVEC: _vector_checks, Opcode.FCVT: _vector_checks, Opcode.SEND: _send_checks,
-    Opcode.SETR: _setr_checks,
+    Opcode.SETR: _setr_checks, Opcode.LOOP: _loop_checks, Opcode.STEP: _step_checks,
 }
 
 
@@ -442,6 +489,88 @@ def vector_op(instr: Instruction) -> VectorOp | None:
         return None
     v = vector_fields(instr.op, instr, PY)
     return VECTOR_OPS.get(v.code) if v.defined else None
+
+
+def stepped(word: int, offsets) -> int:
+    """The instruction `word` with STEP offsets (o0, o1, o2) added to its address fields
+    (`ADDRESS_SLOTS`), each modulo 2**16; other words are returned unchanged."""
+    if not any(offsets):
+        return word
+    code = word & 0xF
+    slots = ADDRESS_SLOTS.get(code) if code in Opcode._value2member_map_ else None
+    if not slots:
+        return word
+    fmt = FORMATS[Opcode(code)]
+    for name, offset in zip(slots, offsets):
+        lsb = fmt.offsets[name]
+        value = ((word >> lsb) + offset) & _ADDR_MASK
+        word = word & ~(_ADDR_MASK << lsb) | value << lsb
+    return word
+
+
+class LoopControl:
+    """The sequencer's loop stack and STEP offsets, and the rules that use them (module
+    docstring): `effective(word)` is the instruction a word at pc stands for now (`stepped` by
+    the pending offsets), `fault(instr, pc)` the loop fault it raises ((FaultCode.NONE, 0) if
+    none; `validate`'s faults come first), and `issue(instr, pc)` applies an issued
+    instruction (not HALT) and returns the next pc. `reset()` (START) closes every loop.
+
+    A loop level is [start, end, count, iteration]: the body is imem[start..end], `iteration`
+    counts from 0. When the instruction at the innermost loop's `end` issues, the next pc is
+    `start` with iteration + 1, or end + 1 with the loop closed after its last iteration."""
+
+    __slots__ = ("cfg", "loops", "offsets")
+
+    def __init__(self, cfg: TileConfig):
+        self.cfg = cfg
+        self.reset()
+
+    def reset(self) -> None:
+        self.loops: list[list[int]] = []
+        self.offsets = (0, 0, 0)
+
+    @property
+    def depth(self) -> int:
+        return len(self.loops)
+
+    def effective(self, word: int) -> int:
+        return stepped(word, self.offsets)
+
+    def iteration(self, level: int) -> int:
+        return self.loops[-1 - level][3]
+
+    def fault(self, instr: Instruction, pc: int) -> tuple[FaultCode, int]:
+        if instr.op == Opcode.LOOP:
+            end = pc + instr.body
+            if len(self.loops) >= LOOP_DEPTH:
+                return FaultCode.LOOP, LOOP_DEPTH
+            if end >= self.cfg.imem_words or (self.loops and end >= self.loops[-1][1]):
+                return FaultCode.LOOP, instr.body
+        elif instr.op == Opcode.STEP and instr.level >= len(self.loops):
+            return FaultCode.LOOP, instr.level
+        return FaultCode.NONE, 0
+
+    def issue(self, instr: Instruction, pc: int) -> int:
+        op = instr.op
+        if op == Opcode.STEP:
+            i = self.iteration(instr.level)
+            self.offsets = tuple((o + s * i) & _ADDR_MASK for o, s in
+                                 zip(self.offsets, (instr.s0, instr.s1, instr.s2)))
+        else:
+            self.offsets = (0, 0, 0)
+        if op == Opcode.LOOP:
+            if instr.count == 0:
+                return pc + 1 + instr.body
+            self.loops.append([pc + 1, pc + instr.body, instr.count, 0])
+            return pc + 1
+        loops = self.loops
+        if loops and pc == loops[-1][1]:
+            top = loops[-1]
+            if top[3] + 1 < top[2]:
+                top[3] += 1
+                return top[0]
+            loops.pop()
+        return pc + 1
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from amaranth.lib.wiring import In, Out
 
 from .. import isa
 from ..contracts import ENGINES, HALT_WORD, SeqState
-from ..isa import (ACC_BANKS, ACC_RANGE_BASE, FORMATS, INSTR_BITS, SYNC_COUNTER_BITS,
-                   SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode, SetrReg, Unit)
+from ..isa import (ACC_BANKS, ACC_RANGE_BASE, ADDR_BITS, ADDRESS_SLOTS, FORMATS, INSTR_BITS,
+                   LOOP_DEPTH, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode,
+                   SetrReg, Unit)
 from ..params import TileConfig
 from ..vector_ops import FSCALE_BITS, SCALE_BITS, SEED_BITS, SHIFT_BITS
 from .decode import IsaLogic
@@ -257,6 +258,16 @@ class Sequencer(wiring.Component):
         seed = Signal(SEED_BITS)            # SETR seed
         reseed = Signal()                   # a SETR seed since the vector engine's last start
         counters = Signal(SYNC_COUNTERS_LAYOUT)
+        # The loop stack (`isa.LoopControl`): `depth` loops open, level l's body is
+        # imem[l_start[l]..l_end[l]], run l_count[l] times, now in iteration l_iter[l]; and the
+        # pending STEP offsets of the next instruction's address fields.
+        depth = Signal(range(LOOP_DEPTH + 1))
+        l_start = [Signal(range(cfg.imem_words + 1), name=f"loop_start_{l}")
+                   for l in range(LOOP_DEPTH)]
+        l_end = [Signal(range(cfg.imem_words), name=f"loop_end_{l}") for l in range(LOOP_DEPTH)]
+        l_count = [Signal(16, name=f"loop_count_{l}") for l in range(LOOP_DEPTH)]
+        l_iter = [Signal(16, name=f"loop_iter_{l}") for l in range(LOOP_DEPTH)]
+        offsets = [Signal(ADDR_BITS, name=f"step_offset_{k}") for k in range(3)]
         # ranges[e]: what engine e's current instruction reads and writes, recorded at its start.
         ranges = [Signal(_RANGES, name=f"ranges_{unit.name.lower()}") for unit in ENGINES]
 
@@ -273,10 +284,38 @@ class Sequencer(wiring.Component):
             store.en.eq(self.imem_w.en & (self.imem_w.addr[pc_bits:] == 0)),
         ]
 
+        # -- the word at pc, stepped by the pending STEP offsets (`isa.stepped`) ---------------
+        raw = fetch.data
+        word = Signal(INSTR_BITS)
+        m.d.comb += word.eq(raw)
+        with m.Switch(raw[:4]):
+            for code, slots in ADDRESS_SLOTS.items():
+                with m.Case(code):
+                    for name, offset in zip(slots, offsets):
+                        lsb = FORMATS[code].offsets[name]
+                        m.d.comb += word[lsb:lsb + ADDR_BITS].eq(
+                            raw[lsb:lsb + ADDR_BITS] + offset)
+
         # -- decode: one view of the word per format ------------------------------------------
-        word = fetch.data
         op = word[:4]
         f = {code: FORMATS[code].layout(word[:FORMATS[code].width]) for code in Opcode}
+
+        # The innermost open loop, and the iteration of the loop a STEP names.
+        top = Signal(range(LOOP_DEPTH))
+        m.d.comb += top.eq(depth - 1)
+        top_start, top_end = Array(l_start)[top], Array(l_end)[top]
+        top_count, top_iter = Array(l_count)[top], Array(l_iter)[top]
+        step = f[Opcode.STEP]
+        step_iter = Array(l_iter)[(depth - 1 - step.level)[:len(top)]]
+        loop = f[Opcode.LOOP]
+        loop_end = pc + loop.body
+        # The loop faults, after `isa.checks` (`isa.LoopControl.fault`).
+        loop_faults = {
+            Opcode.LOOP: [(depth == LOOP_DEPTH, FaultCode.LOOP, LOOP_DEPTH),
+                          ((loop_end >= cfg.imem_words) | ((depth != 0) & (loop_end >= top_end)),
+                           FaultCode.LOOP, loop.body)],
+            Opcode.STEP: [(step.level >= depth, FaultCode.LOOP, step.level)],
+        }
 
         # Validity and hazard ranges of the word at pc: the ISA's own rules (`isa.checks`,
         # `isa.ranges_of`, in their order), built into logic by the HDL backend.
@@ -296,7 +335,8 @@ class Sequencer(wiring.Component):
                         for rng, (lo, hi) in zip((new.read0, new.read1, new.write),
                                                  isa.ranges_of(code, x, hdl)):
                             m.d.comb += [rng.lo.eq(lo), rng.hi.eq(hi)]
-                    for k, (failed, raised, offending) in enumerate(isa.checks(code, cfg, x, hdl)):
+                    rules = isa.checks(code, cfg, x, hdl) + loop_faults.get(code, [])
+                    for k, (failed, raised, offending) in enumerate(rules):
                         with (m.If(failed) if k == 0 else m.Elif(failed)):
                             m.d.comb += [fault.eq(raised), value.eq(offending)]
             with m.Default():
@@ -325,7 +365,8 @@ class Sequencer(wiring.Component):
                     m.d.comb += fault_now.eq(1)
                 with m.Else():
                     with m.Switch(op):
-                        with m.Case(Opcode.NOP, Opcode.SETQ, Opcode.SETR):
+                        with m.Case(Opcode.NOP, Opcode.SETQ, Opcode.SETR, Opcode.LOOP,
+                                    Opcode.STEP):
                             m.d.comb += issue.eq(1)
                         with m.Case(Opcode.WAIT):
                             m.d.comb += [issue.eq(wait_ready), self.stall_wait.eq(~wait_ready)]
@@ -376,7 +417,33 @@ class Sequencer(wiring.Component):
             with m.If(op == Opcode.HALT):
                 m.d.sync += state.eq(SeqState.HALTING)
             with m.Else():
-                m.d.sync += pc.eq(pc + 1)   # at most imem_words: that faults next cycle
+                # The next pc (`isa.LoopControl.issue`): a LOOP opens its loop (or skips a
+                # count-0 body); the last instruction of the innermost body goes back to its
+                # start or closes the loop; else pc + 1 (at most imem_words: that faults next
+                # cycle). A LOOP is never at the end of the innermost body (it faults there).
+                m.d.sync += pc.eq(pc + 1)
+                with m.If(op == Opcode.STEP):
+                    strides = (step.s0, step.s1, step.s2)
+                    m.d.sync += [o.eq(o + s * step_iter) for o, s in zip(offsets, strides)]
+                with m.Else():
+                    m.d.sync += [o.eq(0) for o in offsets]
+                with m.If(op == Opcode.LOOP):
+                    with m.If(loop.count == 0):
+                        m.d.sync += pc.eq(pc + 1 + loop.body)
+                    with m.Else():
+                        m.d.sync += depth.eq(depth + 1)
+                        for l in range(LOOP_DEPTH):
+                            with m.If(depth == l):
+                                m.d.sync += [l_start[l].eq(pc + 1), l_end[l].eq(loop_end),
+                                             l_count[l].eq(loop.count), l_iter[l].eq(0)]
+                with m.Elif((depth != 0) & (pc == top_end)):
+                    with m.If(top_iter + 1 < top_count):
+                        m.d.sync += pc.eq(top_start)
+                        for l in range(LOOP_DEPTH):
+                            with m.If(top == l):
+                                m.d.sync += l_iter[l].eq(l_iter[l] + 1)
+                    with m.Else():
+                        m.d.sync += depth.eq(depth - 1)
             with m.If(op == Opcode.SETQ):
                 x = f[Opcode.SETQ]
                 m.d.sync += [scale.eq(x.scale), shift.eq(x.shift), relu.eq(x.relu)]
@@ -400,7 +467,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [state.eq(SeqState.STOPPED), ranges[ENGINES.index(Unit.DMA)].eq(0)]
         with m.If(self.start_req & ((state == SeqState.IDLE) | (state == SeqState.STOPPED))):
             m.d.sync += [state.eq(SeqState.RUN), pc.eq(0), fault_code.eq(0), fault_pc.eq(0),
-                         fault_value.eq(0)]
+                         fault_value.eq(0), depth.eq(0), *(o.eq(0) for o in offsets)]
 
         # Sync counters: this cycle's bump and a WAIT's subtraction combine (mod 2**16).
         wait_issue = issue & (op == Opcode.WAIT)

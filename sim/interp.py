@@ -9,7 +9,9 @@ the same state, so the cycle model and the RTL must produce exactly what this pr
 
 Arithmetic comes from the block references: a MATMUL applies its beats with the matrix type's
 reference (`d1tile.dtypes.MATRIX_TYPES`: int32 wrapping, or the BF16 k-loop of `d1tile.numerics`) to
-the bits of the accumulator bank it names (MREAD reads one out); VEC, FVEC and FCVT run
+the bits of the accumulator bank it names (MREAD reads one out); LOOP and STEP follow
+`d1tile.isa.LoopControl` (the instruction a word stands for is the word stepped by the pending
+STEP offsets, and its loop faults follow `validate`'s); VEC, FVEC and FCVT run
 `d1tile.sim.vpu.execute_vec` (the vector unit's functional reference) with the node's SETQ and SETR
 registers and its vector-unit state (the stochastic-rounding generator). SRAM words are Python ints
 (see `d1tile.formats` for the byte order).
@@ -47,9 +49,11 @@ class FunctionalNode:
     fscale: int = 0                  # SETR q (FP32 bits)
     acc: list | None = None          # the accumulator banks' bits, ACC_BANKS x (N, N) uint32
     vector: VectorUnitState | None = None
+    loops: isa.LoopControl | None = None     # the loop stack and STEP offsets
 
     def __post_init__(self):
         n = self.cfg.mac_dim
+        self.loops = isa.LoopControl(self.cfg)
         self.acc = [np.zeros((n, n), dtype=np.uint32) for _ in range(isa.ACC_BANKS)]
         self.vector = VectorUnitState(self.cfg)
 
@@ -58,8 +62,10 @@ class FunctionalNode:
         return np.concatenate([spec.operand_vectors(self.cfg, self.sram[base + w])
                                for w in range(kw)])
 
-    def step(self, tile) -> bool:
-        """Execute the instruction at pc; False when blocked (WAIT) or stopped."""
+    def step(self, tile, on_issue=None) -> bool:
+        """Execute the instruction at pc; False when blocked (WAIT) or stopped. `on_issue(node,
+        instr)`, if given, sees every instruction that executes (stepped, before its effects;
+        `self.loops` still as it was)."""
         if self.halted:
             return False
         if self.pc >= self.cfg.imem_words:
@@ -67,12 +73,18 @@ class FunctionalNode:
             return False
         # beyond the loaded program the instruction memory holds zeros (NOP)
         word = self.program[self.pc] if self.pc < len(self.program) else 0
+        word = self.loops.effective(word)
         instr = isa.decode(word)
         code, value = isa.validate(self.cfg, instr)
+        if code == FaultCode.NONE:
+            code, value = self.loops.fault(instr, self.pc)
         if code != FaultCode.NONE:
             self.fault, self.fault_value, self.halted = code, value, True
             return False
         op, f = instr.op, instr.fields
+        if on_issue is not None and not (op == Opcode.WAIT
+                                         and self.counters[f["counter"]] < f["value"]):
+            on_issue(self, instr)
         if op == Opcode.HALT:
             self.halted = True
             return False
@@ -108,7 +120,7 @@ class FunctionalNode:
             dest.sram[f["dst"]:f["dst"] + f["n"]] = words
             dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
                                            % 2**isa.SYNC_COUNTER_BITS)
-        self.pc += 1
+        self.pc = self.loops.issue(instr, self.pc)
         return True
 
 
@@ -123,8 +135,9 @@ class FunctionalResult:
                 if n.fault != FaultCode.NONE}
 
 
-def interpret(tile_program, *, max_steps: int = 10_000_000) -> FunctionalResult:
-    """Run a `TileProgram` functionally (see the module docstring)."""
+def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> FunctionalResult:
+    """Run a `TileProgram` functionally (see the module docstring); `on_issue(node, instr)` is
+    called for every instruction executed (`FunctionalNode.step`)."""
     cfg = tile_program.cfg
     tile = {}
     for node in tile_program.nodes:
@@ -137,7 +150,7 @@ def interpret(tile_program, *, max_steps: int = 10_000_000) -> FunctionalResult:
     while True:
         progress = False
         for node in tile_program.nodes:
-            while tile[node].step(tile):
+            while tile[node].step(tile, on_issue):
                 progress = True
                 steps += 1
                 if steps > max_steps:

@@ -62,8 +62,9 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 from d1tile.contracts import ENGINES, HALT_WORD, SeqEvent, SeqState
-from d1tile.isa import (INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode,
-                        Ranges, SetrReg, Unit, decode, hazard_ranges, overlaps, validate)
+from d1tile.isa import (INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode,
+                        LoopControl, Opcode, Ranges, SetrReg, Unit, decode, hazard_ranges,
+                        overlaps, validate)
 from d1tile.params import TileConfig
 
 
@@ -104,8 +105,8 @@ _DONE = Decision(SeqEvent.DONE, _ENGINE_INDEX[Unit.DMA], HALT_WORD)
 _STALLS = {event: Decision(event) for event in (SeqEvent.STALL_UNIT, SeqEvent.STALL_HAZARD,
                                                 SeqEvent.STALL_WAIT, SeqEvent.STALL_HALT)}
 
-# What the model keeps per imem word, computed once per write: (kind, *details).
-_K_FAULT, _K_SEQ, _K_SETQ, _K_WAIT, _K_UNIT, _K_HALT, _K_SETR = range(7)
+# What the model keeps per imem word, computed once per write: (kind, *details, instr).
+_K_FAULT, _K_SEQ, _K_SETQ, _K_WAIT, _K_UNIT, _K_HALT, _K_SETR, _K_LOOP = range(8)
 _PAST_END = (_K_FAULT, FaultCode.PC)   # pc == imem_words: the value is the pc
 
 _FIELD_MASK = 0xFFFF   # fault_pc and fault_value are 16-bit registers (and DONE fields)
@@ -152,6 +153,8 @@ class SequencerModel:
         self.reseed = False
         self.counters = [0] * SYNC_COUNTERS
         self.ranges = [_EMPTY] * len(ENGINES)
+        self.loops = LoopControl(cfg)        # the loop stack and the pending STEP offsets
+        self._stepped: dict = {}             # stepped word -> its info (as _info)
         self._memo_idle = None
         self._memo = _NONE
 
@@ -193,28 +196,44 @@ class SequencerModel:
         self._info[addr] = None
 
     def _decoded(self, addr: int) -> tuple:
+        """What the instruction at `addr` stands for now: its word stepped by the pending STEP
+        offsets (`LoopControl.effective`), validated and decoded; the loop faults (which depend
+        on the loop stack) are checked by `_loop_fault`."""
+        if any(self.loops.offsets):
+            word = self.loops.effective(self.imem[addr])
+            info = self._stepped.get(word)
+            if info is None:
+                info = self._stepped[word] = self._info_of(word)
+            return info
         info = self._info[addr]
         if info is None:
-            instr = decode(self.imem[addr])
-            code, value = validate(self._cfg, instr)
-            op = instr.op
-            if code != FaultCode.NONE:
-                info = (_K_FAULT, code, value)
-            elif op == Opcode.NOP:
-                info = (_K_SEQ,)
-            elif op == Opcode.SETQ:
-                info = (_K_SETQ, instr.scale, instr.shift, instr.relu)
-            elif op == Opcode.SETR:
-                info = (_K_SETR, instr.reg, instr.value)
-            elif op == Opcode.WAIT:
-                info = (_K_WAIT, instr.counter, instr.value)
-            elif op == Opcode.HALT:
-                info = (_K_HALT,)
-            else:
-                info = (_K_UNIT, _ENGINE_INDEX[UNIT_OF[op]], hazard_ranges(instr),
-                        Decision(SeqEvent.ISSUE, _ENGINE_INDEX[UNIT_OF[op]], instr.raw))
-            self._info[addr] = info
+            info = self._info[addr] = self._info_of(self.imem[addr])
         return info
+
+    def _info_of(self, word: int) -> tuple:
+        instr = decode(word)
+        code, value = validate(self._cfg, instr)
+        op = instr.op
+        if code != FaultCode.NONE:
+            return (_K_FAULT, code, value, instr)
+        if op == Opcode.NOP:
+            return (_K_SEQ, instr)
+        if op == Opcode.SETQ:
+            return (_K_SETQ, instr.scale, instr.shift, instr.relu, instr)
+        if op == Opcode.SETR:
+            return (_K_SETR, instr.reg, instr.value, instr)
+        if op == Opcode.WAIT:
+            return (_K_WAIT, instr.counter, instr.value, instr)
+        if op == Opcode.HALT:
+            return (_K_HALT, instr)
+        if op in (Opcode.LOOP, Opcode.STEP):
+            return (_K_LOOP, instr)
+        engine = _ENGINE_INDEX[UNIT_OF[op]]
+        return (_K_UNIT, engine, hazard_ranges(instr),
+                Decision(SeqEvent.ISSUE, engine, instr.raw), instr)
+
+    def _loop_fault(self, info) -> tuple[FaultCode, int]:
+        return self.loops.fault(info[-1], self.pc)
 
     # -- outputs of the cycle --------------------------------------------------------------
 
@@ -239,6 +258,8 @@ class SequencerModel:
                 decision = _FAULT
             elif kind == _K_SEQ or kind == _K_SETQ or kind == _K_SETR:
                 decision = _ISSUE
+            elif kind == _K_LOOP:
+                decision = _FAULT if self._loop_fault(info)[0] else _ISSUE
             elif kind == _K_WAIT:
                 decision = (_ISSUE if self.counters[info[1]] >= info[2]
                             else _STALLS[SeqEvent.STALL_WAIT])
@@ -299,12 +320,16 @@ class SequencerModel:
                     self.ranges[info[1]] = info[2]
                     if info[1] == _VECTOR:
                         self.reseed = False
-                self.pc += 1
+                self.pc = self.loops.issue(info[-1], self.pc)
         elif event == SeqEvent.FAULT:
             if self.pc == self._cfg.imem_words:
                 self.fault_code, self.fault_value = FaultCode.PC, self.pc & _FIELD_MASK
             else:
-                _, self.fault_code, self.fault_value = self._decoded(self.pc)
+                info = self._decoded(self.pc)
+                if info[0] == _K_FAULT:
+                    self.fault_code, self.fault_value = info[1], info[2]
+                else:
+                    self.fault_code, self.fault_value = self._loop_fault(info)
             self.fault_pc = self.pc & _FIELD_MASK
             self.state = SeqState.HALTING
         elif event == SeqEvent.DONE:
@@ -319,6 +344,7 @@ class SequencerModel:
             self.state = SeqState.RUN
             self.pc = 0
             self.fault_code, self.fault_pc, self.fault_value = FaultCode.NONE, 0, 0
+            self.loops.reset()
         if imem_write is not None:
             addr, word = imem_write
             if 0 <= addr < self._cfg.imem_words:
@@ -338,8 +364,12 @@ class SequencerModel:
         if self.state == SeqState.RUN and self.pc == self._cfg.imem_words:
             text += ": past the end of the imem (PC fault)"
         elif self.state == SeqState.RUN:
-            instr = decode(self.imem[self.pc])
+            instr = decode(self.loops.effective(self.imem[self.pc]))
             text += f": {instr}"
+            if self.loops.depth:
+                text += " (in loop" + ", ".join(
+                    f" {start}..{end} iteration {i + 1}/{count}"
+                    for start, end, count, i in reversed(self.loops.loops)) + ")"
             info = self._decoded(self.pc)
             if info[0] == _K_WAIT:
                 c, v = info[1], info[2]

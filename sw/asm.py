@@ -69,12 +69,17 @@ def f32_bits(value: float) -> int:
 class Program:
     """A straight-line node program under construction (a list of 64-bit words)."""
 
-    def __init__(self, cfg: TileConfig, *, check: bool = True):
+    def __init__(self, cfg: TileConfig, *, check: bool = True, max_words: int | None = None):
+        """`max_words`: the longest program accepted (default: the instruction memory; a
+        compiler pass may build a longer one and shorten it, `d1tile.sw.reroll`)."""
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self.cfg = cfg
         self.check = check
+        self.max_words = cfg.imem_words if max_words is None else max_words
         self.words: list[int] = []
+        self._open_loops: list[int] = []     # pcs of the LOOPs of open `loop()` blocks
+        self._loop_ends: set[int] = set()    # last instructions of closed loop bodies
 
     def __len__(self):
         return len(self.words)
@@ -92,9 +97,11 @@ class Program:
                 reason = _FAULT_REASONS[code].format(
                     words=self.cfg.sram_words, value=value, rows=self.cfg.rows, cols=self.cfg.cols)
                 raise AsmError(f"{where}: {isa.decode(word)}: {reason}")
-        if len(self.words) >= self.cfg.imem_words:
-            raise AsmError(f"{where}: program longer than the {self.cfg.imem_words}-word "
-                           "instruction memory")
+        if len(self.words) >= self.max_words:
+            if self.max_words == self.cfg.imem_words:
+                raise AsmError(f"{where}: program longer than the {self.cfg.imem_words}-word "
+                               "instruction memory")
+            raise AsmError(f"{where}: program longer than {self.max_words} instructions")
         self.words.append(word)
         return len(self.words) - 1
 
@@ -160,6 +167,31 @@ class Program:
     def wait(self, counter: int, value: int = 1):
         return self.emit(Opcode.WAIT, counter=counter, value=value)
 
+    def loop(self, count: int, body: int | None = None):
+        """LOOP: run the next `body` instructions `count` times. Without `body`, a context
+        manager: the instructions emitted inside the `with` block are the body::
+
+            with p.loop(16):
+                p.step(s0=4)            # the MATMUL's a advances 4 words per iteration
+                p.matmul(0, 64, 4)
+        """
+        if body is not None:
+            return self.emit(Opcode.LOOP, count=count, body=body)
+        return _LoopBlock(self, count)
+
+    def step(self, s0: int = 0, s1: int = 0, s2: int = 0, level: int = 0):
+        """STEP: the next instruction's address fields (`isa.ADDRESS_SLOTS`: MATMUL a, b;
+        MREAD dst; VEC/FVEC dst, a, b; FCVT dst, a; SEND src, dst) advance by s_k x the
+        iteration of loop `level` (0 = innermost). Negative strides are taken modulo 2**16."""
+        mask = (1 << isa.ADDR_BITS) - 1
+        strides = {}
+        for name, s in (("s0", s0), ("s1", s1), ("s2", s2)):
+            if not -(1 << isa.ADDR_BITS) < s < 1 << isa.ADDR_BITS:
+                raise AsmError(f"instruction {len(self.words)}: STEP: {name}={s} is not a "
+                               f"{isa.ADDR_BITS}-bit stride")
+            strides[name] = s & mask
+        return self.emit(Opcode.STEP, level=level, **strides)
+
     def word(self, raw: int):
         """Append a raw 64-bit word, unchecked (for tests of corrupt programs)."""
         if not 0 <= raw < 1 << isa.INSTR_BITS:
@@ -169,6 +201,38 @@ class Program:
 
     def listing(self) -> str:
         return disassemble(self.words)
+
+
+class _LoopBlock:
+    """`Program.loop(count)` as a context manager: emits the LOOP with a placeholder body,
+    and patches in the body's length when the block ends (an empty body raises AsmError)."""
+
+    def __init__(self, program: Program, count: int):
+        self.program = program
+        if len(program._open_loops) >= isa.LOOP_DEPTH:
+            raise AsmError(f"instruction {len(program)}: LOOP nested deeper than the "
+                           f"{isa.LOOP_DEPTH} loops the sequencer holds")
+        self.pc = program.emit(Opcode.LOOP, count=count, body=1)
+
+    def __enter__(self):
+        self.program._open_loops.append(self.pc)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        p = self.program
+        p._open_loops.pop()
+        if kind is not None:
+            return False
+        body = len(p.words) - self.pc - 1
+        if body == 0:
+            raise AsmError(f"instruction {self.pc}: LOOP with an empty body")
+        if len(p.words) - 1 in p._loop_ends:
+            raise AsmError(f"instruction {self.pc}: the LOOP's body ends with the last "
+                           "instruction of an inner loop; add an instruction after the inner loop")
+        p._loop_ends.add(len(p.words) - 1)
+        p.words[self.pc] = isa.encode(Opcode.LOOP, count=isa.decode(p.words[self.pc]).count,
+                                      body=body)
+        return False
 
 
 _LINE = re.compile(r"^\s*([.A-Za-z]+)\s*(.*)$")

@@ -76,9 +76,10 @@ from d1tile.sim.dma import job_cycles
 from d1tile.sim.mxu import matmul_cycles
 from d1tile.sim.vector import SCALE_BITS, SHIFT_BITS, requantize
 from d1tile.sim.vpu import vec_cycles
-from d1tile.sw.asm import AsmError
+from d1tile.sw.asm import AsmError, Program
 from d1tile.sw.errors import CompileError
 from d1tile.sw.program import TileProgram
+from d1tile.sw.reroll import reroll
 
 
 __all__ = [
@@ -744,15 +745,20 @@ class KernelBuilder:
         return count, waits
 
     def _check_instruction_memory(self, layer: LayerPlan) -> None:
+        """The straight-line program must stay below `STRAIGHT_LINE_LIMIT` x the instruction
+        memory (what loop rerolling is given to work on: a bound on the compiler's memory);
+        what has to fit the instruction memory is the rolled program (`_emit_layer`)."""
         count, waits = self._instruction_counts(layer)
         worst = max(self.tp.nodes, key=lambda node: count[node])
-        if count[worst] > self.cfg.imem_words:
+        limit = STRAIGHT_LINE_LIMIT * self.cfg.imem_words
+        if count[worst] > limit:
             raise CompileError(
-                f"{layer.where} needs {count[worst]} instructions on node {worst} "
+                f"{layer.where} needs {count[worst]} straight-line instructions on node {worst} "
                 f"({len(layer.plans[worst].tiles)} tiles: "
                 f"{layer.instructions(layer.plans[worst].tiles)} instructions, "
-                f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), its "
-                f"instruction memory holds {self.cfg.imem_words}")
+                f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), more than "
+                f"the {limit} ({STRAIGHT_LINE_LIMIT} x the instruction memory) the compiler "
+                "rolls into loops")
 
     def _place_regions(self, layer: LayerPlan) -> None:
         """SRAM: check the fullest node first (a clear message), then place every node's
@@ -853,8 +859,10 @@ class KernelBuilder:
                 continue
             x, y = node
             (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
-            prog = self.tp.node(x, y)
-            pc0 = len(prog)
+            target = self.tp.node(x, y)
+            pc0 = len(target)
+            # Straight-line first, into a scratch program; rolled into loops below.
+            prog = Program(self.cfg, max_words=STRAIGHT_LINE_LIMIT * self.cfg.imem_words)
 
             def emit(method, *args, **kwargs):
                 self._emit(node, layer.where, getattr(prog, method), *args, **kwargs)
@@ -878,6 +886,14 @@ class KernelBuilder:
                      dst=p.y_base + ((j - j0) * out_blocks + (i - i0) // pool) * n
                      // INT8_OUT_PER_WORD)
 
+            def mread(t):
+                i, j = p.tiles[t]
+                bank = t % ACC_BANKS
+                if layer.quant:
+                    emit("mread", acc(t), bank=bank)
+                else:
+                    emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n, bank=bank)
+
             if layer.quant and p.tiles:
                 emit("setq", *layer.quant)
             send_slot(-1)
@@ -885,23 +901,37 @@ class KernelBuilder:
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
                 at = p.w_base + (i - i0) * layer.wstride
-                bank = t % ACC_BANKS      # tile t+1 accumulates while tile t is read out
+                bank = t % ACC_BANKS      # tile t accumulates while tile t - 1 is read out
                 for r, (k0, k1) in enumerate(layer.kruns[i]):
                     emit("matmul", at, p.x_base + (j - j0) * layer.kw + k0, k1 - k0,
                          clear=r == 0, dtype=layer.dtype, bank=bank)
                     at += k1 - k0
+                # The previous tile's MREAD after this tile's MATMUL: the MATMULs go back to
+                # back on the matrix engine, the readout runs beside them.
+                if t:
+                    mread(t - 1)
                 if layer.quant and t and t % pool == 0:
                     finish_group(t // pool - 1)
                 send_slot(t)
-                if layer.quant:
-                    emit("mread", acc(t), bank=bank)
-                else:
-                    emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n, bank=bank)
+            if p.tiles:
+                mread(len(p.tiles) - 1)
             if layer.quant and p.tiles:
                 finish_group(len(p.tiles) // pool - 1)
-            assert len(prog) + 1 == count[node], (node, len(prog), count[node])
-            layer.pcs[node] = (pc0, len(prog))
+            assert pc0 + len(prog) + 1 == count[node], (node, len(prog), count[node])
+            rolled = reroll(prog.words)
+            if pc0 + len(rolled) + 1 > self.cfg.imem_words:
+                raise CompileError(
+                    f"{layer.where} needs {pc0 + len(rolled) + 1} instructions on node {node} "
+                    f"({len(p.tiles)} tiles: {len(prog)} instructions straight-line, "
+                    f"{len(rolled)} rolled into loops, earlier layers {pc0} and the HALT), its "
+                    f"instruction memory holds {self.cfg.imem_words}")
+            target.words.extend(rolled)
+            layer.pcs[node] = (pc0, len(target))
 
+
+STRAIGHT_LINE_LIMIT = 64
+"""A layer's straight-line program (before loop rerolling) may be at most this many times the
+instruction memory, per node."""
 
 K_RUN_GAP = 1
 """All-zero words between two runs of a block's K words that are multiplied anyway rather than

@@ -71,6 +71,16 @@ def random_word(cfg: TileConfig, rng: random.Random) -> int:
     return ELEMENTS[ElemType.BF16].pack(cfg, [_fp32_lane(rng) >> 16 for _ in range(halves)])
 
 
+def _private(cfg: TileConfig, word: int, half: int) -> bool:
+    """The instruction is valid and its SRAM ranges lie in words [0, half)."""
+    instr = isa.decode(word)
+    if isa.validate(cfg, instr)[0] != FaultCode.NONE:
+        return False
+    r = isa.hazard_ranges(instr)
+    return all(hi <= half for lo, hi in (r.read0, r.read1, r.write)
+               if lo < hi and lo < isa.ACC_RANGE_BASE)
+
+
 def _span(rng: random.Random, lo: int, hi: int, n: int) -> int:
     """A random start for n words inside [lo, hi)."""
     return rng.randrange(lo, hi - n + 1)
@@ -129,30 +139,81 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 return
         p.nop()
 
-    def local_op(node):
+    def stepped_op(node, counts):
+        """Inside loops of these counts (outermost first): STEPs of random levels and strides,
+        then a MATMUL, MREAD or vector instruction that is valid, and reads and writes only the
+        private half, at every iteration (drawn again until it is; a plain local op if not)."""
+        p = programs[node]
+        levels = rng.sample(range(len(counts)), rng.randint(1, len(counts)))
+        steps = [(level, [rng.choice([0, 0, 1, 2, 3, -1]) for _ in range(3)]) for level in levels]
+        # Every offset vector the instruction sees: one iteration per enclosing loop.
+        variants = [(0, 0, 0)]
+        for level, strides in steps:
+            count = counts[len(counts) - 1 - level]
+            variants = [tuple(o + s * i for o, s in zip(v, strides))
+                        for v in variants for i in range(max(count, 1))]
+        for _ in range(20):
+            trial = TileProgram(cfg).node(*node)
+            saved, programs[node] = programs[node], trial
+            try:
+                rng.choice([matmul_op, mread_op, vector_op])(node)
+            finally:
+                programs[node] = saved
+            word = trial.words[-1] if trial.words else isa.encode(Opcode.NOP)
+            if isa.decode(word).op == Opcode.NOP:
+                continue
+            if all(_private(cfg, isa.stepped(word, tuple(o & 0xFFFF for o in v)), half)
+                   for v in set(variants)):
+                for level, strides in steps:
+                    p.step(*strides, level=level)
+                p.word(word)
+                return
+        local_op(node, counts, loops=False)
+
+    def loop_op(node, counts):
+        """A LOOP (count 0, 1 or more) around a few local ops, stepped ops and loops; an inner
+        loop is followed by one more instruction (a body may not end with an inner loop's)."""
+        p = programs[node]
+        count = rng.choice([0, 1, 2, rng.randint(2, 4)])
+        inner = counts + [count]
+        with p.loop(count):
+            for _ in range(rng.randint(1, 3)):
+                r = rng.random()
+                if r < 0.25 and len(inner) < isa.LOOP_DEPTH:
+                    loop_op(node, inner)
+                    local_op(node, inner, loops=False)
+                elif r < 0.7:
+                    stepped_op(node, inner)
+                else:
+                    local_op(node, inner, loops=False)
+
+    def matmul_op(node, bank=None):
+        kw = rng.randint(1, max_words)
+        programs[node].matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7,
+                              dtype=rng.choice(list(MATRIX_TYPES)),
+                              bank=rng.randrange(ACC_BANKS) if bank is None else bank)
+
+    def mread_op(node, bank=None):
+        row0 = rng.randrange(cfg.mac_dim)
+        nrows = rng.randint(1, cfg.mac_dim - row0)
+        programs[node].mread(_span(rng, 0, half, nrows), row0, nrows,
+                             bank=rng.randrange(ACC_BANKS) if bank is None else bank)
+
+    def local_op(node, counts=(), loops=True):
         p = programs[node]
         kind = rng.choice(["matmul", "matmul", "mread", "pingpong", "vec", "vec", "vec", "setq",
-                           "setr", "nop"])
-
-        def matmul(bank):
-            kw = rng.randint(1, max_words)
-            p.matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7,
-                     dtype=rng.choice(list(MATRIX_TYPES)), bank=bank)
-
-        def mread(bank):
-            row0 = rng.randrange(cfg.mac_dim)
-            nrows = rng.randint(1, cfg.mac_dim - row0)
-            p.mread(_span(rng, 0, half, nrows), row0, nrows, bank=bank)
-
-        if kind == "matmul":
-            matmul(rng.randrange(ACC_BANKS))
+                           "setr", "nop"] + (["loop"] if loops else []))
+        if kind == "loop":
+            loop_op(node, list(counts))
+        elif kind == "matmul":
+            matmul_op(node)
         elif kind == "mread":
-            mread(rng.randrange(ACC_BANKS))
+            mread_op(node)
         elif kind == "pingpong":
             bank = rng.randrange(ACC_BANKS)
             for _ in range(rng.randint(2, 4)):
-                matmul(bank)
-                mread(bank)
+                matmul_op(node, bank)
+                mread_op(node, bank)
                 bank = (bank + 1) % ACC_BANKS
         elif kind == "vec":
             vector_op(node)
@@ -173,24 +234,33 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
             for _ in range(rng.randint(0, 2)):
                 dst = rng.choice(nodes)
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
-                if inbox_next[dst] + n > words:
+                # repeat: None (one SEND), or the count of a LOOP around a stepped SEND
+                repeat = rng.choice([0, 1, 2, 3]) if rng.random() < 0.25 else None
+                total = n * (1 if repeat is None else repeat)
+                if inbox_next[dst] + total > words or total > half:
                     continue
                 counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
-                messages.append((src, dst, n, _span(rng, 0, half, n) if n else 0,
-                                 inbox_next[dst], counter))
-                inbox_next[dst] += n
+                messages.append((src, dst, n, _span(rng, 0, half, total) if total else 0,
+                                 inbox_next[dst], counter, repeat))
+                inbox_next[dst] += total
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
                 local_op(node)
-        for src, dst, n, src_addr, dst_addr, counter in messages:
-            programs[src].send(src_addr, n, dst, dst_addr, counter)
+        for src, dst, n, src_addr, dst_addr, counter, repeat in messages:
+            if repeat is None:
+                programs[src].send(src_addr, n, dst, dst_addr, counter)
+            else:   # message k: words src_addr + k n.. to dst_addr + k n..
+                with programs[src].loop(repeat):
+                    programs[src].step(n, n)
+                    programs[src].send(src_addr, n, dst, dst_addr, counter)
         for node in nodes:
             incoming = {}
-            for src, dst, n, src_addr, dst_addr, counter in messages:
-                if dst == node:
-                    incoming[counter] = incoming.get(counter, 0) + 1
+            for src, dst, n, src_addr, dst_addr, counter, repeat in messages:
+                times = 1 if repeat is None else repeat
+                if dst == node and times:
+                    incoming[counter] = incoming.get(counter, 0) + times
                     if n:
-                        usable[node].append((dst_addr, dst_addr + n))
+                        usable[node].append((dst_addr, dst_addr + n * times))
             for counter, count in sorted(incoming.items(), key=lambda _: rng.random()):
                 programs[node].wait(counter, count)
         for node in nodes:

@@ -65,15 +65,32 @@ def instruction_kind(word: int) -> str:
     return ins.op.name
 
 
-def exercised(programs) -> Counter:
-    """Instructions per `instruction_kind` in `programs`. A random program is straight-line,
-    valid and race-free, so each of its instructions issues exactly once in a run."""
+def run_kind(node, instr) -> list[str]:
+    """What an instruction executed by the interpreter exercises (`instruction_kind`), and
+    for loops how: "LOOP count 0" / "count 1" / "count >1", "LOOP nested" (opened inside
+    another), "STEP level k", and "stepped OP" for an instruction whose fields a STEP moved."""
+    kinds = [instruction_kind(instr.raw)]
+    loops = node.loops
+    if instr.op == Opcode.LOOP:
+        kinds[0] = f"LOOP count {instr.count if instr.count < 2 else '>1'}"
+        if loops.depth:
+            kinds.append("LOOP nested")
+    elif instr.op == Opcode.STEP:
+        kinds[0] = f"STEP level {instr.level}"
+    elif any(loops.offsets) and instr.op in isa.ADDRESS_SLOTS:
+        kinds.append(f"stepped {instr.op.name}")
+    return kinds
+
+
+def exercised(programs) -> tuple[Counter, list]:
+    """Instructions executed per kind (`run_kind`) by the functional interpreter on
+    `programs`, and the interpreter's results (one per program)."""
     counts = Counter()
-    for tp in programs:
-        for node in tp.nodes:
-            for word in tp.words_of(node):
-                counts[instruction_kind(word)] += 1
-    return counts
+
+    def count(node, instr):
+        counts.update(run_kind(node, instr))
+
+    return counts, [interpret(tp, on_issue=count) for tp in programs]
 
 
 def differences(model: dict, rtl: dict, limit: int = 3) -> list[str]:
@@ -126,7 +143,7 @@ def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, l
     indices = [only] if only is not None else list(range(count))
     programs = [program_for(cfg, seed, i) for i in indices]
     report = VerifyReport(programs=len(programs))
-    report.exercised = exercised(programs)
+    report.exercised, functionals = exercised(programs)
     started = time.monotonic()
     models = [TileModel(cfg).run(tp) for tp in programs]
     report.model_seconds = time.monotonic() - started
@@ -134,9 +151,8 @@ def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, l
     timing = {}
     rtls = run_rtl(programs, timing=timing, log=lambda line: None)
     report.rtl_seconds, report.build_seconds = timing["run_s"], timing["build_s"]
-    for index, tp, model, rtl in zip(indices, programs, models, rtls):
+    for index, model, rtl, functional in zip(indices, models, rtls, functionals):
         problems = differences(model.comparable(), rtl.comparable())
-        functional = interpret(tp)
         for (node, addr, n), words in functional.reads.items():
             if model.reads.get((node, addr, n)) != words:
                 problems.append(f"node {node}: the final SRAM differs from the functional "

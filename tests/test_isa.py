@@ -36,7 +36,7 @@ def test_encode_decode_round_trip_for_every_opcode():
 
 
 def test_undefined_opcodes_decode_and_fault():
-    for code in range(11, 16):
+    for code in range(13, 16):
         instr = isa.decode(code | 0xABC0)
         assert instr.op is None
         assert isa.validate(TINY, instr) == (FaultCode.UNDEFINED, code)
@@ -95,6 +95,136 @@ def test_undefined_opcodes_decode_and_fault():
 def test_validity_rules(op, fields, fault):
     assert TINY.sram_words == 256
     assert isa.validate(TINY, isa.decode(isa.encode(op, **fields))) == fault
+
+
+def test_stepped_moves_only_the_address_slots_modulo_2_16():
+    mm = isa.encode(Opcode.MATMUL, a=5, b=7, kw=3, clear=1, type=1, bank=1)
+    got = isa.decode(isa.stepped(mm, (10, 0xFFFF, 99)))       # MATMUL has two slots: s2 unused
+    assert got.fields == dict(a=15, b=6, kw=3, clear=1, type=1, bank=1)
+    send = isa.encode(Opcode.SEND, src=0xFFFE, n=2, x=1, y=1, dst=3, counter=31)
+    assert isa.decode(isa.stepped(send, (3, 4, 0))).fields == dict(
+        src=1, n=2, x=1, y=1, dst=7, counter=31)
+    vec = isa.encode(Opcode.VEC, vop=2, bfix=1, dst=1, a=2, b=3, n=4)
+    assert isa.decode(isa.stepped(vec, (1, 2, 3))).fields == dict(
+        vop=2, bfix=1, dst=2, a=4, b=6, n=4)
+    wait = isa.encode(Opcode.WAIT, counter=3, value=9)
+    assert isa.stepped(wait, (1, 2, 3)) == wait and isa.stepped(0xD, (1, 1, 1)) == 0xD
+    assert isa.stepped(mm, (0, 0, 0)) == mm
+
+
+def _run_loops(program, limit=1000):
+    """The pcs a program issues under `LoopControl`, and its fault (or None)."""
+    loops = isa.LoopControl(TINY)
+    pc, pcs = 0, []
+    while len(pcs) < limit:
+        instr = isa.decode(loops.effective(program[pc]))
+        fault = isa.validate(TINY, instr)
+        if fault[0] == FaultCode.NONE:
+            fault = loops.fault(instr, pc)
+        if fault[0] != FaultCode.NONE:
+            return pcs, (fault, pc)
+        if instr.op == Opcode.HALT:
+            return pcs, None
+        pcs.append(pc)
+        pc = loops.issue(instr, pc)
+    raise AssertionError("runaway")
+
+
+def test_loop_control_order_counts_and_faults():
+    L = lambda count, body: isa.encode(Opcode.LOOP, count=count, body=body)
+    nop, halt = isa.encode(Opcode.NOP), isa.encode(Opcode.HALT)
+    # 2 x (LOOP 3 x [1 NOP], NOP): inner body pc 2, outer body pcs 1..3
+    assert _run_loops([L(2, 3), L(3, 1), nop, nop, halt]) == (
+        [0] + [1, 2, 2, 2, 3] * 2, None)
+    assert _run_loops([L(0, 2), nop, nop, halt]) == ([0], None)      # count 0: skipped
+    assert _run_loops([L(1, 2), nop, nop, halt]) == ([0, 1, 2], None)
+    assert _run_loops([L(65535, 1), nop, halt], limit=70000)[0].count(1) == 65535
+    assert _run_loops([L(2, 0), halt])[1] == ((FaultCode.FIELD, 0), 0)
+    deep = [L(1, 12 - 2 * k) for k in range(isa.LOOP_DEPTH + 1)] + [nop] * 10 + [halt]
+    assert _run_loops(deep)[1] == ((FaultCode.LOOP, isa.LOOP_DEPTH), isa.LOOP_DEPTH)
+    assert _run_loops([L(2, 2), L(2, 1), nop, halt])[1] == ((FaultCode.LOOP, 1), 1)
+    assert _run_loops([L(2, TINY.imem_words - 1), halt])[1] is None   # HALT inside the body
+    assert _run_loops([nop, L(2, TINY.imem_words - 1), halt])[1] == (
+        (FaultCode.LOOP, TINY.imem_words - 1), 1)
+    step = isa.encode(Opcode.STEP, s0=1, level=1)
+    assert _run_loops([L(2, 2), step, nop, halt])[1] == ((FaultCode.LOOP, 1), 1)
+    assert _run_loops([step, halt])[1] == ((FaultCode.LOOP, 1), 0)
+
+
+def test_steps_add_up_over_levels_and_clear_after_one_instruction():
+    p = Program(TINY)
+    with p.loop(3):
+        with p.loop(2):
+            p.step(s0=1)                      # inner iteration j
+            p.step(s0=10, s1=-1, level=1)     # outer iteration i
+            p.matmul(100, 50, 1)              # a = 100 + j + 10 i, b = 50 - i
+            p.matmul(0, 0, 1)                 # not stepped
+        p.nop()
+    p.halt()
+    loops = isa.LoopControl(TINY)
+    pc, seen = 0, []
+    while isa.decode(p.words[pc]).op != Opcode.HALT:
+        instr = isa.decode(loops.effective(p.words[pc]))
+        if instr.op == Opcode.MATMUL:
+            seen.append((instr.a, instr.b))
+        pc = loops.issue(instr, pc)
+    assert seen == [x for i in range(3) for j in range(2)
+                    for x in ((100 + j + 10 * i, 50 - i), (0, 0))]
+
+
+def test_assembler_loops():
+    text = """
+    LOOP 4, 2          ; four times the next two
+    STEP 1, 1, 0, 0
+    SEND 0, 1, 1, 0, 0, 3
+    STEP s0=2, level=0
+    HALT
+    """
+    words = assemble(TINY, text).words
+    assert assemble(TINY, disassemble(words)).words == words
+    assert isa.decode(words[0]).fields == dict(count=4, body=2)
+    p = Program(TINY)
+    with pytest.raises(AsmError, match="empty body"):
+        with p.loop(2):
+            pass
+    p = Program(TINY)
+    with pytest.raises(AsmError, match="inner loop"):
+        with p.loop(2):
+            with p.loop(2):
+                p.nop()
+    p = Program(TINY)
+    with pytest.raises(AsmError, match="deeper"):
+        with p.loop(1), p.loop(1), p.loop(1), p.loop(1), p.loop(1):
+            p.nop()
+    with pytest.raises(AsmError, match="stride"):
+        Program(TINY).step(s0=1 << 16)
+    with pytest.raises(AsmError, match="count=70000"):
+        Program(TINY).loop(70000, 1)
+
+
+def test_interpreter_runs_loops_with_stepped_sends():
+    """Node (0, 0) sends words 0..5 one at a time to (1, 0)'s words 10.. with a loop of a
+    stepped SEND; (1, 0) waits for the six and copies them, doubled, with a stepped VEC."""
+    tp = TileProgram(TINY)
+    values = [word_from_bytes([k] * 16) for k in range(6)]
+    tp.load((0, 0), 0, values)
+    p = tp.node(0, 0)
+    with p.loop(6):
+        p.step(1, 1)
+        p.send(0, 1, (1, 0), 10, counter=4)
+    p.halt()
+    q = tp.node(1, 0)
+    q.wait(4, 6)
+    with q.loop(3):
+        q.step(2, 2, 2)
+        q.vec(VecOp.ADD, 40, 10, 10, n=2)
+    q.halt()
+    result = interpret(tp)
+    assert not result.faults() and result.deadlock is None
+    node = result.nodes[(1, 0)]
+    assert node.sram[10:16] == values
+    assert np.array_equal([lanes_from_word(w, 4) for w in node.sram[40:46]],
+                          [2 * lanes_from_word(v, 4) for v in values])
 
 
 def test_hazard_ranges_and_overlap():

@@ -361,14 +361,31 @@ def test_chained_layers_report_earlier_layers_in_the_overflow():
 
 
 def test_instruction_memory_overflow_names_the_layer():
+    # 8 x 8 tiles per node, four instructions each: 290 straight-line, rolled into loops it fits
     kb = KernelBuilder(TINY)
     layout = kb.input("x", 64, 4)
-    with pytest.raises(CompileError, match=r"layer 'wide' needs 290 instructions on node "
-                                           r"\(0, 0\) \(64 tiles: 257 instructions, .*\), "
-                                           r"its instruction memory holds 256"):
-        # 8 x 8 tiles per node, four instructions each
+    kb.quantised_layer("wide", layout, np.zeros((4, 64), dtype=np.int8),
+                       np.zeros(64, dtype=np.int32), 1, 1)
+    assert max(len(p) for p in kb.tp.programs.values()) < 289
+    # a 16-word instruction memory: the rolled program does not fit
+    small = TINY.replace(imem_words=16)
+    kb = KernelBuilder(small)
+    layout = kb.input("x", 64, 4)
+    with pytest.raises(CompileError, match=r"layer 'wide' needs \d+ instructions on node "
+                                           r"\(\d, \d\) \(64 tiles: 289 instructions "
+                                           r"straight-line, \d+ rolled into loops, earlier "
+                                           r"layers 0 and the HALT\), its instruction memory "
+                                           r"holds 16"):
         kb.quantised_layer("wide", layout, np.zeros((4, 64), dtype=np.int8),
                            np.zeros(64, dtype=np.int32), 1, 1)
+    # and beyond 64 x 16 straight-line instructions the compiler does not try
+    kb = KernelBuilder(small)
+    layout = kb.input("x", 256, 4)
+    with pytest.raises(CompileError, match=r"layer 'wider' needs \d+ straight-line "
+                                           r"instructions on node .*more than the 1024 \(64 x "
+                                           r"the instruction memory\)"):
+        kb.quantised_layer("wider", layout, np.zeros((4, 256), dtype=np.int8),
+                           np.zeros(256, dtype=np.int32), 1, 1)
 
 
 def test_bad_arguments_are_compile_errors():

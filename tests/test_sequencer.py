@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from d1tile.hw.sequencer import EngineCommand, ImemWritePort, Sequencer
 from d1tile.params import TileConfig
-from d1tile.isa import FaultCode, Opcode, Unit, decode, encode, validate
+from d1tile.isa import FaultCode, LoopControl, Opcode, Unit, decode, encode, validate
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, SeqEvent, SeqState, SequencerModel,
                                   unstalled_done_cycle)
 
@@ -118,6 +118,27 @@ def test_model_unstalled_timing():
     assert model.state == SeqState.STOPPED and model.pc == 4 and not model.running
 
 
+def test_model_loops_cost_no_cycle_and_describe_names_the_loop():
+    """A LOOP of 4 x [STEP, MATMUL] with an always-idle matrix engine: 1 + 8 instructions
+    issue back to back (the back edge is free), the MATMULs carry the stepped a; a WAIT inside
+    a loop is described with its loop and iteration."""
+    model = SequencerModel(TINY)
+    program = [encode(Opcode.LOOP, count=4, body=2), encode(Opcode.STEP, s0=3),
+               encode(Opcode.MATMUL, a=1, b=0, kw=1), HALT_WORD]
+    model.load_imem(program)
+    decisions = run_model(model)
+    assert len(decisions) - 1 == unstalled_done_cycle(0, 9)
+    assert [decode(d.instr).a for d in decisions if d.engine == 0] == [1, 4, 7, 10]
+    model = SequencerModel(TINY)
+    model.load_imem([encode(Opcode.LOOP, count=3, body=1), encode(Opcode.WAIT, counter=2,
+                                                                   value=1), HALT_WORD])
+    model.tick(IDLE, start_req=True)
+    model.tick(IDLE, bump=True, bump_id=2)
+    for _ in range(3):
+        model.tick(IDLE)
+    assert "in loop 1..1 iteration 2/3" in model.describe(), model.describe()
+
+
 def test_model_setr_registers_and_the_pending_seed():
     """SETR SCALE loads q; SETR SEED loads the seed and raises `reseed`, which the next vector
     instruction's start carries and clears (a MATMUL's start does not)."""
@@ -164,9 +185,13 @@ def test_model_faults_match_isa():
             if decode(word).op in (Opcode.WAIT, Opcode.HALT):
                 continue
             lead = rng.randint(0, 2)
+            code, value = validate(cfg, decode(word))
+            if code == FaultCode.NONE:      # LOOP, STEP: the loop faults at depth 0
+                code, value = LoopControl(cfg).fault(decode(word), lead)
+            if decode(word).op == Opcode.LOOP and code == FaultCode.NONE:
+                continue                    # a valid LOOP runs the imem after it
             model.load_imem([NOP] * lead + [word, HALT_WORD])
             run_model(model)
-            code, value = validate(cfg, decode(word))
             got = (model.fault_code, model.fault_pc, model.fault_value)
             assert got == (code, lead if code else 0, value), f"{decode(word)}: {got}"
 
@@ -248,7 +273,8 @@ def test_model_describe_wait():
 # -- the bench of record (Verilator) --------------------------------------------------------------
 
 SEQ_TESTS = ("seq_unstalled_timing,seq_faults_directed,seq_faults_random,seq_hazards,"
-             "seq_wait_and_bumps,seq_halt_waits,seq_start_and_imem,seq_random_programs")
+             "seq_wait_and_bumps,seq_halt_waits,seq_start_and_imem,seq_loops,"
+             "seq_random_programs")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "default"])

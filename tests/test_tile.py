@@ -148,12 +148,65 @@ def cooperative_matmul():
     return tp, check
 
 
+def looped_matmul():
+    """Hardware loops: every node computes its block of C = A @ B (K = 32) as LOOP 4 x (STEP,
+    MATMUL of 2 words), reads it out, and sends its rows to node (0, 0) with a LOOP of stepped
+    one-row SENDs; node (0, 0) waits for all 16 rows, then doubles them with a nested loop
+    (2 x 2 x VEC ADD of 2 words, both levels stepped)."""
+    k = 32
+    a = RNG.integers(-128, 128, size=(2 * N, k))
+    b = RNG.integers(-128, 128, size=(k, 2 * N))
+    kw = k // 4
+    A_AT, B_AT, C_AT, OUT, TWICE = 0, 16, 32, 64, 96
+    tp = TileProgram(CFG)
+    nodes = [(x, y) for y in range(2) for x in range(2)]
+    for x, y in nodes:
+        tp.load((x, y), A_AT, operand_words(a[y * N:(y + 1) * N].T))
+        tp.load((x, y), B_AT, operand_words(b[:, x * N:(x + 1) * N]))
+        p = tp.node(x, y)
+        with p.loop(kw // 2):
+            p.step(2, 2)
+            p.matmul(A_AT, B_AT, 2, clear=False)
+        p.mread(C_AT)
+        with p.loop(N):                  # row r of the block to OUT + ((2y + x) N + r)
+            p.step(1, 1)
+            p.send(C_AT, 1, (0, 0), OUT + (2 * y + x) * N, counter=7)
+        p.nop()
+    p = tp.node(0, 0)
+    p.wait(7, 4 * N)
+    with p.loop(2):
+        with p.loop(2):
+            p.step(2, 2, 2)
+            p.step(4 * N // 2, 4 * N // 2, 4 * N // 2, level=1)
+            p.vec(VecOp.ADD, TWICE, OUT, OUT, n=2)
+        p.nop()
+    for x, y in nodes:
+        tp.node(x, y).halt()
+    tp.read((0, 0), TWICE, 4 * N)
+    tp.read((0, 0), OUT, 4 * N)
+
+    def check(result):
+        c = a @ b
+        blocks = lanes(result.reads[((0, 0), OUT, 4 * N)])
+        twice = lanes(result.reads[((0, 0), TWICE, 4 * N)])
+        for x, y in nodes:
+            rows = slice((2 * y + x) * N, (2 * y + x + 1) * N)
+            expected = c[y * N:(y + 1) * N, x * N:(x + 1) * N]
+            assert np.array_equal(blocks[rows], expected), (x, y)
+        # the doubled words: first 2 words of each half (the nested loop covers 2 x (2 x 2))
+        covered = [i * 4 * N // 2 + j * 2 + w for i in range(2) for j in range(2) for w in range(2)]
+        assert np.array_equal(twice[covered], 2 * blocks[covered])
+        assert interpret(tp).reads[((0, 0), OUT, 4 * N)] == result.reads[((0, 0), OUT, 4 * N)]
+    return tp, check
+
+
 def faults():
-    """One fault of each kind, on three nodes; the fourth halts normally."""
+    """One fault of each kind on three nodes, and on the fourth a stepped instruction that
+    faults inside a loop."""
     tp = TileProgram(CFG)
     p = Program(CFG, check=False)
     p.nop()
-    p.word(encode(Opcode.NOP) | 0xC)                       # opcode 12: undefined
+    p.word(encode(Opcode.NOP) | 0xD)                       # opcode 13: undefined
     tp.programs[(0, 0)] = p
     p = Program(CFG, check=False)
     p.matmul(0, 250, 8)                                    # B beyond the 256-word SRAM
@@ -163,9 +216,13 @@ def faults():
     p.nop()
     p.send(0, 1, (3, 0), 0)                                # no node (3, 0) in a 2x2 grid
     tp.programs[(0, 1)] = p
-    tp.node(1, 1).halt()
-    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 12), (1, 0): (FaultCode.ADDRESS, 0, 250),
-                (0, 1): (FaultCode.NODE, 2, 3)}
+    p = tp.node(1, 1)                                      # a stepped MATMUL leaves the SRAM
+    with p.loop(3):                                        # in the third iteration
+        p.step(s0=CFG.sram_words // 2)
+        p.matmul(0, 8, 1)
+    p.halt()
+    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 13), (1, 0): (FaultCode.ADDRESS, 0, 250),
+                (0, 1): (FaultCode.NODE, 2, 3), (1, 1): (FaultCode.ADDRESS, 2, CFG.sram_words)}
 
     def check(result):
         got = {node: (r.fault, r.pc, r.fault_value) for node, r in result.faults.items()}
@@ -191,7 +248,8 @@ def deadlock():
 
 
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
-         "cooperative_matmul": cooperative_matmul, "faults": faults, "deadlock": deadlock}
+         "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
+         "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
 
@@ -227,7 +285,11 @@ def test_verify_with_a_fixed_seed():
     # Both accumulator banks, both types, in MATMULs and MREADs (the random programs' ping-pong
     # runs put an MREAD beside a MATMUL into the other bank).
     for kind in ("MATMUL INT8 bank 0", "MATMUL INT8 bank 1", "MATMUL BF16 bank 0",
-                 "MATMUL BF16 bank 1", "MREAD bank 0", "MREAD bank 1"):
+                 "MATMUL BF16 bank 1", "MREAD bank 0", "MREAD bank 1",
+                 # hardware loops: every count class, nesting, every STEP level the programs
+                 # reach, stepped instructions of each engine
+                 "LOOP count 0", "LOOP count 1", "LOOP count >1", "LOOP nested", "STEP level 0",
+                 "STEP level 1", "stepped MATMUL", "stepped MREAD", "stepped SEND"):
         assert report.exercised[kind] > 0, (kind, report.exercised)
 
 

@@ -32,8 +32,9 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from bench_config import bench_config
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.hw.testbench import TB
-from d1tile.isa import (CONVERSIONS, FVEC_BASE, SYNC_COUNTERS, UNIT_OF, FaultCode, FVecOp, Opcode,
-                        SetrReg, Unit, VecOp, decode, encode, hazard_ranges, overlaps, validate)
+from d1tile.isa import (CONVERSIONS, FVEC_BASE, LOOP_DEPTH, SYNC_COUNTERS, UNIT_OF, FaultCode,
+                        FVecOp, LoopControl, Opcode, SetrReg, Unit, VecOp, decode, encode,
+                        hazard_ranges, overlaps, validate)
 from d1tile.vector_ops import VECTOR_OPS
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, STROBE_OF, STROBES, SeqEvent, SeqState,
                                   SequencerModel, unstalled_done_cycle)
@@ -271,14 +272,15 @@ class SeqBench:
         return sum(1 for c, e in self.events if e == event and c >= since)
 
     def check_program_order(self, program, since):
-        """The engines received the program's unit instructions in order, then DONE."""
+        """The engines received the program's unit instructions in order (loops unrolled,
+        address fields stepped: `expand`), then DONE."""
         expected = []
         engine = {Unit.MATRIX: MATRIX, Unit.VECTOR: VECTOR, Unit.DMA: DMA,
                   Unit.READOUT: READOUT}
-        for word in program:
+        issued, fault = expand(self.cfg, program)
+        assert fault is None, f"program faults: {fault}"
+        for word in issued:
             instr = decode(word)
-            if instr.op == Opcode.HALT:
-                break
             if UNIT_OF[instr.op] in engine:
                 expected.append((engine[UNIT_OF[instr.op]], word))
         expected.append((DMA, HALT))
@@ -293,6 +295,65 @@ class SeqBench:
 
 
 # -- instruction generators -----------------------------------------------------------------------
+
+def expand(cfg, program, limit=100_000):
+    """The instructions a run of `program` issues, in order, up to its HALT (excluded), loops
+    unrolled and STEPs applied by `isa.LoopControl` (the rules, not the model), and the fault
+    that ends it ((code, pc, value)) or None."""
+    loops = LoopControl(cfg)
+    pc, issued = 0, []
+    while len(issued) < limit:
+        if pc >= len(program):
+            return issued, (FaultCode.PC, pc, pc)
+        instr = decode(loops.effective(program[pc]))
+        code, value = validate(cfg, instr)
+        if code == FaultCode.NONE:
+            code, value = loops.fault(instr, pc)
+        if code != FaultCode.NONE:
+            return issued, (code, pc, value)
+        if instr.op == Opcode.HALT:
+            return issued, None
+        issued.append(instr.raw)
+        pc = loops.issue(instr, pc)
+    raise AssertionError(f"program issues more than {limit} instructions")
+
+
+def random_program(cfg, rng, length, window=40, counters=range(4), wait_max=2, loops=True,
+                   expansion=3):
+    """A random valid program of about `length` instructions and a HALT: `random_instr`s, and
+    with `loops`, LOOPs nested up to `LOOP_DEPTH` deep (counts 0, 1 and more) whose bodies hold
+    STEPs of every level open (small strides, so that stepped addresses stay valid: a program
+    whose run would fault is drawn again), each issuing at most `expansion` x `length`
+    instructions."""
+
+    def block(depth, budget):
+        words = []
+        while len(words) < budget:
+            r = rng.random()
+            if loops and depth < LOOP_DEPTH and r < 0.1 and budget - len(words) >= 3:
+                body = block(depth + 1, rng.randint(1, min(8, budget - len(words) - 2)))
+                count = rng.choice([0, 1, 2, rng.randint(2, 5)])
+                words += [encode(Opcode.LOOP, count=count, body=len(body))] + body
+                if depth:       # an inner loop ends strictly before its outer loop's end
+                    words.append(random_instr(cfg, rng, window, counters, wait_max))
+            elif loops and depth and r < 0.3:
+                mask = 0xFFFF
+                words.append(encode(Opcode.STEP, level=rng.randrange(depth),
+                                    **{f"s{k}": rng.choice([0, 1, 2, 5, mask]) for k in range(3)}))
+            else:
+                words.append(random_instr(cfg, rng, window, counters, wait_max))
+        return words
+
+    for _ in range(200):
+        program = block(0, length) + [HALT]
+        try:
+            issued, fault = expand(cfg, program, limit=expansion * length)
+        except AssertionError:
+            continue
+        if fault is None:
+            return program
+    raise AssertionError("no valid random loop program in 200 draws")
+
 
 def _span(rng, words, length, window):
     """A start address for `length` words: inside a small window most of the time (so that
@@ -411,7 +472,8 @@ async def seq_faults_directed(dut):
     MM, MR, VE, SE = Opcode.MATMUL, Opcode.MREAD, Opcode.VEC, Opcode.SEND
     FV, FC, SR = Opcode.FVEC, Opcode.FCVT, Opcode.SETR
     BF, FP, I8, I32 = ElemType.BF16, ElemType.FP32, ElemType.INT8, ElemType.INT32
-    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(11, 16)] + [
+    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(13, 16)] + [
+        (encode(Opcode.LOOP, count=3, body=0), F), (encode(Opcode.LOOP, count=0, body=0), F),
         (encode(MM, a=0, b=0, kw=1, type=BF), ok), (encode(MM, a=0, b=0, kw=0, type=FP), T),
         (encode(MM, a=w, b=w, kw=1, type=I32), T), (encode(MM, a=0, b=0, kw=0, type=BF), F),
         (encode(FV, fop=10, dst=0, a=0, b=0, n=1), F), (encode(FV, fop=15, dst=0, a=0, n=1), F),
@@ -498,7 +560,7 @@ async def seq_faults_random(dut):
     await bench.write_imem([HALT], base=1)
     for _ in range(150 if cfg.name == "tiny" else 100):
         # Biased towards the instructions with validity rules.
-        op = rng.choice([2, 3, 4, 6, 8, 9, 10]) if rng.random() < 0.6 else rng.randrange(16)
+        op = rng.choice([2, 3, 4, 6, 8, 9, 10, 11]) if rng.random() < 0.6 else rng.randrange(16)
         if op == Opcode.MATMUL:
             kw = rng.choice([0, rng.randint(1, 8), near(w, 16)])
             word = encode(Opcode.MATMUL, a=near(w - kw, 16), b=near(w - kw, 16), kw=kw,
@@ -528,9 +590,15 @@ async def seq_faults_random(dut):
                           y=near(cfg.rows, 4), dst=near(w - nn, 16), counter=rng.getrandbits(4))
         elif op == Opcode.HALT or op == Opcode.WAIT:
             word = encode(Opcode.NOP)    # WAIT could block forever: the random run needs none
-        else:
+        elif op == Opcode.LOOP:          # a count of 1 or more: the body starts at the HALT
+            word = encode(Opcode.LOOP, count=rng.randint(1, 0xFFFF),
+                          body=near(cfg.imem_words - 1, 16) if rng.random() < 0.7
+                          else rng.choice([0, 1]))
+        else:                            # STEP: no loop is open, so it faults LOOP
             word = op | rng.getrandbits(60) << 4
-        code, value = validate(cfg, decode(word))
+        # The fault of the word at pc 0 with the HALT after it (loop faults included).
+        _, fault = expand(cfg, [word, HALT])
+        code, value = fault[0::2] if fault else (FaultCode.NONE, 0)
         seen[code] = seen.get(code, 0) + 1
         await bench.write_imem([word])
         await bench.run()
@@ -539,6 +607,84 @@ async def seq_faults_random(dut):
     bench.tb.log.info("fault kinds seen: %s", {FaultCode(k).name: v for k, v in seen.items()})
     missing = set(FaultCode) - {FaultCode.PC} - set(seen)   # PC: see seq_start_and_imem
     assert not missing, f"fault kinds never drawn: {missing} (drawn: {seen})"
+    bench.finish()
+
+
+@cocotb.test()
+async def seq_loops(dut):
+    """LOOP and STEP: the back edge costs no cycle (k body instructions x c iterations issue
+    in k x c cycles); count 0 skips the body, count 1 runs it once; nested loops with STEPs
+    of both levels give the engines the stepped words in order (a stride of 0xFFFF steps
+    down); START closes every loop and clears pending offsets; every loop fault (too deep,
+    badly nested, past the imem, STEP of a loop that is not open, a stepped address out of
+    range) is raised at the pc and with the value `expand` (the rules) gives."""
+    bench = await SeqBench.create(dut)
+    cfg = bench.cfg
+    w = cfg.sram_words
+    bench.busy = lambda engine, instr: 1
+    setq = encode(Opcode.SETQ, scale=7, shift=2, relu=1)
+    loop = lambda count, body: encode(Opcode.LOOP, count=count, body=body)
+    step = lambda level=0, s0=0, s1=0, s2=0: encode(Opcode.STEP, s0=s0, s1=s1, s2=s2,
+                                                    level=level)
+    mm = lambda a, b=0: encode(Opcode.MATMUL, a=a, b=b, kw=1, clear=1)
+    send = encode(Opcode.SEND, src=0, n=1, x=0, y=0, dst=0, counter=0)
+    # Timing: LOOP 5 x [NOP, SETQ, NOP], NOP, HALT: 1 + 15 + 1 instructions, then the HALT.
+    program = [loop(5, 3), NOP, setq, NOP, NOP, HALT]
+    await bench.write_imem(program)
+    start = await bench.run()
+    assert bench.trace[-1][0] == unstalled_done_cycle(start, 17), \
+        f"DONE {bench.trace[-1][0] - start} cycles after start, expected {2 + 17}"
+    assert bench.event_count(SeqEvent.ISSUE, start) == 18
+    # Count 0 skips, count 1 runs once; the SENDs reach DMA-out in that order.
+    program = [loop(0, 2), mm(1), mm(2), loop(1, 1), mm(3), send, HALT]
+    await bench.write_imem(program)
+    start = await bench.run()
+    assert [word for _, word in bench.starts_of(start)] == [mm(3), send, HALT]
+    bench.check_program_order(program, start)
+    # Nested: 3 x (2 x [STEP inner 1, STEP outer 100 / -1, MATMUL]), NOP.
+    program = [loop(3, 5), loop(2, 3), step(0, s0=1), step(1, s0=100, s1=0xFFFF), mm(10, 20),
+               NOP, HALT]
+    await bench.write_imem(program)
+    start = await bench.run()
+    got = [(decode(word).a, decode(word).b) for e, word in bench.starts_of(start) if e == MATRIX]
+    assert got == [(10 + j + 100 * i, 20 - i) for i in range(3) for j in range(2)], got
+    bench.check_program_order(program, start)
+    # START resets: a run that faults inside two loops with an offset pending (the stepped
+    # MATMUL's a = w in the second iteration); the next run's MATMUL at pc 0 is not stepped,
+    # and its STEP at pc 1 finds no open loop.
+    await bench.write_imem([loop(1, 5), loop(2, 3), step(0, s0=w - 1), step(0, s0=1), mm(0),
+                            NOP, HALT])
+    await bench.run()
+    assert (int(dut.fault_code.value), int(dut.fault_value.value)) == (FaultCode.ADDRESS, w)
+    await bench.settle()
+    await bench.write_imem([mm(0), step(0, s0=1), HALT])
+    start = await bench.run()
+    assert bench.starts_of(start)[0] == (MATRIX, mm(0))
+    assert (int(dut.fault_code.value), int(dut.fault_pc.value), int(dut.fault_value.value)) \
+        == (FaultCode.LOOP, 1, 0)
+    await bench.settle()
+    # The loop faults.
+    deep = [loop(2, 12 - 2 * k) for k in range(LOOP_DEPTH + 1)] + [NOP] * 8 + [HALT]
+    cases = [
+        (deep, (FaultCode.LOOP, LOOP_DEPTH, LOOP_DEPTH)),
+        ([loop(2, 2), loop(1, 1), NOP, HALT], (FaultCode.LOOP, 1, 1)),       # ends together
+        ([loop(2, 2), loop(1, 2), NOP, NOP, HALT], (FaultCode.LOOP, 1, 2)),  # ends outside
+        ([NOP, loop(1, cfg.imem_words - 1), HALT], (FaultCode.LOOP, 1, cfg.imem_words - 1)),
+        # a body ending at the last imem word is fine; skipping it runs off the end
+        ([loop(0, cfg.imem_words - 1), HALT],
+         (FaultCode.PC, cfg.imem_words, cfg.imem_words)),
+        ([loop(2, 2), step(1), NOP, HALT], (FaultCode.LOOP, 1, 1)),
+        ([loop(3, 2), step(0, s0=w // 2), mm(0), HALT], (FaultCode.ADDRESS, 2, w)),
+        ([loop(2, 2), step(0, s1=0xFFFF), mm(0, 0), HALT], (FaultCode.ADDRESS, 2, 0xFFFF)),
+    ]
+    for program, fault in cases:
+        assert expand(cfg, program)[1] == fault, (program, expand(cfg, program))
+        await bench.write_imem(program)
+        await bench.run()
+        got = (int(dut.fault_code.value), int(dut.fault_pc.value), int(dut.fault_value.value))
+        assert got == (fault or (FaultCode.NONE, 0, 0)), \
+            f"{[str(decode(x)) for x in program[:3]]}: (code, pc, value) {got}, expected {fault}"
+        await bench.settle()
     bench.finish()
 
 
@@ -786,8 +932,8 @@ async def seq_random_programs(dut):
         bench.bump_prob = (0.3, 0.05, 0.01)[k % 3]
         bench.bump_ids = range(4 * (k % 4), 4 * (k % 4) + 4)
         length = rng.randint(60, 200)
-        program = [random_instr(cfg, rng, window, counters=bench.bump_ids, wait_max=3)
-                   for _ in range(length)] + [HALT]
+        program = random_program(cfg, rng, length, window, counters=bench.bump_ids, wait_max=3,
+                                 loops=k % 5 != 0)
         await bench.write_imem(program, gap_prob=0.1)
         for repeat in range(2):
 
