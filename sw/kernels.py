@@ -692,8 +692,10 @@ class KernelBuilder:
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
         every node's tile order: its own weight blocks first, then those of the next owners
-        along the row (their sends are due later); within each, the batch blocks it holds
-        itself first, then by how far down the column the last part of a block comes from. A
+        along the row (their sends are due later); within the first, the batch blocks it holds
+        itself first, then by how far down the column the last part of a block comes from
+        (within the later ones, when every activation block is there, in order: their tiles
+        roll into loops, `d1tile.sw.reroll`). A
         pooled layer deals and orders whole groups of `pool` blocks, and runs a group's tiles
         for one batch block one after the other."""
         rows = self.cfg.rows
@@ -714,7 +716,11 @@ class KernelBuilder:
                          if layer.owner[g][0] == ox]
                 js = sorted(range(*layer.blocks[x]), key=lambda j: (
                     max(((ys - y) % rows for ys in holders.get(j, ())), default=0), j))
-                layer.plans[(x, y)].tiles = [(g + k, j) for g in order for j in js
+                # After the first weight block every activation block has arrived: the later
+                # ones take the batch blocks in order, so their tiles roll into loops.
+                plain = list(range(*layer.blocks[x]))
+                layer.plans[(x, y)].tiles = [(g + k, j) for n, g in enumerate(order)
+                                             for j in (js if n == 0 else plain)
                                              for k in range(pool)]
         for node, p in layer.plans.items():
             for t, (i, j) in enumerate(p.tiles):

@@ -30,6 +30,7 @@ __all__ = ["reroll", "unroll", "MAX_PERIOD"]
 MAX_PERIOD = 24
 """The longest period (in top-level items) a round tries."""
 
+_PERIODS = tuple(p for p in (2, 4, 8, 16) if p < MAX_PERIOD) + (MAX_PERIOD,)
 _MASK = (1 << isa.ADDR_BITS) - 1
 _NOP = isa.encode(Opcode.NOP)
 
@@ -117,11 +118,13 @@ def _run(items, s: int, p: int):
     return r, strides
 
 
-def _round(items: list[_Item]) -> tuple[list[_Item], bool]:
-    out, s, changed = [], 0, False
-    while s < len(items):
-        best = None
-        for p in range(1, min(MAX_PERIOD, (len(items) - s) // 2) + 1):
+def _round(items: list[_Item], longest: int) -> tuple[list[_Item], bool]:
+    """One round: the runs (each the longest of its period from its start) that together
+    save the most words, chosen by dynamic programming over the positions, each rolled."""
+    n = len(items)
+    runs = [[] for _ in range(n)]            # s -> [(saved, p, r, strides)]
+    for s in range(n):
+        for p in range(1, min(longest, (n - s) // 2) + 1):
             if 1 + max(i.depth for i in items[s:s + p]) > LOOP_DEPTH:
                 continue
             found = _run(items, s, p)
@@ -132,20 +135,30 @@ def _round(items: list[_Item]) -> tuple[list[_Item], bool]:
             steps = sum(1 for item in items[s:s + p] for _ in _moving(item, iter(strides)))
             cost = 1 + steps + (1 if items[s + p - 1].word is None else 0)
             saved = size * (r - 1) - cost
-            if saved > 0 and (best is None or saved > best[0]):
-                best = (saved, p, r, strides)
-        if best is None:
+            if saved > 0:
+                runs[s].append((saved, p, r, strides))
+    best = [0] * (n + 1)                     # the most words saved from s on
+    choice = [None] * n
+    for s in range(n - 1, -1, -1):
+        best[s] = best[s + 1]
+        for run in runs[s]:
+            saved, p, r, _ = run
+            if saved + best[s + p * r] > best[s]:
+                best[s], choice[s] = saved + best[s + p * r], run
+    out, s = [], 0
+    while s < n:
+        run = choice[s]
+        if run is None:
             out.append(items[s])
             s += 1
             continue
-        _, p, r, strides = best
+        _, p, r, strides = run
         body = _stepped_body(items[s:s + p], iter(strides), 0)
         if body[-1].word is None:
             body.append(_Item(_NOP))
         out.append(_Item(count=r, body=tuple(body)))
         s += p * r
-        changed = True
-    return out, changed
+    return out, best[0] > 0
 
 
 def _moving(item: _Item, strides):
@@ -165,9 +178,12 @@ def reroll(words) -> list[int]:
     if any(w & 0xF in (Opcode.LOOP, Opcode.STEP) for w in words):
         return words        # already looped: left alone
     items = [_Item(w) for w in words]
-    changed = True
-    while changed:
-        items, changed = _round(items)
+    # Short periods first, to a fixed point, then longer ones: so the inner loops form before
+    # a long period (a whole row of tiles, say) could swallow them unrolled.
+    for longest in _PERIODS:
+        changed = True
+        while changed:
+            items, changed = _round(items, longest)
     out = [w for item in items for w in item.words()]
     if _stream(out) != _stream(words):
         raise AssertionError("loop rerolling changed the program's instruction stream")
