@@ -248,10 +248,13 @@ def cmd_noc_stress(args) -> int:
         run = noc.run_model
     kwargs = {"log": print} if args.backend == "rtl" else {}
     # Argument errors surface before anything is printed.
-    noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed)
-    print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets "
-          f"at {args.rate} flits/node/cycle, seed {args.seed}, backend {args.backend}")
-    stats = run(cfg, packets=args.packets, rate=args.rate, seed=args.seed, **kwargs)
+    noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
+                   multicast=args.multicast)
+    mc = f" ({args.multicast:g} of them multicasts)" if args.multicast else ""
+    print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets"
+          f"{mc} at {args.rate} flits/node/cycle, seed {args.seed}, backend {args.backend}")
+    stats = run(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
+                multicast=args.multicast, **kwargs)
     print(stats.summary())
     if not stats.ok:
         raise CheckFailed("packets were lost, duplicated, reordered or broken, or the mesh stalled")
@@ -327,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=0.5,
                    help="offered load, flits per node per cycle, in (0, 1] (default 0.5)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    p.add_argument("--multicast", type=float, default=0.0, metavar="FRACTION",
+                   help="the fraction of packets that are multicasts to a run of the source's "
+                        "row or column, in [0, 1] (default 0)")
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
     p.set_defaults(func=cmd_noc_stress)
 

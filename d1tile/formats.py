@@ -181,16 +181,26 @@ cycle model, and turned into words by `d1tile.sim.tile.describe_node`."""
 
 # -- mesh formats ------------------------------------------------------------------------------
 
+class Multicast(enum.IntEnum):
+    """A flit's `mc` field: how far a packet goes (`d1tile.sim.router.route_mask`)."""
+    NONE = 0       # unicast to (dst_x, dst_y)
+    ROW = 1        # along the row it travels in, every node from dst_x to last
+    COLUMN = 2     # X to column dst_x, then along it, every node from dst_y to last
+
+
 @cache
 def flit_format(cfg: TileConfig) -> BitFormat:
     """A flit: routing fields on every flit (so any flit can be checked in flight), then one SRAM
     word of payload. `head` marks the first flit of a packet, `tail` the last; a one-flit packet
-    has both."""
+    has both. `mc` (`Multicast`) and `last` make a packet a multicast to a run of nodes: the
+    first is (dst_x, dst_y), `last` the x (ROW) or y (COLUMN) of the last."""
     return BitFormat("flit", [
         Field("head", 1),
         Field("tail", 1),
         Field("dst_x", cfg.coord_bits),
         Field("dst_y", cfg.coord_bits),
+        Field("mc", 2),
+        Field("last", cfg.coord_bits),
         Field("payload", cfg.word_bits),
     ])
 

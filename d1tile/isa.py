@@ -43,7 +43,8 @@ a MATMUL and an MREAD of different banks run side by side.
 | 10 | `SETR reg, value` | sequencer | set the FP32 scalar q (reg 0) or reseed the stochastic-rounding generator (reg 1) |
 | 11 | `LOOP count, body` | sequencer | run the next `body` instructions `count` times (hardware loop) |
 | 12 | `STEP s0, s1, s2, level` | sequencer | advance the next instruction's address fields by s_k x (iteration of loop `level`) |
-| 13-15 | undefined | | fault UNDEFINED |
+| 13 | `MCAST src, n, col, first, last, dst, counter` | DMA | multicast: push words src.. to words dst.. of the nodes first..last of the node's own row (col = 0) or column (col = 1), one packet (`d1tile.formats.Multicast`), each receiver's counter bumped |
+| 14-15 | undefined | | fault UNDEFINED |
 
 Validity (checked when the instruction reaches issue; an invalid instruction faults the node,
 which stops and reports the fault, the pc and the offending value to the host). The checks of
@@ -67,6 +68,8 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
 * SEND: x < cols and y < rows (else NODE, value x | y << 4); src + n and dst + n <= sram_words
   (else ADDRESS, value src or dst). n = 0 sends no data, only the counter bump (a signal).
 * SETR: reg is 0 (q) or 1 (seed) (else FIELD, value reg).
+* MCAST: first <= last (else FIELD, value first); last < cols (a row) or < rows (a column)
+  (else NODE, value last); src + n and dst + n <= sram_words (else ADDRESS, value src or dst).
 * LOOP: body >= 1 (else FIELD, value 0). Then, against the loop stack (`LoopControl.fault`, so
   the same whatever the count): fewer than LOOP_DEPTH loops open (else LOOP, value
   LOOP_DEPTH); the body ends inside the imem, pc + body < imem_words, and strictly inside the
@@ -92,7 +95,7 @@ __all__ = [
     "FORMATS", "INSTR_BITS", "ADDR_BITS", "SYNC_COUNTERS", "SYNC_COUNTER_BITS", "VECTOR_FAMILY",
     "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
     "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
-    "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl",
+    "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl", "mcast_receivers",
 ]
 
 INSTR_BITS = 64
@@ -120,6 +123,7 @@ class Opcode(enum.IntEnum):
     SETR = 10
     LOOP = 11
     STEP = 12
+    MCAST = 13
 
 
 class Unit(enum.IntEnum):
@@ -139,7 +143,7 @@ UNIT_OF = {
     Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.LOOP: Unit.SEQUENCER,
     Opcode.STEP: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
     Opcode.MREAD: Unit.READOUT, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
-    Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA,
+    Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA, Opcode.MCAST: Unit.DMA,
 }
 
 VECTOR_FAMILY = (Opcode.VEC, Opcode.FVEC, Opcode.FCVT)
@@ -148,7 +152,7 @@ VECTOR_FAMILY = (Opcode.VEC, Opcode.FVEC, Opcode.FCVT)
 
 class FaultCode(enum.IntEnum):
     NONE = 0
-    UNDEFINED = 1   # opcode 13..15
+    UNDEFINED = 1   # opcode 14, 15
     ADDRESS = 2     # an SRAM range beyond sram_words
     NODE = 3        # SEND to a node outside the grid
     FIELD = 4       # a field out of its range (kw = 0, rows beyond the array, bad vector op)
@@ -231,6 +235,9 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.LOOP: _fmt("LOOP", Field("count", 16), Field("body", 16)),
     Opcode.STEP: _fmt("STEP", Field("s0", A), Field("s1", A), Field("s2", A),
                       Field("level", (LOOP_DEPTH - 1).bit_length())),
+    Opcode.MCAST: _fmt("MCAST", Field("src", A), Field("n", 12), Field("col", 1),
+                       Field("first", 4), Field("last", 4), Field("dst", A),
+                       Field("counter", SYNC_COUNTER_ID_BITS)),
 }
 assert all(f.width <= INSTR_BITS for f in FORMATS.values())
 
@@ -241,6 +248,7 @@ ADDRESS_SLOTS: dict[Opcode, tuple[str, ...]] = {
     Opcode.FVEC: ("dst", "a", "b"),
     Opcode.FCVT: ("dst", "a"),
     Opcode.SEND: ("src", "dst"),
+    Opcode.MCAST: ("src", "dst"),
 }
 """The address fields a STEP advances, in the order of its s0, s1, s2 (an instruction with
 fewer slots ignores the rest; the other opcodes have none)."""
@@ -431,6 +439,15 @@ def _send_checks(op, cfg, x, ops):
     ]
 
 
+def _mcast_checks(op, cfg, x, ops):
+    return [
+        (x.first > x.last, FaultCode.FIELD, x.first),
+        (x.last >= ops.mux(x.col, cfg.rows, cfg.cols), FaultCode.NODE, x.last),
+        (x.src + x.n > cfg.sram_words, FaultCode.ADDRESS, x.src),
+        (x.dst + x.n > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+    ]
+
+
 def _setr_checks(op, cfg, x, ops):
     return [(x.reg > max(SetrReg), FaultCode.FIELD, x.reg)]
 
@@ -446,6 +463,7 @@ def _step_checks(op, cfg, x, ops):
 _CHECKS = {
     Opcode.MATMUL: _matmul_checks, Opcode.MREAD: _mread_checks, Opcode.VEC: _vector_checks,
     Opcode.FVEC: _vector_checks, Opcode.FCVT: _vector_checks, Opcode.SEND: _send_checks,
+    Opcode.MCAST: _mcast_checks,
     Opcode.SETR: _setr_checks, Opcode.LOOP: _loop_checks, Opcode.STEP: _step_checks,
 }
 
@@ -468,7 +486,7 @@ def ranges_of(op: Opcode, x, ops=PY) -> tuple:
     if op in VECTOR_FAMILY:
         s = vector_shape(vector_fields(op, x, ops), ops)
         return s.source, s.other, s.dest
-    if op == Opcode.SEND:
+    if op in (Opcode.SEND, Opcode.MCAST):
         return (x.src, x.src + x.n), (0, 0), (0, 0)
     return (0, 0), (0, 0), (0, 0)
 
@@ -489,6 +507,15 @@ def vector_op(instr: Instruction) -> VectorOp | None:
         return None
     v = vector_fields(instr.op, instr, PY)
     return VECTOR_OPS.get(v.code) if v.defined else None
+
+
+def mcast_receivers(instr: Instruction, node: tuple[int, int]) -> list[tuple[int, int]]:
+    """The nodes an MCAST issued on `node` = (x, y) delivers to, in delivery order: first..last
+    of its row (col = 0) or of its column (col = 1)."""
+    x, y = node
+    if instr.col:
+        return [(x, r) for r in range(instr.first, instr.last + 1)]
+    return [(c, y) for c in range(instr.first, instr.last + 1)]
 
 
 def stepped(word: int, offsets) -> int:

@@ -14,7 +14,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from d1tile.formats import PERF_COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_format, packet_header_format
+from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketKind, flit_format,
+                            packet_header_format)
 from d1tile.params import TileConfig
 from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
                               counter_words, reply_request_format)
@@ -53,8 +54,9 @@ class DmaOut(_DmaPart):
     Ports
     -----
     cmd : In(EngineCommand.Signature(done=True))
-        From the sequencer: `start`, `instr` (SEND -> WRITE packet; HALT -> DONE packet with
-        `status`, `pc`, `info`), and `idle` (out) = no job running and no reply hand-off offered.
+        From the sequencer: `start`, `instr` (SEND -> WRITE packet; MCAST -> the same packet as
+        a ROW or COLUMN multicast; HALT -> DONE packet with `status`, `pc`, `info`), and `idle`
+        (out) = no job running and no reply hand-off offered.
     read : Out(SRAMReadPort.Signature(cfg))
         The node SRAM read port (port 0 in the node).
     flit_out : Out(stream.Signature(flit_format(cfg).layout))
@@ -71,8 +73,8 @@ class DmaOut(_DmaPart):
     `idle` rises the cycle after the tail is taken (`d1tile.sim.dma.job_cycles`). Steady state:
     one flit per cycle, through a prefetch queue of `PREFETCH_DEPTH` words.
 
-    Bad input: a `start` with an opcode other than SEND or HALT, or while `idle` is low, is
-    ignored. SEND fields are trusted (the sequencer faults invalid ones): source addresses wrap
+    Bad input: a `start` with an opcode other than SEND, MCAST or HALT, or while `idle` is low, is
+    ignored. SEND and MCAST fields are trusted (the sequencer faults invalid ones): source addresses wrap
     modulo `sram_words`, coordinates are truncated to `cfg.coord_bits`. A READ running past the
     SRAM gets an empty REPLY tagged `BAD_READ_TAG`.
     """
@@ -94,6 +96,7 @@ class DmaOut(_DmaPart):
         m = Module()
         header_fmt = packet_header_format(cfg)
         send_fmt = FORMATS[Opcode.SEND]
+        mcast_fmt = FORMATS[Opcode.MCAST]
 
         # The prefetch queue: asynchronous read, so a word pushed at the end of cycle t is
         # offered in cycle t+1.
@@ -132,6 +135,8 @@ class DmaOut(_DmaPart):
                 out.payload.tail.eq(send_left == 1),
                 out.payload.dst_x.eq(header.dst_x),
                 out.payload.dst_y.eq(header.dst_y),
+                out.payload.mc.eq(header.mc),
+                out.payload.last.eq(header.last),
                 out.payload.payload.eq(queue.r_data),
             ]
 
@@ -169,6 +174,8 @@ class DmaOut(_DmaPart):
         new_header = Signal(header_fmt.layout)
         new_dst_x = Signal(cfg.coord_bits)
         new_dst_y = Signal(cfg.coord_bits)
+        new_mc = Signal(2)
+        new_last = Signal(cfg.coord_bits)
         new_length = Signal(16)
         new_fetch = Signal(16)
         new_ctrs = Signal()
@@ -195,7 +202,23 @@ class DmaOut(_DmaPart):
                 m.d.comb += new_header.length.eq(new_length)
             with m.Elif(self.cmd.start):
                 send = send_fmt.layout(self.cmd.instr[:send_fmt.width])
+                mcast = mcast_fmt.layout(self.cmd.instr[:mcast_fmt.width])
                 with m.Switch(self.cmd.instr[:4]):
+                    with m.Case(Opcode.MCAST):
+                        m.d.comb += [
+                            go.eq(1),
+                            new_header.kind.eq(PacketKind.WRITE),
+                            new_header.addr.eq(mcast.dst),
+                            new_header.length.eq(mcast.n),
+                            new_header.counter.eq(mcast.counter),
+                            new_header.bump.eq(1),
+                            new_dst_x.eq(Mux(mcast.col, self._x, mcast.first)),
+                            new_dst_y.eq(Mux(mcast.col, mcast.first, self._y)),
+                            new_mc.eq(Mux(mcast.col, Multicast.COLUMN, Multicast.ROW)),
+                            new_last.eq(mcast.last),
+                            new_length.eq(mcast.n),
+                            new_fetch.eq(mcast.src),
+                        ]
                     with m.Case(Opcode.SEND):
                         m.d.comb += [
                             go.eq(1),
@@ -227,6 +250,8 @@ class DmaOut(_DmaPart):
                 header.tail.eq(new_length == 0),
                 header.dst_x.eq(new_dst_x),
                 header.dst_y.eq(new_dst_y),
+                header.mc.eq(new_mc),
+                header.last.eq(new_last),
                 header.payload.eq(new_header.as_value()),
                 fetch_addr.eq(new_fetch),
                 fetch_left.eq(new_length),

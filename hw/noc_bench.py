@@ -2,7 +2,7 @@
 same `NocTraffic` the model backend uses, and writes the statistics as JSON.
 
 Environment: `D1TILE_CONFIG` (the TileConfig as JSON) and `D1TILE_NOC` (JSON: packets, rate,
-seed, out, max_cycles). Part of the package so that it runs from an installed wheel.
+seed, multicast, out, max_cycles). Part of the package so that it runs from an installed wheel.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from d1tile.sim.noc import NocTraffic
 async def noc_stress(dut):
     cfg = TileConfig.from_json(os.environ["D1TILE_CONFIG"])
     spec = json.loads(os.environ["D1TILE_NOC"])
-    traffic = NocTraffic(cfg, packets=spec["packets"], rate=spec["rate"], seed=spec["seed"])
+    traffic = NocTraffic(cfg, packets=spec["packets"], rate=spec["rate"], seed=spec["seed"],
+                         multicast=spec.get("multicast", 0.0))
     tb = TB(dut)
     ports = {}
     for y in range(cfg.rows):

@@ -11,7 +11,7 @@ from d1tile.sim.noc import NocStats, NocTraffic
 __all__ = ["run_rtl"]
 
 
-def run_rtl(cfg: TileConfig, *, packets: int, rate: float, seed: int,
+def run_rtl(cfg: TileConfig, *, packets: int, rate: float, seed: int, multicast: float = 0.0,
             max_cycles: int = 10_000_000, log=None) -> NocStats:
     """noc-stress on the Verilator build of `RouterMesh(cfg)` (built once per configuration)."""
     import contextlib
@@ -23,7 +23,8 @@ def run_rtl(cfg: TileConfig, *, packets: int, rate: float, seed: int,
     from d1tile.hw import verilator
     from d1tile.hw.router import RouterMesh
 
-    NocTraffic(cfg, packets=packets, rate=rate, seed=seed)     # argument errors before building
+    # argument errors before building
+    NocTraffic(cfg, packets=packets, rate=rate, seed=seed, multicast=multicast)
     log = log or (lambda line: None)
     build = verilator.build(lambda: RouterMesh(cfg), "router_mesh", f"router_mesh-{cfg.key}",
                             log=log)
@@ -31,7 +32,8 @@ def run_rtl(cfg: TileConfig, *, packets: int, rate: float, seed: int,
         out = Path(tmp) / "stats.json"
         env = {"D1TILE_CONFIG": cfg.to_json(),
                "D1TILE_NOC": json.dumps({"packets": packets, "rate": rate, "seed": seed,
-                                         "out": str(out), "max_cycles": max_cycles})}
+                                         "multicast": multicast, "out": str(out),
+                                         "max_cycles": max_cycles})}
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
             verilator.run_cocotb(build, "d1tile.hw.noc_bench", seed=seed, env=env,

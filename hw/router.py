@@ -8,17 +8,17 @@ docs/architecture.md (mesh router) explains them with timing.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from d1tile.formats import Port, flit_format
+from d1tile.formats import Multicast, Port, flit_format
 from d1tile.params import TileConfig
 from d1tile.contracts import OPPOSITE, PORTS, RR_RESET, STEP, check_node
 
 
-__all__ = ["route_xy", "Router", "RouterMesh"]
+__all__ = ["route_xy", "route_mask", "Router", "RouterMesh"]
 
 
 def route_xy(x: int, y: int, dst_x, dst_y) -> Value:
@@ -28,6 +28,25 @@ def route_xy(x: int, y: int, dst_x, dst_y) -> Value:
                Mux(dst_x < x, Port.WEST,
                    Mux(dst_y > y, Port.SOUTH,
                        Mux(dst_y < y, Port.NORTH, Port.LOCAL))))
+
+
+def route_mask(x: int, y: int, came_from: Port, head) -> tuple[Value, Value]:
+    """The Amaranth form of `d1tile.sim.router.route_mask` for the input `came_from` of the
+    router at (x, y): (primary, fork) from a flit view `head`; `primary` is the output a
+    unicast or a multicast's link takes (LOCAL at a multicast's last receiver), and `fork` is
+    high when a multicast also delivers a copy to LOCAL here."""
+    dst_x, dst_y, mc, last = head.dst_x, head.dst_y, head.mc, head.last
+    row = (mc == Multicast.ROW) & (last >= dst_x)
+    row_here = row & ((dst_x == x) | (((came_from == Port.WEST) & (dst_x < x)) & (last >= x)))
+    col = (mc == Multicast.COLUMN) & (last >= dst_y) & (dst_x == x)
+    col_here = col & ((dst_y == y) | (((came_from == Port.NORTH) & (dst_y < y)) & (last >= y)))
+    at_last = (row_here & (last == x)) | (col_here & (last == y))
+    primary = Mux(row_here | col_here,
+                  Mux(at_last, Port.LOCAL, Mux(row_here, Port.EAST, Port.SOUTH)),
+                  Mux(row, Mux(dst_x > x, Port.EAST, Port.WEST),
+                      Mux(col, Mux(dst_y > y, Port.SOUTH, Port.NORTH),
+                          route_xy(x, y, dst_x, dst_y))))
+    return primary, (row_here | col_here) & ~at_last
 
 
 def _port_name(port: Port) -> str:
@@ -103,8 +122,8 @@ class Router(wiring.Component):
         layout = flit_format(self._cfg).layout
         n = len(PORTS)
 
-        # Input side: FIFO, head flit, its route.
-        heads, nonempty, routes, pops = [], [], [], []
+        # Input side: FIFO, head flit, its route (and whether a multicast forks to LOCAL here).
+        heads, nonempty, routes, forks, pops = [], [], [], [], []
         for port, inp in zip(PORTS, self.inputs):
             name = _port_name(port)
             # SyncFIFO reads asynchronously: a flit written at the end of cycle t is the head in
@@ -113,22 +132,28 @@ class Router(wiring.Component):
                                                            depth=self._cfg.router_fifo_depth)
             head = data.View(layout, fifo.r_data)
             route = Signal(Port, name=f"route_{name}")
+            fork = Signal(name=f"fork_{name}")
             pop = Signal(name=f"pop_{name}")
+            primary, forked = route_mask(self._x, self._y, port, head)
             m.d.comb += [
                 fifo.w_data.eq(inp.payload),
                 fifo.w_en.eq(inp.valid),
                 inp.ready.eq(fifo.w_rdy),
-                route.eq(route_xy(self._x, self._y, head.dst_x, head.dst_y)),
+                route.eq(primary),
+                fork.eq(forked),
                 fifo.r_en.eq(pop),
             ]
             heads.append(head)
             nonempty.append(fifo.r_rdy)
             routes.append(route)
+            forks.append(fork)
             pops.append(pop)
 
         # Output state: wormhole lock, its owner, round-robin pointer.
         locked = [Signal(name=f"locked_{_port_name(p)}") for p in PORTS]
         owner = [Signal(range(n), name=f"owner_{_port_name(p)}") for p in PORTS]
+        # The other output of a locked multicast (n: none): the two carry each flit together.
+        partner = [Signal(range(n + 1), init=n, name=f"partner_{_port_name(p)}") for p in PORTS]
         pointer = [Signal(range(n), init=int(RR_RESET), name=f"rr_{_port_name(p)}") for p in PORTS]
 
         # An input in the middle of a packet (owner of a locked output) requests nothing else,
@@ -137,15 +162,26 @@ class Router(wiring.Component):
         for i in range(n):
             m.d.comb += busy[i].eq(Cat(*(locked[o] & (owner[o] == i) for o in range(n))).any())
 
-        grants = []
-        for o, (port, out) in enumerate(zip(PORTS, self.outputs)):
+        # The links are allocated first; LOCAL, when not locked, is also open to a forking head
+        # that won its link, so the two grants of a multicast always agree.
+        grant_of = [Signal(range(n), name=f"grant_{_port_name(p)}") for p in PORTS]
+        granted_of = [Signal(name=f"granted_{_port_name(p)}") for p in PORTS]
+        pair_of = [Signal(range(n + 1), name=f"pair_{_port_name(p)}") for p in PORTS]
+        links_first = [o for o in range(n) if PORTS[o] != Port.LOCAL] + [int(Port.LOCAL)]
+        for o in links_first:
+            port = PORTS[o]
             name = _port_name(port)
             requests = Signal(n, name=f"requests_{name}")
-            m.d.comb += requests.eq(
-                Cat(*(nonempty[i] & heads[i].head & ~busy[i] & (routes[i] == port)
-                      for i in range(n))))
-            grant = Signal(range(n), name=f"grant_{name}")
-            granted = Signal(name=f"granted_{name}")
+            wants = []
+            for i in range(n):
+                want = routes[i] == port
+                if port == Port.LOCAL:      # (over the links only: no loop through LOCAL)
+                    won = Cat(*((routes[i] == q) & granted_of[q] & (grant_of[q] == i)
+                                for q in links_first[:-1])).any()
+                    want = want | (forks[i] & won)
+                wants.append(nonempty[i] & heads[i].head & ~busy[i] & want)
+            m.d.comb += requests.eq(Cat(*wants))
+            grant, granted = grant_of[o], granted_of[o]
             with m.If(locked[o]):
                 m.d.comb += [grant.eq(owner[o]), granted.eq(1)]
             with m.Else():
@@ -157,17 +193,38 @@ class Router(wiring.Component):
                             for k, i in enumerate(order):
                                 with (m.If if k == 0 else m.Elif)(requests[i]):
                                     m.d.comb += [grant.eq(i), granted.eq(1)]
+            # The other output this flit must go out on at the same time (n: none).
+            pair = pair_of[o]
+            with m.If(locked[o]):
+                m.d.comb += pair.eq(partner[o])
+            with m.Elif(Array(forks)[grant]):
+                m.d.comb += pair.eq(Array(routes)[grant] if port == Port.LOCAL else Port.LOCAL)
+            with m.Else():
+                m.d.comb += pair.eq(n)
+
+        grants = []
+        outputs = self.outputs
+        for o, (port, out) in enumerate(zip(PORTS, outputs)):
+            grant, granted, pair = grant_of[o], granted_of[o], pair_of[o]
+            # A multicast's output is valid only with its pair granted to it and ready.
+            pair_ok = Signal(name=f"pair_ok_{_port_name(port)}")
+            m.d.comb += pair_ok.eq(1)
+            for p in range(n):
+                if p != o:
+                    with m.If(pair == p):
+                        m.d.comb += pair_ok.eq(granted_of[p] & (grant_of[p] == grant)
+                                               & outputs[p].ready)
             with m.Switch(grant):
                 for i in range(n):
                     with m.Case(i):
-                        m.d.comb += [out.valid.eq(granted & nonempty[i]),
+                        m.d.comb += [out.valid.eq(granted & nonempty[i] & pair_ok),
                                      out.payload.eq(heads[i])]
             fire = out.valid & out.ready
             with m.If(fire):
                 with m.If(out.payload.tail):
                     m.d.sync += locked[o].eq(0)
                 with m.Elif(out.payload.head):
-                    m.d.sync += [locked[o].eq(1), owner[o].eq(grant)]
+                    m.d.sync += [locked[o].eq(1), owner[o].eq(grant), partner[o].eq(pair)]
                 with m.If(out.payload.head):
                     m.d.sync += pointer[o].eq(grant)
             grants.append((fire, grant))

@@ -10,7 +10,9 @@ DMA-out, per cycle (state = the registers at the start of the cycle)
 DMA-out runs one *job* at a time: a head flit, then `length` body flits. A job comes from
 
 * the sequencer's command bus: SEND (a WRITE packet to node (x, y) carrying SRAM[src .. src+n),
-  with `bump` = 1 and the instruction's `counter`) or HALT (a one-flit DONE packet to the host
+  with `bump` = 1 and the instruction's `counter`), MCAST (the same packet as a multicast:
+  `mc` ROW with first receiver (first, y), or COLUMN with (x, first), and `last`; every flit
+  carries the routing fields) or HALT (a one-flit DONE packet to the host
   edge of its own row, (cfg.cols, y): addr = pc, tag = status, length = info);
 * DMA-in's reply hand-off (a READ or READ_CTRS request, see `reply_request_format`): a REPLY
   packet to the requester (src_x, src_y), addr and tag echoed, body SRAM[addr .. addr+length)
@@ -112,7 +114,7 @@ from collections import deque
 
 from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
                               counter_words, reply_request_format)
-from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, PacketKind, flit_format,
+from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketKind, flit_format,
                             packet_header_format)
 from d1tile.isa import FORMATS, Opcode
 from d1tile.params import TileConfig
@@ -125,6 +127,7 @@ __all__ = [
 ]
 
 _SEND = FORMATS[Opcode.SEND]
+_MCAST = FORMATS[Opcode.MCAST]
 
 
 def counter_word(cfg: TileConfig, counters, w: int) -> int:
@@ -287,11 +290,12 @@ class DmaOutModel:
         return False
 
     def _start_job(self, dst_x, dst_y, header: int, length: int, fetch_addr: int,
-                   from_ctrs: bool) -> None:
+                   from_ctrs: bool, mc: int = Multicast.NONE, last: int = 0) -> None:
         flit = self._flit
         self.header = flit.pack(head=1, tail=int(length == 0), dst_x=dst_x, dst_y=dst_y,
-                                payload=header)
-        self.body_base = flit.pack(head=0, tail=0, dst_x=dst_x, dst_y=dst_y, payload=0)
+                                mc=mc, last=last, payload=header)
+        self.body_base = flit.pack(head=0, tail=0, dst_x=dst_x, dst_y=dst_y, mc=mc, last=last,
+                                   payload=0)
         self.active = True
         self.head_pending = True
         self.fetch_addr = fetch_addr
@@ -309,6 +313,15 @@ class DmaOutModel:
             header = self._hdr.pack(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y,
                                     addr=f["dst"], length=f["n"], counter=f["counter"], bump=1)
             self._start_job(f["x"] & coord, f["y"] & coord, header, f["n"], f["src"], False)
+        elif op == Opcode.MCAST:
+            f = _MCAST.unpack(instr & ((1 << _MCAST.width) - 1))
+            header = self._hdr.pack(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y,
+                                    addr=f["dst"], length=f["n"], counter=f["counter"], bump=1)
+            if f["col"]:
+                dst, mc = (self.x, f["first"] & coord), Multicast.COLUMN
+            else:
+                dst, mc = (f["first"] & coord, self.y), Multicast.ROW
+            self._start_job(*dst, header, f["n"], f["src"], False, mc, f["last"] & coord)
         elif op == Opcode.HALT:
             header = self._hdr.pack(kind=PacketKind.DONE, src_x=self.x, src_y=self.y,
                                     addr=pc & 0xFFFF, length=info & 0xFFFF, tag=status & 0xF)

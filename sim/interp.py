@@ -50,6 +50,7 @@ class FunctionalNode:
     acc: list | None = None          # the accumulator banks' bits, ACC_BANKS x (N, N) uint32
     vector: VectorUnitState | None = None
     loops: isa.LoopControl | None = None     # the loop stack and STEP offsets
+    node: tuple = (0, 0)                     # where it is (an MCAST's row or column)
 
     def __post_init__(self):
         n = self.cfg.mac_dim
@@ -114,12 +115,15 @@ class FunctionalNode:
             scale, shift, relu = self.qparams
             execute_vec(self.cfg, self.sram, word, scale, shift, relu, q=self.fscale,
                         state=self.vector)
-        elif op == Opcode.SEND:
-            dest = tile[(f["x"], f["y"])]
+        elif op in (Opcode.SEND, Opcode.MCAST):
             words = self.sram[f["src"]:f["src"] + f["n"]]
-            dest.sram[f["dst"]:f["dst"] + f["n"]] = words
-            dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
-                                           % 2**isa.SYNC_COUNTER_BITS)
+            receivers = ([(f["x"], f["y"])] if op == Opcode.SEND
+                         else isa.mcast_receivers(instr, self.node))
+            for receiver in receivers:
+                dest = tile[receiver]
+                dest.sram[f["dst"]:f["dst"] + f["n"]] = words
+                dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
+                                               % 2**isa.SYNC_COUNTER_BITS)
         self.pc = self.loops.issue(instr, self.pc)
         return True
 
@@ -144,7 +148,7 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
         sram = [0] * cfg.sram_words
         for addr, words in tile_program.loads.get(node, []):
             sram[addr:addr + len(words)] = words
-        tile[node] = FunctionalNode(cfg, list(tile_program.words_of(node)), sram)
+        tile[node] = FunctionalNode(cfg, list(tile_program.words_of(node)), sram, node=node)
     steps = 0
     deadlock = None
     while True:

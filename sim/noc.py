@@ -5,15 +5,21 @@
 and must report the same statistics.
 
 Traffic: every node generates packets of 1..4 flits (uniform) for uniformly random destinations
-(itself included) until `packets` packets exist in total. `rate` is the offered load in flits per
+(itself included) until `packets` packets exist in total; with `multicast` = f, a fraction f of
+them are multicasts (`Multicast` ROW or COLUMN, one of each half the time) from the source along
+its own row or column, to a random run of its nodes (`d1tile.sim.router.receivers`; the source
+may be before, inside or after the run). `rate` is the offered load in flits per
 node per cycle: each cycle a node generates a packet with probability rate / 2.5 (the mean
 length). Generated packets wait in an unbounded source queue and are offered to the node's
 inject port one flit per cycle; ejection ports are always ready.
 
-Accounting, per packet (source, sequence number): delivered once, whole and in order at the right
-node; `lost` = injected but never delivered, `duplicated` = delivered more than once,
+Accounting, per copy (source, sequence number, receiving node; a unicast has one copy, a
+multicast one per receiver): delivered once, whole and in order at its node; `lost` = injected
+but never delivered, `duplicated` = delivered more than once,
 `reordered` = delivered before a packet the same source had injected earlier for the same
-destination, `broken` = flits of another packet interleaved, `misdelivered` = arrived at the
+destination on the same path (`d1tile.sim.router.path_key`: a multicast that turns back towards
+a first receiver before its source takes another path than a unicast would), `broken` = flits
+of another packet interleaved, `misdelivered` = arrived at the
 wrong node. Latency = cycle the tail flit is ejected - cycle the head flit was injected.
 """
 
@@ -24,8 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from d1tile.params import TileConfig
-from d1tile.sim.router import make_packet, trace_format
-from d1tile.formats import flit_format
+from d1tile.sim.router import make_packet, path_key, receivers, trace_format
+from d1tile.formats import Multicast, flit_format
 
 
 __all__ = ["NocTraffic", "NocStats", "MEAN_LENGTH"]
@@ -37,6 +43,8 @@ DEADLOCK_CYCLES = 1000
 @dataclass
 class NocStats:
     injected: int = 0
+    multicasts: int = 0
+    copies: int = 0
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -58,8 +66,8 @@ class NocStats:
 
     def summary(self) -> str:
         lines = [
-            f"cycles {self.cycles}, packets injected {self.injected}, delivered {self.delivered}, "
-            f"lost {self.lost}, duplicated {self.duplicated}, reordered {self.reordered}, "
+            f"cycles {self.cycles}, packets injected {self.injected} ({self.multicasts} multicast, "
+            f"{self.copies} copies), delivered {self.delivered}, lost {self.lost}, duplicated {self.duplicated}, reordered {self.reordered}, "
             f"broken {self.broken}, misdelivered {self.misdelivered}",
             f"latency (cycles, head injected to tail ejected): min {self.latency_min}, "
             f"mean {self.latency_mean:.2f}, p99 {self.latency_p99}, max {self.latency_max}",
@@ -75,9 +83,13 @@ class NocTraffic:
     of nodes whose offer was taken and the flits each node ejected. `done` when every packet is
     generated and delivered (or a deadlock was declared); `stats()` at the end."""
 
-    def __init__(self, cfg: TileConfig, *, packets: int, rate: float, seed: int):
+    def __init__(self, cfg: TileConfig, *, packets: int, rate: float, seed: int,
+                 multicast: float = 0.0):
         if not 0 < rate <= 1:
             raise ValueError(f"rate={rate} must be in (0, 1] flits per node per cycle")
+        if not 0 <= multicast <= 1:
+            raise ValueError(f"multicast={multicast} must be a fraction in [0, 1]")
+        self.multicast = multicast
         if not 1 <= packets <= 65535 * cfg.nodes:
             raise ValueError(f"packets={packets} must be 1..{65535 * cfg.nodes}")
         if cfg.nodes > 256:
@@ -90,9 +102,9 @@ class NocTraffic:
         self.queues = {node: deque() for node in self.nodes}
         self.generated = 0
         self.seq = {node: 0 for node in self.nodes}
-        self.info = {}            # (src, seq) -> [dst, length, head_inject_cycle]
-        self.delivered = {}       # (src, seq) -> times delivered
-        self.last_seq = {}        # (src, dst) -> last delivered seq
+        self.info = {}            # (src, seq) -> [receiving nodes, length, head_inject_cycle, path]
+        self.delivered = {}       # (src, seq, node) -> times delivered
+        self.last_seq = {}        # (src, dst, path) -> last delivered seq
         self.assembling = {node: [] for node in self.nodes}
         self.latencies = []
         self.counts = NocStats()
@@ -108,9 +120,26 @@ class NocTraffic:
                 length = self.rng.randint(1, 4)
                 seq = self.seq[node]
                 self.seq[node] += 1
-                self.queues[node].extend(make_packet(self.cfg, dst, index, seq, length, self.rng))
-                self.info[(index, seq)] = [dst, length, None]
+                mc, last = Multicast.NONE, 0
+                if self.multicast and self.rng.random() < self.multicast:
+                    mc, dst, last = self._multicast(node)
+                self.queues[node].extend(make_packet(self.cfg, dst, index, seq, length, self.rng,
+                                                     mc, last))
+                self.info[(index, seq)] = [set(receivers(node, dst, mc, last)), length, None,
+                                           path_key(node, dst, mc, last)]
                 self.generated += 1
+                self.counts.multicasts += mc != Multicast.NONE
+
+    def _multicast(self, node):
+        """(mc, first receiver, last) of a random multicast from `node` along its row or
+        column."""
+        rng, (x, y) = self.rng, node
+        mc = rng.choice([Multicast.ROW, Multicast.COLUMN])
+        size = self.cfg.cols if mc == Multicast.ROW else self.cfg.rows
+        first = rng.randrange(size)
+        last = rng.randint(first, size - 1)
+        dst = (first, y) if mc == Multicast.ROW else (x, first)
+        return mc, dst, last
 
     def offers(self) -> dict:
         self._generate()
@@ -123,17 +152,19 @@ class NocTraffic:
             flit = self.queues[node].popleft()
             if self.flit_fmt.get(flit, "head"):
                 trace = self.trace.unpack(self.flit_fmt.get(flit, "payload"))
-                self.info[(trace["src"], trace["seq"])][2] = cycle
+                info = self.info[(trace["src"], trace["seq"])]
+                info[2] = cycle
                 self.counts.injected += 1
+                self.counts.copies += len(info[0])
         for node, flit in ejected.items():
             self.counts.flits += 1
             self._receive(node, flit, cycle)
         self.counts.cycles = cycle + 1
         self.quiet = 0 if moved else self.quiet + 1
-        in_flight = any(self.queues.values()) or self.counts.injected > self._finished()
+        in_flight = any(self.queues.values()) or self.counts.copies > self._finished()
         if self.quiet >= DEADLOCK_CYCLES and in_flight:
-            stuck = [f"{key}->{info[0]}" for key, info in self.info.items()
-                     if info[2] is not None and key not in self.delivered][:8]
+            stuck = [f"{key}->{node}" for key, info in self.info.items() if info[2] is not None
+                     for node in sorted(info[0]) if (*key, node) not in self.delivered][:8]
             self.counts.deadlock = (f"no flit moved for {self.quiet} cycles with packets in "
                                     f"flight (e.g. (src, seq)->dst: {', '.join(stuck)})")
 
@@ -152,19 +183,20 @@ class NocTraffic:
         key = (trace["src"], trace["seq"])
         packet = list(parts)
         parts.clear()
-        dst, length, injected = self.info.get(key, (None, None, None))
+        dsts, length, injected, path = self.info.get(key, ((), None, None, None))
         if [p["index"] for p in packet] != list(range(length or 0)):
             self.counts.broken += 1
             return
-        if dst != node:
+        if node not in dsts:
             self.counts.misdelivered += 1
             return
-        if key in self.delivered:
+        copy = (*key, node)
+        if copy in self.delivered:
             self.counts.duplicated += 1
-            self.delivered[key] += 1
+            self.delivered[copy] += 1
             return
-        self.delivered[key] = 1
-        pair = (trace["src"], node)
+        self.delivered[copy] = 1
+        pair = (trace["src"], node, path)
         if self.last_seq.get(pair, -1) > trace["seq"]:
             self.counts.reordered += 1
         self.last_seq[pair] = max(self.last_seq.get(pair, -1), trace["seq"])
@@ -174,13 +206,13 @@ class NocTraffic:
     def done(self) -> bool:
         return (self.counts.deadlock is not None or
                 (self.generated == self.total and not any(self.queues.values())
-                 and self.counts.injected == self._finished()))
+                 and self.counts.copies == self._finished()))
 
     def stats(self) -> NocStats:
         s = self.counts
         s.delivered = len(self.delivered)
-        s.lost = sum(1 for key, info in self.info.items()
-                     if info[2] is not None and key not in self.delivered)
+        s.lost = sum(1 for key, info in self.info.items() if info[2] is not None
+                     for node in info[0] if (*key, node) not in self.delivered)
         if self.latencies:
             ordered = sorted(self.latencies)
             s.latency_min, s.latency_max = ordered[0], ordered[-1]
@@ -190,11 +222,11 @@ class NocTraffic:
 
 
 def run_model(cfg: TileConfig, *, packets: int, rate: float, seed: int,
-              max_cycles: int = 10_000_000) -> NocStats:
+              multicast: float = 0.0, max_cycles: int = 10_000_000) -> NocStats:
     """noc-stress on the cycle model (`MeshModel`)."""
     from d1tile.sim.router import MeshModel
     mesh = MeshModel(cfg)
-    traffic = NocTraffic(cfg, packets=packets, rate=rate, seed=seed)
+    traffic = NocTraffic(cfg, packets=packets, rate=rate, seed=seed, multicast=multicast)
     cycle = 0
     while not traffic.done and cycle < max_cycles:
         accepted, ejected = mesh.step(traffic.offers(), {})

@@ -316,7 +316,7 @@ class NodeModel:
         if not router.count:
             return self.blocked
         router.evaluate()
-        return router.out[_LOCAL_PORT] is not None or (self.blocked and router.ready[_LOCAL_PORT])
+        return router.local_out() is not None or (self.blocked and router.ready[_LOCAL_PORT])
 
     def active_at(self, cycle: int) -> bool:
         """Whether the resting node has activity (an SRAM grant) in `cycle` (before `wake`)."""
@@ -507,7 +507,7 @@ class NodeModel:
         seq = self.seq
         offer = self.outputs()
         router.evaluate()
-        eject = router.out[0]
+        eject = router.local_out()
         event = self.decision.event
         if event not in _STALL_COUNTER and event != SeqEvent.ISSUE:
             event = SeqEvent.NONE      # the RTL's status shows the issue and stall strobes only

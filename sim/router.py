@@ -34,13 +34,13 @@ from collections import deque
 from functools import cache
 
 from d1tile.contracts import OPPOSITE, PORTS, RR_RESET, STEP, check_node
-from d1tile.formats import BitFormat, Field, Port, flit_format
+from d1tile.formats import BitFormat, Field, Multicast, Port, flit_format
 from d1tile.params import TileConfig
 
 
 __all__ = [
     "PORTS", "OPPOSITE", "STEP", "RR_RESET",
-    "route_xy", "hops", "unloaded_latency", "rr_grant", "check_node",
+    "route_xy", "route_mask", "hops", "unloaded_latency", "rr_grant", "check_node",
     "RouterModel", "MeshModel",
     "trace_format", "make_packet", "describe_flit", "PacketScoreboard", "ScoreboardError",
 ]
@@ -59,6 +59,36 @@ def route_xy(x: int, y: int, dst_x: int, dst_y: int) -> Port:
     if dst_y < y:
         return Port.NORTH
     return Port.LOCAL
+
+
+def route_mask(x: int, y: int, dst_x: int, dst_y: int, mc: int = 0, last: int = 0,
+               came_from: int = Port.LOCAL) -> tuple[Port, ...]:
+    """The outputs a head flit that entered router (x, y) through input `came_from` takes: one
+    for a unicast (`route_xy`); for a multicast (`Multicast`), which delivers eastwards (ROW)
+    or southwards (COLUMN) only, from its first receiver to `last`:
+
+    * ROW, in the row it travels in (dst_y is not looked at): at x == dst_x, or at
+      dst_x < x <= last when it came in moving east (through WEST), LOCAL and, unless
+      x == last, EAST; otherwise it travels towards dst_x (west of it: EAST; east of it: WEST,
+      delivering nothing on the way).
+    * COLUMN: to column dst_x first as a unicast (X); in it, the same along Y: LOCAL (+ SOUTH)
+      at dst_y or, coming in moving south (through NORTH), at dst_y < y <= last; otherwise
+      towards dst_y.
+
+    So a multicast goes to its first receiver by XY (turning back once, west then east or north
+    then south, when it starts beyond it), and then holds an ejection port only while it moves
+    east (or south): every wait it adds points east or south, and XY's deadlock freedom holds
+    (docs/architecture.md has the argument). `last` before the first receiver, and `mc` = 3,
+    route as unicasts."""
+    if mc == Multicast.ROW and last >= dst_x:
+        if x == dst_x or (came_from == Port.WEST and dst_x < x <= last):
+            return (Port.LOCAL,) if x == last else (Port.LOCAL, Port.EAST)
+        return (Port.EAST if dst_x > x else Port.WEST,)
+    if mc == Multicast.COLUMN and last >= dst_y and x == dst_x:
+        if y == dst_y or (came_from == Port.NORTH and dst_y < y <= last):
+            return (Port.LOCAL,) if y == last else (Port.LOCAL, Port.SOUTH)
+        return (Port.SOUTH if dst_y > y else Port.NORTH,)
+    return (route_xy(x, y, dst_x, dst_y),)
 
 
 def hops(src: tuple[int, int], dst: tuple[int, int]) -> int:
@@ -118,8 +148,9 @@ class RouterModel:
     """
 
     __slots__ = ("cfg", "x", "y", "depth", "fifos", "locked", "owner", "rr", "ready", "out",
-                 "grant", "count", "flits_in", "flits_out", "_stale", "_head", "_tail",
-                 "_x_shift", "_y_shift", "_coord_mask")
+                 "grant", "fork", "partner", "links", "count", "flits_in", "flits_out",
+                 "_stale", "_head", "_tail", "_x_shift", "_y_shift", "_coord_mask",
+                 "_mc_shift", "_last_shift")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
         check_node(cfg, x, y)
@@ -130,6 +161,8 @@ class RouterModel:
         self._tail = 1 << fmt.offsets["tail"]
         self._x_shift = fmt.offsets["dst_x"]
         self._y_shift = fmt.offsets["dst_y"]
+        self._mc_shift = fmt.offsets["mc"]
+        self._last_shift = fmt.offsets["last"]
         self._coord_mask = (1 << cfg.coord_bits) - 1
         self.fifos = tuple(deque() for _ in PORTS)
         self.locked = [False] * _N
@@ -138,15 +171,52 @@ class RouterModel:
         self.ready = [True] * _N
         self.out = [None] * _N
         self.grant = [-1] * _N
+        # A multicast forks into LOCAL and one link: fork[o] is the other output of the packet
+        # output o carries this cycle (-1: none), partner[o] the same for a locked output.
+        self.fork = [-1] * _N
+        self.partner = [-1] * _N
+        self.links = None       # per output: (neighbour router, its input) or None (MeshModel)
         self.count = 0          # flits buffered in all five FIFOs
         self.flits_in = [0] * _N    # flits accepted per input port (performance counters)
         self.flits_out = [0] * _N   # flits sent per output port
         self._stale = True
 
     def route(self, flit: int) -> Port:
-        """The output `route_xy` picks for a flit at this router."""
+        """The output `route_xy` picks for a flit at this router (ignoring `mc`)."""
         mask = self._coord_mask
         return route_xy(self.x, self.y, (flit >> self._x_shift) & mask, (flit >> self._y_shift) & mask)
+
+    def routes(self, flit: int, came_from: int) -> tuple[Port, ...]:
+        """The outputs `route_mask` picks for a head flit at input `came_from`."""
+        mask = self._coord_mask
+        return route_mask(self.x, self.y, (flit >> self._x_shift) & mask,
+                          (flit >> self._y_shift) & mask, (flit >> self._mc_shift) & 3,
+                          (flit >> self._last_shift) & mask, came_from)
+
+    def link_ready(self, o: int) -> bool:
+        """Whether what output `o` (not LOCAL) feeds takes a flit this cycle: the neighbour's
+        input FIFO is not full; the host and the mesh edge always take one."""
+        link = self.links[o] if self.links is not None else None
+        if link is None or link[0] == "host":
+            return True
+        neighbour, port = link
+        return len(neighbour.fifos[port]) < neighbour.depth
+
+    def local_out(self) -> int | None:
+        """The flit on the LOCAL output this cycle (valid high): `out[LOCAL]`, unless it is a
+        multicast's copy whose other output, a link, is not ready (the two move together)."""
+        flit = self.out[_LOCAL]
+        if flit is not None and self.fork[_LOCAL] >= 0 and not self.link_ready(self.fork[_LOCAL]):
+            return None
+        return flit
+
+    def valid(self, o: int, out_ready) -> bool:
+        """`out_o.valid` given every output's `ready` (`out_ready`, by port): a multicast's
+        output is valid only when its other output is ready."""
+        if self.out[o] is None:
+            return False
+        f = self.fork[o]
+        return f < 0 or bool(out_ready[f])
 
     def evaluate(self) -> None:
         """Compute this cycle's `ready`, `grant` and `out` from the state."""
@@ -159,6 +229,7 @@ class RouterModel:
                 out[p] = None
                 ready[p] = True
                 grant[p] = -1 if not self.locked[p] else self.owner[p]
+                self.fork[p] = self.partner[p]
             return
         fifos, locked, owner, depth = self.fifos, self.locked, self.owner, self.depth
         head, mask, x, y = self._head, self._coord_mask, self.x, self.y
@@ -168,49 +239,82 @@ class RouterModel:
             if locked[o]:
                 busy |= 1 << owner[o]
         requests = [0] * _N
+        forks = None            # input -> the link a multicast head forks to (beside LOCAL)
+        mc_shift = self._mc_shift
         for i in range(_N):
             fifo = fifos[i]
             ready[i] = len(fifo) < depth
             if fifo and not busy >> i & 1:
                 flit = fifo[0]
                 if flit & head:
-                    # route_xy, inlined: this is the model's innermost loop.
-                    dst_x = (flit >> x_shift) & mask
-                    if dst_x > x:
-                        o = _EAST
-                    elif dst_x < x:
-                        o = _WEST
+                    if not (flit >> mc_shift) & 3:
+                        # route_xy, inlined: this is the model's innermost loop.
+                        dst_x = (flit >> x_shift) & mask
+                        if dst_x > x:
+                            o = _EAST
+                        elif dst_x < x:
+                            o = _WEST
+                        else:
+                            dst_y = (flit >> y_shift) & mask
+                            o = _SOUTH if dst_y > y else _NORTH if dst_y < y else _LOCAL
                     else:
-                        dst_y = (flit >> y_shift) & mask
-                        o = _SOUTH if dst_y > y else _NORTH if dst_y < y else _LOCAL
+                        ports = self.routes(flit, i)
+                        o = int(ports[-1])
+                        if len(ports) == 2:
+                            forks = forks or {}
+                            forks[i] = o
                     requests[o] |= 1 << i
         table = rr_grant()
         rr = self.rr
-        for o in range(_N):
+        fork = self.fork
+        # The links first: a forking head competes for its link; LOCAL, when not locked, is
+        # then open to it only if it won the link (so its two grants always agree).
+        for o in (_NORTH, _EAST, _SOUTH, _WEST, _LOCAL):
             if locked[o]:
                 g = owner[o]
                 fifo = fifos[g]
                 out[o] = fifo[0] if fifo else None
+                fork[o] = self.partner[o]
             else:
+                if o == _LOCAL and forks:
+                    for i, link in forks.items():
+                        if grant[link] == i:
+                            requests[_LOCAL] |= 1 << i
                 g = table[rr[o]][requests[o]]
                 out[o] = fifos[g][0] if g >= 0 else None
+                fork[o] = -1
+                if forks and g in forks:
+                    fork[o] = _LOCAL if o != _LOCAL else forks[g]
             grant[o] = g
+        if forks:
+            # A forking head moves only with both grants: a link granted to one whose LOCAL
+            # went to another input carries nothing this cycle.
+            for o in (_NORTH, _EAST, _SOUTH, _WEST):
+                g = grant[o]
+                if not locked[o] and g in forks and grant[_LOCAL] != g:
+                    out[o] = None
+                    fork[o] = -1
 
     def transfer(self, o: int) -> int:
-        """Output `o`'s flit is taken this cycle (`out[o]` must not be None): pop the granted
-        input and update the lock and the round-robin pointer. Returns the flit."""
+        """Output `o`'s flit is taken this cycle (`out[o]` must not be None), and with it, for a
+        multicast, the copy on its other output `fork[o]` (call this once for the pair): pop the
+        granted input and update the locks and the round-robin pointers. Returns the flit."""
         g = self.grant[o]
         flit = self.fifos[g].popleft()
         self.count -= 1
-        self.flits_out[o] += 1
         self._stale = True
-        if flit & self._tail:
-            self.locked[o] = False
-        elif flit & self._head:
-            self.locked[o] = True
-            self.owner[o] = g
-        if flit & self._head:
-            self.rr[o] = g
+        f = self.fork[o]
+        for p in ((o,) if f < 0 else (o, f)):
+            self.flits_out[p] += 1
+            if flit & self._tail:
+                self.locked[p] = False
+                self.partner[p] = -1
+            elif flit & self._head:
+                self.locked[p] = True
+                self.owner[p] = g
+                self.partner[p] = -1 if f < 0 else (f if p == o else o)
+            if flit & self._head:
+                self.rr[p] = g
         return flit
 
     def push(self, i: int, flit: int) -> None:
@@ -243,10 +347,10 @@ class RouterModel:
         """
         self.evaluate()
         accepted = [offers[i] is not None and self.ready[i] for i in range(_N)]
-        sent = [self.out[o] if self.out[o] is not None and out_ready[o] else None
+        sent = [self.out[o] if self.valid(o, out_ready) and out_ready[o] else None
                 for o in range(_N)]
         for o in range(_N):
-            if sent[o] is not None:
+            if sent[o] is not None and not (self.fork[o] >= 0 and self.fork[o] < o):
                 self.transfer(o)
         for i in range(_N):
             if accepted[i]:
@@ -307,6 +411,8 @@ class MeshModel:
                 links[Port.EAST] = ("host", y)
                 self._links[self.routers[(cfg.cols - 1, y)]] = tuple(links)
         self._plan = [((x, y), router, self._links[router]) for (x, y), router in self.routers.items()]
+        for router, links in self._links.items():
+            router.links = links
         self.host_accepted: set = set()
         self.host_ejected: dict = {}
         self.moved = 0          # flits that moved in the last step (any port of any router)
@@ -333,7 +439,7 @@ class MeshModel:
     def eject_flit(self, node: tuple[int, int]) -> int | None:
         router = self.routers[node]
         router.evaluate()
-        return router.out[_LOCAL]
+        return router.local_out()
 
     def step(self, offers: dict, eject_ready: dict, host_offers: dict | None = None
              ) -> tuple[set, dict]:
@@ -354,17 +460,33 @@ class MeshModel:
         for node, router, links in self._plan:
             if not router.count:
                 continue
-            out = router.out
+            out, fork = router.out, router.fork
             for o in range(_N):
                 flit = out[o]
                 if flit is None:
                     continue
                 if o == _LOCAL:
-                    if eject_ready.get(node, True):
+                    if fork[o] < 0 and eject_ready.get(node, True):
                         ejected[node] = router.transfer(o)
                         moved += 1
                     continue
                 link = links[o]
+                if fork[o] >= 0:
+                    # A multicast's copy goes to LOCAL and this link in the same cycle, or not
+                    # at all (the link's `ready` is its start-of-cycle value, as below).
+                    if not eject_ready.get(node, True) or (
+                            link is not None and link[0] != "host"
+                            and not link[0].ready[link[1]]):
+                        continue
+                    ejected[node] = flit = router.transfer(o)
+                    moved += 2
+                    if link is None:
+                        self.misroutes.append((self.cycle, node, Port(o), flit))
+                    elif link[0] == "host":
+                        host_ejected[link[1]] = flit
+                    else:
+                        link[0].push(link[1], flit)
+                    continue
                 if link is None:
                     self.misroutes.append((self.cycle, node, Port(o), router.transfer(o)))
                     moved += 1
@@ -406,16 +528,42 @@ def trace_format(cfg: TileConfig) -> BitFormat:
 
 
 def make_packet(cfg: TileConfig, dst: tuple[int, int], src: int, seq: int, length: int,
-                rng: random.Random) -> list[int]:
-    """A packet of `length` flits for node `dst` = (x, y), payloads in `trace_format`."""
+                rng: random.Random, mc: int = Multicast.NONE, last: int = 0) -> list[int]:
+    """A packet of `length` flits for node `dst` = (x, y) (with `mc` and `last`: a multicast
+    whose first receiver is `dst`), payloads in `trace_format`."""
     if length < 1:
         raise ValueError(f"length={length} must be at least 1")
     fmt, trace = flit_format(cfg), trace_format(cfg)
     filler_bits = trace.field("filler").width
-    return [fmt.pack(head=k == 0, tail=k == length - 1, dst_x=dst[0], dst_y=dst[1],
-                     payload=trace.pack(src=src, seq=seq & 0xFFFF, index=k,
-                                        filler=rng.getrandbits(filler_bits)))
+    return [fmt.pack(head=k == 0, tail=k == length - 1, dst_x=dst[0], dst_y=dst[1], mc=int(mc),
+                     last=last, payload=trace.pack(src=src, seq=seq & 0xFFFF, index=k,
+                                                   filler=rng.getrandbits(filler_bits)))
             for k in range(length)]
+
+
+def path_key(src: tuple[int, int], dst: tuple[int, int], mc: int, last: int):
+    """Which path a packet from `src` takes to its receivers: None for the XY path (every
+    unicast, and a multicast whose first receiver is at or after the source in its direction,
+    east or south), else the point where a multicast that starts before its source turns back.
+    Packets from one source to one receiver arrive in the order sent when their paths are the
+    same (`PacketScoreboard`, `d1tile.sim.noc`)."""
+    if mc == Multicast.ROW and last >= dst[0] and dst[0] < src[0]:
+        return ("row", dst[0])
+    if mc == Multicast.COLUMN and last >= dst[1] and dst[0] == src[0] and dst[1] < src[1]:
+        return ("column", dst[1])
+    return None
+
+
+def receivers(src: tuple[int, int], dst: tuple[int, int], mc: int, last: int
+              ) -> list[tuple[int, int]]:
+    """The nodes a packet from node `src` reaches (`route_mask`), in delivery order: `dst` for
+    a unicast; for a ROW multicast the nodes of src's row from dst_x to last, for a COLUMN
+    multicast the nodes of column dst_x from dst_y to last."""
+    if mc == Multicast.ROW and last >= dst[0]:
+        return [(x, src[1]) for x in range(dst[0], last + 1)]
+    if mc == Multicast.COLUMN and last >= dst[1]:
+        return [(dst[0], y) for y in range(dst[1], last + 1)]
+    return [dst]
 
 
 def describe_flit(cfg: TileConfig, flit: int | None) -> str:

@@ -120,9 +120,12 @@ def find_window(tile, driver, limit: int):
         streams.append((start, hops, sink))
     if len(sinks) != sum(role == "sink" for role in ends.values()) or limit < 2:
         return None
-    # Everything else must be still: no output off the streams can move a flit.
+    # Everything else must be still: no output off the streams can move a flit. A multicast
+    # anywhere (a fork, or outputs locked in pairs) is not a steady stream: step cycle by cycle.
     for router in routers.values():
         router.evaluate()
+        if max(router.fork) >= 0 or max(router.partner) >= 0:
+            return None
     for node, router in routers.items():
         if not router.count:
             continue

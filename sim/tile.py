@@ -105,7 +105,7 @@ class TileModel:
                 counters[node] = model.counter_values(router)
             if router.count:
                 router.evaluate()
-                flit = router.out[_LOCAL]
+                flit = router.local_out()
                 if flit is not None:
                     ready[node] = model.eject_ready(flit)
             if not activity and (model.grants or model.decision.event == _ISSUE):

@@ -164,6 +164,17 @@ class Program:
         x, y = to
         return self.emit(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter)
 
+    def mcast(self, src: int, n: int, dst: int, *, row: tuple[int, int] | None = None,
+              column: tuple[int, int] | None = None, counter: int = 0):
+        """MCAST: push words src..src+n-1 to words dst.. of the nodes `row` = (first, last) of
+        this node's row, or `column` = (first, last) of its column, each counter bumped."""
+        if (row is None) == (column is None):
+            raise AsmError(f"instruction {len(self.words)}: MCAST: give row=(first, last) or "
+                           "column=(first, last)")
+        first, last = row if row is not None else column
+        return self.emit(Opcode.MCAST, src=src, n=n, col=int(column is not None), first=first,
+                         last=last, dst=dst, counter=counter)
+
     def wait(self, counter: int, value: int = 1):
         return self.emit(Opcode.WAIT, counter=counter, value=value)
 

@@ -6,9 +6,10 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
 * Each node's SRAM is split in two halves: the *private* half, loaded with random words and used
   by the node's own matrix and vector instructions (whose overlaps the sequencer's hazard check
   orders), and the *inbox* half, which only receives messages.
-* Every message (a SEND from one node to another, or to itself) has its own inbox slot at the
-  receiver, so no slot is written twice; the receiver reads a slot only after a WAIT on the
-  message's counter.
+* Every message (a SEND from one node to another, or to itself, or an MCAST to a run of the
+  sender's row or column) has its own inbox slot at each receiver (an MCAST's at the same
+  address in all of them), so no slot is written twice; the receiver reads a slot only after a
+  WAIT on the message's counter.
 * The program runs in phases: in phase p every node does some local work, sends its phase-p
   messages, waits for its phase-p messages, then may use them. Sends never wait on receives of
   the same phase, so the phases cannot deadlock. Each phase bumps its own counters (a message of
@@ -230,7 +231,25 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
     phase_sets = min(phases, SYNC_COUNTERS)     # phase p uses the counters c = p (mod phase_sets)
     for phase in range(phases):
         messages = []
+        mcasts = []
         for src in nodes:
+            if rng.random() < 0.3:
+                # a multicast to a run of the sender's row or column, one inbox slot (the same
+                # address) at every receiver
+                col = rng.random() < 0.5
+                size = cfg.rows if col else cfg.cols
+                first = rng.randrange(size)
+                last = rng.randint(first, size - 1)
+                run = ([(src[0], r) for r in range(first, last + 1)] if col
+                       else [(c, src[1]) for c in range(first, last + 1)])
+                n = rng.choice([0, 1, rng.randint(1, max_words)])
+                at = max(inbox_next[r] for r in run)
+                if at + n <= words:
+                    counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
+                    mcasts.append((src, run, n, _span(rng, 0, half, n) if n else 0, at, counter,
+                                   col, first, last))
+                    for r in run:
+                        inbox_next[r] = at + n
             for _ in range(rng.randint(0, 2)):
                 dst = rng.choice(nodes)
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
@@ -246,6 +265,9 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
                 local_op(node)
+        for src, run, n, src_addr, dst_addr, counter, col, first, last in mcasts:
+            programs[src].mcast(src_addr, n, dst_addr, counter=counter,
+                                **{"column" if col else "row": (first, last)})
         for src, dst, n, src_addr, dst_addr, counter, repeat in messages:
             if repeat is None:
                 programs[src].send(src_addr, n, dst, dst_addr, counter)
@@ -261,6 +283,11 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                     incoming[counter] = incoming.get(counter, 0) + times
                     if n:
                         usable[node].append((dst_addr, dst_addr + n * times))
+            for src, run, n, src_addr, dst_addr, counter, *_ in mcasts:
+                if node in run:
+                    incoming[counter] = incoming.get(counter, 0) + 1
+                    if n:
+                        usable[node].append((dst_addr, dst_addr + n))
             for counter, count in sorted(incoming.items(), key=lambda _: rng.random()):
                 programs[node].wait(counter, count)
         for node in nodes:

@@ -62,6 +62,8 @@ def instruction_kind(word: int) -> str:
                 + (" SR" if ins.sr else ""))
     if ins.op == Opcode.SETR:
         return f"SETR {_name(SetrReg, ins.reg)}"
+    if ins.op == Opcode.MCAST:
+        return f"MCAST {'COLUMN' if ins.col else 'ROW'}"
     return ins.op.name
 
 

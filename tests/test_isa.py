@@ -36,7 +36,7 @@ def test_encode_decode_round_trip_for_every_opcode():
 
 
 def test_undefined_opcodes_decode_and_fault():
-    for code in range(13, 16):
+    for code in range(14, 16):
         instr = isa.decode(code | 0xABC0)
         assert instr.op is None
         assert isa.validate(TINY, instr) == (FaultCode.UNDEFINED, code)
@@ -91,6 +91,13 @@ def test_undefined_opcodes_decode_and_fault():
      (FaultCode.TYPE, 3 | 3 << 2)),
     (Opcode.SETR, dict(reg=SetrReg.SEED, value=2**32 - 1), (FaultCode.NONE, 0)),
     (Opcode.SETR, dict(reg=2, value=0), (FaultCode.FIELD, 2)),
+    (Opcode.MCAST, dict(src=0, n=4, col=0, first=0, last=1, dst=252), (FaultCode.NONE, 0)),
+    (Opcode.MCAST, dict(src=0, n=4, col=1, first=1, last=1, dst=0), (FaultCode.NONE, 0)),
+    (Opcode.MCAST, dict(src=0, n=4, col=0, first=1, last=0, dst=0), (FaultCode.FIELD, 1)),
+    (Opcode.MCAST, dict(src=0, n=4, col=0, first=0, last=2, dst=0), (FaultCode.NODE, 2)),
+    (Opcode.MCAST, dict(src=0, n=4, col=1, first=2, last=3, dst=0), (FaultCode.NODE, 3)),
+    (Opcode.MCAST, dict(src=253, n=4, col=0, first=0, last=1, dst=0), (FaultCode.ADDRESS, 253)),
+    (Opcode.MCAST, dict(src=0, n=4, col=0, first=0, last=1, dst=253), (FaultCode.ADDRESS, 253)),
 ])
 def test_validity_rules(op, fields, fault):
     assert TINY.sram_words == 256
@@ -108,7 +115,7 @@ def test_stepped_moves_only_the_address_slots_modulo_2_16():
     assert isa.decode(isa.stepped(vec, (1, 2, 3))).fields == dict(
         vop=2, bfix=1, dst=2, a=4, b=6, n=4)
     wait = isa.encode(Opcode.WAIT, counter=3, value=9)
-    assert isa.stepped(wait, (1, 2, 3)) == wait and isa.stepped(0xD, (1, 1, 1)) == 0xD
+    assert isa.stepped(wait, (1, 2, 3)) == wait and isa.stepped(0xE, (1, 1, 1)) == 0xE
     assert isa.stepped(mm, (0, 0, 0)) == mm
 
 
@@ -225,6 +232,32 @@ def test_interpreter_runs_loops_with_stepped_sends():
     assert node.sram[10:16] == values
     assert np.array_equal([lanes_from_word(w, 4) for w in node.sram[40:46]],
                           [2 * lanes_from_word(v, 4) for v in values])
+
+
+def test_interpreter_multicasts_to_a_row_and_a_column():
+    """Node (1, 1) of a 3x3 tile multicasts 2 words to its whole row and (stepped, in a loop)
+    one word each to rows 0..2 of its column; every receiver waits for its counter."""
+    cfg = TINY.with_grid(3, 3)
+    tp = TileProgram(cfg)
+    words = [word_from_bytes([k + 1] * 16) for k in range(5)]
+    tp.load((1, 1), 0, words)
+    p = tp.node(1, 1)
+    p.mcast(0, 2, 100, row=(0, 2), counter=3)
+    with p.loop(3):
+        p.step(1, 1)
+        p.mcast(2, 1, 110, column=(0, 2), counter=4)
+    for node in tp.nodes:
+        q = tp.node(*node) if node != (1, 1) else p
+        if node[1] == 1:
+            q.wait(3, 1)
+        if node[0] == 1:
+            q.wait(4, 3)
+        q.halt()
+    result = interpret(tp)
+    assert not result.faults() and result.deadlock is None
+    for (x, y), n in result.nodes.items():
+        assert n.sram[100:102] == (words[:2] if y == 1 else [0, 0]), (x, y)
+        assert n.sram[110:113] == (words[2:5] if x == 1 else [0, 0, 0]), (x, y)
 
 
 def test_hazard_ranges_and_overlap():

@@ -69,3 +69,8 @@ def test_rtl_mesh_matches_the_model(grid):
     assert rtl.delivered == 800
     model = run_model(cfg, packets=800, rate=0.9, seed=seed)
     assert rtl == model, f"RTL:\n{rtl.summary()}\nmodel:\n{model.summary()}"
+    # with multicasts (same build): every copy once, and the same figures as the model
+    rtl = run_rtl(cfg, packets=800, rate=0.9, seed=seed, multicast=0.4)
+    assert rtl.ok and rtl.multicasts > 200 and rtl.delivered == rtl.copies > 800, rtl.summary()
+    model = run_model(cfg, packets=800, rate=0.9, seed=seed, multicast=0.4)
+    assert rtl == model, f"RTL:\n{rtl.summary()}\nmodel:\n{model.summary()}"

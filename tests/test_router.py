@@ -12,12 +12,13 @@ from amaranth.sim import Simulator
 
 from d1tile.formats import Port, flit_format
 from d1tile.hw.router import Router, RouterMesh
-from d1tile.hw.router import route_xy as rtl_route_xy
+from d1tile.hw.router import route_mask as rtl_route_mask, route_xy as rtl_route_xy
 from d1tile.params import TileConfig
 from d1tile.sim.router import (
     PORTS, RR_RESET, MeshModel, PacketScoreboard, RouterModel, ScoreboardError, hops,
-    make_packet, route_xy, rr_grant, unloaded_latency,
+    make_packet, receivers, route_mask, route_xy, rr_grant, unloaded_latency,
 )
+from d1tile.formats import Multicast
 
 from conftest import bench_seed, run_bench
 
@@ -84,6 +85,80 @@ def test_rtl_route_xy_matches_model(preset):
             sim.add_testbench(bench)
             sim.run()
             assert not mismatches, f"(router, dst, model, rtl): {mismatches[:5]}"
+
+
+def test_rtl_route_mask_matches_model():
+    """The Amaranth route_mask against the Python one: every router of a 3x3 mesh, every
+    input, every mc code, every dst and last code (tiny: 2-bit coordinates)."""
+    cfg = TileConfig.preset("tiny").with_grid(3, 3)
+    codes = range(1 << cfg.coord_bits)
+    layout = flit_format(cfg).layout
+    for x in range(cfg.cols):
+        for y in range(cfg.rows):
+            for came_from in PORTS:
+                head = Signal(layout)
+                primary, fork = Signal(Port), Signal()
+                m = Module()
+                p, f = rtl_route_mask(x, y, came_from, head)
+                m.d.comb += [primary.eq(p), fork.eq(f)]
+                sim = Simulator(m)
+                mismatches = []
+
+                async def bench(ctx, x=x, y=y, came_from=came_from):
+                    for mc in range(4):
+                        for dx in codes:
+                            for dy in codes:
+                                for last in codes:
+                                    ctx.set(head.mc, mc)
+                                    ctx.set(head.dst_x, dx)
+                                    ctx.set(head.dst_y, dy)
+                                    ctx.set(head.last, last)
+                                    want = route_mask(x, y, dx, dy, mc, last, came_from)
+                                    got = ((Port.LOCAL, Port(ctx.get(primary)))
+                                           if ctx.get(fork) else (Port(ctx.get(primary)),))
+                                    if got != want:
+                                        mismatches.append(((x, y, came_from), (mc, dx, dy, last),
+                                                           want, got))
+                sim.add_testbench(bench)
+                sim.run()
+                assert not mismatches, f"(router, head, model, rtl): {mismatches[:5]}"
+
+
+def test_multicast_routes_reach_the_run_and_only_it():
+    """Following route_mask from every source of a 4x5 mesh, for every run of its row and its
+    column, delivers exactly `receivers` (each once) and never leaves the mesh; a multicast
+    turns at most once back (towards a first receiver behind it)."""
+    rows, cols = 4, 5
+    for sx in range(cols):
+        for sy in range(rows):
+            runs = [(Multicast.ROW, (a, sy), b) for a in range(cols) for b in range(a, cols)]
+            runs += [(Multicast.COLUMN, (sx, a), b) for a in range(rows) for b in range(a, rows)]
+            for mc, dst, last in runs:
+                got, frontier = [], [((sx, sy), Port.LOCAL)]
+                while frontier:
+                    (x, y), came = frontier.pop()
+                    for port in route_mask(x, y, *dst, mc, last, came):
+                        if port == Port.LOCAL:
+                            got.append((x, y))
+                            continue
+                        dx, dy = {E: (1, 0), W: (-1, 0), S: (0, 1), N: (0, -1)}[port]
+                        nxt = (x + dx, y + dy)
+                        assert 0 <= nxt[0] < cols and 0 <= nxt[1] < rows, (sx, sy, mc, dst, last)
+                        frontier.append((nxt, {E: W, W: E, S: N, N: S}[port]))
+                assert sorted(got) == sorted(receivers((sx, sy), dst, mc, last)), \
+                    ((sx, sy), mc, dst, last, got)
+
+
+def test_mesh_model_multicast_traffic():
+    """noc-stress's traffic with multicasts on the model, several grids and loads: every copy
+    once, whole, in order per (source, receiver, path), no deadlock."""
+    from d1tile.sim.noc import run_model
+    for grid in ((4, 4), (3, 5), (1, 6), (6, 1), (2, 2)):
+        for rate in (0.3, 1.0):
+            stats = run_model(TileConfig.preset("tiny").with_grid(*grid), packets=600,
+                              rate=rate, seed=bench_seed(), multicast=0.5)
+            assert stats.ok and stats.multicasts > 200 and stats.copies > stats.injected, \
+                (grid, rate, stats.summary())
 
 
 def test_hops_and_unloaded_latency():
@@ -298,7 +373,8 @@ def test_router_interface():
 # -- the benches of record (Verilator) --------------------------------------------------------
 
 ROUTER_TESTS = ("router_directed_routing,router_arbitration,router_arbitration_packets,"
-                "router_long_packet,router_wormhole,router_random_traffic,router_bad_input")
+                "router_long_packet,router_wormhole,router_random_traffic,router_multicast,"
+                "router_bad_input")
 MESH_TESTS = "mesh_random_traffic,mesh_unloaded_latency"
 
 

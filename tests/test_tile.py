@@ -200,13 +200,67 @@ def looped_matmul():
     return tp, check
 
 
+def multicast():
+    """Node (0, 0) multicasts 5 words to its row and 3 to its column, node (1, 1) 4 words to
+    its column and (a loop of 2 stepped MCASTs) 2 x 1 word to its row; each receiver waits for
+    what it gets and adds one pair of the words it received into its own result."""
+    rng = np.random.default_rng(7)
+    data = {(0, 0): [int(v) for v in rng.integers(0, 2**63, size=8)],
+            (1, 1): [int(v) for v in rng.integers(0, 2**63, size=6)]}
+    tp = TileProgram(CFG)
+    for node, words in data.items():
+        tp.load(node, 0, words)
+    p = tp.node(0, 0)
+    p.mcast(0, 5, 100, row=(0, 1), counter=2)
+    p.mcast(5, 3, 110, column=(0, 1), counter=3)
+    q = tp.node(1, 1)
+    q.mcast(0, 4, 120, column=(0, 1), counter=4)
+    with q.loop(2):
+        q.step(1, 1)
+        q.mcast(4, 1, 130, row=(0, 1), counter=5)
+    q.nop()
+    gets = {(x, y): [] for y in range(2) for x in range(2)}
+    for (x, y) in gets:
+        r = tp.node(x, y)
+        if y == 0:
+            r.wait(2, 1)
+            gets[(x, y)].append((100, data[(0, 0)][:5]))
+        if x == 0:
+            r.wait(3, 1)
+            gets[(x, y)].append((110, data[(0, 0)][5:8]))
+        if x == 1:
+            r.wait(4, 1)
+            gets[(x, y)].append((120, data[(1, 1)][:4]))
+        if y == 1:
+            r.wait(5, 2)
+            gets[(x, y)].append((130, data[(1, 1)][4:6]))
+        at = gets[(x, y)][0][0]
+        r.vec(VecOp.ADD, 200, at, at + 1, n=1)
+        r.halt()
+        tp.read((x, y), 100, 40)
+        tp.read((x, y), 200, 1)
+
+    def check(result):
+        for node, expect in gets.items():
+            sram = result.reads[(node, 100, 40)]
+            for at, words in expect:
+                assert sram[at - 100:at - 100 + len(words)] == words, (node, at)
+            got = set(range(100, 140)) - {a + k for a, w in expect for k in range(len(w))}
+            assert all(sram[a - 100] == 0 for a in got), (node, "a word it was not sent")
+            at, words = expect[0]
+            total = lanes([words[0]]) + lanes([words[1]])
+            assert np.array_equal(lanes(result.reads[(node, 200, 1)])[0], total[0].astype(np.int32))
+        assert interpret(tp).reads == {k: v for k, v in result.reads.items()}
+    return tp, check
+
+
 def faults():
     """One fault of each kind on three nodes, and on the fourth a stepped instruction that
     faults inside a loop."""
     tp = TileProgram(CFG)
     p = Program(CFG, check=False)
     p.nop()
-    p.word(encode(Opcode.NOP) | 0xD)                       # opcode 13: undefined
+    p.word(encode(Opcode.NOP) | 0xE)                       # opcode 14: undefined
     tp.programs[(0, 0)] = p
     p = Program(CFG, check=False)
     p.matmul(0, 250, 8)                                    # B beyond the 256-word SRAM
@@ -221,7 +275,7 @@ def faults():
         p.step(s0=CFG.sram_words // 2)
         p.matmul(0, 8, 1)
     p.halt()
-    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 13), (1, 0): (FaultCode.ADDRESS, 0, 250),
+    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 14), (1, 0): (FaultCode.ADDRESS, 0, 250),
                 (0, 1): (FaultCode.NODE, 2, 3), (1, 1): (FaultCode.ADDRESS, 2, CFG.sram_words)}
 
     def check(result):
@@ -249,6 +303,7 @@ def deadlock():
 
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
          "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
+         "multicast": multicast,
          "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
@@ -289,7 +344,9 @@ def test_verify_with_a_fixed_seed():
                  # hardware loops: every count class, nesting, every STEP level the programs
                  # reach, stepped instructions of each engine
                  "LOOP count 0", "LOOP count 1", "LOOP count >1", "LOOP nested", "STEP level 0",
-                 "STEP level 1", "stepped MATMUL", "stepped MREAD", "stepped SEND"):
+                 "STEP level 1", "stepped MATMUL", "stepped MREAD", "stepped SEND",
+                 # multicasts along rows and columns
+                 "MCAST ROW", "MCAST COLUMN"):
         assert report.exercised[kind] > 0, (kind, report.exercised)
 
 

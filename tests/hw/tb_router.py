@@ -11,7 +11,10 @@ with the cycle, the signal, the expected and the observed value.
 
 Independently of the model, a `PacketScoreboard` checks that every packet arrives whole, once,
 at the right port, in order per (source, sink) pair, never interleaved with another packet;
-timing checks use the documented `unloaded_latency`.
+timing checks use the documented `unloaded_latency`. Multicasts (`Multicast` ROW / COLUMN) are
+expected once at every port (router) or node (mesh) `route_mask` / `receivers` names; in the
+mesh, a multicast that turns back takes another path than the unicasts to the same node
+(`path_key`), so each (source, path) is its own stream for the order check.
 
 Drivers and sinks (d1tile.hw.testbench) insert random idle cycles and random back-pressure from
 the TB's seeded rng. Environment: `D1TILE_CONFIG` (bench_config.py); `D1TILE_ROUTER_AT` = "x,y"
@@ -26,11 +29,11 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from bench_config import bench_config
-from d1tile.formats import Port, flit_format
+from d1tile.formats import Multicast, Port, flit_format
 from d1tile.hw.testbench import TB, StreamDriver, StreamSink
 from d1tile.sim.router import (
     PORTS, RR_RESET, MeshModel, PacketScoreboard, RouterModel, describe_flit, hops, make_packet,
-    route_xy, rr_grant, unloaded_latency,
+    path_key, receivers, route_mask, route_xy, rr_grant, unloaded_latency,
 )
 
 
@@ -106,8 +109,9 @@ class RouterLockstep(Lockstep):
             if got != model.ready[p]:
                 self.mismatch(cycle, f"in_{_name(p)}.ready", model.ready[p], got)
             got = _flit_of(self.outs[p])
-            if got != model.out[p]:
-                self.mismatch(cycle, f"out_{_name(p)}", self.flit(model.out[p]), self.flit(got))
+            expected = model.out[p] if model.valid(p, out_ready) else None
+            if got != expected:
+                self.mismatch(cycle, f"out_{_name(p)}", self.flit(expected), self.flit(got))
         grants = list(model.grant)
         _, sent = model.step(offers, out_ready)
         for o in PORTS:
@@ -211,11 +215,13 @@ class RouterBench:
         await tb.start()
         return cls(tb, **kwargs)
 
-    def send(self, src: Port, dst, length: int) -> list[int]:
-        """Queue a packet on input `src` for node `dst`; returns its flits."""
-        flits = make_packet(self.cfg, dst, int(src), self.seq[src], length, self.tb.rng)
+    def send(self, src: Port, dst, length: int, mc: int = 0, last: int = 0) -> list[int]:
+        """Queue a packet on input `src` for node `dst` (a multicast with `mc`, `last`);
+        returns its flits."""
+        flits = make_packet(self.cfg, dst, int(src), self.seq[src], length, self.tb.rng, mc, last)
         self.seq[src] += 1
-        self.board.expect(int(src), route_xy(self.x, self.y, *dst), flits)
+        for out in route_mask(self.x, self.y, *dst, mc, last, src):
+            self.board.expect(int(src), out, flits)
         for flit in flits:
             self.drivers[src].send(flit)
         return flits
@@ -342,11 +348,53 @@ async def router_random_traffic(dut):
     top = (1 << bench.cfg.coord_bits) - 1
     for _ in range(150):
         for src in PORTS:
-            bench.send(src, (rng.randint(0, top), rng.randint(0, top)), rng.randint(1, 5))
+            # a third multicasts, every `mc` code and `last` (forks, travel, malformed ones)
+            mc, last = (rng.randrange(4), rng.randint(0, top)) if rng.random() < 0.35 else (0, 0)
+            bench.send(src, (rng.randint(0, top), rng.randint(0, top)), rng.randint(1, 5),
+                       mc, last)
     await bench.drain()
     bench.tb.log.info("random traffic: %d packets, %d flits, %d cycles in lockstep",
                       bench.board.delivered_packets, bench.board.delivered_flits,
                       bench.lockstep.cycles)
+
+
+@cocotb.test()
+async def router_multicast(dut):
+    """Multicasts fork into LOCAL and one link, the two copies in the same cycle: at the
+    first receiver and when coming in moving east (south) inside the run; only LOCAL at the
+    last receiver; travel without a copy towards a first receiver behind. A fork waits, holding
+    nothing, while either of its outputs is busy or not ready: here LOCAL streams a long
+    unicast first, then the fork goes."""
+    bench = await RouterBench.start(dut, ready_prob=0.7)
+    cfg, x, y = bench.cfg, bench.x, bench.y
+    row, col = Multicast.ROW, Multicast.COLUMN
+    cases = [  # (input, dst, mc, last, outputs)
+        (Port.LOCAL, (x, y), row, x + 1, {Port.LOCAL, Port.EAST}),
+        (Port.WEST, (x - 1, y), row, x + 1, {Port.LOCAL, Port.EAST}),
+        (Port.WEST, (x - 1, y), row, x, {Port.LOCAL}),
+        (Port.EAST, (x - 1, y), row, x + 1, {Port.WEST}),          # travels back to x - 1
+        (Port.LOCAL, (x + 1, y), row, x + 1, {Port.EAST}),
+        (Port.NORTH, (x, y - 1), col, y + 1, {Port.LOCAL, Port.SOUTH}),
+        (Port.SOUTH, (x, y - 1), col, y + 1, {Port.NORTH}),
+        (Port.WEST, (x, y), col, y + 1, {Port.LOCAL, Port.SOUTH}),  # turns into its column
+        (Port.WEST, (x + 1, 0), col, y, {Port.EAST}),               # another column
+    ]
+    for src, dst, mc, last, outputs in cases:
+        assert set(route_mask(x, y, *dst, mc, last, src)) == outputs, (src, dst, mc, last)
+        flits = bench.send(src, dst, 3, mc, last)
+        before = {o: len(bench.sinks[o].received) for o in PORTS}
+        await bench.drain()
+        for o in PORTS:
+            got = [f for _, f in bench.sinks[o].received[before[o]:]]
+            assert got == (flits if o in outputs else []), f"{src.name} {dst} {mc.name}: out_{_name(o)}"
+        cycles = [[c for c, _ in bench.sinks[o].received[before[o]:]] for o in outputs]
+        assert all(c == cycles[0] for c in cycles), f"copies left in different cycles: {cycles}"
+    # LOCAL busy with a long unicast from NORTH while a fork from WEST waits for it.
+    long = bench.send(Port.NORTH, (x, y), 4 * cfg.router_fifo_depth)
+    fork = bench.send(Port.WEST, (x - 1, y), 2, row, x + 1)
+    await bench.drain()
+    local = [f for _, f in bench.sinks[Port.LOCAL].received[-len(long) - len(fork):]]
+    assert local in (long + fork, fork + long), "packets interleaved on out_local"
 
 
 @cocotb.test()
@@ -399,6 +447,7 @@ class MeshBench:
                                     callback=lambda c, f, n=n: self.board.receive(n, f, c))
                       for n in self.nodes}
         self.seq = {n: 0 for n in self.nodes}
+        self.streams = {}
 
     @classmethod
     async def start(cls, dut, **kwargs):
@@ -409,10 +458,14 @@ class MeshBench:
     def node_id(self, node):
         return node[1] * self.cfg.cols + node[0]
 
-    def send(self, src, dst, length):
-        flits = make_packet(self.cfg, dst, self.node_id(src), self.seq[src], length, self.tb.rng)
+    def send(self, src, dst, length, mc=0, last=0):
+        # One stream (trace `src`) per source and path: a multicast that turns back may pass
+        # or be passed by the source's unicasts to the same node.
+        stream = self.streams.setdefault((src, path_key(src, dst, mc, last)), len(self.streams))
+        flits = make_packet(self.cfg, dst, stream, self.seq[src], length, self.tb.rng, mc, last)
         self.seq[src] += 1
-        self.board.expect(self.node_id(src), dst, flits)
+        for node in receivers(src, dst, mc, last):
+            self.board.expect(stream, node, flits)
         for flit in flits:
             self.drivers[src].send(flit)
         return flits
@@ -435,16 +488,28 @@ class MeshBench:
 @cocotb.test()
 async def mesh_random_traffic(dut):
     """All-to-all random traffic at full injection (every source offers whenever it has a
-    flit), packets of 1..4 flits, random ejection back-pressure; lockstep with MeshModel."""
+    flit), packets of 1..4 flits, a third of them multicasts to random runs of the source's row
+    or column, random ejection back-pressure; lockstep with MeshModel."""
     bench = await MeshBench.start(dut, ready_prob="random")
     rng = bench.tb.rng
     nodes = bench.nodes
+    cfg = bench.cfg
     flits = 0
     for _ in range(100):
         for src in nodes:
             length = rng.randint(1, 4)
-            bench.send(src, rng.choice(nodes), length)
-            flits += length
+            if rng.random() < 0.3:      # a multicast along the source's row or column
+                if rng.random() < 0.5:
+                    first = rng.randrange(cfg.cols)
+                    dst, mc, last = (first, src[1]), Multicast.ROW, rng.randint(first, cfg.cols - 1)
+                else:
+                    first = rng.randrange(cfg.rows)
+                    dst, mc, last = (src[0], first), Multicast.COLUMN, rng.randint(first, cfg.rows - 1)
+                bench.send(src, dst, length, mc, last)
+                flits += length * len(receivers(src, dst, mc, last))
+            else:
+                bench.send(src, rng.choice(nodes), length)
+                flits += length
     # Bound: every flit crosses the slowest ejection port alone, with generous slack; XY routing
     # is deadlock-free, so missing it means something is stuck.
     bound = int(flits / min(bench.ready_prob.values())) + 500

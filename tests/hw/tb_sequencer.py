@@ -472,7 +472,7 @@ async def seq_faults_directed(dut):
     MM, MR, VE, SE = Opcode.MATMUL, Opcode.MREAD, Opcode.VEC, Opcode.SEND
     FV, FC, SR = Opcode.FVEC, Opcode.FCVT, Opcode.SETR
     BF, FP, I8, I32 = ElemType.BF16, ElemType.FP32, ElemType.INT8, ElemType.INT32
-    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(13, 16)] + [
+    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(14, 16)] + [
         (encode(Opcode.LOOP, count=3, body=0), F), (encode(Opcode.LOOP, count=0, body=0), F),
         (encode(MM, a=0, b=0, kw=1, type=BF), ok), (encode(MM, a=0, b=0, kw=0, type=FP), T),
         (encode(MM, a=w, b=w, kw=1, type=I32), T), (encode(MM, a=0, b=0, kw=0, type=BF), F),
