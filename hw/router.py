@@ -65,18 +65,25 @@ class Router(wiring.Component):
 
     * `in_<p>`: flits arriving from port p. `ready` = that input's FIFO is not full; it depends
       on FIFO state only, so routers can be wired back to back without combinational loops.
-    * `out_<p>`: flits leaving through port p. `valid` never depends on `ready`.
+    * `out_<p>`: flits leaving through port p. `valid` never depends on its own `ready`; a
+      multicast's copy is valid only while the fork's other output is ready (so that both move
+      together).
 
     Contract:
 
     * Buffering: one FIFO of `cfg.router_fifo_depth` flits per input. A flit accepted at the end
       of cycle t is at the FIFO head, and can be on an output, in cycle t+1.
     * Routing: a packet's head flit goes to `route_xy(x, y, dst_x, dst_y)` (X, then Y, then
-      LOCAL); the rest of the packet follows it through the same output.
+      LOCAL); the rest of the packet follows it through the same output. A multicast head
+      (`mc`) goes where `route_mask` says: inside its run of receivers to LOCAL and the next
+      hop east (ROW) or south (COLUMN) at once, a fork that moves each flit on both outputs in
+      the same cycle or not at all.
     * Allocation, per output o, each cycle: if o is locked its owner input is granted; otherwise
       the first requester after o's round-robin pointer (reset `RR_RESET` = WEST, so LOCAL first)
-      among the inputs that own no locked output and hold a HEAD flit routed to o. `out_o.valid`
-      = the granted FIFO is not empty; the payload is its head. On a transfer: a tail unlocks o,
+      among the inputs that own no locked output and hold a HEAD flit routed to o; the links
+      first, then LOCAL, open also to a forking head that won its link. `out_o.valid` = the
+      granted FIFO is not empty (and, for a fork, its other output granted to the same input
+      and ready); the payload is its head. On a transfer: a tail unlocks o,
       a non-tail head locks o to the granted input, a head moves the pointer to the granted input.
     * Latency: one cycle per router (see `d1tile.sim.router.unloaded_latency`). Throughput: one
       flit per cycle on every output at once, with `router_fifo_depth` >= 2.

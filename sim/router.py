@@ -25,6 +25,12 @@ the grant never looks at `out_o.ready`. When `out_o.ready` is high the flit tran
 input FIFO pops. Then: a tail flit unlocks o; a head flit that is not a tail locks o to the
 granted input; a head flit moves `rr[o]` to the granted input. Every pointer starts at
 `RR_RESET` (WEST), so after reset the priority is LOCAL, NORTH, EAST, SOUTH, WEST.
+
+Multicast (`route_mask`): a head may *fork* into LOCAL and one link. The links are allocated
+first; LOCAL's requesters are then the heads routed to LOCAL and the forking heads that won
+their link. A fork's outputs carry the flit together: each is valid only when the other is
+granted to the same input and ready (`valid()`, `local_out()`), the head locks both (each keeps
+the other as its `partner`), the tail unlocks both, and `transfer()` moves the pair at once.
 """
 
 from __future__ import annotations

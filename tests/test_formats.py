@@ -21,7 +21,8 @@ def test_flit_round_trip(preset):
         word = fmt.pack(**values)
         assert fmt.unpack(word) == values
         assert word < 1 << fmt.width
-    assert fmt.width == 2 + 2 * cfg.coord_bits + cfg.word_bits
+    # head, tail, dst_x, dst_y, mc (2), last, payload
+    assert fmt.width == 2 + 2 * cfg.coord_bits + 2 + cfg.coord_bits + cfg.word_bits
 
 
 def test_header_fits_in_one_payload():
