@@ -69,7 +69,14 @@ def test_rtl_mesh_matches_the_model(grid):
     assert rtl.delivered == 800
     model = run_model(cfg, packets=800, rate=0.9, seed=seed)
     assert rtl == model, f"RTL:\n{rtl.summary()}\nmodel:\n{model.summary()}"
-    # with multicasts (same build): every copy once, and the same figures as the model
+
+
+def test_rtl_mesh_with_multicasts_matches_the_model():
+    """noc-stress with 40 % multicasts on the 2x2 RTL mesh (the build of the test above; the
+    3x3 mesh bench in tb_router runs multicasts in lockstep too): every copy once, and the same
+    figures as the model."""
+    cfg = TileConfig.preset("tiny").with_grid(2, 2)
+    seed = bench_seed()
     rtl = run_rtl(cfg, packets=800, rate=0.9, seed=seed, multicast=0.4)
     assert rtl.ok and rtl.multicasts > 200 and rtl.delivered == rtl.copies > 800, rtl.summary()
     model = run_model(cfg, packets=800, rate=0.9, seed=seed, multicast=0.4)
