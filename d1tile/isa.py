@@ -44,7 +44,19 @@ a MATMUL and an MREAD of different banks run side by side.
 | 11 | `LOOP count, body` | sequencer | run the next `body` instructions `count` times (hardware loop) |
 | 12 | `STEP s0, s1, s2, level` | sequencer | advance the next instruction's address fields by s_k x (iteration of loop `level`) |
 | 13 | `MCAST src, n, col, first, last, dst, counter` | DMA | multicast: push words src.. to words dst.. of the nodes first..last of the node's own row (col = 0) or column (col = 1), one packet (`d1tile.formats.Multicast`), each receiver's counter bumped |
-| 14-15 | undefined | | fault UNDEFINED |
+| 14 | `SHAPE extra, sstride, dstride, zero` | sequencer | set the DMA shape register that shaped SENDs and MCASTs use (2-D strided, gather, scatter and zero-fill transfers) |
+| 15 | undefined | | fault UNDEFINED |
+
+Shaped transfers (strided and gather DMA): SEND and MCAST have a `shaped` bit. With it, the
+transfer takes the shape register (SHAPE's fields; START clears it to all zeros, which is the
+plain transfer): rows = extra + 1 rows of n words each, row r read from src + r * sstride ..
+(or, with `zero`, rows of zero words, no SRAM read: padding) and written at dst + r * dstride
+on each receiver. The rows leave as one WRITE packet of rows * n words when the destination is
+contiguous (dstride = n, or one row), else as one packet of n words per row, the counter
+bumped by the last only (`dma_packets`): one bump per transfer either way. sstride = 0 repeats
+a row (a broadcast), sstride = 1 with n = 1 gathers a column of a row-major array (a transpose
+at word granularity). The sequencer hands the engine the `EFFECTIVE_BITS` word (the shape in
+bits 64..), so that the shape a transfer runs with is the one of its issue.
 
 Validity (checked when the instruction reaches issue; an invalid instruction faults the node,
 which stops and reports the fault, the pc and the offending value to the host). The checks of
@@ -65,11 +77,14 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
   b words only if it starts at or below them, and a fixed b must lie outside it. (The engine
   reads ahead of its writes, so a later element must never read what an earlier one wrote.) A
   reduction writes once, after its last read, so its destination may overlap anything.
-* SEND: x < cols and y < rows (else NODE, value x | y << 4); src + n and dst + n <= sram_words
-  (else ADDRESS, value src or dst). n = 0 sends no data, only the counter bump (a signal).
+* SEND: x < cols and y < rows (else NODE, value x | y << 4); then the extent (`dma_extent`,
+  with the shape of a shaped SEND): src + extra * sstride + n <= sram_words unless `zero`
+  (else ADDRESS, value src), dst + extra * dstride + n <= sram_words (else ADDRESS, value
+  dst), and a one-packet transfer of at most 65535 words (else FIELD, value n; only an SRAM
+  of 2**16 words can fail it). n = 0 sends no data, only the counter bump (a signal).
 * SETR: reg is 0 (q) or 1 (seed) (else FIELD, value reg).
 * MCAST: first <= last (else FIELD, value first); last < cols (a row) or < rows (a column)
-  (else NODE, value last); src + n and dst + n <= sram_words (else ADDRESS, value src or dst).
+  (else NODE, value last); then the extent, as SEND's.
 * LOOP: body >= 1 (else FIELD, value 0). Then, against the loop stack (`LoopControl.fault`, so
   the same whatever the count): fewer than LOOP_DEPTH loops open (else LOOP, value
   LOOP_DEPTH); the body ends inside the imem, pc + body < imem_words, and strictly inside the
@@ -96,6 +111,8 @@ __all__ = [
     "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
     "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
     "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl", "mcast_receivers",
+    "SHAPE_FORMAT", "SHAPE_BITS", "SHAPED_OPS", "EFFECTIVE_BITS", "DmaExtent", "dma_extent",
+    "dma_packets", "dma_source",
 ]
 
 INSTR_BITS = 64
@@ -124,6 +141,7 @@ class Opcode(enum.IntEnum):
     LOOP = 11
     STEP = 12
     MCAST = 13
+    SHAPE = 14
 
 
 class Unit(enum.IntEnum):
@@ -141,7 +159,7 @@ class Unit(enum.IntEnum):
 UNIT_OF = {
     Opcode.NOP: Unit.SEQUENCER, Opcode.HALT: Unit.SEQUENCER, Opcode.SETQ: Unit.SEQUENCER,
     Opcode.WAIT: Unit.SEQUENCER, Opcode.SETR: Unit.SEQUENCER, Opcode.LOOP: Unit.SEQUENCER,
-    Opcode.STEP: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
+    Opcode.STEP: Unit.SEQUENCER, Opcode.SHAPE: Unit.SEQUENCER, Opcode.MATMUL: Unit.MATRIX,
     Opcode.MREAD: Unit.READOUT, Opcode.VEC: Unit.VECTOR, Opcode.FVEC: Unit.VECTOR,
     Opcode.FCVT: Unit.VECTOR, Opcode.SEND: Unit.DMA, Opcode.MCAST: Unit.DMA,
 }
@@ -152,7 +170,7 @@ VECTOR_FAMILY = (Opcode.VEC, Opcode.FVEC, Opcode.FCVT)
 
 class FaultCode(enum.IntEnum):
     NONE = 0
-    UNDEFINED = 1   # opcode 14, 15
+    UNDEFINED = 1   # opcode 15
     ADDRESS = 2     # an SRAM range beyond sram_words
     NODE = 3        # SEND to a node outside the grid
     FIELD = 4       # a field out of its range (kw = 0, rows beyond the array, bad vector op)
@@ -224,7 +242,7 @@ FORMATS: dict[Opcode, BitFormat] = {
                      Field("b", A), Field("n", 8)),
     Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),
     Opcode.SEND: _fmt("SEND", Field("src", A), Field("n", 12), Field("x", 4), Field("y", 4),
-                      Field("dst", A), Field("counter", SYNC_COUNTER_ID_BITS)),
+                      Field("dst", A), Field("counter", SYNC_COUNTER_ID_BITS), Field("shaped", 1)),
     Opcode.WAIT: _fmt("WAIT", Field("counter", SYNC_COUNTER_ID_BITS),
                       Field("value", SYNC_COUNTER_BITS)),
     Opcode.FVEC: _fmt("FVEC", Field("fop", 4), Field("bfix", 1), Field("dst", A), Field("a", A),
@@ -237,9 +255,22 @@ FORMATS: dict[Opcode, BitFormat] = {
                       Field("level", (LOOP_DEPTH - 1).bit_length())),
     Opcode.MCAST: _fmt("MCAST", Field("src", A), Field("n", 12), Field("col", 1),
                        Field("first", 4), Field("last", 4), Field("dst", A),
-                       Field("counter", SYNC_COUNTER_ID_BITS)),
+                       Field("counter", SYNC_COUNTER_ID_BITS), Field("shaped", 1)),
+    Opcode.SHAPE: _fmt("SHAPE", Field("extra", 12), Field("sstride", A), Field("dstride", A),
+                       Field("zero", 1)),
 }
 assert all(f.width <= INSTR_BITS for f in FORMATS.values())
+
+SHAPE_FORMAT = BitFormat("dma_shape", list(FORMATS[Opcode.SHAPE].fields[1:]))
+"""The DMA shape register (SHAPE's fields without the opcode): a shaped SEND or MCAST moves
+extra + 1 rows of n words, row r from src + r * sstride (zeros if `zero`) to
+dst + r * dstride. All zero (the value after START) is the plain one-row transfer."""
+SHAPE_BITS = SHAPE_FORMAT.width
+SHAPED_OPS = (Opcode.SEND, Opcode.MCAST)
+EFFECTIVE_BITS = INSTR_BITS + SHAPE_BITS
+"""Width of an instruction as the sequencer hands it to its engine: a shaped SEND or MCAST
+carries the shape register in bits INSTR_BITS.. (`LoopControl.effective`); every other word is
+its 64 bits."""
 
 ADDRESS_SLOTS: dict[Opcode, tuple[str, ...]] = {
     Opcode.MATMUL: ("a", "b"),
@@ -284,16 +315,21 @@ def encode(op: Opcode, **fields) -> int:
 
 
 def decode(word: int) -> Instruction:
+    """The instruction a word stands for. A word wider than INSTR_BITS is an effective SEND or
+    MCAST (`LoopControl.effective`): its shape (`SHAPE_FORMAT`) joins the fields."""
     word = int(word)
-    if word < 0 or word >> INSTR_BITS:
-        raise ValueError(f"instruction word {word:#x} is wider than {INSTR_BITS} bits")
     code = word & 0xF
+    wide = word >> INSTR_BITS
+    if word < 0 or (wide and (code not in SHAPED_OPS or wide >> SHAPE_BITS)):
+        raise ValueError(f"instruction word {word:#x} is wider than {INSTR_BITS} bits")
     try:
         op = Opcode(code)
     except ValueError:
         return Instruction(None, {}, word)
     values = FORMATS[op].unpack(word & ((1 << FORMATS[op].width) - 1))
     del values["op"]
+    if wide:
+        values.update(SHAPE_FORMAT.unpack(wide))
     return Instruction(op, values, word)
 
 
@@ -331,6 +367,43 @@ class _PyOps:
 
 
 PY = _PyOps()
+
+
+class DmaExtent(NamedTuple):
+    """What a SEND or MCAST moves, with its shape (`dma_extent`)."""
+    rows: object          # extra + 1
+    zero: object          # the rows are zeros (no SRAM read)
+    src_end: object       # one past the last source word read (src + extra * sstride + n)
+    dst_end: object       # one past the last destination word written
+    single: object        # one packet of rows * n words (extra = 0 or dstride = n), else one
+                          # packet of n words per row, only the last bumping the counter
+
+
+def dma_extent(x, ops=PY) -> DmaExtent:
+    """The extent of a SEND or MCAST `x` (its fields, with the shape fields of an effective
+    word; without them, the plain one-row transfer)."""
+    extra = getattr(x, "extra", 0)
+    sstride, dstride = getattr(x, "sstride", 0), getattr(x, "dstride", 0)
+    return DmaExtent(extra + 1, getattr(x, "zero", 0), x.src + extra * sstride + x.n,
+                     x.dst + extra * dstride + x.n, (extra == 0) | (dstride == x.n))
+
+
+def dma_packets(x) -> list[tuple[int, int, bool]]:
+    """The WRITE packets of a SEND or MCAST (Python ints): (dst, length, bump) each, in order."""
+    e = dma_extent(x)
+    if e.single:
+        return [(x.dst, e.rows * x.n, True)]
+    dstride = x.dstride
+    return [(x.dst + r * dstride, x.n, r == e.rows - 1) for r in range(e.rows)]
+
+
+def dma_source(x) -> list[int] | None:
+    """The SRAM addresses a SEND or MCAST reads, in order (None: zero rows, nothing read)."""
+    e = dma_extent(x)
+    if e.zero:
+        return None
+    sstride = getattr(x, "sstride", 0)
+    return [x.src + r * sstride + k for r in range(e.rows) for k in range(x.n)]
 
 _BINARY = {code: 1 for code, op in VECTOR_OPS.items() if op.binary}
 _REDUCE = {code: 1 for code, op in VECTOR_OPS.items() if op.reduce}
@@ -431,11 +504,20 @@ def _mread_checks(op, cfg, x, ops):
     ]
 
 
+def _dma_checks(cfg, x, ops):
+    e = dma_extent(x, ops)
+    return [
+        (ops.not_(e.zero) & (e.src_end > cfg.sram_words), FaultCode.ADDRESS, x.src),
+        (e.dst_end > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+        # one packet's length field (only an SRAM of 2**16 words can reach it)
+        (e.single & (e.dst_end - x.dst > 0xFFFF), FaultCode.FIELD, x.n),
+    ]
+
+
 def _send_checks(op, cfg, x, ops):
     return [
         ((x.x >= cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
-        (x.src + x.n > cfg.sram_words, FaultCode.ADDRESS, x.src),
-        (x.dst + x.n > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+        *_dma_checks(cfg, x, ops),
     ]
 
 
@@ -443,8 +525,7 @@ def _mcast_checks(op, cfg, x, ops):
     return [
         (x.first > x.last, FaultCode.FIELD, x.first),
         (x.last >= ops.mux(x.col, cfg.rows, cfg.cols), FaultCode.NODE, x.last),
-        (x.src + x.n > cfg.sram_words, FaultCode.ADDRESS, x.src),
-        (x.dst + x.n > cfg.sram_words, FaultCode.ADDRESS, x.dst),
+        *_dma_checks(cfg, x, ops),
     ]
 
 
@@ -486,8 +567,9 @@ def ranges_of(op: Opcode, x, ops=PY) -> tuple:
     if op in VECTOR_FAMILY:
         s = vector_shape(vector_fields(op, x, ops), ops)
         return s.source, s.other, s.dest
-    if op in (Opcode.SEND, Opcode.MCAST):
-        return (x.src, x.src + x.n), (0, 0), (0, 0)
+    if op in SHAPED_OPS:
+        e = dma_extent(x, ops)
+        return (x.src, ops.mux(e.zero, x.src, e.src_end)), (0, 0), (0, 0)
     return (0, 0), (0, 0), (0, 0)
 
 
@@ -535,9 +617,12 @@ def stepped(word: int, offsets) -> int:
     return word
 
 
+_SHAPED_BIT = {op: FORMATS[op].offsets["shaped"] for op in SHAPED_OPS}
+
+
 class LoopControl:
-    """The sequencer's loop stack and STEP offsets, and the rules that use them (module
-    docstring): `effective(word)` is the instruction a word at pc stands for now (`stepped` by
+    """The sequencer's loop stack, STEP offsets and DMA shape register, and the rules that
+    use them (module docstring): `effective(word)` is the instruction a word at pc stands for now (`stepped` by
     the pending offsets), `fault(instr, pc)` the loop fault it raises ((FaultCode.NONE, 0) if
     none; `validate`'s faults come first), and `issue(instr, pc)` applies an issued
     instruction (not HALT) and returns the next pc. `reset()` (START) closes every loop.
@@ -546,7 +631,7 @@ class LoopControl:
     counts from 0. When the instruction at the innermost loop's `end` issues, the next pc is
     `start` with iteration + 1, or end + 1 with the loop closed after its last iteration."""
 
-    __slots__ = ("cfg", "loops", "offsets")
+    __slots__ = ("cfg", "loops", "offsets", "shape")
 
     def __init__(self, cfg: TileConfig):
         self.cfg = cfg
@@ -555,13 +640,19 @@ class LoopControl:
     def reset(self) -> None:
         self.loops: list[list[int]] = []
         self.offsets = (0, 0, 0)
+        self.shape = 0          # the DMA shape register (`SHAPE_FORMAT`), 0 after START
 
     @property
     def depth(self) -> int:
         return len(self.loops)
 
     def effective(self, word: int) -> int:
-        return stepped(word, self.offsets)
+        """The word stepped by the pending offsets; a shaped SEND or MCAST also carries the
+        shape register above bit INSTR_BITS (`EFFECTIVE_BITS` wide)."""
+        word = stepped(word, self.offsets)
+        if self.shape and word & 0xF in SHAPED_OPS and word >> _SHAPED_BIT[word & 0xF] & 1:
+            word |= self.shape << INSTR_BITS
+        return word
 
     def iteration(self, level: int) -> int:
         return self.loops[-1 - level][3]
@@ -585,6 +676,8 @@ class LoopControl:
                                  zip(self.offsets, (instr.s0, instr.s1, instr.s2)))
         else:
             self.offsets = (0, 0, 0)
+        if op == Opcode.SHAPE:
+            self.shape = instr.raw >> 4 & ((1 << SHAPE_BITS) - 1)
         if op == Opcode.LOOP:
             if instr.count == 0:
                 return pc + 1 + instr.body

@@ -19,7 +19,7 @@ from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketK
 from d1tile.params import TileConfig
 from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
                               counter_words, reply_request_format)
-from d1tile.isa import FORMATS, SYNC_COUNTERS, Opcode
+from d1tile.isa import FORMATS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode
 
 from .sequencer import EngineCommand, ImemWritePort
 from .sram import SRAMReadPort, SRAMWritePort
@@ -55,8 +55,10 @@ class DmaOut(_DmaPart):
     -----
     cmd : In(EngineCommand.Signature(done=True))
         From the sequencer: `start`, `instr` (SEND -> WRITE packet; MCAST -> the same packet as
-        a ROW or COLUMN multicast; HALT -> DONE packet with `status`, `pc`, `info`), and `idle`
-        (out) = no job running and no reply hand-off offered.
+        a ROW or COLUMN multicast; HALT -> DONE packet with `status`, `pc`, `info`), `shape`
+        (a shaped SEND's or MCAST's rows, `d1tile.isa.SHAPE_FORMAT`: gathered row by row, zero
+        rows without reads, a packet per row when the destination is not contiguous), and
+        `idle` (out) = no job running and no reply hand-off offered.
     read : Out(SRAMReadPort.Signature(cfg))
         The node SRAM read port (port 0 in the node).
     flit_out : Out(stream.Signature(flit_format(cfg).layout))
@@ -109,6 +111,14 @@ class DmaOut(_DmaPart):
         fetch_left = Signal(16)
         send_left = Signal(16)
         from_ctrs = Signal()
+        zero_src = Signal()                           # a shaped transfer of zero rows
+        row_len = Signal(16)                          # words per source row
+        row_left = Signal(16)                         # words left to fetch in this row
+        row_start = Signal(16)                        # the first word of this row
+        sstride = Signal(16)
+        dstride = Signal(16)
+        pkts_left = Signal(12)                        # packets after the current one
+        pkt_len = Signal(16)                          # their body length
         in_flight = Signal()                          # a read was granted in the last cycle
 
         # -- outputs (state only) --------------------------------------------------------
@@ -121,7 +131,7 @@ class DmaOut(_DmaPart):
         room = (queue.level + in_flight) < PREFETCH_DEPTH
         read_en = Signal()
         m.d.comb += [
-            read_en.eq(active & ~from_ctrs & (fetch_left != 0) & room),
+            read_en.eq(active & ~from_ctrs & ~zero_src & (fetch_left != 0) & room),
             self.read.en.eq(read_en),
             self.read.addr.eq(fetch_addr[:cfg.sram_addr_bits]),
         ]
@@ -150,24 +160,44 @@ class DmaOut(_DmaPart):
         # -- the clock edge ----------------------------------------------------------------
         taken = out.valid & out.ready
         granted = read_en & self.read.ready
-        take_ctr = active & from_ctrs & (fetch_left != 0) & (queue.level < PREFETCH_DEPTH)
+        # Counter words and zero rows need no read: one a cycle straight into the queue.
+        take_ctr = (active & (from_ctrs | zero_src) & (fetch_left != 0)
+                    & (queue.level < PREFETCH_DEPTH))
         m.d.comb += [
             queue.w_en.eq(in_flight | take_ctr),
-            queue.w_data.eq(Mux(in_flight, self.read.data, counter_word)),
+            queue.w_data.eq(Mux(in_flight, self.read.data, Mux(zero_src, 0, counter_word))),
             queue.r_en.eq(taken & ~head_pending),
         ]
         m.d.sync += in_flight.eq(granted)
         with m.If(granted | take_ctr):
-            m.d.sync += [fetch_addr.eq(fetch_addr + 1), fetch_left.eq(fetch_left - 1)]
+            m.d.sync += fetch_left.eq(fetch_left - 1)
+            with m.If(row_left == 1):       # the next source row
+                m.d.sync += [fetch_addr.eq(row_start + sstride), row_start.eq(row_start + sstride),
+                             row_left.eq(row_len)]
+            with m.Else():
+                m.d.sync += [fetch_addr.eq(fetch_addr + 1), row_left.eq(row_left - 1)]
+        # A packet ends when its tail is taken: the job, or the next row's packet.
+        hdr = header_fmt.layout(header.payload[:header_fmt.width])
+        ends = Signal()
         with m.If(taken):
             with m.If(head_pending):
                 m.d.sync += head_pending.eq(0)
-                with m.If(send_left == 0):
-                    m.d.sync += active.eq(0)
+                m.d.comb += ends.eq(send_left == 0)
             with m.Else():
                 m.d.sync += send_left.eq(send_left - 1)
-                with m.If(send_left == 1):
-                    m.d.sync += active.eq(0)
+                m.d.comb += ends.eq(send_left == 1)
+        with m.If(ends):
+            with m.If(pkts_left == 0):
+                m.d.sync += active.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    pkts_left.eq(pkts_left - 1),
+                    head_pending.eq(1),
+                    header.tail.eq(pkt_len == 0),
+                    hdr.addr.eq(hdr.addr + dstride),
+                    hdr.bump.eq(pkts_left == 1),
+                    send_left.eq(pkt_len),
+                ]
 
         # A new job: a pending reply first, else a command. Decoded into these, then latched.
         go = Signal()
@@ -176,9 +206,15 @@ class DmaOut(_DmaPart):
         new_dst_y = Signal(cfg.coord_bits)
         new_mc = Signal(2)
         new_last = Signal(cfg.coord_bits)
-        new_length = Signal(16)
+        new_length = Signal(16)         # the first packet's body
+        new_count = Signal(16)          # the words to fetch (every packet's)
         new_fetch = Signal(16)
         new_ctrs = Signal()
+        new_zero = Signal()
+        new_row_len = Signal(16)
+        new_sstride = Signal(16)
+        new_dstride = Signal(16)
+        new_pkts = Signal(12)
         with m.If(~active):
             # Inside the condition, not as a lone constant assignment: Amaranth emits a lone
             # constant as an `always @*` with no inputs, which Verilator never evaluates.
@@ -199,38 +235,46 @@ class DmaOut(_DmaPart):
                 with m.Else():
                     m.d.comb += [new_length.eq(r.length), new_header.tag.eq(r.tag),
                                  new_fetch.eq(r.addr)]
-                m.d.comb += new_header.length.eq(new_length)
+                m.d.comb += [new_header.length.eq(new_length), new_count.eq(new_length),
+                             new_row_len.eq(new_length)]
             with m.Elif(self.cmd.start):
                 send = send_fmt.layout(self.cmd.instr[:send_fmt.width])
                 mcast = mcast_fmt.layout(self.cmd.instr[:mcast_fmt.width])
+                shape = SHAPE_FORMAT.layout(self.cmd.shape)
+
+                def write_job(x):
+                    # SEND and MCAST alike: the rows of the shape (`isa.dma_packets`).
+                    single = (shape.extra == 0) | (shape.dstride == x.n)
+                    first = Mux(single, (shape.extra + 1) * x.n, x.n)
+                    return [
+                        go.eq(1),
+                        new_header.kind.eq(PacketKind.WRITE),
+                        new_header.addr.eq(x.dst),
+                        new_header.length.eq(first),
+                        new_header.counter.eq(x.counter),
+                        new_header.bump.eq(single),
+                        new_length.eq(first),
+                        new_count.eq((shape.extra + 1) * x.n),
+                        new_fetch.eq(x.src),
+                        new_zero.eq(shape.zero),
+                        new_row_len.eq(x.n),
+                        new_sstride.eq(shape.sstride),
+                        new_dstride.eq(shape.dstride),
+                        new_pkts.eq(Mux(single, 0, shape.extra)),
+                    ]
+
                 with m.Switch(self.cmd.instr[:4]):
                     with m.Case(Opcode.MCAST):
-                        m.d.comb += [
-                            go.eq(1),
-                            new_header.kind.eq(PacketKind.WRITE),
-                            new_header.addr.eq(mcast.dst),
-                            new_header.length.eq(mcast.n),
-                            new_header.counter.eq(mcast.counter),
-                            new_header.bump.eq(1),
+                        m.d.comb += write_job(mcast) + [
                             new_dst_x.eq(Mux(mcast.col, self._x, mcast.first)),
                             new_dst_y.eq(Mux(mcast.col, mcast.first, self._y)),
                             new_mc.eq(Mux(mcast.col, Multicast.COLUMN, Multicast.ROW)),
                             new_last.eq(mcast.last),
-                            new_length.eq(mcast.n),
-                            new_fetch.eq(mcast.src),
                         ]
                     with m.Case(Opcode.SEND):
-                        m.d.comb += [
-                            go.eq(1),
-                            new_header.kind.eq(PacketKind.WRITE),
-                            new_header.addr.eq(send.dst),
-                            new_header.length.eq(send.n),
-                            new_header.counter.eq(send.counter),
-                            new_header.bump.eq(1),
+                        m.d.comb += write_job(send) + [
                             new_dst_x.eq(send.x),
                             new_dst_y.eq(send.y),
-                            new_length.eq(send.n),
-                            new_fetch.eq(send.src),
                         ]
                     with m.Case(Opcode.HALT):
                         m.d.comb += [
@@ -254,9 +298,17 @@ class DmaOut(_DmaPart):
                 header.last.eq(new_last),
                 header.payload.eq(new_header.as_value()),
                 fetch_addr.eq(new_fetch),
-                fetch_left.eq(new_length),
+                fetch_left.eq(new_count),
                 send_left.eq(new_length),
                 from_ctrs.eq(new_ctrs),
+                zero_src.eq(new_zero),
+                row_start.eq(new_fetch),
+                row_len.eq(new_row_len),
+                row_left.eq(new_row_len),
+                sstride.eq(new_sstride),
+                dstride.eq(new_dstride),
+                pkts_left.eq(new_pkts),
+                pkt_len.eq(new_row_len),
             ]
         return m
 

@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from .. import isa
 from ..contracts import ENGINES, HALT_WORD, SeqState
 from ..isa import (ACC_BANKS, ACC_RANGE_BASE, ADDR_BITS, ADDRESS_SLOTS, FORMATS, INSTR_BITS,
-                   LOOP_DEPTH, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode,
+                   LOOP_DEPTH, SHAPE_BITS, SHAPE_FORMAT, SHAPED_OPS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode, Opcode,
                    SetrReg, Unit)
 from ..params import TileConfig
 from ..vector_ops import FSCALE_BITS, SCALE_BITS, SEED_BITS, SHIFT_BITS
@@ -66,6 +66,10 @@ class EngineCommand(wiring.PureInterface):
         status : Out(4), pc : Out(16), info : Out(16)   (only with `done=True`)
             For DONE: the `FaultCode` (0 = none), the pc of the HALT or of the faulting
             instruction, and the fault value. Valid with `start`.
+        shape : Out(SHAPE_BITS)   (only with `done=True`)
+            The DMA shape (`d1tile.isa.SHAPE_FORMAT`) of a shaped SEND or MCAST, zero for any
+            other word: `instr | shape << 64` is the effective word (`isa.LoopControl.effective`).
+            Valid with `start`.
         """
 
         def __init__(self, *, quant: bool = False, done: bool = False):
@@ -83,7 +87,7 @@ class EngineCommand(wiring.PureInterface):
                 members.update(scale=Out(SCALE_BITS), shift=Out(SHIFT_BITS), relu=Out(1),
                                fscale=Out(FSCALE_BITS), seed=Out(SEED_BITS), reseed=Out(1))
             if done:
-                members.update(status=Out(4), pc=Out(16), info=Out(16))
+                members.update(status=Out(4), pc=Out(16), info=Out(16), shape=Out(SHAPE_BITS))
             super().__init__(members)
 
         @property
@@ -143,6 +147,19 @@ _RANGE = data.StructLayout({"lo": _RANGE_BITS, "hi": _RANGE_BITS})
 _RANGES = data.StructLayout({"read0": _RANGE, "read1": _RANGE, "write": _RANGE})
 
 
+
+
+class _WithShape:
+    """A SEND or MCAST view with the shape register's fields beside its own (the HDL form of
+    an effective word, `d1tile.isa.decode`)."""
+
+    def __init__(self, fields, shape):
+        self._fields, self._shape = fields, shape
+
+    def __getattr__(self, name):
+        if name in ("extra", "sstride", "dstride", "zero"):
+            return getattr(self._shape, name)
+        return getattr(self._fields, name)
 
 
 def _meet(p, q):
@@ -268,6 +285,7 @@ class Sequencer(wiring.Component):
         l_count = [Signal(16, name=f"loop_count_{l}") for l in range(LOOP_DEPTH)]
         l_iter = [Signal(16, name=f"loop_iter_{l}") for l in range(LOOP_DEPTH)]
         offsets = [Signal(ADDR_BITS, name=f"step_offset_{k}") for k in range(3)]
+        shape = Signal(SHAPE_BITS)          # the DMA shape register (SHAPE)
         # ranges[e]: what engine e's current instruction reads and writes, recorded at its start.
         ranges = [Signal(_RANGES, name=f"ranges_{unit.name.lower()}") for unit in ENGINES]
 
@@ -299,6 +317,14 @@ class Sequencer(wiring.Component):
         # -- decode: one view of the word per format ------------------------------------------
         op = word[:4]
         f = {code: FORMATS[code].layout(word[:FORMATS[code].width]) for code in Opcode}
+        # A shaped SEND or MCAST is checked and ranged with the shape register's fields.
+        eff_shape = Signal(SHAPE_BITS)
+        for code in SHAPED_OPS:
+            with m.If((op == code) & f[code].shaped):
+                m.d.comb += eff_shape.eq(shape)
+        shape_view = SHAPE_FORMAT.layout(eff_shape)
+        for code in SHAPED_OPS:
+            f[code] = _WithShape(f[code], shape_view)
 
         # The innermost open loop, and the iteration of the loop a STEP names.
         top = Signal(range(LOOP_DEPTH))
@@ -366,7 +392,7 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     with m.Switch(op):
                         with m.Case(Opcode.NOP, Opcode.SETQ, Opcode.SETR, Opcode.LOOP,
-                                    Opcode.STEP):
+                                    Opcode.STEP, Opcode.SHAPE):
                             m.d.comb += issue.eq(1)
                         with m.Case(Opcode.WAIT):
                             m.d.comb += [issue.eq(wait_ready), self.stall_wait.eq(~wait_ready)]
@@ -402,6 +428,7 @@ class Sequencer(wiring.Component):
             self.dma.status.eq(fault_code),
             self.dma.pc.eq(pc),
             self.dma.info.eq(fault_value),
+            self.dma.shape.eq(Mux(done, 0, eff_shape)),
             self.running.eq((state == SeqState.RUN) | (state == SeqState.HALTING)),
             self.issued.eq(issue),
             self.pc.eq(pc),
@@ -444,6 +471,8 @@ class Sequencer(wiring.Component):
                                 m.d.sync += l_iter[l].eq(l_iter[l] + 1)
                     with m.Else():
                         m.d.sync += depth.eq(depth - 1)
+            with m.If(op == Opcode.SHAPE):
+                m.d.sync += shape.eq(word[4:4 + SHAPE_BITS])
             with m.If(op == Opcode.SETQ):
                 x = f[Opcode.SETQ]
                 m.d.sync += [scale.eq(x.scale), shift.eq(x.shift), relu.eq(x.relu)]
@@ -467,7 +496,8 @@ class Sequencer(wiring.Component):
             m.d.sync += [state.eq(SeqState.STOPPED), ranges[ENGINES.index(Unit.DMA)].eq(0)]
         with m.If(self.start_req & ((state == SeqState.IDLE) | (state == SeqState.STOPPED))):
             m.d.sync += [state.eq(SeqState.RUN), pc.eq(0), fault_code.eq(0), fault_pc.eq(0),
-                         fault_value.eq(0), depth.eq(0), *(o.eq(0) for o in offsets)]
+                         fault_value.eq(0), depth.eq(0), shape.eq(0),
+                         *(o.eq(0) for o in offsets)]
 
         # Sync counters: this cycle's bump and a WAIT's subtraction combine (mod 2**16).
         wait_issue = issue & (op == Opcode.WAIT)

@@ -10,7 +10,13 @@ DMA-out, per cycle (state = the registers at the start of the cycle)
 DMA-out runs one *job* at a time: a head flit, then `length` body flits. A job comes from
 
 * the sequencer's command bus: SEND (a WRITE packet to node (x, y) carrying SRAM[src .. src+n),
-  with `bump` = 1 and the instruction's `counter`), MCAST (the same packet as a multicast:
+  with `bump` = 1 and the instruction's `counter`; a shaped SEND, whose effective word carries
+  the shape above bit 64, fetches its rows one after another, the fetch address jumping from
+  the end of a row to row_start + sstride with no bubble, takes zero rows into the queue one
+  word a cycle without reads (like counter words), and sends one packet of rows x n words, or,
+  when the destination is not contiguous (`d1tile.isa.dma_packets`), one packet of n words
+  per row: after a row's tail is taken the next head (addr + dstride, `bump` only on the last)
+  is offered in the next cycle while the prefetch goes on), MCAST (the same packet as a multicast:
   `mc` ROW with first receiver (first, y), or COLUMN with (x, first), and `last`; every flit
   carries the routing fields) or HALT (a one-flit DONE packet to the host
   edge of its own row, (cfg.cols, y): addr = pc, tag = status, length = info);
@@ -116,7 +122,7 @@ from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, chec
                               counter_words, reply_request_format)
 from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketKind, flit_format,
                             packet_header_format)
-from d1tile.isa import FORMATS, Opcode
+from d1tile.isa import Opcode, decode
 from d1tile.params import TileConfig
 
 
@@ -125,9 +131,6 @@ __all__ = [
     "reply_request_format", "counter_words", "counter_word", "job_cycles",
     "DmaOutModel", "DmaInModel",
 ]
-
-_SEND = FORMATS[Opcode.SEND]
-_MCAST = FORMATS[Opcode.MCAST]
 
 
 def counter_word(cfg: TileConfig, counters, w: int) -> int:
@@ -170,7 +173,9 @@ class DmaOutModel:
     """
 
     __slots__ = ("cfg", "x", "y", "active", "head_pending", "header", "body_base", "fetch_addr",
-                 "fetch_left", "send_left", "from_ctrs", "in_flight", "queue", "_addr_mask",
+                 "fetch_left", "send_left", "from_ctrs", "in_flight", "queue", "zero_src",
+                 "row_len", "row_left", "row_start", "sstride", "dstride", "pkts_left",
+                 "pkt_fields", "_addr_mask",
                  "_payload_shift", "_tail_bit", "_flit", "_hdr", "_req", "_ctr_words", "_words")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
@@ -194,6 +199,14 @@ class DmaOutModel:
         self.from_ctrs = False
         self.in_flight = False   # a read was granted last cycle: its word arrives this cycle
         self.queue: deque[int] = deque()
+        self.zero_src = False    # a shaped transfer of zero rows: no reads
+        self.row_len = 0         # words per source row
+        self.row_left = 0        # words left to fetch in this row
+        self.row_start = 0       # first word of this row
+        self.sstride = 0
+        self.dstride = 0
+        self.pkts_left = 0       # packets after the current one (n words each)
+        self.pkt_fields = None   # (dst_x, dst_y, mc, last, header fields) of the packets
 
     # -- outputs from the state ------------------------------------------------------------
 
@@ -212,7 +225,7 @@ class DmaOutModel:
         return not self.active
 
     def _read_addr(self):
-        if (self.active and self.fetch_left and not self.from_ctrs
+        if (self.active and self.fetch_left and not self.from_ctrs and not self.zero_src
                 and len(self.queue) + self.in_flight < PREFETCH_DEPTH):
             return self.fetch_addr & self._addr_mask
         return None
@@ -261,7 +274,8 @@ class DmaOutModel:
             return False
         queue = self.queue
         granted = read_grants[0] and self._read_addr() is not None
-        take_ctr = self.from_ctrs and self.fetch_left and len(queue) < PREFETCH_DEPTH
+        take_ctr = ((self.from_ctrs or self.zero_src) and self.fetch_left
+                    and len(queue) < PREFETCH_DEPTH)
         done = False
         if accepted:
             if self.head_pending:
@@ -278,19 +292,54 @@ class DmaOutModel:
                                  "is None")
             queue.append(word)
         if take_ctr:
-            if counters is None:
-                raise ValueError("DmaOutModel.tick: a READ_CTRS reply needs the counter values")
-            queue.append(counter_word(self.cfg, counters, self.fetch_addr))
+            if self.zero_src:
+                queue.append(0)
+            else:
+                if counters is None:
+                    raise ValueError("DmaOutModel.tick: a READ_CTRS reply needs the counter "
+                                     "values")
+                queue.append(counter_word(self.cfg, counters, self.fetch_addr))
         if granted or take_ctr:
-            self.fetch_addr += 1
-            self.fetch_left -= 1
+            self.advance_fetch(1)
         self.in_flight = granted
         if done:
-            self.active = False
+            if self.pkts_left:
+                self._next_packet()
+            else:
+                self.active = False
         return False
 
+    def advance_fetch(self, k: int) -> None:
+        """k words fetched, all in the current source row (k <= row_left)."""
+        self.fetch_left -= k
+        if k == self.row_left:
+            self.row_start = (self.row_start + self.sstride) & 0xFFFF
+            self.fetch_addr = self.row_start
+            self.row_left = self.row_len
+        else:
+            self.fetch_addr = (self.fetch_addr + k) & 0xFFFF
+            self.row_left -= k
+
+    def _next_packet(self) -> None:
+        """The tail of a row's packet left: the next row's head (addr + dstride; the last
+        bumps)."""
+        dst_x, dst_y, mc, last, fields = self.pkt_fields
+        self.pkts_left -= 1
+        fields["addr"] = (fields["addr"] + self.dstride) & 0xFFFF
+        fields["bump"] = int(self.pkts_left == 0)
+        self.header = self._flit.pack(head=1, tail=int(self.row_len == 0), dst_x=dst_x,
+                                      dst_y=dst_y, mc=mc, last=last,
+                                      payload=self._hdr.pack(**fields))
+        self.head_pending = True
+        self.send_left = self.row_len
+
     def _start_job(self, dst_x, dst_y, header: int, length: int, fetch_addr: int,
-                   from_ctrs: bool, mc: int = Multicast.NONE, last: int = 0) -> None:
+                   from_ctrs: bool, mc: int = Multicast.NONE, last: int = 0, *,
+                   count: int | None = None, row_len: int | None = None, zero: bool = False,
+                   sstride: int = 0, dstride: int = 0, pkts: int = 0,
+                   fields: dict | None = None) -> None:
+        """A job: its first packet's head flit and body `length`; `count` words to fetch
+        (default `length`) in rows of `row_len` (default `length`), `pkts` more packets."""
         flit = self._flit
         self.header = flit.pack(head=1, tail=int(length == 0), dst_x=dst_x, dst_y=dst_y,
                                 mc=mc, last=last, payload=header)
@@ -299,29 +348,46 @@ class DmaOutModel:
         self.active = True
         self.head_pending = True
         self.fetch_addr = fetch_addr
-        self.fetch_left = length
+        self.fetch_left = length if count is None else count
         self.send_left = length
         self.from_ctrs = from_ctrs
         self.in_flight = False
         self.queue.clear()
+        self.zero_src = zero
+        self.row_start = fetch_addr
+        self.row_len = self.row_left = length if row_len is None else row_len
+        self.sstride, self.dstride = sstride, dstride
+        self.pkts_left = pkts
+        self.pkt_fields = (dst_x, dst_y, mc, last, fields) if pkts else None
+
+    def _latch_write(self, f: dict, dst_x: int, dst_y: int, mc: int = Multicast.NONE,
+                     last: int = 0) -> None:
+        """A SEND's or MCAST's job (`f`: the effective word's fields): the rows of its shape
+        (`d1tile.isa.dma_packets`)."""
+        extra, n = f.get("extra", 0), f["n"]
+        dstride = f.get("dstride", 0)
+        single = extra == 0 or dstride == n
+        first = (extra + 1) * n if single else n
+        fields = dict(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y, addr=f["dst"],
+                      length=first, counter=f["counter"], bump=int(single))
+        self._start_job(dst_x, dst_y, self._hdr.pack(**fields), first, f["src"], False, mc,
+                        last, count=(extra + 1) * n, row_len=n, zero=bool(f.get("zero", 0)),
+                        sstride=f.get("sstride", 0), dstride=dstride,
+                        pkts=0 if single else extra, fields=fields)
 
     def _latch_command(self, instr: int, status: int, pc: int, info: int) -> None:
         op = instr & 0xF
         coord = (1 << self.cfg.coord_bits) - 1
         if op == Opcode.SEND:
-            f = _SEND.unpack(instr & ((1 << _SEND.width) - 1))
-            header = self._hdr.pack(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y,
-                                    addr=f["dst"], length=f["n"], counter=f["counter"], bump=1)
-            self._start_job(f["x"] & coord, f["y"] & coord, header, f["n"], f["src"], False)
+            f = decode(instr).fields
+            self._latch_write(f, f["x"] & coord, f["y"] & coord)
         elif op == Opcode.MCAST:
-            f = _MCAST.unpack(instr & ((1 << _MCAST.width) - 1))
-            header = self._hdr.pack(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y,
-                                    addr=f["dst"], length=f["n"], counter=f["counter"], bump=1)
+            f = decode(instr).fields
             if f["col"]:
                 dst, mc = (self.x, f["first"] & coord), Multicast.COLUMN
             else:
                 dst, mc = (f["first"] & coord, self.y), Multicast.ROW
-            self._start_job(*dst, header, f["n"], f["src"], False, mc, f["last"] & coord)
+            self._latch_write(f, *dst, mc, f["last"] & coord)
         elif op == Opcode.HALT:
             header = self._hdr.pack(kind=PacketKind.DONE, src_x=self.x, src_y=self.y,
                                     addr=pc & 0xFFFF, length=info & 0xFFFF, tag=status & 0xF)

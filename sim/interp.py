@@ -116,12 +116,17 @@ class FunctionalNode:
             execute_vec(self.cfg, self.sram, word, scale, shift, relu, q=self.fscale,
                         state=self.vector)
         elif op in (Opcode.SEND, Opcode.MCAST):
-            words = self.sram[f["src"]:f["src"] + f["n"]]
+            source = isa.dma_source(instr)
+            words = ([0] * (isa.dma_extent(instr).rows * f["n"]) if source is None
+                     else [self.sram[a] for a in source])
             receivers = ([(f["x"], f["y"])] if op == Opcode.SEND
                          else isa.mcast_receivers(instr, self.node))
             for receiver in receivers:
                 dest = tile[receiver]
-                dest.sram[f["dst"]:f["dst"] + f["n"]] = words
+                k = 0
+                for dst, length, _ in isa.dma_packets(instr):
+                    dest.sram[dst:dst + length] = words[k:k + length]
+                    k += length
                 dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
                                                % 2**isa.SYNC_COUNTER_BITS)
         self.pc = self.loops.issue(instr, self.pc)

@@ -397,7 +397,7 @@ class NodeModel:
         if source:
             if din.wr_pending or din.imem_write is not None:
                 return None
-            if dout.head_pending or dout.from_ctrs or len(dout.queue) != 1 \
+            if dout.head_pending or dout.from_ctrs or dout.zero_src or len(dout.queue) != 1 \
                     or not dout.in_flight or not dout.fetch_left or not granted[0]:
                 return None
         else:
@@ -419,8 +419,10 @@ class NodeModel:
     def stream_limit(self) -> float:
         """How many cycles the node's end of a stream stays steady: a source until its last
         word is fetched (its tail comes later), a sink until its address would leave its memory."""
-        if self.dout.active:
-            return self.dout.fetch_left
+        dout = self.dout
+        if dout.active:
+            # within one source row, and before the packet's tail
+            return min(dout.fetch_left, dout.row_left, dout.send_left - 1)
         din = self.din
         if din.mode == WRITE_MODE:
             return max(0, self.cfg.sram_words - din.pkt_addr)
@@ -456,8 +458,7 @@ class NodeModel:
         words.extend(mem[(first + k) & mask] for k in range(m - 2))
         flits = [base | (word << shift) for word in words]
         dout.queue[0] = mem[(first + m - 2) & mask]
-        dout.fetch_addr += m
-        dout.fetch_left -= m
+        dout.advance_fetch(m)
         dout.send_left -= m
         data = sram.read_data
         data[0] = mem[(first + m - 1) & mask]

@@ -23,6 +23,8 @@ halves). In every cycle the sequencer makes one `Decision` from its state, the i
      the seed (and sets `reseed`); pc += 1.
   3. WAIT c, v: counter[c] >= v (register value, not counting this cycle's bump): `ISSUE`,
      counter[c] -= v at the edge, pc += 1; else `STALL_WAIT`.
+     LOOP, STEP and SHAPE: `ISSUE`, applied by `isa.LoopControl` (SHAPE loads the DMA shape
+     register, which a shaped SEND or MCAST then carries in its effective word, bits 64..).
   4. MATMUL (MATRIX), MREAD (READOUT), VEC/FVEC/FCVT (VECTOR), SEND (DMA) on engine U: U not
      idle: `STALL_UNIT`;
      else if `overlaps(hazard_ranges(i), ranges[U'])` for an engine U' != U that is not
@@ -63,7 +65,7 @@ from typing import NamedTuple, Sequence
 
 from d1tile.contracts import ENGINES, HALT_WORD, SeqEvent, SeqState
 from d1tile.isa import (INSTR_BITS, SYNC_COUNTER_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode,
-                        LoopControl, Opcode, Ranges, SetrReg, Unit, decode, hazard_ranges,
+                        LoopControl, Opcode, SHAPED_OPS, Ranges, SetrReg, Unit, decode, hazard_ranges,
                         overlaps, validate)
 from d1tile.params import TileConfig
 
@@ -199,8 +201,9 @@ class SequencerModel:
         """What the instruction at `addr` stands for now: its word stepped by the pending STEP
         offsets (`LoopControl.effective`), validated and decoded; the loop faults (which depend
         on the loop stack) are checked by `_loop_fault`."""
-        if any(self.loops.offsets):
-            word = self.loops.effective(self.imem[addr])
+        loops = self.loops
+        if any(loops.offsets) or (loops.shape and self.imem[addr] & 0xF in SHAPED_OPS):
+            word = loops.effective(self.imem[addr])
             info = self._stepped.get(word)
             if info is None:
                 info = self._stepped[word] = self._info_of(word)
@@ -226,7 +229,7 @@ class SequencerModel:
             return (_K_WAIT, instr.counter, instr.value, instr)
         if op == Opcode.HALT:
             return (_K_HALT, instr)
-        if op in (Opcode.LOOP, Opcode.STEP):
+        if op in (Opcode.LOOP, Opcode.STEP, Opcode.SHAPE):
             return (_K_LOOP, instr)
         engine = _ENGINE_INDEX[UNIT_OF[op]]
         return (_K_UNIT, engine, hazard_ranges(instr),

@@ -80,6 +80,7 @@ class Program:
         self.words: list[int] = []
         self._open_loops: list[int] = []     # pcs of the LOOPs of open `loop()` blocks
         self._loop_ends: set[int] = set()    # last instructions of closed loop bodies
+        self._shape = 0                      # the last SHAPE's fields (`isa.SHAPE_FORMAT`)
 
     def __len__(self):
         return len(self.words)
@@ -92,11 +93,15 @@ class Program:
         except (FormatError, ValueError) as exc:
             raise AsmError(f"{where}: {Opcode(op).name}: {exc}") from None
         if self.check:
-            code, value = isa.validate(self.cfg, isa.decode(word))
+            # a shaped SEND or MCAST is checked with the last SHAPE emitted before it
+            checked = word | (self._shape << isa.INSTR_BITS if fields.get("shaped") else 0)
+            code, value = isa.validate(self.cfg, isa.decode(checked))
             if code != FaultCode.NONE:
                 reason = _FAULT_REASONS[code].format(
                     words=self.cfg.sram_words, value=value, rows=self.cfg.rows, cols=self.cfg.cols)
-                raise AsmError(f"{where}: {isa.decode(word)}: {reason}")
+                raise AsmError(f"{where}: {isa.decode(checked)}: {reason}")
+        if op == Opcode.SHAPE:
+            self._shape = word >> 4
         if len(self.words) >= self.max_words:
             if self.max_words == self.cfg.imem_words:
                 raise AsmError(f"{where}: program longer than the {self.cfg.imem_words}-word "
@@ -159,13 +164,24 @@ class Program:
         """SETR SEED: reseed the stochastic-rounding generator before the next vector op."""
         return self.setr(SetrReg.SEED, seed)
 
-    def send(self, src: int, n: int, to: tuple[int, int], dst: int, counter: int = 0):
-        """Push words src..src+n-1 to node `to` = (x, y), words dst.., then bump its counter."""
+    def send(self, src: int, n: int, to: tuple[int, int], dst: int, counter: int = 0,
+             shaped: bool = False):
+        """Push words src..src+n-1 to node `to` = (x, y), words dst.., then bump its counter.
+        `shaped`: the rows of the DMA shape register instead (`shape`)."""
         x, y = to
-        return self.emit(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter)
+        return self.emit(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter,
+                         shaped=int(shaped))
+
+    def shape(self, rows: int = 1, sstride: int = 0, dstride: int = 0, zero: bool = False):
+        """SHAPE: later shaped SENDs and MCASTs move `rows` rows of n words, row r from
+        src + r * sstride (zeros with `zero`) to dst + r * dstride (`d1tile.isa`)."""
+        if not 1 <= rows <= 1 << isa.FORMATS[Opcode.SHAPE].field("extra").width:
+            raise AsmError(f"instruction {len(self.words)}: SHAPE: rows={rows} is not 1..4096")
+        return self.emit(Opcode.SHAPE, extra=rows - 1, sstride=sstride, dstride=dstride,
+                         zero=int(zero))
 
     def mcast(self, src: int, n: int, dst: int, *, row: tuple[int, int] | None = None,
-              column: tuple[int, int] | None = None, counter: int = 0):
+              column: tuple[int, int] | None = None, counter: int = 0, shaped: bool = False):
         """MCAST: push words src..src+n-1 to words dst.. of the nodes `row` = (first, last) of
         this node's row, or `column` = (first, last) of its column, each counter bumped."""
         if (row is None) == (column is None):
@@ -173,7 +189,7 @@ class Program:
                            "column=(first, last)")
         first, last = row if row is not None else column
         return self.emit(Opcode.MCAST, src=src, n=n, col=int(column is not None), first=first,
-                         last=last, dst=dst, counter=counter)
+                         last=last, dst=dst, counter=counter, shaped=int(shaped))
 
     def wait(self, counter: int, value: int = 1):
         return self.emit(Opcode.WAIT, counter=counter, value=value)

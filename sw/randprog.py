@@ -82,6 +82,15 @@ def _private(cfg: TileConfig, word: int, half: int) -> bool:
                if lo < hi and lo < isa.ACC_RANGE_BASE)
 
 
+def _extent(n: int, shape) -> tuple[int, int]:
+    """(source words read from src, destination words spanned from dst) of a transfer of n
+    words with `shape` = (rows, sstride, dstride, zero) or None."""
+    if shape is None:
+        return n, n
+    rows, sstride, dstride, zero = shape
+    return (0 if zero else (rows - 1) * sstride + n), (rows - 1) * dstride + n
+
+
 def _span(rng: random.Random, lo: int, hi: int, n: int) -> int:
     """A random start for n words inside [lo, hi)."""
     return rng.randrange(lo, hi - n + 1)
@@ -188,6 +197,14 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 else:
                     local_op(node, inner, loops=False)
 
+    def random_shape(n):
+        """(rows, sstride, dstride, zero) for a shaped transfer of rows of n words: gathers
+        (a stride, or 0: a row repeated), scatters (gaps between destination rows), zeros."""
+        rows = rng.randint(1, 4)
+        sstride = rng.choice([0, n, n + rng.randint(1, 3), rng.randint(1, 8)])
+        dstride = rng.choice([n, n, n + rng.randint(1, 3), 0 if rows == 1 else n])
+        return rows, sstride, dstride, rng.random() < 0.15
+
     def matmul_op(node, bank=None):
         kw = rng.randint(1, max_words)
         programs[node].matmul(region(node, kw), region(node, kw), kw, clear=rng.random() < 0.7,
@@ -243,33 +260,46 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 run = ([(src[0], r) for r in range(first, last + 1)] if col
                        else [(c, src[1]) for c in range(first, last + 1)])
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
+                shape = random_shape(n) if rng.random() < 0.3 else None
+                hull, span = _extent(n, shape)
                 at = max(inbox_next[r] for r in run)
-                if at + n <= words:
+                if at + span <= words and hull <= half:
                     counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
-                    mcasts.append((src, run, n, _span(rng, 0, half, n) if n else 0, at, counter,
-                                   col, first, last))
+                    mcasts.append((src, run, n, _span(rng, 0, half, hull) if hull else 0, at,
+                                   counter, col, first, last, shape))
                     for r in run:
-                        inbox_next[r] = at + n
+                        inbox_next[r] = at + span
             for _ in range(rng.randint(0, 2)):
                 dst = rng.choice(nodes)
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
                 # repeat: None (one SEND), or the count of a LOOP around a stepped SEND
+                # or a shaped SEND (rows gathered with a stride, scattered, or zeros)
                 repeat = rng.choice([0, 1, 2, 3]) if rng.random() < 0.25 else None
-                total = n * (1 if repeat is None else repeat)
-                if inbox_next[dst] + total > words or total > half:
+                shape = random_shape(n) if repeat is None and rng.random() < 0.3 else None
+                if shape is None:
+                    hull = total = n * (1 if repeat is None else repeat)
+                else:
+                    hull, total = _extent(n, shape)
+                if inbox_next[dst] + total > words or hull > half:
                     continue
                 counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
-                messages.append((src, dst, n, _span(rng, 0, half, total) if total else 0,
-                                 inbox_next[dst], counter, repeat))
+                messages.append((src, dst, n, _span(rng, 0, half, hull) if hull else 0,
+                                 inbox_next[dst], counter, repeat, shape))
                 inbox_next[dst] += total
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
                 local_op(node)
-        for src, run, n, src_addr, dst_addr, counter, col, first, last in mcasts:
+        for src, run, n, src_addr, dst_addr, counter, col, first, last, shape in mcasts:
+            if shape is not None:
+                programs[src].shape(*shape)
             programs[src].mcast(src_addr, n, dst_addr, counter=counter,
+                                shaped=shape is not None,
                                 **{"column" if col else "row": (first, last)})
-        for src, dst, n, src_addr, dst_addr, counter, repeat in messages:
-            if repeat is None:
+        for src, dst, n, src_addr, dst_addr, counter, repeat, shape in messages:
+            if shape is not None:
+                programs[src].shape(*shape)
+                programs[src].send(src_addr, n, dst, dst_addr, counter, shaped=True)
+            elif repeat is None:
                 programs[src].send(src_addr, n, dst, dst_addr, counter)
             else:   # message k: words src_addr + k n.. to dst_addr + k n..
                 with programs[src].loop(repeat):
@@ -277,17 +307,19 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                     programs[src].send(src_addr, n, dst, dst_addr, counter)
         for node in nodes:
             incoming = {}
-            for src, dst, n, src_addr, dst_addr, counter, repeat in messages:
+            for src, dst, n, src_addr, dst_addr, counter, repeat, shape in messages:
                 times = 1 if repeat is None else repeat
+                span = _extent(n, shape)[1] if shape else n * times
                 if dst == node and times:
                     incoming[counter] = incoming.get(counter, 0) + times
-                    if n:
-                        usable[node].append((dst_addr, dst_addr + n * times))
-            for src, run, n, src_addr, dst_addr, counter, *_ in mcasts:
+                    if span:
+                        usable[node].append((dst_addr, dst_addr + span))
+            for src, run, n, src_addr, dst_addr, counter, *_, shape in mcasts:
                 if node in run:
                     incoming[counter] = incoming.get(counter, 0) + 1
-                    if n:
-                        usable[node].append((dst_addr, dst_addr + n))
+                    span = _extent(n, shape)[1]
+                    if span:
+                        usable[node].append((dst_addr, dst_addr + span))
             for counter, count in sorted(incoming.items(), key=lambda _: rng.random()):
                 programs[node].wait(counter, count)
         for node in nodes:

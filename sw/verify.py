@@ -81,6 +81,13 @@ def run_kind(node, instr) -> list[str]:
         kinds[0] = f"STEP level {instr.level}"
     elif any(loops.offsets) and instr.op in isa.ADDRESS_SLOTS:
         kinds.append(f"stepped {instr.op.name}")
+    if instr.op in isa.SHAPED_OPS and instr.shaped:
+        extent = isa.dma_extent(instr)
+        kinds.append(f"shaped {instr.op.name}")
+        if extent.zero:
+            kinds.append(f"shaped {instr.op.name} zero")
+        if not extent.single:
+            kinds.append(f"shaped {instr.op.name} scatter")
     return kinds
 
 

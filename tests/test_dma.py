@@ -23,7 +23,7 @@ from d1tile.params import TileConfig
 from d1tile.sim.dma import (BAD_READ_TAG, PREFETCH_DEPTH, DmaInModel, DmaOutModel,
                             counter_word, counter_words, job_cycles, reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import SYNC_COUNTERS, Opcode, encode
+from d1tile.isa import INSTR_BITS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.sram import SRAMModel
 
 from conftest import bench_seed, run_bench
@@ -156,6 +156,50 @@ def test_send_timing_and_packet(n):
     cycles = [c for c, _ in h.sent]
     assert cycles == [1] + [3 + k for k in range(n)], cycles
     assert h.idle == [0] + list(range(job_cycles(n) + 1, h.cycle)), h.idle
+
+
+@pytest.mark.parametrize("extra, n, sstride, dstride, zero", [
+    (3, 4, 9, 4, 0),        # gather, contiguous at the receiver: one packet
+    (3, 4, 9, 6, 0),        # scatter: a packet per row
+    (2, 5, 0, 5, 0),        # one row repeated
+    (4, 3, 7, 3, 1),        # zero rows, one packet
+    (2, 3, 7, 10, 1),       # zero rows scattered
+    (2, 0, 3, 1, 0),        # rows of no words: three bodyless heads, the last one bumping
+])
+def test_shaped_send_rows_packets_and_timing(extra, n, sstride, dstride, zero):
+    """Words and packets of a shaped SEND, built here independently (rows sliced out of the
+    memory); one flit a cycle; a one-packet transfer takes `job_cycles(rows x n)`, like a
+    plain SEND of its words, and a scatter one more cycle per extra head."""
+    cfg = TINY
+    h = OutHarness(cfg)
+    rng = random.Random(extra * 100 + n)
+    words = [rng.getrandbits(cfg.word_bits) for _ in range(cfg.sram_words)]
+    h.sram.load(0, words)
+    word = (encode(Opcode.SEND, src=10, n=n, x=1, y=0, dst=100, counter=5, shaped=1)
+            | SHAPE_FORMAT.pack(extra=extra, sstride=sstride, dstride=dstride,
+                                zero=zero) << INSTR_BITS)
+    h.step(start=word)
+    for _ in range(80):
+        h.step()
+    rows = [[0] * n if zero else words[10 + r * sstride:10 + r * sstride + n]
+            for r in range(extra + 1)]
+    if dstride == n:
+        expected = packet(cfg, (1, 0), PacketKind.WRITE, src=(0, 0), addr=100,
+                          body=sum(rows, []), counter=5, bump=1)
+    else:
+        expected = sum((packet(cfg, (1, 0), PacketKind.WRITE, src=(0, 0),
+                               addr=100 + r * dstride, body=row, counter=5,
+                               bump=int(r == extra)) for r, row in enumerate(rows)), [])
+    assert [f for _, f in h.sent] == expected
+    cycles = [c for c, _ in h.sent]
+    # the head in cycle 1; SRAM words after the first read's bubble, then one flit a cycle
+    # across row ends and the heads of a scatter's rows alike; zero rows need no read
+    bubble = int(bool(n) and not zero)
+    assert cycles == [1] + list(range(2 + bubble, 1 + bubble + len(cycles))), cycles
+    busy = cycles[-1]
+    if dstride == n and not zero:
+        assert busy == job_cycles((extra + 1) * n)
+    assert h.idle == [0] + list(range(busy + 1, h.cycle)), h.idle
 
 
 def test_full_rate_after_back_pressure_and_refusals():

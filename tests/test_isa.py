@@ -36,7 +36,7 @@ def test_encode_decode_round_trip_for_every_opcode():
 
 
 def test_undefined_opcodes_decode_and_fault():
-    for code in range(14, 16):
+    for code in range(15, 16):
         instr = isa.decode(code | 0xABC0)
         assert instr.op is None
         assert isa.validate(TINY, instr) == (FaultCode.UNDEFINED, code)
@@ -110,7 +110,7 @@ def test_stepped_moves_only_the_address_slots_modulo_2_16():
     assert got.fields == dict(a=15, b=6, kw=3, clear=1, type=1, bank=1)
     send = isa.encode(Opcode.SEND, src=0xFFFE, n=2, x=1, y=1, dst=3, counter=31)
     assert isa.decode(isa.stepped(send, (3, 4, 0))).fields == dict(
-        src=1, n=2, x=1, y=1, dst=7, counter=31)
+        src=1, n=2, x=1, y=1, dst=7, counter=31, shaped=0)
     vec = isa.encode(Opcode.VEC, vop=2, bfix=1, dst=1, a=2, b=3, n=4)
     assert isa.decode(isa.stepped(vec, (1, 2, 3))).fields == dict(
         vop=2, bfix=1, dst=2, a=4, b=6, n=4)
@@ -499,3 +499,111 @@ def test_interpreter_bf16_product_and_vector_ops():
     assert np.array_equal(lanes(result.reads[((0, 0), 50, 1)])[0], nx.fp32_sum(half))
     packed = np.concatenate([bf16.unpack(cfg, w) for w in result.reads[((0, 0), 60, n // 2)]])
     assert np.array_equal(packed.reshape(n, n), nx.bf16_from_f32_rne(half))
+
+
+def _shaped(op, shape, **fields):
+    """The effective word of a shaped SEND / MCAST: the instruction and the shape register."""
+    word = isa.encode(op, shaped=1, **fields)
+    return isa.decode(word | isa.SHAPE_FORMAT.pack(**shape) << isa.INSTR_BITS)
+
+
+def test_shaped_transfers_are_checked_with_their_shape():
+    w = TINY.sram_words
+    ok = (FaultCode.NONE, 0)
+    send = dict(x=1, y=1, counter=3)
+    gather = dict(extra=3, sstride=10, dstride=2)      # 4 rows of 2 words, 10 apart
+    assert isa.validate(TINY, _shaped(Opcode.SEND, gather, src=w - 32, n=2, dst=0, **send)) == ok
+    # the last row ends at src + 3 * 10 + 2
+    assert isa.validate(TINY, _shaped(Opcode.SEND, gather, src=w - 31, n=2, dst=0, **send)) == \
+        (FaultCode.ADDRESS, w - 31)
+    # zero rows read nothing: any src
+    zeros = dict(gather, zero=1)
+    assert isa.validate(TINY, _shaped(Opcode.SEND, zeros, src=w - 1, n=2, dst=0, **send)) == ok
+    scatter = dict(extra=2, dstride=100)               # 3 rows, 100 apart at the receiver
+    assert isa.validate(TINY, _shaped(Opcode.SEND, scatter, src=0, n=4, dst=w - 204,
+                                      **send)) == ok
+    assert isa.validate(TINY, _shaped(Opcode.SEND, scatter, src=0, n=4, dst=w - 203,
+                                      **send)) == (FaultCode.ADDRESS, w - 203)
+    mc = dict(col=0, first=0, last=1, counter=1)
+    assert isa.validate(TINY, _shaped(Opcode.MCAST, scatter, src=0, n=4, dst=w - 203,
+                                      **mc)) == (FaultCode.ADDRESS, w - 203)
+    # the node check still comes first
+    assert isa.validate(TINY, _shaped(Opcode.SEND, scatter, src=0, n=4, dst=w - 203, x=2, y=0,
+                                      counter=0))[0] == FaultCode.NODE
+    # one packet's 16-bit length: only a 2**16-word SRAM can exceed it
+    big = TileConfig(**{**TINY.__dict__, "name": "big", "sram_kib": 1024})
+    assert big.sram_words == 1 << 16
+    whole = dict(extra=31, dstride=2048)               # 32 x 2048 = 65536 words
+    assert isa.validate(big, _shaped(Opcode.SEND, whole, src=0, n=2048, dst=0, x=0, y=0,
+                                     counter=0)) == (FaultCode.FIELD, 2048)
+    assert isa.validate(big, _shaped(Opcode.SEND, dict(whole, extra=30), src=0, n=2048, dst=0,
+                                     x=0, y=0, counter=0)) == ok
+    # hazard ranges: the hull of the rows read; nothing for zeros
+    assert isa.hazard_ranges(_shaped(Opcode.SEND, gather, src=5, n=2, dst=0, **send)) == \
+        Ranges((5, 37))
+    assert isa.hazard_ranges(_shaped(Opcode.SEND, zeros, src=5, n=2, dst=0, **send)) == \
+        Ranges((5, 5))
+    # a word wider than 64 bits is only an effective SEND or MCAST
+    with pytest.raises(ValueError, match="wider"):
+        isa.decode(isa.encode(Opcode.MATMUL, a=0, b=0, kw=1) | 1 << 64)
+
+
+def test_shaped_transfer_rows_and_packets_match_numpy_strides():
+    rng = random.Random(bench_seed())
+    for _ in range(300):
+        n, extra = rng.randint(0, 5), rng.randint(0, 4)
+        sstride, dstride = rng.randint(0, 9), rng.choice([n, rng.randint(0, 9)])
+        instr = _shaped(Opcode.SEND, dict(extra=extra, sstride=sstride, dstride=dstride),
+                        src=3, n=n, dst=200, x=0, y=0, counter=0)
+        memory = np.arange(1000)
+        rows = np.lib.stride_tricks.as_strided(
+            memory[3:], shape=(extra + 1, n), strides=(sstride * 8, 8))
+        assert isa.dma_source(instr) == [int(v) for v in rows.flat]
+        packets = isa.dma_packets(instr)
+        if dstride == n or extra == 0:       # contiguous at the receiver: one packet
+            assert packets == [(200, (extra + 1) * n, True)]
+        else:                                # a packet per row, the last one bumping
+            assert packets == [(200 + r * dstride, n, r == extra) for r in range(extra + 1)]
+        assert sum(bump for *_, bump in packets) == 1
+
+
+def test_shape_register_is_set_by_shape_used_by_shaped_transfers_cleared_by_start():
+    lc = isa.LoopControl(TINY)
+    send = isa.encode(Opcode.SEND, src=0, n=2, x=0, y=0, dst=8, counter=0)
+    shaped = isa.encode(Opcode.SEND, src=0, n=2, x=0, y=0, dst=8, counter=0, shaped=1)
+    assert lc.effective(shaped) == shaped                  # all zeros: the plain transfer
+    shape = isa.encode(Opcode.SHAPE, extra=2, sstride=5, dstride=3, zero=0)
+    lc.issue(isa.decode(shape), 0)
+    assert isa.decode(lc.effective(send)) == isa.decode(send)     # not shaped: no shape
+    eff = isa.decode(lc.effective(shaped))
+    assert (eff.extra, eff.sstride, eff.dstride, eff.zero) == (2, 5, 3, 0)
+    # a STEP still moves the address fields of the shaped word
+    with_loop = isa.LoopControl(TINY)
+    with_loop.issue(isa.decode(shape), 0)
+    with_loop.issue(isa.decode(isa.encode(Opcode.LOOP, count=2, body=2)), 1)
+    with_loop.loops[-1][3] = 1
+    with_loop.issue(isa.decode(isa.encode(Opcode.STEP, s0=4, s1=10)), 2)
+    eff = isa.decode(with_loop.effective(shaped))
+    assert (eff.src, eff.dst, eff.extra, eff.sstride) == (4, 18, 2, 5)
+    lc.reset()
+    assert lc.effective(shaped) == shaped
+
+
+def test_assembler_shape_and_shaped_sends():
+    p = Program(TINY)
+    p.shape(rows=4, sstride=16, dstride=2)
+    p.send(0, 2, (1, 0), 0, shaped=True)
+    p.mcast(0, 2, 0, row=(0, 1), shaped=True)
+    assert isa.decode(p.words[0]).fields == dict(extra=3, sstride=16, dstride=2, zero=0)
+    assert isa.decode(p.words[1]).shaped == 1
+    # checked with the last SHAPE: 4 rows 16 apart from 220 leave the 256-word SRAM
+    with pytest.raises(AsmError, match="SRAM range beyond"):
+        p.send(220, 2, (1, 0), 0, shaped=True)
+    p.send(220, 2, (1, 0), 0)                       # the same SEND unshaped fits
+    with pytest.raises(AsmError, match="rows=0"):
+        p.shape(rows=0)
+    with pytest.raises(AsmError, match="rows=4097"):
+        p.shape(rows=4097)
+    text = disassemble(p.words)
+    assert "SHAPE" in text and "shaped=1" in text
+    assert assemble(TINY, text).words == p.words

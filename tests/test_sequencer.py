@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from d1tile.hw.sequencer import EngineCommand, ImemWritePort, Sequencer
 from d1tile.params import TileConfig
-from d1tile.isa import FaultCode, LoopControl, Opcode, Unit, decode, encode, validate
+from d1tile.isa import SHAPE_BITS, FaultCode, LoopControl, Opcode, Unit, decode, encode, validate
 from d1tile.sim.sequencer import (ENGINES, HALT_WORD, SeqEvent, SeqState, SequencerModel,
                                   unstalled_done_cycle)
 
@@ -40,7 +40,7 @@ def test_engine_command_signature():
                                            "seed": 32, "reseed": 1}
     done = EngineCommand.Signature(done=True)
     assert {k: _width(m) for k, m in done.members.items()
-            if k not in plain.members} == {"status": 4, "pc": 16, "info": 16}
+            if k not in plain.members} == {"status": 4, "pc": 16, "info": 16, "shape": SHAPE_BITS}
     assert quant == EngineCommand.Signature(quant=True) and quant != plain
     assert isinstance(plain.create(), EngineCommand)
     with pytest.raises(TypeError, match="quant must be a bool, not 1"):

@@ -254,13 +254,63 @@ def multicast():
     return tp, check
 
 
+def shaped_dma():
+    """Shaped transfers from node (0, 0), which holds a 4 x 6 array of words A (row-major at
+    0..23): columns 1..2 of every row gathered into one packet to (1, 0); the transpose A^T (a
+    loop of six one-column gathers) to (0, 1); rows 0..2 of the first two columns scattered
+    with gaps (one packet per row, one bump) and two zero-filled runs over preloaded words to
+    (1, 1); rows 0 and 2 of A[:, :3] multicast to its row, (0, 0) itself included."""
+    rng = np.random.default_rng(11)
+    a = rng.integers(1, 2**63, size=(4, 6))
+    tp = TileProgram(CFG)
+    tp.load((0, 0), 0, [int(v) for v in a.flat])
+    tp.load((1, 1), 170, [7] * 8)
+    p = tp.node(0, 0)
+    p.shape(rows=4, sstride=6, dstride=2)
+    p.send(1, 2, (1, 0), 100, counter=1, shaped=True)
+    p.shape(rows=4, sstride=6, dstride=1)
+    with p.loop(6):
+        p.step(1, 4)
+        p.send(0, 1, (0, 1), 120, counter=2, shaped=True)
+    p.shape(rows=3, sstride=6, dstride=5)
+    p.send(0, 2, (1, 1), 150, counter=3, shaped=True)
+    p.shape(rows=2, dstride=4, zero=True)
+    p.send(0, 3, (1, 1), 170, counter=3, shaped=True)
+    p.send(0, 1, (1, 1), 180, counter=5)              # a plain SEND after: no shape
+    p.shape(rows=2, sstride=12, dstride=3)
+    p.mcast(0, 3, 200, row=(0, 1), counter=4, shaped=True)
+    waits = {(1, 0): [(1, 1), (4, 1)], (0, 1): [(2, 6)], (1, 1): [(3, 2), (5, 1)],
+             (0, 0): [(4, 1)]}
+    for node, node_waits in waits.items():
+        r = tp.node(*node)
+        for counter, value in node_waits:
+            r.wait(counter, value)
+        r.halt()
+        tp.read(node, 100, 110)
+    expect = {(1, 0): {100: a[:, 1:3].flatten(), 200: a[[0, 2], :3].flatten()},
+              (0, 1): {120: a.T.flatten()},
+              (1, 1): {150: a[0, :2], 155: a[1, :2], 160: a[2, :2], 180: [a[0, 0]],
+                       170: [0, 0, 0, 7, 0, 0, 0, 7]},
+              (0, 0): {200: a[[0, 2], :3].flatten()}}
+
+    def check(result):
+        for node, runs in expect.items():
+            sram = result.reads[(node, 100, 110)]
+            for at, words in runs.items():
+                words = [int(w) for w in words]
+                assert sram[at - 100:at - 100 + len(words)] == words, (node, at)
+        assert interpret(tp).nodes[(1, 1)].sram[150:181] == \
+            result.reads[((1, 1), 100, 110)][50:81]
+    return tp, check
+
+
 def faults():
     """One fault of each kind on three nodes, and on the fourth a stepped instruction that
     faults inside a loop."""
     tp = TileProgram(CFG)
     p = Program(CFG, check=False)
     p.nop()
-    p.word(encode(Opcode.NOP) | 0xE)                       # opcode 14: undefined
+    p.word(encode(Opcode.NOP) | 0xF)                       # opcode 15: undefined
     tp.programs[(0, 0)] = p
     p = Program(CFG, check=False)
     p.matmul(0, 250, 8)                                    # B beyond the 256-word SRAM
@@ -275,7 +325,7 @@ def faults():
         p.step(s0=CFG.sram_words // 2)
         p.matmul(0, 8, 1)
     p.halt()
-    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 14), (1, 0): (FaultCode.ADDRESS, 0, 250),
+    expected = {(0, 0): (FaultCode.UNDEFINED, 1, 15), (1, 0): (FaultCode.ADDRESS, 0, 250),
                 (0, 1): (FaultCode.NODE, 2, 3), (1, 1): (FaultCode.ADDRESS, 2, CFG.sram_words)}
 
     def check(result):
@@ -303,7 +353,7 @@ def deadlock():
 
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
          "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
-         "multicast": multicast,
+         "multicast": multicast, "shaped_dma": shaped_dma,
          "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
@@ -346,7 +396,9 @@ def test_verify_with_a_fixed_seed():
                  "LOOP count 0", "LOOP count 1", "LOOP count >1", "LOOP nested", "STEP level 0",
                  "STEP level 1", "stepped MATMUL", "stepped MREAD", "stepped SEND",
                  # multicasts along rows and columns
-                 "MCAST ROW", "MCAST COLUMN"):
+                 "MCAST ROW", "MCAST COLUMN",
+                 # shaped transfers: gathers, zero rows, scatters (a packet per row)
+                 "shaped SEND", "shaped SEND zero", "shaped SEND scatter", "shaped MCAST"):
         assert report.exercised[kind] > 0, (kind, report.exercised)
 
 

@@ -44,7 +44,8 @@ from d1tile.hw.testbench import TB
 from d1tile.sim.dma import (BAD_READ_TAG, DmaInModel, DmaOutModel, counter_words, job_cycles,
                             reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import SYNC_COUNTERS, Opcode, encode
+from d1tile.isa import (INSTR_BITS, SHAPE_BITS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, decode,
+                        dma_packets, dma_source, encode)
 from d1tile.sim.router import RouterModel, route_xy, unloaded_latency
 from d1tile.sim.sram import SRAMModel
 
@@ -55,6 +56,7 @@ SCRATCH = 4          # words at the top of every bank reserved for the contentio
 PRELOAD = 16         # stable source words per bank written at the start of a random test
 OPS = int(os.environ.get("D1TILE_DMA_OPS", "120"))   # operations per round of a random test
 ROUNDS = 8
+_WORD = (1 << INSTR_BITS) - 1
 
 # The SRAM model of the DUT's memory, carried from test to test like the memory itself.
 _SHARED = {"sram": None, "clean": False}
@@ -84,7 +86,8 @@ class DmaBench(TB):
         self.hdr_mask = (1 << self.hdr.width) - 1
         self.full = (1 << cfg.word_bytes) - 1
         d = dut
-        self.h_cmd = (d.cmd__start, d.cmd__instr, d.cmd__status, d.cmd__pc, d.cmd__info)
+        self.h_cmd = (d.cmd__start, d.cmd__instr, d.cmd__status, d.cmd__pc, d.cmd__info,
+                      d.cmd__shape)
         self.h_cread = [(getattr(d, f"cread__{i}__en"), getattr(d, f"cread__{i}__addr"),
                          getattr(d, f"cread__{i}__ready")) for i in range(3)]
         self.h_cwrite = [tuple(getattr(d, f"cwrite__{i}__{n}")
@@ -202,9 +205,11 @@ class DmaBench(TB):
             instr, status, pc, info = self.commands.popleft()
             self.starts.append((t, instr))
         else:   # junk on the bus, to show that it is ignored without `start`
-            instr, status, pc, info = (rng.getrandbits(64), rng.getrandbits(4),
+            instr, status, pc, info = (rng.getrandbits(64 + SHAPE_BITS), rng.getrandbits(4),
                                        rng.getrandbits(16), rng.getrandbits(16))
-        for handle, value in zip(self.h_cmd, (int(start), instr, status, pc, info)):
+        # the effective word: the instruction, and a shaped transfer's shape on `shape`
+        for handle, value in zip(self.h_cmd, (int(start), instr & _WORD, status, pc, info,
+                                              instr >> INSTR_BITS)):
             handle.value = value
         counters = [(b + t) & 0xFFFF_FFFF for b in self.counter_base]
         self.h["counters"].value = sum(v << (32 * i) for i, v in enumerate(counters))
@@ -485,6 +490,30 @@ class DmaBench(TB):
         self.inject[port].extend(packet(self.cfg, (0, 0), PacketKind.WRITE, src=(self.cfg.cols, 0),
                                         addr=addr, body=words, bump=bump, counter=counter))
 
+    def queue_shaped_send(self, src, n, x, y, dst, counter, *, extra, sstride, dstride, zero):
+        """A shaped SEND (the effective word, shape above bit 64); for (0, 0) the rows'
+        destinations must be fresh."""
+        word = (encode(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter, shaped=1)
+                | SHAPE_FORMAT.pack(extra=extra, sstride=sstride, dstride=dstride,
+                                    zero=zero) << INSTR_BITS)
+        instr = decode(word)
+        self.commands.append((word, 0, 0, 0))
+        source = dma_source(instr)
+        words = [0] * ((extra + 1) * n) if source is None else [self.mem[a] for a in source]
+        k = 0
+        for addr, length, bump in dma_packets(instr):
+            body = words[k:k + length]
+            k += length
+            if (x, y) == (0, 0):
+                self.mem[addr:addr + length] = body
+                if length:
+                    self.tracked[addr] = length
+                self.expected_bumps[counter] += bump
+            else:
+                self.expect_cmd[route_xy(0, 0, x, y)].append(
+                    packet(self.cfg, (x, y), PacketKind.WRITE, src=(0, 0), addr=addr, body=body,
+                           counter=counter, bump=int(bump)))
+
     def queue_send(self, src, n, x, y, dst, counter):
         """A SEND command; for (0, 0) dst must be a fresh range (or n == 0)."""
         self.commands.append((_send(src, n, x, y, dst, counter), 0, 0, 0))
@@ -726,7 +755,24 @@ def _random_generator(bench, *, self_sends: bool, ops: int):
         if source is None:
             return False
         src, n = source
-        if self_sends and roll < 0.6:
+        if roll < 0.35:     # a shaped SEND: rows of a stable range, gathered or zero
+            row = rng.randint(0, min(n, 4))
+            extra = rng.randint(0, 3)
+            sstride = rng.randint(0, (n - row) // extra) if extra else rng.randrange(1 << 16)
+            dstride = rng.choice([row, row + rng.randint(1, 3), 0])
+            span = extra * dstride + row
+            zero = int(rng.random() < 0.2)
+            if self_sends and roll < 0.25:
+                dst = bench.alloc(span) if span else rng.randrange(cfg.sram_words)
+                if dst is None:
+                    return False
+                x = y = 0
+            else:
+                x, y = bench.random_node(grid_only=True)
+                dst = rng.randrange(cfg.sram_words - span + 1)
+            bench.queue_shaped_send(src, row, x, y, dst, rng.randrange(SYNC_COUNTERS),
+                                    extra=extra, sstride=sstride, dstride=dstride, zero=zero)
+        elif self_sends and roll < 0.6:
             dst = bench.alloc(n) if n else rng.randrange(cfg.sram_words)
             if dst is None:
                 return False

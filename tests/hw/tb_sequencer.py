@@ -32,7 +32,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from bench_config import bench_config
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.hw.testbench import TB
-from d1tile.isa import (CONVERSIONS, FVEC_BASE, LOOP_DEPTH, SYNC_COUNTERS, UNIT_OF, FaultCode,
+from d1tile.isa import (CONVERSIONS, FVEC_BASE, INSTR_BITS, LOOP_DEPTH, SYNC_COUNTERS, UNIT_OF, FaultCode,
                         FVecOp, LoopControl, Opcode, SetrReg, Unit, VecOp, decode, encode,
                         hazard_ranges, overlaps, validate)
 from d1tile.vector_ops import VECTOR_OPS
@@ -189,6 +189,8 @@ class SeqBench:
                 self.fail(cycle, f"{name}.start", expected, got, idle)
             if expected:
                 got = int(self.instr_h[e].value)
+                if e == DMA:    # the effective word: a shaped transfer's shape above bit 64
+                    got |= int(self.dut.dma__shape.value) << INSTR_BITS
                 if got != decision.instr:
                     self.fail(cycle, f"{name}.instr", f"{decision.instr:#x}", f"{got:#x}", idle)
         if decision.engine == VECTOR:
@@ -368,7 +370,7 @@ def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
     """A random valid instruction word (never HALT)."""
     words = cfg.sram_words
     kind = rng.choices(["NOP", "SETQ", "SETR", "WAIT", "MATMUL", "MREAD", "VEC", "FVEC", "FCVT",
-                        "SEND"], [1, 1, 1, 1, 3, 2, 2, 2, 2, 3])[0]
+                        "SEND", "SHAPE"], [1, 1, 1, 1, 3, 2, 2, 2, 2, 3, 1])[0]
     if kind == "NOP":
         return encode(Opcode.NOP)
     if kind == "SETQ":
@@ -414,10 +416,16 @@ def random_instr(cfg, rng, window=40, counters=range(4), wait_max=2):
                       a=_span(rng, words, spec.source_words(n), window), n=n, **fields)
         if validate(cfg, decode(word))[0] == FaultCode.NONE:
             return word
+    if kind == "SHAPE":     # at most 4 rows 4 apart: every shaped SEND below stays valid
+        return encode(Opcode.SHAPE, extra=rng.randint(0, 3), sstride=rng.randint(0, 4),
+                      dstride=rng.randint(0, 4), zero=int(rng.random() < 0.2))
     n = rng.choice([0, rng.randint(1, 12)])
-    return encode(Opcode.SEND, src=_span(rng, words, n, window), n=n,
+    shaped = rng.random() < 0.4
+    hull = n + 12 * shaped
+    return encode(Opcode.SEND, src=_span(rng, words, hull, window), n=n,
                   x=rng.randrange(cfg.cols), y=rng.randrange(cfg.rows),
-                  dst=_span(rng, words, n, window), counter=rng.randrange(SYNC_COUNTERS))
+                  dst=_span(rng, words, hull, window), counter=rng.randrange(SYNC_COUNTERS),
+                  shaped=int(shaped))
 
 
 # -- tests ------------------------------------------------------------------------------------------
@@ -472,7 +480,7 @@ async def seq_faults_directed(dut):
     MM, MR, VE, SE = Opcode.MATMUL, Opcode.MREAD, Opcode.VEC, Opcode.SEND
     FV, FC, SR = Opcode.FVEC, Opcode.FCVT, Opcode.SETR
     BF, FP, I8, I32 = ElemType.BF16, ElemType.FP32, ElemType.INT8, ElemType.INT32
-    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(14, 16)] + [
+    cases = [(op | (0x1234_5678_9ABC_DEF0 if op & 1 else 0), U) for op in range(15, 16)] + [
         (encode(Opcode.LOOP, count=3, body=0), F), (encode(Opcode.LOOP, count=0, body=0), F),
         (encode(MM, a=0, b=0, kw=1, type=BF), ok), (encode(MM, a=0, b=0, kw=0, type=FP), T),
         (encode(MM, a=w, b=w, kw=1, type=I32), T), (encode(MM, a=0, b=0, kw=0, type=BF), F),
@@ -560,7 +568,10 @@ async def seq_faults_random(dut):
     await bench.write_imem([HALT], base=1)
     for _ in range(150 if cfg.name == "tiny" else 100):
         # Biased towards the instructions with validity rules.
-        op = rng.choice([2, 3, 4, 6, 8, 9, 10, 11]) if rng.random() < 0.6 else rng.randrange(16)
+        roll = rng.random()
+        op = (rng.choice([2, 3, 4, 6, 6, 8, 9, 10, 11, 13]) if roll < 0.6 else 15 if roll < 0.65
+              else rng.randrange(16))
+        program = None
         if op == Opcode.MATMUL:
             kw = rng.choice([0, rng.randint(1, 8), near(w, 16)])
             word = encode(Opcode.MATMUL, a=near(w - kw, 16), b=near(w - kw, 16), kw=kw,
@@ -584,10 +595,25 @@ async def seq_faults_random(dut):
             nn = near(4, 8)
             word = encode(Opcode.VEC, vop=rng.getrandbits(3), bfix=rng.getrandbits(1),
                           dst=near(w - nn // 4, 16), a=near(w - nn, 16), b=near(w - nn, 16), n=nn)
-        elif op == Opcode.SEND:
+        elif op in (Opcode.SEND, Opcode.MCAST):
+            # half of them shaped, after a SHAPE whose rows end near the SRAM's end
             nn = near(2, 12)
-            word = encode(Opcode.SEND, src=near(w - nn, 16), n=nn, x=near(cfg.cols, 4),
-                          y=near(cfg.rows, 4), dst=near(w - nn, 16), counter=rng.getrandbits(4))
+            shaped = rng.random() < 0.5
+            extra = rng.randint(0, 3) if shaped else 0
+            sstride, dstride = near(8, 16), near(8, 16)
+            src, dst = near(w - nn - extra * sstride, 16), near(w - nn - extra * dstride, 16)
+            if op == Opcode.SEND:
+                word = encode(Opcode.SEND, src=src, n=nn, x=near(cfg.cols, 4),
+                              y=near(cfg.rows, 4), dst=dst, counter=rng.getrandbits(4),
+                              shaped=int(shaped))
+            else:
+                col = rng.getrandbits(1)
+                word = encode(Opcode.MCAST, src=src, n=nn, col=col,
+                              first=near(0, 4), last=near(cfg.rows if col else cfg.cols, 4),
+                              dst=dst, counter=rng.getrandbits(4), shaped=int(shaped))
+            if shaped:
+                program = [encode(Opcode.SHAPE, extra=extra, sstride=sstride, dstride=dstride,
+                                  zero=int(rng.random() < 0.3)), word, HALT]
         elif op == Opcode.HALT or op == Opcode.WAIT:
             word = encode(Opcode.NOP)    # WAIT could block forever: the random run needs none
         elif op == Opcode.LOOP:          # a count of 1 or more: the body starts at the HALT
@@ -596,11 +622,13 @@ async def seq_faults_random(dut):
                           else rng.choice([0, 1]))
         else:                            # STEP: no loop is open, so it faults LOOP
             word = op | rng.getrandbits(60) << 4
-        # The fault of the word at pc 0 with the HALT after it (loop faults included).
-        _, fault = expand(cfg, [word, HALT])
+        # The fault of the word at pc 0 with the HALT after it (loop faults included), or of
+        # a shaped transfer after its SHAPE.
+        program = program or [word, HALT]
+        _, fault = expand(cfg, program)
         code, value = fault[0::2] if fault else (FaultCode.NONE, 0)
         seen[code] = seen.get(code, 0) + 1
-        await bench.write_imem([word])
+        await bench.write_imem(program)
         await bench.run()
         got = (int(dut.fault_code.value), int(dut.fault_value.value))
         assert got == (code, value), f"{decode(word)}: (code, value) {got}, expected {(code, value)}"
