@@ -33,7 +33,7 @@ a MATMUL and an MREAD of different banks run side by side.
 | 0 | `NOP` | sequencer | nothing |
 | 1 | `HALT` | sequencer | wait until every unit is idle, report DONE to the host, stop |
 | 2 | `MATMUL a, b, kw, clear, type, bank` | matrix | V * kw outer products from words a.. (A^T) and b.. (B) into accumulator bank `bank`, V = 4 (INT8) or 2 (BF16) vectors per word |
-| 3 | `MREAD dst, row0, nrows, bank` | readout | rows row0.. of accumulator bank `bank` (N 32-bit lanes each) to words dst.. |
+| 3 | `MREAD dst, row0, nrows, bank, tr` | readout | rows row0.. of accumulator bank `bank` (N 32-bit lanes each) to words dst..; with `tr`, columns row0.. instead (the transpose: lane i of word r = acc[i][row0 + r]) |
 | 4 | `VEC vop, dst, a, b, n, bfix` | vector | n integer vector-unit ops (`VecOp`), word by word |
 | 5 | `SETQ scale, shift, relu` | sequencer | set the REQUANT parameters of later vector instructions |
 | 6 | `SEND src, n, x, y, dst, counter` | DMA | push words src.. to node (x, y) words dst.., then bump its counter |
@@ -237,7 +237,7 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.MATMUL: _fmt("MATMUL", Field("a", A), Field("b", A), Field("kw", 16), Field("clear", 1),
                         Field("type", TYPE_BITS), Field("bank", 1)),
     Opcode.MREAD: _fmt("MREAD", Field("dst", A), Field("row0", 8), Field("nrows", 8),
-                       Field("bank", 1)),
+                       Field("bank", 1), Field("tr", 1)),
     Opcode.VEC: _fmt("VEC", Field("vop", 3), Field("bfix", 1), Field("dst", A), Field("a", A),
                      Field("b", A), Field("n", 8)),
     Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),

@@ -63,9 +63,10 @@ def operand_layout(cfg: TileConfig) -> data.StructLayout:
 
 
 def row_request_layout(cfg: TileConfig) -> data.StructLayout:
-    """Payload of `rd_req`: the row (low bits, so a plain row index asks for bank 0) and the
-    accumulator bank."""
-    return data.StructLayout({"row": range(cfg.mac_dim), "bank": range(ACC_BANKS)})
+    """Payload of `rd_req`: the row (low bits, so a plain row index asks for bank 0), the
+    accumulator bank, and `col`: read column `row` instead (lane i = acc[i][row]: MREAD's
+    transposed readout)."""
+    return data.StructLayout({"row": range(cfg.mac_dim), "bank": range(ACC_BANKS), "col": 1})
 
 
 def row_layout(cfg: TileConfig) -> data.ArrayLayout:
@@ -275,9 +276,14 @@ class MatrixUnit(wiring.Component):
             m.d.sync += rd_data.valid.eq(0)
         with m.If(rd_req.valid & rd_req.ready):
             m.d.sync += rd_data.valid.eq(1)
-            with m.Switch(Cat(rd_req.p.row, rd_req.p.bank)):
-                for k in range(ACC_BANKS):
-                    for i in range(n):
-                        with m.Case(i | (k << (n - 1).bit_length())):
-                            m.d.sync += [rd_data.payload[j].eq(acc[k][i][j]) for j in range(n)]
+            row_bits = (n - 1).bit_length()
+            bank_bits = (ACC_BANKS - 1).bit_length()
+            with m.Switch(Cat(rd_req.p.row, rd_req.p.bank, rd_req.p.col)):
+                for col in range(2):
+                    for k in range(ACC_BANKS):
+                        for i in range(n):
+                            with m.Case(i | (k << row_bits) | (col << (row_bits + bank_bits))):
+                                m.d.sync += [rd_data.payload[j].eq(acc[k][j][i] if col
+                                                                   else acc[k][i][j])
+                                             for j in range(n)]
         return m

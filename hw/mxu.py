@@ -145,6 +145,7 @@ class MatrixEngine(wiring.Component):
         row0 = Signal(mr_format.field("row0").width)
         nrows = Signal(mr_format.field("nrows").width)
         rbank = Signal(range(ACC_BANKS))
+        rcol = Signal()                    # MREAD tr: columns instead of rows
         requested = Signal.like(nrows)
         written = Signal.like(nrows)
 
@@ -189,6 +190,7 @@ class MatrixEngine(wiring.Component):
             rd_req.valid.eq(is_mread & (requested != nrows)),
             rd_req.p.row.eq(row0 + requested),       # truncated: rows wrap modulo N
             rd_req.p.bank.eq(rbank),
+            rd_req.p.col.eq(rcol),
             write.en.eq(is_mread & rd_data.valid),
             write.addr.eq(dst + written),
             write.data.eq(rd_data.payload),
@@ -244,7 +246,7 @@ class MatrixEngine(wiring.Component):
                   & (mr.nrows != 0)):
             m.d.sync += [
                 is_mread.eq(1),
-                dst.eq(mr.dst), row0.eq(mr.row0), nrows.eq(mr.nrows), rbank.eq(mr.bank),
+                dst.eq(mr.dst), row0.eq(mr.row0), nrows.eq(mr.nrows), rbank.eq(mr.bank), rcol.eq(mr.tr),
                 requested.eq(0), written.eq(0),
             ]
         return m

@@ -109,6 +109,8 @@ class FunctionalNode:
             self.acc[f["bank"]] = spec.block(base, a, b)
         elif op == Opcode.MREAD:
             acc = self.acc[f["bank"]]
+            if f["tr"]:
+                acc = acc.T         # the transposed readout: columns row0.. of the bank
             for r in range(f["nrows"]):
                 self.sram[f["dst"] + r] = word_from_lanes(acc[f["row0"] + r])
         elif op in isa.VECTOR_FAMILY:

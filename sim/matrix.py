@@ -208,11 +208,13 @@ class MatrixUnitRef:
                              f"{lo}..{hi}")
         return arr
 
-    def read_row(self, i: int, bank: int = 0) -> np.ndarray:
-        """Row i of accumulator bank `bank` (a copy): N lanes of raw bits, uint32."""
+    def read_row(self, i: int, bank: int = 0, col: bool = False) -> np.ndarray:
+        """Row i of accumulator bank `bank` (a copy): N lanes of raw bits, uint32; with `col`,
+        column i (lane j = acc[j][i], the transposed readout)."""
         if not isinstance(i, (int, np.integer)) or not 0 <= i < self.n:
             raise ValueError(f"row {i!r} is outside 0..{self.n - 1}")
-        return self._acc[self._bank(bank)][int(i)].copy()
+        acc = self._acc[self._bank(bank)]
+        return (acc[:, int(i)] if col else acc[int(i)]).copy()
 
     def run(self, beats: Iterable[tuple[Sequence[int], Sequence[int], bool]],
             dtype=ElemType.INT8, bank: int = 0) -> np.ndarray:

@@ -228,6 +228,7 @@ class MatrixEngineModel:
         self.slots = [[0, 0], [0, 0]]                  # slot -> [A word, B word]
         # MREAD registers
         self.rbank = 0
+        self.rcol = False         # MREAD tr: columns instead of rows
         self.dst = self.row0 = self.nrows = 0
         self.requested = 0
         self.written = 0
@@ -290,9 +291,9 @@ class MatrixEngineModel:
         return (np.frombuffer(b"".join(a_parts), dtype=element).reshape(-1, n),
                 np.frombuffer(b"".join(b_parts), dtype=element).reshape(-1, n))
 
-    def _read_row(self, row: int, bank: int) -> int:
+    def _read_row(self, row: int, bank: int, col: bool = False) -> int:
         self._flush(bank)
-        return word_from_lanes(self._unit.read_row(row, bank))
+        return word_from_lanes(self._unit.read_row(row, bank, col))
 
     # -- outputs from state ----------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class MatrixEngineModel:
         if write_granted:
             self.rd_word = None
         if row_accepted:
-            self.rd_word = self._read_row(row, self.rbank)
+            self.rd_word = self._read_row(row, self.rbank, self.rcol)
         self._shift_pipe(beat)
 
         # MATMUL registers
@@ -529,6 +530,7 @@ class MatrixEngineModel:
         if ins.op == Opcode.MREAD and ins.nrows:
             self.mread_on = True
             self.dst, self.row0, self.nrows, self.rbank = ins.dst, ins.row0, ins.nrows, ins.bank
+            self.rcol = bool(ins.tr)
             self.requested = self.written = 0
 
     # -- many cycles at once ---------------------------------------------------------------

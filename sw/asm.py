@@ -126,10 +126,13 @@ class Program:
         return self.emit(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype),
                          bank=bank)
 
-    def mread(self, dst: int, row0: int = 0, nrows: int | None = None, bank: int = 0):
-        """Rows row0.. of accumulator bank `bank` to SRAM words dst.. (all rows by default)."""
+    def mread(self, dst: int, row0: int = 0, nrows: int | None = None, bank: int = 0,
+              transpose: bool = False):
+        """Rows row0.. of accumulator bank `bank` to SRAM words dst.. (all rows by default);
+        `transpose`: its columns row0.. instead (word r lane i = acc[i][row0 + r])."""
         nrows = self.cfg.mac_dim - row0 if nrows is None else nrows
-        return self.emit(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank)
+        return self.emit(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank,
+                         tr=int(transpose))
 
     def vec(self, op, dst: int, a: int, b: int = 0, n: int = 1, bfix: bool = False):
         """n vector-unit operations word by word; `op` a VecOp or its name."""

@@ -16,10 +16,11 @@ and every timed execution (cycle model, RTL) must reproduce it, and it cannot de
   a later phase may arrive before one of an earlier phase, and must not satisfy its WAIT).
 
 The programs mix every instruction: MATMUL (INT8 and BF16, with and without clear, either
-accumulator bank), MREAD (any rows of either bank; and "ping-pong" runs, MATMUL into one bank, its
+accumulator bank), MREAD (any rows of either bank, a third transposed; and "ping-pong" runs, MATMUL into one bank, its
 MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b,
 REQUANT packing), FVEC (every FP32 op, fixed b, the reductions), FCVT (every conversion, stochastic
-rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals and sends to self)
+rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals and sends to self),
+SHAPE and shaped SENDs and MCASTs (gathers with any stride, a row repeated, scatters, zero rows)
 and WAIT, with ranges that often overlap inside the private half, to exercise the hazard check.
 Every node's whole SRAM is read back.
 
@@ -215,7 +216,8 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
         row0 = rng.randrange(cfg.mac_dim)
         nrows = rng.randint(1, cfg.mac_dim - row0)
         programs[node].mread(_span(rng, 0, half, nrows), row0, nrows,
-                             bank=rng.randrange(ACC_BANKS) if bank is None else bank)
+                             bank=rng.randrange(ACC_BANKS) if bank is None else bank,
+                             transpose=rng.random() < 0.3)
 
     def local_op(node, counts=(), loops=True):
         p = programs[node]

@@ -81,6 +81,8 @@ def run_kind(node, instr) -> list[str]:
         kinds[0] = f"STEP level {instr.level}"
     elif any(loops.offsets) and instr.op in isa.ADDRESS_SLOTS:
         kinds.append(f"stepped {instr.op.name}")
+    if instr.op == Opcode.MREAD and instr.tr:
+        kinds.append("MREAD transposed")
     if instr.op in isa.SHAPED_OPS and instr.shaped:
         extent = isa.dma_extent(instr)
         kinds.append(f"shaped {instr.op.name}")

@@ -607,3 +607,32 @@ def test_assembler_shape_and_shaped_sends():
     text = disassemble(p.words)
     assert "SHAPE" in text and "shaped=1" in text
     assert assemble(TINY, text).words == p.words
+
+
+def test_interpreter_transposed_readout_and_a_transpose_through_the_bank():
+    """MREAD tr writes the columns of the bank: (A @ B)^T; with A the identity, B^T itself (a
+    block transposed on the tile, exact)."""
+    cfg = TINY
+    rng = np.random.default_rng(bench_seed())
+    n = cfg.mac_dim
+    k = MATRIX_TYPES[ElemType.INT8].vectors_per_word(cfg)      # one word per operand
+    a = rng.integers(-128, 128, size=(n, k))
+    b = rng.integers(-128, 128, size=(k, n))
+    eye = np.eye(n, k, dtype=np.int64)
+    tp = TileProgram(cfg)
+    tp.load((0, 0), 0, operand_words(cfg, a.T) + operand_words(cfg, eye.T))
+    tp.load((0, 0), 16, operand_words(cfg, b))
+    p = tp.node(0, 0)
+    p.matmul(0, 16, 1, clear=True, bank=1)
+    p.mread(32, bank=1, transpose=True)
+    p.mread(40, row0=1, nrows=2, bank=1)                     # rows, for comparison
+    p.matmul(1, 16, 1, clear=True, bank=0)
+    p.mread(48, row0=1, nrows=3, transpose=True)
+    p.halt()
+    tp.read((0, 0), 32, 24)
+    words = interpret(tp).reads[((0, 0), 32, 24)]
+    lanes = np.array([lanes_from_word(w, n) for w in words])
+    c = a @ b
+    assert np.array_equal(lanes[0:n], c.T)
+    assert np.array_equal(lanes[8:10], c[1:3])
+    assert np.array_equal(lanes[16:19], b.T[1:4])

@@ -339,3 +339,58 @@ def test_pipeline_depth_comes_from_the_table(depth, monkeypatch, rng):
     for row, cycle in enumerate(log["requests"]):
         assert log["rows"][cycle + READOUT_LATENCY] == expected[row].tolist(), (
             f"depth {depth}: row {row}")
+
+
+def test_transposed_readout_reads_columns(rng):
+    """`rd_req.col`: the unit returns column i of the bank (lane j = acc[j][i]) with the row
+    readout's timing; the model's `read_row(i, bank, col=True)` is the same column; both
+    against A @ B of NumPy (int32, exact)."""
+    from amaranth.sim import Simulator
+
+    cfg = TileConfig.preset("tiny")
+    n, k = cfg.mac_dim, 3
+    A, B = random_int8(rng, n, k), random_int8(rng, k, n)
+    beats = outer_product_beats(A, B)
+    expected = (A.astype(np.int32) @ B).view(np.uint32)
+    ref = MatrixUnitRef(cfg)
+    ref.run(((a, b, i == 0) for i, (a, b) in enumerate(beats)), bank=1)
+    for i in range(n):
+        assert np.array_equal(ref.read_row(i, 1, col=True), expected[:, i]), f"column {i}"
+        assert np.array_equal(ref.read_row(i, 1), expected[i]), f"row {i}"
+    unit = MatrixUnit(cfg)
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(unit.rd_data.ready, 1)
+        for cycle, (a, b) in enumerate(beats):
+            ctx.set(unit.operands.valid, 1)
+            ctx.set(unit.operands.payload.as_value(),
+                    pack_operands(cfg, a, b, cycle == 0, bank=1))
+            await ctx.tick()
+        ctx.set(unit.operands.valid, 0)
+        requests = [(i, col) for i in range(n) for col in (1, 0)]
+        pending = None
+        while requests or ctx.get(unit.rd_data.valid):
+            if ctx.get(unit.rd_data.valid):
+                got[pending] = list(ctx.get(unit.rd_data.payload))
+            if requests:
+                i, col = requests[0]
+                ctx.set(unit.rd_req.valid, 1)
+                ctx.set(unit.rd_req.p.row, i)
+                ctx.set(unit.rd_req.p.bank, 1)
+                ctx.set(unit.rd_req.p.col, col)
+                taken = ctx.get(unit.rd_req.ready)
+            else:
+                ctx.set(unit.rd_req.valid, 0)
+                taken = False
+            await ctx.tick()
+            pending = requests.pop(0) if taken else None
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(got) == 2 * n
+    for (i, col), lanes in got.items():
+        want = expected[:, i] if col else expected[i]
+        assert lanes == want.tolist(), f"{'column' if col else 'row'} {i}"

@@ -398,7 +398,8 @@ def test_verify_with_a_fixed_seed():
                  # multicasts along rows and columns
                  "MCAST ROW", "MCAST COLUMN",
                  # shaped transfers: gathers, zero rows, scatters (a packet per row)
-                 "shaped SEND", "shaped SEND zero", "shaped SEND scatter", "shaped MCAST"):
+                 "shaped SEND", "shaped SEND zero", "shaped SEND scatter", "shaped MCAST",
+                 "MREAD transposed"):
         assert report.exercised[kind] > 0, (kind, report.exercised)
 
 

@@ -78,8 +78,8 @@ def matmul(a, b, kw, clear, dtype=ElemType.INT8, bank=0) -> int:
     return encode(Opcode.MATMUL, a=a, b=b, kw=kw, clear=int(clear), type=int(dtype), bank=bank)
 
 
-def mread(dst, row0, nrows, bank=0) -> int:
-    return encode(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank)
+def mread(dst, row0, nrows, bank=0, tr=0) -> int:
+    return encode(Opcode.MREAD, dst=dst, row0=row0, nrows=nrows, bank=bank, tr=tr)
 
 
 def is_mread(word: int) -> bool:
@@ -166,7 +166,8 @@ class MxuLockstep:
     def random_mread(self) -> int:
         row0 = self.rng.randrange(self.n)
         nrows = self.rng.randint(1, self.n - row0)
-        return mread(self.random_range(nrows), row0, nrows, self.rng.randrange(ACC_BANKS))
+        return mread(self.random_range(nrows), row0, nrows, self.rng.randrange(ACC_BANKS),
+                     tr=int(self.rng.random() < 0.3))     # a third of them transposed
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -433,10 +434,12 @@ class MxuLockstep:
             self.hot_banks = sorted({self.bank_of((x + w) % cfg.sram_words)
                                      for x in (ins.a, ins.b) for w in (0, ins.kw - 1)})
         else:
+            acc = self.acc[ins.bank]
+            if ins.tr:          # the transposed readout: columns
+                acc = acc.T
             for r in range(ins.nrows):
                 row = (ins.row0 + r) % self.n
-                self.functional[(ins.dst + r) % cfg.sram_words] = word_from_lanes(
-                    self.acc[ins.bank][row])
+                self.functional[(ins.dst + r) % cfg.sram_words] = word_from_lanes(acc[row])
             self.hot_banks = sorted({self.bank_of((ins.dst + r) % cfg.sram_words)
                                      for r in (0, ins.nrows - 1)})
 
