@@ -60,7 +60,8 @@ def build(cfg: TileConfig, m: int, k: int, n: int, seed: int, dtype=ElemType.INT
 
 
 def load_flits(tp) -> dict:
-    """Flits the host sends on each row link before the nodes run (HostDriver's load phase)."""
+    """Flits the host sends on each row link before the nodes run (HostDriver's load phase), and
+    the flits of the feeds it sends after the STARTs (`fed`)."""
     per_row = {}
     for (x, y) in tp.nodes:
         words = len(tp.words_of((x, y)))
@@ -71,6 +72,9 @@ def load_flits(tp) -> dict:
             row["data"] += len(data)
             row["headers"] += ceil(len(data) / CHUNK)
         row["starts"] += 1
+    for (x, y), _, data, _ in tp.image().feeds:
+        row = per_row[y]
+        row["fed"] = row.get("fed", 0) + len(data) + ceil(len(data) / CHUNK)
     return per_row
 
 
@@ -172,9 +176,11 @@ def report(case: dict, out=print) -> None:
 
 
 def load_flits_text(load: dict) -> str:
-    worst = max(load.values(), key=lambda r: sum(r.values()))
-    return (f"{sum(worst.values())} flits per row link: programs {worst['programs']}, data "
-            f"{worst['data']}, headers {worst['headers']}, STARTs {worst['starts']}")
+    worst = max(load.values(), key=lambda r: sum(v for k, v in r.items() if k != "fed"))
+    fed = max(row.get("fed", 0) for row in load.values())
+    return (f"{sum(v for k, v in worst.items() if k != 'fed')} flits per row link: programs "
+            f"{worst['programs']}, data {worst['data']}, headers {worst['headers']}, STARTs "
+            f"{worst['starts']}; then {fed} flits of data fed while it runs")
 
 
 def main(argv=None) -> int:

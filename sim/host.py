@@ -7,8 +7,11 @@ and out of its EAST output. Host coordinates are (cols, y). A run is, per row li
 1. LOAD: for every node of the row (west to east), its program (IMEM packets) and its data
    (WRITE packets without a counter bump), in chunks of at most `CHUNK` words; then a START
    packet for every node of the row.
-2. RUN: the host waits for one DONE packet from every node (a node sends it when it halts or
-   faults).
+2. FEED and RUN: after the STARTs, the *feeds* of the row's nodes, in the program's order
+   (`TileImage.feeds`): data written while the nodes run, each region in WRITE packets of at
+   most `CHUNK` words whose last one bumps the region's counter, so a node WAITs on the counter
+   before it uses the region. The host waits for one DONE packet from every node (a node sends
+   it when it halts or faults).
 3. READBACK: the cycle after the last DONE arrives, READ packets for every region the program
    asks for and a READ_CTRS for every node; the run ends when every REPLY has arrived.
 
@@ -40,13 +43,16 @@ DEFAULT_HANG_CYCLES = 2000
 @dataclass
 class TileImage:
     """What a run loads into a tile and reads back, as plain data: every node's program words,
-    the SRAM words loaded before the start and the regions read back after the last DONE. The
-    host driver, the interpreter and the Verilator bench read this (a `d1tile.sw.program.
-    TileProgram`, which builds programs, has the same attributes and JSON form)."""
+    the SRAM words loaded before the start, the feeds (words written after the
+    start, in order, each region bumping a counter on its node when it has arrived) and the
+    regions read back after the last DONE. The host driver, the interpreter and the Verilator
+    bench read this (a `d1tile.sw.program.TileProgram`, which builds programs, has the same
+    attributes and JSON form)."""
     cfg: TileConfig
     programs: dict = field(default_factory=dict)   # (x, y) -> [instruction words]
     loads: dict = field(default_factory=dict)      # (x, y) -> [(addr, [words])]
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
+    feeds: list = field(default_factory=list)      # [((x, y), addr, [words], counter)], in order
 
     @property
     def nodes(self) -> list[tuple[int, int]]:
@@ -64,6 +70,7 @@ class TileImage:
             "programs": {key(n): list(words) for n, words in self.programs.items()},
             "loads": {key(n): regions for n, regions in self.loads.items()},
             "reads": {key(n): regions for n, regions in self.reads.items()},
+            "feeds": [[key(n), addr, list(words), counter] for n, addr, words, counter in self.feeds],
         })
 
     @classmethod
@@ -74,7 +81,9 @@ class TileImage:
         return cls(cfg,
                    {node(k): [int(w) for w in words] for k, words in data["programs"].items()},
                    {node(k): [(a, list(w)) for a, w in v] for k, v in data["loads"].items()},
-                   {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()})
+                   {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()},
+                   [(node(k), int(a), [int(w) for w in words], int(c))
+                    for k, a, words, c in data.get("feeds", [])])
 
 
 def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tuple[int, int],
@@ -183,6 +192,11 @@ class HostDriver:
                                body=data[start:start + CHUNK])
         for node in tile_program.nodes:
             self._send(node, PacketKind.START)
+        for node, addr, data, counter in tile_program.feeds:
+            for start in range(0, len(data), CHUNK):
+                last = start + CHUNK >= len(data)
+                self._send(node, PacketKind.WRITE, addr=addr + start,
+                           body=data[start:start + CHUNK], counter=counter, bump=int(last))
         self.reports = {node: NodeReport() for node in tile_program.nodes}
         self.pending_done = set(tile_program.nodes)
         self.pending_replies: dict = {}   # (node, tag) -> (addr, n) or "ctrs"

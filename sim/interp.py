@@ -156,6 +156,12 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
         for addr, words in tile_program.loads.get(node, []):
             sram[addr:addr + len(words)] = words
         tile[node] = FunctionalNode(cfg, list(tile_program.words_of(node)), sram, node=node)
+    # The feeds arrive while the nodes run, each region before its counter's bump: functionally
+    # they are all there from the start, their bumps counted (a program that reads a region
+    # before its WAIT races the host, and is wrong on the tile).
+    for node, addr, words, counter in tile_program.feeds:
+        tile[node].sram[addr:addr + len(words)] = words
+        tile[node].counters[counter] = (tile[node].counters[counter] + 1) % 2**isa.SYNC_COUNTER_BITS
     steps = 0
     deadlock = None
     while True:

@@ -22,6 +22,12 @@ docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells th
 * **Weights** are resident: the host loads each feature block's W words (and, for quantised
   layers, its N bias words) once, into the staging region of one *owner* node of the row
   (blocks dealt round-robin over the row's active columns).
+* **Feeds.** The weight blocks and host input segments that a node first SENDs before its
+  first MATMUL (slot -1) are loaded before the START; every other one is fed while the nodes
+  run (`TileProgram.feed`, `expect_feed`): it bumps `HOST_COUNTER` on its holder when it has
+  arrived, and the holder WAITs on it once, before the region's first SEND. The host sends a
+  row's feeds in the order of those SENDs (layer, then slot), so the rest of the data streams
+  in beside the MATMULs.
 * **Gather.** Every node SENDs what it holds to the nodes that need it: activation segments
   along its column, weight blocks along its row, itself included (a SEND to itself is a local
   copy through its router). Receivers WAIT on one counter per sender (weights from column x' on
@@ -37,8 +43,10 @@ docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells th
   SRAM read cycles from a MATMUL; results (MREAD rows) go to banks of a third class.
 
 Programs are deadlock-free by construction: a message is sent in a slot no later than the tile
-before its first use, and sends never wait on anything, so every node can always reach the
-WAITs of its next tile (induction over tiles, then over layers).
+before its first use, and sends wait on nothing but the host's feeds (which the host sends
+unconditionally after the STARTs, and which always arrive: XY routing, DMA-in always drains),
+so every node can always reach the WAITs of its next tile (induction over tiles, then over
+layers).
 
 Typical use (a lowering chains layers; the plain GEMM is the benchmark's kernel)::
 
@@ -101,6 +109,10 @@ STAGE = "stage"       # read by DMA-out (SEND sources): activation chunks, weigh
 OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA-in
 RESULT = "result"     # written by MREAD, read by the vector unit or the host
 AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}}
+
+HOST_COUNTER = SYNC_COUNTERS - 1
+"""The sync counter the host's feeds bump (weight blocks and inputs fed after the START); the
+gather uses counters 0 .. rows + cols - 1."""
 
 
 def split_even(count: int, parts: int) -> list[tuple[int, int]]:
@@ -165,6 +177,7 @@ class ActivationLayout:
     blocks: tuple[tuple[int, int], ...]
     segments: dict
     dtype: ElemType = ElemType.INT8
+    fed: bool = False          # a host input: its segments are fed after the START
 
     @property
     def mtype(self) -> MatrixType:
@@ -404,9 +417,10 @@ class KernelBuilder:
     def __init__(self, cfg: TileConfig, tile_program: TileProgram | None = None):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
-        if cfg.rows + cfg.cols > SYNC_COUNTERS:
-            raise CompileError(f"the GEMM kernels need rows + cols <= {SYNC_COUNTERS} sync counters; "
-                               f"the grid is {cfg.rows}x{cfg.cols}")
+        if cfg.rows + cfg.cols > HOST_COUNTER:
+            raise CompileError(f"the GEMM kernels need rows + cols <= {HOST_COUNTER} sync "
+                               f"counters (one more feeds the host's data); the grid is "
+                               f"{cfg.rows}x{cfg.cols}")
         self.cfg = cfg
         self.tp = tile_program if tile_program is not None else TileProgram(cfg)
         if self.tp.cfg != cfg:
@@ -416,6 +430,11 @@ class KernelBuilder:
         self._names: set = set()
         self._finished = False
         self.layers: list[LayerPlan] = []    # every layer's plan and messages, for reports
+        # Regions fed by the host that no SEND has used yet: node -> {addr: words (weights) or
+        # n (an input's segment, whose words come with `load_activation`)}; and every region
+        # ever registered (an input read by two layers is fed once).
+        self._unfed: dict = {node: {} for node in self.tp.nodes}
+        self._fed: set = set()
 
     # -- activations -------------------------------------------------------------------------
 
@@ -466,7 +485,7 @@ class KernelBuilder:
                 addr += k1 - k0
             segments[node] = tuple(segs)
         return ActivationLayout(cfg, name, int(batch), int(features), kwords, blocks, segments,
-                                dtype)
+                                dtype, fed=True)
 
     def read(self, what) -> None:
         """Ask for an activation or a GEMM result to be read back after the run."""
@@ -621,6 +640,7 @@ class KernelBuilder:
         self._check_instruction_memory(layer)
         self._place_regions(layer)
         self._load_weights(layer, wpad, bias)
+        self._register_inputs(layer)
         self._gather(layer)
         mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
                                / len(layer.kruns)))
@@ -746,6 +766,14 @@ class KernelBuilder:
                 for seg in segs:
                     for y in layer.active_rows:
                         waits[(x, y)].add((layer.first_x[((x, y), seg.block)], cols + ys))
+        first_slot = {}                  # one WAIT on HOST_COUNTER per fed region
+        for m in layer.messages:
+            if m.src in self._unfed[m.sender]:
+                key = (m.sender, m.src)
+                first_slot[key] = min(first_slot.get(key, m.slot), m.slot)
+        for (sender, src), slot in first_slot.items():
+            if slot >= 0:
+                waits[sender].add(("host", src))
         for node in self.tp.nodes:
             count[node] += len(waits[node]) + 1
         return count, waits
@@ -818,8 +846,19 @@ class KernelBuilder:
                     hi = min(layer.features, (i + 1) * n)
                     b[:hi - i * n] = np.asarray(bias)[i * n:hi]
                     words += [word_from_lanes([v] * n) for v in b]
-            if words:
-                self.tp.load(node, p.w_stage, words)
+            for k in range(len(p.owned)):       # fed at their first SEND (`_emit_layer`)
+                addr = p.w_stage + k * layer.wstride
+                self._unfed[node][addr] = words[k * layer.wstride:(k + 1) * layer.wstride]
+
+    def _register_inputs(self, layer: LayerPlan) -> None:
+        """The segments of the layer's host inputs that are not fed yet become fed regions."""
+        for layout in layer.inputs:
+            if layout.fed:
+                for node, segs in layout.segments.items():
+                    for seg in segs:
+                        if (node, seg.addr) not in self._fed:
+                            self._fed.add((node, seg.addr))
+                            self._unfed[node][seg.addr] = seg.words
 
     def _gather(self, layer: LayerPlan) -> None:
         """Every message of the layer: each weight block from its owner to every node of the
@@ -875,6 +914,17 @@ class KernelBuilder:
 
             def send_slot(slot):
                 for m in sends[node].get(slot, []):
+                    fed = self._unfed[node].pop(m.src, None)
+                    if fed is not None and slot < 0:     # needed first: loaded before START
+                        if not isinstance(fed, int):
+                            self.tp.load(node, m.src, fed)
+                    elif fed is not None:
+                        key = (len(self.layers), slot)
+                        if isinstance(fed, int):
+                            self.tp.expect_feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
+                        else:
+                            self.tp.feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
+                        emit("wait", HOST_COUNTER, 1)
                     emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)
 
             def acc(t):
@@ -1057,9 +1107,12 @@ def pack_activation(layout: ActivationLayout, x) -> dict:
 
 
 def load_activation(tile_program: TileProgram, layout: ActivationLayout, x) -> None:
-    """Add the host loads that put `x` on the tile in `layout` (an input of the program)."""
+    """Add the host loads that put `x` on the tile in `layout` (an input of the program): one
+    per segment, each the feed the program expects (`KernelBuilder`) or a load before the start."""
     for node, (addr, words) in pack_activation(layout, x).items():
-        tile_program.load(node, addr, words)
+        for seg in layout.segments[node]:
+            k = seg.addr - addr
+            tile_program.load(node, seg.addr, words[k:k + seg.words])
 
 
 def _reads(result) -> dict:

@@ -5,6 +5,13 @@
     p.matmul(0, 64, 16, clear=True); p.mread(128); p.halt()
     tp.load((0, 0), 0, a_words)    # SRAM words loaded before the start
     tp.read((0, 0), 128, 8)        # SRAM words read back after every node has halted
+    tp.feed((0, 0), 200, words, counter=31)   # words written after the START (bumps counter 31)
+
+Feeds are what lets a node start before all of its data is there (the GEMM kernels use them
+for weights and inputs): the host sends them after the STARTs, in the order of their `key`
+(then of the calls), each region bumping its counter once when it has arrived. A compiler that
+knows a region's place but not yet its words (an input) declares it with `expect_feed`; the
+`load` of those words later becomes the feed.
 
 Every node of the grid runs a program; a node without one gets a lone HALT.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from d1tile.formats import SYNC_COUNTER_ID_BITS
 from d1tile.params import TileConfig
 from d1tile.sim.host import TileImage
 from d1tile.sw.asm import Program
@@ -31,6 +39,8 @@ class TileProgram:
     programs: dict = field(default_factory=dict)   # (x, y) -> Program
     loads: dict = field(default_factory=dict)      # (x, y) -> [(addr, [words])]
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
+    feed_list: list = field(default_factory=list)  # [(key, seq, (x, y), addr, [words], counter)]
+    expected: dict = field(default_factory=dict)   # ((x, y), addr) -> (n, counter, key, seq)
 
     def _check_node(self, node) -> tuple[int, int]:
         x, y = node
@@ -49,16 +59,71 @@ class TileProgram:
             self.programs[node] = Program(self.cfg)
         return self.programs[node]
 
-    def load(self, node, addr: int, words) -> None:
-        node = self._check_node(node)
+    def _checked(self, node, addr: int, words, what: str) -> list[int]:
         words = [int(w) for w in words]
-        self._check_range(node, addr, len(words), "load")
+        self._check_range(node, addr, len(words), what)
         limit = 1 << self.cfg.word_bits
         for i, word in enumerate(words):
             if not 0 <= word < limit:
-                raise ProgramError(f"load word {i} for node {node} is not a {self.cfg.word_bits}"
+                raise ProgramError(f"{what} word {i} for node {node} is not a {self.cfg.word_bits}"
                                    "-bit unsigned value")
-        self.loads.setdefault(node, []).append((addr, words))
+        return words
+
+    def load(self, node, addr: int, words) -> None:
+        """SRAM words loaded before the start; or, for a region declared by `expect_feed`, its
+        feed (the words must fill it exactly)."""
+        node = self._check_node(node)
+        expected = self.expected.pop((node, addr), None)
+        if expected is not None:
+            n, counter, key, seq = expected
+            words = self._checked(node, addr, words, "load")
+            if len(words) != n:
+                self.expected[(node, addr)] = expected
+                raise ProgramError(f"the program expects {n} words fed at {addr} on node {node}, "
+                                   f"not {len(words)}")
+            self.feed_list.append((key, seq, node, addr, words, counter))
+            return
+        self.loads.setdefault(node, []).append((addr, self._checked(node, addr, words, "load")))
+
+    def _feed_key(self, counter: int, key) -> tuple:
+        if not 0 <= counter < 1 << SYNC_COUNTER_ID_BITS:
+            raise ProgramError(f"feed counter {counter} is not one of the node's "
+                               f"{1 << SYNC_COUNTER_ID_BITS} sync counters")
+        return tuple(key) if isinstance(key, (tuple, list)) else (key,)
+
+    def feed(self, node, addr: int, words, *, counter: int, key=()) -> None:
+        """Words the host writes at `addr` after the STARTs, bumping `counter` on the node once
+        they have all arrived; feeds go in the order of `key` (any tuple of numbers), then of
+        the calls."""
+        node = self._check_node(node)
+        key = self._feed_key(counter, key)
+        words = self._checked(node, addr, words, "feed")
+        self.feed_list.append((key, len(self.feed_list) + len(self.expected), node, addr, words,
+                               counter))
+
+    def expect_feed(self, node, addr: int, n: int, *, counter: int, key=()) -> None:
+        """Declare a feed whose words a later `load(node, addr, words)` of exactly n words
+        gives (an input known by place before its values)."""
+        node = self._check_node(node)
+        key = self._feed_key(counter, key)
+        self._check_range(node, addr, n, "feed")
+        if (node, addr) in self.expected:
+            raise ProgramError(f"a feed at {addr} on node {node} is already expected")
+        self.expected[(node, addr)] = (n, counter, key,
+                                       len(self.feed_list) + len(self.expected))
+
+    @property
+    def feeds(self) -> list:
+        """[((x, y), addr, [words], counter)] in the order the host sends them. Raises
+        ProgramError while a declared feed has not been loaded."""
+        if self.expected:
+            (node, addr), (n, *_) = next(iter(sorted(self.expected.items())))
+            raise ProgramError(f"node {node} expects {n} words fed at {addr} and "
+                               f"{len(self.expected) - 1} more regions that were not loaded "
+                               "(load the program's inputs before running it)")
+        return [(node, addr, words, counter)
+                for _, _, node, addr, words, counter in sorted(self.feed_list,
+                                                               key=lambda f: (f[0], f[1]))]
 
     def read(self, node, addr: int, n: int) -> None:
         node = self._check_node(node)
@@ -80,7 +145,7 @@ class TileProgram:
     def image(self) -> TileImage:
         """The program as plain data (`d1tile.sim.host.TileImage`)."""
         return TileImage(self.cfg, {n: self.words_of(n) for n in self.programs},
-                         self.loads, self.reads)
+                         self.loads, self.reads, self.feeds)
 
     def to_json(self) -> str:
         """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
@@ -95,4 +160,6 @@ class TileProgram:
             program.words = words
             tp.programs[node] = program
         tp.loads, tp.reads = image.loads, image.reads
+        tp.feed_list = [((), seq, node, addr, words, counter)
+                        for seq, (node, addr, words, counter) in enumerate(image.feeds)]
         return tp

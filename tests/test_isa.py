@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import bench_seed
-from d1tile.formats import bytes_from_word, lanes_from_word, word_from_bytes
+from d1tile.formats import PacketKind, bytes_from_word, lanes_from_word, word_from_bytes
 from d1tile.isa import VecOp
 from d1tile.params import TileConfig
 from d1tile import isa
+from d1tile.sim.host import HostDriver
 from d1tile.sim.interp import interpret
+from d1tile.sim.tile import TileModel
 from d1tile.isa import FaultCode, FVecOp, Opcode, Ranges, SetrReg, overlaps
 from d1tile import numerics as nx
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
@@ -366,6 +368,55 @@ def test_tile_program_rejects_bad_regions():
         tp.load((0, 0), 250, [0] * 7)
     with pytest.raises(ProgramError, match="read of 3 words at 254"):
         tp.read((1, 1), 254, 3)
+
+
+def test_tile_program_feeds_go_in_key_order_and_must_be_loaded():
+    tp = TileProgram(TINY)
+    tp.feed((0, 0), 10, [1, 2], counter=31, key=(1, 0))
+    tp.expect_feed((1, 0), 20, 3, counter=30, key=(0, 5))
+    tp.feed((0, 1), 30, [4], counter=31, key=(0, 5))      # same key: after the earlier call
+    with pytest.raises(ProgramError, match=r"node \(1, 0\) expects 3 words fed at 20"):
+        tp.image()
+    with pytest.raises(ProgramError, match=r"expects 3 words fed at 20 on node \(1, 0\), not 2"):
+        tp.load((1, 0), 20, [7, 8])
+    tp.load((1, 0), 20, [7, 8, 9])                        # the expected feed, not a load
+    assert tp.loads == {}
+    order = [((1, 0), 20, [7, 8, 9], 30), ((0, 1), 30, [4], 31), ((0, 0), 10, [1, 2], 31)]
+    assert tp.image().feeds == order
+    assert TileProgram.from_json(tp.to_json()).image().feeds == order
+    with pytest.raises(ProgramError, match="feed counter 32 is not one of the node's 32"):
+        tp.feed((0, 0), 0, [0], counter=32)
+    with pytest.raises(ProgramError, match="already expected"):
+        tp.expect_feed((0, 0), 40, 1, counter=1)
+        tp.expect_feed((0, 0), 40, 2, counter=1)
+
+
+def test_feeds_arrive_after_the_start_and_bump_their_counter():
+    """Node (1, 1) WAITs for two fed regions (70 words: two packets for the first), then
+    copies them; the host sends them after every START, so the node has been running."""
+    tp = TileProgram(TINY)
+    first, second = list(range(1, 71)), [99]
+    tp.feed((1, 1), 0, first, counter=31)
+    tp.feed((1, 1), 80, second, counter=31)
+    p = tp.node(1, 1)
+    p.wait(31, 2)
+    p.send(0, 70, (1, 1), 100, counter=0)
+    p.send(80, 1, (1, 1), 180, counter=0)
+    p.wait(0, 2)
+    p.halt()
+    tp.read((1, 1), 100, 81)
+    driver = HostDriver(TINY, tp.image())
+    kinds = [driver.header.unpack(driver.flit.get(f, "payload"))["kind"]
+             for f in driver.queues[1] if driver.flit.get(f, "head")]
+    assert kinds[-5:] == [PacketKind.START, PacketKind.START, PacketKind.WRITE,
+                          PacketKind.WRITE, PacketKind.WRITE]
+    result = TileModel(TINY).run(tp)
+    assert result.hang is None and not result.faults
+    assert result.reads[((1, 1), 100, 81)] == first + [0] * 10 + second
+    assert result.nodes[(1, 1)].counters["stall_wait"] > 70      # it waited for the feeds
+    functional = interpret(tp)
+    assert functional.reads == result.reads
+    assert functional.nodes[(1, 1)].counters[31] == 0
 
 
 # -- functional interpreter ----------------------------------------------------------------------

@@ -371,8 +371,10 @@ def test_instruction_memory_overflow_names_the_layer():
     small = TINY.replace(imem_words=16)
     kb = KernelBuilder(small)
     layout = kb.input("x", 64, 4)
+    # 289 + 6 WAITs on the host's feeds: node (0, 0) holds 4 weight and 4 activation blocks,
+    # the two its first tile needs are loaded before the START, the other 6 fed
     with pytest.raises(CompileError, match=r"layer 'wide' needs \d+ instructions on node "
-                                           r"\(\d, \d\) \(64 tiles: 289 instructions "
+                                           r"\(\d, \d\) \(64 tiles: 295 instructions "
                                            r"straight-line, \d+ rolled into loops, earlier "
                                            r"layers 0 and the HALT\), its instruction memory "
                                            r"holds 16"):
@@ -450,7 +452,9 @@ def test_256_cube_meets_the_utilisation_target():
     assert ideal / result.cycles >= 0.80, result.cycles
     for report in result.nodes.values():
         assert report.counters["sram_conflicts"] == 0
-        assert report.counters["stall_wait"] < 200, report.counters
+        # the waits include those for the host's feeds (data sent after the START, 520 flits
+        # per row link), which replace as many cycles of loading before the START
+        assert report.counters["stall_wait"] < 300, report.counters
 
 
 def test_send_schedule_keeps_due_order_and_deadlines():

@@ -15,6 +15,8 @@ from d1tile.sim.interp import interpret
 from d1tile.isa import FaultCode, Opcode, encode
 from d1tile.sim.tile import TileModel
 from d1tile.sw.asm import Program
+from d1tile.sw.kernels import (HOST_COUNTER, KernelBuilder, load_activation, reference_gemm,
+                               unpack_gemm)
 from d1tile.sw.program import TileProgram
 from d1tile.sw.verify import differences, verify
 from d1tile.sim.vector import requantize
@@ -304,6 +306,30 @@ def shaped_dma():
     return tp, check
 
 
+def fed_gemm():
+    """A GEMM compiled by `KernelBuilder` (32^3 int8): the data the nodes' first tiles need is
+    loaded before the START, the rest fed while they run (each region bumping the host counter
+    its holder WAITs on)."""
+    rng = np.random.default_rng(12)
+    x = rng.integers(-128, 128, size=(32, 32), dtype=np.int8)
+    w = rng.integers(-128, 128, size=(32, 32), dtype=np.int8)
+    kb = KernelBuilder(CFG)
+    layout = kb.input("x", 32, 32)
+    out = kb.gemm("g", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    feeds = tp.image().feeds
+    assert len(feeds) == 8 and all(counter == HOST_COUNTER for *_, counter in feeds)
+
+    def check(result):
+        assert np.array_equal(unpack_gemm(out, result), reference_gemm(x, w))
+        functional = interpret(tp)
+        assert functional.deadlock is None
+        assert {key: functional.reads[key] for key in result.reads} == result.reads
+    return tp, check
+
+
 def faults():
     """One fault of each kind on three nodes, and on the fourth a stepped instruction that
     faults inside a loop."""
@@ -353,7 +379,7 @@ def deadlock():
 
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
          "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
-         "multicast": multicast, "shaped_dma": shaped_dma,
+         "multicast": multicast, "shaped_dma": shaped_dma, "fed_gemm": fed_gemm,
          "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
