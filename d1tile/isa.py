@@ -43,8 +43,8 @@ a MATMUL and an MREAD of different banks run side by side.
 | 10 | `SETR reg, value` | sequencer | set the FP32 scalar q (reg 0) or reseed the stochastic-rounding generator (reg 1) |
 | 11 | `LOOP count, body` | sequencer | run the next `body` instructions `count` times (hardware loop) |
 | 12 | `STEP s0, s1, s2, level` | sequencer | advance the next instruction's address fields by s_k x (iteration of loop `level`) |
-| 13 | `MCAST src, n, col, first, last, dst, counter` | DMA | multicast: push words src.. to words dst.. of the nodes first..last of the node's own row (col = 0) or column (col = 1), one packet (`d1tile.formats.Multicast`), each receiver's counter bumped |
-| 14 | `SHAPE extra, sstride, dstride, zero` | sequencer | set the DMA shape register that shaped SENDs and MCASTs use (2-D strided, gather, scatter and zero-fill transfers) |
+| 13 | `MCAST src, n, col, first, last, dst, counter` | DMA | multicast: push words src.. to words dst.. of the nodes first..last of the node's own row (col = 0) or column (col = 1), one packet (`d1tile.formats.Multicast`), each receiver's counter bumped; shaped with a span, to a rectangle |
+| 14 | `SHAPE extra, sstride, dstride, zero, span, span_first, span_last` | sequencer | set the DMA shape register that shaped SENDs and MCASTs use (2-D strided, gather, scatter and zero-fill transfers; rectangle multicasts) |
 | 15 | undefined | | fault UNDEFINED |
 
 Shaped transfers (strided and gather DMA): SEND and MCAST have a `shaped` bit. With it, the
@@ -57,6 +57,14 @@ bumped by the last only (`dma_packets`): one bump per transfer either way. sstri
 a row (a broadcast), sstride = 1 with n = 1 gathers a column of a row-major array (a transpose
 at word granularity). The sequencer hands the engine the `EFFECTIVE_BITS` word (the shape in
 bits 64..), so that the shape a transfer runs with is the one of its issue.
+
+Rectangle multicast: a shaped MCAST whose shape has `span` = 1 delivers to the rectangle of its
+own range first..last (along its row, col = 0, or its column, col = 1) times span_first..
+span_last along the other dimension (`mcast_rectangle`): as one COLUMN multicast per column of
+the rectangle, west to east, each column's packets as the shape gives them (the source read
+again for each column), so every receiver gets the transfer once and its counter one bump.
+Each column's packets travel X to their column and then south, so the deadlock argument of the
+column multicast holds (docs/architecture.md). A shaped SEND with `span` set faults.
 
 Validity (checked when the instruction reaches issue; an invalid instruction faults the node,
 which stops and reports the fault, the pc and the offending value to the host). The checks of
@@ -77,14 +85,17 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
   b words only if it starts at or below them, and a fixed b must lie outside it. (The engine
   reads ahead of its writes, so a later element must never read what an earlier one wrote.) A
   reduction writes once, after its last read, so its destination may overlap anything.
-* SEND: x < cols and y < rows (else NODE, value x | y << 4); then the extent (`dma_extent`,
+* SEND: x < cols and y < rows (else NODE, value x | y << 4); no span (else FIELD, value 1);
+  then the extent (`dma_extent`,
   with the shape of a shaped SEND): src + extra * sstride + n <= sram_words unless `zero`
   (else ADDRESS, value src), dst + extra * dstride + n <= sram_words (else ADDRESS, value
   dst), and a one-packet transfer of at most 65535 words (else FIELD, value n; only an SRAM
   of 2**16 words can fail it). n = 0 sends no data, only the counter bump (a signal).
 * SETR: reg is 0 (q) or 1 (seed) (else FIELD, value reg).
 * MCAST: first <= last (else FIELD, value first); last < cols (a row) or < rows (a column)
-  (else NODE, value last); then the extent, as SEND's.
+  (else NODE, value last); with a span, span_first <= span_last (else FIELD, value
+  span_first) and span_last < rows (a row) or < cols (a column) (else NODE, value span_last);
+  then the extent, as SEND's.
 * LOOP: body >= 1 (else FIELD, value 0). Then, against the loop stack (`LoopControl.fault`, so
   the same whatever the count): fewer than LOOP_DEPTH loops open (else LOOP, value
   LOOP_DEPTH); the body ends inside the imem, pc + body < imem_words, and strictly inside the
@@ -111,7 +122,7 @@ __all__ = [
     "Instruction", "encode", "decode", "validate", "Ranges", "hazard_ranges", "overlaps",
     "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
     "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl", "mcast_receivers",
-    "SHAPE_FORMAT", "SHAPE_BITS", "SHAPED_OPS", "EFFECTIVE_BITS", "DmaExtent", "dma_extent",
+    "SHAPE_FORMAT", "SHAPE_FIELDS", "SHAPE_BITS", "mcast_rectangle", "SHAPED_OPS", "EFFECTIVE_BITS", "DmaExtent", "dma_extent",
     "dma_packets", "dma_source",
 ]
 
@@ -257,14 +268,17 @@ FORMATS: dict[Opcode, BitFormat] = {
                        Field("first", 4), Field("last", 4), Field("dst", A),
                        Field("counter", SYNC_COUNTER_ID_BITS), Field("shaped", 1)),
     Opcode.SHAPE: _fmt("SHAPE", Field("extra", 12), Field("sstride", A), Field("dstride", A),
-                       Field("zero", 1)),
+                       Field("zero", 1), Field("span", 1), Field("span_first", 4),
+                       Field("span_last", 4)),
 }
 assert all(f.width <= INSTR_BITS for f in FORMATS.values())
 
 SHAPE_FORMAT = BitFormat("dma_shape", list(FORMATS[Opcode.SHAPE].fields[1:]))
 """The DMA shape register (SHAPE's fields without the opcode): a shaped SEND or MCAST moves
 extra + 1 rows of n words, row r from src + r * sstride (zeros if `zero`) to
-dst + r * dstride. All zero (the value after START) is the plain one-row transfer."""
+dst + r * dstride; an MCAST with `span` goes to a rectangle (`mcast_rectangle`). All zero
+(the value after START) is the plain one-row transfer."""
+SHAPE_FIELDS = tuple(f.name for f in SHAPE_FORMAT.fields)
 SHAPE_BITS = SHAPE_FORMAT.width
 SHAPED_OPS = (Opcode.SEND, Opcode.MCAST)
 EFFECTIVE_BITS = INSTR_BITS + SHAPE_BITS
@@ -517,14 +531,19 @@ def _dma_checks(cfg, x, ops):
 def _send_checks(op, cfg, x, ops):
     return [
         ((x.x >= cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
+        (getattr(x, "span", 0) == 1, FaultCode.FIELD, 1),
         *_dma_checks(cfg, x, ops),
     ]
 
 
 def _mcast_checks(op, cfg, x, ops):
+    span = getattr(x, "span", 0) == 1
+    span_first, span_last = getattr(x, "span_first", 0), getattr(x, "span_last", 0)
     return [
         (x.first > x.last, FaultCode.FIELD, x.first),
         (x.last >= ops.mux(x.col, cfg.rows, cfg.cols), FaultCode.NODE, x.last),
+        (span & (span_first > span_last), FaultCode.FIELD, span_first),
+        (span & (span_last >= ops.mux(x.col, cfg.cols, cfg.rows)), FaultCode.NODE, span_last),
         *_dma_checks(cfg, x, ops),
     ]
 
@@ -591,13 +610,22 @@ def vector_op(instr: Instruction) -> VectorOp | None:
     return VECTOR_OPS.get(v.code) if v.defined else None
 
 
-def mcast_receivers(instr: Instruction, node: tuple[int, int]) -> list[tuple[int, int]]:
-    """The nodes an MCAST issued on `node` = (x, y) delivers to, in delivery order: first..last
-    of its row (col = 0) or of its column (col = 1)."""
+def mcast_rectangle(instr: Instruction, node: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1): the columns x0..x1 and rows y0..y1 an MCAST (its effective word)
+    issued on `node` = (x, y) delivers to. Without a span: first..last of the node's row
+    (col = 0) or column (col = 1); with one, span_first..span_last along the other dimension."""
     x, y = node
-    if instr.col:
-        return [(x, r) for r in range(instr.first, instr.last + 1)]
-    return [(c, y) for c in range(instr.first, instr.last + 1)]
+    here = (x, x) if instr.col else (y, y)
+    other = (instr.span_first, instr.span_last) if getattr(instr, "span", 0) else here
+    run = (instr.first, instr.last)
+    return (*other, *run) if instr.col else (*run, *other)
+
+
+def mcast_receivers(instr: Instruction, node: tuple[int, int]) -> list[tuple[int, int]]:
+    """The nodes an MCAST issued on `node` = (x, y) delivers to, in delivery order: column by
+    column from west to east, each from north to south (`mcast_rectangle`)."""
+    x0, x1, y0, y1 = mcast_rectangle(instr, node)
+    return [(c, r) for c in range(x0, x1 + 1) for r in range(y0, y1 + 1)]
 
 
 def stepped(word: int, offsets) -> int:

@@ -11,7 +11,23 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 
 
-__all__ = ["IsaLogic"]
+from d1tile.isa import SHAPE_FIELDS
+
+__all__ = ["IsaLogic", "ShapedView"]
+
+
+class ShapedView:
+    """A SEND or MCAST view with the shape register's fields beside its own (the HDL form of
+    an effective word, `d1tile.isa.decode`), for the rules that take the shape
+    (`isa.dma_extent`, the checks)."""
+
+    def __init__(self, fields, shape):
+        self._fields, self._shape = fields, shape
+
+    def __getattr__(self, name):
+        if name in SHAPE_FIELDS:
+            return getattr(self._shape, name)
+        return getattr(self._fields, name)
 
 
 class IsaLogic:

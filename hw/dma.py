@@ -19,8 +19,9 @@ from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketK
 from d1tile.params import TileConfig
 from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, check_node,
                               counter_words, reply_request_format)
-from d1tile.isa import FORMATS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode
+from d1tile.isa import FORMATS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, dma_extent
 
+from .decode import IsaLogic, ShapedView
 from .sequencer import EngineCommand, ImemWritePort
 from .sram import SRAMReadPort, SRAMWritePort
 
@@ -57,7 +58,8 @@ class DmaOut(_DmaPart):
         From the sequencer: `start`, `instr` (SEND -> WRITE packet; MCAST -> the same packet as
         a ROW or COLUMN multicast; HALT -> DONE packet with `status`, `pc`, `info`), `shape`
         (a shaped SEND's or MCAST's rows, `d1tile.isa.SHAPE_FORMAT`: gathered row by row, zero
-        rows without reads, a packet per row when the destination is not contiguous), and
+        rows without reads, a packet per row when the destination is not contiguous; an
+        MCAST with a span: a rectangle, one COLUMN multicast per column), and
         `idle` (out) = no job running and no reply hand-off offered.
     read : Out(SRAMReadPort.Signature(cfg))
         The node SRAM read port (port 0 in the node).
@@ -96,6 +98,7 @@ class DmaOut(_DmaPart):
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
+        hdl = IsaLogic(m, "dma")
         header_fmt = packet_header_format(cfg)
         send_fmt = FORMATS[Opcode.SEND]
         mcast_fmt = FORMATS[Opcode.MCAST]
@@ -118,7 +121,14 @@ class DmaOut(_DmaPart):
         sstride = Signal(16)
         dstride = Signal(16)
         pkts_left = Signal(12)                        # packets after the current one
-        pkt_len = Signal(16)                          # their body length
+        # A rectangle multicast: the columns after the current one, and what restarts the job
+        # for the next (its first packet's address, length and bump; the fetch; the packets).
+        cols_left = Signal(cfg.coord_bits)
+        col_addr = Signal(16)
+        col_single = Signal()
+        col_fetch = Signal(16)
+        col_count = Signal(16)
+        col_pkts = Signal(12)
         in_flight = Signal()                          # a read was granted in the last cycle
 
         # -- outputs (state only) --------------------------------------------------------
@@ -187,16 +197,34 @@ class DmaOut(_DmaPart):
                 m.d.sync += send_left.eq(send_left - 1)
                 m.d.comb += ends.eq(send_left == 1)
         with m.If(ends):
-            with m.If(pkts_left == 0):
+            with m.If((pkts_left == 0) & (cols_left != 0)):
+                # The next column (`d1tile.sim.dma.DmaOutModel._next_column`): nothing is
+                # fetched or in flight now (the tail was the last word), so the fetch restarts.
+                # Length and tail are those of the first packet already (every packet of a
+                # transfer has n words, or there is one packet).
+                m.d.sync += [
+                    cols_left.eq(cols_left - 1),
+                    head_pending.eq(1),
+                    header.dst_x.eq(header.dst_x + 1),
+                    hdr.addr.eq(col_addr),
+                    hdr.bump.eq(col_single),
+                    send_left.eq(hdr.length),
+                    pkts_left.eq(col_pkts),
+                    fetch_addr.eq(col_fetch),
+                    row_start.eq(col_fetch),
+                    row_left.eq(row_len),
+                    fetch_left.eq(col_count),
+                ]
+            with m.Elif(pkts_left == 0):
                 m.d.sync += active.eq(0)
             with m.Else():
                 m.d.sync += [
                     pkts_left.eq(pkts_left - 1),
                     head_pending.eq(1),
-                    header.tail.eq(pkt_len == 0),
+                    header.tail.eq(row_len == 0),      # a row's packet: n words
                     hdr.addr.eq(hdr.addr + dstride),
                     hdr.bump.eq(pkts_left == 1),
-                    send_left.eq(pkt_len),
+                    send_left.eq(row_len),
                 ]
 
         # A new job: a pending reply first, else a command. Decoded into these, then latched.
@@ -215,6 +243,7 @@ class DmaOut(_DmaPart):
         new_sstride = Signal(16)
         new_dstride = Signal(16)
         new_pkts = Signal(12)
+        new_cols = Signal(cfg.coord_bits)
         with m.If(~active):
             # Inside the condition, not as a lone constant assignment: Amaranth emits a lone
             # constant as an `always @*` with no inputs, which Verilator never evaluates.
@@ -243,34 +272,49 @@ class DmaOut(_DmaPart):
                 shape = SHAPE_FORMAT.layout(self.cmd.shape)
 
                 def write_job(x):
-                    # SEND and MCAST alike: the rows of the shape (`isa.dma_packets`).
-                    single = (shape.extra == 0) | (shape.dstride == x.n)
-                    first = Mux(single, (shape.extra + 1) * x.n, x.n)
+                    # SEND and MCAST alike: the rows of the shape, one packet or one per row
+                    # (`isa.dma_extent`, `isa.dma_packets`).
+                    e = dma_extent(ShapedView(x, shape), hdl)
+                    first = Mux(e.single, e.rows * x.n, x.n)
                     return [
                         go.eq(1),
                         new_header.kind.eq(PacketKind.WRITE),
                         new_header.addr.eq(x.dst),
                         new_header.length.eq(first),
                         new_header.counter.eq(x.counter),
-                        new_header.bump.eq(single),
+                        new_header.bump.eq(e.single),
                         new_length.eq(first),
-                        new_count.eq((shape.extra + 1) * x.n),
+                        new_count.eq(e.rows * x.n),
                         new_fetch.eq(x.src),
-                        new_zero.eq(shape.zero),
+                        new_zero.eq(e.zero),
                         new_row_len.eq(x.n),
                         new_sstride.eq(shape.sstride),
                         new_dstride.eq(shape.dstride),
-                        new_pkts.eq(Mux(single, 0, shape.extra)),
+                        new_pkts.eq(Mux(e.single, 0, shape.extra)),
                     ]
 
                 with m.Switch(self.cmd.instr[:4]):
                     with m.Case(Opcode.MCAST):
-                        m.d.comb += write_job(mcast) + [
-                            new_dst_x.eq(Mux(mcast.col, self._x, mcast.first)),
-                            new_dst_y.eq(Mux(mcast.col, mcast.first, self._y)),
-                            new_mc.eq(Mux(mcast.col, Multicast.COLUMN, Multicast.ROW)),
-                            new_last.eq(mcast.last),
-                        ]
+                        m.d.comb += write_job(mcast)
+                        with m.If(shape.span):
+                            # A rectangle (`isa.mcast_rectangle`): x0..x1 by y0..y1, one
+                            # COLUMN multicast per column.
+                            x0 = Mux(mcast.col, shape.span_first, mcast.first)
+                            x1 = Mux(mcast.col, shape.span_last, mcast.last)
+                            m.d.comb += [
+                                new_dst_x.eq(x0),
+                                new_dst_y.eq(Mux(mcast.col, mcast.first, shape.span_first)),
+                                new_mc.eq(Multicast.COLUMN),
+                                new_last.eq(Mux(mcast.col, mcast.last, shape.span_last)),
+                                new_cols.eq(x1 - x0),
+                            ]
+                        with m.Else():
+                            m.d.comb += [
+                                new_dst_x.eq(Mux(mcast.col, self._x, mcast.first)),
+                                new_dst_y.eq(Mux(mcast.col, mcast.first, self._y)),
+                                new_mc.eq(Mux(mcast.col, Multicast.COLUMN, Multicast.ROW)),
+                                new_last.eq(mcast.last),
+                            ]
                     with m.Case(Opcode.SEND):
                         m.d.comb += write_job(send) + [
                             new_dst_x.eq(send.x),
@@ -308,7 +352,12 @@ class DmaOut(_DmaPart):
                 sstride.eq(new_sstride),
                 dstride.eq(new_dstride),
                 pkts_left.eq(new_pkts),
-                pkt_len.eq(new_row_len),
+                cols_left.eq(new_cols),
+                col_addr.eq(new_header.addr),
+                col_single.eq(new_header.bump),
+                col_fetch.eq(new_fetch),
+                col_count.eq(new_count),
+                col_pkts.eq(new_pkts),
             ]
         return m
 

@@ -22,7 +22,7 @@ from ..isa import (ACC_BANKS, ACC_RANGE_BASE, ADDR_BITS, ADDRESS_SLOTS, FORMATS,
                    SetrReg, Unit)
 from ..params import TileConfig
 from ..vector_ops import FSCALE_BITS, SCALE_BITS, SEED_BITS, SHIFT_BITS
-from .decode import IsaLogic
+from .decode import IsaLogic, ShapedView
 
 
 __all__ = ["EngineCommand", "ImemWritePort", "Sequencer", "SYNC_COUNTERS_LAYOUT"]
@@ -147,19 +147,6 @@ _RANGE = data.StructLayout({"lo": _RANGE_BITS, "hi": _RANGE_BITS})
 _RANGES = data.StructLayout({"read0": _RANGE, "read1": _RANGE, "write": _RANGE})
 
 
-
-
-class _WithShape:
-    """A SEND or MCAST view with the shape register's fields beside its own (the HDL form of
-    an effective word, `d1tile.isa.decode`)."""
-
-    def __init__(self, fields, shape):
-        self._fields, self._shape = fields, shape
-
-    def __getattr__(self, name):
-        if name in ("extra", "sstride", "dstride", "zero"):
-            return getattr(self._shape, name)
-        return getattr(self._fields, name)
 
 
 def _meet(p, q):
@@ -324,7 +311,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += eff_shape.eq(shape)
         shape_view = SHAPE_FORMAT.layout(eff_shape)
         for code in SHAPED_OPS:
-            f[code] = _WithShape(f[code], shape_view)
+            f[code] = ShapedView(f[code], shape_view)
 
         # The innermost open loop, and the iteration of the loop a STEP names.
         top = Signal(range(LOOP_DEPTH))

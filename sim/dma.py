@@ -18,7 +18,10 @@ DMA-out runs one *job* at a time: a head flit, then `length` body flits. A job c
   per row: after a row's tail is taken the next head (addr + dstride, `bump` only on the last)
   is offered in the next cycle while the prefetch goes on), MCAST (the same packet as a multicast:
   `mc` ROW with first receiver (first, y), or COLUMN with (x, first), and `last`; every flit
-  carries the routing fields) or HALT (a one-flit DONE packet to the host
+  carries the routing fields; a shaped MCAST whose shape has a span is a rectangle
+  (`d1tile.isa.mcast_rectangle`) x0..x1 by y0..y1: one COLUMN multicast per column, first
+  receiver (c, y0) and `last` = y1, column c + 1 started like a new job, source fetched from
+  the start, in the cycle column c's tail is taken) or HALT (a one-flit DONE packet to the host
   edge of its own row, (cfg.cols, y): addr = pc, tag = status, length = info);
 * DMA-in's reply hand-off (a READ or READ_CTRS request, see `reply_request_format`): a REPLY
   packet to the requester (src_x, src_y), addr and tag echoed, body SRAM[addr .. addr+length)
@@ -122,7 +125,7 @@ from d1tile.contracts import (BAD_READ_TAG, IMEM_DATA_BITS, PREFETCH_DEPTH, chec
                               counter_words, reply_request_format)
 from d1tile.formats import (PERF_COUNTER_BITS, COUNTER_NAMES, Multicast, PacketKind, flit_format,
                             packet_header_format)
-from d1tile.isa import Opcode, decode
+from d1tile.isa import Opcode, decode, dma_extent, mcast_rectangle
 from d1tile.params import TileConfig
 
 
@@ -175,7 +178,7 @@ class DmaOutModel:
     __slots__ = ("cfg", "x", "y", "active", "head_pending", "header", "body_base", "fetch_addr",
                  "fetch_left", "send_left", "from_ctrs", "in_flight", "queue", "zero_src",
                  "row_len", "row_left", "row_start", "sstride", "dstride", "pkts_left",
-                 "pkt_fields", "_addr_mask",
+                 "pkt_fields", "cols_left", "column", "_addr_mask",
                  "_payload_shift", "_tail_bit", "_flit", "_hdr", "_req", "_ctr_words", "_words")
 
     def __init__(self, cfg: TileConfig, x: int, y: int):
@@ -207,6 +210,8 @@ class DmaOutModel:
         self.dstride = 0
         self.pkts_left = 0       # packets after the current one (n words each)
         self.pkt_fields = None   # (dst_x, dst_y, mc, last, header fields) of the packets
+        self.cols_left = 0       # a rectangle multicast: columns after the current one
+        self.column = None       # and the job of its first packet (`_next_column`)
 
     # -- outputs from the state ------------------------------------------------------------
 
@@ -305,6 +310,8 @@ class DmaOutModel:
         if done:
             if self.pkts_left:
                 self._next_packet()
+            elif self.cols_left:
+                self._next_column()
             else:
                 self.active = False
         return False
@@ -333,13 +340,28 @@ class DmaOutModel:
         self.head_pending = True
         self.send_left = self.row_len
 
+    def _next_column(self) -> None:
+        """The last packet of a rectangle's column left: the next column's first packet
+        (dst_x + 1), its head offered in the next cycle and its source fetched again from
+        the start, as a new job's."""
+        dst_x, args, kwargs = self.column
+        dst_x = (dst_x + 1) & ((1 << self.cfg.coord_bits) - 1)
+        kwargs["fields"] = dict(kwargs["fields"])
+        self._start_job(dst_x, *args, **kwargs, cols=self.cols_left - 1)
+
     def _start_job(self, dst_x, dst_y, header: int, length: int, fetch_addr: int,
                    from_ctrs: bool, mc: int = Multicast.NONE, last: int = 0, *,
                    count: int | None = None, row_len: int | None = None, zero: bool = False,
                    sstride: int = 0, dstride: int = 0, pkts: int = 0,
-                   fields: dict | None = None) -> None:
+                   fields: dict | None = None, cols: int = 0) -> None:
         """A job: its first packet's head flit and body `length`; `count` words to fetch
-        (default `length`) in rows of `row_len` (default `length`), `pkts` more packets."""
+        (default `length`) in rows of `row_len` (default `length`), `pkts` more packets; and
+        `cols` more columns of the same (a rectangle multicast)."""
+        self.cols_left = cols
+        if cols:
+            self.column = (dst_x, (dst_y, header, length, fetch_addr, from_ctrs, mc, last),
+                           dict(count=count, row_len=row_len, zero=zero, sstride=sstride,
+                                dstride=dstride, pkts=pkts, fields=dict(fields)))
         flit = self._flit
         self.header = flit.pack(head=1, tail=int(length == 0), dst_x=dst_x, dst_y=dst_y,
                                 mc=mc, last=last, payload=header)
@@ -360,34 +382,39 @@ class DmaOutModel:
         self.pkts_left = pkts
         self.pkt_fields = (dst_x, dst_y, mc, last, fields) if pkts else None
 
-    def _latch_write(self, f: dict, dst_x: int, dst_y: int, mc: int = Multicast.NONE,
-                     last: int = 0) -> None:
-        """A SEND's or MCAST's job (`f`: the effective word's fields): the rows of its shape
-        (`d1tile.isa.dma_packets`)."""
-        extra, n = f.get("extra", 0), f["n"]
-        dstride = f.get("dstride", 0)
-        single = extra == 0 or dstride == n
-        first = (extra + 1) * n if single else n
+    def _latch_write(self, ins, dst_x: int, dst_y: int, mc: int = Multicast.NONE,
+                     last: int = 0, cols: int = 0) -> None:
+        """A SEND's or MCAST's job (`ins`: the decoded effective word): the rows of its shape,
+        one packet or one per row (`d1tile.isa.dma_extent`, `dma_packets`)."""
+        f, e = ins.fields, dma_extent(ins)
+        n = f["n"]
+        first = e.rows * n if e.single else n
         fields = dict(kind=PacketKind.WRITE, src_x=self.x, src_y=self.y, addr=f["dst"],
-                      length=first, counter=f["counter"], bump=int(single))
+                      length=first, counter=f["counter"], bump=int(e.single))
         self._start_job(dst_x, dst_y, self._hdr.pack(**fields), first, f["src"], False, mc,
-                        last, count=(extra + 1) * n, row_len=n, zero=bool(f.get("zero", 0)),
-                        sstride=f.get("sstride", 0), dstride=dstride,
-                        pkts=0 if single else extra, fields=fields)
+                        last, count=e.rows * n, row_len=n, zero=bool(e.zero),
+                        sstride=f.get("sstride", 0), dstride=f.get("dstride", 0),
+                        pkts=0 if e.single else e.rows - 1, fields=fields, cols=cols)
 
     def _latch_command(self, instr: int, status: int, pc: int, info: int) -> None:
         op = instr & 0xF
         coord = (1 << self.cfg.coord_bits) - 1
         if op == Opcode.SEND:
-            f = decode(instr).fields
-            self._latch_write(f, f["x"] & coord, f["y"] & coord)
+            ins = decode(instr)
+            self._latch_write(ins, ins.x & coord, ins.y & coord)
         elif op == Opcode.MCAST:
-            f = decode(instr).fields
+            ins = decode(instr)
+            f = ins.fields
+            if f.get("span"):     # a rectangle: one COLUMN multicast per column
+                x0, x1, y0, y1 = mcast_rectangle(ins, (self.x, self.y))
+                self._latch_write(ins, x0 & coord, y0 & coord, Multicast.COLUMN, y1 & coord,
+                                  cols=(x1 - x0) & coord)
+                return
             if f["col"]:
                 dst, mc = (self.x, f["first"] & coord), Multicast.COLUMN
             else:
                 dst, mc = (f["first"] & coord, self.y), Multicast.ROW
-            self._latch_write(f, *dst, mc, f["last"] & coord)
+            self._latch_write(ins, *dst, mc, f["last"] & coord)
         elif op == Opcode.HALT:
             header = self._hdr.pack(kind=PacketKind.DONE, src_x=self.x, src_y=self.y,
                                     addr=pc & 0xFFFF, length=info & 0xFFFF, tag=status & 0xF)

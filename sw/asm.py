@@ -175,13 +175,18 @@ class Program:
         return self.emit(Opcode.SEND, src=src, n=n, x=x, y=y, dst=dst, counter=counter,
                          shaped=int(shaped))
 
-    def shape(self, rows: int = 1, sstride: int = 0, dstride: int = 0, zero: bool = False):
+    def shape(self, rows: int = 1, sstride: int = 0, dstride: int = 0, zero: bool = False,
+              span: tuple[int, int] | None = None):
         """SHAPE: later shaped SENDs and MCASTs move `rows` rows of n words, row r from
-        src + r * sstride (zeros with `zero`) to dst + r * dstride (`d1tile.isa`)."""
+        src + r * sstride (zeros with `zero`) to dst + r * dstride (`d1tile.isa`); with
+        `span` = (first, last), a shaped MCAST goes to the rectangle of its own range times
+        first..last along the other dimension (rows for a row MCAST, columns for a column one)."""
         if not 1 <= rows <= 1 << isa.FORMATS[Opcode.SHAPE].field("extra").width:
             raise AsmError(f"instruction {len(self.words)}: SHAPE: rows={rows} is not 1..4096")
+        first, last = span if span is not None else (0, 0)
         return self.emit(Opcode.SHAPE, extra=rows - 1, sstride=sstride, dstride=dstride,
-                         zero=int(zero))
+                         zero=int(zero), span=int(span is not None), span_first=first,
+                         span_last=last)
 
     def mcast(self, src: int, n: int, dst: int, *, row: tuple[int, int] | None = None,
               column: tuple[int, int] | None = None, counter: int = 0, shaped: bool = False):

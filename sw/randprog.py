@@ -20,7 +20,8 @@ accumulator bank), MREAD (any rows of either bank, a third transposed; and "ping
 MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b,
 REQUANT packing), FVEC (every FP32 op, fixed b, the reductions), FCVT (every conversion, stochastic
 rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals and sends to self),
-SHAPE and shaped SENDs and MCASTs (gathers with any stride, a row repeated, scatters, zero rows)
+SHAPE and shaped SENDs and MCASTs (gathers with any stride, a row repeated, scatters, zero rows,
+rectangle multicasts)
 and WAIT, with ranges that often overlap inside the private half, to exercise the hazard check.
 Every node's whole SRAM is read back.
 
@@ -85,10 +86,10 @@ def _private(cfg: TileConfig, word: int, half: int) -> bool:
 
 def _extent(n: int, shape) -> tuple[int, int]:
     """(source words read from src, destination words spanned from dst) of a transfer of n
-    words with `shape` = (rows, sstride, dstride, zero) or None."""
+    words with `shape` = (rows, sstride, dstride, zero[, span]) or None."""
     if shape is None:
         return n, n
-    rows, sstride, dstride, zero = shape
+    rows, sstride, dstride, zero = shape[:4]
     return (0 if zero else (rows - 1) * sstride + n), (rows - 1) * dstride + n
 
 
@@ -253,16 +254,24 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
         mcasts = []
         for src in nodes:
             if rng.random() < 0.3:
-                # a multicast to a run of the sender's row or column, one inbox slot (the same
-                # address) at every receiver
+                # a multicast to a run of the sender's row or column, or (shaped, with a
+                # span) to a rectangle, one inbox slot (the same address) at every receiver
                 col = rng.random() < 0.5
-                size = cfg.rows if col else cfg.cols
+                size, other = (cfg.rows, cfg.cols) if col else (cfg.cols, cfg.rows)
                 first = rng.randrange(size)
                 last = rng.randint(first, size - 1)
-                run = ([(src[0], r) for r in range(first, last + 1)] if col
-                       else [(c, src[1]) for c in range(first, last + 1)])
                 n = rng.choice([0, 1, rng.randint(1, max_words)])
-                shape = random_shape(n) if rng.random() < 0.3 else None
+                shape = random_shape(n) if rng.random() < 0.4 else None
+                rect = None
+                if shape is not None and rng.random() < 0.5:
+                    s0 = rng.randrange(other)
+                    rect = (s0, rng.randint(s0, other - 1))
+                    shape = (*shape, rect)
+                instr = isa.Instruction(Opcode.MCAST, dict(
+                    col=int(col), first=first, last=last,
+                    **({"span": 1, "span_first": rect[0], "span_last": rect[1]} if rect else {})),
+                    0)
+                run = isa.mcast_receivers(instr, src)
                 hull, span = _extent(n, shape)
                 at = max(inbox_next[r] for r in run)
                 if at + span <= words and hull <= half:

@@ -90,6 +90,8 @@ def run_kind(node, instr) -> list[str]:
             kinds.append(f"shaped {instr.op.name} zero")
         if not extent.single:
             kinds.append(f"shaped {instr.op.name} scatter")
+        if instr.op == Opcode.MCAST and getattr(instr, "span", 0):
+            kinds.append("MCAST rectangle")
     return kinds
 
 

@@ -13,7 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from d1tile.formats import (COUNTER_NAMES, SYNC_COUNTER_ID_BITS, PacketKind, flit_format,
+from d1tile.formats import (COUNTER_NAMES, SYNC_COUNTER_ID_BITS, Multicast, PacketKind, flit_format,
                             packet_header_format)
 from d1tile.hw.dma import DmaIn, DmaOut
 from d1tile.hw.router import Router
@@ -23,7 +23,7 @@ from d1tile.params import TileConfig
 from d1tile.sim.dma import (BAD_READ_TAG, PREFETCH_DEPTH, DmaInModel, DmaOutModel,
                             counter_word, counter_words, job_cycles, reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import INSTR_BITS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, encode
+from d1tile.isa import FORMATS, INSTR_BITS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, encode
 from d1tile.sim.sram import SRAMModel
 
 from conftest import bench_seed, run_bench
@@ -202,6 +202,55 @@ def test_shaped_send_rows_packets_and_timing(extra, n, sstride, dstride, zero):
     assert h.idle == [0] + list(range(busy + 1, h.cycle)), h.idle
 
 
+@pytest.mark.parametrize("col, extra, n, dstride, zero", [
+    (0, 1, 3, 3, 0),        # a row MCAST spanned over two rows: one packet per column
+    (0, 1, 3, 7, 0),        # scattered: two packets per column, the second bumping
+    (1, 0, 4, 4, 0),        # a column MCAST spanned over columns 0..2
+    (1, 2, 2, 5, 1),        # zero rows, scattered
+    (0, 0, 0, 0, 0),        # no words: a bodyless head per column
+])
+def test_rectangle_multicast_packets_and_timing(col, extra, n, dstride, zero):
+    """A shaped MCAST with a span, from node (1, 1) of a 3x3 grid: one COLUMN multicast per
+    column of the rectangle, west to east (packets built here from the rows sliced out of the
+    memory); each column's transfer runs as a new job that starts in the cycle its previous
+    column's tail is taken (head one cycle later, then the first read's bubble)."""
+    cfg = TINY.replace(rows=3, cols=3)
+    h = OutHarness(cfg, 1, 1)
+    rng = random.Random(extra * 10 + n)
+    words = [rng.getrandbits(cfg.word_bits) for _ in range(cfg.sram_words)]
+    h.sram.load(0, words)
+    # col = 0: columns 0..2 (first..last) by rows 1..2 (the span); col = 1: rows 0..1 by
+    # columns 0..2
+    first, last, span = (0, 2, (1, 2)) if col == 0 else (0, 1, (0, 2))
+    word = (encode(Opcode.MCAST, src=10, n=n, col=col, first=first, last=last, dst=100,
+                   counter=6, shaped=1)
+            | SHAPE_FORMAT.pack(extra=extra, sstride=5, dstride=dstride, zero=zero, span=1,
+                                span_first=span[0], span_last=span[1]) << INSTR_BITS)
+    (x0, x1), (y0, y1) = ((first, last), span) if col == 0 else (span, (first, last))
+    h.step(start=word)
+    for _ in range(120):
+        h.step()
+    rows = [[0] * n if zero else words[10 + r * 5:10 + r * 5 + n] for r in range(extra + 1)]
+    fmt = flit_format(cfg)
+    route = fmt.pack(mc=Multicast.COLUMN, last=y1)
+    expected, cycles, t = [], [], 0
+    bubble = int(bool(n) and not zero)
+    for c in range(x0, x1 + 1):
+        if extra == 0 or dstride == n:
+            column = packet(cfg, (c, y0), PacketKind.WRITE, src=(1, 1), addr=100,
+                            body=sum(rows, []), counter=6, bump=1)
+        else:
+            column = sum((packet(cfg, (c, y0), PacketKind.WRITE, src=(1, 1),
+                                 addr=100 + r * dstride, body=row, counter=6,
+                                 bump=int(r == extra)) for r, row in enumerate(rows)), [])
+        expected += [f | route for f in column]
+        cycles += [t + 1] + list(range(t + 2 + bubble, t + 1 + bubble + len(column)))
+        t = cycles[-1]
+    assert [f for _, f in h.sent] == expected
+    assert [c for c, _ in h.sent] == cycles
+    assert h.idle == [0] + list(range(t + 1, h.cycle)), h.idle
+
+
 def test_full_rate_after_back_pressure_and_refusals():
     """With PREFETCH_DEPTH words the queue refills while the router stalls, and drains one flit
     per cycle afterwards; a refused read is repeated with the same address."""
@@ -332,14 +381,35 @@ def _random_reply(cfg, rng):
 
 
 def _random_instr(cfg, rng):
+    """A command word as the sequencer hands it: SENDs and MCASTs (row, column, rectangle),
+    some shaped (the shape above bit 64: the effective word), HALTs and random words. The
+    engine trusts the fields, so any value goes, as long as model and RTL agree on it."""
     roll = rng.random()
-    if roll < 0.6:
-        return send(rng.randrange(cfg.sram_words), rng.choice([0, 1, rng.randrange(2, 12)]),
-                    rng.randrange(16), rng.randrange(16), rng.randrange(1 << 16),
-                    rng.randrange(SYNC_COUNTERS))
     if roll < 0.8:
+        n = rng.choice([0, 1, rng.randrange(2, 12)])
+        src, dst, counter = rng.randrange(cfg.sram_words), rng.randrange(1 << 16), \
+            rng.randrange(SYNC_COUNTERS)
+        if roll < 0.5:
+            op, word = Opcode.SEND, send(src, n, rng.randrange(16), rng.randrange(16), dst,
+                                         counter)
+        else:
+            op, word = Opcode.MCAST, encode(Opcode.MCAST, src=src, n=n, col=rng.randrange(2),
+                                            first=rng.randrange(16), last=rng.randrange(16),
+                                            dst=dst, counter=counter)
+        if rng.random() < 0.4:
+            word |= 1 << FORMATS[op].offsets["shaped"]
+            word |= SHAPE_FORMAT.pack(
+                extra=rng.randrange(4), sstride=rng.randrange(16),
+                dstride=rng.choice([n, rng.randrange(16)]), zero=int(rng.random() < 0.2),
+                span=int(rng.random() < 0.7), span_first=rng.randrange(16),
+                span_last=rng.randrange(16)) << INSTR_BITS
+        return word
+    if roll < 0.9:
         return HALT | rng.getrandbits(60) << 4     # fields of HALT are ignored
-    return rng.getrandbits(64)
+    # any other opcode is ignored; a random SEND's or MCAST's n (up to 4095) would make one job
+    # fill the run, and the branches above draw those
+    word = rng.getrandbits(64)
+    return word & ~0xF if word & 0xF in (Opcode.SEND, Opcode.MCAST) else word
 
 
 def test_dma_out_rtl_matches_model_amaranth_sim():
@@ -352,12 +422,16 @@ def test_dma_out_rtl_matches_model_amaranth_sim():
     model = DmaOutModel(cfg, 1, 0)
     req_fmt = reply_request_format(cfg)
     mem = [rng.getrandbits(cfg.word_bits) for _ in range(cfg.sram_words)]
-    cycles = 1500
+    cycles = 3000
+
+    seen = {"rectangle columns": 0, "packets of a scatter": 0}
 
     async def bench(ctx):
         reply = None
         arriving = None
         for cycle in range(cycles):
+            seen["rectangle columns"] += model.cols_left > 0
+            seen["packets of a scatter"] += model.pkts_left > 0
             if reply is None and rng.random() < 0.05:
                 reply = _random_reply(cfg, rng)
             start = rng.random() < (0.4 if model.idle(reply) else 0.05)
@@ -366,7 +440,8 @@ def test_dma_out_rtl_matches_model_amaranth_sim():
             counters = [rng.getrandbits(32) for _ in COUNTER_NAMES]
             ready = rng.random() < 0.7
             ctx.set(dut.cmd.start, start)
-            ctx.set(dut.cmd.instr, instr)
+            ctx.set(dut.cmd.instr, instr & ((1 << INSTR_BITS) - 1))
+            ctx.set(dut.cmd.shape, instr >> INSTR_BITS)
             ctx.set(dut.cmd.status, status)
             ctx.set(dut.cmd.pc, pc)
             ctx.set(dut.cmd.info, info)
@@ -403,6 +478,7 @@ def test_dma_out_rtl_matches_model_amaranth_sim():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
+    assert all(seen.values()), seen     # cycles spent in each, so both paths were compared
 
 
 def _random_in_flit(cfg, rng, open_packet):

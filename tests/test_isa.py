@@ -645,7 +645,8 @@ def test_assembler_shape_and_shaped_sends():
     p.shape(rows=4, sstride=16, dstride=2)
     p.send(0, 2, (1, 0), 0, shaped=True)
     p.mcast(0, 2, 0, row=(0, 1), shaped=True)
-    assert isa.decode(p.words[0]).fields == dict(extra=3, sstride=16, dstride=2, zero=0)
+    assert isa.decode(p.words[0]).fields == dict(extra=3, sstride=16, dstride=2, zero=0, span=0,
+                                                 span_first=0, span_last=0)
     assert isa.decode(p.words[1]).shaped == 1
     # checked with the last SHAPE: 4 rows 16 apart from 220 leave the 256-word SRAM
     with pytest.raises(AsmError, match="SRAM range beyond"):
@@ -658,6 +659,62 @@ def test_assembler_shape_and_shaped_sends():
     text = disassemble(p.words)
     assert "SHAPE" in text and "shaped=1" in text
     assert assemble(TINY, text).words == p.words
+
+
+def test_rectangle_multicasts_are_checked_and_reach_their_rectangle():
+    """A shaped MCAST with a span: its receivers (column by column), its checks, and on a 3x3
+    tile the words and counter bumps of a row MCAST spanned over rows and of a column MCAST
+    spanned over columns, in the interpreter."""
+    cfg = TINY.with_grid(3, 3)
+    ok = (FaultCode.NONE, 0)
+    mc = dict(src=0, n=2, dst=100, counter=1)
+    rect = dict(span=1, span_first=1, span_last=2)
+    row = _shaped(Opcode.MCAST, rect, col=0, first=0, last=1, **mc)
+    column = _shaped(Opcode.MCAST, dict(rect, span_first=0), col=1, first=2, last=2, **mc)
+    assert isa.mcast_rectangle(row, (1, 1)) == (0, 1, 1, 2)
+    assert isa.mcast_receivers(row, (1, 1)) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert isa.mcast_receivers(column, (1, 1)) == [(0, 2), (1, 2), (2, 2)]
+    assert isa.validate(cfg, row) == ok and isa.validate(cfg, column) == ok
+    assert isa.validate(cfg, _shaped(Opcode.MCAST, dict(rect, span_first=2, span_last=1),
+                                     col=0, first=0, last=1, **mc)) == (FaultCode.FIELD, 2)
+    assert isa.validate(cfg, _shaped(Opcode.MCAST, dict(rect, span_last=3), col=0, first=0,
+                                     last=1, **mc)) == (FaultCode.NODE, 3)
+    wide = TINY.with_grid(2, 4)           # a column MCAST spans columns: up to cols - 1
+    assert isa.validate(wide, _shaped(Opcode.MCAST, dict(rect, span_last=3), col=1, first=0,
+                                      last=1, **mc)) == ok
+    assert isa.validate(wide, _shaped(Opcode.MCAST, dict(rect, span_last=3), col=0, first=0,
+                                      last=1, **mc)) == (FaultCode.NODE, 3)
+    # the span of a SEND is a mistake
+    assert isa.validate(cfg, _shaped(Opcode.SEND, rect, x=0, y=0, **mc)) == (FaultCode.FIELD, 1)
+    p = Program(cfg)
+    p.shape(rows=1, span=(1, 2))
+    with pytest.raises(AsmError, match="SEND"):
+        p.send(0, 2, (0, 0), 0, shaped=True)
+
+    tp = TileProgram(cfg)
+    words = [word_from_bytes([k + 1] * 16) for k in range(4)]
+    tp.load((1, 1), 0, words)
+    p = tp.node(1, 1)
+    p.shape(rows=2, sstride=2, dstride=5, span=(1, 2))    # two rows of one word, scattered
+    p.mcast(0, 1, 100, row=(0, 1), counter=3, shaped=True)
+    p.shape(rows=1, span=(0, 2))
+    p.mcast(1, 2, 110, column=(2, 2), counter=4, shaped=True)
+    expect3 = {(0, 1), (0, 2), (1, 1), (1, 2)}
+    expect4 = {(0, 2), (1, 2), (2, 2)}
+    for node in tp.nodes:
+        q = tp.node(*node) if node != (1, 1) else p
+        if node in expect3:
+            q.wait(3, 1)
+        if node in expect4:
+            q.wait(4, 1)
+        q.halt()
+    result = interpret(tp)
+    assert not result.faults() and result.deadlock is None
+    for node, n in result.nodes.items():
+        got = [n.sram[100], n.sram[105]]
+        assert got == ([words[0], words[2]] if node in expect3 else [0, 0]), node
+        assert n.sram[110:112] == (words[1:3] if node in expect4 else [0, 0]), node
+        assert n.counters[3] == 0 and n.counters[4] == 0, node
 
 
 def test_interpreter_transposed_readout_and_a_transpose_through_the_bank():

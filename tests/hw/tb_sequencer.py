@@ -602,18 +602,21 @@ async def seq_faults_random(dut):
             extra = rng.randint(0, 3) if shaped else 0
             sstride, dstride = near(8, 16), near(8, 16)
             src, dst = near(w - nn - extra * sstride, 16), near(w - nn - extra * dstride, 16)
+            col = rng.getrandbits(1)
             if op == Opcode.SEND:
                 word = encode(Opcode.SEND, src=src, n=nn, x=near(cfg.cols, 4),
                               y=near(cfg.rows, 4), dst=dst, counter=rng.getrandbits(4),
                               shaped=int(shaped))
             else:
-                col = rng.getrandbits(1)
                 word = encode(Opcode.MCAST, src=src, n=nn, col=col,
                               first=near(0, 4), last=near(cfg.rows if col else cfg.cols, 4),
                               dst=dst, counter=rng.getrandbits(4), shaped=int(shaped))
-            if shaped:
+            if shaped:      # a span (rectangle) now and then: ranges near the other dimension
                 program = [encode(Opcode.SHAPE, extra=extra, sstride=sstride, dstride=dstride,
-                                  zero=int(rng.random() < 0.3)), word, HALT]
+                                  zero=int(rng.random() < 0.3), span=int(rng.random() < 0.3),
+                                  span_first=near(0, 4),
+                                  span_last=near(cfg.cols if col else cfg.rows, 4)),
+                           word, HALT]
         elif op == Opcode.HALT or op == Opcode.WAIT:
             word = encode(Opcode.NOP)    # WAIT could block forever: the random run needs none
         elif op == Opcode.LOOP:          # a count of 1 or more: the body starts at the HALT
