@@ -26,18 +26,21 @@ docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells th
   first MATMUL (slot -1) are loaded before the START; every other one is fed while the nodes
   run (`TileProgram.feed`, `expect_feed`): it bumps `HOST_COUNTER` on its holder when it has
   arrived, and the holder WAITs on it once, before the region's first SEND. The host sends a
-  row's feeds in the order of those SENDs (layer, then slot), so the rest of the data streams
-  in beside the MATMULs.
-* **Gather.** Every node SENDs what it holds to the nodes that need it: activation segments
-  along its column, weight blocks along its row, itself included (a SEND to itself is a local
-  copy through its router). Receivers WAIT on one counter per sender (weights from column x' on
-  counter x', activations from row y' on counter C + y'); a (sender, receiver) pair's messages
-  arrive in order, so a WAIT count always covers a prefix of the sender's list.
-* **Overlap.** A node's tiles run in a fixed order (its own weight blocks and batch blocks
-  first). Each message is due one tile before its first use at the receiver, and the sender
-  issues it in the *slot* after one of its own MATMULs (earliest deadline first, filling each
-  slot up to the MATMUL's duration), so the DMA streams while the matrix unit computes; only
-  what the first tiles need goes before the first MATMUL.
+  row's feeds in the order they are due, and a fed region's message goes no earlier than its
+  due slot, so the rest of the data streams in beside the MATMULs.
+* **Gather, by multicast.** Every node pushes what it holds to the nodes that need it, itself
+  included: each activation segment with one column MCAST down its column, each weight block
+  with one row MCAST along its row (the receivers' regions are placed at one address,
+  `NodeSram.common`; one receiver, or no common address: SENDs). Receivers WAIT on one counter
+  per sender (weights from column x' on counter x', activations from row y' on counter
+  C + y'); a sender's messages on one counter take one path and arrive in order, so a WAIT
+  count always covers a prefix of the sender's list.
+* **Overlap.** Every node of a row takes the weight blocks in one order, every node of a
+  column its batch blocks in one order (`_order_tiles`), so each block is needed by all its
+  receivers at the same tile. Each message is due one tile before that, and the sender issues
+  it in the *slot* after one of its own MATMULs (earliest deadline first, filling each slot up
+  to the MATMUL's duration), so the DMA streams while the matrix unit computes; only what the
+  first tiles need goes before the first MATMUL.
 * **Banks.** DMA-out only ever reads staging regions and the matrix unit only operand regions,
   and the allocator (`NodeSram`) puts the two classes in different banks, so sends never take
   SRAM read cycles from a MATMUL; results (MREAD rows) go to banks of a third class.
@@ -110,6 +113,8 @@ OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA
 RESULT = "result"     # written by MREAD, read by the vector unit or the host
 AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}}
 
+FEED_LEAD = 0
+"""A message with a fed source is sent at most this many slots before its due slot."""
 HOST_COUNTER = SYNC_COUNTERS - 1
 """The sync counter the host's feeds bump (weight blocks and inputs fed after the START); the
 gather uses counters 0 .. rows + cols - 1."""
@@ -292,6 +297,47 @@ class NodeSram:
         self.regions.append(Region(name, best[1], best[1] + size, cls))
         return best[1]
 
+    def conflicts(self, start: int, size: int, cls: str) -> int | None:
+        """How many banks of [start, start + size) hold a region of a class `cls` must avoid;
+        None when the words are not all free."""
+        if start < 0 or start + size > self.cfg.sram_words:
+            return None
+        if any(r.lo < start + size and start < r.hi for r in self.regions):
+            return None
+        avoid = set()
+        for r in self.regions:
+            if r.cls in AVOID[cls]:
+                avoid |= self._banks(r.lo, r.hi)
+        return len(self._banks(start, start + size) & avoid)
+
+    def starts(self) -> list[int]:
+        """The addresses `alloc` tries: each free range's start and the bank starts in it."""
+        bank = self.cfg.bank_words
+        return [s for lo, hi in self._free()
+                for s in [lo] + list(range((lo // bank + 1) * bank, hi, bank))]
+
+    def take(self, name: str, start: int, size: int, cls: str) -> int:
+        if self.conflicts(start, size, cls) is None:
+            raise CompileError(f"no room for {name} ({size} words) at {start} on node {self.node}")
+        self.regions.append(Region(name, start, start + size, cls))
+        return start
+
+    @staticmethod
+    def common(srams: list, name: str, size: int, cls: str) -> int | None:
+        """Allocate one region at the same address on every node of `srams` (the lowest with
+        the fewest bank conflicts over all of them), so one multicast can write it on all;
+        None (nothing allocated) when no address is free on all of them."""
+        best = None
+        for start in sorted({s for sram in srams for s in sram.starts()}):
+            scores = [sram.conflicts(start, size, cls) for sram in srams]
+            if None not in scores and (best is None or (sum(scores), start) < best):
+                best = (sum(scores), start)
+        if best is None:
+            return None
+        for sram in srams:
+            sram.take(name, best[1], size, cls)
+        return best[1]
+
     def place(self, requests) -> list[int]:
         """Allocate [(name, size, cls)] together: with the bank rules if they can be kept,
         else (free space too fragmented for them) by plain first fit; all or nothing."""
@@ -311,8 +357,10 @@ class NodeSram:
 
 @dataclass
 class Message:
-    """One SEND of a layer's gather; `first_use` is the receiver's tile that needs it first,
-    `slot` the sender's slot it is issued in (see `schedule_sends`)."""
+    """One SEND (or MCAST) of a layer's gather; `first_use` is the first tile, over its
+    receivers, that needs it, `slot` the sender's slot it is issued in (see
+    `schedule_sends`). A multicast has `receivers` (a run of a row or a column, `receiver`
+    the first) and each one's first use in `uses`; a SEND has neither."""
     sender: tuple
     receiver: tuple
     counter: int
@@ -322,6 +370,15 @@ class Message:
     first_use: int
     rank: tuple
     slot: int | None = None
+    receivers: tuple = ()
+    uses: tuple = ()
+    earliest: int = -1              # the first slot it may go in (a fed source: `_layer`)
+
+    def deliveries(self):
+        """(receiver, its first use) of every receiver."""
+        if not self.receivers:
+            return [(self.receiver, self.first_use)]
+        return list(zip(self.receivers, self.uses))
 
     @property
     def due(self) -> int:
@@ -399,7 +456,8 @@ def schedule_sends(messages, tiles: dict, capacity: int) -> None:
         slot, fill = -1, 0
         for m in ms:
             cost = job_cycles(m.n) + 1
-            while slot < min(m.due, last) and fill + cost > (capacity if slot >= 0 else 0):
+            while slot < min(m.due, last) and (fill + cost > (capacity if slot >= 0 else 0)
+                                               or slot < m.earliest):
                 slot, fill = slot + 1, 0
             m.slot = slot
             fill += cost
@@ -647,6 +705,12 @@ class KernelBuilder:
         capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
         if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
             capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
+        # A message whose source the host feeds goes no earlier than the slot before its due
+        # one: its sender WAITs for the feed there, and an early slot would stall the sender's
+        # MATMULs on a feed the host sends in due order.
+        for m in layer.messages:
+            if m.src in self._unfed[m.sender]:
+                m.earliest = m.due - FEED_LEAD
         schedule_sends(layer.messages, {node: len(p.tiles) for node, p in layer.plans.items()},
                        capacity)
         self._emit_layer(layer)
@@ -711,31 +775,37 @@ class KernelBuilder:
 
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
-        every node's tile order: its own weight blocks first, then those of the next owners
-        along the row (their sends are due later); within the first, the batch blocks it holds
-        itself first, then by how far down the column the last part of a block comes from
-        (within the later ones, when every activation block is there, in order: their tiles
-        roll into loops, `d1tile.sw.reroll`). A
-        pooled layer deals and orders whole groups of `pool` blocks, and runs a group's tiles
-        for one batch block one after the other."""
+        every node's tile order, the same for every node of a row in its weight blocks and for
+        every node of a column in its batch blocks, so that each block is multicast once to
+        all of them: row y (the k-th active row) starts with the weight blocks of the owner in
+        active column k mod C', then those of the next owners along the row; column x (the
+        k-th active column) starts with the batch blocks held by active row k mod R', then by
+        how far down the column from it the last part of a block comes from (within the later
+        weight blocks, when every activation block is there, in order: their tiles roll into
+        loops, `d1tile.sw.reroll`). So the first tile of every node needs, on each row, the
+        blocks of about one node (a diagonal of the grid), which is what the host loads before
+        the START (`_emit_layer`). A pooled layer deals and orders whole groups of `pool`
+        blocks, and runs a group's tiles for one batch block one after the other."""
         rows = self.cfg.rows
         holders = {}                     # batch block -> rows of its column holding a part
         for i in layer.inputs:
             for (_, ys), segs in i.segments.items():
                 for seg in segs:
                     holders.setdefault(seg.block, set()).add(ys)
-        cols, pool = layer.active_cols, layer.pool
-        for y in layer.active_rows:
+        cols, pool, active_rows = layer.active_cols, layer.pool, layer.active_rows
+        for row_pos, y in enumerate(active_rows):
             i0, i1 = layer.fblocks[y]
             for i in range(i0, i1):
                 owner = (cols[(i - i0) // pool % len(cols)], y)
                 layer.owner[i] = owner
                 layer.plans[owner].owned.append(i)
+            p0 = row_pos % len(cols)
+            order = [g for ox in cols[p0:] + cols[:p0] for g in range(i0, i1, pool)
+                     if layer.owner[g][0] == ox]
             for pos, x in enumerate(cols):
-                order = [g for ox in cols[pos:] + cols[:pos] for g in range(i0, i1, pool)
-                         if layer.owner[g][0] == ox]
+                q0 = active_rows[(pos + 1) % len(active_rows)]
                 js = sorted(range(*layer.blocks[x]), key=lambda j: (
-                    max(((ys - y) % rows for ys in holders.get(j, ())), default=0), j))
+                    max(((ys - q0) % rows for ys in holders.get(j, ())), default=0), j))
                 # After the first weight block every activation block has arrived: the later
                 # ones take the batch blocks in order, so their tiles roll into loops.
                 plain = list(range(*layer.blocks[x]))
@@ -749,20 +819,26 @@ class KernelBuilder:
 
     def _instruction_counts(self, layer: LayerPlan) -> tuple[dict, dict]:
         """Per node: its program length after this layer (and a HALT), and its WAITs of this
-        layer as (tile, counter) pairs; `_emit_layer` checks that it emits exactly this."""
+        layer as (tile, counter) pairs; `_emit_layer` checks that it emits exactly this. The
+        SENDs and MCASTs are the gather's messages (before `_gather`: one per weight block
+        and activation segment, the multicast case)."""
         cols = self.cfg.cols
         count = {node: len(self.tp.programs[node]) if node in self.tp.programs else 0
                  for node in self.tp.nodes}
         waits = {node: set() for node in self.tp.nodes}
+        for m in layer.messages:
+            count[m.sender] += 1
         for node, p in layer.plans.items():
             count[node] += layer.instructions(p.tiles)
-            count[node] += len(p.owned) * len(layer.active_cols)
+            if not layer.messages:
+                count[node] += len(p.owned)
             for i in p.owned:
                 for x in layer.active_cols:
                     waits[(x, node[1])].add((layer.first_w[((x, node[1]), i)], node[0]))
         for i in layer.inputs:
             for (x, ys), segs in i.segments.items():
-                count[(x, ys)] += len(segs) * len(layer.active_rows)
+                if not layer.messages:
+                    count[(x, ys)] += len(segs)
                 for seg in segs:
                     for y in layer.active_rows:
                         waits[(x, y)].add((layer.first_x[((x, y), seg.block)], cols + ys))
@@ -819,10 +895,28 @@ class KernelBuilder:
             if parts:
                 needs[(x, y)] = parts
         self._check_fits(layer.where, needs)
+        # The multicast destinations first, at one address per group: the weights of a row's
+        # computing nodes, then the activations of a column's (`NodeSram.common`).
+        placed = {node: {} for node in needs}
+        groups = [("weights", [[(x, y) for x in layer.active_cols] for y in layer.active_rows]),
+                  ("activations", [[(x, y) for y in layer.active_rows]
+                                   for x in layer.active_cols])]
+        for part, lists in groups:
+            for group in lists:
+                group = [node for node in group if part in needs.get(node, {})]
+                if len(group) > 1:
+                    addr = NodeSram.common([self.sram[node] for node in group],
+                                           f"{layer.name}: {part}", needs[group[0]][part],
+                                           classes[part])
+                    if addr is not None:
+                        for node in group:
+                            placed[node][part] = addr
         for node, parts in sorted(needs.items()):
             p = layer.plans[node]
-            addrs = dict(zip(parts, self._place(layer.where, node, [
-                (f"{layer.name}: {part}", size, classes[part]) for part, size in parts.items()])))
+            rest = [part for part in parts if part not in placed[node]]
+            addrs = dict(placed[node])
+            addrs.update(zip(rest, self._place(layer.where, node, [
+                (f"{layer.name}: {part}", parts[part], classes[part]) for part in rest])))
             p.w_stage = addrs.get("weight staging", 0)
             p.w_base = addrs.get("weights", 0)
             p.x_base = addrs.get("activations", 0)
@@ -861,30 +955,42 @@ class KernelBuilder:
                             self._unfed[node][seg.addr] = seg.words
 
     def _gather(self, layer: LayerPlan) -> None:
-        """Every message of the layer: each weight block from its owner to every node of the
-        row that computes, each activation segment from its holder to every node of the column
-        that computes; with the receiver's first use and a rank that orders a sender's ties
-        (activations first, receivers starting with itself)."""
-        cols, rows = self.cfg.cols, self.cfg.rows
+        """Every message of the layer: each weight block from its owner to the nodes of the
+        row that compute, each activation segment from its holder to the nodes of the column
+        that compute, as one multicast (the receivers' regions are at one address,
+        `_place_regions`; a SEND when there is one receiver, and a SEND per receiver if their
+        addresses differ); with each receiver's first use and a rank that orders a sender's
+        ties (activations first)."""
+        cols = self.cfg.cols
         for i, (ox, y) in layer.owner.items():
             src = layer.plans[(ox, y)]
-            for x in layer.active_cols:
-                recv = (x, y)
-                layer.messages.append(Message(
-                    (ox, y), recv, ox, src.w_stage + src.owned.index(i) * layer.wstride,
-                    layer.wstride,
-                    layer.plans[recv].w_base + (i - layer.fblocks[y][0]) * layer.wstride,
-                    layer.first_w[(recv, i)], (1, (x - ox) % cols)))
+            recvs = [(x, y) for x in layer.active_cols]
+            self._message(layer, (ox, y), recvs, ox,
+                          src.w_stage + src.owned.index(i) * layer.wstride, layer.wstride,
+                          [layer.plans[r].w_base + (i - layer.fblocks[y][0]) * layer.wstride
+                           for r in recvs],
+                          [layer.first_w[(r, i)] for r in recvs], 1)
         for layout, off in zip(layer.inputs, layer.offsets):
             for (x, ys), segs in layout.segments.items():
                 j0 = layer.blocks[x][0]
+                recvs = [(x, y) for y in layer.active_rows]
                 for seg in segs:
-                    for y in layer.active_rows:
-                        recv = (x, y)
-                        layer.messages.append(Message(
-                            (x, ys), recv, cols + ys, seg.addr, seg.words,
-                            layer.plans[recv].x_base + (seg.block - j0) * layer.kw + off + seg.k0,
-                            layer.first_x[(recv, seg.block)], (0, (y - ys) % rows)))
+                    self._message(layer, (x, ys), recvs, cols + ys, seg.addr, seg.words,
+                                  [layer.plans[r].x_base + (seg.block - j0) * layer.kw + off
+                                   + seg.k0 for r in recvs],
+                                  [layer.first_x[(r, seg.block)] for r in recvs], 0)
+
+    @staticmethod
+    def _message(layer, sender, recvs, counter, src, n, dsts, uses, rank) -> None:
+        if not recvs:
+            return
+        if len(recvs) > 1 and len(set(dsts)) == 1:
+            layer.messages.append(Message(sender, recvs[0], counter, src, n, dsts[0],
+                                          min(uses), (rank, 0), receivers=tuple(recvs),
+                                          uses=tuple(uses)))
+            return
+        for r, dst, use in zip(recvs, dsts, uses):
+            layer.messages.append(Message(sender, r, counter, src, n, dst, use, (rank, 0)))
 
     def _emit_layer(self, layer: LayerPlan) -> None:
         """The instructions (see docs/kernels.md): per node, SETQ, the sends of slot -1, then per
@@ -897,8 +1003,9 @@ class KernelBuilder:
         waits = {node: {} for node in self.tp.nodes}
         for m in sorted(layer.messages, key=lambda m: (m.due, m.rank, m.receiver, m.dst)):
             sends[m.sender].setdefault(m.slot, []).append(m)
-            tile = waits[m.receiver].setdefault(m.first_use, {})
-            tile[m.counter] = tile.get(m.counter, 0) + 1
+            for receiver, use in m.deliveries():
+                tile = waits[receiver].setdefault(use, {})
+                tile[m.counter] = tile.get(m.counter, 0) + 1
         for node, p in layer.plans.items():
             if not p.tiles and not sends[node]:
                 continue
@@ -919,13 +1026,20 @@ class KernelBuilder:
                         if not isinstance(fed, int):
                             self.tp.load(node, m.src, fed)
                     elif fed is not None:
-                        key = (len(self.layers), slot)
+                        key = (len(self.layers), m.due, slot)
                         if isinstance(fed, int):
                             self.tp.expect_feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
                         else:
                             self.tp.feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
                         emit("wait", HOST_COUNTER, 1)
-                    emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)
+                    if not m.receivers:
+                        emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)
+                    elif m.receivers[0][1] == m.receivers[-1][1]:     # along the row
+                        emit("mcast", m.src, m.n, m.dst, counter=m.counter,
+                             row=(m.receivers[0][0], m.receivers[-1][0]))
+                    else:
+                        emit("mcast", m.src, m.n, m.dst, counter=m.counter,
+                             column=(m.receivers[0][1], m.receivers[-1][1]))
 
             def acc(t):
                 return self._acc[node][0] + ((t // pool) % 2 * pool + t % pool) * n

@@ -17,7 +17,10 @@ from conftest import bench_seed
 from d1tile import numerics
 from d1tile.dtypes import ElemType
 from d1tile.params import TileConfig
+from d1tile import isa
+from d1tile.isa import Opcode
 from d1tile.sim.interp import interpret
+from d1tile.sw.reroll import unroll
 from d1tile.sim.sram import bank_of
 from d1tile.sim.tile import TileModel
 from d1tile.sw.errors import CompileError
@@ -303,6 +306,54 @@ def test_operand_layout_of_a_packed_word():
     assert [int(v) for v in got] == [int(x[4 + i, s]) for s in range(4) for i in range(4)]
 
 
+def test_common_placement_finds_one_address_free_on_every_node():
+    from d1tile.sw.kernels import OPERAND, STAGE, NodeSram
+    a, b = NodeSram(TINY, (0, 0)), NodeSram(TINY, (1, 0))
+    bank = TINY.bank_words
+    a.alloc("a stage", 10, STAGE)                    # bank 0 of a holds a stage region
+    b.alloc("b stage", bank + 5, STAGE)              # banks 0 and 1 of b
+    addr = NodeSram.common([a, b], "w", 20, OPERAND)
+    # the lowest address free on both, in a bank neither holds a stage region in
+    assert addr == 2 * bank
+    assert all(any(r.lo == addr and r.name == "w" for r in s.regions) for s in (a, b))
+    full = NodeSram(TINY, (0, 1))
+    full.alloc("all", TINY.sram_words - 4, STAGE)
+    before = [list(s.regions) for s in (a, full)]
+    assert NodeSram.common([a, full], "x", 8, OPERAND) is None     # nothing allocated
+    assert [list(s.regions) for s in (a, full)] == before
+
+
+def test_the_gather_multicasts_each_block_once():
+    """Every weight block goes along its row and every activation segment down its column in
+    one MCAST, to the same address on every receiver, and each node's tiles take the row's
+    weight blocks and the column's batch blocks in one order."""
+    r = rng(12)
+    x, w = int8(r, 256, 256), int8(r, 256, 256)
+    kb = KernelBuilder(DEFAULT)
+    layout = kb.input("x", 256, 256)
+    out = kb.gemm("gemm", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    expected = reference_gemm(x, w)
+    layer = kb.layers[-1]
+    assert all(len(m.receivers) == 4 for m in layer.messages)
+    assert len(layer.messages) == 16 * 4          # 32 weight blocks, 32 activation blocks
+    # the programs as issued (`unroll`: the loops expanded)
+    words = {node: [isa.decode(w) for w in unroll(tp.words_of(node))] for node in tp.nodes}
+    for node, ins in words.items():
+        assert sum(i.op == Opcode.MCAST for i in ins) == 4
+        assert not any(i.op == Opcode.SEND for i in ins)
+    for y in range(4):
+        rows = [[i for i, _ in layer.plans[(x, y)].tiles] for x in range(4)]
+        assert all(r == rows[0] for r in rows)
+    for x in range(4):
+        cols = [[j for _, j in layer.plans[(x, y)].tiles] for y in range(4)]
+        assert all(c == cols[0] for c in cols)
+    result = TileModel(DEFAULT).run(tp)
+    assert np.array_equal(unpack_gemm(out, result), expected)
+
+
 def test_sends_never_read_a_bank_the_matrix_unit_reads():
     """The benchmark's shape: staging (DMA-out) and operand (MATMUL) regions in separate banks,
     results in a third; the 256^3 GEMM places one class per bank."""
@@ -361,7 +412,8 @@ def test_chained_layers_report_earlier_layers_in_the_overflow():
 
 
 def test_instruction_memory_overflow_names_the_layer():
-    # 8 x 8 tiles per node, four instructions each: 290 straight-line, rolled into loops it fits
+    # 8 x 8 tiles per node, four instructions each: about 290 straight-line, rolled into loops it
+    # fits
     kb = KernelBuilder(TINY)
     layout = kb.input("x", 64, 4)
     kb.quantised_layer("wide", layout, np.zeros((4, 64), dtype=np.int8),
@@ -371,10 +423,8 @@ def test_instruction_memory_overflow_names_the_layer():
     small = TINY.replace(imem_words=16)
     kb = KernelBuilder(small)
     layout = kb.input("x", 64, 4)
-    # 289 + 6 WAITs on the host's feeds: node (0, 0) holds 4 weight and 4 activation blocks,
-    # the two its first tile needs are loaded before the START, the other 6 fed
     with pytest.raises(CompileError, match=r"layer 'wide' needs \d+ instructions on node "
-                                           r"\(\d, \d\) \(64 tiles: 295 instructions "
+                                           r"\(\d, \d\) \(64 tiles: \d+ instructions "
                                            r"straight-line, \d+ rolled into loops, earlier "
                                            r"layers 0 and the HALT\), its instruction memory "
                                            r"holds 16"):
@@ -437,7 +487,10 @@ def test_tiny_benchmark_case_runs_near_its_figure():
     ideal = 32 ** 3 / TINY.peak_macs_per_cycle
     running = max(r.counters["cycles"] for r in result.nodes.values())
     assert ideal / running > 0.68, running
-    assert all(r.counters["stall_wait"] < 40 for r in result.nodes.values())
+    # the matrix unit idles under 80 cycles of each node's compute phase (57 measured: the
+    # first operands' multicasts and start-up); the sequencer's own waits overlap the MATMULs
+    assert all(r.counters["cycles"] - r.counters["busy_matrix"] < 80
+               for r in result.nodes.values())
     assert all(r.counters["sram_conflicts"] == 0 for r in result.nodes.values())
 
 
@@ -452,14 +505,16 @@ def test_256_cube_meets_the_utilisation_target():
     assert ideal / result.cycles >= 0.80, result.cycles
     for report in result.nodes.values():
         assert report.counters["sram_conflicts"] == 0
-        # the waits include those for the host's feeds (data sent after the START, 520 flits
-        # per row link), which replace as many cycles of loading before the START
-        assert report.counters["stall_wait"] < 300, report.counters
+        # the matrix unit idles under 400 cycles of the compute phase (about 330 measured:
+        # the first operands and the fed data arriving late); the sequencer's WAITs (stall_wait)
+        # mostly overlap the running MATMULs
+        assert report.counters["cycles"] - report.counters["busy_matrix"] < 400, report.counters
 
 
 def test_send_schedule_keeps_due_order_and_deadlines():
-    """`schedule_sends`: no message after its due slot, a sender's messages in due order, slot -1
-    only for what is due there, each slot within its DMA budget unless forced."""
+    """`schedule_sends`: no message after its due slot nor before its earliest one, a sender's
+    messages in due order, slot -1 only for what is due there, each slot within its DMA budget
+    unless forced."""
     from d1tile.sim.dma import job_cycles
     from d1tile.sw.kernels import Message, schedule_sends
     r = np.random.default_rng([bench_seed(), 13])
@@ -468,6 +523,9 @@ def test_send_schedule_keeps_due_order_and_deadlines():
         msgs = [Message((int(r.integers(0, 3)), 0), (int(r.integers(0, 3)), 1), 0, 0,
                         int(r.integers(0, 40)), 0, int(r.integers(0, 8)), (0, 0))
                 for _ in range(int(r.integers(1, 30)))]
+        for m in msgs:      # some have a fed source: no slot before `earliest`
+            if r.random() < 0.3:
+                m.earliest = int(r.integers(-1, m.due + 1))
         capacity = int(r.integers(0, 100))
         schedule_sends(msgs, tiles, capacity)
         for sender, count in tiles.items():
@@ -477,6 +535,7 @@ def test_send_schedule_keeps_due_order_and_deadlines():
             assert slots == sorted(slots)
             for m in mine:
                 assert -1 <= m.slot <= max(min(m.due, count - 1), -1)
+                assert m.slot >= min(m.earliest, max(min(m.due, count - 1), -1)), m
                 assert m.slot == -1 or m.slot <= m.due or m.slot == count - 1
             spent = {}
             for m in ordered:          # a message over a slot's budget must be due there
