@@ -6,7 +6,9 @@ and out of its EAST output. Host coordinates are (cols, y). A run is, per row li
 
 1. LOAD: for every node of the row (west to east), its program (IMEM packets) and its data
    (WRITE packets without a counter bump), in chunks of at most `CHUNK` words; then a START
-   packet for every node of the row.
+   packet for every node of the row. The program's *early* nodes (`TileImage.early`) go first
+   in their rows, each STARTed right after its own program and data, so it runs while the
+   rest of its row loads (what an early node sends must not land in what the host loads).
 2. FEED and RUN: after the STARTs, the *feeds* of the row's nodes, in the program's order
    (`TileImage.feeds`): data written while the nodes run, each region in WRITE packets of at
    most `CHUNK` words whose last one bumps the region's counter, so a node WAITs on the counter
@@ -53,6 +55,7 @@ class TileImage:
     loads: dict = field(default_factory=dict)      # (x, y) -> [(addr, [words])]
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
     feeds: list = field(default_factory=list)      # [((x, y), addr, [words], counter)], in order
+    early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first in its row
 
     @property
     def nodes(self) -> list[tuple[int, int]]:
@@ -71,6 +74,7 @@ class TileImage:
             "loads": {key(n): regions for n, regions in self.loads.items()},
             "reads": {key(n): regions for n, regions in self.reads.items()},
             "feeds": [[key(n), addr, list(words), counter] for n, addr, words, counter in self.feeds],
+            "early": [key(n) for n in self.early],
         })
 
     @classmethod
@@ -83,7 +87,8 @@ class TileImage:
                    {node(k): [(a, list(w)) for a, w in v] for k, v in data["loads"].items()},
                    {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()},
                    [(node(k), int(a), [int(w) for w in words], int(c))
-                    for k, a, words, c in data.get("feeds", [])])
+                    for k, a, words, c in data.get("feeds", [])],
+                   [node(k) for k in data.get("early", [])])
 
 
 def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tuple[int, int],
@@ -181,8 +186,9 @@ class HostDriver:
         self.header = packet_header_format(cfg)
         self.flit = flit_format(cfg)
         self._head_or_tail = (1 << self.flit.offsets["head"]) | (1 << self.flit.offsets["tail"])
-        for node in tile_program.nodes:
-            x, y = node
+        early = list(dict.fromkeys(tile_program.early))
+        later = [node for node in tile_program.nodes if node not in early]
+        for node in early + later:
             words = tile_program.words_of(node)
             for start in range(0, len(words), CHUNK):
                 self._send(node, PacketKind.IMEM, addr=start, body=words[start:start + CHUNK])
@@ -190,7 +196,9 @@ class HostDriver:
                 for start in range(0, len(data), CHUNK):
                     self._send(node, PacketKind.WRITE, addr=addr + start,
                                body=data[start:start + CHUNK])
-        for node in tile_program.nodes:
+            if node in early:
+                self._send(node, PacketKind.START)
+        for node in later:
             self._send(node, PacketKind.START)
         for node, addr, data, counter in tile_program.feeds:
             for start in range(0, len(data), CHUNK):

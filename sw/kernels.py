@@ -27,7 +27,9 @@ docs/architecture.md ("SRAM words and operand layout"); docs/kernels.md tells th
   run (`TileProgram.feed`, `expect_feed`): it bumps `HOST_COUNTER` on its holder when it has
   arrived, and the holder WAITs on it once, before the region's first SEND. The host sends a
   row's feeds in the order they are due, and a fed region's message goes no earlier than its
-  due slot, so the rest of the data streams in beside the MATMULs.
+  due slot, so the rest of the data streams in beside the MATMULs. The first layer's senders
+  of first operands are *early* nodes (`TileProgram.early`, unless that is every node of the
+  row): loaded and STARTed first, they multicast while the rest of the row loads.
 * **Gather, by multicast.** Every node pushes what it holds to the nodes that need it, itself
   included: each activation segment with one column MCAST down its column, each weight block
   with one row MCAST along its row (the receivers' regions are placed at one address,
@@ -1006,6 +1008,7 @@ class KernelBuilder:
             for receiver, use in m.deliveries():
                 tile = waits[receiver].setdefault(use, {})
                 tile[m.counter] = tile.get(m.counter, 0) + 1
+        first_senders = []
         for node, p in layer.plans.items():
             if not p.tiles and not sends[node]:
                 continue
@@ -1066,6 +1069,8 @@ class KernelBuilder:
 
             if layer.quant and p.tiles:
                 emit("setq", *layer.quant)
+            if sends[node].get(-1) and not self.layers:
+                first_senders.append(node)
             send_slot(-1)
             for t, (i, j) in enumerate(p.tiles):
                 for counter, value in sorted(waits[node].get(t, {}).items()):
@@ -1097,6 +1102,13 @@ class KernelBuilder:
                     f"instruction memory holds {self.cfg.imem_words}")
             target.words.extend(rolled)
             layer.pcs[node] = (pc0, len(target))
+        # The first layer's senders of first operands are loaded and STARTed first in their
+        # rows (`TileImage.early`), so their multicasts run while the rest of the row loads;
+        # in a row where every node is one of them that would only stagger the STARTs.
+        for y in range(self.cfg.rows):
+            row = [node for node in first_senders if node[1] == y]
+            if len(row) < sum(1 for node, p in layer.plans.items() if node[1] == y and p.tiles):
+                self.tp.early.extend(node for node in row if node not in self.tp.early)
 
 
 STRAIGHT_LINE_LIMIT = 64

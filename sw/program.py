@@ -41,6 +41,7 @@ class TileProgram:
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
     feed_list: list = field(default_factory=list)  # [(key, seq, (x, y), addr, [words], counter)]
     expected: dict = field(default_factory=dict)   # ((x, y), addr) -> (n, counter, key, seq)
+    early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first (host)
 
     def _check_node(self, node) -> tuple[int, int]:
         x, y = node
@@ -145,7 +146,7 @@ class TileProgram:
     def image(self) -> TileImage:
         """The program as plain data (`d1tile.sim.host.TileImage`)."""
         return TileImage(self.cfg, {n: self.words_of(n) for n in self.programs},
-                         self.loads, self.reads, self.feeds)
+                         self.loads, self.reads, self.feeds, list(self.early))
 
     def to_json(self) -> str:
         """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
@@ -160,6 +161,7 @@ class TileProgram:
             program.words = words
             tp.programs[node] = program
         tp.loads, tp.reads = image.loads, image.reads
+        tp.early = list(image.early)
         tp.feed_list = [((), seq, node, addr, words, counter)
                         for seq, (node, addr, words, counter) in enumerate(image.feeds)]
         return tp

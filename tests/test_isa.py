@@ -419,6 +419,28 @@ def test_feeds_arrive_after_the_start_and_bump_their_counter():
     assert functional.nodes[(1, 1)].counters[31] == 0
 
 
+def test_early_nodes_are_loaded_and_started_first_in_their_rows():
+    """An early node's program, data and START go before the rest of its row's loading; the
+    other rows and nodes keep the order of the grid."""
+    tp = TileProgram(TINY)
+    for node in tp.nodes:
+        tp.node(*node).halt()
+    tp.load((0, 1), 0, [5])
+    tp.early.append((1, 1))
+    image = TileProgram.from_json(tp.to_json()).image()
+    assert image.early == [(1, 1)]
+    driver = HostDriver(TINY, image)
+    heads = [driver.header.unpack(driver.flit.get(f, "payload"))
+             for f in driver.queues[1] if driver.flit.get(f, "head")]
+    order = [(h["kind"], driver.flit.get(f, "dst_x"))
+             for h, f in zip(heads, [f for f in driver.queues[1] if driver.flit.get(f, "head")])]
+    assert order == [(PacketKind.IMEM, 1), (PacketKind.START, 1), (PacketKind.IMEM, 0),
+                     (PacketKind.WRITE, 0), (PacketKind.START, 0)]
+    result = TileModel(TINY).run(tp)
+    assert result.hang is None and not result.faults
+    assert result.nodes[(1, 1)].done_cycle < result.nodes[(0, 1)].done_cycle
+
+
 # -- functional interpreter ----------------------------------------------------------------------
 
 def operand_words(cfg, matrix):

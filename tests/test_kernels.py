@@ -505,10 +505,11 @@ def test_256_cube_meets_the_utilisation_target():
     assert ideal / result.cycles >= 0.80, result.cycles
     for report in result.nodes.values():
         assert report.counters["sram_conflicts"] == 0
-        # the matrix unit idles under 400 cycles of the compute phase (about 330 measured:
-        # the first operands and the fed data arriving late); the sequencer's WAITs (stall_wait)
-        # mostly overlap the running MATMULs
-        assert report.counters["cycles"] - report.counters["busy_matrix"] < 400, report.counters
+        # every matrix unit is busy all of the run but under 1 100 cycles (930 measured on the
+        # last node to finish: the host's loading before its START, MATMUL start-up, the
+        # first operands; an early node waits longer inside its compute phase, for the rest
+        # of its row); the sequencer's WAITs (stall_wait) mostly overlap the running MATMULs
+        assert result.cycles - report.counters["busy_matrix"] < 1100, report.counters
 
 
 def test_send_schedule_keeps_due_order_and_deadlines():

@@ -329,8 +329,10 @@ def fed_gemm():
     kb.read(out)
     tp = kb.finish()
     load_activation(tp, layout, x)
+    # 16 regions (every node holds 2 weight and 2 activation blocks); the first tiles' 4 (a
+    # weight block per row, an activation block per column) are loaded before the START
     feeds = tp.image().feeds
-    assert len(feeds) == 8 and all(counter == HOST_COUNTER for *_, counter in feeds)
+    assert len(feeds) == 12 and all(counter == HOST_COUNTER for *_, counter in feeds)
 
     def check(result):
         assert np.array_equal(unpack_gemm(out, result), reference_gemm(x, w))
