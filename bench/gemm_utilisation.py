@@ -152,10 +152,12 @@ def report(case: dict, out=print) -> None:
     out(f"    {'= DONE cycle of ' + str(crit):48s} {rep.done_cycle:7d}")
     out(f"    read-back after the last DONE: {total - cycles} cycles")
     msgs = layer.messages
+    mcasts = sum(1 for mg in msgs if mg.receivers)
     words = sum(mg.n for mg in msgs)
-    out(f"  communication: {len(msgs)} SENDs, {words} words over the mesh (activation blocks "
-        f"down the columns, weight blocks along the rows), overlapped with the MATMULs; "
-        f"exposed only as stall_wait")
+    delivered = sum(mg.n * len(mg.deliveries()) for mg in msgs)
+    out(f"  communication: {mcasts} MCASTs and {len(msgs) - mcasts} SENDs, {words} words sent, "
+        f"{delivered} delivered (activation blocks down the columns, weight blocks along the "
+        f"rows), overlapped with the MATMULs; exposed only as stall_wait")
     out("  per node (counters; busy_dma_out and flits_out include the node's read-back):")
     header = ["node", "tiles", "START~", "DONE", "running", "busy_matrix", "MAC util",
               "stall_wait", "stall_unit", "stall_hazard", "busy_dma_out", "flits_out", "sram_confl"]
