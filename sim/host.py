@@ -193,18 +193,13 @@ class HostDriver:
             for start in range(0, len(words), CHUNK):
                 self._send(node, PacketKind.IMEM, addr=start, body=words[start:start + CHUNK])
             for addr, data in tile_program.loads.get(node, []):
-                for start in range(0, len(data), CHUNK):
-                    self._send(node, PacketKind.WRITE, addr=addr + start,
-                               body=data[start:start + CHUNK])
+                self._write(node, addr, data)
             if node in early:
                 self._send(node, PacketKind.START)
         for node in later:
             self._send(node, PacketKind.START)
         for node, addr, data, counter in tile_program.feeds:
-            for start in range(0, len(data), CHUNK):
-                last = start + CHUNK >= len(data)
-                self._send(node, PacketKind.WRITE, addr=addr + start,
-                           body=data[start:start + CHUNK], counter=counter, bump=int(last))
+            self._write(node, addr, data, counter=counter, bump=True)
         self.reports = {node: NodeReport() for node in tile_program.nodes}
         self.pending_done = set(tile_program.nodes)
         self.pending_replies: dict = {}   # (node, tag) -> (addr, n) or "ctrs"
@@ -220,6 +215,13 @@ class HostDriver:
     def _send(self, node, kind, **fields):
         x, y = node
         self.queues[y].extend(packet(self.cfg, node, kind, src=(self.cfg.cols, y), **fields))
+
+    def _write(self, node, addr: int, data, *, counter: int = 0, bump: bool = False):
+        """WRITE packets of at most CHUNK words; with `bump`, the last one bumps `counter`."""
+        for start in range(0, len(data), CHUNK):
+            last = start + CHUNK >= len(data)
+            self._send(node, PacketKind.WRITE, addr=addr + start, body=data[start:start + CHUNK],
+                       counter=counter, bump=int(bump and last))
 
     # -- per-cycle interface -------------------------------------------------------------------
 

@@ -58,6 +58,10 @@ class FunctionalNode:
         self.acc = [np.zeros((n, n), dtype=np.uint32) for _ in range(isa.ACC_BANKS)]
         self.vector = VectorUnitState(self.cfg)
 
+    def bump(self, counter: int) -> None:
+        """A message's (or a feed's) arrival: the counter + 1, wrapping at 2**16."""
+        self.counters[counter] = (self.counters[counter] + 1) % 2**isa.SYNC_COUNTER_BITS
+
     def _operands(self, spec, base: int, kw: int) -> np.ndarray:
         """Words base..base+kw-1 as the type's operand vectors, shape (V * kw, N)."""
         return np.concatenate([spec.operand_vectors(self.cfg, self.sram[base + w])
@@ -129,8 +133,7 @@ class FunctionalNode:
                 for dst, length, _ in isa.dma_packets(instr):
                     dest.sram[dst:dst + length] = words[k:k + length]
                     k += length
-                dest.counters[f["counter"]] = ((dest.counters[f["counter"]] + 1)
-                                               % 2**isa.SYNC_COUNTER_BITS)
+                dest.bump(f["counter"])
         self.pc = self.loops.issue(instr, self.pc)
         return True
 
@@ -161,7 +164,7 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
     # before its WAIT races the host, and is wrong on the tile).
     for node, addr, words, counter in tile_program.feeds:
         tile[node].sram[addr:addr + len(words)] = words
-        tile[node].counters[counter] = (tile[node].counters[counter] + 1) % 2**isa.SYNC_COUNTER_BITS
+        tile[node].bump(counter)
     steps = 0
     deadlock = None
     while True:

@@ -280,15 +280,10 @@ class NodeSram:
         """The region's address; `banks=False` ignores the bank rules (plain first fit)."""
         if size <= 0:
             raise ValueError(f"region {name!r}: size {size} must be positive")
-        avoid = set()
-        for r in self.regions if banks else ():
-            if r.cls in AVOID[cls]:
-                avoid |= self._banks(r.lo, r.hi)
+        avoid = self._avoid(cls) if banks else set()
         best = None
-        bank = self.cfg.bank_words
         for lo, hi in self._free():
-            starts = [lo] + list(range((lo // bank + 1) * bank, hi, bank))
-            for start in starts:
+            for start in self._starts(lo, hi):
                 if start + size > hi:
                     break
                 score = (len(self._banks(start, start + size) & avoid), start)
@@ -299,6 +294,19 @@ class NodeSram:
         self.regions.append(Region(name, best[1], best[1] + size, cls))
         return best[1]
 
+    def _avoid(self, cls: str) -> set:
+        """The banks holding a region of a class `cls` must avoid (`AVOID`)."""
+        avoid = set()
+        for r in self.regions:
+            if r.cls in AVOID[cls]:
+                avoid |= self._banks(r.lo, r.hi)
+        return avoid
+
+    def _starts(self, lo: int, hi: int) -> list[int]:
+        """The addresses tried in the free range [lo, hi): its start and the bank starts in it."""
+        bank = self.cfg.bank_words
+        return [lo] + list(range((lo // bank + 1) * bank, hi, bank))
+
     def conflicts(self, start: int, size: int, cls: str) -> int | None:
         """How many banks of [start, start + size) hold a region of a class `cls` must avoid;
         None when the words are not all free."""
@@ -306,17 +314,11 @@ class NodeSram:
             return None
         if any(r.lo < start + size and start < r.hi for r in self.regions):
             return None
-        avoid = set()
-        for r in self.regions:
-            if r.cls in AVOID[cls]:
-                avoid |= self._banks(r.lo, r.hi)
-        return len(self._banks(start, start + size) & avoid)
+        return len(self._banks(start, start + size) & self._avoid(cls))
 
     def starts(self) -> list[int]:
-        """The addresses `alloc` tries: each free range's start and the bank starts in it."""
-        bank = self.cfg.bank_words
-        return [s for lo, hi in self._free()
-                for s in [lo] + list(range((lo // bank + 1) * bank, hi, bank))]
+        """The addresses `alloc` tries, over every free range."""
+        return [s for lo, hi in self._free() for s in self._starts(lo, hi)]
 
     def take(self, name: str, start: int, size: int, cls: str) -> int:
         if self.conflicts(start, size, cls) is None:
@@ -707,9 +709,9 @@ class KernelBuilder:
         capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
         if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
             capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
-        # A message whose source the host feeds goes no earlier than the slot before its due
-        # one: its sender WAITs for the feed there, and an early slot would stall the sender's
-        # MATMULs on a feed the host sends in due order.
+        # A message whose source the host feeds goes no earlier than FEED_LEAD slots before its
+        # due one: its sender WAITs for the feed there, and an early slot would stall the
+        # sender's MATMULs on a feed the host sends in due order.
         for m in layer.messages:
             if m.src in self._unfed[m.sender]:
                 m.earliest = m.due - FEED_LEAD
