@@ -9,8 +9,10 @@ by `KernelBuilder.gemm` on `TileModel`, checks C bit for bit against NumPy (int8
 `reference_gemm_bf16` (bf16: the FP32 sums added k after k), and prints:
 
 * `cycles` (`RunResult.cycles`: from reset to the last DONE, so it includes the host loading
-  every program and the weights and activations through the east edge) and `total_cycles`
-  (`RunResult.total_cycles`: also the read-back of C and the counters);
+  every program and the weights and activations through the east edge, and a C too large for
+  the SRAM streamed out to the host while the nodes compute) and `total_cycles`
+  (`RunResult.total_cycles`: also the read-back of C, when it stayed in SRAM, and the
+  counters);
 * `ideal_cycles` = M K N / (nodes * N^2), every MAC busy every cycle;
 * **utilisation = ideal_cycles / cycles** (the headline figure; the target is >= 80 % for
   256^3 on the default tile), and for reference ideal / total_cycles and ideal / the compute
@@ -158,6 +160,16 @@ def report(case: dict, out=print) -> None:
     out(f"  communication: {mcasts} MCASTs and {len(msgs) - mcasts} SENDs, {words} words sent, "
         f"{delivered} delivered (activation blocks down the columns, weight blocks along the "
         f"rows), overlapped with the MATMULs; exposed only as stall_wait")
+    plans = layer.plans.values()
+    if layer.stream:
+        sends = sum(ceil(len(p.tiles) / layer.stream) for p in plans)
+        words = sum(len(p.tiles) for p in plans) * N
+        out(f"  result: streamed to the host while the nodes compute, {sends} SENDs of "
+            f"{'one tile' if layer.stream == 1 else f'up to {layer.stream} tiles'}, {words} words ({words // cfg.rows} and "
+            f"{sends // cfg.rows} headers per row link), from a ring of "
+            f"{2 * layer.stream} tiles per node")
+    else:
+        out("  result: left in SRAM, read back after the last DONE")
     out("  per node (counters; busy_dma_out and flits_out include the node's read-back):")
     header = ["node", "tiles", "START~", "DONE", "running", "busy_matrix", "MAC util",
               "stall_wait", "stall_unit", "stall_hazard", "busy_dma_out", "flits_out", "sram_confl"]
@@ -208,8 +220,10 @@ def main(argv=None) -> int:
     else:
         # 256^3 in bf16 needs twice the SRAM of int8 (every node keeps all of K): 96 KiB of
         # the 64 KiB; 256 x 128 x 256 takes in bf16 the words 256^3 takes in int8.
+        # 1024 x 64 x 1024: C (4 MiB of int32) is 4 times the tile's SRAM, so it is streamed
+        # to the host while the nodes compute (`KernelBuilder.gemm(out="auto")`).
         cases = [("default", (256, 256, 256)), ("default", (256, 128, 256)),
-                 ("tiny", (32, 32, 32))]
+                 ("default", (1024, 64, 1024)), ("tiny", (32, 32, 32))]
     summary = []
     for preset, (m, k, n) in cases:
         for dtype in dtypes:

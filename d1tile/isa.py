@@ -85,7 +85,9 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
   b words only if it starts at or below them, and a fixed b must lie outside it. (The engine
   reads ahead of its writes, so a later element must never read what an earlier one wrote.) A
   reduction writes once, after its last read, so its destination may overlap anything.
-* SEND: x < cols and y < rows (else NODE, value x | y << 4); no span (else FIELD, value 1);
+* SEND: x <= cols and y < rows (else NODE, value x | y << 4; x == cols is the host: the
+  packet leaves through the east edge of the sender's own row, whatever y, and the host
+  appends its words to the sender's stream, `RunResult.streams`); no span (else FIELD, value 1);
   then the extent (`dma_extent`,
   with the shape of a shaped SEND): src + extra * sstride + n <= sram_words unless `zero`
   (else ADDRESS, value src), dst + extra * dstride + n <= sram_words (else ADDRESS, value
@@ -530,7 +532,7 @@ def _dma_checks(cfg, x, ops):
 
 def _send_checks(op, cfg, x, ops):
     return [
-        ((x.x >= cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
+        ((x.x > cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
         (getattr(x, "span", 0) == 1, FaultCode.FIELD, 1),
         *_dma_checks(cfg, x, ops),
     ]

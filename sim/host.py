@@ -13,7 +13,10 @@ and out of its EAST output. Host coordinates are (cols, y). A run is, per row li
    (`TileImage.feeds`): data written while the nodes run, each region in WRITE packets of at
    most `CHUNK` words whose last one bumps the region's counter, so a node WAITs on the counter
    before it uses the region. The host waits for one DONE packet from every node (a node sends
-   it when it halts or faults).
+   it when it halts or faults). Meanwhile it takes the *streams*: the WRITE packets that nodes
+   SEND to the host (x == cols), appended per sender in arrival order (`RunResult.streams`).
+   A node's packets to the host and its DONE leave through its row's link in the order its
+   DMA-out sent them, so everything a node streams has arrived before its DONE.
 3. READBACK: the cycle after the last DONE arrives, READ packets for every region the program
    asks for and a READ_CTRS for every node; the run ends when every REPLY has arrived.
 
@@ -133,6 +136,11 @@ class RunResult:
     reads: dict                    # ((x, y), addr, n) -> [words]
     hang: str | None = None        # the hang report, when the run stopped without finishing
     misroute: bool = False         # a flit left the mesh through an edge other than the host's
+    streams: dict = field(default_factory=dict)   # (x, y) -> [(addr, [words])]: SENDs to the host
+
+    def stream_words(self, node) -> list[int]:
+        """Every word node sent to the host, in order (its packets' bodies one after another)."""
+        return [word for _, body in self.streams.get(node, []) for word in body]
 
     @property
     def faults(self) -> dict:
@@ -146,6 +154,8 @@ class RunResult:
             "nodes": {f"{x},{y}": [r.done_cycle, int(r.fault), r.pc, r.fault_value, r.counters]
                       for (x, y), r in sorted(self.nodes.items())},
             "reads": {f"{x},{y}@{a}+{n}": words for ((x, y), a, n), words in sorted(self.reads.items())},
+            "streams": {f"{x},{y}": [[a, body] for a, body in packets]
+                        for (x, y), packets in sorted(self.streams.items())},
         }
 
     @classmethod
@@ -160,8 +170,10 @@ class RunResult:
             where, span = key.split("@")
             addr, n = span.split("+")
             reads[(node(where), int(addr), int(n))] = words
+        streams = {node(key): [(a, list(body)) for a, body in packets]
+                   for key, packets in data.get("streams", {}).items()}
         return cls(data["cycles"], data["total_cycles"], nodes, reads, data["hang"],
-                   data["misroute"])
+                   data["misroute"], streams)
 
 
 class HostDriver:
@@ -204,6 +216,7 @@ class HostDriver:
         self.pending_done = set(tile_program.nodes)
         self.pending_replies: dict = {}   # (node, tag) -> (addr, n) or "ctrs"
         self.reads: dict = {}
+        self.streams: dict = {}   # (x, y) -> [(addr, [words])]: WRITE packets from the nodes
         self.rx = [[] for _ in range(cfg.rows)]   # flits of the packet arriving on each link
         self.run_cycles: int | None = None
         self.last_cycle = 0
@@ -332,6 +345,8 @@ class HostDriver:
                 self.reports[node].counters = dict(zip(COUNTER_NAMES, lanes))
             else:
                 self.reads[(node, *request)] = body
+        elif kind == PacketKind.WRITE and node in self.reports and node in self.pending_done:
+            self.streams.setdefault(node, []).append((head["addr"], body))
         else:
             raise RuntimeError(f"host received an unexpected packet at cycle {cycle}: "
                                f"kind {kind} from {node}, header {head}; packets so far "
@@ -352,4 +367,4 @@ class HostDriver:
             hang = self.hang + ("\n" + hang_report if hang_report else "")
         return RunResult(cycles=self.run_cycles if self.run_cycles is not None else self.last_cycle,
                          total_cycles=self.last_cycle, nodes=self.reports, reads=self.reads,
-                         hang=hang, misroute=misroute)
+                         hang=hang, misroute=misroute, streams=self.streams)

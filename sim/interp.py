@@ -2,7 +2,7 @@
 
 `interpret(tile_program)` runs every node's program to its HALT (or fault) with no notion of
 time: instructions execute one after another, a SEND writes the destination's SRAM and bumps its
-counter at once, and nodes take turns whenever one blocks on a WAIT. For programs whose nodes
+counter at once (a SEND to the host, x == cols, appends its packets to the sender's stream), and nodes take turns whenever one blocks on a WAIT. For programs whose nodes
 synchronise properly (data that arrives over the mesh is read only after a WAIT on its counter,
 and is not overwritten while another node may still send into it), every timed execution ends in
 the same state, so the cycle model and the RTL must produce exactly what this produces.
@@ -51,6 +51,7 @@ class FunctionalNode:
     vector: VectorUnitState | None = None
     loops: isa.LoopControl | None = None     # the loop stack and STEP offsets
     node: tuple = (0, 0)                     # where it is (an MCAST's row or column)
+    stream: list = field(default_factory=list)   # its packets to the host: [(addr, [words])]
 
     def __post_init__(self):
         n = self.cfg.mac_dim
@@ -127,6 +128,12 @@ class FunctionalNode:
                      else [self.sram[a] for a in source])
             receivers = ([(f["x"], f["y"])] if op == Opcode.SEND
                          else isa.mcast_receivers(instr, self.node))
+            if op == Opcode.SEND and f["x"] == self.cfg.cols:      # to the host
+                k = 0
+                for dst, length, _ in isa.dma_packets(instr):
+                    self.stream.append((dst, words[k:k + length]))
+                    k += length
+                receivers = []
             for receiver in receivers:
                 dest = tile[receiver]
                 k = 0
@@ -143,6 +150,11 @@ class FunctionalResult:
     nodes: dict          # (x, y) -> FunctionalNode (final state)
     reads: dict          # ((x, y), addr, n) -> [words]
     deadlock: str | None = None
+
+    @property
+    def streams(self) -> dict:
+        """(x, y) -> [(addr, [words])]: what each node sent to the host, as `RunResult.streams`."""
+        return {node: n.stream for node, n in self.nodes.items() if n.stream}
 
     def faults(self) -> dict:
         return {node: (n.fault, n.pc, n.fault_value) for node, n in self.nodes.items()

@@ -220,9 +220,14 @@ class GemmOutput:
     feature_blocks: tuple[tuple[int, int], ...]   # feature blocks per row
     base: dict
     dtype: ElemType = ElemType.INT8
+    # Streamed to the host instead (`KernelBuilder.gemm(..., out="host")`): node -> (offset,
+    # tiles): its tiles (i, j) in the order it sends them, N words each, from word `offset` of
+    # its stream (`RunResult.streams`: what it sent to the host before this layer).
+    streamed: dict | None = None
 
     def region(self, x: int, y: int) -> tuple[int, int]:
-        """(address, words) of node (x, y)'s result tiles."""
+        """(address, words) of node (x, y)'s result tiles (in SRAM; for a streamed output the
+        words it streams)."""
         j0, j1 = self.blocks[x]
         i0, i1 = self.feature_blocks[y]
         return self.base[(x, y)], (i1 - i0) * (j1 - j0) * self.cfg.mac_dim
@@ -428,6 +433,7 @@ class LayerPlan:
     first_x: dict = field(default_factory=dict)     # (node, j) -> first tile using block j
     messages: list = field(default_factory=list)
     pcs: dict = field(default_factory=dict)         # node -> (first, end): its instructions
+    stream: int = 0      # plain GEMM streamed to the host: tiles per SEND (0: C stays in SRAM)
 
     @property
     def where(self) -> str:
@@ -435,11 +441,12 @@ class LayerPlan:
 
     def instructions(self, tiles: list) -> int:
         """Instructions of these tiles: a MATMUL per K run of the tile's block and an MREAD per
-        tile, and for a quantised layer per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD
-        and a VEC REQUANT, plus a SETQ."""
+        tile, for a streamed plain GEMM a SEND to the host per `stream` tiles, and for a
+        quantised layer per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD and a VEC
+        REQUANT, plus a SETQ."""
         n = sum(len(self.kruns[i]) for i, _ in tiles) + len(tiles)
         if not self.quant:
-            return n
+            return n + (ceil(len(tiles) / self.stream) if self.stream else 0)
         return n + (len(tiles) // self.pool) * (self.pool + 1) + (1 if tiles else 0)
 
 
@@ -497,6 +504,7 @@ class KernelBuilder:
         # ever registered (an input read by two layers is fed once).
         self._unfed: dict = {node: {} for node in self.tp.nodes}
         self._fed: set = set()
+        self._streamed: dict = {}      # node -> words it streams to the host in earlier layers
 
     # -- activations -------------------------------------------------------------------------
 
@@ -555,6 +563,8 @@ class KernelBuilder:
             for node in what.nodes():
                 self.tp.read(node, *what.region(*node))
         elif isinstance(what, GemmOutput):
+            if what.streamed is not None:
+                return          # it comes with the run's streams
             for node in sorted(what.base):
                 self.tp.read(node, *what.region(*node))
         else:
@@ -571,17 +581,30 @@ class KernelBuilder:
 
     # -- layers ------------------------------------------------------------------------------
 
-    def gemm(self, name: str, x, w) -> GemmOutput:
-        """Plain GEMM C = X @ W with the result left in SRAM (read it back with `read` and
-        `unpack_gemm`). `x` is an `ActivationLayout` (or a list of them, whose features are
+    def gemm(self, name: str, x, w, *, out: str = "auto") -> GemmOutput:
+        """Plain GEMM C = X @ W. `out` = "sram": the result is left in SRAM (read it back
+        with `read` and `unpack_gemm`); "host": it is streamed to the host while the nodes
+        compute (each node MREADs its tiles into a ring of 2 x `STREAM_TILES` tiles and SENDs
+        every `STREAM_TILES` of them to the host edge of its row; `unpack_gemm` takes them from
+        `RunResult.streams`), so C need not fit the tile; "auto" (the default): "sram" when the
+        result fits every node's SRAM beside the operands, else "host". `x` is an `ActivationLayout` (or a list of them, whose features are
         concatenated), `w` [K, F]: int8 values for int8 inputs (int32 C), floats for bf16
         inputs (rounded to BF16 on the host; FP32 C, every K step added in order: K runs of
         zero weights are not skipped for bf16, since skipping a 0 x x product is not neutral in
         floating point: -0 + +0 is +0, 0 x Inf is NaN)."""
-        layer = self._layer(name, x, w, bias=None, quant=None)
+        if out not in ("auto", "sram", "host"):
+            raise ValueError(f"out={out!r}: use 'auto', 'sram' or 'host'")
+        layer = self._layer(name, x, w, bias=None, quant=None, out=out)
         base = {node: p.out_base for node, p in layer.plans.items() if p.tiles}
+        streamed = None
+        if layer.stream:
+            streamed = {}
+            for node, p in layer.plans.items():
+                if p.tiles:
+                    streamed[node] = (self._streamed.get(node, 0), tuple(p.tiles))
+                    self._streamed[node] = self._streamed.get(node, 0) + len(p.tiles) * self.cfg.mac_dim
         return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
-                          layer.fblocks, base, layer.dtype)
+                          layer.fblocks, base, layer.dtype, streamed)
 
     def quantised_layer(self, name: str, x, w, b, scale: int, shift: int,
                         relu: bool = False) -> ActivationLayout:
@@ -644,14 +667,22 @@ class KernelBuilder:
             raise CompileError(f"the name {name!r} is used twice")
         self._names.add(name)
 
-    def _check_fits(self, what: str, needs: dict):
-        """`needs`: node -> {part: words}. Raise the overflow error for the fullest node."""
-        cfg = self.cfg
+    def _fullest(self, needs: dict) -> tuple:
+        """`needs`: node -> {part: words}. The node that would be fullest, and its words."""
         worst, total = None, -1
         for node, parts in needs.items():
             t = self.sram[node].used + sum(parts.values())
             if t > total:
                 worst, total = node, t
+        return worst, total
+
+    def _fits(self, needs: dict) -> bool:
+        return self._fullest(needs)[1] <= self.cfg.sram_words
+
+    def _check_fits(self, what: str, needs: dict):
+        """`needs`: node -> {part: words}. Raise the overflow error for the fullest node."""
+        cfg = self.cfg
+        worst, total = self._fullest(needs)
         if worst is None or total <= cfg.sram_words:
             return
         def size(words):
@@ -694,19 +725,24 @@ class KernelBuilder:
                                    f"are {inputs[0].dtype.name} and {i.dtype.name}")
         return inputs
 
-    def _layer(self, name, x, w, bias, quant, pool=1, out_features=None) -> LayerPlan:
+    def _layer(self, name, x, w, bias, quant, pool=1, out_features=None,
+               out="sram") -> LayerPlan:
         """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
         self._check_open(name)
         layer, wpad = self._partition(name, x, w, bias, quant, pool, out_features)
         self._order_tiles(layer)
+        mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
+                               / len(layer.kruns)))
+        if out == "host" or (out == "auto" and not self._fits(self._sram_needs(layer))):
+            layer.stream = self._stream_group(layer, matmul_cycles(self.cfg, mean_kw, layer.dtype))
         self._check_instruction_memory(layer)
         self._place_regions(layer)
         self._load_weights(layer, wpad, bias)
         self._register_inputs(layer)
         self._gather(layer)
-        mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
-                               / len(layer.kruns)))
         capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
+        if layer.stream:   # DMA-out also streams the results: a tile's share of a SEND
+            capacity -= ceil((job_cycles(layer.stream * self.cfg.mac_dim) + 1) / layer.stream)
         if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
             capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
         # A message whose source the host feeds goes no earlier than FEED_LEAD slots before its
@@ -720,6 +756,20 @@ class KernelBuilder:
         self._emit_layer(layer)
         self.layers.append(layer)
         return layer
+
+    def _stream_group(self, layer: LayerPlan, tile_cycles: int) -> int:
+        """Tiles per SEND of a streamed result: one (a packet of N + 1 flits per tile, and
+        the shortest rolled program) while a row's results take at most `STREAM_LINK_SHARE` of
+        its busiest node's compute time on the row's link to the host, else `STREAM_TILES`
+        (fewer headers, for results that load the link)."""
+        n = self.cfg.mac_dim
+        tiles = {node: len(p.tiles) for node, p in layer.plans.items()}
+        link = max(sum(t for (_, y), t in tiles.items() if y == row) * (n + 1)
+                   for row in range(self.cfg.rows))
+        compute = max(tiles.values()) * tile_cycles
+        if link <= STREAM_LINK_SHARE * compute:
+            return 1
+        return min(STREAM_TILES, MAX_SEND_WORDS // n)
 
     def _partition(self, name, x, w, bias, quant, pool, out_features):
         """Check the arguments; lay out K (the inputs' words one after the other); split the
@@ -874,12 +924,9 @@ class KernelBuilder:
                 f"the {limit} ({STRAIGHT_LINE_LIMIT} x the instruction memory) the compiler "
                 "rolls into loops")
 
-    def _place_regions(self, layer: LayerPlan) -> None:
-        """SRAM: check the fullest node first (a clear message), then place every node's
-        regions by their classes (`NodeSram`)."""
+    def _sram_needs(self, layer: LayerPlan) -> dict:
+        """node -> {part: words} of the layer's regions."""
         n = self.cfg.mac_dim
-        classes = {"weight staging": STAGE, "weights": OPERAND, "activations": OPERAND,
-                   "output chunks": STAGE, "accumulator rows": RESULT, "results": RESULT}
         needs = {}
         for (x, y), p in layer.plans.items():
             parts = {}
@@ -894,10 +941,21 @@ class KernelBuilder:
                     parts["output chunks"] = nbx * nf // layer.pool * n // INT8_OUT_PER_WORD
                     if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
                         parts["accumulator rows"] = 2 * layer.pool * n
+                elif layer.stream:
+                    parts["result ring"] = min(2 * layer.stream, len(p.tiles)) * n
                 else:
                     parts["results"] = nf * nbx * n
             if parts:
                 needs[(x, y)] = parts
+        return needs
+
+    def _place_regions(self, layer: LayerPlan) -> None:
+        """SRAM: check the fullest node first (a clear message), then place every node's
+        regions by their classes (`NodeSram`)."""
+        classes = {"weight staging": STAGE, "weights": OPERAND, "activations": OPERAND,
+                   "output chunks": STAGE, "accumulator rows": RESULT, "results": RESULT,
+                   "result ring": RESULT}
+        needs = self._sram_needs(layer)
         self._check_fits(layer.where, needs)
         # The multicast destinations first, at one address per group: the weights of a row's
         # computing nodes, then the activations of a column's (`NodeSram.common`).
@@ -925,7 +983,7 @@ class KernelBuilder:
             p.w_base = addrs.get("weights", 0)
             p.x_base = addrs.get("activations", 0)
             p.y_base = addrs.get("output chunks", 0)
-            p.out_base = addrs.get("results", 0)
+            p.out_base = addrs.get("results", addrs.get("result ring", 0))
             if "accumulator rows" in addrs:
                 self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
 
@@ -1066,6 +1124,12 @@ class KernelBuilder:
                 bank = t % ACC_BANKS
                 if layer.quant:
                     emit("mread", acc(t), bank=bank)
+                elif layer.stream:      # into the ring; each group of `stream` tiles to the host
+                    g, ring = layer.stream, min(2 * layer.stream, len(p.tiles))
+                    emit("mread", p.out_base + t % ring * n, bank=bank)
+                    if (t + 1) % g == 0 or t == len(p.tiles) - 1:
+                        at = p.out_base + (t - t % g) % ring * n
+                        emit("send", at, (t % g + 1) * n, (self.cfg.cols, y), at)
                 else:
                     emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n, bank=bank)
 
@@ -1112,6 +1176,20 @@ class KernelBuilder:
             if len(row) < sum(1 for node, p in layer.plans.items() if node[1] == y and p.tiles):
                 self.tp.early.extend(node for node in row if node not in self.tp.early)
 
+
+STREAM_TILES = 8
+"""Tiles per SEND of a GEMM result streamed to the host (`KernelBuilder.gemm(out="host")`)
+when the results load the row links (`STREAM_LINK_SHARE`); otherwise one tile per SEND. The
+ring holds twice as many tiles, so one group is read out while the other is sent. 8 tiles of 8
+words make a packet of 65 flits (1.5 % headers), 1 tile a packet of 9 (11 %); but one tile per
+SEND rolls into a loop of 2 tiles, 8 into one of 16 (the programs: 120 against 295 words per
+node for 1024 x 64 x 1024 on the default tile). Measured in docs/kernels.md."""
+
+STREAM_LINK_SHARE = 0.9
+"""One tile per SEND while a row's streamed results, N + 1 flits per tile, take at most this
+share of the compute time on the row's link (measured: 1024 x 64 x 1024, share 0.54, 94.6 %
+with one tile per SEND against 93.0 % with 8; 1024 x 32 x 1024, share 1.03, 85.5 % against
+86.5 %)."""
 
 STRAIGHT_LINE_LIMIT = 64
 """A layer's straight-line program (before loop rerolling) may be at most this many times the
@@ -1268,13 +1346,27 @@ def unpack_activation(layout: ActivationLayout, result) -> np.ndarray:
 
 
 def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
-    """The [batch, features] product from a run's read-back (`KernelBuilder.read(out)`): int32
-    for int8 operands, float32 (the FP32 accumulators' bits) for bf16."""
+    """The [batch, features] product from a run's read-back (`KernelBuilder.read(out)`), or
+    from its streams for a streamed output (`result` a `RunResult` or `FunctionalResult`):
+    int32 for int8 operands, float32 (the FP32 accumulators' bits) for bf16."""
     cfg, n = output.cfg, output.cfg.mac_dim
-    reads = _reads(result)
     nb_all = max(hi for _, hi in output.blocks)
     nf_all = max(hi for _, hi in output.feature_blocks)
     ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T, raw 32-bit lanes
+    if output.streamed is not None:
+        streams = result.streams
+        for node, (offset, tiles) in output.streamed.items():
+            words = [w for _, body in streams.get(node, []) for w in body]
+            if len(words) < offset + len(tiles) * n:
+                raise ValueError(f"{output.name!r}: node {node} streamed {len(words)} words, "
+                                 f"{offset + len(tiles) * n} expected")
+            for t, (i, j) in enumerate(tiles):
+                at = offset + t * n
+                ct[i * n:(i + 1) * n, j * n:(j + 1) * n] = [lanes_from_word(wd, n)
+                                                            for wd in words[at:at + n]]
+        c = ct.T[:output.batch, :output.features].copy()
+        return c.view(np.float32) if output.dtype == ElemType.BF16 else c
+    reads = _reads(result)
     for (x, y), base in output.base.items():
         addr, size = output.region(x, y)
         words = reads[((x, y), addr, size)]

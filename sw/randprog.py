@@ -19,7 +19,8 @@ The programs mix every instruction: MATMUL (INT8 and BF16, with and without clea
 accumulator bank), MREAD (any rows of either bank, a third transposed; and "ping-pong" runs, MATMUL into one bank, its
 MREAD, a MATMUL into the other bank, ..., so that readouts overlap products), VEC (all ops, fixed b,
 REQUANT packing), FVEC (every FP32 op, fixed b, the reductions), FCVT (every conversion, stochastic
-rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals and sends to self),
+rounding), SETQ, SETR (q and reseeds), NOP, SEND (including zero-length signals, sends to self
+and streams to the host, which no node waits for),
 SHAPE and shaped SENDs and MCASTs (gathers with any stride, a row repeated, scatters, zero rows,
 rectangle multicasts)
 and WAIT, with ranges that often overlap inside the private half, to exercise the hazard check.
@@ -297,6 +298,19 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 messages.append((src, dst, n, _span(rng, 0, half, hull) if hull else 0,
                                  inbox_next[dst], counter, repeat, shape))
                 inbox_next[dst] += total
+            if rng.random() < 0.25:
+                # a stream to the host (x == cols, any y: it leaves through the sender's row),
+                # plain, looped or shaped like the SENDs above
+                n = rng.choice([0, 1, rng.randint(1, max_words)])
+                repeat = rng.choice([0, 1, 2, 3]) if rng.random() < 0.25 else None
+                shape = random_shape(n) if repeat is None and rng.random() < 0.3 else None
+                hull, total = ((n * (1 if repeat is None else repeat),) * 2 if shape is None
+                               else _extent(n, shape))
+                if hull <= half and total <= words:
+                    messages.append((src, (cfg.cols, rng.randrange(cfg.rows)), n,
+                                     _span(rng, 0, half, hull) if hull else 0,
+                                     rng.randint(0, words - total), rng.randrange(SYNC_COUNTERS),
+                                     repeat, shape))
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
                 local_op(node)

@@ -2,9 +2,10 @@
 
 For each of N random race-free multi-node programs (`d1tile.sw.randprog`), the cycle model and
 the Verilator tile run it from a fresh tile; the two `RunResult`s must be identical: every
-node's final SRAM (all of it is read back), the cycle each DONE arrived, the total cycle count
-and every performance counter. Both are also checked against the functional interpreter (the
-executable specification): the same final SRAM and no fault.
+node's final SRAM (all of it is read back), what each node streamed to the host, the cycle
+each DONE arrived, the total cycle count and every performance counter. Both are also checked
+against the functional interpreter (the executable specification): the same final SRAM, the
+same streams and no fault.
 
 Program i of seed S is `random_tile_program(cfg, random.Random(f"{S}:{i}"))`, so any program can
 be replayed alone with `--only i`. The report counts the instructions the programs issued, per
@@ -83,6 +84,8 @@ def run_kind(node, instr) -> list[str]:
         kinds.append(f"stepped {instr.op.name}")
     if instr.op == Opcode.MREAD and instr.tr:
         kinds.append("MREAD transposed")
+    if instr.op == Opcode.SEND and instr.x == node.cfg.cols:
+        kinds.append("SEND host")
     if instr.op in isa.SHAPED_OPS and instr.shaped:
         extent = isa.dma_extent(instr)
         kinds.append(f"shaped {instr.op.name}")
@@ -114,15 +117,22 @@ def differences(model: dict, rtl: dict, limit: int = 3) -> list[str]:
         if a == b:
             continue
         if isinstance(a, dict):
-            for sub in a:
-                if a[sub] != b.get(sub):
+            b = b if isinstance(b, dict) else {}
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
                     if key == "reads":
                         words = [i for i, (p, q) in enumerate(zip(a[sub], b[sub])) if p != q]
                         out.append(f"SRAM of node {sub.split('@')[0]}: {len(words)} words differ, "
                                    f"first at offset {words[0] if words else '?'}")
                     elif key == "nodes":
                         out.append(f"node {sub}: model [done cycle, fault, pc, value, counters] "
-                                   f"{a[sub]} vs RTL {b.get(sub)}")
+                                   f"{a.get(sub)} vs RTL {b.get(sub)}")
+                    elif key == "streams":
+                        out.append(f"stream of node {sub} to the host: model "
+                                   f"{len(a.get(sub) or [])} packets "
+                                   f"{sum(len(p[1]) for p in a.get(sub) or [])} words vs RTL "
+                                   f"{len(b.get(sub) or [])} packets "
+                                   f"{sum(len(p[1]) for p in b.get(sub) or [])} words")
                     if len(out) >= limit:
                         return out
         else:
@@ -171,6 +181,8 @@ def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, l
                 problems.append(f"node {node}: the final SRAM differs from the functional "
                                 "interpreter's")
                 break
+        if functional.streams != model.streams:
+            problems.append("the streams to the host differ from the functional interpreter's")
         if functional.faults() or model.faults or model.hang:
             problems.append(f"unexpected fault or hang: {model.faults or model.hang}")
         if problems:

@@ -60,7 +60,9 @@ def test_undefined_opcodes_decode_and_fault():
     (Opcode.VEC, dict(vop=3, dst=0, a=0, b=255, n=7), (FaultCode.NONE, 0)),   # RELU reads no b
     (Opcode.VEC, dict(vop=4, dst=254, a=0, b=0, n=8), (FaultCode.NONE, 0)),   # 2 words out
     (Opcode.VEC, dict(vop=4, dst=255, a=0, b=0, n=8), (FaultCode.ADDRESS, 255)),
-    (Opcode.SEND, dict(src=0, n=1, x=2, y=0, dst=0), (FaultCode.NODE, 2)),
+    (Opcode.SEND, dict(src=0, n=1, x=3, y=0, dst=0), (FaultCode.NODE, 3)),
+    (Opcode.SEND, dict(src=0, n=1, x=2, y=1, dst=0), (FaultCode.NONE, 0)),     # to the host
+    (Opcode.SEND, dict(src=0, n=1, x=2, y=2, dst=0), (FaultCode.NODE, 2 | 2 << 4)),
     (Opcode.SEND, dict(src=0, n=1, x=0, y=3, dst=0), (FaultCode.NODE, 3 << 4)),
     (Opcode.SEND, dict(src=200, n=60, x=1, y=1, dst=0), (FaultCode.ADDRESS, 200)),
     (Opcode.SEND, dict(src=0, n=60, x=1, y=1, dst=200), (FaultCode.ADDRESS, 200)),
@@ -601,7 +603,7 @@ def test_shaped_transfers_are_checked_with_their_shape():
     assert isa.validate(TINY, _shaped(Opcode.MCAST, scatter, src=0, n=4, dst=w - 203,
                                       **mc)) == (FaultCode.ADDRESS, w - 203)
     # the node check still comes first
-    assert isa.validate(TINY, _shaped(Opcode.SEND, scatter, src=0, n=4, dst=w - 203, x=2, y=0,
+    assert isa.validate(TINY, _shaped(Opcode.SEND, scatter, src=0, n=4, dst=w - 203, x=3, y=0,
                                       counter=0))[0] == FaultCode.NODE
     # one packet's 16-bit length: only a 2**16-word SRAM can exceed it
     big = TileConfig(**{**TINY.__dict__, "name": "big", "sram_kib": 1024})

@@ -41,18 +41,18 @@ def int8(r, *shape):
     return r.integers(-128, 128, size=shape)
 
 
-def gemm_program(cfg, batch, k, f, r, form="auto"):
+def gemm_program(cfg, batch, k, f, r, form="auto", out="auto"):
     x, w = int8(r, batch, k), int8(r, k, f)
     kb = KernelBuilder(cfg)
     layout = kb.input("x", batch, k, form=form)
-    out = kb.gemm("gemm", layout, w)
+    out = kb.gemm("gemm", layout, w, out=out)
     kb.read(out)
     tp = kb.finish()
     load_activation(tp, layout, x)
     return tp, out, reference_gemm(x, w)
 
 
-def bf16_gemm_program(cfg, batch, k, f, r, form="auto", specials=False):
+def bf16_gemm_program(cfg, batch, k, f, r, form="auto", specials=False, out="auto"):
     x = r.standard_normal((batch, k)).astype(np.float32)
     w = r.standard_normal((k, f)).astype(np.float32)
     if specials:        # signed zeros, infinities and NaNs, and values that flush
@@ -63,7 +63,7 @@ def bf16_gemm_program(cfg, batch, k, f, r, form="auto", specials=False):
                                    size=picks.size)
     kb = KernelBuilder(cfg)
     layout = kb.input("x", batch, k, form=form, dtype=ElemType.BF16)
-    out = kb.gemm("gemm", layout, w)
+    out = kb.gemm("gemm", layout, w, out=out)
     kb.read(out)
     tp = kb.finish()
     load_activation(tp, layout, x)
@@ -82,6 +82,7 @@ def check_run(tp, result):
     functional = interpret(tp)
     assert functional.deadlock is None, functional.deadlock
     assert result.reads == functional.reads
+    assert result.streams == functional.streams
 
 
 GEMM_SHAPES = [
@@ -101,6 +102,90 @@ def test_gemm_on_the_model(shape, form):
     result = TileModel(TINY).run(tp)
     check_run(tp, result)
     assert np.array_equal(unpack_gemm(out, result), expected)
+
+
+STREAM_SHAPES = [
+    (8, 16, 8),     # one tile per node: a ring of one tile, one SEND
+    (20, 5, 30),    # 3 x 4 tiles on node (0, 0): fewer than two groups of STREAM_TILES
+    (40, 12, 72),   # 5 x 9 = 45 tiles per node, one per SEND: the ring of 2 wraps
+    (44, 4, 60),    # 48 .. 35 tiles of kw = 1, 8 per SEND: the ring of 16 wraps, short groups
+]
+
+
+def test_stream_group_follows_the_link_load():
+    """One tile per SEND while a row's results (N + 1 flits per tile) take at most 0.9 of the
+    compute time on its host link, else 8: (40, 12, 72) on the tiny tile, row 0's
+    (45 + 45) tiles x 5 flits = 450 against 45 tiles x 15 cycles (kw = 3) = 675; (44, 4, 60),
+    (48 + 40) x 5 = 440 against 48 x 7 (kw = 1) = 336."""
+    from d1tile.sim.mxu import matmul_cycles
+    assert (matmul_cycles(TINY, 3, ElemType.INT8), matmul_cycles(TINY, 1, ElemType.INT8)) \
+        == (15, 7)
+    for (batch, k, f), group in (((40, 12, 72), 1), ((44, 4, 60), 8)):
+        kb = KernelBuilder(TINY)
+        kb.gemm("g", kb.input("x", batch, k), np.ones((k, f), dtype=np.int8), out="host")
+        assert kb.layers[-1].stream == group, (batch, k, f)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("shape", STREAM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_streamed_gemm_on_the_model(shape, dtype):
+    """C streamed to the host (out="host") is the same C, bit for bit, and nothing of it is
+    read back: every word arrives in the nodes' streams, N per tile."""
+    make = gemm_program if dtype == "int8" else bf16_gemm_program
+    kwargs = {} if dtype == "int8" else {"specials": True}
+    tp, out, expected = make(TINY, *shape, rng(31, *shape), out="host", **kwargs)
+    assert out.streamed is not None and not tp.reads
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    got = unpack_gemm(out, result)
+    if dtype == "int8":
+        assert np.array_equal(got, expected)
+    else:
+        assert same_bits(got, expected)
+    for node, (offset, tiles) in out.streamed.items():
+        assert offset == 0
+        assert len(result.stream_words(node)) == len(tiles) * TINY.mac_dim
+    assert set(result.streams) == set(out.streamed)
+
+
+def test_gemm_streams_its_result_only_when_it_does_not_fit():
+    """out="auto": a C that fits stays in SRAM; one that does not (64 x 8 x 64 on the tiny
+    tile: 256 words of results per node, the whole SRAM) is streamed, and comes out right;
+    out="sram" refuses it with the overflow error; two streamed GEMMs share a stream."""
+    tp, out, expected = gemm_program(TINY, 16, 8, 16, rng(32))
+    assert out.streamed is None
+    r = rng(33)
+    x, w1, w2 = int8(r, 64, 8), int8(r, 8, 64), int8(r, 8, 40)
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 64, 8)
+    c1 = kb.gemm("big", layout, w1)
+    c2 = kb.gemm("second", layout, w2, out="host")
+    kb.read(c1)
+    kb.read(c2)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    assert c1.streamed is not None and c2.streamed is not None
+    assert all(c2.streamed[node][0] == len(tiles) * TINY.mac_dim
+               for node, (_, tiles) in c1.streamed.items())
+    result = TileModel(TINY).run(tp)
+    check_run(tp, result)
+    assert np.array_equal(unpack_gemm(c1, result), reference_gemm(x, w1))
+    assert np.array_equal(unpack_gemm(c2, result), reference_gemm(x, w2))
+    kb = KernelBuilder(TINY)
+    layout = kb.input("x", 64, 8)
+    with pytest.raises(CompileError, match=r"layer 'big' needs .* results [\d.]+ KiB.* the node "
+                                           r"has 4 KiB"):
+        kb.gemm("big", layout, w1, out="sram")
+    with pytest.raises(ValueError, match="out='disk'"):
+        KernelBuilder(TINY).gemm("g", layout, w1, out="disk")
+
+
+def test_a_streamed_result_that_was_not_received_is_an_error():
+    tp, out, _ = gemm_program(TINY, 8, 16, 8, rng(34), out="host")   # a tile of 4 words per node
+    result = TileModel(TINY).run(tp)
+    result.streams.pop((1, 1))
+    with pytest.raises(ValueError, match=r"node \(1, 1\) streamed 0 words, 4 expected"):
+        unpack_gemm(out, result)
 
 
 def run_layer(cfg, x, w, b, scale, shift, relu):
@@ -562,6 +647,8 @@ def rtl_cases():
     tp4, out4, expected4 = bf16_gemm_program(TINY, 8, 13, 6, rng(23), specials=True)
     cases["bf16 gemm 8x13x6"] = (tp4, lambda res: unpack_gemm(out4, res).view(np.uint32),
                                  expected4.view(np.uint32))
+    tp5, out5, expected5 = gemm_program(TINY, 40, 12, 72, rng(35), out="host")
+    cases["gemm 40x12x72 streamed"] = (tp5, lambda res: unpack_gemm(out5, res), expected5)
     return cases
 
 

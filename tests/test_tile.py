@@ -256,6 +256,53 @@ def multicast():
     return tp, check
 
 
+def host_stream():
+    """Results streamed to the host (SEND to x == cols): every node computes two products
+    C0 = A0 @ B and C1 = A1 @ B into one buffer, SENDing each to the host as soon as it is read
+    out (the second MREAD must wait until the first SEND has read the buffer: a hazard), then
+    a shaped SEND (every other row of C1, a packet per row), a zero-length SEND naming the
+    other row (y is not used for routing: it leaves through its own row) and a LOOP of two
+    stepped one-row SENDs."""
+    k = 8
+    a = RNG.integers(-128, 128, size=(2, N, k))
+    b = RNG.integers(-128, 128, size=(k, N))
+    A_AT, B_AT, C_AT = 0, 64, 128
+    host = CFG.cols
+    tp = TileProgram(CFG)
+    nodes = [(x, y) for y in range(2) for x in range(2)]
+    for x, y in nodes:
+        tp.load((x, y), A_AT, operand_words(a[0].T) + operand_words(a[1].T))
+        tp.load((x, y), B_AT, operand_words(b))
+        p = tp.node(x, y)
+        for s in range(2):
+            p.matmul(A_AT + s * (k // 4), B_AT, k // 4, clear=True)
+            p.mread(C_AT)
+            p.send(C_AT, N, (host, y), 16 * s, counter=3)
+        p.shape(N // 2, 2, 4)
+        p.send(C_AT, 1, (host, y), 40, shaped=True)
+        p.send(0, 0, (host, 1 - y), 50)
+        with p.loop(2):
+            p.step(1, 1)
+            p.send(C_AT + 1, 1, (host, y), 60)
+        p.halt()
+
+    def check(result):
+        assert set(result.streams) == set(nodes)
+        for node in nodes:
+            rows = [[int(v) for v in (a[s] @ b)[r]] for s in range(2) for r in range(N)]
+            c0, c1 = rows[:N], rows[N:]
+            got = [(addr, [list(lanes([w])[0]) for w in body]) for addr, body in
+                   result.streams[node]]
+            expected = ([(0, c0), (16, c1)] + [(40 + 4 * r, [c1[2 * r]]) for r in range(N // 2)]
+                        + [(50, []), (60, [c1[1]]), (61, [c1[2]])])
+            assert got == expected, node
+            assert result.stream_words(node) == [w for _, body in result.streams[node]
+                                                 for w in body]
+        assert interpret(tp).streams == result.streams
+        assert result.nodes[(0, 0)].counters["stall_hazard"] > 0
+    return tp, check
+
+
 def shaped_dma():
     """Shaped transfers from node (0, 0), which holds a 4 x 6 array of words A (row-major at
     0..23): columns 1..2 of every row gathered into one packet to (1, 0); the transpose A^T (a
@@ -391,7 +438,8 @@ def deadlock():
 
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
          "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
-         "multicast": multicast, "shaped_dma": shaped_dma, "fed_gemm": fed_gemm,
+         "multicast": multicast, "shaped_dma": shaped_dma, "host_stream": host_stream,
+         "fed_gemm": fed_gemm,
          "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
@@ -439,7 +487,9 @@ def test_verify_with_a_fixed_seed():
                  "MCAST ROW", "MCAST COLUMN", "MCAST rectangle",
                  # shaped transfers: gathers, zero rows, scatters (a packet per row)
                  "shaped SEND", "shaped SEND zero", "shaped SEND scatter", "shaped MCAST",
-                 "MREAD transposed"):
+                 "MREAD transposed",
+                 # streams to the host
+                 "SEND host"):
         assert report.exercised[kind] > 0, (kind, report.exercised)
 
 

@@ -522,12 +522,15 @@ async def seq_faults_directed(dut):
         (encode(VE, vop=VecOp.REQUANT, dst=w - 2, a=0, b=0, n=9), A),
         (encode(VE, vop=VecOp.ADD, dst=w, a=w, b=w, n=1), A),
         (encode(VE, vop=VecOp.MUL, dst=w, a=0, b=w, n=1), A),
-        (encode(SE, src=0, n=1, x=cols, y=0, dst=0), N), (encode(SE, src=0, n=1, x=0, y=rows, dst=0), N),
+        (encode(SE, src=0, n=1, x=cols + 1, y=0, dst=0), N), (encode(SE, src=0, n=1, x=0, y=rows, dst=0), N),
+        (encode(SE, src=0, n=1, x=cols, y=rows - 1, dst=0), ok),      # x = cols: to the host
+        (encode(SE, src=0, n=1, x=cols, y=rows, dst=0), N),
         (encode(SE, src=0, n=1, x=15, y=15, dst=0), N), (encode(SE, src=w, n=0, x=0, y=0, dst=w), ok),
         (encode(SE, src=w + 1, n=0, x=0, y=0, dst=0), A), (encode(SE, src=0, n=0, x=0, y=0, dst=w + 1), A),
         (encode(SE, src=w - 2, n=3, x=0, y=0, dst=0), A), (encode(SE, src=0, n=3, x=0, y=0, dst=w - 2), A),
         (encode(SE, src=w - 3, n=3, x=cols - 1, y=rows - 1, dst=w - 3), ok),
-        (encode(SE, src=0, n=4095, x=cols, y=0, dst=0), N),
+        (encode(SE, src=0, n=4095, x=cols + 1, y=0, dst=0), N),
+        (encode(SE, src=0, n=4095, x=cols, y=0, dst=0), A),
     ]
     pre = [NOP, encode(Opcode.SETQ, scale=3, shift=1, relu=0)]
     for k, (word, code) in enumerate(cases):
