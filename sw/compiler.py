@@ -298,6 +298,64 @@ def _place_input(c: Compilation) -> None:
     c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(order))
 
 
+DENSE_HOST_BYTES = 256 << 20
+"""The most host memory one layer's dense matrix may take (int64 [K, F], before the kernels
+keep only its nonzero K runs): a bound on the compiler's memory, checked before the matrix is
+built (`check_dense`)."""
+
+
+def _valid_taps(size: int, kernel: int, stride: int, lo: int, out: int) -> int:
+    """Window elements over real (not padding) inputs along one axis, summed over the `out`
+    output positions: sum over tap d and position o of [0 <= o * stride - lo + d < size]."""
+    at = np.arange(out)[:, None] * stride - lo + np.arange(kernel)[None, :]
+    return int(((at >= 0) & (at < size)).sum())
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def check_dense(c: Compilation, op) -> None:
+    """Before `op`'s matrix layer is built: its dense weights [K, F] (K input features, F
+    output features; a convolution or pooling unrolled over every output position) and how
+    many of them are nonzero, from the shapes alone. Refuse, in one line naming the op, a
+    layer whose nonzero weights alone exceed the tile's SRAM (the kernels store every nonzero
+    weight at least once) or whose dense matrix exceeds `DENSE_HOST_BYTES` on the host."""
+    graph, cfg = c.graph, c.cfg
+    x_shape = graph.shape(op.inputs[0])[1:]
+    k = sum(_features(c, t) for t in op.inputs)
+    f = _features(c, op.output)
+    how = "its dense matrix"
+    if op.op in ("conv", "avgpool", "maxpool"):
+        kh, kw = op.weight.shape[2:] if op.op == "conv" else op.attrs["kernel"]
+        _, oh, ow = graph.shape(op.output)[1:]
+        sh, sw = op.attrs["strides"]
+        pt, pl, _, _ = op.attrs["pads"]
+        taps = (_valid_taps(x_shape[1], kh, sh, pt, oh) * _valid_taps(x_shape[2], kw, sw, pl, ow))
+        channels = op.weight.shape[0] * op.weight.shape[1] if op.op == "conv" else x_shape[0]
+        nonzero = channels * taps
+        how = f"unrolled over its {oh * ow} output positions"
+    elif op.op == "gemm":
+        nonzero = int(np.count_nonzero(op.weight))
+    else:                       # add, relu: identity blocks
+        nonzero = k
+    sram = cfg.nodes * cfg.sram_kib * 1024
+    where = f"node '{op.name}' ({op.op})"
+    if nonzero > sram:
+        raise CompileError(
+            f"{where}: lowered as one matrix layer ({how}), it has {nonzero:,} nonzero int8 "
+            f"weights ({_size(nonzero)}), more than the tile's SRAM ({cfg.rows}x{cfg.cols} "
+            f"nodes x {cfg.sram_kib} KiB = {_size(sram)})")
+    if k * f * 8 > DENSE_HOST_BYTES:
+        raise CompileError(
+            f"{where}: lowered as one matrix layer ({how}), its dense [{k}, {f}] weight matrix "
+            f"would take {_size(k * f * 8)} of host memory, more than the compiler's "
+            f"{_size(DENSE_HOST_BYTES)} per layer")
+
+
 def lower(c: Compilation) -> None:
     c.builder = KernelBuilder(c.cfg)
     _place_input(c)
@@ -314,6 +372,7 @@ def lower(c: Compilation) -> None:
             c.orders[op.output] = c.orders[op.inputs[0]]
             continue
         if op.op == "maxpool":
+            check_dense(c, op)
             _emit(c, op.name, _identity(c, op), op.output, [op.op], pool=op)
             continue
         make = LINEAR.get(op.op)
@@ -321,6 +380,7 @@ def lower(c: Compilation) -> None:
             lowered = ", ".join(sorted([*LINEAR, "maxpool", "flatten", "reshape"]))
             raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
                                f"(lowered: {lowered})")
+        check_dense(c, op)
         lin = make(c, op)
         user = _single_user(c, op.output)
         if user is not None and user.op == "maxpool" and _emit(

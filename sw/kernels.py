@@ -226,8 +226,8 @@ class GemmOutput:
     streamed: dict | None = None
 
     def region(self, x: int, y: int) -> tuple[int, int]:
-        """(address, words) of node (x, y)'s result tiles (in SRAM; for a streamed output the
-        words it streams)."""
+        """(address, words) of node (x, y)'s result tiles in SRAM (for a streamed output: its
+        ring's address, and the words it streams)."""
         j0, j1 = self.blocks[x]
         i0, i1 = self.feature_blocks[y]
         return self.base[(x, y)], (i1 - i0) * (j1 - j0) * self.cfg.mac_dim
@@ -584,11 +584,12 @@ class KernelBuilder:
     def gemm(self, name: str, x, w, *, out: str = "auto") -> GemmOutput:
         """Plain GEMM C = X @ W. `out` = "sram": the result is left in SRAM (read it back
         with `read` and `unpack_gemm`); "host": it is streamed to the host while the nodes
-        compute (each node MREADs its tiles into a ring of 2 x `STREAM_TILES` tiles and SENDs
-        every `STREAM_TILES` of them to the host edge of its row; `unpack_gemm` takes them from
-        `RunResult.streams`), so C need not fit the tile; "auto" (the default): "sram" when the
-        result fits every node's SRAM beside the operands, else "host". `x` is an `ActivationLayout` (or a list of them, whose features are
-        concatenated), `w` [K, F]: int8 values for int8 inputs (int32 C), floats for bf16
+        compute (each node MREADs its tiles into a ring of 2 G tiles and SENDs every G of them
+        to the host edge of its row, G = 1 or `STREAM_TILES` by the load of the row's link,
+        `_stream_group`; `unpack_gemm` takes them from `RunResult.streams`), so C need not fit
+        the tile; "auto" (the default): "sram" when the result fits every node's SRAM beside
+        the operands, else "host". `x` is an `ActivationLayout` (or a list of them, whose
+        features are concatenated), `w` [K, F]: int8 values for int8 inputs (int32 C), floats for bf16
         inputs (rounded to BF16 on the host; FP32 C, every K step added in order: K runs of
         zero weights are not skipped for bf16, since skipping a 0 x x product is not neutral in
         floating point: -0 + +0 is +0, 0 x Inf is NaN)."""
@@ -602,7 +603,7 @@ class KernelBuilder:
             for node, p in layer.plans.items():
                 if p.tiles:
                     streamed[node] = (self._streamed.get(node, 0), tuple(p.tiles))
-                    self._streamed[node] = self._streamed.get(node, 0) + len(p.tiles) * self.cfg.mac_dim
+                    self._streamed[node] = streamed[node][0] + len(p.tiles) * self.cfg.mac_dim
         return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
                           layer.fblocks, base, layer.dtype, streamed)
 
@@ -1354,6 +1355,9 @@ def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
     nf_all = max(hi for _, hi in output.feature_blocks)
     ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T, raw 32-bit lanes
     if output.streamed is not None:
+        if not hasattr(result, "streams"):
+            raise TypeError(f"{output.name!r} is streamed to the host: pass the run's result "
+                            "(RunResult or FunctionalResult), not its reads")
         streams = result.streams
         for node, (offset, tiles) in output.streamed.items():
             words = [w for _, body in streams.get(node, []) for w in body]

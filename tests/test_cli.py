@@ -157,6 +157,59 @@ def test_run_rejects_bad_input_cleanly(tmp_path, case, message):
     assert not out.exists() and not (tmp_path / "r.json").exists()     # no partial output
 
 
+def conv_onnx(path, x_shape, filters, kernel):
+    """One Conv (no padding, stride 1) on an input of `x_shape`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(filters, x_shape[1], kernel, kernel)).astype(np.float32)
+    out = [x_shape[0], filters, x_shape[2] - kernel + 1, x_shape[3] - kernel + 1]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv",
+                          kernel_shape=[kernel, kernel])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.zeros(filters, np.float32), "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return rng.normal(size=x_shape).astype(np.float32)
+
+
+def _address_space(limit):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+@pytest.mark.parametrize("x_shape, filters, kernel, message", [
+    # 13 x 16 x 3 x 3 weights at each of 48 x 38 positions: 3,414,528 nonzeros of a
+    # 32000 x 23712 Toeplitz matrix (5.65 GiB as int64, which the compiler used to allocate)
+    ((20, 16, 50, 40), 13, 3, "node 'conv' (conv): lowered as one matrix layer (unrolled over "
+                              "its 1824 output positions), it has 3,414,528 nonzero int8 weights "
+                              "(3.3 MiB), more than the tile's SRAM (4x4 nodes x 64 KiB = 1.0 MiB)"),
+    # 4 x 16 weights at 1024 positions: 64 Ki nonzeros, but [16384, 4096] dense, 512 MiB
+    ((1, 16, 32, 32), 4, 1, "its dense [16384, 4096] weight matrix would take 512.0 MiB of host "
+                            "memory, more than the compiler's 256.0 MiB per layer"),
+])
+def test_run_refuses_a_layer_too_large_before_building_it(tmp_path, x_shape, filters, kernel,
+                                                          message):
+    """A layer that cannot fit is refused from its shapes, in one line, before its matrix is
+    built: under a 3 GiB address-space limit (the dense matrix of the first case alone is
+    5.65 GiB) the command still ends with the message and status 2."""
+    import numpy as np
+    x = conv_onnx(tmp_path / "conv.onnx", x_shape, filters, kernel)
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        [sys.executable, "-m", "d1tile.cli", "run", str(tmp_path / "conv.onnx"), "--input",
+         str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")],
+        capture_output=True, text=True, preexec_fn=_address_space(3 << 30))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "y.npy").exists()
+
+
 def test_demo_runs_the_toy_models_bit_exact(capsys):
     assert main(["demo", "--batch", "64"]) == 0
     out = capsys.readouterr().out
