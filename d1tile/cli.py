@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="compile an ONNX model onto the tile and run it")
     _add_config_options(p)
-    p.add_argument("model", metavar="MODEL.onnx", help="the network (ONNX, opset 13 or later)")
+    p.add_argument("model", metavar="MODEL.onnx", help="the network (ONNX, opset 7 or later; below 13 upgraded)")
     p.add_argument("--input", required=True, metavar="X.npy",
                    help="the input batch (float, the model's input shape)")
     p.add_argument("--calib", metavar="C.npy",

@@ -1,10 +1,11 @@
-"""ONNX front end: an ONNX model (opset 13 or later) -> the compiler's IR (`d1tile.sw.ir.Graph`).
+"""ONNX front end: an ONNX model (opset 7 or later) -> the compiler's IR (`d1tile.sw.ir.Graph`).
 
     graph = load_onnx("mlp.onnx")                       # a path, bytes or an onnx.ModelProto
     graph = load_onnx(model, input_shapes={"x": (8, 64)})   # fix a symbolic batch
 
 The steps, in order (`load_onnx` reads as this list): read the model, check the operator set,
-check that every node's op, attributes and outputs are supported, run the ONNX checker, fix the input shapes, lower every node through `LOWERINGS` (ONNX op type
+check that every node's op, attributes and outputs are supported, upgrade a model of opset 7 to
+12 to opset 13 (`onnx.version_converter`, then check its nodes again), run the ONNX checker, fix the input shapes, lower every node through `LOWERINGS` (ONNX op type
 -> IR constructor), normalise (`d1tile.sw.ir.normalize`: MatMul + Add(constant) becomes one
 gemm, a bias Add after Conv joins its bias), and check every shape the compiler computed
 against ONNX's own shape inference (a disagreement is an error, never a silent guess).
@@ -14,7 +15,8 @@ Supported (anything else raises `CompileError` naming the node, the op and the r
 | ONNX op | becomes | accepted attributes |
 | --- | --- | --- |
 | MatMul | gemm, zero bias | x rank 2, B a constant [K, F] |
-| Gemm | gemm | transA=0, transB 0 or 1, alpha=beta=1; B and C constants, C one value per output feature |
+| Gemm | gemm | transA=0, transB 0 or 1, any alpha and beta (folded into W and the bias); B and C constants, C one value per output feature |
+| BatchNormalization | folded into the preceding Conv's or Gemm's weights and bias | inference only (training_mode 0), constant scale, B, mean and var; right after a Conv or Gemm whose output only it reads |
 | Conv | conv | 2-D (NCHW), constant W and B, auto_pad NOTSET/VALID/SAME_UPPER/SAME_LOWER (SAME_* become explicit pads; not with a kernel smaller than the stride), any strides and pads, dilations 1, group 1 |
 | MaxPool | maxpool | 2-D, kernel_shape, strides, pads, auto_pad as Conv; ceil_mode 0, dilations 1; no Indices output |
 | AveragePool | avgpool | as MaxPool, plus count_include_pad (0: divide by the non-padding count, ONNX's default; 1: by the kernel size) |
@@ -38,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from d1tile.sw.errors import CompileError
@@ -46,7 +49,8 @@ from d1tile.sw.ir import Graph, Node, Tensor, infer_shape, normalize
 
 __all__ = ["load_onnx", "input_signature", "LOWERINGS", "MIN_OPSET"]
 
-MIN_OPSET = 13
+MIN_OPSET = 7
+UPGRADE_TO = 13     # models of opset MIN_OPSET .. UPGRADE_TO - 1 are upgraded to it
 _ONNX_DOMAINS = ("", "ai.onnx")
 
 
@@ -93,8 +97,21 @@ def _check_opset(model: onnx.ModelProto, label: str) -> int:
                            "later is needed)")
     if versions[0] < MIN_OPSET:
         raise CompileError(f"{label}: opset {versions[0]} is not supported (opset {MIN_OPSET} "
-                           "or later is needed; onnx.version_converter can upgrade it)")
+                           "or later is needed)")
     return versions[0]
+
+
+def _upgrade(model: onnx.ModelProto, label: str, version: int) -> onnx.ModelProto:
+    """A model of an opset below `UPGRADE_TO`, converted to it by `onnx.version_converter`."""
+    if version >= UPGRADE_TO:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, UPGRADE_TO)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompileError(f"{label}: opset {version} could not be upgraded to opset "
+                           f"{UPGRADE_TO} by onnx.version_converter ({first})") from None
+    return upgraded
 
 
 def _run_checker(model: onnx.ModelProto, label: str, input_shapes: dict | None):
@@ -405,9 +422,7 @@ def _lower_matmul(imp: _Importer, attrs: dict):
 
 
 def _lower_gemm(imp: _Importer, attrs: dict):
-    for key, default in (("alpha", 1.0), ("beta", 1.0)):
-        if float(attrs.get(key, default)) != 1.0:
-            imp.fail(f"{key}={attrs[key]:g} is not supported (only 1.0)")
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     _no_ones(imp, attrs, "transA", 0, (0,), "only 0: A is the activation [batch, K]")
     _no_ones(imp, attrs, "transB", 0, (0, 1), "only 0 or 1")
     x = imp.activation(0, rank=2)
@@ -416,6 +431,7 @@ def _lower_gemm(imp: _Importer, attrs: dict):
         imp.fail(f"input B has shape {list(w.shape)}; only a 2-D constant is supported")
     if attrs.get("transB", 0):
         w = w.T
+    w = w * np.float32(alpha) if alpha != 1.0 else w     # alpha A B = A (alpha B)
     n_out = w.shape[1]
     c = imp.constant(2, "input C")
     if c is None:
@@ -429,6 +445,7 @@ def _lower_gemm(imp: _Importer, attrs: dict):
             imp.fail(f"input C of shape {list(c.shape)} is not one value per output feature "
                      f"(it must broadcast to [1, {n_out}]: a bias that varies along the batch "
                      "is not supported)")
+        bias = bias * np.float32(beta) if beta != 1.0 else bias
     imp.emit("gemm", [x, imp.add_constant("W", w), imp.add_constant("b", bias)])
 
 
@@ -554,6 +571,44 @@ def _lower_constant(imp: _Importer, attrs: dict):
     imp.constants[imp.node.output[0]] = array
 
 
+def _lower_batchnorm(imp: _Importer, attrs: dict):
+    """Y = (X - mean) / sqrt(var + epsilon) * scale + B per channel (dim 1), folded into the
+    Conv or Gemm that computes X: W' = W s, b' = (b - mean) s + B with s = scale /
+    sqrt(var + epsilon) per output channel (in float64, then float32)."""
+    _no_ones(imp, attrs, "training_mode", 0, (0,), "only inference: the statistics are "
+             "constants folded into the preceding Conv or Gemm")
+    x = imp.activation(0)
+    producer = next((n for n in imp.nodes if n.output == x), None)
+    outputs = {o.name for o in imp.model.graph.output}
+    if producer is None or producer.op not in ("conv", "gemm") or imp.readers.get(x, 0) != 1 \
+            or x in outputs:
+        imp.fail(f"its input '{x}' must be computed by a Conv or Gemm and read by nothing else "
+                 "(BatchNormalization is folded into their weights and bias)")
+    channels = imp.shape(x)[1]
+    params = []
+    for i, what in enumerate(("scale", "B", "input_mean", "input_var"), start=1):
+        value = imp.constant(i, f"input {what}")
+        if value is None or value.shape != (channels,):
+            imp.fail(f"input {what} must be a constant of shape [{channels}] (one per channel), "
+                     f"not {None if value is None else list(value.shape)}")
+        params.append(value.astype(np.float64))
+    scale, shift, mean, var = params
+    epsilon = float(attrs.get("epsilon", 1e-5))
+    if np.any(var + epsilon <= 0):
+        imp.fail(f"input_var + epsilon must be positive (epsilon={epsilon:g})")
+    s = scale / np.sqrt(var + epsilon)
+    w = imp.initializers[producer.inputs[1]].astype(np.float64)
+    b = imp.initializers[producer.inputs[2]].astype(np.float64)
+    w = w * (s[:, None, None, None] if producer.op == "conv" else s[None, :])
+    for old in producer.inputs[1:]:
+        if sum(old in n.inputs for n in imp.nodes) == 1:
+            del imp.initializers[old]
+    producer.inputs[1:] = [imp.add_constant("W", w), imp.add_constant("b", (b - mean) * s + shift)]
+    out = imp.node.output[0]
+    producer.outputs = [out]
+    imp.tensors[out] = Tensor(out, imp.tensors.pop(x).shape)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "MatMul": Lowering(_lower_matmul),
     "Gemm": Lowering(_lower_gemm, ("alpha", "beta", "transA", "transB")),
@@ -565,6 +620,7 @@ LOWERINGS: dict[str, Lowering] = {
                                                "dilations", "kernel_shape", "pads", "strides")),
     "GlobalMaxPool": Lowering(_global_pool("maxpool")),
     "GlobalAveragePool": Lowering(_global_pool("avgpool")),
+    "BatchNormalization": Lowering(_lower_batchnorm, ("epsilon", "momentum", "training_mode")),
     "Relu": Lowering(_lower_relu),
     "Add": Lowering(_lower_add),
     "Flatten": Lowering(_lower_flatten, ("axis",)),
@@ -593,12 +649,16 @@ def load_onnx(source, *, input_shapes: dict | None = None) -> Graph:
 
     `source` is a file path, the file's bytes or an `onnx.ModelProto`. `input_shapes` maps
     input names to static shapes, to fix symbolic dimensions (e.g. the batch). Raises
-    `CompileError` for a file that cannot be read or is not an ONNX model, an opset below 13, a
+    `CompileError` for a file that cannot be read or is not an ONNX model, an opset below 7 (7
+    to 12 are upgraded to 13 with `onnx.version_converter`), a
     dynamic shape, and any unsupported op, attribute or shape (naming the node and op).
     """
     model, label = _read_model(source)
-    _check_opset(model, label)
+    version = _check_opset(model, label)
     _check_supported(model)
+    if version < UPGRADE_TO:
+        model = _upgrade(model, label, version)
+        _check_supported(model)
     _run_checker(model, label, input_shapes)
     model = _fix_input_shapes(model, input_shapes)
     graph = normalize(_Importer(model, label).run())

@@ -35,6 +35,37 @@ def test_toy_model_on_the_default_tile_is_bit_exact(make):
     assert np.mean(predicted == toy.test_y[:64]) > 0.85
 
 
+def test_an_opset_11_model_with_batchnorm_runs_bit_exact():
+    """An opset 11 CNN with BatchNormalization after its Conv and its Gemm (upgraded, folded:
+    tests/test_frontend.py) compiles and runs on the tiny tile bit-exact with its integer
+    reference, and its dequantised logits (the softmax runs on the host) are within 10 int8
+    steps of onnxruntime's float ones."""
+    import onnx
+    import onnxruntime
+    from d1tile.sw.quant import dequantize
+    from test_frontend import bn_cnn
+    model = bn_cnn(11)
+    cfg = TileConfig.preset("tiny")
+    rng = np.random.default_rng([bench_seed(), 17])
+    x = rng.normal(size=(2, 1, 4, 4)).astype(np.float32)
+    compiled = compile_model(model, cfg, rng.normal(size=(16, 1, 4, 4)).astype(np.float32))
+    run = execute(compiled, get_device("model", cfg), x)
+    assert run.max_abs_diff == 0
+    assert list(run.outputs) == ["gn"]             # the second BatchNormalization's output
+    logits = onnx.ModelProto()
+    logits.CopyFrom(model)
+    del logits.graph.output[:]
+    logits.graph.output.add().name = "gn"
+    session = onnxruntime.InferenceSession(logits.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
+    scale = compiled.qgraph.scales["gn"]
+    got = dequantize(run.outputs["gn"], scale)
+    # int8 activations through two layers (measured: 7.2 steps of the output's scale, whose
+    # 127 steps span the calibrated logits)
+    assert np.abs(got - want).max() <= 10 * scale, (got, want, scale)
+
+
 def small_residual(rng, batch=8):
     """Two branches from x added: the add's output blocks read one word of each input, two
     K runs apart, so its tiles are two accumulating MATMULs."""

@@ -267,6 +267,69 @@ def test_input_shapes_fix_a_symbolic_batch():
     assert graph.tensors["x"].shape == (8, 4) and graph.batch == 8
 
 
+def bn_cnn(opset, relu_between=False):
+    """Conv -> BatchNormalization -> Relu -> MaxPool -> Flatten -> Gemm (alpha, beta, transB)
+    -> BatchNormalization -> Softmax, in `opset`; with `relu_between`, a Relu between the Conv
+    and its BatchNormalization (which cannot be folded)."""
+    r = np.random.default_rng(opset)
+    f = lambda *s: r.standard_normal(s).astype(np.float32)
+    inits = {"cw": f(4, 1, 3, 3), "cb": f(4), "s": f(4) + 2, "bb": f(4), "m": f(4),
+             "v": r.random(4).astype(np.float32) + 0.5, "fw": f(3, 16), "fb": f(3),
+             "s2": f(3), "b2": f(3), "m2": f(3), "v2": r.random(3).astype(np.float32) + 0.1}
+    conv_out = "c0" if relu_between else "c"
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], [conv_out], name="conv",
+                              pads=[1, 1, 1, 1])]
+    if relu_between:
+        nodes.append(helper.make_node("Relu", ["c0"], ["c"], name="relu0"))
+    nodes += [
+        helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["n"], name="bn",
+                         epsilon=1e-3),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["fl"], name="flat"),
+        helper.make_node("Gemm", ["fl", "fw", "fb"], ["g"], name="fc", transB=1, alpha=0.5,
+                         beta=2.0),
+        helper.make_node("BatchNormalization", ["g", "s2", "b2", "m2", "v2"], ["gn"],
+                         name="bn2"),
+        helper.make_node("Softmax", ["gn"], ["y"], name="sm", axis=1)]
+    return make_model(nodes, {"x": [2, 1, 4, 4]}, inits, outputs={"y": [2, 3]}, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 12, 13])
+def test_old_opsets_are_upgraded_and_batchnorm_folds(opset):
+    """Opsets 7 to 12 are upgraded to 13 (onnx.version_converter); each BatchNormalization
+    disappears into its Conv or Gemm, and Gemm's alpha and beta into its weights and bias:
+    the graph computes what onnxruntime computes on the original model."""
+    import onnxruntime
+    model = bn_cnn(opset)
+    graph = load_onnx(model)
+    assert ops(graph) == ["conv", "relu", "maxpool", "flatten", "gemm", "softmax"]
+    x = rand(2, 1, 4, 4)
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_float(graph, {"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_that_cannot_fold_is_refused():
+    reject(bn_cnn(13, relu_between=True),
+           r"^node 'bn' \(BatchNormalization\): its input 'c' must be computed by a Conv or "
+           r"Gemm and read by nothing else \(BatchNormalization is folded into their weights "
+           r"and bias\)$")
+    model = bn_cnn(13)
+    bn = next(n for n in model.graph.node if n.name == "bn")
+    bn.attribute.append(helper.make_attribute("training_mode", 1))
+    reject(model, r"^node 'bn' \(BatchNormalization\): training_mode=1 is not supported")
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.5, 1.0), (1.0, -3.0), (2.0, 0.0)])
+def test_gemm_alpha_and_beta(alpha, beta):
+    node = helper.make_node("Gemm", ["x", "W", "C"], ["y"], name="fc", alpha=alpha, beta=beta)
+    model = make_model([node], {"x": [4, 6]}, {"W": rand(6, 5), "C": rand(5)})
+    assert ops(check_against_onnx(model, {"x": rand(4, 6)})) == ["gemm"]
+
+
 def test_later_opsets_are_accepted():
     node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2])
     check_against_onnx(make_model([node], {"x": [1, 2, 4, 4]}, opset=18),
@@ -303,8 +366,10 @@ def test_rejected_computed_reshape_shape():
      {"W": rand(4, 3, 3)}, r"^node 'c1d' \(Conv\): input X has shape \[1, 3, 6\]; only 2-D"),
     (helper.make_node("Conv", ["x", "w"], ["y"], name="dyn_w"), {"x": [1, 3, 6, 6],
      "w": [4, 3, 3, 3]}, {}, r"^node 'dyn_w' \(Conv\): weight W \('w'\) must be a constant"),
-    (helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", alpha=0.5), {"x": [2, 4]},
-     {"W": rand(4, 3)}, r"^node 'fc' \(Gemm\): alpha=0.5 is not supported \(only 1.0\)$"),
+    (helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn"),
+     {"x": [2, 4]}, {k: rand(4) for k in "sbmv"},
+     r"^node 'bn' \(BatchNormalization\): its input 'x' must be computed by a Conv or Gemm "
+     r"and read by nothing else"),
     (helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", transA=1), {"x": [4, 2]},
      {"W": rand(4, 3)}, r"^node 'fc' \(Gemm\): transA=1 is not supported"),
     (helper.make_node("Gemm", ["x", "W", "C"], ["y"], name="fc"), {"x": [2, 4]},
@@ -384,8 +449,8 @@ def test_rejected_input_dtype():
 
 def test_rejected_old_opset_and_no_opset():
     relu = [helper.make_node("Relu", ["x"], ["y"], name="r")]
-    reject(make_model(relu, {"x": [1, 4]}, opset=12),
-           r"^model 't': opset 12 is not supported \(opset 13 or later is needed")
+    reject(make_model(relu, {"x": [1, 4]}, opset=6),
+           r"^model 't': opset 6 is not supported \(opset 7 or later is needed\)$")
     model = make_model(relu, {"x": [1, 4]})
     del model.opset_import[:]
     reject(model, r"^model 't': it imports no ONNX operator set")
