@@ -345,7 +345,7 @@ class HostDriver:
                 self.reports[node].counters = dict(zip(COUNTER_NAMES, lanes))
             else:
                 self.reads[(node, *request)] = body
-        elif kind == PacketKind.WRITE and node in self.reports and node in self.pending_done:
+        elif kind == PacketKind.WRITE and node in self.pending_done:     # a stream
             self.streams.setdefault(node, []).append((head["addr"], body))
         else:
             raise RuntimeError(f"host received an unexpected packet at cycle {cycle}: "

@@ -2,7 +2,8 @@
 
 `interpret(tile_program)` runs every node's program to its HALT (or fault) with no notion of
 time: instructions execute one after another, a SEND writes the destination's SRAM and bumps its
-counter at once (a SEND to the host, x == cols, appends its packets to the sender's stream), and nodes take turns whenever one blocks on a WAIT. For programs whose nodes
+counter at once (a SEND to the host, x == cols, appends its packets to the sender's stream),
+and nodes take turns whenever one blocks on a WAIT. For programs whose nodes
 synchronise properly (data that arrives over the mesh is read only after a WAIT on its counter,
 and is not overwritten while another node may still send into it), every timed execution ends in
 the same state, so the cycle model and the RTL must produce exactly what this produces.

@@ -342,6 +342,9 @@ def check_dense(c: Compilation, op) -> None:
         nonzero = int(np.count_nonzero(op.weight))
     else:                       # add, relu: identity blocks
         nonzero = k
+    dense = k * f * 8
+    if op.op == "maxpool":      # an identity [K, K], then its P = kh kw candidates [P, K, F]
+        dense = 8 * k * max(k, kh * kw * f)
     sram = cfg.nodes * cfg.sram_kib * 1024
     where = f"node '{op.name}' ({op.op})"
     if nonzero > sram:
@@ -349,10 +352,10 @@ def check_dense(c: Compilation, op) -> None:
             f"{where}: lowered as one matrix layer ({how}), it has {nonzero:,} nonzero int8 "
             f"weights ({_size(nonzero)}), more than the tile's SRAM ({cfg.rows}x{cfg.cols} "
             f"nodes x {cfg.sram_kib} KiB = {_size(sram)})")
-    if k * f * 8 > DENSE_HOST_BYTES:
+    if dense > DENSE_HOST_BYTES:
         raise CompileError(
             f"{where}: lowered as one matrix layer ({how}), its dense [{k}, {f}] weight matrix "
-            f"would take {_size(k * f * 8)} of host memory, more than the compiler's "
+            f"would take {_size(dense)} of host memory, more than the compiler's "
             f"{_size(DENSE_HOST_BYTES)} per layer")
 
 

@@ -121,7 +121,8 @@ def differences(model: dict, rtl: dict, limit: int = 3) -> list[str]:
             for sub in sorted(set(a) | set(b)):
                 if a.get(sub) != b.get(sub):
                     if key == "reads":
-                        words = [i for i, (p, q) in enumerate(zip(a[sub], b[sub])) if p != q]
+                        words = [i for i, (p, q) in enumerate(zip(a.get(sub) or [],
+                                                                   b.get(sub) or [])) if p != q]
                         out.append(f"SRAM of node {sub.split('@')[0]}: {len(words)} words differ, "
                                    f"first at offset {words[0] if words else '?'}")
                     elif key == "nodes":

@@ -312,6 +312,14 @@ def test_old_opsets_are_upgraded_and_batchnorm_folds(opset):
     np.testing.assert_allclose(run_float(graph, {"x": x})["y"], want, rtol=1e-5, atol=1e-6)
 
 
+def test_an_opset_upgrade_that_fails_is_one_line(monkeypatch):
+    def fail(model, version):
+        raise RuntimeError("No Adapter For Relu\nmore detail")
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
+    reject(bn_cnn(9), r"^model 't': opset 9 could not be upgraded to opset 13 by "
+                      r"onnx.version_converter \(No Adapter For Relu\)$")
+
+
 def test_batchnorm_that_cannot_fold_is_refused():
     reject(bn_cnn(13, relu_between=True),
            r"^node 'bn' \(BatchNormalization\): its input 'c' must be computed by a Conv or "
