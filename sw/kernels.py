@@ -83,7 +83,7 @@ import numpy as np
 from d1tile import numerics
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType, MatrixType
 from d1tile.formats import lanes_from_word, word_from_lanes
-from d1tile.isa import ACC_BANKS, FORMATS, SYNC_COUNTERS, Opcode, VecOp
+from d1tile.isa import ACC_BANKS, FORMATS, SYNC_COUNTERS, FVecOp, Opcode, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.dma import job_cycles
 from d1tile.sim.mxu import matmul_cycles
@@ -99,13 +99,16 @@ __all__ = [
     "KernelBuilder", "ActivationLayout", "Segment", "GemmOutput", "NodeSram", "Region",
     "LayerPlan", "NodePlan", "Message", "schedule_sends", "split_even", "batch_blocks",
     "pack_activation", "load_activation", "unpack_activation", "unpack_gemm",
-    "reference_gemm", "reference_gemm_bf16", "reference_layer", "GEMM_TYPES",
+    "reference_gemm", "reference_gemm_bf16", "reference_layer", "reference_layer_bf16",
+    "GEMM_TYPES",
 ]
 
 GEMM_TYPES = (ElemType.INT8, ElemType.BF16)
 """The operand types of the kernels (`MATRIX_TYPES`): int8 values, or floats rounded to BF16."""
 
 INT8_OUT_PER_WORD = ELEMENTS[ElemType.INT8].groups    # REQUANT packs 4 accumulator rows a word
+BF16_OUT_PER_WORD = ELEMENTS[ElemType.BF16].groups    # FCVT FP32 -> BF16 packs 2 a word
+OUT_PER_WORD = {ElemType.INT8: INT8_OUT_PER_WORD, ElemType.BF16: BF16_OUT_PER_WORD}
 MAX_SEND_WORDS = (1 << FORMATS[Opcode.SEND].field("n").width) - 1
 MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 
@@ -413,7 +416,8 @@ class LayerPlan:
     `KernelBuilder.layers` keeps them for reports (bench/gemm_utilisation.py)."""
     name: str
     dtype: ElemType                     # the operand type of its MATMULs
-    quant: tuple | None                 # (scale, shift, relu) of a quantised layer
+    quant: tuple | None                 # (scale, shift, relu) of a layer with an activation
+    #                                     output: int8 (REQUANT's) or bf16 (scale, shift 0)
     pool: int                           # feature blocks max-reduced into one output block
     inputs: list                        # ActivationLayouts, features concatenated
     offsets: list                       # each input's first word in a block of kw words
@@ -447,7 +451,15 @@ class LayerPlan:
         n = sum(len(self.kruns[i]) for i, _ in tiles) + len(tiles)
         if not self.quant:
             return n + (ceil(len(tiles) / self.stream) if self.stream else 0)
-        return n + (len(tiles) // self.pool) * (self.pool + 1) + (1 if tiles else 0)
+        setq = 1 if tiles and self.dtype == ElemType.INT8 else 0
+        return n + (len(tiles) // self.pool) * self.group_vectors + setq
+
+    @property
+    def group_vectors(self) -> int:
+        """Vector instructions per group of `pool` tiles: pool - 1 maxima, the bias add, the
+        output conversion (REQUANT, or FCVT to BF16 after an FRELU when the layer has relu)."""
+        relu = self.dtype == ElemType.BF16 and self.quant[2]
+        return self.pool + 1 + (1 if relu else 0)
 
 
 def schedule_sends(messages, tiles: dict, capacity: int) -> None:
@@ -630,21 +642,44 @@ class KernelBuilder:
                                f"accumulator rows per word); it is {self.cfg.mac_dim}")
         if any(i.dtype != ElemType.INT8 for i in self._inputs(name, x)):
             raise CompileError(f"layer {name!r}: quantised layers take int8 inputs (bf16 "
-                               "layers are plain GEMMs so far)")
+                               "inputs go to bf16_layer or gemm)")
         for what, value, bits in (("scale", scale, SCALE_BITS), ("shift", shift, SHIFT_BITS)):
             if not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
                 raise CompileError(f"layer {name!r}: {what}={value!r} is outside "
                                    f"0..{(1 << bits) - 1}")
+        return self._activation_layer(name, x, w, b, (int(scale), int(shift), bool(relu)),
+                                      ElemType.INT8)
+
+    def bf16_layer(self, name: str, x, w, b, relu: bool = False) -> ActivationLayout:
+        """Y = bf16(relu(X @ W + b)), BF16 operands with FP32 accumulation
+        (`reference_layer_bf16`): each tile's FP32 accumulator rows get the bias added by FVEC
+        FADD (b rounded to FP32 on the host), FRELU with `relu`, and are rounded to BF16 by
+        FCVT (round to nearest even), two rows per word, into the same output layout as
+        `quantised_layer`'s (chunk y: words [i0 N / 2, i1 N / 2)), which is the next bf16
+        layer's input as it stands.
+
+        `x`: a bf16 `ActivationLayout` (or a list, features concatenated); `w`: floats [K, F]
+        (rounded to BF16) or [P, K, F] for a max-pooled layer (the candidates' FP32 sums
+        reduced by FVEC FMAX before the bias, as `quantised_layer` does); `b`: floats [F]."""
+        if self.cfg.mac_dim % BF16_OUT_PER_WORD:
+            raise CompileError(f"layer {name!r}: bf16 layers need an even mac_dim (FCVT packs "
+                               f"{BF16_OUT_PER_WORD} rows per word); it is {self.cfg.mac_dim}")
+        if any(i.dtype != ElemType.BF16 for i in self._inputs(name, x)):
+            raise CompileError(f"layer {name!r}: bf16 layers take bf16 inputs")
+        return self._activation_layer(name, x, w, b, (0, 0, bool(relu)), ElemType.BF16)
+
+    def _activation_layer(self, name, x, w, b, quant, dtype) -> ActivationLayout:
+        """The layer of `quantised_layer` or `bf16_layer`, and its output layout."""
         w = np.asarray(w)
         pool, out_features = 1, int(w.shape[-1]) if w.ndim else 0
         if w.ndim == 3:
             pool = w.shape[0]
             if pool < 1:
                 raise CompileError(f"layer {name!r}: a pooled layer needs at least one candidate")
-            w, b = _pool_columns(self.cfg, name, w, b)
-        layer = self._layer(name, x, w, bias=b, quant=(int(scale), int(shift), bool(relu)),
-                            pool=pool, out_features=out_features)
-        words = self.cfg.mac_dim // INT8_OUT_PER_WORD   # output words per output block
+            w, b = _pool_columns(self.cfg, name, w, b, dtype)
+        layer = self._layer(name, x, w, bias=b, quant=quant, pool=pool,
+                            out_features=out_features)
+        words = self.cfg.mac_dim // OUT_PER_WORD[dtype]   # output words per output block
         segments = {}
         for (x, y), p in layer.plans.items():
             if p.tiles:
@@ -655,7 +690,8 @@ class KernelBuilder:
                     Segment(j, g0 * words, g1 * words, p.y_base + (j - j0) * cw)
                     for j in range(j0, j1))
         return ActivationLayout(self.cfg, name, layer.inputs[0].batch, out_features,
-                                layer.fblocks[-1][1] // pool * words, layer.blocks, segments)
+                                layer.fblocks[-1][1] // pool * words, layer.blocks, segments,
+                                dtype)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -744,8 +780,8 @@ class KernelBuilder:
         capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
         if layer.stream:   # DMA-out also streams the results: a tile's share of a SEND
             capacity -= ceil((job_cycles(layer.stream * self.cfg.mac_dim) + 1) / layer.stream)
-        if quant:      # the VECs issue first in a slot (pool + 1 per group of pool tiles)
-            capacity -= (pool + 1) * vec_cycles(self.cfg.mac_dim) // pool
+        if quant:      # the VECs issue first in a slot (group_vectors per group of pool tiles)
+            capacity -= layer.group_vectors * vec_cycles(self.cfg.mac_dim) // pool
         # A message whose source the host feeds goes no earlier than FEED_LEAD slots before its
         # due one: its sender WAITs for the feed there, and an early slot would stall the
         # sender's MATMULs on a feed the host sends in due order.
@@ -795,8 +831,8 @@ class KernelBuilder:
         if features < 1:
             raise CompileError(f"{where}: weights have no output features")
         if bias is not None:
-            b = _check_bias(where, bias, features)
-            if b.size and (b.min() < -2**31 or b.max() >= 2**31):
+            b = _check_bias(where, bias, features, dtype)
+            if dtype == ElemType.INT8 and b.size and (b.min() < -2**31 or b.max() >= 2**31):
                 raise CompileError(f"{where}: bias values must fit int32")
         offsets, kw = [], 0
         for i in inputs:
@@ -939,7 +975,7 @@ class KernelBuilder:
                 parts["weights"] = nf * layer.wstride
                 parts["activations"] = nbx * layer.kw
                 if layer.quant:
-                    parts["output chunks"] = nbx * nf // layer.pool * n // INT8_OUT_PER_WORD
+                    parts["output chunks"] = nbx * nf // layer.pool * n // OUT_PER_WORD[layer.dtype]
                     if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
                         parts["accumulator rows"] = 2 * layer.pool * n
                 elif layer.stream:
@@ -998,10 +1034,14 @@ class KernelBuilder:
                 block = _weight_words(cfg, layer.dtype, wpad, i, layer.kw)
                 runs = [w for k0, k1 in layer.kruns[i] for w in block[k0:k1]]
                 words += runs + [0] * (layer.width - len(runs))
-                if layer.quant:
-                    b = np.zeros(n, dtype=np.int64)
+                if layer.quant:       # word r: feature i N + r's bias in every lane
                     hi = min(layer.features, (i + 1) * n)
-                    b[:hi - i * n] = np.asarray(bias)[i * n:hi]
+                    if layer.dtype == ElemType.INT8:
+                        b = np.zeros(n, dtype=np.int64)
+                        b[:hi - i * n] = np.asarray(bias)[i * n:hi]
+                    else:             # FP32 bits
+                        b = np.zeros(n, dtype=np.uint32)
+                        b[:hi - i * n] = numerics.f32_bits(np.asarray(bias)[i * n:hi])
                     words += [word_from_lanes([v] * n) for v in b]
             for k in range(len(p.owned)):       # fed at their first SEND (`_emit_layer`)
                 addr = p.w_stage + k * layer.wstride
@@ -1111,14 +1151,21 @@ class KernelBuilder:
             def finish_group(g):
                 first = g * pool
                 i, j = p.tiles[first]
+                a, bias = acc(first), p.w_base + (i - i0) * layer.wstride + layer.width
+                out = p.y_base + ((j - j0) * ((i1 - i0) // pool) + (i - i0) // pool) * n \
+                    // OUT_PER_WORD[layer.dtype]
+                if layer.dtype == ElemType.INT8:
+                    for t in range(first + 1, first + pool):
+                        emit("vec", VecOp.MAX, dst=a, a=a, b=acc(t), n=n)
+                    emit("vec", VecOp.ADD, dst=a, a=a, b=bias, n=n)
+                    emit("vec", VecOp.REQUANT, a=a, n=n, dst=out)
+                    return
                 for t in range(first + 1, first + pool):
-                    emit("vec", VecOp.MAX, dst=acc(first), a=acc(first), b=acc(t), n=n)
-                emit("vec", VecOp.ADD, dst=acc(first), a=acc(first),
-                     b=p.w_base + (i - i0) * layer.wstride + layer.width, n=n)
-                out_blocks = (i1 - i0) // pool
-                emit("vec", VecOp.REQUANT, a=acc(first), n=n,
-                     dst=p.y_base + ((j - j0) * out_blocks + (i - i0) // pool) * n
-                     // INT8_OUT_PER_WORD)
+                    emit("fvec", FVecOp.FMAX, dst=a, a=a, b=acc(t), n=n)
+                emit("fvec", FVecOp.FADD, dst=a, a=a, b=bias, n=n)
+                if layer.quant[2]:
+                    emit("fvec", FVecOp.FRELU, dst=a, a=a, b=a, n=n)
+                emit("fcvt", ElemType.FP32, ElemType.BF16, dst=out, a=a, n=n)
 
             def mread(t):
                 i, j = p.tiles[t]
@@ -1134,7 +1181,7 @@ class KernelBuilder:
                 else:
                     emit("mread", p.out_base + ((i - i0) * (j1 - j0) + (j - j0)) * n, bank=bank)
 
-            if layer.quant and p.tiles:
+            if layer.quant and p.tiles and layer.dtype == ElemType.INT8:
                 emit("setq", *layer.quant)
             if sends[node].get(-1) and not self.layers:
                 first_senders.append(node)
@@ -1254,25 +1301,30 @@ def _operand_values(where: str, what: str, values, dtype) -> np.ndarray:
     return numerics.bf16_bits(arr.astype(np.float32)).astype(np.int64)
 
 
-def _pool_columns(cfg: TileConfig, name: str, w: np.ndarray, b) -> tuple[np.ndarray, np.ndarray]:
+def _pool_columns(cfg: TileConfig, name: str, w: np.ndarray, b,
+                  dtype=ElemType.INT8) -> tuple[np.ndarray, np.ndarray]:
     """A pooled layer's weights [P, K, F] and bias [F] as one [K, G P N] matrix and bias
     (G = ceil(F / N) output blocks): feature block g P + p holds candidate p of output block g,
     its row r output feature g N + r (zero columns beyond F)."""
     n = cfg.mac_dim
     pool, k, f = w.shape
-    b = _check_bias(f"layer {name!r}", b, f)
+    b = _check_bias(f"layer {name!r}", b, f, dtype)
     groups = ceil(f / n)
     wp = np.zeros((pool, k, groups * n), dtype=w.dtype)
     wp[:, :, :f] = w
     cols = wp.reshape(pool, k, groups, n).transpose(1, 2, 0, 3)       # k, group, p, row
-    bias = np.pad(b.astype(np.int64), (0, groups * n - f)).reshape(groups, 1, n)
+    b = b.astype(np.int64) if dtype == ElemType.INT8 else b.astype(np.float64)
+    bias = np.pad(b, (0, groups * n - f)).reshape(groups, 1, n)
     return cols.reshape(k, groups * pool * n), np.repeat(bias, pool, axis=1).reshape(-1)
 
 
-def _check_bias(where: str, b, features: int) -> np.ndarray:
+def _check_bias(where: str, b, features: int, dtype=ElemType.INT8) -> np.ndarray:
     b = np.asarray(b)
-    if b.shape != (features,) or not np.issubdtype(b.dtype, np.integer):
-        raise CompileError(f"{where}: bias must be an integer vector of {features} values, "
+    kind = np.integer if dtype == ElemType.INT8 else np.number
+    if b.shape != (features,) or not np.issubdtype(b.dtype, kind) \
+            or np.issubdtype(b.dtype, np.complexfloating):
+        what = "an integer" if dtype == ElemType.INT8 else "a real"
+        raise CompileError(f"{where}: bias must be {what} vector of {features} values, "
                            f"not {b.dtype} {list(b.shape)}")
     return b
 
@@ -1406,6 +1458,24 @@ def reference_gemm_bf16(cfg: TileConfig, x, w) -> np.ndarray:
     xb = np.pad(xb, ((0, 0), (0, pad)))
     wb = np.pad(wb, ((0, pad), (0, 0)))
     return MATRIX_TYPES[ElemType.BF16].matmul(xb, wb).view(np.float32)
+
+
+def reference_layer_bf16(cfg: TileConfig, x, w, b, relu: bool = False) -> np.ndarray:
+    """What `KernelBuilder.bf16_layer` computes, as BF16 bits (uint16) [batch, F]: each
+    candidate's C as `reference_gemm_bf16` (FP32, k after k), for pooled weights [P, K, F] the
+    candidates' maximum (`numerics.fp32_max`, candidate 0 first), then the bias added
+    (`numerics.fp32_add`, b rounded to FP32), `numerics.fp32_relu` with `relu`, and the
+    rounding to BF16 (`numerics.bf16_from_f32_rne`)."""
+    w = np.asarray(w, dtype=np.float32)
+    candidates = w if w.ndim == 3 else w[None]
+    acc = None
+    for wp in candidates:
+        c = reference_gemm_bf16(cfg, x, wp).view(np.uint32)
+        acc = c if acc is None else numerics.fp32_max(acc, c)
+    acc = numerics.fp32_add(acc, numerics.f32_bits(np.asarray(b, dtype=np.float64))[None, :])
+    if relu:
+        acc = numerics.fp32_relu(acc)
+    return numerics.bf16_from_f32_rne(acc)
 
 
 def reference_layer(x, w, b, scale: int, shift: int, relu: bool = False) -> np.ndarray:

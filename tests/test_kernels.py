@@ -25,8 +25,8 @@ from d1tile.sim.sram import bank_of
 from d1tile.sim.tile import TileModel
 from d1tile.sw.errors import CompileError
 from d1tile.sw.kernels import (KernelBuilder, load_activation, pack_activation, reference_gemm,
-                               reference_gemm_bf16, reference_layer, split_even,
-                               unpack_activation, unpack_gemm)
+                               reference_gemm_bf16, reference_layer, reference_layer_bf16,
+                               split_even, unpack_activation, unpack_gemm)
 from d1tile.sw.verify import differences
 
 TINY = TileConfig.preset("tiny")          # 2x2 nodes, N = 4, 256 words of 16 B
@@ -102,6 +102,80 @@ def test_gemm_on_the_model(shape, form):
     result = TileModel(TINY).run(tp)
     check_run(tp, result)
     assert np.array_equal(unpack_gemm(out, result), expected)
+
+
+def bf16_chain(cfg, batch, sizes, r, relus, pool=1, specials=False):
+    """bf16 layers K0 -> K1 -> ... (the first with `pool` candidates): the program, the output
+    layouts and each layer's expected BF16 bits (`reference_layer_bf16` on the previous one's
+    BF16 values)."""
+    x = r.standard_normal((batch, sizes[0])).astype(np.float32)
+    if specials:
+        flat = x.reshape(-1)
+        picks = r.choice(flat.size, size=max(1, flat.size // 8), replace=False)
+        flat[picks] = r.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-39], size=picks.size)
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", batch, sizes[0], dtype=ElemType.BF16)
+    h, outputs, expected, value = layout, [], [], x
+    for n, (k, f, relu) in enumerate(zip(sizes, sizes[1:], relus)):
+        shape = (pool, k, f) if n == 0 and pool > 1 else (k, f)
+        w = (r.standard_normal(shape) / np.sqrt(k)).astype(np.float32)
+        b = r.standard_normal(f)
+        h = kb.bf16_layer(f"fc{n}", h, w, b, relu=relu)
+        outputs.append(h)
+        bits = reference_layer_bf16(cfg, value, w, b, relu)
+        expected.append(bits)
+        value = numerics.bf16_value(bits).astype(np.float32)
+    for h in outputs:
+        kb.read(h)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    return tp, outputs, expected
+
+
+@pytest.mark.parametrize("cfg", [TINY, DEFAULT], ids=["tiny", "default"])
+@pytest.mark.parametrize("batch, sizes, relus, pool", [
+    (8, (16, 8), (True,), 1), (13, (30, 11), (False,), 1), (9, (20, 12), (True,), 3),
+    (11, (10, 13, 6), (True, False), 1), (3, (20, 4, 9), (False, True), 2)])
+def test_bf16_layers_on_the_model(cfg, batch, sizes, relus, pool):
+    """bf16 layers (chained, max-pooled, with and without relu; NaN, Inf, signed zeros and
+    subnormals in the input): every layer's BF16 output bit for bit as
+    `reference_layer_bf16`, the run the interpreter's."""
+    tp, outputs, expected = bf16_chain(cfg, batch, sizes, rng(40, batch, *sizes), relus, pool,
+                                       specials=True)
+    result = TileModel(cfg).run(tp)
+    check_run(tp, result)
+    for h, want in zip(outputs, expected):
+        got = unpack_activation(h, result)
+        assert got.dtype == np.uint16 and np.array_equal(got, want), h.name
+
+
+def test_bf16_layer_reference_is_near_float64():
+    """The bf16 reference against float64 arithmetic on the same BF16-rounded operands:
+    relu(x w + b) within the error of FP32 sums and one BF16 rounding (2**-8 relative, and
+    the FP32 sum's K 2**-24 of sum |x w|)."""
+    r = rng(41)
+    x = r.standard_normal((16, 40)).astype(np.float32)
+    w = r.standard_normal((40, 12)).astype(np.float32)
+    b = r.standard_normal(12)
+    got = numerics.bf16_value(reference_layer_bf16(TINY, x, w, b, relu=True))
+    xb = numerics.bf16_value(numerics.bf16_bits(x))
+    wb = numerics.bf16_value(numerics.bf16_bits(w))
+    exact = np.maximum(xb @ wb + b.astype(np.float32), 0)
+    bound = 2.0 ** -8 * np.abs(exact) + 40 * 2.0 ** -24 * (np.abs(xb) @ np.abs(wb) + np.abs(b))
+    assert np.all(np.abs(got - exact) <= bound)
+    assert np.any(got != exact)          # the rounding is there to be seen
+
+
+def test_bf16_layer_errors():
+    kb = KernelBuilder(TINY)
+    x8 = kb.input("x8", 4, 8)
+    with pytest.raises(CompileError, match="layer 'fc': bf16 layers take bf16 inputs"):
+        kb.bf16_layer("fc", x8, np.ones((8, 4), np.float32), np.zeros(4))
+    xb = kb.input("xb", 4, 8, dtype=ElemType.BF16)
+    with pytest.raises(CompileError, match="quantised layers take int8 inputs"):
+        kb.quantised_layer("q", xb, np.ones((8, 4), np.int8), np.zeros(4, np.int32), 1, 1)
+    with pytest.raises(CompileError, match="bias must be a real vector of 4 values"):
+        kb.bf16_layer("fc2", xb, np.ones((8, 4), np.float32), np.zeros(3))
 
 
 STREAM_SHAPES = [
@@ -649,6 +723,10 @@ def rtl_cases():
                                  expected4.view(np.uint32))
     tp5, out5, expected5 = gemm_program(TINY, 40, 12, 72, rng(35), out="host")
     cases["gemm 40x12x72 streamed"] = (tp5, lambda res: unpack_gemm(out5, res), expected5)
+    tp6, outputs6, expected6 = bf16_chain(TINY, 9, (20, 12, 5), rng(36), (True, False), pool=2,
+                                          specials=True)
+    cases["bf16 layers 9x20->12 (pooled)->5"] = (
+        tp6, lambda res: unpack_activation(outputs6[-1], res), expected6[-1])
     return cases
 
 
