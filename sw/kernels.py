@@ -438,6 +438,9 @@ class LayerPlan:
     messages: list = field(default_factory=list)
     pcs: dict = field(default_factory=dict)         # node -> (first, end): its instructions
     stream: int = 0      # plain GEMM streamed to the host: tiles per SEND (0: C stays in SRAM)
+    # A bf16 layer whose last output block has padding rows: N mask words follow the bias, and
+    # FVEC FMASK zeroes those rows (0 x NaN is NaN: the next layer's zero weights would not).
+    mask: bool = False
 
     @property
     def where(self) -> str:
@@ -459,7 +462,7 @@ class LayerPlan:
         """Vector instructions per group of `pool` tiles: pool - 1 maxima, the bias add, the
         output conversion (REQUANT, or FCVT to BF16 after an FRELU when the layer has relu)."""
         relu = self.dtype == ElemType.BF16 and self.quant[2]
-        return self.pool + 1 + (1 if relu else 0)
+        return self.pool + 1 + (1 if relu else 0) + (1 if self.mask else 0)
 
 
 def schedule_sends(messages, tiles: dict, capacity: int) -> None:
@@ -845,7 +848,9 @@ class KernelBuilder:
         else:           # every K step, in order (see `gemm`)
             kruns = {i: [(0, kw)] for i in range(wpad.shape[1] // n)}
         width = max(sum(k1 - k0 for k0, k1 in runs) for runs in kruns.values())
-        wstride = width + (n if quant else 0)
+        out_f = features if out_features is None else out_features
+        mask = bool(quant) and dtype == ElemType.BF16 and out_f % n != 0
+        wstride = width + (n if quant else 0) + (n if mask else 0)
         longest = max((seg.words for i in inputs for segs in i.segments.values() for seg in segs),
                       default=0)
         for what, value, limit in (("K words per block", kw, MAX_KW),
@@ -862,7 +867,7 @@ class KernelBuilder:
             features if out_features is None else out_features, blocks, fblocks, kruns,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
-            plans={node: NodePlan() for node in self.tp.nodes}), wpad
+            plans={node: NodePlan() for node in self.tp.nodes}, mask=mask), wpad
 
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
@@ -1043,6 +1048,10 @@ class KernelBuilder:
                         b = np.zeros(n, dtype=np.uint32)
                         b[:hi - i * n] = numerics.f32_bits(np.asarray(bias)[i * n:hi])
                     words += [word_from_lanes([v] * n) for v in b]
+                if layer.mask:        # word r: 1.0 where output feature (i // pool) N + r exists
+                    real = (i // layer.pool) * n + np.arange(n) < layer.out_features
+                    one = int(numerics.f32_bits(1.0))
+                    words += [word_from_lanes([one if r else 0] * n) for r in real]
             for k in range(len(p.owned)):       # fed at their first SEND (`_emit_layer`)
                 addr = p.w_stage + k * layer.wstride
                 self._unfed[node][addr] = words[k * layer.wstride:(k + 1) * layer.wstride]
@@ -1165,6 +1174,8 @@ class KernelBuilder:
                 emit("fvec", FVecOp.FADD, dst=a, a=a, b=bias, n=n)
                 if layer.quant[2]:
                     emit("fvec", FVecOp.FRELU, dst=a, a=a, b=a, n=n)
+                if layer.mask:      # the padding rows of the last output block: +0
+                    emit("fvec", FVecOp.FMASK, dst=a, a=a, b=bias + n, n=n)
                 emit("fcvt", ElemType.FP32, ElemType.BF16, dst=out, a=a, n=n)
 
             def mread(t):

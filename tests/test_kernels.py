@@ -149,6 +149,25 @@ def test_bf16_layers_on_the_model(cfg, batch, sizes, relus, pool):
         assert got.dtype == np.uint16 and np.array_equal(got, want), h.name
 
 
+def test_bf16_padding_rows_are_zero():
+    """A bf16 layer with F = 4 of N = 8 rows per block and NaN in its input: the padding rows
+    of its output (features 4..7, which the next layer multiplies by zero weights, and 0 x NaN
+    is NaN) are +0 on the tile (FVEC FMASK), so the next layer is right."""
+    from d1tile.dtypes import MATRIX_TYPES
+    tp, outputs, expected = bf16_chain(DEFAULT, 3, (20, 4, 9), rng(42), (False, True),
+                                       specials=True)
+    result = TileModel(DEFAULT).run(tp)
+    check_run(tp, result)
+    h = outputs[0]
+    spec = MATRIX_TYPES[ElemType.BF16]
+    for node, segs in h.segments.items():
+        words = result.reads[(node, *h.region(*node))]
+        vectors = np.concatenate([spec.operand_vectors(DEFAULT, w) for w in words])   # features
+        assert np.all(vectors[4:8] == 0), node
+        assert np.any(np.isnan(numerics.bf16_value(vectors[:4]))), "the input had no NaN"
+    assert np.array_equal(unpack_activation(outputs[1], result), expected[1])
+
+
 def test_bf16_layer_reference_is_near_float64():
     """The bf16 reference against float64 arithmetic on the same BF16-rounded operands:
     relu(x w + b) within the error of FP32 sums and one BF16 rounding (2**-8 relative, and
