@@ -460,7 +460,8 @@ class LayerPlan:
     @property
     def group_vectors(self) -> int:
         """Vector instructions per group of `pool` tiles: pool - 1 maxima, the bias add, the
-        output conversion (REQUANT, or FCVT to BF16 after an FRELU when the layer has relu)."""
+        output conversion (REQUANT; for bf16 FCVT, after an FRELU when the layer has relu and an
+        FMASK when it has padding rows, `mask`)."""
         relu = self.dtype == ElemType.BF16 and self.quant[2]
         return self.pool + 1 + (1 if relu else 0) + (1 if self.mask else 0)
 
