@@ -14,28 +14,31 @@ Passes (`PASSES`, each a function of the `Compilation` that it fills in):
    (`sw/kernels.py`); an op without a lowering is a `CompileError` naming it.
 4. `finish`: the per-node programs (with HALT), what to read back.
 
-Every tile op becomes one matrix layer of the kernels (gemm, conv unrolled, add, avgpool,
-relu; a maxpool fused into its producer or as a selection; flatten/reshape move nothing; the
-comment above `Linear` and docs/compiler.md tell how); softmax runs on the host.
+Every tile op goes to its kernel (`LOWER`): gemm to the GEMM kernel, conv to the implicit-GEMM
+convolution (a relu and a max pool fused), add, relu and pooling to the vector unit; flatten
+and reshape move nothing; the comment above `image_order` and docs/compiler.md tell how;
+softmax runs on the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import ceil
 
 import numpy as np
 
-from d1tile.dtypes import MATRIX_TYPES
+from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.params import TileConfig
+from d1tile.sw.conv import ConvGeometry
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
 from d1tile.sw.kernels import KernelBuilder, load_activation, unpack_activation
 from d1tile.sw.quant import (calibrate, quantize, quantize_tensor, run_float, run_int8,
-                             windows)
+                             window_geometry)
 
 
 __all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "References",
-           "references", "PASSES", "LINEAR"]
+           "references", "PASSES", "LOWER", "image_order", "channels_last"]
 
 
 @dataclass
@@ -48,7 +51,10 @@ class Compilation:
     builder: KernelBuilder | None = None
     layouts: dict = field(default_factory=dict)      # tensor name -> ActivationLayout on the tile
     orders: dict = field(default_factory=dict)       # tensor name -> ONNX index of each stored
-    #                                                  feature (see lower)
+    #                                                  feature, -1 for padding (see lower)
+    images: dict = field(default_factory=dict)       # tensor name -> (H, W, cp) of an image
+    image_origin: dict = field(default_factory=dict)  # flattened image -> the image tensor
+    dtype: ElemType = ElemType.INT8                  # the tile's activation and operand type
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
     layers: list = field(default_factory=list)       # LayerInfo per tile layer, in order
@@ -66,7 +72,8 @@ class Compilation:
 class LayerInfo:
     """One layer on the tile: the quantised ops it computes, the network's multiply-accumulates
     for them (`macs`: gemm and conv only), those the matrix units perform (`tile_macs`:
-    unrolled zeros, pooling and adds included) and the kernel's `LayerPlan`."""
+    padding channels, words of zeros and pool candidates included) and the kernel's plan
+    (`LayerPlan`, or `VectorPlan` for a vector layer)."""
     name: str
     ops: list
     macs: int
@@ -89,197 +96,74 @@ def quantise(c: Compilation) -> None:
     c.qgraph = quantize(c.graph, calibrate(c.graph, c.calibration))
 
 
-# -- lowering: every tile op as a quantised matrix layer -----------------------------------------
+# -- lowering: every tile op onto its kernel ------------------------------------------------------
 #
-# Activations live on the tile as [batch, features] int8 (`ActivationLayout`) whose stored
-# features are a chosen order of the tensor's ONNX features (`Compilation.orders`): an NCHW
-# tensor is stored channels-last, (h, w, c), so that a block of N stored features is N channels
-# at one position and a convolution's K runs are bands of input rows; a [batch, F] tensor in
-# its own order. Flatten and reshape keep ONNX's flat feature index, so they move nothing.
-# (Storing a convolution's host input as im2col patches, which makes each output block's K
-# run exactly its patch, was measured and left out: for the toy CNN it cut the matrix units'
-# MACs from 2x to 1.3x the network's but not the cycles, which are bound by each tile's
-# accumulator readout at such small K, while the 9x larger input cost load time and SRAM.)
+# Activations live on the tile as [batch, features] (`ActivationLayout`) whose stored features
+# are a chosen order of the tensor's ONNX features, with padding (`Compilation.orders`: the
+# ONNX flat index of each stored feature, -1 for a padding feature, which holds zeros). An NCHW
+# tensor that a convolution or a pool reads is stored as an *image*: pixels in raster order,
+# each its C channels padded to `cp` (a whole number of operand words: V for the host's
+# input, the channel blocks x N for a layer's output), `Compilation.images[t] = (H, W, cp)`.
+# Other tensors keep their ONNX order. Flatten and reshape keep every stored feature where it
+# is; the gemm that reads them takes its weight rows in the stored order (zero rows for
+# padding).
 #
-# Every other op becomes one `KernelBuilder.quantised_layer`: Y = requantize(X @ W + b) with an
-# int8 matrix W, first built over ONNX feature indices (`Linear`):
-#   gemm     the layer's weights;
-#   conv     unrolled: W[(c, iy, ix), (o, oy, ox)] = w[o, c, dy, dx] where input pixel (iy, ix)
-#            is element (dy, dx) of output (oy, ox)'s window (stride, padding);
-#            K runs (kernels.md) skip the all-zero words of each feature block;
-#   add      k_a I stacked on k_b I over the two inputs' features (a constant: bias);
-#   avgpool  the 0/1 window sums, requantised by 1 / count;
-#   relu     I with the REQUANT's ReLU (scale 1, shift 0 is exact on int8);
-# then its rows gathered in each input's stored order and its columns in the output's. A
-# maxpool is a *pooled* layer: candidate p's weights are the columns of the p-th element of
-# every window (padding: another element of the same window), max-reduced on the int32
-# accumulators. It fuses into the layer that produces its input when that layer has no other
-# use (the producer's columns gathered per candidate), else it selects from the int8 activation
-# (I's columns, scale 1, shift 0).
+# The lowering table `LOWER` maps each quantised op to its kernel (d1tile.sw.kernels):
+#   conv     `conv_layer`: an implicit GEMM, the weights stored once per node, the taps read
+#            in place from the input image; a relu fused (REQUANT's), and a max pool that
+#            reads nothing else and whose windows do not overlap fused (its candidates
+#            max-reduced on the accumulators);
+#   gemm     `quantised_layer` (the weight rows in the input's stored order);
+#   add      `add_layer` on the vector unit (two activations, or a constant; a relu fused);
+#   relu     `relu_layer` on the vector unit;
+#   maxpool, avgpool (global ones included)  `pool_layer` on the vector unit;
+#   flatten, reshape  nothing (the stored order carries over).
 
 
-@dataclass
-class Linear:
-    """One op as a matrix layer over the tile activations `inputs` (features concatenated).
-    `weight` rows are ONNX feature indices of the inputs, one after the other; columns are ONNX
-    feature indices of the output."""
-    name: str
-    inputs: list                 # tensor names
-    weight: np.ndarray           # int64 [K, F] with int8 values
-    bias: np.ndarray             # int64 [F] with int32 values
-    scale: int
-    shift: int
-    relu: bool
-    macs: int                    # the op's own multiply-accumulates (gemm, conv), else 0
-
-
-def _window_sources(shape, attrs, kernel) -> np.ndarray:
-    """[C, OH, OW, kh, kw]: the flat input feature (c, h, w) of each window element, -1 where
-    the window covers padding."""
-    index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape((1, *shape))
-    return windows(index, attrs, kernel, -1)[0]
+def image_order(channels: int, height: int, width: int, cp: int) -> np.ndarray:
+    """The stored order of an NCHW sample [channels, height, width] as an image with `cp`
+    stored channels per pixel: ONNX flat index c H W + h W + w of stored feature
+    (h W + w) cp + c, -1 for c >= channels."""
+    h, w, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(cp), indexing="ij")
+    flat = c * height * width + h * width + w
+    return np.where(c < channels, flat, -1).reshape(-1)
 
 
 def channels_last(shape) -> np.ndarray:
-    """The stored order of a tensor of sample shape `shape`: ONNX flat index of each stored
-    feature, (h, w, c) for (C, H, W), the identity otherwise."""
-    n = int(np.prod(shape))
+    """The stored order of a tensor of sample shape `shape` with no padding: (h, w, c) for
+    (C, H, W), the identity otherwise."""
     if len(shape) != 3:
-        return np.arange(n)
-    return np.arange(n).reshape(shape).transpose(1, 2, 0).reshape(-1)
-
-
-def _linear_gemm(c: Compilation, op) -> Linear:
-    k, f = op.weight.shape
-    return Linear(op.name, [op.inputs[0]], op.weight.astype(np.int64),
-                  op.bias.astype(np.int64), int(op.scale), int(op.shift), bool(op.relu),
-                  c.graph.batch * k * f)
-
-
-def _linear_conv(c: Compilation, op) -> Linear:
-    x_shape = c.graph.shape(op.inputs[0])[1:]
-    _, _, oh, ow = c.graph.shape(op.output)
-    o, ch, kh, kw = op.weight.shape
-    positions = oh * ow
-    macs = c.graph.batch * o * positions * ch * kh * kw
-    bias = np.repeat(op.bias.astype(np.int64), positions)
-    src = _window_sources(x_shape, op.attrs, (kh, kw))                       # C, OH, OW, kh, kw
-    w = np.zeros((int(np.prod(x_shape)), o * positions), dtype=np.int64)
-    pos = np.arange(positions)
-    for ci in range(ch):
-        for dy in range(kh):
-            for dx in range(kw):
-                rows = src[ci, :, :, dy, dx].reshape(-1)
-                valid = rows >= 0
-                for oi in range(o):
-                    w[rows[valid], oi * positions + pos[valid]] = op.weight[oi, ci, dy, dx]
-    return Linear(op.name, [op.inputs[0]], w, bias, int(op.scale), int(op.shift),
-                  bool(op.relu), macs)
+        return np.arange(int(np.prod(shape)))
+    c, h, w = shape
+    return image_order(c, h, w, c)
 
 
 def _features(c: Compilation, name: str) -> int:
     return int(np.prod(c.graph.shape(name)[1:]))
 
 
-def _linear_add(c: Compilation, op) -> Linear:
-    f = _features(c, op.output)
-    eye = np.eye(f, dtype=np.int64)
-    w = np.concatenate([k * eye for k in op.input_weights])
-    bias = np.zeros(f, dtype=np.int64) if op.bias is None else \
-        op.bias.astype(np.int64).reshape(-1)
-    return Linear(op.name, list(op.inputs), w, bias, int(op.scale), int(op.shift),
-                  bool(op.relu), 0)
+def _layout(c: Compilation, name: str, node: str, op: str):
+    if name not in c.layouts:
+        raise CompileError(f"node '{node}' ({op}): its input '{name}' is not on the tile")
+    return c.layouts[name]
 
 
-def _linear_avgpool(c: Compilation, op) -> Linear:
-    if np.ndim(op.scale):
-        raise CompileError(
-            f"node '{op.name}' (avgpool): with count_include_pad=0 and padding the divisor "
-            "differs between positions, and the tile's REQUANT has one multiplier per layer "
-            "(use count_include_pad=1 or no padding)")
-    x_shape = c.graph.shape(op.inputs[0])[1:]
-    src = _window_sources(x_shape, op.attrs, op.attrs["kernel"])
-    n_in, n_out = int(np.prod(x_shape)), int(np.prod(src.shape[:3]))
-    w = np.zeros((n_in, n_out), dtype=np.int64)
-    out = np.arange(n_out)
-    for element in src.reshape(n_out, -1).T:
-        valid = element >= 0
-        w[element[valid], out[valid]] += 1
-    return Linear(op.name, [op.inputs[0]], w, np.zeros(n_out, dtype=np.int64),
-                  int(op.scale), int(op.shift), False, 0)
+def _image(c: Compilation, name: str, node: str, op: str) -> tuple[int, int, int]:
+    """(H, W, cp) of an image-stored tensor, or a CompileError naming the node."""
+    if name not in c.images:
+        raise CompileError(f"node '{node}' ({op}): its input '{name}' is not an NCHW image on "
+                           "the tile (it was reshaped from a flat tensor)")
+    return c.images[name]
 
 
-def _identity(c: Compilation, op, relu: bool = False) -> Linear:
-    """I over `op`'s input, scale 1, shift 0: exact on int8 (a relu, a maxpool's selection)."""
-    f = _features(c, op.inputs[0])
-    return Linear(op.name, [op.inputs[0]], np.eye(f, dtype=np.int64),
-                  np.zeros(f, dtype=np.int64), 1, 0, relu, 0)
+def _vectors(c: Compilation) -> int:
+    return MATRIX_TYPES[c.dtype].vectors_per_word(c.cfg)
 
 
-def _linear_relu(c: Compilation, op) -> Linear:
-    return _identity(c, op, relu=True)
-
-
-LINEAR = {"gemm": _linear_gemm, "conv": _linear_conv, "add": _linear_add,
-          "avgpool": _linear_avgpool, "relu": _linear_relu}
-"""Quantised op -> its matrix layer (module comment above)."""
-
-
-def _pool_candidates(c: Compilation, pool) -> np.ndarray:
-    """[P, F_out]: for maxpool `pool`, the input feature (ONNX index) of candidate p of each
-    output feature (a window element over padding takes the window's first real element
-    instead; max is not changed by a repeat)."""
-    x_shape = c.graph.shape(pool.inputs[0])[1:]
-    src = _window_sources(x_shape, pool.attrs, pool.attrs["kernel"])
-    per_out = src.reshape(-1, src.shape[3] * src.shape[4])         # F_out, P
-    first = np.array([row[row >= 0][0] for row in per_out])
-    return np.where(per_out >= 0, per_out, first[:, None]).T
-
-
-def _stored_rows(c: Compilation, lin: Linear) -> np.ndarray:
-    """`lin`'s weight rows in its inputs' stored orders."""
-    parts, at = [], 0
-    for t in lin.inputs:
-        n = _features(c, t)
-        parts.append(lin.weight[at:at + n][c.orders[t]])
-        at += n
-    return np.concatenate(parts)
-
-
-def _emit(c: Compilation, name: str, lin: Linear, output: str, op_names, pool=None) -> bool:
-    """Lower `lin` (pooled by maxpool `pool` if given) as one layer writing `output`; returns
-    False, emitting nothing, when the pooled candidates of an output have different biases."""
-    order = channels_last(c.graph.shape(output)[1:])
-    if pool is None:
-        cols, bias = order, lin.bias[order]
-    else:
-        cols = _pool_candidates(c, pool)[:, order]                 # [P, F_out stored]
-        biases = lin.bias[cols]
-        if not np.all(biases == biases[:1]):
-            return False
-        bias = biases[0]
-    inputs = []
-    for t in lin.inputs:
-        if t not in c.layouts:
-            raise CompileError(f"node '{name}': its input '{t}' is not on the tile")
-        inputs.append(c.layouts[t])
-    rows = _stored_rows(c, lin)
-    weight = rows[:, cols] if pool is None else np.stack([rows[:, k] for k in cols])
-    c.layouts[output] = c.builder.quantised_layer(name, inputs, weight, bias, lin.scale,
-                                                  lin.shift, relu=lin.relu)
-    c.orders[output] = order
+def _record(c: Compilation, name: str, ops: list, macs: int) -> None:
     layer = c.builder.layers[-1]
-    c.macs += lin.macs
-    c.layers.append(LayerInfo(name, op_names, lin.macs, _tile_macs(c.cfg, layer), layer))
-    return True
-
-
-def _tile_macs(cfg: TileConfig, layer) -> int:
-    """The multiply-accumulates the matrix units perform for a layer (zeros included)."""
-    n = cfg.mac_dim
-    per_word = MATRIX_TYPES[layer.dtype].vectors_per_word(cfg)
-    return sum((k1 - k0) * per_word * n * n
-               for p in layer.plans.values() for i, _ in p.tiles for k0, k1 in layer.kruns[i])
+    c.macs += macs
+    c.layers.append(LayerInfo(name, ops, macs, layer.matrix_macs(), layer))
 
 
 def _single_user(c: Compilation, tensor: str):
@@ -290,73 +174,191 @@ def _single_user(c: Compilation, tensor: str):
     return users[0] if len(users) == 1 else None
 
 
+def _conv_geometry(c: Compilation, op, x_image, pool=None) -> ConvGeometry:
+    h, w, cp = x_image
+    attrs = op.attrs
+    weight = op.weight
+    pool_geom = None
+    if pool is not None:
+        pool_geom = (tuple(pool.attrs["kernel"]), tuple(pool.attrs["strides"]),
+                     tuple(pool.attrs["pads"]))
+    return ConvGeometry(h, w, c.graph.shape(op.inputs[0])[1], cp, weight.shape[0],
+                        tuple(weight.shape[2:]), tuple(attrs["strides"]), tuple(attrs["pads"]),
+                        tuple(attrs.get("dilations", (1, 1))), int(attrs.get("group", 1)),
+                        pool_geom)
+
+
+def _fusable_pool(c: Compilation, op):
+    """The max pool that reads only `op`'s output and can be fused into it (windows that do
+    not overlap, no dilation, floor sizes), or None."""
+    user = _single_user(c, op.output)
+    if user is None or user.op != "maxpool":
+        return None
+    a = user.attrs
+    if tuple(a.get("dilations", (1, 1))) != (1, 1) or a.get("ceil_mode", False):
+        return None
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    pt, pl, pb, pr = a["pads"]
+    if sh < kh or sw < kw or max(pt, pb) >= kh or max(pl, pr) >= kw:
+        return None
+    return user
+
+
+def _lower_conv(c: Compilation, op) -> list:
+    x = _layout(c, op.inputs[0], op.name, op.op)
+    image = _image(c, op.inputs[0], op.name, op.op)
+    pool = _fusable_pool(c, op)
+    geom = _conv_geometry(c, op, image, pool)
+    name = op.name if pool is None else f"{op.name}+{pool.name}"
+    out = pool.output if pool is not None else op.output
+    if c.dtype == ElemType.INT8:
+        y = c.builder.conv_layer(name, x, op.weight, op.bias, geom, scale=int(op.scale),
+                                 shift=int(op.shift), relu=bool(op.relu))
+    else:
+        y = c.builder.conv_layer(name, x, op.weight, op.bias, geom, relu=bool(op.relu))
+    cp = ceil(geom.out_c / c.cfg.mac_dim) * c.cfg.mac_dim
+    c.layouts[out] = y
+    c.images[out] = (geom.pooled_h, geom.pooled_w, cp)
+    c.orders[out] = image_order(geom.out_c, geom.pooled_h, geom.pooled_w, cp)
+    _record(c, name, [op.op] + ([pool.op] if pool is not None else []),
+            geom.macs(c.graph.batch))
+    return [pool.name] if pool is not None else []
+
+
+def _stored_rows(c: Compilation, name: str, weight: np.ndarray) -> np.ndarray:
+    """`weight` [K, F] (rows: ONNX features of `name`) with its rows in the stored order
+    (zero rows for padding features)."""
+    order = c.orders[name]
+    rows = np.zeros((len(order), weight.shape[1]), dtype=weight.dtype)
+    rows[order >= 0] = weight[order[order >= 0]]
+    return rows
+
+
+def _lower_gemm(c: Compilation, op) -> list:
+    x = _layout(c, op.inputs[0], op.name, op.op)
+    weight = _stored_rows(c, op.inputs[0], op.weight)
+    if c.dtype == ElemType.INT8:
+        y = c.builder.quantised_layer(op.name, x, weight, op.bias, int(op.scale),
+                                      int(op.shift), relu=bool(op.relu))
+    else:
+        y = c.builder.bf16_layer(op.name, x, weight, op.bias, relu=bool(op.relu))
+    c.layouts[op.output] = y
+    c.orders[op.output] = np.arange(op.weight.shape[1])
+    k, f = op.weight.shape
+    _record(c, op.name, [op.op], c.graph.batch * k * f)
+    return []
+
+
+def _same_order(c: Compilation, op, names) -> np.ndarray:
+    orders = [c.orders[t] for t in names]
+    if any(len(o) != len(orders[0]) or not np.array_equal(o, orders[0]) for o in orders[1:]):
+        raise CompileError(f"node '{op.name}' ({op.op}): its inputs "
+                           f"{', '.join(repr(t) for t in names)} are stored in different "
+                           "orders on the tile (a layout change is not supported)")
+    return orders[0]
+
+
+def _lower_add(c: Compilation, op) -> list:
+    a = _layout(c, op.inputs[0], op.name, op.op)
+    b = _layout(c, op.inputs[1], op.name, op.op) if len(op.inputs) > 1 else None
+    order = _same_order(c, op, op.inputs)
+    const = None
+    if op.const is not None:
+        flat = np.asarray(op.const, dtype=np.float64).reshape(-1)
+        const = np.where(order >= 0, flat[np.maximum(order, 0)], 0.0)
+    qa = op.factors[0] if op.factors else 1.0
+    qb = op.factors[1] if len(op.factors) > 1 else 1.0
+    y = c.builder.add_layer(op.name, a, b, const=const, qa=qa, qb=qb, relu=bool(op.relu))
+    _alias(c, op.output, op.inputs[0], y)
+    _record(c, op.name, [op.op], 0)
+    return []
+
+
+def _lower_relu(c: Compilation, op) -> list:
+    y = c.builder.relu_layer(op.name, _layout(c, op.inputs[0], op.name, op.op))
+    _alias(c, op.output, op.inputs[0], y)
+    _record(c, op.name, [op.op], 0)
+    return []
+
+
+def _alias(c: Compilation, out: str, like: str, layout) -> None:
+    """`out` is stored as `like` is (an elementwise op's output)."""
+    c.layouts[out] = layout
+    c.orders[out] = c.orders[like]
+    if like in c.images:
+        c.images[out] = c.images[like]
+
+
+def _lower_pool(c: Compilation, op) -> list:
+    x = _layout(c, op.inputs[0], op.name, op.op)
+    h, w, cp = _image(c, op.inputs[0], op.name, op.op)
+    shape = c.graph.shape(op.inputs[0])
+    geom = window_geometry(op.attrs, (shape[0], cp, h, w), "max" if op.op == "maxpool" else "avg")
+    y = c.builder.pool_layer(op.name, x, geom)
+    c.layouts[op.output] = y
+    c.images[op.output] = (geom.out_h, geom.out_w, cp)
+    c.orders[op.output] = image_order(shape[1], geom.out_h, geom.out_w, cp)
+    _record(c, op.name, [op.op], 0)
+    return []
+
+
+def _lower_move(c: Compilation, op) -> list:
+    """Flatten and reshape: the stored features stay where they are (ONNX's flat index of
+    every feature is unchanged). A reshape to an NCHW shape whose image order is the stored
+    order (a flatten undone) is an image again."""
+    src = op.inputs[0]
+    c.layouts[op.output] = _layout(c, src, op.name, op.op)
+    order = c.orders[op.output] = c.orders[src]
+    shape = c.graph.shape(op.output)
+    source_image = c.images.get(src) or c.images.get(c.image_origin.get(src))
+    if source_image is not None:
+        c.image_origin[op.output] = c.image_origin.get(src, src)
+        if len(shape) == 4:
+            cp = source_image[2]
+            mine = image_order(shape[1], shape[2], shape[3], cp)
+            if len(mine) == len(order) and np.array_equal(mine, order):
+                c.images[op.output] = (shape[2], shape[3], cp)
+    return []
+
+
+LOWER = {"conv": _lower_conv, "gemm": _lower_gemm, "add": _lower_add, "relu": _lower_relu,
+         "maxpool": _lower_pool, "avgpool": _lower_pool, "flatten": _lower_move,
+         "reshape": _lower_move}
+"""Quantised op -> its lowering (module comment above); each returns the names of the ops it
+fused and that need no lowering of their own."""
+
+
+def _first_conv(c: Compilation, name: str):
+    """The conv that reads the host input `name`, when it is its only reader."""
+    user = _single_user(c, name) if name not in c.qgraph.outputs else None
+    return user if user is not None and user.op == "conv" else None
+
+
 def _place_input(c: Compilation) -> None:
-    """The host input's stored order (channels-last) and its staging regions."""
+    """The host input's stored order and staging regions: an NCHW input read by a conv or a
+    pool is an image with its channels padded to whole operand words; when a conv is its only
+    reader it is placed in the spans that conv reads (no messages: each node gets its input
+    rows from the host, halos included); anything else is stored channels-last."""
     name = c.input_name
     shape = c.graph.shape(name)
+    users = [q for q in c.qgraph.ops if name in q.inputs]
+    if len(shape) == 4 and any(q.op in ("conv", "maxpool", "avgpool") for q in users):
+        _, ch, h, w = shape
+        vpw = _vectors(c)
+        cp = ceil(ch / vpw) * vpw
+        c.orders[name] = image_order(ch, h, w, cp)
+        c.images[name] = (h, w, cp)
+        conv = _first_conv(c, name)
+        spans = None
+        if conv is not None:
+            geom = _conv_geometry(c, conv, (h, w, cp), _fusable_pool(c, conv))
+            spans = geom.spans(c.cfg.rows, cp // vpw)
+        c.layouts[name] = c.builder.input(name, batch=shape[0], features=h * w * cp,
+                                          dtype=c.dtype, form="spans" if spans else "auto",
+                                          spans=spans)
+        return
     order = c.orders[name] = channels_last(shape[1:])
-    c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(order))
-
-
-DENSE_HOST_BYTES = 256 << 20
-"""The most host memory one layer's dense matrix may take (int64 [K, F], before the kernels
-keep only its nonzero K runs): a bound on the compiler's memory, checked before the matrix is
-built (`check_dense`)."""
-
-
-def _valid_taps(size: int, kernel: int, stride: int, lo: int, out: int) -> int:
-    """Window elements over real (not padding) inputs along one axis, summed over the `out`
-    output positions: sum over tap d and position o of [0 <= o * stride - lo + d < size]."""
-    at = np.arange(out)[:, None] * stride - lo + np.arange(kernel)[None, :]
-    return int(((at >= 0) & (at < size)).sum())
-
-
-def _size(nbytes: float) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{int(nbytes)} B"
-
-
-def check_dense(c: Compilation, op) -> None:
-    """Before `op`'s matrix layer is built: its dense weights [K, F] (K input features, F
-    output features; a convolution or pooling unrolled over every output position) and how
-    many of them are nonzero, from the shapes alone. Refuse, in one line naming the op, a
-    layer whose nonzero weights alone exceed the tile's SRAM (the kernels store every nonzero
-    weight at least once) or whose dense matrix exceeds `DENSE_HOST_BYTES` on the host."""
-    graph, cfg = c.graph, c.cfg
-    x_shape = graph.shape(op.inputs[0])[1:]
-    k = sum(_features(c, t) for t in op.inputs)
-    f = _features(c, op.output)
-    how = "its dense matrix"
-    if op.op in ("conv", "avgpool", "maxpool"):
-        kh, kw = op.weight.shape[2:] if op.op == "conv" else op.attrs["kernel"]
-        _, oh, ow = graph.shape(op.output)[1:]
-        sh, sw = op.attrs["strides"]
-        pt, pl, _, _ = op.attrs["pads"]
-        taps = (_valid_taps(x_shape[1], kh, sh, pt, oh) * _valid_taps(x_shape[2], kw, sw, pl, ow))
-        channels = op.weight.shape[0] * op.weight.shape[1] if op.op == "conv" else x_shape[0]
-        nonzero = channels * taps
-        how = f"unrolled over its {oh * ow} output positions"
-    elif op.op == "gemm":
-        nonzero = int(np.count_nonzero(op.weight))
-    else:                       # add, relu: identity blocks
-        nonzero = k
-    dense = k * f * 8
-    if op.op == "maxpool":      # an identity [K, K], then its P = kh kw candidates [P, K, F]
-        dense = 8 * k * max(k, kh * kw * f)
-    sram = cfg.nodes * cfg.sram_kib * 1024
-    where = f"node '{op.name}' ({op.op})"
-    if nonzero > sram:
-        raise CompileError(
-            f"{where}: lowered as one matrix layer ({how}), it has {nonzero:,} nonzero int8 "
-            f"weights ({_size(nonzero)}), more than the tile's SRAM ({cfg.rows}x{cfg.cols} "
-            f"nodes x {cfg.sram_kib} KiB = {_size(sram)})")
-    if dense > DENSE_HOST_BYTES:
-        raise CompileError(
-            f"{where}: lowered as one matrix layer ({how}), its dense [{k}, {f}] weight matrix "
-            f"would take {_size(dense)} of host memory, more than the compiler's "
-            f"{_size(DENSE_HOST_BYTES)} per layer")
+    c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(order), dtype=c.dtype)
 
 
 def lower(c: Compilation) -> None:
@@ -366,42 +368,25 @@ def lower(c: Compilation) -> None:
     for op in c.qgraph.ops:
         if op.name in done:
             continue
-        if op.op in ("flatten", "reshape"):
-            if op.inputs[0] not in c.layouts:
-                raise CompileError(f"node '{op.name}' ({op.op}): its input '{op.inputs[0]}' is "
-                                   "not on the tile")
-            # The ONNX flat index of every feature is unchanged: same words, same order.
-            c.layouts[op.output] = c.layouts[op.inputs[0]]
-            c.orders[op.output] = c.orders[op.inputs[0]]
-            continue
-        if op.op == "maxpool":
-            check_dense(c, op)
-            _emit(c, op.name, _identity(c, op), op.output, [op.op], pool=op)
-            continue
-        make = LINEAR.get(op.op)
+        make = LOWER.get(op.op)
         if make is None:
-            lowered = ", ".join(sorted([*LINEAR, "maxpool", "flatten", "reshape"]))
             raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
-                               f"(lowered: {lowered})")
-        check_dense(c, op)
-        lin = make(c, op)
-        user = _single_user(c, op.output)
-        if user is not None and user.op == "maxpool" and _emit(
-                c, f"{op.name}+{user.name}", lin, user.output, [op.op, user.op], pool=user):
-            done.add(user.name)
-            continue
-        _emit(c, op.name, lin, op.output, [op.op])
+                               f"(lowered: {', '.join(sorted(LOWER))})")
+        done.update(make(c, op))
 
 
 def to_stored(order: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """[batch, ONNX features] -> [batch, stored features]."""
-    return x[:, order]
+    """[batch, ONNX features] -> [batch, stored features] (zeros for padding)."""
+    out = x[:, np.maximum(order, 0)]
+    out[:, order < 0] = 0
+    return out
 
 
 def from_stored(order: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """[batch, stored features] -> [batch, ONNX features]."""
-    out = np.empty_like(stored)
-    out[:, order] = stored
+    """[batch, stored features] -> [batch, ONNX features] (padding dropped)."""
+    real = order >= 0
+    out = np.empty((stored.shape[0], int(real.sum())), dtype=stored.dtype)
+    out[:, order[real]] = stored[:, real]
     return out
 
 

@@ -90,6 +90,7 @@ from d1tile.sim.mxu import matmul_cycles
 from d1tile.sim.vector import SCALE_BITS, SHIFT_BITS, requantize
 from d1tile.sim.vpu import vec_cycles
 from d1tile.sw.asm import AsmError, Program
+from d1tile.sw.conv import ConvGeometry
 from d1tile.sw.errors import CompileError
 from d1tile.sw.program import TileProgram
 from d1tile.sw.reroll import reroll
@@ -116,7 +117,10 @@ MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 STAGE = "stage"       # read by DMA-out (SEND sources): activation chunks, weight blocks, outputs
 OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA-in
 RESULT = "result"     # written by MREAD, read by the vector unit or the host
-AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}}
+VACC = "vacc"         # the vector layers' FP32 scratch: ACC and TMP in different banks, so
+VTMP = "vtmp"         # that FADD ACC, ACC, TMP takes n + 3 cycles, not 2n + 3
+AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}, VACC: {VTMP},
+         VTMP: {VACC}}
 
 FEED_LEAD = 0
 """A message with a fed source is sent at most this many slots before its due slot."""
@@ -234,6 +238,26 @@ class GemmOutput:
         j0, j1 = self.blocks[x]
         i0, i1 = self.feature_blocks[y]
         return self.base[(x, y)], (i1 - i0) * (j1 - j0) * self.cfg.mac_dim
+
+
+def segment_holders(layout: ActivationLayout, x: int, j: int) -> list[tuple]:
+    """(holder, k0, k1, addr): who in column x holds which words [k0, k1) of batch block j of
+    `layout`, each word once: where segments overlap (the spans of a host input), the holder
+    of the lower row keeps the shared words."""
+    segs = sorted(((node, seg) for node, ss in layout.segments.items() for seg in ss
+                   if seg.block == j), key=lambda t: (t[0][1], t[1].k0))
+    out, taken = [], []
+    for node, seg in segs:
+        if node[0] != x:
+            raise AssertionError(f"{layout.name!r}: block {j} of column {x} held by {node}")
+        pieces = [(seg.k0, seg.k1)]
+        for t0, t1 in taken:
+            pieces = [(p0, min(p1, t0)) for p0, p1 in pieces if p0 < t0] + \
+                     [(max(p0, t1), p1) for p0, p1 in pieces if p1 > t1]
+            pieces = [(p0, p1) for p0, p1 in pieces if p0 < p1]
+        out += [(node, p0, p1, seg.addr + p0 - seg.k0) for p0, p1 in pieces]
+        taken.append((seg.k0, seg.k1))
+    return out
 
 
 # -- SRAM allocation -------------------------------------------------------------------------
@@ -400,13 +424,42 @@ class Message:
 
 @dataclass
 class NodePlan:
-    tiles: list = field(default_factory=list)       # [(i, j)] in execution order
+    tiles: list = field(default_factory=list)       # [(i, j, q)] in execution order: feature
+    #                                                 block i, batch block j, position q (0
+    #                                                 for a GEMM; a conv's output position x P
+    #                                                 + pool candidate)
     owned: list = field(default_factory=list)       # weight blocks it holds (owner)
     w_stage: int = 0                                # its owned weight blocks (stage)
     w_base: int = 0                                 # weights region (operand)
-    x_base: int = 0                                 # activations region (operand)
+    x_base: int = 0                                 # activations region (operand): its
+    #                                                 blocks' needed words, xstride apart
     out_base: int = 0                               # plain GEMM: result tiles (result)
     y_base: int = 0                                 # quantised: output chunks (stage)
+
+
+@dataclass
+class ConvPlan:
+    """How a convolution (`KernelBuilder.conv_layer`) maps onto the grid: grid row y computes
+    output positions `rows[y]` = [q0, q1) (raster order, pooled) of every output channel block
+    for its column's batch blocks, and reads input rows `in_rows[y]` = [r0, r1) of each of them;
+    `runs[i]` are feature block i's MATMUL runs before clipping (`d1tile.sw.conv`)."""
+    geom: ConvGeometry
+    runs: dict
+    rows: dict
+    in_rows: dict
+    cwi: int                   # operand words per input pixel
+    cwo: int                   # output words per output pixel (every channel block)
+    cache: dict = field(default_factory=dict)
+
+    def tile_runs(self, y: int, i: int, q: int, kruns=None) -> list[tuple[int, int, int]]:
+        """Tile (i, ., q)'s MATMULs on grid row y (q = output position x P + candidate)."""
+        key = (y, i, q)
+        if key not in self.cache:
+            p = self.geom.pool_size
+            oy, ox = self.geom.candidates[q // p, q % p]
+            self.cache[key] = self.geom.tile_runs(self.runs[i], int(oy), int(ox),
+                                                  self.in_rows[y][0], self.cwi)
+        return self.cache[key]
 
 
 @dataclass
@@ -432,7 +485,7 @@ class LayerPlan:
     active_cols: list
     active_rows: list
     plans: dict = field(default_factory=dict)       # node -> NodePlan
-    owner: dict = field(default_factory=dict)       # feature block -> owner node
+    owner: dict = field(default_factory=dict)       # (row, feature block) -> owner node
     first_w: dict = field(default_factory=dict)     # (node, i) -> first tile using block i
     first_x: dict = field(default_factory=dict)     # (node, j) -> first tile using block j
     messages: list = field(default_factory=list)
@@ -441,21 +494,74 @@ class LayerPlan:
     # A bf16 layer whose last output block has padding rows: N mask words follow the bias, and
     # FVEC FMASK zeroes those rows (0 x NaN is NaN: the next layer's zero weights would not).
     mask: bool = False
+    conv: ConvPlan | None = None    # a convolution's geometry and runs (None: a GEMM)
+    # Per computing node: the words [lo, hi) of each of its batch blocks that its tiles read
+    # (the concatenated K of the inputs), held in its X region xstride = hi - lo words apart;
+    # `inplace` nodes read them where the input holds them (no X region, no messages).
+    xspan: dict = field(default_factory=dict)
+    inplace: dict = field(default_factory=dict)     # node -> {batch block: address}
+    direct: dict = field(default_factory=dict)      # node -> [(addr, n, first tile)]: fed
+    #                                                 input regions its tiles read in place
 
     @property
     def where(self) -> str:
         return f"layer {self.name!r}"
 
-    def instructions(self, tiles: list) -> int:
-        """Instructions of these tiles: a MATMUL per K run of the tile's block and an MREAD per
-        tile, for a streamed plain GEMM a SEND to the host per `stream` tiles, and for a
-        quantised layer per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD and a VEC
-        REQUANT, plus a SETQ."""
-        n = sum(len(self.kruns[i]) for i, _ in tiles) + len(tiles)
+    def xstride(self, node) -> int:
+        lo, hi = self.xspan[node]
+        return hi - lo
+
+    def xaddr(self, node, j: int) -> int:
+        """Where node's copy of the needed words of batch block j starts."""
+        if node in self.inplace:
+            return self.inplace[node][j]
+        return self.plans[node].x_base + (j - self.blocks[node[0]][0]) * self.xstride(node)
+
+    def tile_runs(self, node, i: int, q: int) -> list[tuple[int, int, int]]:
+        """The MATMULs (a, b, n) of tile (i, ., q) on `node`: a the word offset in weight block
+        i, b in the node's copy of the batch block (from `xaddr`), n words."""
+        if self.conv is None:
+            out, a = [], 0
+            for k0, k1 in self.kruns[i]:
+                out.append((a, k0, k1 - k0))
+                a += k1 - k0
+            return out
+        return self.conv.tile_runs(node[1], i, q, self.kruns)
+
+    def instructions(self, node, tiles: list) -> int:
+        """Instructions of these tiles: a MATMUL per run of the tile and an MREAD per tile,
+        for a streamed plain GEMM a SEND to the host per `stream` tiles, and for a quantised
+        layer per group of `pool` tiles pool - 1 VEC MAX, a VEC ADD and a VEC REQUANT, plus a
+        SETQ."""
+        n = sum(len(self.tile_runs(node, i, q)) for i, _, q in tiles) + len(tiles)
         if not self.quant:
             return n + (ceil(len(tiles) / self.stream) if self.stream else 0)
         setq = 1 if tiles and self.dtype == ElemType.INT8 else 0
         return n + (len(tiles) // self.pool) * self.group_vectors + setq
+
+    def out_offset(self, node, i: int, j: int, q: int) -> int:
+        """Word offset, in node's output chunks, of the output block of the group that starts
+        with tile (i, j, q)."""
+        n, (x, y) = self.cfg_n, node
+        per = n // OUT_PER_WORD[self.dtype]
+        jl = j - self.blocks[x][0]
+        if self.conv is None:
+            i0, i1 = self.fblocks[y]
+            return (jl * ((i1 - i0) // self.pool) + (i - i0) // self.pool) * per
+        q0, q1 = self.conv.rows[y]
+        return (jl * (q1 - q0) + (q // self.pool - q0)) * self.conv.cwo + i * per
+
+    @property
+    def cfg_n(self) -> int:
+        return self.inputs[0].cfg.mac_dim
+
+    def matrix_macs(self) -> int:
+        """The multiply-accumulates the matrix units perform (every MATMUL's V kw N^2: zeros,
+        padding channels and pool candidates included)."""
+        cfg = self.inputs[0].cfg
+        per_word = MATRIX_TYPES[self.dtype].vectors_per_word(cfg) * cfg.mac_dim ** 2
+        return per_word * sum(k for node, p in self.plans.items() for i, _, q in p.tiles
+                              for _, _, k in self.tile_runs(node, i, q))
 
     @property
     def group_vectors(self) -> int:
@@ -521,23 +627,30 @@ class KernelBuilder:
         self._unfed: dict = {node: {} for node in self.tp.nodes}
         self._fed: set = set()
         self._streamed: dict = {}      # node -> words it streams to the host in earlier layers
+        self._scratch: dict = {}       # node -> (ACC, TMP) of the vector layers
+        self._q: dict = {}             # node -> the FP32 bits SETR SCALE last set (vector layers)
 
     # -- activations -------------------------------------------------------------------------
 
     def input(self, name: str, batch: int, features: int, *, form: str = "auto",
-              dtype=ElemType.INT8) -> ActivationLayout:
+              dtype=ElemType.INT8, spans: dict | None = None) -> ActivationLayout:
         """Reserve the staging regions of a host-fed activation [batch, features] of type
         `dtype` (INT8 or BF16; fill them with `load_activation`). `form` is "blocks" (whole
         batch blocks dealt over the rows of each column), "chunks" (the K words split evenly
-        over the rows) or "auto": blocks when every active column has at least `rows` blocks
-        (every node gets a share), else chunks."""
+        over the rows), "auto": blocks when every active column has at least `rows` blocks
+        (every node gets a share), else chunks; or "spans": node (x, y) holds the words
+        `spans[y]` = (lo, hi) of every block of its column (spans may overlap: the host writes
+        shared words to each node), which is how a convolution's input is placed where its
+        MATMULs read it (`ConvGeometry.spans`: no messages at all)."""
         self._check_open(name)
         for what, value in (("batch", batch), ("features", features)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise CompileError(f"tensor {name!r}: {what} must be a positive integer, "
                                    f"not {value!r}")
-        if form not in ("auto", "blocks", "chunks"):
-            raise ValueError(f"form={form!r}: use 'auto', 'blocks' or 'chunks'")
+        if form not in ("auto", "blocks", "chunks", "spans"):
+            raise ValueError(f"form={form!r}: use 'auto', 'blocks', 'chunks' or 'spans'")
+        if (form == "spans") != (spans is not None):
+            raise ValueError("spans= goes with form='spans' (and only with it)")
         if dtype not in GEMM_TYPES:
             raise CompileError(f"tensor {name!r}: type {dtype!r} is not one of "
                                f"{', '.join(t.name for t in GEMM_TYPES)}")
@@ -554,6 +667,12 @@ class KernelBuilder:
             j0, j1 = blocks[x]
             if form == "blocks":
                 held = [(j, 0, kwords) for j in range(j0, j1) if (j - j0) % cfg.rows == y]
+            elif form == "spans":
+                lo, hi = spans.get(y, (0, 0))
+                if not 0 <= lo <= hi <= kwords:
+                    raise CompileError(f"tensor {name!r}: span {(lo, hi)} of grid row {y} is "
+                                       f"outside its {kwords} words")
+                held = [(j, lo, hi) for j in range(j0, j1) if hi > lo]
             else:
                 held = [(j, *chunks[y]) for j in range(j0, j1) if chunks[y][1] > chunks[y][0]]
             if held:
@@ -561,10 +680,12 @@ class KernelBuilder:
         what = f"tensor {name!r}"
         self._check_fits(what, {node: {"activation staging": sum(k1 - k0 for _, k0, k1 in held)}
                                 for node, held in shape.items()})
+        # Spans are read in place by the matrix unit: an operand region.
+        cls = OPERAND if form == "spans" else STAGE
         segments = {}
         for node, held in shape.items():
             addr, = self._place(what, node, [(f"{name}: staging",
-                                              sum(k1 - k0 for _, k0, k1 in held), STAGE)])
+                                              sum(k1 - k0 for _, k0, k1 in held), cls)])
             segs = []
             for j, k0, k1 in held:
                 segs.append(Segment(j, k0, k1, addr))
@@ -618,7 +739,8 @@ class KernelBuilder:
             streamed = {}
             for node, p in layer.plans.items():
                 if p.tiles:
-                    streamed[node] = (self._streamed.get(node, 0), tuple(p.tiles))
+                    streamed[node] = (self._streamed.get(node, 0),
+                                      tuple((i, j) for i, j, _ in p.tiles))
                     self._streamed[node] = streamed[node][0] + len(p.tiles) * self.cfg.mac_dim
         return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
                           layer.fblocks, base, layer.dtype, streamed)
@@ -671,6 +793,99 @@ class KernelBuilder:
         if any(i.dtype != ElemType.BF16 for i in self._inputs(name, x)):
             raise CompileError(f"layer {name!r}: bf16 layers take bf16 inputs")
         return self._activation_layer(name, x, w, b, (0, 0, bool(relu)), ElemType.BF16)
+
+    def conv_layer(self, name: str, x, w, b, geom: ConvGeometry, *, scale: int | None = None,
+                   shift: int | None = None, relu: bool = False,
+                   rows: int | None = None) -> ActivationLayout:
+        """A convolution as an implicit GEMM (`d1tile.sw.conv`, docs/kernels.md): `x` an image
+        activation (`geom.in_h` x `geom.in_w` pixels of `geom.cp` stored channels), `w`
+        [out_c, in_c / groups, kh, kw], `b` [out_c]; int8 (`x` int8, integer `w`, int32 `b`,
+        then requantize(., scale, shift, relu) as `quantised_layer`) or bf16 (`x` bf16, float
+        `w` and `b` rounded to BF16 and FP32, relu, the rounding to BF16 as `bf16_layer`); a
+        max pool fused when `geom.pool` is set. The output positions are split over `rows`
+        grid rows (default: all), each computing every output channel block of its positions
+        for its column's batch blocks, each weight block stored once per node. Returns the
+        output as an image activation: positions x ob N stored channels (ob = ceil(out_c /
+        N); channels beyond out_c are zeros), node (x, y) holding its positions of each of its
+        column's blocks (`reference_conv`, `reference_conv_bf16` compute the same)."""
+        inputs = self._inputs(name, x)
+        dtype = inputs[0].dtype
+        if dtype == ElemType.INT8:
+            if self.cfg.mac_dim % INT8_OUT_PER_WORD:
+                raise CompileError(f"layer {name!r}: int8 layers need mac_dim to be a multiple "
+                                   f"of {INT8_OUT_PER_WORD}; it is {self.cfg.mac_dim}")
+            for what, value, bits in (("scale", scale, SCALE_BITS), ("shift", shift, SHIFT_BITS)):
+                if not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
+                    raise CompileError(f"layer {name!r}: {what}={value!r} is outside "
+                                       f"0..{(1 << bits) - 1}")
+            quant = (int(scale), int(shift), bool(relu))
+        else:
+            if self.cfg.mac_dim % BF16_OUT_PER_WORD:
+                raise CompileError(f"layer {name!r}: bf16 layers need an even mac_dim; it is "
+                                   f"{self.cfg.mac_dim}")
+            quant = (0, 0, bool(relu))
+        layer = self._layer(name, inputs, w, b, quant, conv=geom, rows=rows)
+        plan, n = layer.conv, self.cfg.mac_dim
+        segments = {}
+        for (x, y), p in layer.plans.items():
+            if p.tiles:
+                q0, q1 = plan.rows[y]
+                j0, j1 = layer.blocks[x]
+                size = (q1 - q0) * plan.cwo
+                segments[(x, y)] = tuple(Segment(j, q0 * plan.cwo, q1 * plan.cwo,
+                                                 p.y_base + (j - j0) * size)
+                                         for j in range(j0, j1))
+        ob = ceil(geom.out_c / n)
+        return ActivationLayout(self.cfg, name, inputs[0].batch, geom.positions * ob * n,
+                                geom.positions * plan.cwo, layer.blocks, segments, dtype)
+
+    def add_layer(self, name: str, a, b=None, *, const=None, qa: float = 1.0, qb: float = 1.0,
+                  relu: bool = False) -> ActivationLayout:
+        """y = FP32(a) x qa + FP32(b) x qb (or + a constant per feature), ReLU'd with `relu`,
+        on the vector unit, where a lives (`d1tile.sw.vector_kernels.add_layer`)."""
+        from d1tile.sw.vector_kernels import add_layer
+        return add_layer(self, name, a, b, const=const, qa=qa, qb=qb, relu=relu)[0]
+
+    def relu_layer(self, name: str, a) -> ActivationLayout:
+        """max(a, 0) on the vector unit (`d1tile.sw.vector_kernels.relu_layer`)."""
+        from d1tile.sw.vector_kernels import relu_layer
+        return relu_layer(self, name, a)[0]
+
+    def pool_layer(self, name: str, x, geom, rows: int | None = None) -> ActivationLayout:
+        """A max or average pool on the vector unit (`d1tile.sw.vector_kernels.pool_layer`)."""
+        from d1tile.sw.vector_kernels import pool_layer
+        return pool_layer(self, name, x, geom, rows)[0]
+
+    def _scratch_program(self) -> Program:
+        """A program to emit one layer's straight-line instructions into, before rolling."""
+        return Program(self.cfg, max_words=STRAIGHT_LINE_LIMIT * self.cfg.imem_words)
+
+    def _append_rolled(self, node, where: str, prog: Program, what: str = "") -> tuple[int, int]:
+        """Roll `prog` (one layer's straight-line instructions on `node`) into hardware loops
+        (`reroll`) and append it to the node's program; returns its (first pc, end). A program
+        that does not fit the instruction memory (with a HALT) is a CompileError with both
+        counts."""
+        target = self.tp.node(*node)
+        pc0 = len(target)
+        rolled = reroll(prog.words)
+        if pc0 + len(rolled) + 1 > self.cfg.imem_words:
+            raise CompileError(
+                f"{where} needs {pc0 + len(rolled) + 1} instructions on node {node} ({what}"
+                f"{len(prog)} instructions straight-line, {len(rolled)} rolled into loops, "
+                f"earlier layers {pc0} and the HALT), its instruction memory holds "
+                f"{self.cfg.imem_words}")
+        target.words.extend(rolled)
+        return pc0, len(target)
+
+    def _vector_scratch(self, node) -> tuple[int, int]:
+        """The node's two FP32 scratch regions of the vector layers (allocated once)."""
+        if node not in self._scratch:
+            from d1tile.sw.vector_kernels import piece
+            size = piece(self.cfg)
+            acc, = self._place("the vector layers", node, [("vector ACC", size, VACC)])
+            tmp, = self._place("the vector layers", node, [("vector TMP", size, VTMP)])
+            self._scratch[node] = (acc, tmp)
+        return self._scratch[node]
 
     def _activation_layer(self, name, x, w, b, quant, dtype) -> ActivationLayout:
         """The layer of `quantised_layer` or `bf16_layer`, and its output layout."""
@@ -767,21 +982,26 @@ class KernelBuilder:
         return inputs
 
     def _layer(self, name, x, w, bias, quant, pool=1, out_features=None,
-               out="sram") -> LayerPlan:
+               out="sram", conv: ConvGeometry | None = None, rows: int | None = None) -> LayerPlan:
         """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
         self._check_open(name)
-        layer, wpad = self._partition(name, x, w, bias, quant, pool, out_features)
-        self._order_tiles(layer)
-        mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values() for k0, k1 in runs)
-                               / len(layer.kruns)))
+        if conv is None:
+            layer, block_words = self._partition(name, x, w, bias, quant, pool, out_features)
+            self._order_tiles(layer)
+        else:
+            layer, block_words = self._conv_partition(name, x, w, bias, quant, conv, rows)
+            self._order_conv_tiles(layer)
+        self._read_in_place(layer)
+        tile_cycles = self._tile_cycles(layer)
         if out == "host" or (out == "auto" and not self._fits(self._sram_needs(layer))):
-            layer.stream = self._stream_group(layer, matmul_cycles(self.cfg, mean_kw, layer.dtype))
+            layer.stream = self._stream_group(layer, tile_cycles)
         self._check_instruction_memory(layer)
         self._place_regions(layer)
-        self._load_weights(layer, wpad, bias)
+        self._load_weights(layer, block_words, bias)
         self._register_inputs(layer)
         self._gather(layer)
-        capacity = matmul_cycles(self.cfg, mean_kw, layer.dtype) - 4
+        self._direct_feeds(layer)
+        capacity = tile_cycles - 4
         if layer.stream:   # DMA-out also streams the results: a tile's share of a SEND
             capacity -= ceil((job_cycles(layer.stream * self.cfg.mac_dim) + 1) / layer.stream)
         if quant:      # the VECs issue first in a slot (group_vectors per group of pool tiles)
@@ -797,6 +1017,20 @@ class KernelBuilder:
         self._emit_layer(layer)
         self.layers.append(layer)
         return layer
+
+    def _tile_cycles(self, layer: LayerPlan) -> int:
+        """A tile's MATMUL time on the matrix engine (`matmul_cycles`): for a GEMM that of the
+        blocks' mean K words; for a convolution the mean, over the busiest node's tiles, of
+        its runs' MATMULs one after another."""
+        if layer.conv is None:
+            mean_kw = max(1, round(sum(k1 - k0 for runs in layer.kruns.values()
+                                       for k0, k1 in runs) / len(layer.kruns)))
+            return matmul_cycles(self.cfg, mean_kw, layer.dtype)
+        node = max(layer.plans, key=lambda nd: len(layer.plans[nd].tiles))
+        tiles = layer.plans[node].tiles
+        total = sum(matmul_cycles(self.cfg, n, layer.dtype)
+                    for i, _, q in tiles for _, _, n in layer.tile_runs(node, i, q))
+        return max(1, round(total / max(1, len(tiles))))
 
     def _stream_group(self, layer: LayerPlan, tile_cycles: int) -> int:
         """Tiles per SEND of a streamed result: one (a packet of N + 1 flits per tile, and
@@ -863,12 +1097,117 @@ class KernelBuilder:
         blocks = inputs[0].blocks
         fblocks = tuple((lo * pool, hi * pool)
                         for lo, hi in split_even(ceil(features / (n * pool)), cfg.rows))
-        return LayerPlan(
+        layer = LayerPlan(
             name, dtype, quant, pool, inputs, offsets, kw, width, wstride, features,
             features if out_features is None else out_features, blocks, fblocks, kruns,
             active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
             active_rows=[y for y in range(cfg.rows) if fblocks[y][1] > fblocks[y][0]],
-            plans={node: NodePlan() for node in self.tp.nodes}, mask=mask), wpad
+            plans={node: NodePlan() for node in self.tp.nodes}, mask=mask)
+        layer.xspan = {(x, y): (0, kw) for x in layer.active_cols for y in layer.active_rows}
+
+        def block_words(i):
+            words = _weight_words(cfg, dtype, wpad, i, kw)
+            return [word for k0, k1 in kruns[i] for word in words[k0:k1]]
+        return layer, block_words
+
+    def _conv_partition(self, name, x, w, bias, quant, geom: ConvGeometry, rows):
+        """A convolution's plan: output positions split over `rows` grid rows (default all;
+        fewer when there are fewer positions), every output channel block on every computing
+        node, the batch blocks the input's; each block's runs (`ConvGeometry.runs`), its
+        weights in run order, and the input rows each grid row reads."""
+        cfg, n = self.cfg, self.cfg.mac_dim
+        where = f"layer {name!r}"
+        inputs = self._inputs(name, x)
+        if len(inputs) != 1:
+            raise CompileError(f"{where}: a convolution takes one input, not {len(inputs)}")
+        xin = inputs[0]
+        dtype = xin.dtype
+        vpw = MATRIX_TYPES[dtype].vectors_per_word(cfg)
+        if not isinstance(geom, ConvGeometry):
+            raise CompileError(f"{where}: the geometry must be a ConvGeometry, not {geom!r}")
+        if geom.cp % vpw:
+            raise CompileError(f"{where}: {geom.cp} stored channels per pixel are not whole "
+                               f"{dtype.name} operand words ({vpw} per word)")
+        if xin.features != geom.in_h * geom.in_w * geom.cp:
+            raise CompileError(f"{where}: input {xin.name!r} has {xin.features} features, not "
+                               f"the {geom.in_h}x{geom.in_w} image of {geom.cp} stored channels "
+                               f"({geom.in_h * geom.in_w * geom.cp})")
+        w = _operand_values(where, "weights", w, dtype)
+        kh, kwid = geom.kernel
+        want = (geom.out_c, geom.in_c // geom.groups, kh, kwid)
+        if w.shape != want:
+            raise CompileError(f"{where}: weights have shape {list(w.shape)}, not {list(want)}")
+        b = _check_bias(where, bias, geom.out_c, dtype)
+        if dtype == ElemType.INT8 and b.size and (b.min() < -2**31 or b.max() >= 2**31):
+            raise CompileError(f"{where}: bias values must fit int32")
+        ob = ceil(geom.out_c / n)
+        runs = {i: geom.runs(i, n, vpw) for i in range(ob)}
+        kmats = {i: geom.block_kmatrix(w, i, n, vpw) for i in range(ob)}
+        width = max(len(k) // vpw for k in kmats.values())
+        longest = max(r.words for rs in runs.values() for r in rs)
+        mask = bool(quant) and dtype == ElemType.BF16 and geom.out_c % n != 0
+        wstride = width + n + (n if mask else 0)
+        for what, value, limit in (("words in one MATMUL", longest, MAX_KW),
+                                   ("words per weight block", wstride, MAX_SEND_WORDS)):
+            if value > limit:
+                raise CompileError(f"{where}: {value} {what} exceed the instruction limit of "
+                                   f"{limit}")
+        crows = geom.row_split(min(rows or cfg.rows, cfg.rows))
+        used = len(crows)
+        plan = ConvPlan(geom, runs, crows, {y: geom.input_rows(*r) for y, r in crows.items()},
+                        geom.cp // vpw, ob * n // OUT_PER_WORD[dtype])
+        blocks = xin.blocks
+        layer = LayerPlan(
+            name, dtype, quant, geom.pool_size, inputs, [0], xin.kwords, width, wstride,
+            geom.out_c, geom.out_c, blocks,
+            tuple((0, ob) if y < used else (0, 0) for y in range(cfg.rows)), {},
+            active_cols=[x for x in range(cfg.cols) if blocks[x][1] > blocks[x][0]],
+            active_rows=list(range(used)),
+            plans={node: NodePlan() for node in self.tp.nodes}, mask=mask, conv=plan)
+        words_per_row = geom.in_w * plan.cwi
+        for x in layer.active_cols:
+            for y, (r0, r1) in plan.in_rows.items():
+                layer.xspan[(x, y)] = (r0 * words_per_row, r1 * words_per_row)
+        spec = MATRIX_TYPES[dtype]
+
+        def block_words(i):
+            k = kmats[i]
+            return [spec.pack_vectors(cfg, k[vpw * t:vpw * t + vpw]) for t in range(len(k) // vpw)]
+        return layer, block_words
+
+    def _read_in_place(self, layer: LayerPlan) -> None:
+        """When every computing node's input holds, on the node itself, the words each of its
+        batch blocks needs (a host input placed in the spans a convolution reads,
+        `input(form="spans")`), the nodes read them where they are: no X regions, no
+        activation messages (`LayerPlan.inplace`). All or nothing, so that no region is both
+        read in place and sent."""
+        if len(layer.inputs) != 1:
+            return
+        layout = layer.inputs[0]
+        inplace = {}
+        for node, (lo, hi) in layer.xspan.items():
+            if not layer.plans[node].tiles:
+                continue
+            where = {}
+            for seg in layout.segments.get(node, ()):
+                if seg.k0 <= lo and hi <= seg.k1:
+                    where.setdefault(seg.block, seg.addr + lo - seg.k0)
+            if not all(j in where for j in range(*layer.blocks[node[0]])):
+                return
+            inplace[node] = where
+        layer.inplace = inplace
+
+    def _direct_feeds(self, layer: LayerPlan) -> None:
+        """The fed input regions the in-place nodes read with their MATMULs (no SEND feeds
+        them): each is loaded before the START when the node's first tile reads it, else fed
+        and WAITed for before the first tile that reads it (`_emit_layer`)."""
+        for node, where in layer.inplace.items():
+            layout = layer.inputs[0]
+            for seg in layout.segments.get(node, ()):
+                words = self._unfed[node].pop(seg.addr, None)
+                if words is not None:
+                    layer.direct.setdefault(node, []).append(
+                        (seg.addr, words, layer.first_x[(node, seg.block)]))
 
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
@@ -894,11 +1233,11 @@ class KernelBuilder:
             i0, i1 = layer.fblocks[y]
             for i in range(i0, i1):
                 owner = (cols[(i - i0) // pool % len(cols)], y)
-                layer.owner[i] = owner
+                layer.owner[(y, i)] = owner
                 layer.plans[owner].owned.append(i)
             p0 = row_pos % len(cols)
             order = [g for ox in cols[p0:] + cols[:p0] for g in range(i0, i1, pool)
-                     if layer.owner[g][0] == ox]
+                     if layer.owner[(y, g)][0] == ox]
             for pos, x in enumerate(cols):
                 q0 = active_rows[(pos + 1) % len(active_rows)]
                 js = sorted(range(*layer.blocks[x]), key=lambda j: (
@@ -906,13 +1245,41 @@ class KernelBuilder:
                 # After the first weight block every activation block has arrived: the later
                 # ones take the batch blocks in order, so their tiles roll into loops.
                 plain = list(range(*layer.blocks[x]))
-                layer.plans[(x, y)].tiles = [(g + k, j) for n, g in enumerate(order)
+                layer.plans[(x, y)].tiles = [(g + k, j, 0) for n, g in enumerate(order)
                                              for j in (js if n == 0 else plain)
                                              for k in range(pool)]
+        self._first_uses(layer)
+
+    @staticmethod
+    def _first_uses(layer: LayerPlan) -> None:
         for node, p in layer.plans.items():
-            for t, (i, j) in enumerate(p.tiles):
+            for t, (i, j, _) in enumerate(p.tiles):
                 layer.first_w.setdefault((node, i), t)
                 layer.first_x.setdefault((node, j), t)
+
+    def _order_conv_tiles(self, layer: LayerPlan) -> None:
+        """A convolution's owners and tile order: the weight blocks of each computing row are
+        dealt round-robin over its active columns, as the GEMM's are, and every node of row y
+        (the k-th active row) takes them in one order starting with those of active column
+        k mod C'; its tiles run batch block after batch block, output position after output
+        position (raster order), block after block in that order, the pool's candidates of a
+        position one after the other (a group)."""
+        cols, pool = layer.active_cols, layer.pool
+        ob = layer.fblocks[layer.active_rows[0]][1] if layer.active_rows else 0
+        for row_pos, y in enumerate(layer.active_rows):
+            for i in range(ob):
+                owner = (cols[i % len(cols)], y)
+                layer.owner[(y, i)] = owner
+                layer.plans[owner].owned.append(i)
+            p0 = row_pos % len(cols)
+            order = [i for ox in cols[p0:] + cols[:p0] for i in range(ob)
+                     if cols[i % len(cols)] == ox]
+            q0, q1 = layer.conv.rows[y]
+            for x in cols:
+                layer.plans[(x, y)].tiles = [(i, j, q * pool + c) for j in range(*layer.blocks[x])
+                                             for q in range(q0, q1) for i in order
+                                             for c in range(pool)]
+        self._first_uses(layer)
 
     def _instruction_counts(self, layer: LayerPlan) -> tuple[dict, dict]:
         """Per node: its program length after this layer (and a HALT), and its WAITs of this
@@ -923,22 +1290,32 @@ class KernelBuilder:
         count = {node: len(self.tp.programs[node]) if node in self.tp.programs else 0
                  for node in self.tp.nodes}
         waits = {node: set() for node in self.tp.nodes}
-        for m in layer.messages:
-            count[m.sender] += 1
         for node, p in layer.plans.items():
-            count[node] += layer.instructions(p.tiles)
-            if not layer.messages:
+            count[node] += layer.instructions(node, p.tiles)
+        if layer.messages:
+            for m in layer.messages:
+                count[m.sender] += 1
+                for receiver, use in m.deliveries():
+                    waits[receiver].add((use, m.counter))
+        else:       # before the gather: one multicast per weight block and input segment
+            for node, p in layer.plans.items():
                 count[node] += len(p.owned)
-            for i in p.owned:
-                for x in layer.active_cols:
-                    waits[(x, node[1])].add((layer.first_w[((x, node[1]), i)], node[0]))
-        for i in layer.inputs:
-            for (x, ys), segs in i.segments.items():
-                if not layer.messages:
+                for i in p.owned:
+                    for x in layer.active_cols:
+                        waits[(x, node[1])].add((layer.first_w[((x, node[1]), i)], node[0]))
+            for i in layer.inputs:
+                for (x, ys), segs in i.segments.items():
                     count[(x, ys)] += len(segs)
-                for seg in segs:
-                    for y in layer.active_rows:
-                        waits[(x, y)].add((layer.first_x[((x, y), seg.block)], cols + ys))
+                    for seg in segs:
+                        for y in layer.active_rows:
+                            if ((x, y), seg.block) in layer.first_x and (x, y) not in \
+                                    layer.inplace:
+                                waits[(x, y)].add((layer.first_x[((x, y), seg.block)],
+                                                   cols + ys))
+        for node, regions in layer.direct.items():
+            for addr, _, tile in regions:
+                if tile > 0:
+                    waits[node].add(("direct", addr))
         first_slot = {}                  # one WAIT on HOST_COUNTER per fed region
         for m in layer.messages:
             if m.src in self._unfed[m.sender]:
@@ -962,7 +1339,7 @@ class KernelBuilder:
             raise CompileError(
                 f"{layer.where} needs {count[worst]} straight-line instructions on node {worst} "
                 f"({len(layer.plans[worst].tiles)} tiles: "
-                f"{layer.instructions(layer.plans[worst].tiles)} instructions, "
+                f"{layer.instructions(worst, layer.plans[worst].tiles)} instructions, "
                 f"{len(waits[worst])} WAITs, the SENDs, earlier layers and the HALT), more than "
                 f"the {limit} ({STRAIGHT_LINE_LIMIT} x the instruction memory) the compiler "
                 "rolls into loops")
@@ -979,8 +1356,14 @@ class KernelBuilder:
                 nf = layer.fblocks[y][1] - layer.fblocks[y][0]
                 nbx = layer.blocks[x][1] - layer.blocks[x][0]
                 parts["weights"] = nf * layer.wstride
-                parts["activations"] = nbx * layer.kw
-                if layer.quant:
+                if (x, y) not in layer.inplace:
+                    parts["activations"] = nbx * layer.xstride((x, y))
+                if layer.quant and layer.conv is not None:
+                    q0, q1 = layer.conv.rows[y]
+                    parts["output chunks"] = nbx * (q1 - q0) * layer.conv.cwo
+                    if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
+                        parts["accumulator rows"] = 2 * layer.pool * n
+                elif layer.quant:
                     parts["output chunks"] = nbx * nf // layer.pool * n // OUT_PER_WORD[layer.dtype]
                     if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
                         parts["accumulator rows"] = 2 * layer.pool * n
@@ -1009,7 +1392,7 @@ class KernelBuilder:
         for part, lists in groups:
             for group in lists:
                 group = [node for node in group if part in needs.get(node, {})]
-                if len(group) > 1:
+                if len(group) > 1 and len({needs[node][part] for node in group}) == 1:
                     addr = NodeSram.common([self.sram[node] for node in group],
                                            f"{layer.name}: {part}", needs[group[0]][part],
                                            classes[part])
@@ -1030,15 +1413,18 @@ class KernelBuilder:
             if "accumulator rows" in addrs:
                 self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
 
-    def _load_weights(self, layer: LayerPlan, wpad, bias) -> None:
-        """The host loads each weight block (the words of its K runs, zero-padded to the
-        layer's width, then its N bias words) once, into its owner's staging region."""
+    def _load_weights(self, layer: LayerPlan, block_words, bias) -> None:
+        """The host loads each weight block (the words of its runs, `block_words(i)`,
+        zero-padded to the layer's width, then its N bias words) once per row that computes
+        it, into its owner's staging region."""
         cfg, n = self.cfg, self.cfg.mac_dim
+        cache = {}
         for node, p in layer.plans.items():
             words = []
             for i in p.owned:
-                block = _weight_words(cfg, layer.dtype, wpad, i, layer.kw)
-                runs = [w for k0, k1 in layer.kruns[i] for w in block[k0:k1]]
+                if i not in cache:
+                    cache[i] = block_words(i)
+                runs = cache[i]
                 words += runs + [0] * (layer.width - len(runs))
                 if layer.quant:       # word r: feature i N + r's bias in every lane
                     hi = min(layer.features, (i + 1) * n)
@@ -1050,7 +1436,8 @@ class KernelBuilder:
                         b[:hi - i * n] = numerics.f32_bits(np.asarray(bias)[i * n:hi])
                     words += [word_from_lanes([v] * n) for v in b]
                 if layer.mask:        # word r: 1.0 where output feature (i // pool) N + r exists
-                    real = (i // layer.pool) * n + np.arange(n) < layer.out_features
+                    g = i if layer.conv is not None else i // layer.pool
+                    real = g * n + np.arange(n) < layer.out_features
                     one = int(numerics.f32_bits(1.0))
                     words += [word_from_lanes([one if r else 0] * n) for r in real]
             for k in range(len(p.owned)):       # fed at their first SEND (`_emit_layer`)
@@ -1075,7 +1462,7 @@ class KernelBuilder:
         addresses differ); with each receiver's first use and a rank that orders a sender's
         ties (activations first)."""
         cols = self.cfg.cols
-        for i, (ox, y) in layer.owner.items():
+        for (y, i), (ox, _) in layer.owner.items():
             src = layer.plans[(ox, y)]
             recvs = [(x, y) for x in layer.active_cols]
             self._message(layer, (ox, y), recvs, ox,
@@ -1083,21 +1470,51 @@ class KernelBuilder:
                           [layer.plans[r].w_base + (i - layer.fblocks[y][0]) * layer.wstride
                            for r in recvs],
                           [layer.first_w[(r, i)] for r in recvs], 1)
+        for x in layer.active_cols:
+            recvs = [(x, y) for y in layer.active_rows
+                     if layer.plans[(x, y)].tiles and (x, y) not in layer.inplace]
+            if not recvs:
+                continue
+            for j in range(*layer.blocks[x]):
+                for holder, k0, k1, addr in self._holders(layer, x, j):
+                    # Each receiver takes the part of the holder's words it reads; those that
+                    # take the same part at the same address share one multicast.
+                    parts = {}
+                    for r in recvs:
+                        lo, hi = layer.xspan[r]
+                        a, b = max(k0, lo), min(k1, hi)
+                        if a < b:
+                            parts.setdefault((a, b), []).append(
+                                (r, layer.xaddr(r, j) + a - lo))
+                    for (a, b), got in sorted(parts.items()):
+                        for start in range(a, b, MAX_SEND_WORDS):
+                            size = min(MAX_SEND_WORDS, b - start)
+                            self._message(layer, holder, [r for r, _ in got], cols + holder[1],
+                                          addr + start - k0, size,
+                                          [d + start - a for _, d in got],
+                                          [layer.first_x[(r, j)] for r, _ in got], 0)
+
+    @staticmethod
+    def _holders(layer: LayerPlan, x: int, j: int) -> list[tuple]:
+        """(holder, k0, k1, addr): who holds which words [k0, k1) of batch block j (in the
+        concatenated K of the layer's inputs), each word once (`segment_holders`)."""
+        out = []
         for layout, off in zip(layer.inputs, layer.offsets):
-            for (x, ys), segs in layout.segments.items():
-                j0 = layer.blocks[x][0]
-                recvs = [(x, y) for y in layer.active_rows]
-                for seg in segs:
-                    self._message(layer, (x, ys), recvs, cols + ys, seg.addr, seg.words,
-                                  [layer.plans[r].x_base + (seg.block - j0) * layer.kw + off
-                                   + seg.k0 for r in recvs],
-                                  [layer.first_x[(r, seg.block)] for r in recvs], 0)
+            out += [(node, off + k0, off + k1, addr)
+                    for node, k0, k1, addr in segment_holders(layout, x, j)]
+        return sorted(out, key=lambda t: t[1])
 
     @staticmethod
     def _message(layer, sender, recvs, counter, src, n, dsts, uses, rank) -> None:
+        """One multicast when the receivers are several, take the words at one address and
+        are a run of a row or a column; else a SEND per receiver."""
         if not recvs:
             return
-        if len(recvs) > 1 and len(set(dsts)) == 1:
+        xs = sorted({r[0] for r in recvs})
+        ys = sorted({r[1] for r in recvs})
+        run = (len(xs) == 1 and ys == list(range(ys[0], ys[-1] + 1))) or \
+              (len(ys) == 1 and xs == list(range(xs[0], xs[-1] + 1)))
+        if len(recvs) > 1 and len(set(dsts)) == 1 and run:
             layer.messages.append(Message(sender, recvs[0], counter, src, n, dsts[0],
                                           min(uses), (rank, 0), receivers=tuple(recvs),
                                           uses=tuple(uses)))
@@ -1125,10 +1542,9 @@ class KernelBuilder:
                 continue
             x, y = node
             (i0, i1), (j0, j1) = layer.fblocks[y], layer.blocks[x]
-            target = self.tp.node(x, y)
-            pc0 = len(target)
-            # Straight-line first, into a scratch program; rolled into loops below.
-            prog = Program(self.cfg, max_words=STRAIGHT_LINE_LIMIT * self.cfg.imem_words)
+            pc0 = len(self.tp.node(x, y))
+            # Straight-line first, into a scratch program; rolled into loops at the end.
+            prog = self._scratch_program()
 
             def emit(method, *args, **kwargs):
                 self._emit(node, layer.where, getattr(prog, method), *args, **kwargs)
@@ -1160,10 +1576,9 @@ class KernelBuilder:
 
             def finish_group(g):
                 first = g * pool
-                i, j = p.tiles[first]
+                i, j, q = p.tiles[first]
                 a, bias = acc(first), p.w_base + (i - i0) * layer.wstride + layer.width
-                out = p.y_base + ((j - j0) * ((i1 - i0) // pool) + (i - i0) // pool) * n \
-                    // OUT_PER_WORD[layer.dtype]
+                out = p.y_base + layer.out_offset(node, i, j, q)
                 if layer.dtype == ElemType.INT8:
                     for t in range(first + 1, first + pool):
                         emit("vec", VecOp.MAX, dst=a, a=a, b=acc(t), n=n)
@@ -1180,7 +1595,7 @@ class KernelBuilder:
                 emit("fcvt", ElemType.FP32, ElemType.BF16, dst=out, a=a, n=n)
 
             def mread(t):
-                i, j = p.tiles[t]
+                i, j, _ = p.tiles[t]
                 bank = t % ACC_BANKS
                 if layer.quant:
                     emit("mread", acc(t), bank=bank)
@@ -1198,15 +1613,22 @@ class KernelBuilder:
             if sends[node].get(-1) and not self.layers:
                 first_senders.append(node)
             send_slot(-1)
-            for t, (i, j) in enumerate(p.tiles):
+            direct = {}                 # tile -> fed regions it is the first to read in place
+            for addr, words, tile in layer.direct.get(node, ()):
+                if tile > 0:
+                    self.tp.expect_feed(node, addr, words, counter=HOST_COUNTER,
+                                        key=(len(self.layers), tile - 1, tile - 1))
+                    direct[tile] = direct.get(tile, 0) + 1
+            for t, (i, j, q) in enumerate(p.tiles):
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
+                for _ in range(direct.get(t, 0)):
+                    emit("wait", HOST_COUNTER, 1)
                 at = p.w_base + (i - i0) * layer.wstride
+                xb = layer.xaddr(node, j)
                 bank = t % ACC_BANKS      # tile t accumulates while tile t - 1 is read out
-                for r, (k0, k1) in enumerate(layer.kruns[i]):
-                    emit("matmul", at, p.x_base + (j - j0) * layer.kw + k0, k1 - k0,
-                         clear=r == 0, dtype=layer.dtype, bank=bank)
-                    at += k1 - k0
+                for r, (a, b, k) in enumerate(layer.tile_runs(node, i, q)):
+                    emit("matmul", at + a, xb + b, k, clear=r == 0, dtype=layer.dtype, bank=bank)
                 # The previous tile's MREAD after this tile's MATMUL: the MATMULs go back to
                 # back on the matrix engine, the readout runs beside them.
                 if t:
@@ -1219,15 +1641,8 @@ class KernelBuilder:
             if layer.quant and p.tiles:
                 finish_group(len(p.tiles) // pool - 1)
             assert pc0 + len(prog) + 1 == count[node], (node, len(prog), count[node])
-            rolled = reroll(prog.words)
-            if pc0 + len(rolled) + 1 > self.cfg.imem_words:
-                raise CompileError(
-                    f"{layer.where} needs {pc0 + len(rolled) + 1} instructions on node {node} "
-                    f"({len(p.tiles)} tiles: {len(prog)} instructions straight-line, "
-                    f"{len(rolled)} rolled into loops, earlier layers {pc0} and the HALT), its "
-                    f"instruction memory holds {self.cfg.imem_words}")
-            target.words.extend(rolled)
-            layer.pcs[node] = (pc0, len(target))
+            layer.pcs[node] = self._append_rolled(node, layer.where, prog,
+                                                  f"{len(p.tiles)} tiles: ")
         # The first layer's senders of first operands are loaded and STARTed first in their
         # rows (`TileImage.early`), so their multicasts run while the rest of the row loads;
         # in a row where every node is one of them that would only stagger the STARTs.

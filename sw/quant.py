@@ -230,9 +230,9 @@ class QuantOp:
     output: str
     attrs: dict = field(default_factory=dict)   # the IR node's attributes
     weight: np.ndarray | None = None  # int8: gemm [K, F], conv [O, C, kh, kw]
-    bias: np.ndarray | None = None    # int32 added to acc: gemm [F], conv [O]; add with a
-    #                                   constant: the constant at acc's scale, one sample's shape
-    input_weights: tuple[int, ...] = ()   # add: the int8 factor k of each input
+    bias: np.ndarray | None = None    # int32 added to acc: gemm [F], conv [O]
+    factors: tuple[float, ...] = ()   # add: the FP32 multiplier q of each input (s_in / s_y)
+    const: np.ndarray | None = None   # add of a constant: c / s_y, one sample's shape (float)
     scale: int | np.ndarray | None = None
     shift: int | np.ndarray | None = None
     relu: bool = False
@@ -286,8 +286,9 @@ class QuantGraph:
                 parts.append(f"  W int8 {'x'.join(map(str, q.weight.shape))}")
             if q.bias is not None:
                 parts.append(f"  bias int32 {'x'.join(map(str, q.bias.shape))}")
-            if q.input_weights:
-                parts.append(f"  k {list(q.input_weights)}")
+            if q.factors:
+                parts.append(f"  q {[float(f'{f:.4g}') for f in q.factors]}"
+                             + ("  + constant" if q.const is not None else ""))
             lines.append("".join(parts) + requant(q))
         lines += [f"  output {o} {list(self.shape(o))} int8 scale {self.scales[o]:.4g}"
                   for o in self.outputs]
@@ -344,63 +345,35 @@ def _quantize_matmul(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantO
                    scale=scale, shift=shift, relu=relu, multiplier=m)
 
 
-def _int8_factors(ratio: float) -> tuple[int, int]:
-    """(k_big, k_small), 1 <= k_big <= 127, 0 <= k_small <= k_big, with k_small / k_big the
-    closest such fraction to `ratio` (<= 1); ties go to the larger k_big."""
-    best = None
-    for k_big in range(INT8_MAX, 0, -1):
-        k_small = int(floor(k_big * ratio + 0.5))
-        err = abs(k_small / k_big - ratio)
-        if best is None or err < best[0]:
-            best = (err, k_big, k_small)
-    return best[1], best[2]
-
-
 def _quantize_add(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    """y = pack(FP32(a) x s_a / s_y + FP32(b) x s_b / s_y) on the vector unit
+    (`d1tile.sw.vector_kernels.reference_add`), or + c / s_y for a constant c."""
     s_y = qz.calibrated_scale(out)
     act = [i for i in node.inputs if not qz.graph.is_constant(i)]
     const = [i for i in node.inputs if qz.graph.is_constant(i)]
+    factors = tuple(qz.scales[a] / s_y for a in act)
+    c = None
     if const:
-        (a,), s_a = act, qz.scales[act[0]]
-        k_a = INT8_MAX
-        c = qz.graph.initializers[const[0]]
-        sample = qz.graph.shape(a)[1:]
+        c = qz.graph.initializers[const[0]].astype(np.float64)
+        sample = qz.graph.shape(act[0])[1:]
         if c.ndim > len(sample):     # a leading batch dim of 1 (the IR allows no other)
             c = c[0]
-        c = np.broadcast_to(c, sample)
-        bias = qz.int32(node, c * k_a / s_a, -INT8_MIN * k_a, "constant operand")
-        factors, inputs, s_ref, k_ref = (k_a,), [a], s_a, k_a
-    else:
-        s_a, s_b = qz.scales[act[0]], qz.scales[act[1]]
-        big, small = (0, 1) if s_a >= s_b else (1, 0)
-        s = (s_a, s_b)
-        k_big, k_small = _int8_factors(s[small] / s[big])
-        factors = [0, 0]
-        factors[big], factors[small] = k_big, k_small
-        factors, inputs, bias, s_ref, k_ref = tuple(factors), act, None, s[big], k_big
-    m = s_ref / (k_ref * s_y)
-    scale, shift = requant_params(m, node.where())
+        c = np.broadcast_to(c, sample) / s_y
+    for q in factors:
+        if not (np.isfinite(np.float32(q)) and np.float32(q) > 0):
+            raise CompileError(f"{node.where()}: the input to output scale ratio {q:.4g} is "
+                               "not a positive FP32 number")
     qz.scales[out] = s_y
-    return QuantOp("add", node.name, inputs, out, {}, bias=bias, input_weights=factors,
-                   scale=scale, shift=shift, relu=relu, multiplier=m)
+    return QuantOp("add", node.name, act, out, {}, factors=factors, const=c, relu=relu)
 
 
 def _quantize_avgpool(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
+    """The window mean on the vector unit: FP32 sums of the int8 taps inside the image,
+    times FP32(1 / divisor), rounded to nearest even (`reference_pool`); the output keeps the
+    input's scale."""
     x = node.inputs[0]
-    attrs = node.attrs
-    if attrs["count_include_pad"] or not any(attrs["pads"]):
-        counts = np.array(prod(attrs["kernel"]))
-    else:
-        counts = _window_counts(qz.graph.shape(x)[2:], attrs)
-    params = {int(c): requant_params(1.0 / int(c), node.where()) for c in np.unique(counts)}
-    if counts.ndim == 0:
-        scale, shift = params[int(counts)]
-    else:
-        scale = np.vectorize(lambda c: params[int(c)][0])(counts).astype(np.int64)
-        shift = np.vectorize(lambda c: params[int(c)][1])(counts).astype(np.int64)
     qz.scales[out] = qz.scales[x]
-    return QuantOp("avgpool", node.name, [x], out, {**attrs, "counts": counts}, scale=scale,
-                   shift=shift, multiplier=1.0 / counts)
+    return QuantOp("avgpool", node.name, [x], out, dict(node.attrs))
 
 
 def _quantize_move(qz: _Quantizer, node: Node, out: str, relu: bool) -> QuantOp:
@@ -488,31 +461,52 @@ def _int8_conv(q: QuantOp, xs):
     return _as_int32(acc + q.bias.astype(np.int64)[None, :, None, None], q)
 
 
-def _int8_add(q: QuantOp, xs):
-    acc = sum(k * x.astype(np.int64) for k, x in zip(q.input_weights, xs))
-    if q.bias is not None:
-        acc = acc + q.bias.astype(np.int64)
-    return _as_int32(acc, q)
-
-
-def _int8_avgpool(q: QuantOp, xs):
-    return _as_int32(windows(xs[0].astype(np.int64), q.attrs, q.attrs["kernel"], 0)
-                     .sum(axis=(-2, -1)), q)
-
-
-INT32_KERNELS: dict[str, Callable] = {
-    "gemm": _int8_gemm, "conv": _int8_conv, "add": _int8_add, "avgpool": _int8_avgpool,
-}
+INT32_KERNELS: dict[str, Callable] = {"gemm": _int8_gemm, "conv": _int8_conv}
 """Requantising ops: kernel(op, int8 inputs) -> the int32 accumulator."""
 
+
+def _int8_add(q: QuantOp, xs):
+    from d1tile.sw.vector_kernels import reference_add
+    b = xs[1] if len(xs) > 1 else None
+    const = None if q.const is None else np.broadcast_to(q.const, xs[0].shape)
+    qb = q.factors[1] if len(q.factors) > 1 else 1.0
+    return reference_add(xs[0], b, ElemType.INT8, q.factors[0], qb, q.relu, const)
+
+
+def window_geometry(attrs: dict, shape, kind: str, cp: int | None = None):
+    """The `WindowGeometry` of a pool node over NCHW `shape` (C stored channels per pixel
+    unless `cp` is given)."""
+    from d1tile.sw.conv import WindowGeometry
+    _, c, h, w = shape
+    return WindowGeometry(h, w, c if cp is None else cp, tuple(attrs["kernel"]),
+                          tuple(attrs["strides"]), tuple(attrs["pads"]),
+                          tuple(attrs.get("dilations", (1, 1))), kind,
+                          bool(attrs.get("count_include_pad", False)),
+                          bool(attrs.get("ceil_mode", False)))
+
+
+def _int8_pool(kind: str) -> Callable:
+    """The window max (exact) or mean of int8 NCHW values as the vector unit computes them
+    (`d1tile.sw.vector_kernels.reference_pool`)."""
+    def run(q: QuantOp, xs):
+        from d1tile.sw.vector_kernels import reference_pool
+        x = xs[0]
+        geom = window_geometry(q.attrs, x.shape, kind)
+        y = reference_pool(geom, x.transpose(0, 2, 3, 1), ElemType.INT8)
+        return y.reshape(len(x), geom.out_h, geom.out_w, -1).transpose(0, 3, 1, 2)
+    return run
+
+
 INT8_KERNELS: dict[str, Callable] = {
-    "maxpool": lambda q, xs: windows(xs[0], q.attrs, q.attrs["kernel"], INT8_MIN)
-    .max(axis=(-2, -1)),
+    "add": _int8_add,
+    "avgpool": _int8_pool("avg"),
+    "maxpool": _int8_pool("max"),
     "relu": lambda q, xs: np.maximum(xs[0], 0).astype(np.int8),
     "flatten": lambda q, xs: xs[0].reshape(xs[0].shape[0], -1),
     "reshape": lambda q, xs: xs[0].reshape(_batched(q.attrs["shape"], xs[0].shape[0])),
 }
-"""Ops without requantisation: kernel(op, int8 inputs) -> int8 output (exact)."""
+"""Ops without REQUANT: kernel(op, int8 inputs) -> int8 output: exact (maxpool, relu,
+flatten, reshape) or the vector unit's FP32 arithmetic (add, avgpool)."""
 
 
 def _execute(qgraph: QuantGraph, inputs):

@@ -19,9 +19,11 @@ case lowers to:
   |dy| <= (s_x / 2) sum_k |w_k| + (s_W / 2) sum_k |x^_k| + s_x s_W / 2 (the bias) + s_y / 2 +
   eps |acc s_x s_W|, where x^ is the dequantised input and eps the multiplier's relative error
   (|m' - m| / m: 16-bit scale and a shift);
-* add of a constant: s_a / 2 + (s_a / k_a) / 2 + s_y / 2 + eps |acc s_a / k_a|;
+* add of a constant (the vector unit: FP32(a_q) x FP32(s_a / s_y) + FP32(c / s_y), rounded to
+  nearest even): s_a / 2 + s_y / 2 + 4 x 2^-24 (|a^| + |c|) (four FP32 roundings);
 * maxpool, relu, flatten, reshape (int8 values moved or compared): s_x / 2;
-* avgpool: s_x / 2 + s_y / 2 + eps |y| (the mean of values each within s_x / 2);
+* avgpool (the FP32 sum of the int8 taps, exact, times FP32(1 / count), rounded to nearest
+  even): s_x / 2 + s_y / 2 + 2 x 2^-24 |x^| (the mean of values each within s_x / 2);
 * softmax (on the host, after the tile): half the largest input error (sum_j |dp_i / dz_j| =
   2 p_i (1 - p_i) <= 1/2), s_x / 4 when its input comes straight from the host.
 """
@@ -70,6 +72,10 @@ def frozen(case):
     return model, inputs[0], expected
 
 
+F32_EPS = 2.0 ** -24
+"""The relative error of one FP32 rounding to nearest."""
+
+
 def _requant_eps(op) -> float:
     if not op.requantizes or np.ndim(op.scale):
         return 0.0
@@ -108,16 +114,18 @@ def bound(compiled, x) -> dict:
             err[op.output] = (sx / 2 * sum_w + sw / 2 * sum_x + sx * sw / 2 + sy / 2
                               + _requant_eps(op) * acc)
         elif op.op == "add" and len(op.inputs) == 1:
-            ka = op.input_weights[0]
-            err[op.output] = np.broadcast_to(
-                sx / 2 + sx / ka / 2 + sy / 2
-                + _requant_eps(op) * (np.abs(xhat) + np.abs(op.bias) * sx / ka),
-                graph.shape(op.output)).copy()
+            # FP32(x_q) x FP32(s_x / s_y) + FP32(c / s_y), rounded to nearest: the input's half
+            # step, the output's half step, and four FP32 roundings (q, the product, the
+            # constant, the sum: 2^-22 relative) of |x^| + |c|
+            c = np.abs(op.const) * sy
+            err[op.output] = np.broadcast_to(sx / 2 + sy / 2 + F32_EPS * 4 * (np.abs(xhat) + c),
+                                             graph.shape(op.output)).copy()
         elif op.op in ("maxpool", "relu", "flatten", "reshape"):
             err[op.output] = np.full(graph.shape(op.output), np.max(err[src]))
         elif op.op == "avgpool":
-            err[op.output] = np.full(graph.shape(op.output),
-                                     np.max(err[src]) + sy / 2 + _requant_eps(op) * xhat.max())
+            # the FP32 sum of int8 values is exact; FP32(1 / count) and the product round
+            err[op.output] = np.full(graph.shape(op.output), np.max(err[src]) + sy / 2
+                                     + F32_EPS * 2 * xhat.max())
         else:
             raise AssertionError(f"no bound for {op.op}")
     for node in q.host_nodes:

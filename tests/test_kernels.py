@@ -529,10 +529,10 @@ def test_the_gather_multicasts_each_block_once():
         assert sum(i.op == Opcode.MCAST for i in ins) == 4
         assert not any(i.op == Opcode.SEND for i in ins)
     for y in range(4):
-        rows = [[i for i, _ in layer.plans[(x, y)].tiles] for x in range(4)]
+        rows = [[i for i, _, _ in layer.plans[(x, y)].tiles] for x in range(4)]
         assert all(r == rows[0] for r in rows)
     for x in range(4):
-        cols = [[j for _, j in layer.plans[(x, y)].tiles] for y in range(4)]
+        cols = [[j for _, j, _ in layer.plans[(x, y)].tiles] for y in range(4)]
         assert all(c == cols[0] for c in cols)
     result = TileModel(DEFAULT).run(tp)
     assert np.array_equal(unpack_gemm(out, result), expected)
