@@ -140,9 +140,12 @@ def cmd_run(args) -> int:
     if args.out and len(graph.outputs) > 1 and not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: the model has {len(graph.outputs)} outputs; give "
                          "a .npz file")
-    compiled = compile_model(graph, cfg, calib)
+    if args.dtype == "bf16" and args.calib:
+        print(f"d1tile run: note: --calib {args.calib} is not used with --dtype bf16")
+    compiled = compile_model(graph, cfg, calib if args.dtype == "int8" else None,
+                             dtype=args.dtype)
     print(f"d1tile run: {args.model} compiled for a {cfg.rows}x{cfg.cols} tile (preset "
-          f"{args.preset}), backend {args.backend}")
+          f"{args.preset}, {args.dtype}), backend {args.backend}")
     net = run_network(compiled, x, backends, labels=labels, log=print)
     report = net.report()
     report["model"] = str(args.model)
@@ -295,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the input batch (float, the model's input shape)")
     p.add_argument("--calib", metavar="C.npy",
                    help="calibration inputs for the int8 scales (default: the input itself)")
+    p.add_argument("--dtype", choices=("int8", "bf16"), default="int8",
+                   help="int8 (calibrated, quantised) or bf16 (the float model in BF16 with "
+                        "FP32 accumulation, no calibration); default int8")
     p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
                    help="cycle model, Verilator RTL, or both compared (default: model)")
     p.add_argument("--labels", metavar="L.npy",

@@ -29,12 +29,16 @@ import numpy as np
 
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.params import TileConfig
-from d1tile.sw.conv import ConvGeometry
+from d1tile.sw.bf16 import bits_to_float
+from d1tile.sw.conv import (FOLDS, ConvGeometry, fold_order, fold_weights, folded,
+                            reference_conv_bf16)
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
-from d1tile.sw.kernels import KernelBuilder, load_activation, unpack_activation
+from d1tile.sw.kernels import (KernelBuilder, conv_cost, load_activation, reference_layer_bf16,
+                               unpack_activation)
 from d1tile.sw.quant import (calibrate, quantize, quantize_tensor, run_float, run_int8,
                              window_geometry)
+from d1tile.sw.vector_kernels import reference_add, reference_pool, reference_relu
 
 
 __all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "References",
@@ -54,6 +58,10 @@ class Compilation:
     #                                                  feature, -1 for padding (see lower)
     images: dict = field(default_factory=dict)       # tensor name -> (H, W, cp) of an image
     image_origin: dict = field(default_factory=dict)  # flattened image -> the image tensor
+    folds: dict = field(default_factory=dict)        # host input -> its fold (conv.FOLDS)
+    # bf16: per layer (input tensors, output tensor, reference fn on the stored BF16 bits)
+    bf16_layers: list = field(default_factory=list)
+    fold_costs: dict = field(default_factory=dict)   # fold -> the cost model's estimate
     dtype: ElemType = ElemType.INT8                  # the tile's activation and operand type
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
@@ -94,6 +102,19 @@ def quantise(c: Compilation) -> None:
         raise CompileError(f"graph '{c.graph.name}': {len(c.graph.inputs)} inputs; the tile "
                            "runtime feeds exactly one")
     c.qgraph = quantize(c.graph, calibrate(c.graph, c.calibration))
+
+
+def prepare(c: Compilation) -> None:
+    """The tile's ops: int8 (`quantise`), or bf16 (`d1tile.sw.bf16.bf16_graph`: the float
+    weights as they are, no calibration)."""
+    if c.dtype == ElemType.INT8:
+        quantise(c)
+        return
+    if len(c.graph.inputs) != 1:
+        raise CompileError(f"graph '{c.graph.name}': {len(c.graph.inputs)} inputs; the tile "
+                           "runtime feeds exactly one")
+    from d1tile.sw.bf16 import bf16_graph
+    c.qgraph = bf16_graph(c.graph)
 
 
 # -- lowering: every tile op onto its kernel ------------------------------------------------------
@@ -160,6 +181,13 @@ def _vectors(c: Compilation) -> int:
     return MATRIX_TYPES[c.dtype].vectors_per_word(c.cfg)
 
 
+def _bf16_layer(c: Compilation, inputs, output: str, fn) -> None:
+    """Record a bf16 layer's reference (`d1tile.sw.bf16.bf16_reference`): fn maps the stored
+    BF16 bits of `inputs` to those of `output`."""
+    if c.dtype == ElemType.BF16:
+        c.bf16_layers.append(([inputs] if isinstance(inputs, str) else list(inputs), output, fn))
+
+
 def _record(c: Compilation, name: str, ops: list, macs: int) -> None:
     layer = c.builder.layers[-1]
     c.macs += macs
@@ -175,6 +203,7 @@ def _single_user(c: Compilation, tensor: str):
 
 
 def _conv_geometry(c: Compilation, op, x_image, pool=None) -> ConvGeometry:
+    """The geometry of conv `op` on its input image (H, W, cp), a max pool `pool` fused."""
     h, w, cp = x_image
     attrs = op.attrs
     weight = op.weight
@@ -206,16 +235,26 @@ def _fusable_pool(c: Compilation, op):
 
 def _lower_conv(c: Compilation, op) -> list:
     x = _layout(c, op.inputs[0], op.name, op.op)
-    image = _image(c, op.inputs[0], op.name, op.op)
     pool = _fusable_pool(c, op)
-    geom = _conv_geometry(c, op, image, pool)
+    weight = op.weight
+    if op.inputs[0] in c.folds:         # the host folded the taps into the channels
+        fold = c.folds[op.inputs[0]]
+        geom = folded(_conv_geometry(c, op, _unfolded_image(c, op.inputs[0]), pool), fold,
+                      _vectors(c))
+        weight = fold_weights(weight, fold)
+    else:
+        geom = _conv_geometry(c, op, _image(c, op.inputs[0], op.name, op.op), pool)
     name = op.name if pool is None else f"{op.name}+{pool.name}"
     out = pool.output if pool is not None else op.output
     if c.dtype == ElemType.INT8:
-        y = c.builder.conv_layer(name, x, op.weight, op.bias, geom, scale=int(op.scale),
+        y = c.builder.conv_layer(name, x, weight, op.bias, geom, scale=int(op.scale),
                                  shift=int(op.shift), relu=bool(op.relu))
     else:
-        y = c.builder.conv_layer(name, x, op.weight, op.bias, geom, relu=bool(op.relu))
+        y = c.builder.conv_layer(name, x, weight, op.bias, geom, relu=bool(op.relu))
+        batch, n, relu = c.graph.batch, c.cfg.mac_dim, bool(op.relu)
+        _bf16_layer(c, op.inputs[0], out, lambda xs: reference_conv_bf16(
+            geom, xs[0].reshape(batch, geom.in_h, geom.in_w, geom.cp), weight, op.bias, relu,
+            n).reshape(batch, -1))
     cp = ceil(geom.out_c / c.cfg.mac_dim) * c.cfg.mac_dim
     c.layouts[out] = y
     c.images[out] = (geom.pooled_h, geom.pooled_w, cp)
@@ -242,6 +281,9 @@ def _lower_gemm(c: Compilation, op) -> list:
                                       int(op.shift), relu=bool(op.relu))
     else:
         y = c.builder.bf16_layer(op.name, x, weight, op.bias, relu=bool(op.relu))
+        cfg, relu = c.cfg, bool(op.relu)
+        _bf16_layer(c, op.inputs[0], op.output, lambda xs: reference_layer_bf16(
+            cfg, bits_to_float(xs[0]), weight, op.bias, relu))
     c.layouts[op.output] = y
     c.orders[op.output] = np.arange(op.weight.shape[1])
     k, f = op.weight.shape
@@ -269,6 +311,10 @@ def _lower_add(c: Compilation, op) -> list:
     qa = op.factors[0] if op.factors else 1.0
     qb = op.factors[1] if len(op.factors) > 1 else 1.0
     y = c.builder.add_layer(op.name, a, b, const=const, qa=qa, qb=qb, relu=bool(op.relu))
+    if c.dtype == ElemType.BF16:
+        relu = bool(op.relu)
+        _bf16_layer(c, op.inputs, op.output, lambda xs: reference_add(
+            xs[0], xs[1] if len(xs) > 1 else None, ElemType.BF16, relu=relu, const=const))
     _alias(c, op.output, op.inputs[0], y)
     _record(c, op.name, [op.op], 0)
     return []
@@ -276,6 +322,7 @@ def _lower_add(c: Compilation, op) -> list:
 
 def _lower_relu(c: Compilation, op) -> list:
     y = c.builder.relu_layer(op.name, _layout(c, op.inputs[0], op.name, op.op))
+    _bf16_layer(c, op.inputs[0], op.output, lambda xs: reference_relu(xs[0], ElemType.BF16))
     _alias(c, op.output, op.inputs[0], y)
     _record(c, op.name, [op.op], 0)
     return []
@@ -295,6 +342,9 @@ def _lower_pool(c: Compilation, op) -> list:
     shape = c.graph.shape(op.inputs[0])
     geom = window_geometry(op.attrs, (shape[0], cp, h, w), "max" if op.op == "maxpool" else "avg")
     y = c.builder.pool_layer(op.name, x, geom)
+    batch = c.graph.batch
+    _bf16_layer(c, op.inputs[0], op.output, lambda xs: reference_pool(
+        geom, xs[0].reshape(batch, h, w, cp), ElemType.BF16).reshape(batch, -1))
     c.layouts[op.output] = y
     c.images[op.output] = (geom.out_h, geom.out_w, cp)
     c.orders[op.output] = image_order(shape[1], geom.out_h, geom.out_w, cp)
@@ -308,6 +358,7 @@ def _lower_move(c: Compilation, op) -> list:
     order (a flatten undone) is an image again."""
     src = op.inputs[0]
     c.layouts[op.output] = _layout(c, src, op.name, op.op)
+    _bf16_layer(c, src, op.output, lambda xs: xs[0])
     order = c.orders[op.output] = c.orders[src]
     shape = c.graph.shape(op.output)
     source_image = c.images.get(src) or c.images.get(c.image_origin.get(src))
@@ -334,26 +385,60 @@ def _first_conv(c: Compilation, name: str):
     return user if user is not None and user.op == "conv" else None
 
 
+def _unfolded_image(c: Compilation, name: str) -> tuple[int, int, int]:
+    _, ch, h, w = c.graph.shape(name)
+    vpw = _vectors(c)
+    return h, w, ceil(ch / vpw) * vpw
+
+
+FOLD_SRAM_SHARE = 0.5
+"""A fold of the host input may take at most this share of a node's SRAM (the rest is for
+the layers after it)."""
+
+
+def choose_fold(c: Compilation, conv) -> tuple[str, dict]:
+    """The host's layout of the input of `conv` (its only reader; `d1tile.sw.conv.FOLDS`),
+    by the cost model `conv_cost` (the cycle model's timing functions): the fold with the
+    fewest estimated cycles among those whose input fits `FOLD_SRAM_SHARE` of a node. Returns
+    it and every fold's estimate (for the report)."""
+    name = conv.inputs[0]
+    geom = _conv_geometry(c, conv, _unfolded_image(c, name), _fusable_pool(c, conv))
+    costs = {}
+    for fold in FOLDS if geom.groups == 1 else ("none",):
+        g = folded(geom, fold, _vectors(c))
+        costs[fold] = conv_cost(c.cfg, g, c.dtype, c.graph.batch)
+    fits = [f for f, e in costs.items() if e.sram <= FOLD_SRAM_SHARE * c.cfg.sram_words]
+    best = min(fits or ["none"], key=lambda f: (costs[f].cycles, FOLDS.index(f)))
+    return best, {f: e._asdict() if hasattr(e, "_asdict") else vars(e) for f, e in costs.items()}
+
+
 def _place_input(c: Compilation) -> None:
     """The host input's stored order and staging regions: an NCHW input read by a conv or a
     pool is an image with its channels padded to whole operand words; when a conv is its only
-    reader it is placed in the spans that conv reads (no messages: each node gets its input
-    rows from the host, halos included); anything else is stored channels-last."""
+    reader, the host folds its taps as the cost model chooses (`choose_fold`) and places it
+    in the spans that conv reads (no messages: each node gets its input rows from the host,
+    halos included); anything else is stored channels-last."""
     name = c.input_name
     shape = c.graph.shape(name)
     users = [q for q in c.qgraph.ops if name in q.inputs]
     if len(shape) == 4 and any(q.op in ("conv", "maxpool", "avgpool") for q in users):
-        _, ch, h, w = shape
         vpw = _vectors(c)
-        cp = ceil(ch / vpw) * vpw
-        c.orders[name] = image_order(ch, h, w, cp)
-        c.images[name] = (h, w, cp)
+        image = _unfolded_image(c, name)
         conv = _first_conv(c, name)
         spans = None
+        c.orders[name] = image_order(shape[1], *image)
         if conv is not None:
-            geom = _conv_geometry(c, conv, (h, w, cp), _fusable_pool(c, conv))
-            spans = geom.spans(c.cfg.rows, cp // vpw)
-        c.layouts[name] = c.builder.input(name, batch=shape[0], features=h * w * cp,
+            fold, c.fold_costs = choose_fold(c, conv)
+            plain = _conv_geometry(c, conv, image, _fusable_pool(c, conv))
+            geom = folded(plain, fold, vpw)
+            if fold != "none":
+                c.folds[name] = fold
+                c.orders[name] = fold_order(plain, fold, vpw)
+            image = (geom.in_h, geom.in_w, geom.cp)
+            spans = geom.spans(c.cfg.rows, geom.cp // vpw)
+        if conv is None or fold == "none":
+            c.images[name] = image
+        c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(c.orders[name]),
                                           dtype=c.dtype, form="spans" if spans else "auto",
                                           spans=spans)
         return
@@ -396,16 +481,25 @@ def finish(c: Compilation) -> None:
     c.tile_program = c.builder.finish()
 
 
-PASSES = (front_end, quantise, lower, finish)
+PASSES = (front_end, prepare, lower, finish)
+
+DTYPES = {"int8": ElemType.INT8, "bf16": ElemType.BF16}
+"""`compile_model`'s dtype: int8 (calibrated, quantised) or bf16 (BF16 operands and
+activations, FP32 accumulation)."""
 
 
-def compile_model(source, cfg: TileConfig, calibration) -> Compilation:
-    """Run the passes. `calibration`: input arrays (one batch, or a dict name -> array)."""
+def compile_model(source, cfg: TileConfig, calibration=None, *, dtype: str = "int8") -> Compilation:
+    """Run the passes. `calibration`: input arrays (one batch, or a dict name -> array), for
+    int8; bf16 needs none."""
+    if dtype not in DTYPES:
+        raise CompileError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if DTYPES[dtype] == ElemType.INT8 and calibration is None:
+        raise CompileError("int8 needs calibration inputs")
     if not isinstance(calibration, dict):
-        calibration = {"__single__": np.asarray(calibration)}
-    c = Compilation(cfg, source, calibration)
+        calibration = {} if calibration is None else {"__single__": np.asarray(calibration)}
+    c = Compilation(cfg, source, calibration, dtype=DTYPES[dtype])
     for step in PASSES:
-        if step is quantise and "__single__" in c.calibration:
+        if step is prepare and "__single__" in c.calibration:
             c.calibration = {c.graph.inputs[0]: c.calibration.pop("__single__")}
         step(c)
     return c
@@ -413,9 +507,10 @@ def compile_model(source, cfg: TileConfig, calibration) -> Compilation:
 
 @dataclass(frozen=True)
 class References:
-    """What a run is checked against, for one input: the integer reference's int8 tile outputs
-    (`run_int8`) and the float graph's values of the same tensors (`run_float`)."""
-    int8: dict
+    """What a run is checked against, for one input: the exact reference's tile outputs
+    (int8: `run_int8`; bf16: `bf16_reference`, as float32 values of the BF16 bits) and the
+    float graph's values of the same tensors (`run_float`)."""
+    exact: dict
     floats: dict
 
 
@@ -423,45 +518,71 @@ def references(c: Compilation, x) -> References:
     name = c.input_name
     x = np.asarray(x, dtype=np.float32)
     floats = run_float(c.graph, {name: x}, keep=True)
-    return References(run_int8(c.qgraph, {name: x}), {k: floats[k] for k in c.qgraph.outputs})
+    floats = {k: floats[k] for k in c.qgraph.outputs}
+    if c.dtype == ElemType.BF16:
+        from d1tile.sw.bf16 import bf16_reference, bits_to_float
+        return References({k: bits_to_float(v) for k, v in bf16_reference(c, x).items()},
+                          floats)
+    return References(run_int8(c.qgraph, {name: x}), floats)
 
 
 @dataclass
 class Execution:
-    outputs: dict        # tile output name -> int8 array read back from the tile
-    reference: dict      # the same from the integer reference (run_int8)
+    outputs: dict        # tile output name -> int8 values, or bf16 values (float32) read back
+    reference: dict      # the same from the exact reference (run_int8 / bf16_reference)
     float_values: dict   # the float graph's values of the same tensors
     result: object       # the device's RunResult
 
     @property
-    def max_abs_diff(self) -> int:
-        return max(int(np.max(np.abs(self.outputs[k].astype(np.int32)
-                                     - self.reference[k].astype(np.int32))))
+    def bit_exact(self) -> bool:
+        """Every output equals the reference's bit for bit (NaNs included)."""
+        return all(np.array_equal(np.asarray(self.outputs[k]).view(np.uint8),
+                                  np.asarray(self.reference[k]).view(np.uint8))
                    for k in self.outputs)
+
+    @property
+    def max_abs_diff(self) -> float:
+        """0 when bit-exact; else the largest |tile - reference| (int8 steps, or bf16 values;
+        infinity where one side is NaN and the other not)."""
+        if self.bit_exact:
+            return 0
+        worst = 0.0
+        for k in self.outputs:
+            a = np.asarray(self.outputs[k], np.float64)
+            b = np.asarray(self.reference[k], np.float64)
+            with np.errstate(invalid="ignore"):
+                d = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
+            worst = max(worst, float(np.max(np.nan_to_num(d, nan=np.inf))))
+        return worst
 
 
 def execute(c: Compilation, device, x, refs: References | None = None) -> Execution:
-    """Quantise the float input `x`, run the compiled program on `device`, read the outputs
-    back; also run the integer and float references on the same input (or take them from
-    `refs`, `references(c, x)`, when several devices run it)."""
+    """Quantise the float input `x` (int8; bf16: rounded to BF16 when loaded), run the
+    compiled program on `device`, read the outputs back; also run the exact and float
+    references on the same input (or take them from `refs`, `references(c, x)`, when
+    several devices run it)."""
     name = c.input_name
     x = np.asarray(x, dtype=np.float32)
-    xq = quantize_tensor(x, c.qgraph.scales[name])
-    tp = _with_input(c, xq)
+    xin = quantize_tensor(x, c.qgraph.scales[name]) if c.dtype == ElemType.INT8 else x
+    tp = _with_input(c, xin)
     device.load(tp)
     result = device.run()
     if result.hang or result.faults:
         raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
     outputs = {k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
                .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs}
+    if c.dtype == ElemType.BF16:
+        from d1tile.sw.bf16 import bits_to_float
+        outputs = {k: bits_to_float(v) for k, v in outputs.items()}
     refs = refs if refs is not None else references(c, x)
-    return Execution(outputs, refs.int8, refs.floats, result)
+    return Execution(outputs, refs.exact, refs.floats, result)
 
 
-def _with_input(c: Compilation, xq) -> object:
-    """The compiled program with this input's words loaded (the program itself is reused)."""
+def _with_input(c: Compilation, xin) -> object:
+    """The compiled program with this input's words loaded (the program itself is reused):
+    int8 values, or floats for bf16."""
     from copy import deepcopy
     tp = deepcopy(c.tile_program)
     load_activation(tp, c.layouts[c.input_name],
-                    to_stored(c.orders[c.input_name], xq.reshape(len(xq), -1)))
+                    to_stored(c.orders[c.input_name], xin.reshape(len(xin), -1)))
     return tp

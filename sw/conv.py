@@ -477,3 +477,72 @@ class WindowGeometry:
         """[r0, r1): the input rows the windows of positions q0 .. q1-1 read."""
         rows = [iy for q in range(q0, q1) for iy, _ in self.taps(q)]
         return min(rows), max(rows) + 1
+
+
+# -- the host's fold of a first layer ----------------------------------------------------------
+
+FOLDS = ("none", "kw", "full")
+"""How the host may lay out a convolution's input (its own input, which it can arrange at
+will): "none", the image as it is (channels padded to whole words); "kw", each pixel of an
+output column the kw taps of its window row side by side (the conv becomes kh x 1 over kw C
+channels: one word where C < V wastes most of a word, fewer MATMULs per tile); "full", the
+whole window (im2col: the conv becomes 1 x 1 over kh kw C channels, one MATMUL per tile). The
+folds cost input words (kw, or kh kw, times the taps) for fewer, fuller MATMULs; a cost model
+picks one (`d1tile.sw.compiler`)."""
+
+
+def folded(geom: ConvGeometry, fold: str, vpw: int) -> ConvGeometry:
+    """The convolution the tile runs on the input folded by the host (`FOLDS`); folds need
+    group 1 (a first layer's)."""
+    if fold == "none":
+        return geom
+    if geom.groups != 1 or fold not in FOLDS:
+        raise CompileError(f"convolution: fold {fold!r} needs group 1 and is one of {FOLDS}")
+    kh, kw = geom.kernel
+    if fold == "kw":
+        channels = kw * geom.in_c
+        return ConvGeometry(geom.in_h, geom.out_w, channels, padded_channels(channels, vpw),
+                            geom.out_c, (kh, 1), (geom.strides[0], 1),
+                            (geom.pads[0], 0, geom.pads[2], 0), (geom.dilations[0], 1), 1,
+                            geom.pool)
+    channels = kh * kw * geom.in_c
+    return ConvGeometry(geom.out_h, geom.out_w, channels, padded_channels(channels, vpw),
+                        geom.out_c, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, geom.pool)
+
+
+def fold_weights(weight: np.ndarray, fold: str) -> np.ndarray:
+    """[O, C, kh, kw] weights as the folded convolution's: "kw" channel dx C + c of tap
+    (dy, 0); "full" channel (dy kw + dx) C + c of tap (0, 0)."""
+    o, c, kh, kw = weight.shape
+    if fold == "none":
+        return weight
+    if fold == "kw":
+        return weight.transpose(0, 3, 1, 2).reshape(o, kw * c, kh, 1)
+    return weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c, 1, 1)
+
+
+def fold_order(geom: ConvGeometry, fold: str, vpw: int) -> np.ndarray:
+    """The stored order of the folded input: for each stored feature of the folded image
+    (pixel in raster order, then channel), the ONNX flat index c H W + h W + w of the input
+    element it holds, or -1 for a zero (the padding, or padding channels). Elements under
+    several windows appear several times."""
+    f = folded(geom, fold, vpw)
+    h, w, c = geom.in_h, geom.in_w, geom.in_c
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilations
+    pt, pl = geom.pads[0], geom.pads[1]
+    rows = np.arange(f.in_h)[:, None, None]
+    cols = np.arange(f.in_w)[None, :, None]
+    ch = np.arange(f.cp)[None, None, :]
+    real = ch < f.in_c
+    if fold == "none":
+        iy, ix, cc = rows, cols, ch
+    elif fold == "kw":
+        dx, cc = np.divmod(ch, c)
+        iy, ix = rows, cols * sw - pl + dx * dw
+    else:
+        tap, cc = np.divmod(ch, c)
+        dy, dx = np.divmod(tap, kw)
+        iy, ix = rows * sh - pt + dy * dh, cols * sw - pl + dx * dw
+    inside = real & (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    flat = np.clip(cc, 0, c - 1) * h * w + np.clip(iy, 0, h - 1) * w + np.clip(ix, 0, w - 1)
+    return np.where(inside, flat, -1).reshape(-1)

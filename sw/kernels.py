@@ -101,7 +101,7 @@ __all__ = [
     "LayerPlan", "NodePlan", "Message", "schedule_sends", "split_even", "batch_blocks",
     "pack_activation", "load_activation", "unpack_activation", "unpack_gemm",
     "reference_gemm", "reference_gemm_bf16", "reference_layer", "reference_layer_bf16",
-    "GEMM_TYPES",
+    "GEMM_TYPES", "ConvCost", "conv_cost",
 ]
 
 GEMM_TYPES = (ElemType.INT8, ElemType.BF16)
@@ -117,10 +117,12 @@ MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 STAGE = "stage"       # read by DMA-out (SEND sources): activation chunks, weight blocks, outputs
 OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA-in
 RESULT = "result"     # written by MREAD, read by the vector unit or the host
+CANDIDATE = "cand"    # a pooled group's other candidates: not with RESULT, so that VEC MAX
+#                       reads its operands from two banks (n + 3 cycles, not 2n + 3)
 VACC = "vacc"         # the vector layers' FP32 scratch: ACC and TMP in different banks, so
 VTMP = "vtmp"         # that FADD ACC, ACC, TMP takes n + 3 cycles, not 2n + 3
-AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE}, VACC: {VTMP},
-         VTMP: {VACC}}
+AVOID = {STAGE: {OPERAND}, OPERAND: {STAGE}, RESULT: {OPERAND, STAGE, CANDIDATE},
+         CANDIDATE: {OPERAND, STAGE, RESULT}, VACC: {VTMP}, VTMP: {VACC}}
 
 FEED_LEAD = 0
 """A message with a fed source is sent at most this many slots before its due slot."""
@@ -1361,12 +1363,16 @@ class KernelBuilder:
                 if layer.quant and layer.conv is not None:
                     q0, q1 = layer.conv.rows[y]
                     parts["output chunks"] = nbx * (q1 - q0) * layer.conv.cwo
-                    if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
-                        parts["accumulator rows"] = 2 * layer.pool * n
                 elif layer.quant:
                     parts["output chunks"] = nbx * nf // layer.pool * n // OUT_PER_WORD[layer.dtype]
-                    if self._acc.get((x, y), (0, 0))[1] < 2 * layer.pool * n:
-                        parts["accumulator rows"] = 2 * layer.pool * n
+                if layer.quant:
+                    # Double-buffered groups: a group's first tile in "accumulator rows", the
+                    # other candidates in "candidate rows", another bank (VEC MAX reads both).
+                    have = self._acc.get((x, y), {})
+                    for part, size in (("accumulator rows", 2 * n),
+                                       ("candidate rows", 2 * (layer.pool - 1) * n)):
+                        if size and have.get(part, (0, 0))[1] < size:
+                            parts[part] = size
                 elif layer.stream:
                     parts["result ring"] = min(2 * layer.stream, len(p.tiles)) * n
                 else:
@@ -1379,8 +1385,8 @@ class KernelBuilder:
         """SRAM: check the fullest node first (a clear message), then place every node's
         regions by their classes (`NodeSram`)."""
         classes = {"weight staging": STAGE, "weights": OPERAND, "activations": OPERAND,
-                   "output chunks": STAGE, "accumulator rows": RESULT, "results": RESULT,
-                   "result ring": RESULT}
+                   "output chunks": STAGE, "accumulator rows": RESULT,
+                   "candidate rows": CANDIDATE, "results": RESULT, "result ring": RESULT}
         needs = self._sram_needs(layer)
         self._check_fits(layer.where, needs)
         # The multicast destinations first, at one address per group: the weights of a row's
@@ -1410,8 +1416,9 @@ class KernelBuilder:
             p.x_base = addrs.get("activations", 0)
             p.y_base = addrs.get("output chunks", 0)
             p.out_base = addrs.get("results", addrs.get("result ring", 0))
-            if "accumulator rows" in addrs:
-                self._acc[node] = (addrs["accumulator rows"], parts["accumulator rows"])
+            for part in ("accumulator rows", "candidate rows"):
+                if part in addrs:
+                    self._acc.setdefault(node, {})[part] = (addrs[part], parts[part])
 
     def _load_weights(self, layer: LayerPlan, block_words, bias) -> None:
         """The host loads each weight block (the words of its runs, `block_words(i)`,
@@ -1572,27 +1579,42 @@ class KernelBuilder:
                              column=(m.receivers[0][1], m.receivers[-1][1]))
 
             def acc(t):
-                return self._acc[node][0] + ((t // pool) % 2 * pool + t % pool) * n
+                half, k = (t // pool) % 2, t % pool
+                if k == 0:
+                    return self._acc[node]["accumulator rows"][0] + half * n
+                return self._acc[node]["candidate rows"][0] + (half * (pool - 1) + k - 1) * n
 
-            def finish_group(g):
+            def finish_group(g) -> list:
+                """Group g's vector instructions (emitted by `drain`)."""
                 first = g * pool
                 i, j, q = p.tiles[first]
                 a, bias = acc(first), p.w_base + (i - i0) * layer.wstride + layer.width
                 out = p.y_base + layer.out_offset(node, i, j, q)
                 if layer.dtype == ElemType.INT8:
-                    for t in range(first + 1, first + pool):
-                        emit("vec", VecOp.MAX, dst=a, a=a, b=acc(t), n=n)
-                    emit("vec", VecOp.ADD, dst=a, a=a, b=bias, n=n)
-                    emit("vec", VecOp.REQUANT, a=a, n=n, dst=out)
-                    return
-                for t in range(first + 1, first + pool):
-                    emit("fvec", FVecOp.FMAX, dst=a, a=a, b=acc(t), n=n)
-                emit("fvec", FVecOp.FADD, dst=a, a=a, b=bias, n=n)
+                    return ([("vec", (VecOp.MAX,), dict(dst=a, a=a, b=acc(t), n=n))
+                             for t in range(first + 1, first + pool)]
+                            + [("vec", (VecOp.ADD,), dict(dst=a, a=a, b=bias, n=n)),
+                               ("vec", (VecOp.REQUANT,), dict(a=a, n=n, dst=out))])
+                code = [("fvec", (FVecOp.FMAX,), dict(dst=a, a=a, b=acc(t), n=n))
+                        for t in range(first + 1, first + pool)]
+                code.append(("fvec", (FVecOp.FADD,), dict(dst=a, a=a, b=bias, n=n)))
                 if layer.quant[2]:
-                    emit("fvec", FVecOp.FRELU, dst=a, a=a, b=a, n=n)
+                    code.append(("fvec", (FVecOp.FRELU,), dict(dst=a, a=a, b=a, n=n)))
                 if layer.mask:      # the padding rows of the last output block: +0
-                    emit("fvec", FVecOp.FMASK, dst=a, a=a, b=bias + n, n=n)
-                emit("fcvt", ElemType.FP32, ElemType.BF16, dst=out, a=a, n=n)
+                    code.append(("fvec", (FVecOp.FMASK,), dict(dst=a, a=a, b=bias + n, n=n)))
+                code.append(("fcvt", (ElemType.FP32, ElemType.BF16), dict(dst=out, a=a, n=n)))
+                return code
+
+            # A group's vector instructions are spread over the tile slots of the next group
+            # (an equal share after each of its MATMULs): the vector engine runs one at a time,
+            # and the in-order sequencer would otherwise stall the next MATMULs behind them.
+            pending = []
+
+            def drain(slots_left: int):
+                share = len(pending) if slots_left <= 1 else len(pending) // slots_left
+                for method, args, kwargs in pending[:share]:
+                    emit(method, *args, **kwargs)
+                del pending[:share]
 
             def mread(t):
                 i, j, _ = p.tiles[t]
@@ -1634,12 +1656,17 @@ class KernelBuilder:
                 if t:
                     mread(t - 1)
                 if layer.quant and t and t % pool == 0:
-                    finish_group(t // pool - 1)
+                    drain(1)                    # what is left of the group before
+                    pending.extend(finish_group(t // pool - 1))
+                if layer.quant:
+                    drain(pool - t % pool)
                 send_slot(t)
             if p.tiles:
                 mread(len(p.tiles) - 1)
             if layer.quant and p.tiles:
-                finish_group(len(p.tiles) // pool - 1)
+                drain(1)
+                pending.extend(finish_group(len(p.tiles) // pool - 1))
+                drain(1)
             assert pc0 + len(prog) + 1 == count[node], (node, len(prog), count[node])
             layer.pcs[node] = self._append_rolled(node, layer.where, prog,
                                                   f"{len(p.tiles)} tiles: ")
@@ -1650,6 +1677,57 @@ class KernelBuilder:
             row = [node for node in first_senders if node[1] == y]
             if len(row) < sum(1 for node, p in layer.plans.items() if node[1] == y and p.tiles):
                 self.tp.early.extend(node for node in row if node not in self.tp.early)
+
+
+@dataclass(frozen=True)
+class ConvCost:
+    """`conv_cost`'s estimate of a convolution layer whose input the host feeds: the busiest
+    node's matrix and vector time, the busiest row link's input words, the fullest node's
+    SRAM words for the layer, and the estimated cycles."""
+    compute: int
+    load: int
+    sram: int
+    cycles: int
+
+
+def conv_cost(cfg: TileConfig, geom: ConvGeometry, dtype: ElemType, batch: int,
+              rows: int | None = None) -> ConvCost:
+    """The cost model of `conv_layer` on a host-fed input placed in the spans it reads, from
+    the cycle model's timing functions: per output group (a position's pool candidates for
+    one output block) the matrix engine's MATMULs (`matmul_cycles` of each run, clipping
+    included) against the vector engine's epilogue (`vec_cycles`), whichever is longer (the
+    two overlap); times the busiest column's batch blocks. The input crosses each row's host
+    link once per node (N-lane words, a head flit per `CHUNK`); the nodes compute while the
+    rest is fed, so the estimate is the longer of the two plus one block's share of the
+    load (what the first tiles wait for)."""
+    from d1tile.sim.host import CHUNK
+    n = cfg.mac_dim
+    vpw = MATRIX_TYPES[dtype].vectors_per_word(cfg)
+    cwi = geom.cp // vpw
+    ob = ceil(geom.out_c / n)
+    split = geom.row_split(min(rows or cfg.rows, cfg.rows))
+    spans = geom.spans(min(rows or cfg.rows, cfg.rows), cwi)
+    nb = max(hi - lo for lo, hi in batch_blocks(cfg, batch))
+    cols = sum(1 for lo, hi in batch_blocks(cfg, batch) if hi > lo)
+    runs = {i: geom.runs(i, n, vpw) for i in range(ob)}
+    epilogue = (geom.pool_size + 2 + (dtype == ElemType.BF16)) * vec_cycles(n)
+    compute = 0
+    for y, (q0, q1) in split.items():
+        r0 = geom.input_rows(q0, q1)[0]
+        total = 0
+        for q in range(q0, q1):
+            for i in range(ob):
+                matrix = sum(matmul_cycles(cfg, k, dtype)
+                             for oy, ox in geom.candidates[q]
+                             for _, _, k in geom.tile_runs(runs[i], int(oy), int(ox), r0, cwi))
+                total += max(matrix, epilogue)
+        compute = max(compute, total * nb)
+    words = {y: (hi - lo) * nb for y, (lo, hi) in spans.items()}
+    load = max(cols * (w + ceil(w / CHUNK)) for w in words.values())
+    width = max(sum(r.words for r in rs) for rs in runs.values())
+    out_words = max(q1 - q0 for q0, q1 in split.values()) * nb * ob * n // OUT_PER_WORD[dtype]
+    sram = max(words.values()) + 2 * ob * (width + n) + out_words
+    return ConvCost(compute, load, sram, max(compute, load) + load // max(1, nb))
 
 
 STREAM_TILES = 8

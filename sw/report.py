@@ -5,9 +5,11 @@
     report = net.report()              # plain data, what `d1tile run --report` writes as JSON
     print(summary(report))
 
-For each backend, `run_network` quantises the input, runs the compiled program on the device
-and reads the outputs back (`d1tile.sw.compiler.execute`); it checks them against the integer
-reference (bit for bit) and measures their error against the float model. With both backends
+For each backend, `run_network` quantises the input (int8; bf16 rounds it to BF16), runs the
+compiled program on the device and reads the outputs back (`d1tile.sw.compiler.execute`); it
+checks them against the exact reference (int8: the integer reference; bf16: the layer-by-layer
+BF16/FP32 reference, `d1tile.sw.bf16`) bit for bit and measures their error against the float
+model. With both backends
 it also compares the two runs as a whole (`RunResult.comparable()`: every DONE cycle, counter
 and word read back).
 
@@ -78,6 +80,7 @@ class NetworkRun:
         first = self.executions[backends[0]]
         out = {
             "model": c.graph.name,
+            "dtype": c.dtype.name.lower(),
             "batch": int(c.graph.batch),
             "preset": cfg.name,
             "grid": f"{cfg.rows}x{cfg.cols}",
@@ -107,7 +110,7 @@ class NetworkRun:
                  "mac_utilisation": (info.macs / cfg.peak_macs_per_cycle / n) if n else None}
                 for info, n in zip(c.layers, self.breakdown["layers"])],
             "max_abs_diff_vs_reference": {b: e.max_abs_diff for b, e in self.executions.items()},
-            "bit_exact": all(e.max_abs_diff == 0 for e in self.executions.values()),
+            "bit_exact": all(e.bit_exact for e in self.executions.values()),
             "error_vs_float": self._float_error(first),
             "outputs": {k: list(v.shape) for k, v in first.outputs.items()},
         }
@@ -175,15 +178,17 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
 
 def summary(report: dict) -> str:
     """The report as a few lines a person reads."""
+    dtype = report.get("dtype", "int8")
     lines = [f"{report['model']}: batch {report['batch']} on the {report['grid']} tile "
              f"({report['preset']}: N = {report['config']['mac_dim']}, "
-             f"{report['peak_macs_per_cycle']} MACs/cycle)"]
+             f"{report['peak_macs_per_cycle']} MACs/cycle), {dtype}"]
     if "accuracy" in report:
         acc = report["accuracy"]
-        lines.append(f"  accuracy      tile (int8) {100 * acc['tile']:.1f} %   float "
+        lines.append(f"  accuracy      tile ({dtype}) {100 * acc['tile']:.1f} %   float "
                      f"{100 * acc['float']:.1f} %   ({acc['labels']} test images)")
-    exact = ", ".join(f"{b} {d}" for b, d in report["max_abs_diff_vs_reference"].items())
-    lines.append(f"  vs integer reference   {'bit-exact' if report['bit_exact'] else 'MISMATCH'}"
+    exact = ", ".join(f"{b} {d:g}" for b, d in report["max_abs_diff_vs_reference"].items())
+    which = "vs integer reference" if dtype == "int8" else "vs bf16 reference"
+    lines.append(f"  {which:<23}{'bit-exact' if report['bit_exact'] else 'MISMATCH'}"
                  f" (max |diff|: {exact})")
     err = report["error_vs_float"]
     lines.append(f"  vs float model         max |error| {err['max_abs']:.4g} (outputs up to "

@@ -178,17 +178,42 @@ def random_conv_net(rng, index):
     return g.build(outputs=[y])
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
 @pytest.mark.parametrize("index", range(8))
-def test_random_conv_networks_are_bit_exact(index):
+def test_random_conv_networks_are_bit_exact(index, dtype):
     """Random kernels, strides, asymmetric pads, pools and residual adds (seeded by the
-    session seed, printed in pytest's header): tile output == integer reference."""
+    session seed, printed in pytest's header): tile output == the exact reference (int8: the
+    integer reference; bf16: the BF16/FP32 reference), and bf16 near the float model."""
     rng = np.random.default_rng([bench_seed(), 100 + index])
     graph = random_conv_net(rng, index)
     cfg = TileConfig.preset("default").with_grid(*[(2, 3), (3, 2), (3, 3), (4, 4)][index % 4])
     shape = graph.shape(graph.inputs[0])
-    compiled = compile_model(graph, cfg, rng.normal(size=(16, *shape[1:])).astype(np.float32))
+    calib = rng.normal(size=(16, *shape[1:])).astype(np.float32)
+    compiled = compile_model(graph, cfg, calib if dtype == "int8" else None, dtype=dtype)
     run = execute(compiled, get_device("model", cfg), rng.normal(size=shape).astype(np.float32))
-    assert run.max_abs_diff == 0, f"seed {bench_seed()}, network {index}:\n{graph}"
+    assert run.bit_exact and run.max_abs_diff == 0, \
+        f"seed {bench_seed()}, network {index}, {dtype}:\n{graph}"
+    if dtype == "bf16":       # BF16 roundings of every activation: a few parts in 2^8
+        out = compiled.qgraph.outputs[0]
+        want = run.float_values[out]
+        assert np.all(np.abs(run.outputs[out] - want) <= 0.05 * (1 + np.abs(want).max()))
+
+
+@pytest.mark.parametrize("make", [mlp_model, cnn_model], ids=["mlp", "cnn"])
+def test_toy_models_in_bf16_are_bit_exact_and_accurate(make):
+    """The toy models compiled for bf16 (no calibration): the tile's BF16 logits equal the
+    layer-by-layer BF16/FP32 reference bit for bit, are within 1 % of the float model's
+    largest logit, and classify as the float model does."""
+    cfg = TileConfig.preset("default")
+    toy = make(batch=64)
+    compiled = compile_model(toy.model, cfg, dtype="bf16")
+    x = toy.test_x[:64]
+    run = execute(compiled, get_device("model", cfg), x)
+    assert run.bit_exact
+    out = compiled.qgraph.outputs[0]
+    got, want = run.outputs[out], run.float_values[out]
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= 0.01 * np.abs(want).max()
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.98
 
 
 def test_maxpool_fuses_into_its_conv_and_reports_macs():
@@ -253,19 +278,20 @@ def test_what_is_not_lowered_or_does_not_fit_is_a_clear_error():
         compile_model(mlp.model, TileConfig.preset("tiny"), mlp.calib_x)
 
 
-@pytest.mark.parametrize("make, shape", [(small_mlp, (8, 12)), (small_cnn, (8, 1, 5, 5)),
-                                         (small_residual, (8, 16))],
-                         ids=["mlp", "cnn", "residual"])
-def test_small_network_on_both_backends(make, shape):
+@pytest.mark.parametrize("make, shape, dtype", [
+    (small_mlp, (8, 12), "int8"), (small_cnn, (8, 1, 5, 5), "int8"),
+    (small_residual, (8, 16), "int8"), (small_cnn, (8, 1, 5, 5), "bf16")],
+    ids=["mlp", "cnn", "residual", "cnn-bf16"])
+def test_small_network_on_both_backends(make, shape, dtype):
     cfg = TileConfig.preset("tiny")
     rng = np.random.default_rng(bench_seed())
     graph = make(rng)
     calib = rng.normal(size=(8, *shape[1:])).astype(np.float32)
-    compiled = compile_model(graph, cfg, calib)
+    compiled = compile_model(graph, cfg, calib if dtype == "int8" else None, dtype=dtype)
     x = rng.normal(size=shape).astype(np.float32)
     if make is small_residual:           # the add runs on the vector unit
         assert compiled.layers[2].plan.kind == "add" and compiled.layers[2].tile_macs == 0
     model = execute(compiled, get_device("model", cfg), x)
     rtl = execute(compiled, get_device("rtl", cfg), x)
-    assert model.max_abs_diff == 0 and rtl.max_abs_diff == 0
+    assert model.bit_exact and rtl.bit_exact
     assert model.result.comparable() == rtl.result.comparable()
