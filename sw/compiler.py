@@ -101,7 +101,14 @@ def quantise(c: Compilation) -> None:
     if len(c.graph.inputs) != 1:
         raise CompileError(f"graph '{c.graph.name}': {len(c.graph.inputs)} inputs; the tile "
                            "runtime feeds exactly one")
-    c.qgraph = quantize(c.graph, calibrate(c.graph, c.calibration))
+    if c.calibration:
+        scales = calibrate(c.graph, c.calibration)
+    elif c.graph.quant_scales:         # a QDQ model: its own scales, nothing to calibrate
+        scales = dict(c.graph.quant_scales)
+    else:
+        raise CompileError("int8 needs calibration inputs (or a QDQ model, which carries its "
+                           "own scales)")
+    c.qgraph = quantize(c.graph, scales)
 
 
 def prepare(c: Compilation) -> None:
@@ -391,9 +398,9 @@ def _unfolded_image(c: Compilation, name: str) -> tuple[int, int, int]:
     return h, w, ceil(ch / vpw) * vpw
 
 
-FOLD_SRAM_SHARE = 0.5
-"""A fold of the host input may take at most this share of a node's SRAM (the rest is for
-the layers after it)."""
+FOLD_SRAM_SHARE = 0.75
+"""A fold of the host input may take at most this share of a node's SRAM (its words are
+reused by the layers after it, behind a barrier, once the first convolution is done)."""
 
 
 def choose_fold(c: Compilation, conv) -> tuple[str, dict]:
@@ -446,18 +453,41 @@ def _place_input(c: Compilation) -> None:
     c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(order), dtype=c.dtype)
 
 
+def _last_uses(c: Compilation) -> dict:
+    """op index -> the tensors whose last reader it is (a flatten or reshape reads its
+    input for as long as its output is read: they share the stored words)."""
+    source = {}
+    for op in c.qgraph.ops:
+        if op.op in ("flatten", "reshape"):
+            source[op.output] = source.get(op.inputs[0], op.inputs[0])
+    last = {}
+    for k, op in enumerate(c.qgraph.ops):
+        for t in op.inputs:
+            last[source.get(t, t)] = k
+    out = {}
+    for t, k in last.items():
+        out.setdefault(k, []).append(t)
+    return out
+
+
 def lower(c: Compilation) -> None:
+    """Every op through `LOWER`; after the last reader of a tensor, its regions die
+    (`KernelBuilder.release`), so that later layers may reuse their words."""
     c.builder = KernelBuilder(c.cfg)
     _place_input(c)
     done = set()
-    for op in c.qgraph.ops:
-        if op.name in done:
-            continue
-        make = LOWER.get(op.op)
-        if make is None:
-            raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
-                               f"(lowered: {', '.join(sorted(LOWER))})")
-        done.update(make(c, op))
+    last = _last_uses(c)
+    keep = set(c.qgraph.outputs)
+    for k, op in enumerate(c.qgraph.ops):
+        if op.name not in done:
+            make = LOWER.get(op.op)
+            if make is None:
+                raise CompileError(f"node '{op.name}' ({op.op}): no lowering onto the tile "
+                                   f"(lowered: {', '.join(sorted(LOWER))})")
+            done.update(make(c, op))
+        for t in last.get(k, ()):
+            if t not in keep and t in c.layouts and c.builder.layers:
+                c.builder.release(c.layouts[t])
 
 
 def to_stored(order: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -493,8 +523,6 @@ def compile_model(source, cfg: TileConfig, calibration=None, *, dtype: str = "in
     int8; bf16 needs none."""
     if dtype not in DTYPES:
         raise CompileError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if DTYPES[dtype] == ElemType.INT8 and calibration is None:
-        raise CompileError("int8 needs calibration inputs")
     if not isinstance(calibration, dict):
         calibration = {} if calibration is None else {"__single__": np.asarray(calibration)}
     c = Compilation(cfg, source, calibration, dtype=DTYPES[dtype])

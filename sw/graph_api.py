@@ -6,8 +6,9 @@
     y = g.softmax(g.gemm(h, W2, b2, name="fc2"))
     graph = g.build(outputs=[y])
 
-Weights are NumPy arrays in the IR's layouts: gemm W is [K, F] (x @ W + b), conv W is
-[O, C, kh, kw]. A missing bias is zeros. Every method checks its shapes and attributes as it
+Weights are NumPy arrays in the IR's layouts: gemm W is [K, F] (x @ W + b over the last
+axis of x [B, ..., K]), conv W is [O, C / groups, kh, kw]. A missing bias is zeros. A 1-D
+convolution or pool is a 2-D one on [B, C, 1, L] with a (1, k) kernel. Every method checks its shapes and attributes as it
 goes and raises `CompileError` naming the node, its op and the reason; `build` runs the same
 normalisation passes as the ONNX front end (`d1tile.sw.ir.normalize`) and validates the graph.
 Methods return the output `Tensor` (name and shape); wherever a tensor is expected, a `Tensor`
@@ -19,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from d1tile.sw.errors import CompileError
-from d1tile.sw.ir import Graph, Node, Tensor, infer_shape, normalize, pads4, pair
+from d1tile.sw.ir import (Graph, Node, Tensor, canonical_attrs, infer_shape, normalize, pads4,
+                         pair)
 
 
 __all__ = ["GraphBuilder"]
@@ -102,19 +104,24 @@ class GraphBuilder:
         return self.constant(w, f"{name}.W"), self.constant(b, f"{name}.b")
 
     def gemm(self, x, W, b=None, *, name: str | None = None) -> Tensor:
-        """x [B, K] @ W [K, F] + b [F]."""
+        """x [B, ..., K] @ W [K, F] + b [F], over the last axis: [B, ..., F]."""
         name = name or self._fresh("gemm")
         w, bias = self._weights(name, W, b, 1, "gemm")
         return self._emit("gemm", [self._tensor(x), w, bias], {}, name)
 
-    def conv(self, x, W, b=None, *, strides=1, pads=0, name: str | None = None) -> Tensor:
-        """2-D convolution of x [B, C, H, W] by W [O, C, kh, kw] (+ b [O]); `pads` is an int,
-        (ph, pw) or (top, left, bottom, right); padding is zeros."""
+    def conv(self, x, W, b=None, *, strides=1, pads=0, dilations=1, groups=1,
+             name: str | None = None) -> Tensor:
+        """2-D convolution of x [B, C, H, W] by W [O, C / groups, kh, kw] (+ b [O]); `pads`
+        is an int, (ph, pw) or (top, left, bottom, right); padding is zeros; `dilations` an
+        int or (dh, dw); `groups` splits C and O into that many groups (depthwise: groups =
+        C). A 1-D convolution is one on [B, C, 1, L] with W [O, C / groups, 1, k]."""
         name = name or self._fresh("conv")
         w, bias = self._weights(name, W, b, 0, "conv")
-        return self._emit("conv", [self._tensor(x), w, bias],
-                          {"strides": pair(strides, f"node '{name}' (conv): strides"),
-                           "pads": pads4(pads, f"node '{name}' (conv): pads")}, name)
+        return self._emit("conv", [self._tensor(x), w, bias], canonical_attrs("conv", {
+            "strides": pair(strides, f"node '{name}' (conv): strides"),
+            "pads": pads4(pads, f"node '{name}' (conv): pads"),
+            "dilations": pair(dilations, f"node '{name}' (conv): dilations"),
+            "group": int(groups)}), name)
 
     def relu(self, x, *, name: str | None = None) -> Tensor:
         return self._emit("relu", [self._tensor(x)], {}, name)
@@ -132,23 +139,30 @@ class GraphBuilder:
                 operands.append(self.constant(ref))
         return self._emit("add", operands, {}, name)
 
-    def _pool(self, op, x, kernel, strides, pads, name, **extra) -> Tensor:
+    def _pool(self, op, x, kernel, strides, pads, dilations, ceil_mode, name,
+              **extra) -> Tensor:
         name = name or self._fresh(op)
         kernel = pair(kernel, f"node '{name}' ({op}): kernel")
         strides = kernel if strides is None else pair(strides, f"node '{name}' ({op}): strides")
-        return self._emit(op, [self._tensor(x)],
-                          {"kernel": kernel, "strides": strides,
-                           "pads": pads4(pads, f"node '{name}' ({op}): pads"), **extra}, name)
+        return self._emit(op, [self._tensor(x)], canonical_attrs(op, {
+            "kernel": kernel, "strides": strides,
+            "pads": pads4(pads, f"node '{name}' ({op}): pads"),
+            "dilations": pair(dilations, f"node '{name}' ({op}): dilations"),
+            "ceil_mode": bool(ceil_mode), **extra}), name)
 
-    def maxpool(self, x, kernel, strides=None, pads=0, *, name: str | None = None) -> Tensor:
-        """Max over kernel windows (strides default to the kernel); padding never wins."""
-        return self._pool("maxpool", x, kernel, strides, pads, name)
+    def maxpool(self, x, kernel, strides=None, pads=0, *, dilations=1, ceil_mode=False,
+                name: str | None = None) -> Tensor:
+        """Max over kernel windows (strides default to the kernel); padding never wins.
+        `dilations` spaces the taps; `ceil_mode` rounds the output size up (ONNX: less a last
+        window that would start in the end padding)."""
+        return self._pool("maxpool", x, kernel, strides, pads, dilations, ceil_mode, name)
 
     def avgpool(self, x, kernel, strides=None, pads=0, *, count_include_pad: bool = False,
-                name: str | None = None) -> Tensor:
-        """Mean over kernel windows (strides default to the kernel), divided by the kernel size
-        if `count_include_pad`, else by the number of non-padding elements (ONNX's default)."""
-        return self._pool("avgpool", x, kernel, strides, pads, name,
+                dilations=1, ceil_mode=False, name: str | None = None) -> Tensor:
+        """Mean over kernel windows (strides default to the kernel), divided by the taps
+        inside the padded extent if `count_include_pad`, else by those inside the input (ONNX's
+        default); `dilations` and `ceil_mode` as `maxpool`."""
+        return self._pool("avgpool", x, kernel, strides, pads, dilations, ceil_mode, name,
                           count_include_pad=bool(count_include_pad))
 
     def flatten(self, x, *, name: str | None = None) -> Tensor:

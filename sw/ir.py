@@ -11,19 +11,29 @@ attributes, and the shape rule):
 
 | op | inputs | attrs | output |
 | --- | --- | --- | --- |
-| `gemm` | x [B, K], W [K, F] const, b [F] const | | x @ W + b, [B, F] |
-| `conv` | x [B, C, H, W], W [O, C, kh, kw] const, b [O] const | strides (sh, sw), pads (top, left, bottom, right) | [B, O, OH, OW], zero padding, group 1, dilation 1 |
+| `gemm` | x [B, ..., K], W [K, F] const, b [F] const | | x @ W + b over the last axis, [B, ..., F] |
+| `conv` | x [B, C, H, W], W [O, C / group, kh, kw] const, b [O] const | strides (sh, sw), pads (top, left, bottom, right); optional dilations (dh, dw) = (1, 1), group = 1 | [B, O, OH, OW], zero padding; C and O split into `group` groups (depthwise: group = C) |
 | `relu` | x | | max(x, 0) |
 | `add` | a, b | | a + b: two activations of one shape, or an activation and a constant that broadcasts to one sample's shape |
-| `maxpool` | x [B, C, H, W] | kernel, strides, pads | window max, padding never wins |
-| `avgpool` | x [B, C, H, W] | kernel, strides, pads, count_include_pad | window mean, divided by the window size (count_include_pad) or by the number of non-padding elements |
+| `maxpool` | x [B, C, H, W] | kernel, strides, pads; optional dilations = (1, 1), ceil_mode = False | window max, padding never wins |
+| `avgpool` | x [B, C, H, W] | kernel, strides, pads, count_include_pad; optional dilations, ceil_mode as maxpool | window mean, divided by the taps inside the padded extent (count_include_pad) or inside the input |
 | `flatten` | x [B, ...] | | [B, prod(...)] |
 | `reshape` | x [B, ...] | shape (static, shape[0] = B) | same data, new shape |
 | `softmax` | x | axis (not 0) | softmax along axis; runs on the host (`OpSpec.host`) |
 
+A 1-D convolution or pool is a 2-D one with H = 1 (kernel (1, k)) on a [B, C, 1, L] tensor.
+Windows (`window_out`): along an axis of size n with pads (lo, hi), kernel k, stride s and
+dilation d, the window extent is (k - 1) d + 1 and there are floor((n + lo + hi - extent) / s)
++ 1 windows, or with ceil_mode the ceiling, less a last window that would start in the end
+padding (ONNX's rule). Optional attributes are left out when they have their default
+(`canonical_attrs`), so both front ends give the same IR for the same network.
+
 Every op has exactly one output. Every op maps each sample of the batch on its own (no op mixes
 samples), so the references (`d1tile.sw.quant`) run any batch size; the graph's batch is the one
 the tile is compiled for. A host op's output must be a graph output and feed no other node.
+
+A graph may carry `quant_scales`: per-tensor int8 scales its source fixes (an ONNX QDQ model's
+activation scales and weight scales), which `d1tile.sw.quant.calibrate` takes instead of its own.
 
 `Graph.validate()` checks all of the above and raises `CompileError` naming the node, its op
 and the reason. `normalize(graph)` runs the ordered `NORMALIZE_PASSES` (bias folding, reshape to
@@ -44,7 +54,8 @@ from d1tile.sw.errors import CompileError
 
 __all__ = [
     "Tensor", "Node", "Graph", "OpSpec", "OPS", "COMPUTE_OPS", "POOL_OPS",
-    "infer_shape", "pair", "pads4", "normalize", "NORMALIZE_PASSES",
+    "infer_shape", "pair", "pads4", "window_out", "canonical_attrs", "attribute", "normalize",
+    "NORMALIZE_PASSES",
     "fold_bias_adds", "reshape_to_flatten", "drop_dead_nodes",
 ]
 
@@ -113,7 +124,8 @@ class OpSpec:
     """What an IR op accepts.
 
     `arity` inputs; inputs at `constant_inputs` must be initializers; `attrs` must all be
-    present (no others are allowed); `infer(node, shapes, constants)` returns the output shape
+    present; `optional` attributes may be left out and then have the value given there (no
+    other attributes are allowed); `infer(node, shapes, constants)` returns the output shape
     from the input shapes (and the constants' values, None for activations) or raises
     `CompileError`. `host` ops run on the host, after the tile.
     """
@@ -122,6 +134,7 @@ class OpSpec:
     attrs: tuple[str, ...]
     infer: Callable
     host: bool = False
+    optional: dict = field(default_factory=dict)
 
 
 def _fail(node: Node, reason: str):
@@ -133,43 +146,89 @@ def _check_rank(node: Node, shape: Shape, rank: int, what: str):
         _fail(node, f"{what} must have rank {rank}, got shape {list(shape)}")
 
 
-def _window_out(node: Node, size: int, kernel: int, stride: int, lo: int, hi: int,
-                axis: str) -> int:
-    if kernel < 1 or stride < 1 or lo < 0 or hi < 0:
-        _fail(node, f"kernel {kernel}, stride {stride} and pads ({lo}, {hi}) along {axis} must "
-                    "be positive (pads non-negative)")
-    span = size + lo + hi - kernel
+def window_out(size: int, kernel: int, stride: int, lo: int, hi: int, dilation: int = 1,
+               ceil_mode: bool = False) -> int:
+    """The number of windows along one axis (module docstring): floor, or with `ceil_mode`
+    the ceiling less a last window that would start in the end padding; 0 or less when the
+    window's extent exceeds the padded size."""
+    span = size + lo + hi - (kernel - 1) * dilation - 1
     if span < 0:
-        _fail(node, f"the {kernel}-wide kernel does not fit the padded {axis} "
-                    f"({size} + {lo} + {hi})")
-    return span // stride + 1
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + lo:
+        out -= 1
+    return out
+
+
+def _window_out(node: Node, size: int, kernel: int, stride: int, lo: int, hi: int,
+                axis: str, dilation: int = 1, ceil_mode: bool = False) -> int:
+    if kernel < 1 or stride < 1 or dilation < 1 or lo < 0 or hi < 0:
+        _fail(node, f"kernel {kernel}, stride {stride}, dilation {dilation} and pads ({lo}, "
+                    f"{hi}) along {axis} must be positive (pads non-negative)")
+    extent = (kernel - 1) * dilation + 1
+    if size + lo + hi < extent:
+        what = f"{kernel}-wide kernel" if dilation == 1 else \
+            f"{kernel}-wide kernel (dilation {dilation}: {extent} wide)"
+        _fail(node, f"the {what} does not fit the padded {axis} ({size} + {lo} + {hi})")
+    return window_out(size, kernel, stride, lo, hi, dilation, ceil_mode)
+
+
+def attribute(node: Node, key: str):
+    """The value of attribute `key` of `node`: its own, or the op's default for an optional
+    attribute it leaves out."""
+    if key in node.attrs:
+        return node.attrs[key]
+    return OPS[node.op].optional[key]
+
+
+def canonical_attrs(op: str, attrs: dict) -> dict:
+    """`attrs` without the optional attributes that have their default value: the form both
+    front ends emit."""
+    defaults = OPS[op].optional
+    return {k: v for k, v in attrs.items() if not (k in defaults and v == defaults[k])}
 
 
 def _infer_gemm(node, shapes, consts):
     x, w, b = shapes
-    _check_rank(node, x, 2, "input x")
+    if len(x) < 2:
+        _fail(node, f"input x must have rank 2 or more ([batch, ..., K]), got shape {list(x)}")
     _check_rank(node, w, 2, "weight W")
-    if x[1] != w[0]:
-        _fail(node, f"x {list(x)} and W {list(w)} do not chain (x @ W needs {x[1]} rows in W)")
+    if x[-1] != w[0]:
+        _fail(node, f"x {list(x)} and W {list(w)} do not chain (x @ W needs {x[-1]} rows in W)")
     if b != (w[1],):
         _fail(node, f"bias shape {list(b)} must be [{w[1]}]")
-    return (x[0], w[1])
+    return x[:-1] + (w[1],)
 
 
 def _infer_conv(node, shapes, consts):
     x, w, b = shapes
     _check_rank(node, x, 4, "input x (NCHW)")
-    _check_rank(node, w, 4, "weight W (O, C, kh, kw)")
-    if w[1] != x[1]:
-        _fail(node, f"W {list(w)} expects {w[1]} input channels, x {list(x)} has {x[1]} "
-                    "(only group 1 is supported)")
+    _check_rank(node, w, 4, "weight W (O, C / group, kh, kw)")
+    group = attribute(node, "group")
+    if not isinstance(group, int) or group < 1:
+        _fail(node, f"group {group} must be a positive integer")
+    if w[1] * group != x[1]:
+        _fail(node, f"W {list(w)} with group {group} expects {w[1] * group} input channels, "
+                    f"x {list(x)} has {x[1]}")
+    if w[0] % group:
+        _fail(node, f"{w[0]} output channels do not split into {group} groups")
     if b != (w[0],):
         _fail(node, f"bias shape {list(b)} must be [{w[0]}]")
     sh, sw = node.attrs["strides"]
     pt, pl, pb, pr = node.attrs["pads"]
-    oh = _window_out(node, x[2], w[2], sh, pt, pb, "height")
-    ow = _window_out(node, x[3], w[3], sw, pl, pr, "width")
+    dh, dw = attribute(node, "dilations")
+    oh = _window_out(node, x[2], w[2], sh, pt, pb, "height", dh)
+    ow = _window_out(node, x[3], w[3], sw, pl, pr, "width", dw)
     return (x[0], w[0], oh, ow)
+
+
+def _windows_see_input(size: int, kernel: int, stride: int, lo: int, dilation: int,
+                       count: int) -> bool:
+    """Whether each of `count` windows along an axis has a tap inside the input."""
+    return all(any(0 <= o * stride - lo + t * dilation < size for t in range(kernel))
+               for o in range(count))
 
 
 def _infer_pool(node, shapes, consts):
@@ -178,11 +237,18 @@ def _infer_pool(node, shapes, consts):
     kh, kw = node.attrs["kernel"]
     sh, sw = node.attrs["strides"]
     pt, pl, pb, pr = node.attrs["pads"]
+    dh, dw = attribute(node, "dilations")
+    ceil_mode = bool(attribute(node, "ceil_mode"))
     if max(pt, pb) >= kh or max(pl, pr) >= kw:
         _fail(node, f"pads {[pt, pl, pb, pr]} must be smaller than the kernel {[kh, kw]} "
                     "(a window of padding only has no value)")
-    return (x[0], x[1], _window_out(node, x[2], kh, sh, pt, pb, "height"),
-            _window_out(node, x[3], kw, sw, pl, pr, "width"))
+    oh = _window_out(node, x[2], kh, sh, pt, pb, "height", dh, ceil_mode)
+    ow = _window_out(node, x[3], kw, sw, pl, pr, "width", dw, ceil_mode)
+    if not (_windows_see_input(x[2], kh, sh, pt, dh, oh)
+            and _windows_see_input(x[3], kw, sw, pl, dw, ow)):
+        _fail(node, f"with dilations {[dh, dw]} and pads {[pt, pl, pb, pr]} some windows hold "
+                    "padding only (a window with no input element has no value)")
+    return (x[0], x[1], oh, ow)
 
 
 def _infer_same(node, shapes, consts):
@@ -240,11 +306,14 @@ def _infer_softmax(node, shapes, consts):
 
 OPS: dict[str, OpSpec] = {
     "gemm":    OpSpec(3, (1, 2), (), _infer_gemm),
-    "conv":    OpSpec(3, (1, 2), ("strides", "pads"), _infer_conv),
+    "conv":    OpSpec(3, (1, 2), ("strides", "pads"), _infer_conv,
+                      optional={"dilations": (1, 1), "group": 1}),
     "relu":    OpSpec(1, (), (), _infer_same),
     "add":     OpSpec(2, (), (), _infer_add),
-    "maxpool": OpSpec(1, (), ("kernel", "strides", "pads"), _infer_pool),
-    "avgpool": OpSpec(1, (), ("kernel", "strides", "pads", "count_include_pad"), _infer_pool),
+    "maxpool": OpSpec(1, (), ("kernel", "strides", "pads"), _infer_pool,
+                      optional={"dilations": (1, 1), "ceil_mode": False}),
+    "avgpool": OpSpec(1, (), ("kernel", "strides", "pads", "count_include_pad"), _infer_pool,
+                      optional={"dilations": (1, 1), "ceil_mode": False}),
     "flatten": OpSpec(1, (), (), _infer_flatten),
     "reshape": OpSpec(1, (), ("shape",), _infer_reshape),
     "softmax": OpSpec(1, (), ("axis",), _infer_softmax, host=True),
@@ -272,7 +341,7 @@ def infer_shape(node: Node, shapes: list[Shape], constants: list) -> Shape:
         if i not in spec.constant_inputs and c is not None and node.op != "add":
             _fail(node, f"input {i} ('{node.inputs[i]}') must be an activation, not a constant")
     missing = [a for a in spec.attrs if a not in node.attrs]
-    extra = [a for a in node.attrs if a not in spec.attrs]
+    extra = [a for a in node.attrs if a not in spec.attrs and a not in spec.optional]
     if missing or extra:
         _fail(node, f"attributes {missing or extra} are {'missing' if missing else 'unknown'}")
     return tuple(int(d) for d in spec.infer(node, [tuple(s) for s in shapes], constants))
@@ -284,13 +353,15 @@ def infer_shape(node: Node, shapes: list[Shape], constants: list) -> Shape:
 class Graph:
     """A network: `nodes` in topological order, `tensors` (activation name -> `Tensor`),
     `initializers` (constant name -> float32 array), graph `inputs` and `outputs` (activation
-    names)."""
+    names), and `quant_scales`: the int8 scales the source fixes (tensor or gemm/conv weight
+    name -> positive scale; an ONNX QDQ model's, empty for a float network)."""
     name: str
     inputs: list[str]
     outputs: list[str]
     nodes: list[Node]
     tensors: dict[str, Tensor]
     initializers: dict[str, np.ndarray]
+    quant_scales: dict[str, float] = field(default_factory=dict)
 
     # -- queries --
     def shape(self, name: str) -> Shape:
@@ -324,7 +395,7 @@ class Graph:
         return Graph(self.name, list(self.inputs), list(self.outputs),
                      [dataclasses.replace(n, inputs=list(n.inputs), outputs=list(n.outputs),
                                           attrs=dict(n.attrs)) for n in self.nodes],
-                     dict(self.tensors), dict(self.initializers))
+                     dict(self.tensors), dict(self.initializers), dict(self.quant_scales))
 
     # -- checks --
     def validate(self) -> "Graph":
@@ -335,7 +406,8 @@ class Graph:
         node's output: topological order); every tensor produced once; ops, arity, constants
         and attributes per `OPS`; every output shape equal to its shape rule; graph inputs
         static and positive, all with the same batch; graph outputs produced by a node; host
-        ops only at the end (their outputs are graph outputs and feed nothing).
+        ops only at the end (their outputs are graph outputs and feed nothing); every
+        `quant_scales` entry names an activation or a gemm/conv weight and is positive.
         """
         if not self.inputs:
             raise CompileError(f"graph '{self.name}': it has no inputs")
@@ -384,6 +456,14 @@ class Graph:
                 if node.output not in self.outputs or self.consumers(node.output):
                     raise CompileError(f"{node.where()}: runs on the host after the tile, so its "
                                        "output must be a graph output and feed no other node")
+        weights = {n.inputs[1] for n in self.nodes if n.op in COMPUTE_OPS}
+        for name, scale in self.quant_scales.items():
+            if name not in self.tensors and name not in weights:
+                raise CompileError(f"tensor '{name}': it has a quantisation scale but is not an "
+                                   "activation or a gemm/conv weight of the graph")
+            if not (np.isfinite(scale) and scale > 0):
+                raise CompileError(f"tensor '{name}': quantisation scale {scale} must be "
+                                   "positive and finite")
         return self
 
     def __str__(self) -> str:
@@ -412,8 +492,9 @@ class Graph:
 
 def fold_bias_adds(graph: Graph) -> Graph:
     """add(gemm/conv output, constant) -> the constant joins the bias, when the constant is one
-    value per output feature/channel (or a scalar) and the gemm/conv output feeds only the add
-    and is not a graph output. This is how ONNX MatMul + Add becomes one gemm."""
+    value per output feature (gemm: the last axis) or channel (conv: axis 1), or a scalar, and
+    the gemm/conv output feeds only the add and is not a graph output. This is how ONNX
+    MatMul + Add becomes one gemm."""
     graph = graph.copy()
     for add in list(graph.nodes):
         if add.op != "add":
@@ -429,12 +510,14 @@ def fold_bias_adds(graph: Graph) -> Graph:
         const = graph.initializers[consts[0]]
         out_shape = graph.shape(acts[0])
         bias = graph.initializers[prod_node.inputs[2]]
-        channels = out_shape[1]
-        # The per-channel view of the constant: everything but the channel axis is 1.
+        axis = 1 if prod_node.op == "conv" else len(out_shape) - 1
+        channels = out_shape[axis]
+        # The per-channel view of the constant: one value along `axis`, the same elsewhere.
         full = np.broadcast_to(const, np.broadcast_shapes(const.shape, out_shape))
-        per_channel = full.reshape(full.shape[0], channels, -1)[0, :, 0]
-        if not np.array_equal(np.broadcast_to(per_channel.reshape(
-                (1, channels) + (1,) * (len(out_shape) - 2)), full.shape), full):
+        per_channel = np.moveaxis(full, axis, -1).reshape(-1, channels)[0]
+        along = [1] * full.ndim
+        along[axis] = channels
+        if not np.array_equal(np.broadcast_to(per_channel.reshape(along), full.shape), full):
             continue
         new_bias = prod_node.inputs[2]
         if any(new_bias in n.inputs for n in graph.nodes if n is not prod_node):
@@ -459,7 +542,8 @@ def reshape_to_flatten(graph: Graph) -> Graph:
 
 
 def drop_dead_nodes(graph: Graph) -> Graph:
-    """Remove nodes whose outputs reach no graph output, then unused constants and tensors."""
+    """Remove nodes whose outputs reach no graph output, then unused constants and tensors
+    (and their `quant_scales`)."""
     graph = graph.copy()
     live = set(graph.outputs)
     kept = []
@@ -470,6 +554,8 @@ def drop_dead_nodes(graph: Graph) -> Graph:
     graph.nodes = kept[::-1]
     graph.initializers = {k: v for k, v in graph.initializers.items() if k in live}
     graph.tensors = {k: v for k, v in graph.tensors.items() if k in live or k in graph.inputs}
+    graph.quant_scales = {k: v for k, v in graph.quant_scales.items()
+                          if k in graph.tensors or k in graph.initializers}
     return graph
 
 

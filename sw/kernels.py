@@ -129,6 +129,9 @@ FEED_LEAD = 0
 HOST_COUNTER = SYNC_COUNTERS - 1
 """The sync counter the host's feeds bump (weight blocks and inputs fed after the START); the
 gather uses counters 0 .. rows + cols - 1."""
+BARRIER_COUNTER = SYNC_COUNTERS - 2
+"""The sync counter of the barriers before layers that reuse dead regions' words
+(`KernelBuilder._emit_barrier`): possible when rows + cols <= 30."""
 
 
 def split_even(count: int, parts: int) -> list[tuple[int, int]]:
@@ -264,13 +267,21 @@ def segment_holders(layout: ActivationLayout, x: int, j: int) -> list[tuple]:
 
 # -- SRAM allocation -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass
 class Region:
-    """Words [lo, hi) of a node's SRAM, of class `cls` (STAGE, OPERAND or RESULT)."""
+    """Words [lo, hi) of a node's SRAM, of class `cls` (STAGE, OPERAND, RESULT, ...).
+
+    `host` regions are written by the host (loaded before the START or fed while the nodes
+    run, in the feeds' order, whatever the nodes do), so they never share words with another
+    region. The others may reuse the words of regions that are dead (`dies`: the last layer
+    that uses them) once a barrier has come after their death (`NodeSram.reuse_from`)."""
     name: str
     lo: int
     hi: int
     cls: str
+    host: bool = False
+    dies: int | None = None          # None: alive to the end of the run
+    kept: bool = False               # read back by the host: never dies
 
     @property
     def size(self) -> int:
@@ -278,31 +289,46 @@ class Region:
 
 
 class NodeSram:
-    """Bank-aware allocation of one node's SRAM. Regions are never freed (weights are
-    resident, and a region another node writes into must never be reused while that node may
-    still be a layer ahead).
+    """Bank-aware allocation of one node's SRAM, with region lifetimes.
 
-    `alloc(name, size, cls)` places a region of a class (`STAGE`, `OPERAND`, `RESULT`) at the
-    lowest address whose banks hold no region of a class it must avoid (`AVOID`); when no such
-    place exists, at the place touching the fewest such banks. Raises `CompileError` when the
-    region does not fit at all."""
+    `alloc(name, size, cls)` places a region of a class (`STAGE`, `OPERAND`, `RESULT`, ...) at
+    the lowest address whose banks hold no live region of a class it must avoid (`AVOID`);
+    when no such place exists, at the place touching the fewest such banks. Raises
+    `CompileError` when the region does not fit at all.
+
+    Reuse: a region that dies (`Region.dies`, set when the kernel builder knows its last
+    user) leaves its words free for regions placed at or after a barrier that follows its
+    death (`reuse_from`: the layer index of the last barrier, set by the builder), except for
+    host-written regions, which only take words no region has ever had: the host writes them
+    before the START or while the nodes run, so they must not meet any other region. A
+    region another node writes into is only reused after the barrier, when every node has
+    finished the layers before it (`KernelBuilder._emit_barrier`)."""
 
     def __init__(self, cfg: TileConfig, node):
         self.cfg = cfg
         self.node = node
         self.regions: list[Region] = []
+        self.reuse_from: int | None = None
+
+    def _dead(self, r: Region) -> bool:
+        return r.dies is not None and self.reuse_from is not None and r.dies < self.reuse_from
+
+    def _blocking(self, host: bool) -> list[Region]:
+        """The regions a new region must not meet (all of them for a host-written one)."""
+        return list(self.regions) if host else [r for r in self.regions if not self._dead(r)]
 
     @property
     def used(self) -> int:
-        return sum(r.size for r in self.regions)
+        """Words held by live regions."""
+        return sum(r.size for r in self._blocking(False))
 
     def _banks(self, lo: int, hi: int) -> set:
         shift = self.cfg.bank_addr_bits
         return set(range(lo >> shift, ((hi - 1) >> shift) + 1))
 
-    def _free(self) -> list[tuple[int, int]]:
+    def _free(self, host: bool = False) -> list[tuple[int, int]]:
         free, at = [], 0
-        for r in sorted(self.regions, key=lambda r: r.lo):
+        for r in sorted(self._blocking(host), key=lambda r: r.lo):
             if r.lo > at:
                 free.append((at, r.lo))
             at = max(at, r.hi)
@@ -310,28 +336,36 @@ class NodeSram:
             free.append((at, self.cfg.sram_words))
         return free
 
-    def alloc(self, name: str, size: int, cls: str, *, banks: bool = True) -> int:
+    def alloc(self, name: str, size: int, cls: str, *, banks: bool = True,
+              host: bool = False) -> int:
         """The region's address; `banks=False` ignores the bank rules (plain first fit)."""
         if size <= 0:
             raise ValueError(f"region {name!r}: size {size} must be positive")
         avoid = self._avoid(cls) if banks else set()
         best = None
-        for lo, hi in self._free():
-            for start in self._starts(lo, hi):
-                if start + size > hi:
-                    break
-                score = (len(self._banks(start, start + size) & avoid), start)
+        for lo, hi in self._free(host):
+            # Host-written regions are never reused: they go as high as they fit (the end of a
+            # free range or of a bank), so that the words regions die from stay together low.
+            starts = self._starts(lo, hi)
+            if host:
+                starts = [hi - size] + [s - size for s in starts[1:]]
+            for start in starts:
+                if start < lo or start + size > hi:
+                    continue
+                where = -start if host else start
+                score = (len(self._banks(start, start + size) & avoid), where)
                 if best is None or score < best:
                     best = score
         if best is None:
             raise CompileError(f"no room for {name} ({size} words) on node {self.node}")
-        self.regions.append(Region(name, best[1], best[1] + size, cls))
-        return best[1]
+        start = -best[1] if host else best[1]
+        self.regions.append(Region(name, start, start + size, cls, host))
+        return start
 
     def _avoid(self, cls: str) -> set:
-        """The banks holding a region of a class `cls` must avoid (`AVOID`)."""
+        """The banks holding a live region of a class `cls` must avoid (`AVOID`)."""
         avoid = set()
-        for r in self.regions:
+        for r in self._blocking(False):
             if r.cls in AVOID[cls]:
                 avoid |= self._banks(r.lo, r.hi)
         return avoid
@@ -342,11 +376,11 @@ class NodeSram:
         return [lo] + list(range((lo // bank + 1) * bank, hi, bank))
 
     def conflicts(self, start: int, size: int, cls: str) -> int | None:
-        """How many banks of [start, start + size) hold a region of a class `cls` must avoid;
-        None when the words are not all free."""
+        """How many banks of [start, start + size) hold a live region of a class `cls` must
+        avoid; None when the words are not all free (for a region the nodes write)."""
         if start < 0 or start + size > self.cfg.sram_words:
             return None
-        if any(r.lo < start + size and start < r.hi for r in self.regions):
+        if any(r.lo < start + size and start < r.hi for r in self._blocking(False)):
             return None
         return len(self._banks(start, start + size) & self._avoid(cls))
 
@@ -377,18 +411,38 @@ class NodeSram:
         return best[1]
 
     def place(self, requests) -> list[int]:
-        """Allocate [(name, size, cls)] together: with the bank rules if they can be kept,
-        else (free space too fragmented for them) by plain first fit; all or nothing."""
+        """Allocate [(name, size, cls)] or [(name, size, cls, host)] together: with the bank
+        rules if they can be kept, else (free space too fragmented for them) by plain first
+        fit; all or nothing."""
         kept = len(self.regions)
+        # The largest first: small regions placed first would split the free space.
+        order = sorted(range(len(requests)), key=lambda k: -requests[k][1])
         for banks in (True, False):
             try:
-                return [self.alloc(name, size, cls, banks=banks) for name, size, cls in requests]
+                addrs = {}
+                for k in order:
+                    name, size, cls, *rest = requests[k]
+                    addrs[k] = self.alloc(name, size, cls, banks=banks,
+                                          host=bool(rest and rest[0]))
+                return [addrs[k] for k in range(len(requests))]
             except CompileError:
                 del self.regions[kept:]
-        total = sum(size for _, size, _ in requests)
+        total = sum(size for _, size, *_ in requests)
         raise CompileError(f"{total} words do not fit the free space of node {self.node}, "
                            f"which is fragmented ({self.used} of {self.cfg.sram_words} words "
                            f"used)")
+
+    def retire(self, lo: int, hi: int, layer: int) -> None:
+        """The regions inside [lo, hi) die after `layer` (unless kept to the end)."""
+        for r in self.regions:
+            if lo <= r.lo and r.hi <= hi and r.dies is None and not r.kept:
+                r.dies = layer
+
+    def keep(self, lo: int, hi: int) -> None:
+        """The regions inside [lo, hi) stay alive to the end (read back by the host)."""
+        for r in self.regions:
+            if lo <= r.lo and r.hi <= hi:
+                r.dies, r.kept = None, True
 
 
 # -- the kernel builder ------------------------------------------------------------------------
@@ -630,6 +684,10 @@ class KernelBuilder:
         self._fed: set = set()
         self._streamed: dict = {}      # node -> words it streams to the host in earlier layers
         self._scratch: dict = {}       # node -> (ACC, TMP) of the vector layers
+        self.barriers: list = []       # layer indices with a barrier before them (reuse)
+        self._barriers_emitted: set = set()
+        self._barrier_word: dict = {}  # (0, 0) -> the word the barrier tokens land in
+        self._last_write: dict = {}    # node -> an address its last vector/MREAD wrote
         self._q: dict = {}             # node -> the FP32 bits SETR SCALE last set (vector layers)
 
     # -- activations -------------------------------------------------------------------------
@@ -687,7 +745,7 @@ class KernelBuilder:
         segments = {}
         for node, held in shape.items():
             addr, = self._place(what, node, [(f"{name}: staging",
-                                              sum(k1 - k0 for _, k0, k1 in held), cls)])
+                                              sum(k1 - k0 for _, k0, k1 in held), cls, True)])
             segs = []
             for j, k0, k1 in held:
                 segs.append(Segment(j, k0, k1, addr))
@@ -697,7 +755,10 @@ class KernelBuilder:
                                 dtype, fed=True)
 
     def read(self, what) -> None:
-        """Ask for an activation or a GEMM result to be read back after the run."""
+        """Ask for an activation or a GEMM result to be read back after the run (its regions
+        then live to the end)."""
+        for node, addr, size in self._regions_of(what):
+            self.sram[node].keep(addr, addr + size)
         if isinstance(what, ActivationLayout):
             for node in what.nodes():
                 self.tp.read(node, *what.region(*node))
@@ -869,6 +930,11 @@ class KernelBuilder:
         counts."""
         target = self.tp.node(*node)
         pc0 = len(target)
+        for word in reversed(prog.words):        # what the barrier's token waits for
+            op = word & 0xF
+            if op in (Opcode.MREAD, Opcode.VEC, Opcode.FVEC, Opcode.FCVT):
+                self._last_write[node] = FORMATS[Opcode(op)].unpack(word)["dst"]
+                break
         rolled = reroll(prog.words)
         if pc0 + len(rolled) + 1 > self.cfg.imem_words:
             raise CompileError(
@@ -880,13 +946,8 @@ class KernelBuilder:
         return pc0, len(target)
 
     def _vector_scratch(self, node) -> tuple[int, int]:
-        """The node's two FP32 scratch regions of the vector layers (allocated once)."""
-        if node not in self._scratch:
-            from d1tile.sw.vector_kernels import piece
-            size = piece(self.cfg)
-            acc, = self._place("the vector layers", node, [("vector ACC", size, VACC)])
-            tmp, = self._place("the vector layers", node, [("vector TMP", size, VTMP)])
-            self._scratch[node] = (acc, tmp)
+        """The node's two FP32 scratch regions of the vector layers (placed with the first
+        vector layer that computes on the node, `d1tile.sw.vector_kernels`)."""
         return self._scratch[node]
 
     def _activation_layer(self, name, x, w, b, quant, dtype) -> ActivationLayout:
@@ -1016,7 +1077,9 @@ class KernelBuilder:
                 m.earliest = m.due - FEED_LEAD
         schedule_sends(layer.messages, {node: len(p.tiles) for node, p in layer.plans.items()},
                        capacity)
+        self._barrier_due()
         self._emit_layer(layer)
+        self._retire_layer(layer)
         self.layers.append(layer)
         return layer
 
@@ -1383,34 +1446,42 @@ class KernelBuilder:
 
     def _place_regions(self, layer: LayerPlan) -> None:
         """SRAM: check the fullest node first (a clear message), then place every node's
-        regions by their classes (`NodeSram`)."""
+        regions by their classes (`NodeSram`); when they do not fit, a barrier before the
+        layer lets them reuse the words of dead regions (`_with_reuse`)."""
         classes = {"weight staging": STAGE, "weights": OPERAND, "activations": OPERAND,
                    "output chunks": STAGE, "accumulator rows": RESULT,
                    "candidate rows": CANDIDATE, "results": RESULT, "result ring": RESULT}
         needs = self._sram_needs(layer)
-        self._check_fits(layer.where, needs)
-        # The multicast destinations first, at one address per group: the weights of a row's
-        # computing nodes, then the activations of a column's (`NodeSram.common`).
-        placed = {node: {} for node in needs}
-        groups = [("weights", [[(x, y) for x in layer.active_cols] for y in layer.active_rows]),
-                  ("activations", [[(x, y) for y in layer.active_rows]
-                                   for x in layer.active_cols])]
-        for part, lists in groups:
-            for group in lists:
-                group = [node for node in group if part in needs.get(node, {})]
-                if len(group) > 1 and len({needs[node][part] for node in group}) == 1:
-                    addr = NodeSram.common([self.sram[node] for node in group],
-                                           f"{layer.name}: {part}", needs[group[0]][part],
-                                           classes[part])
-                    if addr is not None:
-                        for node in group:
-                            placed[node][part] = addr
-        for node, parts in sorted(needs.items()):
-            p = layer.plans[node]
-            rest = [part for part in parts if part not in placed[node]]
-            addrs = dict(placed[node])
-            addrs.update(zip(rest, self._place(layer.where, node, [
-                (f"{layer.name}: {part}", parts[part], classes[part]) for part in rest])))
+
+        def attempt():
+            self._check_fits(layer.where, needs)
+            # The multicast destinations first, at one address per group: the weights of a
+            # row's computing nodes, then the activations of a column's (`NodeSram.common`).
+            placed = {node: {} for node in needs}
+            groups = [("weights", [[(x, y) for x in layer.active_cols]
+                                   for y in layer.active_rows]),
+                      ("activations", [[(x, y) for y in layer.active_rows]
+                                       for x in layer.active_cols])]
+            for part, lists in groups:
+                for group in lists:
+                    group = [node for node in group if part in needs.get(node, {})]
+                    if len(group) > 1 and len({needs[node][part] for node in group}) == 1:
+                        addr = NodeSram.common([self.sram[node] for node in group],
+                                               f"{layer.name}: {part}", needs[group[0]][part],
+                                               classes[part])
+                        if addr is not None:
+                            for node in group:
+                                placed[node][part] = addr
+            for node, parts in sorted(needs.items()):
+                rest = [part for part in parts if part not in placed[node]]
+                placed[node].update(zip(rest, self._place(layer.where, node, [
+                    (f"{layer.name}: {part}", parts[part], classes[part],
+                     part == "weight staging") for part in rest])))
+            return placed
+
+        placed = self._with_reuse(attempt)
+        for node, addrs in placed.items():
+            p, parts = layer.plans[node], needs[node]
             p.w_stage = addrs.get("weight staging", 0)
             p.w_base = addrs.get("weights", 0)
             p.x_base = addrs.get("activations", 0)
@@ -1419,6 +1490,104 @@ class KernelBuilder:
             for part in ("accumulator rows", "candidate rows"):
                 if part in addrs:
                     self._acc.setdefault(node, {})[part] = (addrs[part], parts[part])
+
+    # -- region lifetimes and barriers ------------------------------------------------------------
+
+    def _with_reuse(self, attempt):
+        """Run `attempt` (placing one layer's regions, all nodes); if it does not fit, undo what
+        it placed, put a barrier before this layer so that the words of regions dead before
+        it can be reused (when there are such words and a barrier is possible), and try once
+        more."""
+        marks = {node: len(sram.regions) for node, sram in self.sram.items()}
+        try:
+            return attempt()
+        except CompileError as first:
+            for node, sram in self.sram.items():
+                del sram.regions[marks[node]:]
+            if not self._barrier_helps():
+                raise
+            error = first
+        self._add_barrier()
+        try:
+            return attempt()
+        except CompileError:
+            for node, sram in self.sram.items():      # the builder as it was before the layer
+                del sram.regions[marks[node]:]
+                sram.reuse_from = self.barriers[-2] if len(self.barriers) > 1 else None
+            self.barriers.pop()
+            raise CompileError(f"{error} (nor with the words of the earlier layers' dead "
+                               "regions reused)") from None
+
+    def _barrier_helps(self) -> bool:
+        now = len(self.layers)
+        if self.cfg.nodes == 1 or self.cfg.rows + self.cfg.cols > BARRIER_COUNTER:
+            return False
+        if self.barriers and self.barriers[-1] == now:
+            return False
+        last = self.barriers[-1] if self.barriers else None
+        return any(r.dies is not None and r.dies < now and (last is None or r.dies >= last)
+                   for sram in self.sram.values() for r in sram.regions)
+
+    def _add_barrier(self) -> None:
+        now = len(self.layers)
+        self.barriers.append(now)
+        for sram in self.sram.values():
+            sram.reuse_from = now
+
+    def _retire_layer(self, layer) -> None:
+        """The regions only `layer` uses (its weights and their staging, its gathered inputs,
+        its staging of a second input) die after it."""
+        index = len(self.layers)
+        for sram in self.sram.values():
+            for r in sram.regions:
+                if r.name.startswith(f"{layer.name}: ") and r.dies is None and not r.kept and \
+                        not r.name.endswith(("output chunks", "results", "result ring",
+                                             "output", "accumulator rows", "candidate rows")):
+                    r.dies = index
+
+    def release(self, what) -> None:
+        """The regions of an activation (or a GEMM result) die after the last layer built so
+        far: call it when a tensor's last reader has been lowered (the compiler does)."""
+        index = len(self.layers) - 1
+        for node, addr, size in self._regions_of(what):
+            self.sram[node].retire(addr, addr + size, index)
+
+    def _regions_of(self, what):
+        if isinstance(what, ActivationLayout):
+            return [(node, *what.region(*node)) for node in what.nodes()]
+        if isinstance(what, GemmOutput) and what.streamed is None:
+            return [(node, *what.region(*node)) for node in sorted(what.base)]
+        return []
+
+    def _emit_barrier(self) -> None:
+        """Every node sends a token to node (0, 0) (a one-word SEND of the last word its
+        previous layer wrote, so that it leaves only when that layer's reads are done: the
+        sequencer orders it after the write, which comes after every read the layer made);
+        (0, 0) WAITs for all of them and multicasts the release to the whole grid; every node
+        WAITs for it. Only then does any node write into (or send into) reused words."""
+        root = (0, 0)
+        if root not in self._barrier_word:
+            self._barrier_word[root], = self._place("the barrier", root,
+                                                    [("barrier tokens", 1, RESULT)])
+        word = self._barrier_word[root]
+        for node in self.tp.nodes:
+            p = self.tp.node(*node)
+            last = self._last_write.get(node)
+            self._emit(node, "the barrier", p.send, last if last is not None else 0,
+                       1 if last is not None else 0, root, word, counter=BARRIER_COUNTER)
+        p = self.tp.node(*root)
+        p.wait(BARRIER_COUNTER, self.cfg.nodes)
+        p.shape(1, span=(0, self.cfg.rows - 1))
+        p.mcast(0, 0, 0, row=(0, self.cfg.cols - 1), counter=BARRIER_COUNTER, shaped=True)
+        for node in self.tp.nodes:
+            self.tp.node(*node).wait(BARRIER_COUNTER, 1)
+        self._barriers_emitted.add(len(self.layers))
+
+    def _barrier_due(self) -> None:
+        """Emit the barrier of the layer about to be emitted, if it has one."""
+        now = len(self.layers)
+        if self.barriers and self.barriers[-1] == now and now not in self._barriers_emitted:
+            self._emit_barrier()
 
     def _load_weights(self, layer: LayerPlan, block_words, bias) -> None:
         """The host loads each weight block (the words of its runs, `block_words(i)`,

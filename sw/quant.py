@@ -9,25 +9,28 @@
 The scheme (symmetric, per tensor, zero point 0; docs/compiler_frontend.md has the formulas):
 
 * Scales: s_t = max|t| / 127 over the calibration data for every activation t, and
-  s_W = max|W| / 127 for every gemm/conv weight (a tensor that is all zero gets scale 1).
+  s_W = max|W| / 127 for every gemm/conv weight (a tensor that is all zero gets scale 1);
+  a scale the graph carries (`Graph.quant_scales`, an ONNX QDQ model's) is used instead.
   Ops that move int8 values without arithmetic (maxpool, relu on its own, flatten, reshape) and
-  avgpool give their output their input's scale.
+  avgpool give their output their input's scale (a QDQ model's own scale for such an output
+  is not used: the tile does not requantise there).
 * Host input: x_q = clip(rint(x / s_x), -128, 127) (`quantize_tensor`; rint rounds half to even).
 * gemm / conv: W_q = clip(rint(W / s_W), -127, 127) int8, b_q = rint(b / (s_x s_W)) int32,
-  acc = sum x_q W_q + b_q in int32, y_q = requantize(acc, scale, shift, relu) with
-  scale / 2**shift ~= s_x s_W / s_y (`requant_params`: scale < 2**16, shift <= 47). A relu that
-  is the only consumer of a gemm/conv/add output is fused into it (`relu=True`, the output
-  scale is the relu output's).
-* add: acc = k_a a_q + k_b b_q (int8 factors k <= 127 whose ratio approximates s_b / s_a), or
-  k_a a_q + c_q for a constant c (c_q = rint(c k_a / s_a) int32); y_q = requantize(acc, ...)
-  with scale / 2**shift ~= s_a / (k_a s_y). The tile computes it as a matrix product with
-  k * identity weights, so it needs nothing but MATMUL, the bias add and REQUANT.
-* maxpool: max of int8 windows, padding never wins (exact, output scale = input scale).
-* avgpool: acc = the int32 sum of the int8 window (padding adds 0), y_q = requantize(acc,
-  scale, shift) with scale / 2**shift ~= 1 / count, count = the kernel size, or the number of
-  non-padding elements when count_include_pad is off. That is round-half-up of acc / count
-  exactly whenever count is odd or a power of two; for other counts an exact tie acc / count =
-  n + 1/2 may round either way (the multiplier is within 2**-16 of 1/count).
+  acc = sum x_q W_q + b_q in int32 (gemm: over the last axis of x [B, ..., K]; conv: over
+  each window's taps, dilated, and the C / group channels of the output's group),
+  y_q = requantize(acc, scale, shift, relu) with scale / 2**shift ~= s_x s_W / s_y
+  (`requant_params`: scale < 2**16, shift <= 47). A relu that is the only consumer of a
+  gemm/conv/add output is fused into it (`relu=True`, the output scale is the relu output's).
+* add, on the vector unit in FP32 (`d1tile.sw.vector_kernels.reference_add`):
+  y_q = int8(FP32(a_q) x FP32(s_a / s_y) + FP32(b_q) x FP32(s_b / s_y)), or + FP32(c / s_y)
+  for a constant c, each operation rounded to FP32, relu if fused, then rounded to nearest
+  even and saturated.
+* maxpool: max of int8 windows (strides, dilations, ceil_mode), padding never wins (exact,
+  output scale = input scale).
+* avgpool, on the vector unit in FP32 (`reference_pool`): the FP32 sum of the window's int8
+  taps inside the input (exact) times FP32(1 / divisor), rounded to nearest even; the divisor
+  is the number of taps inside the input, or with count_include_pad inside the padded extent
+  (`d1tile.sw.conv.WindowGeometry.divisor`). Output scale = input scale.
 * relu alone: max(x_q, 0); flatten / reshape: the same int8 values.
 * softmax runs on the host, on the dequantised tile outputs (`run_quantized`).
 
@@ -44,12 +47,11 @@ from math import floor, prod
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.sim.vector import requantize, SCALE_BITS
 from d1tile.sw.errors import CompileError
-from d1tile.sw.ir import OPS, Graph, Node
+from d1tile.sw.ir import OPS, Graph, Node, window_out
 
 
 __all__ = [
@@ -71,8 +73,10 @@ rounding term and the exact product well inside int64)."""
 # --- inputs ------------------------------------------------------------------------------------
 
 def _input_arrays(graph: Graph, inputs) -> dict[str, np.ndarray]:
-    """Graph input name -> array. `inputs` is an array (single-input graphs) or a dict. The
-    batch (dim 0) may be any size; the other dims must match the graph's."""
+    """Graph input name -> array in the graph's shape. `inputs` is an array (single-input
+    graphs) or a dict. The batch (dim 0) may be any size; the other dims must match the
+    graph's up to axes of size 1, which never reorder data (an ONNX signal [B, C, L] feeds the
+    IR's [B, C, 1, L] input)."""
     if not isinstance(inputs, dict):
         if len(graph.inputs) != 1:
             raise ValueError(f"graph '{graph.name}' has inputs {graph.inputs}: pass a dict")
@@ -83,10 +87,11 @@ def _input_arrays(graph: Graph, inputs) -> dict[str, np.ndarray]:
             raise ValueError(f"input '{name}' is missing")
         x = np.asarray(inputs[name])
         want = graph.tensors[name].shape[1:]
-        if x.shape[1:] != want or x.ndim < 1 or x.shape[0] < 1:
+        squeezed = lambda dims: tuple(d for d in dims if d != 1)
+        if x.ndim < 1 or x.shape[0] < 1 or squeezed(x.shape[1:]) != squeezed(want):
             raise ValueError(f"input '{name}' has shape {list(x.shape)}; expected [batch, "
                              f"{', '.join(map(str, want))}]")
-        arrays[name] = x
+        arrays[name] = x.reshape((len(x),) + tuple(want))
     return arrays
 
 
@@ -96,24 +101,70 @@ def _batched(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
 
 # --- windows: one definition for both references ----------------------------------------------
 
+def _axis_taps(size: int, kernel: int, stride: int, lo: int, dilation: int,
+               count: int) -> tuple[np.ndarray, np.ndarray]:
+    """[count, kernel] input index of each window's taps along one axis (clipped into the
+    input) and whether it is inside the input."""
+    index = (np.arange(count)[:, None] * stride - lo + np.arange(kernel)[None, :] * dilation)
+    inside = (index >= 0) & (index < size)
+    return np.clip(index, 0, size - 1), inside
+
+
+def _window_sizes(attrs: dict, hw, kernel) -> tuple[int, int]:
+    (sh, sw), (pt, pl, pb, pr) = attrs["strides"], attrs["pads"]
+    dh, dw = attrs.get("dilations", (1, 1))
+    ceil_mode = bool(attrs.get("ceil_mode", False))
+    return (window_out(hw[0], kernel[0], sh, pt, pb, dh, ceil_mode),
+            window_out(hw[1], kernel[1], sw, pl, pr, dw, ceil_mode))
+
+
 def windows(x: np.ndarray, attrs: dict, kernel, pad_value) -> np.ndarray:
-    """[B, C, OH, OW, kh, kw] windows of NCHW `x` padded with `pad_value`, strided."""
-    pt, pl, pb, pr = attrs["pads"]
-    sh, sw = attrs["strides"]
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
-    return sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::sh, ::sw]
+    """[B, C, OH, OW, kh, kw] windows of NCHW `x`: the taps of each window (strides, pads,
+    dilations, ceil_mode from `attrs`; `d1tile.sw.ir.window_out` counts them), `pad_value`
+    wherever a tap falls outside the input (the padding, and beyond it in ceil mode)."""
+    (kh, kw), (sh, sw), (pt, pl, _, _) = kernel, attrs["strides"], attrs["pads"]
+    dh, dw = attrs.get("dilations", (1, 1))
+    oh, ow = _window_sizes(attrs, x.shape[2:], kernel)
+    rows, row_in = _axis_taps(x.shape[2], kh, sh, pt, dh, oh)       # [OH, kh]
+    cols, col_in = _axis_taps(x.shape[3], kw, sw, pl, dw, ow)       # [OW, kw]
+    taps = x[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # B, C, OH, OW, kh, kw
+    inside = row_in[:, None, :, None] & col_in[None, :, None, :]
+    return np.where(inside, taps, np.asarray(pad_value, dtype=taps.dtype))
 
 
 def _window_counts(hw: tuple[int, int], attrs: dict) -> np.ndarray:
-    """[OH, OW] number of non-padding elements in each pooling window."""
-    ones = np.ones((1, 1) + tuple(hw), np.int64)
-    return windows(ones, attrs, attrs["kernel"], 0).sum(axis=(-2, -1))[0, 0]
+    """[OH, OW] divisor of each average-pooling window: its taps inside the input, or with
+    count_include_pad those inside the padded extent [-pads_begin, size + pads_end) (ONNX's
+    rule: the taps beyond it that ceil_mode adds never count)."""
+    kernel = attrs["kernel"]
+    (sh, sw), (pt, pl, pb, pr) = attrs["strides"], attrs["pads"]
+    dh, dw = attrs.get("dilations", (1, 1))
+    oh, ow = _window_sizes(attrs, hw, kernel)
+    include = bool(attrs.get("count_include_pad", False))
+    counts = []
+    for size, k, s, d, lo, hi, n in ((hw[0], kernel[0], sh, dh, pt, pb, oh),
+                                     (hw[1], kernel[1], sw, dw, pl, pr, ow)):
+        # taps of the padded axis [0, lo + size + hi), or of the input [lo, lo + size)
+        _, inside = _axis_taps(size + lo + hi if include else size, k, s,
+                               0 if include else lo, d, n)
+        counts.append(inside.sum(axis=1))
+    return counts[0][:, None] * counts[1][None, :]
 
 
 def _conv_product(x: np.ndarray, w: np.ndarray, attrs: dict, pad_value=0) -> np.ndarray:
+    """sum over each window's taps and the group's input channels of x w: x [B, C, H, W],
+    w [O, C / group, kh, kw] -> [B, O, OH, OW]; exact for int64 arrays (integer products and
+    sums), float64 otherwise."""
+    group = int(attrs.get("group", 1))
     win = windows(x, attrs, w.shape[2:], pad_value)            # B, C, OH, OW, kh, kw
-    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))     # B, OH, OW, O
-    return out.transpose(0, 3, 1, 2)
+    if group == 1:
+        out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))     # B, OH, OW, O
+        return out.transpose(0, 3, 1, 2)
+    b, c, oh, ow, kh, kw = win.shape
+    win = win.reshape(b, group, c // group, oh, ow, kh, kw)
+    wg = w.reshape(group, w.shape[0] // group, c // group, kh, kw)
+    out = np.einsum("bgcyxij,gocij->bgoyx", win, wg)
+    return out.reshape(b, w.shape[0], oh, ow)
 
 
 # --- the float reference -----------------------------------------------------------------------
@@ -125,8 +176,6 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _float_avgpool(node, x, consts):
     win = windows(x, node.attrs, node.attrs["kernel"], 0.0).sum(axis=(-2, -1))
-    if node.attrs["count_include_pad"]:
-        return win / prod(node.attrs["kernel"])
     return win / _window_counts(x.shape[2:], node.attrs)
 
 
@@ -171,13 +220,15 @@ def _max_scale(array: np.ndarray) -> float:
 
 def calibrate(graph: Graph, calib_inputs) -> dict[str, float]:
     """Per-tensor symmetric scales: tensor name -> max|t| / 127 over `calib_inputs` (run through
-    `run_float`) for every activation, and max|W| / 127 for every gemm/conv weight. A tensor that
-    is zero everywhere gets scale 1."""
+    `run_float`) for every activation, and max|W| / 127 for every gemm/conv weight (a tensor
+    that is zero everywhere gets scale 1); except that a scale the graph carries
+    (`Graph.quant_scales`: a QDQ model's own) is taken as it is."""
     values = run_float(graph, calib_inputs, keep=True)
     scales = {name: _max_scale(v) for name, v in values.items()}
     for node in graph.nodes:
         if node.op in ("gemm", "conv"):
             scales[node.inputs[1]] = _max_scale(graph.initializers[node.inputs[1]])
+    scales.update(graph.quant_scales)
     return scales
 
 
@@ -307,17 +358,19 @@ class _Quantizer:
 
     def calibrated_scale(self, name: str) -> float:
         if name not in self.calibrated:
-            raise CompileError(f"tensor '{name}': no calibrated scale (run calibrate() on the "
-                               "graph being quantised)")
+            raise CompileError(f"tensor '{name}': no int8 scale (the model's Q/DQ pairs give "
+                               "none for it and no calibration inputs were given)")
         s = float(self.calibrated[name])
         if not (np.isfinite(s) and s > 0):
             raise CompileError(f"tensor '{name}': scale {s} must be positive and finite")
         return s
 
     def weight(self, node: Node) -> tuple[np.ndarray, float]:
+        """W_q and s_W: the scale given, else the graph's own (`quant_scales`), else
+        max|W| / 127."""
         name = node.inputs[1]
         w = self.graph.initializers[name]
-        s_w = float(self.calibrated.get(name, _max_scale(w)))
+        s_w = float(self.calibrated.get(name, self.graph.quant_scales.get(name, _max_scale(w))))
         return np.clip(np.rint(w / s_w), -INT8_MAX, INT8_MAX).astype(np.int8), s_w
 
     def int32(self, node: Node, values: np.ndarray, worst_acc: int, what: str) -> np.ndarray:

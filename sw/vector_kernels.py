@@ -202,36 +202,62 @@ def _check_same(name, a, b) -> None:
                            f"{a.dtype.name}/{b.dtype.name})")
 
 
-def _out_region(kb, name, node, words, what) -> int:
-    from d1tile.sw.kernels import STAGE
-    addr, = kb._place(f"layer {name!r}", node, [(f"{name}: {what}", words, STAGE)])
-    return addr
-
-
-def _gather(kb, plan, layout, needs) -> tuple[dict, dict, dict]:
-    """Messages that put words of `layout` where `needs` wants them: `needs` maps node ->
-    [(block, lo, hi)]: the node wants words [lo, hi) of block j. Returns (where, sends,
-    receives): where[(node, j, lo)] = the address of those words on the node (held there
-    already, or a staging region the messages fill), sends[node] = [(src, n, to, dst,
-    counter)], receives[node] = {counter: messages}."""
-    from d1tile.sw.kernels import MAX_SEND_WORDS, OPERAND, segment_holders
-    cols = kb.cfg.cols
-    where, sends, receives = {}, {}, {}
+def _missing(layout, needs) -> tuple[dict, dict]:
+    """Which of the words `needs` wants (node -> [(block, lo, hi)]) the node holds itself:
+    (where, missing): where[(node, j, lo)] = their address on the node, missing[node] =
+    [(j, lo, hi)] that must be sent to it."""
+    where, missing = {}, {}
     for node, wanted in needs.items():
-        missing = []
         for j, lo, hi in wanted:
             for seg in layout.segments.get(node, ()):
                 if seg.block == j and seg.k0 <= lo and hi <= seg.k1:
                     where[(node, j, lo)] = seg.addr + lo - seg.k0
                     break
             else:
-                missing.append((j, lo, hi))
-        if not missing:
-            continue
-        size = sum(hi - lo for _, lo, hi in missing)
-        base, = kb._place(plan.where, node, [(f"{plan.name}: {layout.name} staging", size,
-                                              OPERAND)])
-        for j, lo, hi in missing:
+                missing.setdefault(node, []).append((j, lo, hi))
+    return where, missing
+
+
+def _place(kb, plan, requests: dict, compute) -> dict:
+    """Place every node's regions of a vector layer (`requests`: node -> [(part, words, cls,
+    host)]) and the FP32 scratch of the nodes in `compute` that have none yet, all or nothing,
+    with the builder's reuse of dead regions behind a barrier when they do not fit
+    (`KernelBuilder._with_reuse`). Returns node -> {part: address}."""
+    from d1tile.sw.kernels import VACC, VTMP
+    size = piece(kb.cfg)
+    scratch = {}
+
+    def attempt():
+        scratch.clear()
+        placed = {}
+        for node in sorted(set(requests) | set(compute)):
+            reqs = [(f"{plan.name}: {part}", words, cls, host)
+                    for part, words, cls, host in requests.get(node, ())]
+            if node in compute and node not in kb._scratch:
+                reqs += [("vector ACC", size, VACC, False), ("vector TMP", size, VTMP, False)]
+            addrs = kb._place(plan.where, node, reqs) if reqs else []
+            parts = [part for part, *_ in requests.get(node, ())]
+            placed[node] = dict(zip(parts, addrs))
+            if len(addrs) > len(parts):
+                scratch[node] = tuple(addrs[len(parts):])
+        return placed
+
+    placed = kb._with_reuse(attempt)
+    kb._scratch.update(scratch)
+    return placed
+
+
+def _gather(kb, plan, layout, where, missing, staging) -> tuple[dict, dict]:
+    """The messages that fill each node's staging region (`staging[node]`) with the words it
+    misses (`_missing`), from their holders (`segment_holders`, one counter per sending row):
+    (sends[node] = [(src, n, to, dst, counter)], receives[node] = {counter: messages}); adds
+    the staged words to `where`."""
+    from d1tile.sw.kernels import MAX_SEND_WORDS, segment_holders
+    cols = kb.cfg.cols
+    sends, receives = {}, {}
+    for node, wanted in missing.items():
+        base = staging[node]
+        for j, lo, hi in wanted:
             where[(node, j, lo)] = base
             for holder, k0, k1, addr in segment_holders(layout, node[0], j):
                 a, b = max(k0, lo), min(k1, hi)
@@ -244,7 +270,7 @@ def _gather(kb, plan, layout, needs) -> tuple[dict, dict, dict]:
                     got[counter] = got.get(counter, 0) + 1
                     plan.messages += 1
             base += hi - lo
-    return where, sends, receives
+    return sends, receives
 
 
 def _prologue(kb, plan, layouts, sends, receives) -> dict:
@@ -286,7 +312,7 @@ def add_layer(kb, name: str, a, b=None, *, const=None, qa: float = 1.0, qb: floa
     """y = pack(FP32(a) x qa + FP32(b) x qb), or + `const` (one float per feature of a, in
     its stored order, broadcast over the batch), ReLU with `relu` (`reference_add`). Returns
     the output `ActivationLayout` (a's layout, in new regions) and the plan."""
-    from d1tile.sw.kernels import STAGE, ActivationLayout, Segment
+    from d1tile.sw.kernels import OPERAND, STAGE, ActivationLayout, Segment
     kb._check_open(name)
     where_ = f"layer {name!r}"
     if (b is None) == (const is None) and not relu:
@@ -304,29 +330,38 @@ def add_layer(kb, name: str, a, b=None, *, const=None, qa: float = 1.0, qb: floa
     g = _elements(a.dtype)
     n = kb.cfg.mac_dim
     _register_fed(kb, a)
-    needs = {}
+    where, missing = {}, {}
     if b is not None:
         _register_fed(kb, b)
-        needs = {node: [(s.block, s.k0, s.k1) for s in segs] for node, segs in a.segments.items()}
-    where, sends, receives = _gather(kb, plan, b, needs) if b is not None else ({}, {}, {})
+        where, missing = _missing(b, {node: [(s.block, s.k0, s.k1) for s in segs]
+                                      for node, segs in a.segments.items()})
+    ranges = {node: sorted({(s.k0, s.k1) for s in segs}) for node, segs in a.segments.items()}
+    requests = {}
+    for node, segs in a.segments.items():
+        reqs = [("output", sum(s.words for s in segs), STAGE, False)]
+        if node in missing:
+            reqs.append((f"{b.name} staging", sum(hi - lo for _, lo, hi in missing[node]),
+                         OPERAND, False))
+        if const is not None:        # FP32 words, one per element of each distinct k-range
+            reqs += [(f"constant {k0}", (k1 - k0) * g, STAGE, True) for k0, k1 in ranges[node]]
+        requests[node] = reqs
+    placed = _place(kb, plan, requests, set(a.segments))
+    sends, receives = ({}, {}) if b is None else _gather(
+        kb, plan, b, where, missing, {node: placed[node][f"{b.name} staging"] for node in missing})
+    kb._barrier_due()
     emitters = _prologue(kb, plan, [a] + ([b] if b is not None else []), sends, receives)
     segments = {}
+    size = piece(kb.cfg)
     for node, segs in sorted(a.segments.items()):
         e = emitters[node]
         acc, tmp = e.scratch
-        words = sum(s.words for s in segs)
-        out = _out_region(kb, name, node, words, "output")
         consts = {}
-        if const is not None:        # FP32 words, one per element of each distinct k-range
-            for s in segs:
-                if (s.k0, s.k1) not in consts:
-                    bits = numerics.f32_bits(const[s.k0 * g:s.k1 * g])
-                    cw = [word_from_lanes([int(v)] * n) for v in bits]
-                    addr, = kb._place(where_, node, [(f"{name}: constant", len(cw), STAGE)])
-                    kb.tp.load(node, addr, cw)
-                    consts[(s.k0, s.k1)] = addr
-        at, outs = out, []
-        size = piece(kb.cfg)
+        for k0, k1 in ranges[node] if const is not None else ():
+            addr = placed[node][f"constant {k0}"]
+            bits = numerics.f32_bits(const[k0 * g:k1 * g])
+            kb.tp.load(node, addr, [word_from_lanes([int(v)] * n) for v in bits])
+            consts[(k0, k1)] = addr
+        at, outs = placed[node]["output"], []
         for s in segs:
             elements = s.words * g
             for e0 in range(0, elements, size):
@@ -346,6 +381,7 @@ def add_layer(kb, name: str, a, b=None, *, const=None, qa: float = 1.0, qb: floa
         segments[node] = tuple(outs)
     for e in emitters.values():
         e.done()
+    kb._retire_layer(plan)
     kb.layers.append(plan)
     return ActivationLayout(kb.cfg, name, a.batch, a.features, a.kwords, a.blocks, segments,
                             a.dtype), plan
@@ -360,7 +396,7 @@ def pool_layer(kb, name: str, x, geom: WindowGeometry, rows: int | None = None):
     """A max or average pool of the image `x` (`geom`: its window; the output keeps the
     stored channels `geom.cp`) on the vector unit (`reference_pool`). Returns the output
     image `ActivationLayout` and the plan."""
-    from d1tile.sw.kernels import ActivationLayout, Segment
+    from d1tile.sw.kernels import OPERAND, STAGE, ActivationLayout, Segment
     kb._check_open(name)
     cfg = kb.cfg
     where_ = f"layer {name!r}"
@@ -384,7 +420,16 @@ def pool_layer(kb, name: str, x, geom: WindowGeometry, rows: int | None = None):
                 spans[(col, y)] = (r0, r1)
                 needs[(col, y)] = [(j, r0 * row_words, r1 * row_words) for j in range(j0, j1)]
     _register_fed(kb, x)
-    where, sends, receives = _gather(kb, plan, x, needs)
+    where, missing = _missing(x, needs)
+    requests = {node: [("output", len(wanted) * (split[node[1]][1] - split[node[1]][0]) * cwi,
+                        STAGE, False)]
+                + ([(f"{x.name} staging", sum(hi - lo for _, lo, hi in missing[node]), OPERAND,
+                     False)] if node in missing else [])
+                for node, wanted in needs.items()}
+    placed = _place(kb, plan, requests, set(needs))
+    sends, receives = _gather(kb, plan, x, where, missing,
+                              {node: placed[node][f"{x.name} staging"] for node in missing})
+    kb._barrier_due()
     emitters = _prologue(kb, plan, [x], sends, receives)
     size = piece(cfg)
     pieces = [(c0, min(geom.cp, c0 + size)) for c0 in range(0, geom.cp, size)]
@@ -394,7 +439,7 @@ def pool_layer(kb, name: str, x, geom: WindowGeometry, rows: int | None = None):
         acc, tmp = e.scratch
         q0, q1 = split[node[1]]
         r0 = spans[node][0]
-        out = _out_region(kb, name, node, len(wanted) * (q1 - q0) * cwi, "output")
+        out = placed[node]["output"]
         outs = []
         for k, (j, lo, _) in enumerate(wanted):
             base = where[(node, j, lo)]
@@ -415,6 +460,7 @@ def pool_layer(kb, name: str, x, geom: WindowGeometry, rows: int | None = None):
         segments[node] = tuple(outs)
     for e in emitters.values():
         e.done()
+    kb._retire_layer(plan)
     kb.layers.append(plan)
     blocks = x.blocks
     return ActivationLayout(cfg, name, x.batch, geom.positions * geom.cp,

@@ -344,6 +344,289 @@ def test_later_opsets_are_accepted():
                        {"x": rand(1, 2, 4, 4)})
 
 
+# --- convolutions and pools: groups, dilations, ceil_mode, 1-D signals ---------------------------
+
+def check_against_onnxruntime(model, feeds: dict) -> Graph:
+    """load_onnx + run_float agree with onnxruntime (an independent executor) on `feeds`."""
+    import onnxruntime
+    graph = load_onnx(model)
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    got = run_float(graph, feeds)
+    for vi, expected in zip(model.graph.output, session.run(None, feeds)):
+        assert got[vi.name].shape == expected.shape
+        np.testing.assert_allclose(got[vi.name], expected, rtol=1e-5, atol=1e-5)
+    return graph
+
+
+def check_against_both(model, feeds: dict) -> Graph:
+    """`check_against_onnx` and `check_against_onnxruntime`."""
+    check_against_onnxruntime(model, feeds)
+    return check_against_onnx(model, feeds)
+
+
+@pytest.mark.parametrize("attrs,w_shape", [
+    ({"dilations": [2, 3]}, (4, 6, 3, 3)),
+    ({"group": 3, "pads": [1, 1, 1, 1]}, (6, 2, 3, 3)),
+    ({"group": 6}, (6, 1, 3, 3)),                                           # depthwise
+    ({"group": 6, "pads": [1, 0, 1, 2], "dilations": [2, 1], "strides": [2, 1]},
+     (12, 1, 3, 3)),                                                        # depthwise, x2
+    ({"group": 2, "auto_pad": "SAME_LOWER", "strides": [2, 2]}, (4, 3, 2, 3)),
+])
+def test_conv_groups_and_dilations(attrs, w_shape):
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **attrs)
+    model = make_model([node], {"x": [2, 6, 9, 8]}, {"W": rand(*w_shape), "B": rand(w_shape[0])})
+    graph = check_against_both(model, {"x": rand(2, 6, 9, 8)})
+    assert ops(graph) == ["conv"]
+    conv = graph.nodes[0]
+    assert conv.attrs.get("group", 1) == attrs.get("group", 1)
+    assert conv.attrs.get("dilations", (1, 1)) == tuple(attrs.get("dilations", (1, 1)))
+
+
+POOL_WINDOWS = [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [2, 2], "dilations": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
+     "dilations": [2, 1]},
+    # ONNX 1.23's shape inference keeps a last window that starts in the end padding (width 4);
+    # onnx.reference and onnxruntime drop it (3), as the compiler does
+    {"kernel_shape": [3, 2], "strides": [3, 3], "pads": [1, 0, 1, 1], "ceil_mode": 1},
+]
+
+
+@pytest.mark.parametrize("op,attrs", [("MaxPool", a) for a in POOL_WINDOWS]
+                         + [("AveragePool", a) for a in POOL_WINDOWS]
+                         + [("AveragePool", {**a, "count_include_pad": 1})
+                            for a in POOL_WINDOWS[2:]])
+def test_pools_with_dilations_and_ceil_mode(op, attrs):
+    """Checked with a node after the pool, so that the shape cross-check goes on past a pool
+    whose shape ONNX's shape inference gets wrong. (AveragePool has dilations from opset 19.)"""
+    node = helper.make_node(op, ["x"], ["p"], name="pool", **attrs)
+    relu = helper.make_node("Relu", ["p"], ["y"], name="after")
+    graph = check_against_both(make_model([node, relu], {"x": [2, 3, 9, 8]}, opset=19),
+                               {"x": rand(2, 3, 9, 8)})
+    pool = graph.nodes[0]
+    assert pool.attrs.get("ceil_mode", False) == bool(attrs.get("ceil_mode", 0))
+    assert pool.attrs.get("dilations", (1, 1)) == tuple(attrs.get("dilations", (1, 1)))
+
+
+def test_1d_network_is_2d_with_height_1():
+    """Signals [B, C, L]: a Conv 1-D, BatchNormalization, a bias Add, Relu, MaxPool 1-D, a
+    dilated depthwise Conv 1-D, AveragePool 1-D with ceil_mode, Flatten and Gemm. The IR holds
+    the signal as [B, C, 1, L] from the graph input on (same data, same order)."""
+    r = np.random.default_rng(3)
+    f = lambda *s: r.standard_normal(s).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["n1"], name="bn"),
+        helper.make_node("Add", ["n1", "b1"], ["a1"], name="bias1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2], strides=[2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="dw", group=4, pads=[2, 2],
+                         dilations=[2]),
+        helper.make_node("AveragePool", ["c2"], ["p2"], name="pool2", kernel_shape=[3],
+                         strides=[2], ceil_mode=1),
+        helper.make_node("Flatten", ["p2"], ["fl"], name="flat"),
+        helper.make_node("Gemm", ["fl", "fw"], ["y"], name="fc", transB=1)]
+    inits = {"w1": f(4, 3, 3), "b1": f(4, 1), "s": f(4) + 2, "bb": f(4), "m": f(4),
+             "v": r.random(4).astype(np.float32) + 0.5, "w2": f(4, 1, 3), "b2": f(4),
+             "fw": f(5, 16)}
+    graph = check_against_both(make_model(nodes, {"x": [2, 3, 16]}, inits, opset=19),
+                               {"x": rand(2, 3, 16)})
+    assert ops(graph) == ["conv", "relu", "maxpool", "conv", "avgpool", "flatten", "gemm"]
+    assert graph.tensors["x"].shape == (2, 3, 1, 16)
+    assert graph.tensors["p2"].shape == (2, 4, 1, 4)
+    assert graph.initializers[graph.nodes[3].inputs[1]].shape == (4, 1, 1, 3)
+    assert graph.nodes[3].attrs == {"strides": (1, 1), "pads": (0, 2, 0, 2),
+                                    "dilations": (1, 2), "group": 4}
+    assert graph.nodes[2].attrs["kernel"] == (1, 2)
+    # The reference takes the ONNX signal as it is, or as the IR's [B, C, 1, L].
+    x = rand(5, 3, 16)
+    np.testing.assert_array_equal(run_float(graph, x)["y"],
+                                  run_float(graph, x.reshape(5, 3, 1, 16))["y"])
+
+
+def test_1d_signal_outputs_and_readers_that_need_its_shape():
+    """A 1-D Conv's output that is a graph output ends in a reshape to its ONNX shape; a
+    Softmax (which needs the ONNX shape) reads it through one; a signal computed by a Reshape
+    is lifted through one; GlobalAveragePool of a signal is [B, C, 1]."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["sig"], name="rs"),
+             helper.make_node("Conv", ["sig", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Softmax", ["r"], ["y"], name="sm", axis=-1)]
+    model = make_model(nodes, {"x": [2, 12]}, {"shape": np.array([2, 3, 4], np.int64),
+                                               "w": rand(2, 3, 3)}, outputs=("c", "g", "y"))
+    graph = check_against_both(model, {"x": rand(2, 12)})
+    assert graph.outputs == ["c", "g", "y"]
+    assert [graph.tensors[o].shape for o in graph.outputs] == [(2, 2, 2), (2, 2, 1), (2, 2, 2)]
+    assert ops(graph) == ["reshape", "reshape", "conv", "relu", "avgpool", "reshape", "softmax",
+                          "reshape", "reshape"]
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [3], "strides": [2], "pads": [1, 1], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3], "strides": [2], "pads": [1, 0], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [2], "dilations": [3], "count_include_pad": 1,
+                     "pads": [1, 1]}),
+    ("GlobalAveragePool", {}),
+])
+def test_1d_pools(op, attrs):
+    node = helper.make_node(op, ["x"], ["y"], name="pool", **attrs)
+    graph = check_against_both(make_model([node], {"x": [2, 3, 11]}, opset=19),
+                               {"x": rand(2, 3, 11)})
+    assert ops(graph) == ["maxpool" if op == "MaxPool" else "avgpool", "reshape"]
+
+
+def test_1d_global_maxpool():
+    """Against onnxruntime only: onnx.reference's GlobalMaxPool of a [B, C, L] input is [B, 1]
+    (ONNX shape inference and onnxruntime: [B, C, 1])."""
+    node = helper.make_node("GlobalMaxPool", ["x"], ["y"], name="pool")
+    graph = check_against_onnxruntime(make_model([node], {"x": [2, 3, 11]}),
+                                      {"x": rand(2, 3, 11)})
+    assert graph.tensors["y"].shape == (2, 3, 1)
+
+
+# --- MatMul with leading dimensions, Flatten axes ------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 3, 6), (2, 2, 3, 6)])
+def test_matmul_with_leading_dims_is_one_gemm(shape):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="bias")]
+    model = make_model(nodes, {"x": list(shape)}, {"W": rand(6, 5), "b": rand(5)})
+    graph = check_against_both(model, {"x": rand(*shape)})
+    assert ops(graph) == ["gemm"] and graph.tensors["y"].shape == shape[:-1] + (5,)
+    np.testing.assert_array_equal(graph.initializers[graph.nodes[0].inputs[2]],
+                                  numpy_helper.to_array(model.graph.initializer[1]))
+
+
+def test_batchnorm_after_matmul_with_leading_dims_is_refused():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+             helper.make_node("BatchNormalization", ["m", "s", "b", "mu", "v"], ["y"], name="bn")]
+    inits = {"W": rand(6, 5), "s": rand(3), "b": rand(3), "mu": rand(3), "v": rand(3) ** 2 + 1}
+    reject(make_model(nodes, {"x": [2, 3, 6]}, inits),
+           r"^node 'bn' \(BatchNormalization\): its input 'm' \[2, 3, 5\] is a MatMul's over the "
+           r"last axis")
+
+
+@pytest.mark.parametrize("shape,axis,out", [
+    ((2, 3, 4), -2, (2, 12)),
+    ((2, 1, 4, 5), 2, (2, 20)),
+    ((2, 1, 1, 5), -1, (2, 5)),
+    ((2, 3, 4, 5), 1, (2, 60)),
+])
+def test_flatten_axes_that_keep_the_batch(shape, axis, out):
+    node = helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=axis)
+    graph = check_against_both(make_model([node], {"x": list(shape)}), {"x": rand(*shape)})
+    assert ops(graph) == ["flatten"] and graph.tensors["y"].shape == out
+
+
+def test_graph_api_groups_dilations_and_ceil_mode_match_onnx():
+    """GraphBuilder's dilations=, groups= and ceil_mode= give the IR the ONNX front end gives;
+    attributes at their defaults are left out of both."""
+    w1, w2 = rand(6, 1, 3, 3), rand(4, 3, 1, 1)
+    g = GraphBuilder("g")
+    x = g.input("x", (2, 6, 9, 9))
+    h = g.conv(x, w1, groups=6, dilations=2, pads=2, name="dw")
+    h = g.maxpool(h, 3, strides=2, ceil_mode=True, name="mp")
+    h = g.conv(h, w2, groups=2, name="pw")
+    y = g.avgpool(h, 2, strides=1, dilations=(1, 2), pads=(0, 1), name="ap")
+    built = g.build([y])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["dw"], name="dw", group=6,
+                              dilations=[2, 2], pads=[2, 2, 2, 2]),
+             helper.make_node("MaxPool", ["dw"], ["mp"], name="mp", kernel_shape=[3, 3],
+                              strides=[2, 2], ceil_mode=1),
+             helper.make_node("Conv", ["mp", "w2"], ["pw"], name="pw", group=2),
+             helper.make_node("AveragePool", ["pw"], ["y"], name="ap", kernel_shape=[2, 2],
+                              dilations=[1, 2], pads=[0, 1, 0, 1])]
+    imported = check_against_both(make_model(nodes, {"x": [2, 6, 9, 9]}, {"w1": w1, "w2": w2},
+                                             opset=19), {"x": rand(2, 6, 9, 9)})
+    assert [n.attrs for n in built.nodes] == [n.attrs for n in imported.nodes]
+    assert set(built.nodes[2].attrs) == {"strides", "pads", "group"}
+    x = rand(3, 6, 9, 9)
+    np.testing.assert_allclose(run_float(built, x)[y.name], run_float(imported, x)["y"])
+
+
+# --- QDQ models: Q/DQ pairs become scales ------------------------------------------------------
+
+def qdq_model(change: dict | None = None):
+    """x [2, 4] -> QuantizeLinear/DequantizeLinear -> MatMul by DequantizeLinear(int8 W) ->
+    Q/DQ -> y: symmetric int8 per tensor, with `change` replacing nodes (by name) or
+    initializers."""
+    change = change or {}
+    inits = {"x_s": np.float32(0.02), "x_z": np.int8(0), "w_q": RNG.integers(-127, 128, (4, 3),
+             dtype=np.int8), "w_s": np.float32(0.01), "w_z": np.int8(0),
+             "y_s": np.float32(0.05), "y_z": np.int8(0)}
+    nodes = {
+        "qx": helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"], name="qx"),
+        "dqx": helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"], name="dqx"),
+        "dqw": helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="dqw"),
+        "mm": helper.make_node("MatMul", ["xd", "w"], ["m"], name="mm"),
+        "qy": helper.make_node("QuantizeLinear", ["m", "y_s", "y_z"], ["yq"], name="qy"),
+        "dqy": helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"], name="dqy")}
+    for key, value in change.items():
+        (nodes if key in nodes else inits)[key] = value
+    return make_model(list(nodes.values()), {"x": [2, 4]},
+                      {k: np.asarray(v) for k, v in inits.items()}, opset=19)
+
+
+def test_qdq_pairs_become_scales_and_weights_floats():
+    """The float graph of a QDQ model: its weights dequantised, its activations float (their
+    Q/DQ pairs become `quant_scales`), so it differs from the QDQ model's own output only by
+    the activations' rounding: s_y / 2 + (s_x / 2) sum |w|."""
+    model = qdq_model()
+    graph = load_onnx(model)
+    assert ops(graph) == ["gemm"] and graph.inputs == ["x"] and graph.outputs == ["y"]
+    w = graph.nodes[0].inputs[1]
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = consts["w_q"] * np.float32(0.01)
+    np.testing.assert_array_equal(graph.initializers[w], weights)
+    assert graph.quant_scales == {"x": np.float32(0.02), "y": np.float32(0.05),
+                                  w: np.float32(0.01)}
+    x = rand(2, 4) * 0.3
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_float(graph, x)["y"], x @ weights, rtol=1e-5, atol=1e-6)
+    bound = 0.05 / 2 + 0.02 / 2 * np.abs(weights).sum(axis=0)
+    assert np.all(np.abs(run_float(graph, x)["y"] - want) <= bound + 1e-6)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"w_s": np.full(3, 0.01, np.float32), "dqw": helper.make_node(
+        "DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="dqw", axis=1),
+      "w_z": np.zeros(3, np.int8)},
+     r"^node 'dqw' \(DequantizeLinear\): per-channel scales \(3 values along axis 1\) are not "
+     r"supported"),
+    ({"x_z": np.uint8(0)}, r"^node 'qx' \(QuantizeLinear\): a uint8 zero point is asymmetric "
+                           r"quantisation"),
+    ({"y_z": np.int8(3)}, r"^node 'qy' \(QuantizeLinear\): zero point 3 is asymmetric "
+                          r"quantisation, which is not supported"),
+    ({"qx": helper.make_node("QuantizeLinear", ["x", "x_s"], ["xq"], name="qx"),
+      "dqx": helper.make_node("DequantizeLinear", ["xq", "x_s"], ["xd"], name="dqx")},
+     r"^node 'qx' \(QuantizeLinear\): without a zero point ONNX quantises to uint8"),
+    ({"w_q": RNG.integers(0, 255, (4, 3), dtype=np.uint8), "w_z": np.uint8(128)},
+     r"^node 'dqw' \(DequantizeLinear\): input x \('w_q'\) is uint8: asymmetric quantisation"),
+    ({"dqx": helper.make_node("DequantizeLinear", ["xq", "y_s", "x_z"], ["xd"], name="dqx")},
+     r"^node 'dqx' \(DequantizeLinear\): its scale 0.05 differs from QuantizeLinear 'qx''s 0.02"),
+    ({"w_q": np.full((4, 3), -128, np.int8)},
+     r"^node 'mm' \(MatMul\): its int8 weights reach -128; the tile's weights are symmetric"),
+])
+def test_qdq_refusals(change, message):
+    reject(qdq_model(change), message)
+
+
+def test_qdq_quantize_read_by_anything_but_dequantize_is_refused():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("Identity", ["xq"], ["y"], name="id")]
+    model = make_model(nodes, {"x": [2, 4]}, {"s": np.float32(0.1), "z": np.int8(0)},
+                       outputs={"y": [2, 4]}, check=False)
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT8
+    reject(model, r"^node 'id' \(Identity\): operator Identity is not supported")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], name="q")]
+    model = make_model(nodes, {"x": [2, 4]}, {"s": np.float32(0.1), "z": np.int8(0)})
+    reject(model, r"^node 'q' \(QuantizeLinear\): its output 'y' must be read only by "
+                  r"DequantizeLinear nodes")
+
+
 # --- rejections --------------------------------------------------------------------------------
 
 def reject(model_or_source, match: str, **kw):
@@ -366,12 +649,19 @@ def test_rejected_computed_reshape_shape():
 @pytest.mark.parametrize("node,inputs,inits,message", [
     (helper.make_node("Sigmoid", ["x"], ["y"], name="sig"), {"x": [1, 4]}, {},
      r"^node 'sig' \(Sigmoid\): operator Sigmoid is not supported \(supported: Add, "),
-    (helper.make_node("Conv", ["x", "W"], ["y"], name="conv1", dilations=[2, 2]), X4, W4,
-     r"^node 'conv1' \(Conv\): dilations \[2, 2\] are not supported \(only 1\)$"),
+    (helper.make_node("Conv", ["x", "W"], ["y"], name="conv1", dilations=[2, 2],
+                      auto_pad="SAME_UPPER"), X4, W4,
+     r"^node 'conv1' \(Conv\): auto_pad=SAME_UPPER with dilations \[2, 2\] is not supported "
+     r"\(ONNX implementations pad it differently: give explicit pads\)$"),
+    (helper.make_node("Conv", ["x", "W"], ["y"], name="c", group=2), X4,
+     {"W": rand(4, 1, 3, 3)}, r"^node 'c' \(Conv\): group=2 does not divide the 3 input and "
+                              r"4 output channels$"),
     (helper.make_node("Conv", ["x", "W"], ["y"], name="c", group=3), X4,
-     {"W": rand(3, 1, 3, 3)}, r"^node 'c' \(Conv\): group=3 is not supported"),
-    (helper.make_node("Conv", ["x", "W"], ["y"], name="c1d"), {"x": [1, 3, 6]},
-     {"W": rand(4, 3, 3)}, r"^node 'c1d' \(Conv\): input X has shape \[1, 3, 6\]; only 2-D"),
+     {"W": rand(3, 3, 3, 3)}, r"^node 'c' \(Conv\): weight W \[3, 3, 3, 3\] with group=3 "
+                              r"expects 9 input channels, X has 3$"),
+    (helper.make_node("Conv", ["x", "W"], ["y"], name="c3d"), {"x": [1, 3, 4, 4, 4]},
+     {"W": rand(4, 3, 3, 3, 3)}, r"^node 'c3d' \(Conv\): input X has shape \[1, 3, 4, 4, 4\]; "
+                                 r"only 1-D and 2-D convolutions"),
     (helper.make_node("Conv", ["x", "w"], ["y"], name="dyn_w"), {"x": [1, 3, 6, 6],
      "w": [4, 3, 3, 3]}, {}, r"^node 'dyn_w' \(Conv\): weight W \('w'\) must be a constant"),
     (helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn"),
@@ -379,15 +669,25 @@ def test_rejected_computed_reshape_shape():
      r"^node 'bn' \(BatchNormalization\): its input 'x' must be computed by a Conv or Gemm "
      r"and read by nothing else"),
     (helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", transA=1), {"x": [4, 2]},
-     {"W": rand(4, 3)}, r"^node 'fc' \(Gemm\): transA=1 is not supported"),
+     {"W": rand(4, 3)}, r"^node 'fc' \(Gemm\): transA=1 is not supported \(A\^T B sums over "
+                        r"A's dim 0, the batch: the product would mix samples\)$"),
     (helper.make_node("Gemm", ["x", "W", "C"], ["y"], name="fc"), {"x": [2, 4]},
      {"W": rand(4, 3), "C": rand(2, 3)}, r"^node 'fc' \(Gemm\): input C of shape \[2, 3\]"),
     (helper.make_node("MatMul", ["x", "z"], ["y"], name="mm"), {"x": [1, 4], "z": [4, 4]}, {},
      r"^node 'mm' \(MatMul\): input B \('z'\) must be a constant initializer"),
     (helper.make_node("MatMul", ["x", "W"], ["y"], name="mm3"), {"x": [2, 3, 4]},
-     {"W": rand(4, 4)}, r"^node 'mm3' \(MatMul\): input 0 \('x'\) has shape \[2, 3, 4\]"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], ceil_mode=1),
-     X4, {}, r"^node 'mp' \(MaxPool\): ceil_mode=1 is not supported"),
+     {"W": rand(2, 4, 4)}, r"^node 'mm3' \(MatMul\): input B has shape \[2, 4, 4\]; only a "
+                           r"2-D constant \[K, F\] is supported \(no 1-D or batched B\)$"),
+    (helper.make_node("MatMul", ["x", "W"], ["y"], name="mm1"), {"x": [4]},
+     {"W": rand(4, 4)}, r"^node 'mm1' \(MatMul\): input A \('x'\) has shape \[4\]; a 1-D A "
+                        r"has no batch dimension"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], ceil_mode=1,
+                      auto_pad="SAME_UPPER"),
+     X4, {}, r"^node 'mp' \(MaxPool\): ceil_mode=1 with auto_pad is not supported"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], dilations=[3, 3],
+                      pads=[1, 1, 1, 1]), {"x": [1, 3, 2, 2]}, {},
+     r"^node 'mp' \(MaxPool\): with dilations \[3, 3\] and pads \[1, 1, 1, 1\] some windows "
+     r"hold padding only"),
     (helper.make_node("MaxPool", ["x"], ["y", "i"], name="mp", kernel_shape=[2, 2]), X4, {},
      r"^node 'mp' \(MaxPool\): output\(s\) \['i'\] are not supported"),
     (helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[2, 2],
@@ -398,7 +698,11 @@ def test_rejected_computed_reshape_shape():
      r"^node 'c' \(Conv\): auto_pad=SAME_UPPER with kernel \[1, 1\] and strides \[3, 3\] "
      r"gives negative padding"),
     (helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=2), X4, {},
-     r"^node 'fl' \(Flatten\): axis=2 is not supported \(only 1"),
+     r"^node 'fl' \(Flatten\): axis=2 flattens \[1, 3, 6, 6\] to \[3, 36\], moving data "
+     r"across the batch dimension"),
+    (helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=0), X4, {},
+     r"^node 'fl' \(Flatten\): axis=0 flattens \[1, 3, 6, 6\] to \[1, 108\], moving data "
+     r"across the batch dimension"),
     (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), {"x": [2, 4]},
      {"s": np.array([4, 2], np.int64)}, r"^node 'rs' \(Reshape\): reshaping \[2, 4\] to \[4, 2\]"
                                        r" moves data across the batch"),

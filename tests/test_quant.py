@@ -32,12 +32,13 @@ def rand(*shape, scale=1.0):
 # --- the independent reference: loops, Python ints, one lane at a time -------------------------
 
 def naive_gemm(q, x):
-    b_, k_ = x.shape
-    out = np.zeros((b_, q.weight.shape[1]), np.int64)
-    for b in range(b_):
+    """Over the last axis of x [B, ..., K]."""
+    out = np.zeros(x.shape[:-1] + (q.weight.shape[1],), np.int64)
+    for idx in np.ndindex(*x.shape[:-1]):
         for f in range(q.weight.shape[1]):
-            acc = int(q.bias[f]) + sum(int(x[b, k]) * int(q.weight[k, f]) for k in range(k_))
-            out[b, f] = requantize_lane(acc, q.scale, q.shift, q.relu)
+            acc = int(q.bias[f]) + sum(int(x[idx + (k,)]) * int(q.weight[k, f])
+                                       for k in range(x.shape[-1]))
+            out[idx + (f,)] = requantize_lane(acc, q.scale, q.shift, q.relu)
     return out
 
 
@@ -45,45 +46,62 @@ def _in_bounds(x, c, h, w):
     return 0 <= h < x.shape[2] and 0 <= w < x.shape[3]
 
 
+def _out_size(n, k, s, d, lo, hi, ceil_mode=False):
+    """ONNX's window count along one axis (a last ceil_mode window that would start in the end
+    padding is dropped)."""
+    span = n + lo + hi - (k - 1) * d - 1
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= n + lo else out
+
+
 def naive_conv(q, x):
-    o_, c_, kh, kw = q.weight.shape
+    """Groups: output channel o reads input channels g cg .. (g + 1) cg - 1 of its group g."""
+    o_, cg, kh, kw = q.weight.shape
     (sh, sw), (pt, pl, pb, pr) = q.attrs["strides"], q.attrs["pads"]
-    oh_ = (x.shape[2] + pt + pb - kh) // sh + 1
-    ow_ = (x.shape[3] + pl + pr - kw) // sw + 1
+    dh, dw = q.attrs.get("dilations", (1, 1))
+    og = o_ // q.attrs.get("group", 1)
+    oh_ = _out_size(x.shape[2], kh, sh, dh, pt, pb)
+    ow_ = _out_size(x.shape[3], kw, sw, dw, pl, pr)
     out = np.zeros((x.shape[0], o_, oh_, ow_), np.int64)
     for b in range(x.shape[0]):
         for o in range(o_):
             for oh in range(oh_):
                 for ow in range(ow_):
                     acc = int(q.bias[o])
-                    for c in range(c_):
+                    for c in range(cg):
                         for i in range(kh):
                             for j in range(kw):
-                                h, w = oh * sh - pt + i, ow * sw - pl + j
+                                h, w = oh * sh - pt + i * dh, ow * sw - pl + j * dw
                                 if _in_bounds(x, c, h, w):
-                                    acc += int(x[b, c, h, w]) * int(q.weight[o, c, i, j])
+                                    acc += (int(x[b, (o // og) * cg + c, h, w])
+                                            * int(q.weight[o, c, i, j]))
                     out[b, o, oh, ow] = requantize_lane(acc, q.scale, q.shift, q.relu)
     return out
 
 
 def _pool_windows(q, x):
-    """Yield (b, c, oh, ow, values inside the input, kernel size)."""
+    """Yield (b, c, oh, ow, values inside the input, taps inside the padded extent, output
+    size)."""
     (kh, kw), (sh, sw), (pt, pl, pb, pr) = q.attrs["kernel"], q.attrs["strides"], q.attrs["pads"]
-    oh_ = (x.shape[2] + pt + pb - kh) // sh + 1
-    ow_ = (x.shape[3] + pl + pr - kw) // sw + 1
+    dh, dw = q.attrs.get("dilations", (1, 1))
+    ceil_mode = q.attrs.get("ceil_mode", False)
+    oh_ = _out_size(x.shape[2], kh, sh, dh, pt, pb, ceil_mode)
+    ow_ = _out_size(x.shape[3], kw, sw, dw, pl, pr, ceil_mode)
     for b in range(x.shape[0]):
         for c in range(x.shape[1]):
             for oh in range(oh_):
                 for ow in range(ow_):
-                    vals = [int(x[b, c, oh * sh - pt + i, ow * sw - pl + j])
-                            for i in range(kh) for j in range(kw)
-                            if _in_bounds(x, c, oh * sh - pt + i, ow * sw - pl + j)]
-                    yield b, c, oh, ow, vals, (oh_, ow_)
+                    taps = [(oh * sh - pt + i * dh, ow * sw - pl + j * dw) for i in range(kh)
+                            for j in range(kw)]
+                    vals = [int(x[b, c, h, w]) for h, w in taps if _in_bounds(x, c, h, w)]
+                    padded = sum(1 for h, w in taps if -pt <= h < x.shape[2] + pb
+                                 and -pl <= w < x.shape[3] + pr)
+                    yield b, c, oh, ow, vals, padded, (oh_, ow_)
 
 
 def naive_maxpool(q, x):
     out = None
-    for b, c, oh, ow, vals, size in _pool_windows(q, x):
+    for b, c, oh, ow, vals, _, size in _pool_windows(q, x):
         out = np.zeros(x.shape[:2] + size, np.int64) if out is None else out
         out[b, c, oh, ow] = max(vals)
     return out
@@ -97,10 +115,9 @@ def f32_to_int8(value) -> int:
 def naive_avgpool(q, x):
     """FP32 sum of the window's int8 values, times FP32(1 / divisor), to int8."""
     out = None
-    kh, kw = q.attrs["kernel"]
-    for b, c, oh, ow, vals, size in _pool_windows(q, x):
+    for b, c, oh, ow, vals, padded, size in _pool_windows(q, x):
         out = np.zeros(x.shape[:2] + size, np.int64) if out is None else out
-        count = kh * kw if q.attrs["count_include_pad"] else len(vals)
+        count = padded if q.attrs["count_include_pad"] else len(vals)
         total = np.float32(0)
         for v in vals:
             total = np.float32(total + np.float32(v))
@@ -307,7 +324,8 @@ def test_missing_scale_is_a_compile_error():
     g = GraphBuilder()
     x = g.input("x", (2, 4))
     graph = g.build([g.gemm(x, rand(4, 3), name="fc")])
-    with pytest.raises(CompileError, match=r"^tensor 'x': no calibrated scale"):
+    with pytest.raises(CompileError,
+                       match=r"^tensor 'x': no int8 scale \(the model's Q/DQ pairs give none"):
         quantize(graph, {})
 
 
