@@ -22,6 +22,8 @@ softmax runs on the host.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from math import ceil
 
@@ -470,10 +472,29 @@ def _last_uses(c: Compilation) -> dict:
     return out
 
 
+_LOWERED = ("layouts", "orders", "images", "image_origin", "folds", "bf16_layers", "fold_costs",
+            "layers")
+"""The fields of a `Compilation` that `lower` fills (reset before its second attempt)."""
+
+
 def lower(c: Compilation) -> None:
     """Every op through `LOWER`; after the last reader of a tensor, its regions die
-    (`KernelBuilder.release`), so that later layers may reuse their words."""
-    c.builder = KernelBuilder(c.cfg)
+    (`KernelBuilder.release`), so that later layers may reuse their words. SRAM placement is
+    first the faster one (each layer's regions in its own order, in the banks it prefers);
+    if something does not fit, the whole graph once more with the compact one (`NodeSram`:
+    the largest regions first, the host's at the top), whose error is the one reported."""
+    saved = {name: copy.copy(getattr(c, name)) for name in _LOWERED}
+    try:
+        _lower(c, compact=False)
+    except CompileError:
+        for name, value in saved.items():
+            setattr(c, name, copy.copy(value))
+        c.macs = 0
+        _lower(c, compact=True)
+
+
+def _lower(c: Compilation, compact: bool) -> None:
+    c.builder = KernelBuilder(c.cfg, compact=compact)
     _place_input(c)
     done = set()
     last = _last_uses(c)

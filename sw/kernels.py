@@ -304,9 +304,10 @@ class NodeSram:
     region another node writes into is only reused after the barrier, when every node has
     finished the layers before it (`KernelBuilder._emit_barrier`)."""
 
-    def __init__(self, cfg: TileConfig, node):
+    def __init__(self, cfg: TileConfig, node, compact: bool = False):
         self.cfg = cfg
         self.node = node
+        self.compact = compact
         self.regions: list[Region] = []
         self.reuse_from: int | None = None
 
@@ -343,22 +344,23 @@ class NodeSram:
             raise ValueError(f"region {name!r}: size {size} must be positive")
         avoid = self._avoid(cls) if banks else set()
         best = None
+        high = host and self.compact
         for lo, hi in self._free(host):
-            # Host-written regions are never reused: they go as high as they fit (the end of a
+            # Compact: host-written regions, never reused, go as high as they fit (the end of a
             # free range or of a bank), so that the words regions die from stay together low.
             starts = self._starts(lo, hi)
-            if host:
+            if high:
                 starts = [hi - size] + [s - size for s in starts[1:]]
             for start in starts:
                 if start < lo or start + size > hi:
                     continue
-                where = -start if host else start
+                where = -start if high else start
                 score = (len(self._banks(start, start + size) & avoid), where)
                 if best is None or score < best:
                     best = score
         if best is None:
             raise CompileError(f"no room for {name} ({size} words) on node {self.node}")
-        start = -best[1] if host else best[1]
+        start = -best[1] if high else best[1]
         self.regions.append(Region(name, start, start + size, cls, host))
         return start
 
@@ -413,10 +415,12 @@ class NodeSram:
     def place(self, requests) -> list[int]:
         """Allocate [(name, size, cls)] or [(name, size, cls, host)] together: with the bank
         rules if they can be kept, else (free space too fragmented for them) by plain first
-        fit; all or nothing."""
+        fit; all or nothing. Compact: the largest first (small regions placed first would split
+        the free space); else in the order given (the layer's own choice of banks: faster)."""
         kept = len(self.regions)
-        # The largest first: small regions placed first would split the free space.
-        order = sorted(range(len(requests)), key=lambda k: -requests[k][1])
+        order = range(len(requests))
+        if self.compact:
+            order = sorted(order, key=lambda k: -requests[k][1])
         for banks in (True, False):
             try:
                 addrs = {}
@@ -661,7 +665,8 @@ class KernelBuilder:
     owns every node's SRAM (`sram`) and sync counters 0 .. rows+cols-1: a `tile_program` given
     to extend must not use SRAM or counters of its own."""
 
-    def __init__(self, cfg: TileConfig, tile_program: TileProgram | None = None):
+    def __init__(self, cfg: TileConfig, tile_program: TileProgram | None = None, *,
+                 compact: bool = False):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         if cfg.rows + cfg.cols > HOST_COUNTER:
@@ -672,7 +677,7 @@ class KernelBuilder:
         self.tp = tile_program if tile_program is not None else TileProgram(cfg)
         if self.tp.cfg != cfg:
             raise ValueError("the tile program was made for another configuration")
-        self.sram = {node: NodeSram(cfg, node) for node in self.tp.nodes}
+        self.sram = {node: NodeSram(cfg, node, compact) for node in self.tp.nodes}
         self._acc: dict = {}
         self._names: set = set()
         self._finished = False
