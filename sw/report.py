@@ -97,6 +97,10 @@ class NetworkRun:
                 if {"model", "rtl"} <= set(cycles) else None),
             "macs": int(c.macs),
             "tile_macs": int(sum(info.tile_macs for info in c.layers)),
+            "input_fold": dict(c.folds),
+            "fold_estimates": {f: {k: int(v) for k, v in e.items()}
+                               for f, e in c.fold_costs.items()},
+            "barriers": len(c.builder.barriers) if c.builder is not None else 0,
             "peak_macs_per_cycle": cfg.peak_macs_per_cycle,
             "ideal_cycles": c.ideal_cycles,
             "mac_utilisation": {b: c.ideal_cycles / n for b, n in cycles.items()},

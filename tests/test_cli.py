@@ -92,6 +92,10 @@ def test_run_on_both_backends_writes_outputs_and_report(tmp_path):
     assert breakdown["load"] + sum(layer["cycles"] for layer in report["layers"]) \
         + breakdown["finish"] == report["cycles"]["model"]
     assert report["error_vs_float"]["max_abs"] >= 0
+    # the conv reads the host input: the fold the cost model chose is the cheapest estimate
+    # among those listed (a fold that does not fit the SRAM share may be cheaper, not chosen)
+    fold = report["input_fold"].get("x", "none")
+    assert fold in report["fold_estimates"] and report["barriers"] == 0
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (8, 4) and np.allclose(y.sum(axis=1), 1)     # the host softmax ran
 
