@@ -34,7 +34,7 @@ from d1tile.params import TileConfig
 from d1tile.sw.bf16 import bits_to_float
 from d1tile.sw.conv import (FOLDS, ConvGeometry, fold_order, fold_weights, folded,
                             reference_conv_bf16)
-from d1tile.sw.errors import CompileError
+from d1tile.sw.errors import CapacityError, CompileError
 from d1tile.sw.ir import Graph
 from d1tile.sw.kernels import (KernelBuilder, conv_cost, load_activation, reference_layer_bf16,
                                unpack_activation)
@@ -43,8 +43,8 @@ from d1tile.sw.quant import (calibrate, quantize, quantize_tensor, run_float, ru
 from d1tile.sw.vector_kernels import reference_add, reference_pool, reference_relu
 
 
-__all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "References",
-           "references", "PASSES", "LOWER", "image_order", "channels_last"]
+__all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "Runs",
+           "References", "references", "PASSES", "LOWER", "image_order", "channels_last"]
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Compilation:
     bf16_layers: list = field(default_factory=list)
     fold_costs: dict = field(default_factory=dict)   # fold -> the cost model's estimate
     dtype: ElemType = ElemType.INT8                  # the tile's activation and operand type
+    batch: int = 0                                   # the network's batch (`run_batch` per run)
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
     layers: list = field(default_factory=list)       # LayerInfo per tile layer, in order
@@ -75,7 +76,18 @@ class Compilation:
 
     @property
     def ideal_cycles(self) -> float:
+        """`macs` (those of one run) over the grid's peak."""
         return self.macs / self.cfg.peak_macs_per_cycle
+
+    @property
+    def run_batch(self) -> int:
+        """The samples one run of the compiled program takes: the network's batch, or a part
+        of it when the batch is split over runs (`compile_model`)."""
+        return self.graph.batch
+
+    def runs(self, samples: int) -> int:
+        """How many runs `samples` inputs take."""
+        return max(1, -(-samples // self.run_batch))
 
 
 @dataclass
@@ -541,17 +553,54 @@ activations, FP32 accumulation)."""
 
 def compile_model(source, cfg: TileConfig, calibration=None, *, dtype: str = "int8") -> Compilation:
     """Run the passes. `calibration`: input arrays (one batch, or a dict name -> array), for
-    int8; bf16 needs none."""
+    int8; bf16 needs none.
+
+    **Split over time.** When the network at its batch does not fit the tile (a
+    `CapacityError`: a layer's regions do not fit a node's SRAM, or its program the
+    instruction memory, also with dead regions reused), it is compiled for a smaller batch,
+    halved until it fits, and `execute` runs the batch in several runs of that program, each
+    fed its part of the input from the host edge (`Compilation.run_batch`, `Runs`). What does
+    not fit even one sample at a time (the weights of one layer, say) is refused with the
+    error of the whole batch."""
     if dtype not in DTYPES:
         raise CompileError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if not isinstance(calibration, dict):
         calibration = {} if calibration is None else {"__single__": np.asarray(calibration)}
     c = Compilation(cfg, source, calibration, dtype=DTYPES[dtype])
-    for step in PASSES:
-        if step is prepare and "__single__" in c.calibration:
-            c.calibration = {c.graph.inputs[0]: c.calibration.pop("__single__")}
-        step(c)
-    return c
+    front_end(c)
+    if "__single__" in c.calibration:
+        c.calibration = {c.graph.inputs[0]: c.calibration.pop("__single__")}
+    prepare(c)
+    c.batch = c.graph.batch
+    try:
+        lower(c)
+        finish(c)
+        return c
+    except CapacityError as exc:
+        whole = exc
+    for batch in _smaller_batches(c.batch):
+        part = Compilation(cfg, source, c.calibration, graph=c.graph.with_batch(batch),
+                           dtype=c.dtype, batch=c.batch)
+        prepare(part)
+        try:
+            lower(part)
+            finish(part)
+            return part
+        except CapacityError:
+            continue
+    if c.batch == 1:
+        raise whole
+    raise CapacityError(f"{whole} (also with the batch of {c.batch} split into runs of one "
+                        "sample)") from None
+
+
+def _smaller_batches(batch: int) -> list[int]:
+    """The batches a run may take when `batch` does not fit: halved (rounded up) down to 1."""
+    out, b = [], batch
+    while b > 1:
+        b = -(-b // 2)
+        out.append(b)
+    return out
 
 
 @dataclass(frozen=True)
@@ -570,8 +619,17 @@ def references(c: Compilation, x) -> References:
     floats = {k: floats[k] for k in c.qgraph.outputs}
     if c.dtype == ElemType.BF16:
         from d1tile.sw.bf16 import bf16_reference, bits_to_float
-        return References({k: bits_to_float(v) for k, v in bf16_reference(c, x).items()},
-                          floats)
+        # the per-layer references take the compiled batch: run_batch samples at a time, as
+        # the tile runs them (each sample on its own, so the padding changes nothing)
+        b, parts = c.run_batch, []
+        for start in range(0, max(len(x), 1), b):
+            chunk = x[start:start + b]
+            if len(chunk) != b:
+                chunk = np.take(chunk, np.arange(b) % len(chunk), axis=0)
+            parts.append(bf16_reference(c, chunk))
+        exact = {k: bits_to_float(np.concatenate([p[k] for p in parts])[:len(x)])
+                 for k in parts[0]}
+        return References(exact, floats)
     return References(run_int8(c.qgraph, {name: x}), floats)
 
 
@@ -609,22 +667,71 @@ def execute(c: Compilation, device, x, refs: References | None = None) -> Execut
     """Quantise the float input `x` (int8; bf16: rounded to BF16 when loaded), run the
     compiled program on `device`, read the outputs back; also run the exact and float
     references on the same input (or take them from `refs`, `references(c, x)`, when
-    several devices run it)."""
+    several devices run it). A batch other than `c.run_batch` runs in `c.runs(len(x))` runs
+    of the program from a fresh tile, each fed `run_batch` samples (the last padded with
+    repeats of its own, whose outputs are dropped); `Execution.result` is then `Runs`."""
     name = c.input_name
     x = np.asarray(x, dtype=np.float32)
-    xin = quantize_tensor(x, c.qgraph.scales[name]) if c.dtype == ElemType.INT8 else x
-    tp = _with_input(c, xin)
-    device.load(tp)
-    result = device.run()
-    if result.hang or result.faults:
-        raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
-    outputs = {k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
-               .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs}
+    b = c.run_batch
+    results, parts = [], []
+    for start in range(0, max(len(x), 1), b):
+        chunk = x[start:start + b]
+        if len(chunk) != b:
+            chunk = np.take(chunk, np.arange(b) % len(chunk), axis=0)
+        xin = quantize_tensor(chunk, c.qgraph.scales[name]) if c.dtype == ElemType.INT8 else chunk
+        device.load(_with_input(c, xin))
+        result = device.run()
+        if result.hang or result.faults:
+            raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
+        results.append(result)
+        parts.append({k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
+                      .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs})
+    outputs = {k: np.concatenate([p[k] for p in parts])[:len(x)] for k in c.qgraph.outputs}
     if c.dtype == ElemType.BF16:
         from d1tile.sw.bf16 import bits_to_float
         outputs = {k: bits_to_float(v) for k, v in outputs.items()}
     refs = refs if refs is not None else references(c, x)
-    return Execution(outputs, refs.exact, refs.floats, result)
+    return Execution(outputs, refs.exact, refs.floats,
+                     results[0] if len(results) == 1 else Runs(results))
+
+
+@dataclass
+class Runs:
+    """The results of a batch executed in several runs of one compiled program, read as one
+    result: the cycles and every node's counters summed over the runs; `comparable()` is
+    every run's, in order (what two backends must agree on)."""
+    results: list
+
+    @property
+    def cycles(self) -> int:
+        return sum(r.cycles for r in self.results)
+
+    @property
+    def total_cycles(self) -> int:
+        return sum(r.total_cycles for r in self.results)
+
+    @property
+    def hang(self):
+        return next((r.hang for r in self.results if r.hang), None)
+
+    @property
+    def faults(self) -> dict:
+        return {node: f for r in self.results for node, f in r.faults.items()}
+
+    @property
+    def nodes(self) -> dict:
+        from d1tile.sim.host import NodeReport
+        out = {}
+        for node in self.results[0].nodes:
+            counters = {}
+            for r in self.results:
+                for k, v in r.nodes[node].counters.items():
+                    counters[k] = counters.get(k, 0) + v
+            out[node] = NodeReport(self.results[-1].nodes[node].done_cycle, counters=counters)
+        return out
+
+    def comparable(self) -> dict:
+        return {"runs": [r.comparable() for r in self.results]}
 
 
 def _with_input(c: Compilation, xin) -> object:

@@ -9,8 +9,14 @@ not supported (only 1)". A compiler user sees that message, never a traceback.
 from __future__ import annotations
 
 
-__all__ = ["CompileError"]
+__all__ = ["CompileError", "CapacityError"]
 
 
 class CompileError(ValueError):
     """Something the compiler was given cannot be compiled; the message says what and why."""
+
+
+class CapacityError(CompileError):
+    """What was given is valid but does not fit: a layer's regions do not fit a node's SRAM, or
+    its program the instruction memory. The compiler may then split the batch over runs
+    (`d1tile.sw.compiler.compile_model`)."""

@@ -397,6 +397,18 @@ class Graph:
                                           attrs=dict(n.attrs)) for n in self.nodes],
                      dict(self.tensors), dict(self.initializers), dict(self.quant_scales))
 
+    def with_batch(self, batch: int) -> "Graph":
+        """The same network for another batch: dim 0 of every activation (and of every reshape's
+        target shape) set to `batch`. Every op maps each sample on its own, so nothing else
+        changes."""
+        g = self.copy()
+        g.tensors = {k: Tensor(t.name, (batch,) + tuple(t.shape[1:]))
+                     for k, t in self.tensors.items()}
+        for n in g.nodes:
+            if n.op == "reshape":
+                n.attrs["shape"] = (batch,) + tuple(n.attrs["shape"][1:])
+        return g
+
     # -- checks --
     def validate(self) -> "Graph":
         """Check the graph's contract; returns the graph, raises `CompileError` naming the

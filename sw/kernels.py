@@ -91,7 +91,7 @@ from d1tile.sim.vector import SCALE_BITS, SHIFT_BITS, requantize
 from d1tile.sim.vpu import vec_cycles
 from d1tile.sw.asm import AsmError, Program
 from d1tile.sw.conv import ConvGeometry
-from d1tile.sw.errors import CompileError
+from d1tile.sw.errors import CapacityError, CompileError
 from d1tile.sw.program import TileProgram
 from d1tile.sw.reroll import reroll
 
@@ -359,7 +359,7 @@ class NodeSram:
                 if best is None or score < best:
                     best = score
         if best is None:
-            raise CompileError(f"no room for {name} ({size} words) on node {self.node}")
+            raise CapacityError(f"no room for {name} ({size} words) on node {self.node}")
         start = -best[1] if high else best[1]
         self.regions.append(Region(name, start, start + size, cls, host))
         return start
@@ -392,7 +392,7 @@ class NodeSram:
 
     def take(self, name: str, start: int, size: int, cls: str) -> int:
         if self.conflicts(start, size, cls) is None:
-            raise CompileError(f"no room for {name} ({size} words) at {start} on node {self.node}")
+            raise CapacityError(f"no room for {name} ({size} words) at {start} on node {self.node}")
         self.regions.append(Region(name, start, start + size, cls))
         return start
 
@@ -432,7 +432,7 @@ class NodeSram:
             except CompileError:
                 del self.regions[kept:]
         total = sum(size for _, size, *_ in requests)
-        raise CompileError(f"{total} words do not fit the free space of node {self.node}, "
+        raise CapacityError(f"{total} words do not fit the free space of node {self.node}, "
                            f"which is fragmented ({self.used} of {self.cfg.sram_words} words "
                            f"used)")
 
@@ -942,7 +942,7 @@ class KernelBuilder:
                 break
         rolled = reroll(prog.words)
         if pc0 + len(rolled) + 1 > self.cfg.imem_words:
-            raise CompileError(
+            raise CapacityError(
                 f"{where} needs {pc0 + len(rolled) + 1} instructions on node {node} ({what}"
                 f"{len(prog)} instructions straight-line, {len(rolled)} rolled into loops, "
                 f"earlier layers {pc0} and the HALT), its instruction memory holds "
@@ -1017,14 +1017,14 @@ class KernelBuilder:
         before = self.sram[worst].used
         if before:
             parts += f", earlier layers {size(before)}"
-        raise CompileError(f"{what} needs {size(total)} of SRAM per node (node {worst}: "
+        raise CapacityError(f"{what} needs {size(total)} of SRAM per node (node {worst}: "
                            f"{parts}), the node has {cfg.sram_kib} KiB")
 
     def _place(self, what, node, requests) -> list[int]:
         try:
             return self.sram[node].place(requests)
         except CompileError as exc:
-            raise CompileError(f"{what}: {exc}") from None
+            raise type(exc)(f"{what}: {exc}") from None
 
     def _emit(self, node, what, method, *args, **kwargs):
         try:
@@ -1406,7 +1406,7 @@ class KernelBuilder:
         worst = max(self.tp.nodes, key=lambda node: count[node])
         limit = STRAIGHT_LINE_LIMIT * self.cfg.imem_words
         if count[worst] > limit:
-            raise CompileError(
+            raise CapacityError(
                 f"{layer.where} needs {count[worst]} straight-line instructions on node {worst} "
                 f"({len(layer.plans[worst].tiles)} tiles: "
                 f"{layer.instructions(worst, layer.plans[worst].tiles)} instructions, "
@@ -1520,8 +1520,8 @@ class KernelBuilder:
                 del sram.regions[marks[node]:]
                 sram.reuse_from = self.barriers[-2] if len(self.barriers) > 1 else None
             self.barriers.pop()
-            raise CompileError(f"{error} (nor with the words of the earlier layers' dead "
-                               "regions reused)") from None
+            raise type(error)(f"{error} (nor with the words of the earlier layers' dead "
+                              "regions reused)") from None
 
     def _barrier_helps(self) -> bool:
         now = len(self.layers)

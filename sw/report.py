@@ -20,6 +20,10 @@ Cycles (all from the host's point of view, `d1tile.sim.host`):
 * `ideal_cycles`: the network's multiply-accumulates (gemm and conv layers) divided by the
   grid's peak (`cfg.peak_macs_per_cycle`, every MAC of every node busy every cycle);
   `mac_utilisation` = ideal_cycles / cycles;
+* a batch split over runs (`d1tile.sw.compiler.compile_model`, "split over time"): `cycles`
+  and the counters are summed over the runs, `cycles_per_run` lists them, `macs` and
+  `ideal_cycles` are the whole batch's; the per-layer figures are those of the last run
+  (`batch_per_run` samples), and add up to its cycles;
 * per layer, from the cycle model's issue trace (`TileModel(trace=True)`): the cycle by which
   every node had issued the first instruction after the layer; `load` is the time to the first
   instruction issued anywhere, each layer the time from the previous mark to its own, `finish`
@@ -78,10 +82,17 @@ class NetworkRun:
         backends = list(self.executions)
         cycles = {b: e.result.cycles for b, e in self.executions.items()}
         first = self.executions[backends[0]]
+        samples, runs = len(self.x), c.runs(len(self.x))
+        macs = c.macs * samples // c.run_batch           # the network's, for this batch
+        ideal = macs / cfg.peak_macs_per_cycle
         out = {
             "model": c.graph.name,
             "dtype": c.dtype.name.lower(),
-            "batch": int(c.graph.batch),
+            "batch": samples,
+            "runs": runs,
+            "batch_per_run": c.run_batch,
+            "cycles_per_run": {b: [r.cycles for r in getattr(e.result, "results", [e.result])]
+                               for b, e in self.executions.items()},
             "preset": cfg.name,
             "grid": f"{cfg.rows}x{cfg.cols}",
             "config": json.loads(cfg.to_json()),
@@ -95,15 +106,15 @@ class NetworkRun:
                 self.executions["model"].result.comparable()
                 == self.executions["rtl"].result.comparable()
                 if {"model", "rtl"} <= set(cycles) else None),
-            "macs": int(c.macs),
-            "tile_macs": int(sum(info.tile_macs for info in c.layers)),
+            "macs": int(macs),
+            "tile_macs": int(sum(info.tile_macs for info in c.layers)) * runs,
             "input_fold": dict(c.folds),
             "fold_estimates": {f: {k: int(v) for k, v in e.items()}
                                for f, e in c.fold_costs.items()},
             "barriers": len(c.builder.barriers) if c.builder is not None else 0,
             "peak_macs_per_cycle": cfg.peak_macs_per_cycle,
-            "ideal_cycles": c.ideal_cycles,
-            "mac_utilisation": {b: c.ideal_cycles / n for b, n in cycles.items()},
+            "ideal_cycles": ideal,
+            "mac_utilisation": {b: ideal / n for b, n in cycles.items()},
             "cycles_breakdown": {"load": self.breakdown["load"],
                                  "finish": self.breakdown["finish"]},
             "layers": [
@@ -173,7 +184,9 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
             device = rtl_device if rtl_device is not None else get_device(b, c.cfg, log=log)
         run = execute(c, device, x, refs)
         if b == "model":
-            trace, model_cycles = device.issue_trace, run.result.cycles
+            # the issue trace is the last run's (one, unless the batch is split over runs)
+            trace = device.issue_trace
+            model_cycles = getattr(run.result, "results", [run.result])[-1].cycles
         if b in backends:
             executions[b] = run
     return NetworkRun(c, x, executions, layer_cycles(c, trace, model_cycles),
@@ -209,5 +222,9 @@ def summary(report: dict) -> str:
     parts = [f"load {report['cycles_breakdown']['load']:,}"]
     parts += [f"{layer['name']} {layer['cycles']:,}" for layer in report["layers"]]
     parts.append(f"finish {report['cycles_breakdown']['finish']:,}")
+    runs = report.get("runs", 1)
+    if runs > 1:
+        lines.append(f"  split         {runs} runs of {report['batch_per_run']} samples (the batch "
+                     "does not fit the tile at once); per layer: the last run")
     lines.append("  per layer     " + ", ".join(parts))
     return "\n".join(lines)

@@ -189,8 +189,10 @@ def _address_space(limit):
     # 20 x 16 x 50 x 40 int8 (16 channels: 4 words per pixel): each grid row's input rows of
     # its column's 3 batch blocks, 70 KiB per node. As one unrolled matrix layer (before the
     # implicit-GEMM convolution) its 32000 x 23712 Toeplitz matrix took 5.65 GiB and died.
+    # Splitting the batch over runs does not help: one batch block of 8 lanes is the unit.
     ((20, 16, 50, 40), 13, 3, "tensor 'x' needs 70.0 KiB of SRAM per node (node (0, 0): "
-                              "activation staging 70.0 KiB), the node has 64 KiB"),
+                              "activation staging 70.0 KiB), the node has 64 KiB (also with "
+                              "the batch of 20 split into runs of one sample)"),
     # 4 x 16 weights at 1024 positions: a [16384, 4096] dense matrix (512 MiB) once; now the
     # weights are stored once per node and it runs
     ((1, 16, 32, 32), 4, 1, None),

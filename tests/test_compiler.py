@@ -364,3 +364,41 @@ def test_int8_without_calibration_or_qdq_scales_is_refused():
     rng = np.random.default_rng(0)
     with pytest.raises(CompileError, match=r"^int8 needs calibration inputs \(or a QDQ model"):
         compile_model(small_mlp(rng), TileConfig.preset("tiny"))
+
+
+def test_a_batch_too_large_is_split_over_runs_on_both_backends():
+    """The small CNN at batch 64 does not fit the tiny tile at once (measured: 32 does): it is
+    compiled for 32 and run twice from the host edge; each run is bit-exact, the model and the
+    RTL agree on every run, and the report sums the runs."""
+    from d1tile.sw.report import run_network
+    cfg = TileConfig.preset("tiny")
+    rng = np.random.default_rng(bench_seed())
+    graph = small_cnn(rng).with_batch(64)
+    compiled = compile_model(graph, cfg, rng.normal(size=(16, 1, 5, 5)).astype(np.float32))
+    assert (compiled.batch, compiled.run_batch, compiled.runs(64)) == (64, 32, 2)
+    x = rng.normal(size=(64, 1, 5, 5)).astype(np.float32)
+    net = run_network(compiled, x, backends=("model", "rtl"))
+    report = net.report()
+    assert report["bit_exact"] and report["model_and_rtl_identical"]
+    assert report["runs"] == 2 and report["batch"] == 64 and report["batch_per_run"] == 32
+    per_run = report["cycles_per_run"]["model"]
+    assert len(per_run) == 2 and sum(per_run) == report["cycles"]["model"]
+    assert per_run == report["cycles_per_run"]["rtl"]
+    breakdown = report["cycles_breakdown"]        # the last run's
+    assert breakdown["load"] + sum(layer["cycles"] for layer in report["layers"]) \
+        + breakdown["finish"] == per_run[-1]
+    assert report["macs"] == 2 * compiled.macs
+    # an odd batch: the last run padded with its own samples, whose outputs are dropped
+    odd = execute(compiled, get_device("model", cfg), x[:45])
+    assert odd.bit_exact and len(odd.result.results) == 2
+    assert all(v.shape[0] == 45 for v in odd.outputs.values())
+
+
+def test_what_does_not_fit_one_sample_is_refused_with_the_whole_batch_error():
+    """A GEMM whose weights alone exceed the tiny tile: splitting the batch cannot help."""
+    cfg = TileConfig.preset("tiny")
+    rng = np.random.default_rng(0)
+    graph = small_mlp(rng, batch=16, k=512, h=256)
+    with pytest.raises(CompileError, match=r"^layer 'fc1\+relu1' needs .* \(also with the batch "
+                                           r"of 16 split into runs of one sample\)$"):
+        compile_model(graph, cfg, rng.normal(size=(16, 512)).astype(np.float32))

@@ -87,6 +87,17 @@ def test_lenet5_runs_at_batch_64_with_region_reuse():
     assert run.max_abs_diff == 0
 
 
+def test_bf16_lenet5_at_batch_64_is_split_over_two_runs():
+    """bf16 LeNet-5 at batch 64 does not fit the default tile at once (its host-written
+    weight staging; measured: batch 32 fits): it runs as two runs of 32, bit-exact."""
+    cfg = TileConfig.preset("default")
+    toy = NETWORKS["lenet5"](batch=64)
+    compiled = compile_model(toy.model, cfg, None, dtype="bf16")
+    assert (compiled.batch, compiled.run_batch) == (64, 32)
+    run = execute(compiled, get_device("model", cfg), toy.test_x[:64])
+    assert run.bit_exact and len(run.result.results) == 2
+
+
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_network_runs_bit_exact_in_bf16(name):
     """bf16: the float graph in BF16 with FP32 accumulation, bit for bit with the layer-chained
