@@ -12,7 +12,11 @@ and out of its EAST output. Host coordinates are (cols, y). A run is, per row li
 2. FEED and RUN: after the STARTs, the *feeds* of the row's nodes, in the program's order
    (`TileImage.feeds`): data written while the nodes run, each region in WRITE packets of at
    most `CHUNK` words whose last one bumps the region's counter, so a node WAITs on the counter
-   before it uses the region. The host waits for one DONE packet from every node (a node sends
+   before it uses the region. A *gated* feed (`TileImage.gates`) waits in its row's queue until
+   the host has received a given number of *tokens* (zero-length packets a node SENDs to the
+   host) from a given node: so the nodes say when the words it writes are free (the compiler
+   gates the weights of a layer that reuses dead words on the barrier before it), and the
+   row's later feeds wait behind it. The host waits for one DONE packet from every node (a node sends
    it when it halts or faults). Meanwhile it takes the *streams*: the WRITE packets that nodes
    SEND to the host (x == cols), appended per sender in arrival order (`RunResult.streams`).
    A node's packets to the host and its DONE leave through its row's link in the order its
@@ -59,6 +63,8 @@ class TileImage:
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
     feeds: list = field(default_factory=list)      # [((x, y), addr, [words], counter)], in order
     early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first in its row
+    gates: list = field(default_factory=list)      # [(feed index, (x, y), tokens)]: that feed
+    #                                                waits for that many tokens from that node
 
     @property
     def nodes(self) -> list[tuple[int, int]]:
@@ -78,6 +84,7 @@ class TileImage:
             "reads": {key(n): regions for n, regions in self.reads.items()},
             "feeds": [[key(n), addr, list(words), counter] for n, addr, words, counter in self.feeds],
             "early": [key(n) for n in self.early],
+            "gates": [[i, key(n), k] for i, n, k in self.gates],
         })
 
     @classmethod
@@ -91,7 +98,8 @@ class TileImage:
                    {node(k): [(a, n) for a, n in v] for k, v in data["reads"].items()},
                    [(node(k), int(a), [int(w) for w in words], int(c))
                     for k, a, words, c in data.get("feeds", [])],
-                   [node(k) for k in data.get("early", [])])
+                   [node(k) for k in data.get("early", [])],
+                   [(int(i), node(k), int(t)) for i, k, t in data.get("gates", [])])
 
 
 def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tuple[int, int],
@@ -176,6 +184,13 @@ class RunResult:
                    data["misroute"], streams)
 
 
+@dataclass(frozen=True)
+class _Gate:
+    """A mark in a row's queue: what follows waits for `tokens` tokens from `node`."""
+    node: tuple
+    tokens: int
+
+
 class HostDriver:
     """Drives the host edge for one run of a `TileProgram` (see the module docstring).
 
@@ -210,7 +225,11 @@ class HostDriver:
                 self._send(node, PacketKind.START)
         for node in later:
             self._send(node, PacketKind.START)
-        for node, addr, data, counter in tile_program.feeds:
+        self.tokens: dict = {}    # (x, y) -> zero-length packets received from the node
+        gates = {i: _Gate(node, k) for i, node, k in getattr(tile_program, "gates", [])}
+        for i, (node, addr, data, counter) in enumerate(tile_program.feeds):
+            if i in gates:
+                self.queues[node[1]].append(gates[i])
             self._write(node, addr, data, counter=counter, bump=True)
         self.reports = {node: NodeReport() for node in tile_program.nodes}
         self.pending_done = set(tile_program.nodes)
@@ -240,6 +259,11 @@ class HostDriver:
 
     def offer(self, row: int) -> int | None:
         queue = self.queues[row]
+        while queue and type(queue[0]) is _Gate:
+            gate = queue[0]
+            if self.tokens.get(gate.node, 0) < gate.tokens:
+                return None         # the row waits for the node's token
+            queue.popleft()
         return queue[0] if queue else None
 
     def accepted(self, row: int) -> None:
@@ -270,7 +294,7 @@ class HostDriver:
         head_or_tail = self._head_or_tail
         n = 0
         for flit in self.queues[row]:
-            if flit & head_or_tail:
+            if type(flit) is _Gate or flit & head_or_tail:
                 break
             n += 1
         return n
@@ -347,6 +371,8 @@ class HostDriver:
                 self.reads[(node, *request)] = body
         elif kind == PacketKind.WRITE and node in self.pending_done:     # a stream
             self.streams.setdefault(node, []).append((head["addr"], body))
+            if not body:                                                  # a token
+                self.tokens[node] = self.tokens.get(node, 0) + 1
         else:
             raise RuntimeError(f"host received an unexpected packet at cycle {cycle}: "
                                f"kind {kind} from {node}, header {head}; packets so far "

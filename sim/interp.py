@@ -174,14 +174,32 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
         tile[node] = FunctionalNode(cfg, list(tile_program.words_of(node)), sram, node=node)
     # The feeds arrive while the nodes run, each region before its counter's bump: functionally
     # they are all there from the start, their bumps counted (a program that reads a region
-    # before its WAIT races the host, and is wrong on the tile).
-    for node, addr, words, counter in tile_program.feeds:
+    # before its WAIT races the host, and is wrong on the tile); a gated feed once its gate's
+    # node has sent the host that many tokens (zero-length packets), in the feeds' order.
+    gates = {i: (node, k) for i, node, k in getattr(tile_program, "gates", [])}
+    gated = []
+    for i, (node, addr, words, counter) in enumerate(tile_program.feeds):
+        if i in gates:
+            gated.append((gates[i], node, addr, words, counter))
+            continue
         tile[node].sram[addr:addr + len(words)] = words
         tile[node].bump(counter)
+
+    def open_gates() -> bool:
+        done = 0
+        for (gate_node, k), node, addr, words, counter in gated:
+            if sum(1 for _, body in tile[gate_node].stream if not body) < k:
+                break
+            tile[node].sram[addr:addr + len(words)] = words
+            tile[node].bump(counter)
+            done += 1
+        del gated[:done]
+        return done > 0
+
     steps = 0
     deadlock = None
     while True:
-        progress = False
+        progress = open_gates()
         for node in tile_program.nodes:
             while tile[node].step(tile, on_issue):
                 progress = True

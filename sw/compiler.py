@@ -295,21 +295,78 @@ def _stored_rows(c: Compilation, name: str, weight: np.ndarray) -> np.ndarray:
 
 
 def _lower_gemm(c: Compilation, op) -> list:
+    """One GEMM layer; when it does not fit the tile (`CapacityError`) and only GEMMs (or the
+    host) read its output, its output features split over time (`_split_gemm`)."""
     x = _layout(c, op.inputs[0], op.name, op.op)
     weight = _stored_rows(c, op.inputs[0], op.weight)
-    if c.dtype == ElemType.INT8:
-        y = c.builder.quantised_layer(op.name, x, weight, op.bias, int(op.scale),
-                                      int(op.shift), relu=bool(op.relu))
-    else:
-        y = c.builder.bf16_layer(op.name, x, weight, op.bias, relu=bool(op.relu))
+    k, f = op.weight.shape
+    split = _splittable(c, op)
+    before = copy.deepcopy(c.builder) if split else None
+    try:
+        y = _gemm_layer(c, op.name, x, weight, op.bias, op)
+        infos = [(op.name, c.graph.batch * k * f)]
+    except CapacityError as whole:
+        if not split:
+            raise
+        c.builder = before
+        y, infos = _split_gemm(c, op, x, weight, whole)
+    for name, macs in infos:
+        c.macs += macs
+    c.layers.extend(LayerInfo(name, [op.op], macs, layer.matrix_macs(), layer)
+                    for (name, macs), layer in zip(infos, c.builder.layers[-len(infos):]))
+    if c.dtype == ElemType.BF16:
         cfg, relu = c.cfg, bool(op.relu)
         _bf16_layer(c, op.inputs[0], op.output, lambda xs: reference_layer_bf16(
             cfg, bits_to_float(xs[0]), weight, op.bias, relu))
     c.layouts[op.output] = y
-    c.orders[op.output] = np.arange(op.weight.shape[1])
-    k, f = op.weight.shape
-    _record(c, op.name, [op.op], c.graph.batch * k * f)
+    c.orders[op.output] = np.arange(f)
     return []
+
+
+def _gemm_layer(c: Compilation, name: str, x, weight, bias, op):
+    if c.dtype == ElemType.INT8:
+        return c.builder.quantised_layer(name, x, weight, bias, int(op.scale), int(op.shift),
+                                         relu=bool(op.relu))
+    return c.builder.bf16_layer(name, x, weight, bias, relu=bool(op.relu))
+
+
+def _splittable(c: Compilation, op) -> bool:
+    """Whether a GEMM's output may be a list of parts: read only by GEMMs (which take their K
+    as the parts concatenated) or by the host, and more than one feature block wide."""
+    users = [q for q in c.qgraph.ops if op.output in q.inputs]
+    return (op.weight.shape[1] > c.cfg.mac_dim
+            and all(q.op == "gemm" and q.inputs[0] == op.output for q in users))
+
+
+def _split_gemm(c: Compilation, op, x, weight, whole: CapacityError):
+    """**Split over time**: the GEMM as 2, 3, ... layers one after another, each computing a
+    contiguous range of the output's feature blocks with only those weights on the tile; a
+    part's weights die after it, so the next part's take their words after a barrier (its
+    weight staging fed by the host once the barrier's token has come: gated feeds). The output
+    is the list of the parts' activations. Returns it and [(layer name, MACs)]; the error of
+    the whole layer (and of the finest split) when no split fits."""
+    n, (k, f) = c.cfg.mac_dim, op.weight.shape
+    blocks = -(-f // n)
+    tried, last = set(), None
+    for parts in range(2, blocks + 1):
+        per = -(-blocks // parts)
+        if per in tried:
+            continue
+        tried.add(per)
+        before = copy.deepcopy(c.builder)
+        try:
+            outs, infos = [], []
+            for b0 in range(0, blocks, per):
+                f0, f1 = b0 * n, min(f, (b0 + per) * n)
+                name = f"{op.name}[{f0}:{f1}]"
+                outs.append(_gemm_layer(c, name, x, weight[:, f0:f1], op.bias[f0:f1], op))
+                infos.append((name, c.graph.batch * k * (f1 - f0)))
+            return outs, infos
+        except CapacityError as exc:
+            c.builder = before
+            last = exc
+    raise CapacityError(f"{whole} (nor with its {f} output features split over time, down "
+                        f"to {len(range(0, blocks, per))} layers: {last})") from None
 
 
 def _same_order(c: Compilation, op, names) -> np.ndarray:
@@ -684,7 +741,7 @@ def execute(c: Compilation, device, x, refs: References | None = None) -> Execut
         if result.hang or result.faults:
             raise RuntimeError(f"the run did not finish: {result.hang or result.faults}")
         results.append(result)
-        parts.append({k: from_stored(c.orders[k], unpack_activation(c.layouts[k], result))
+        parts.append({k: from_stored(c.orders[k], _unpack(c.layouts[k], result))
                       .reshape(c.qgraph.shape(k)) for k in c.qgraph.outputs})
     outputs = {k: np.concatenate([p[k] for p in parts])[:len(x)] for k in c.qgraph.outputs}
     if c.dtype == ElemType.BF16:
@@ -732,6 +789,13 @@ class Runs:
 
     def comparable(self) -> dict:
         return {"runs": [r.comparable() for r in self.results]}
+
+
+def _unpack(layout, result) -> np.ndarray:
+    """An output's values read back: [batch, features], a split layer's parts side by side."""
+    if isinstance(layout, (list, tuple)):
+        return np.concatenate([unpack_activation(part, result) for part in layout], axis=1)
+    return unpack_activation(layout, result)
 
 
 def _with_input(c: Compilation, xin) -> object:

@@ -117,6 +117,7 @@ MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 STAGE = "stage"       # read by DMA-out (SEND sources): activation chunks, weight blocks, outputs
 OPERAND = "operand"   # read by the matrix unit (MATMUL a and b), written by DMA-in
 RESULT = "result"     # written by MREAD, read by the vector unit or the host
+GATED = "gated"       # `NodeSram.alloc`'s host=GATED: a host region that may be fed after a barrier
 CANDIDATE = "cand"    # a pooled group's other candidates: not with RESULT, so that VEC MAX
 #                       reads its operands from two banks (n + 3 cycles, not 2n + 3)
 VACC = "vacc"         # the vector layers' FP32 scratch: ACC and TMP in different banks, so
@@ -132,6 +133,10 @@ gather uses counters 0 .. rows + cols - 1."""
 BARRIER_COUNTER = SYNC_COUNTERS - 2
 """The sync counter of the barriers before layers that reuse dead regions' words
 (`KernelBuilder._emit_barrier`): possible when rows + cols <= 30."""
+
+BARRIER_ROOT = (0, 0)
+"""The node that collects a barrier's tokens, releases the grid and tells the host (a token the
+host's gated feeds wait for)."""
 
 
 def split_even(count: int, parts: int) -> list[tuple[int, int]]:
@@ -273,8 +278,10 @@ class Region:
 
     `host` regions are written by the host (loaded before the START or fed while the nodes
     run, in the feeds' order, whatever the nodes do), so they never share words with another
-    region. The others may reuse the words of regions that are dead (`dies`: the last layer
-    that uses them) once a barrier has come after their death (`NodeSram.reuse_from`)."""
+    region; except a *gated* one (`gate`): fed only once the gate-th barrier has passed (the
+    host waits for the barrier's token), it may reuse dead words as the nodes' regions do. The
+    others may reuse the words of regions that are dead (`dies`: the last layer that uses them)
+    once a barrier has come after their death (`NodeSram.reuse_from`)."""
     name: str
     lo: int
     hi: int
@@ -282,6 +289,7 @@ class Region:
     host: bool = False
     dies: int | None = None          # None: alive to the end of the run
     kept: bool = False               # read back by the host: never dies
+    gate: int | None = None          # a host region fed after the gate-th barrier (reuses words)
 
     @property
     def size(self) -> int:
@@ -310,6 +318,7 @@ class NodeSram:
         self.compact = compact
         self.regions: list[Region] = []
         self.reuse_from: int | None = None
+        self.gate: int | None = None     # the barriers passed so far (for gated host regions)
 
     def _dead(self, r: Region) -> bool:
         return r.dies is not None and self.reuse_from is not None and r.dies < self.reuse_from
@@ -338,8 +347,20 @@ class NodeSram:
         return free
 
     def alloc(self, name: str, size: int, cls: str, *, banks: bool = True,
-              host: bool = False) -> int:
-        """The region's address; `banks=False` ignores the bank rules (plain first fit)."""
+              host: bool | str = False) -> int:
+        """The region's address; `banks=False` ignores the bank rules (plain first fit).
+        `host`: True for a region the host writes (words no region has ever had), GATED for
+        one it may feed after the last barrier instead (`Region.gate`) when there are no such
+        words."""
+        try:
+            return self._alloc(name, size, cls, banks, bool(host), None)
+        except CapacityError:
+            if host != GATED or not self.gate:
+                raise
+            return self._alloc(name, size, cls, banks, False, self.gate)
+
+    def _alloc(self, name: str, size: int, cls: str, banks: bool, host: bool,
+               gate: int | None) -> int:
         if size <= 0:
             raise ValueError(f"region {name!r}: size {size} must be positive")
         avoid = self._avoid(cls) if banks else set()
@@ -361,7 +382,8 @@ class NodeSram:
         if best is None:
             raise CapacityError(f"no room for {name} ({size} words) on node {self.node}")
         start = -best[1] if high else best[1]
-        self.regions.append(Region(name, start, start + size, cls, host))
+        self.regions.append(Region(name, start, start + size, cls, host or gate is not None,
+                                   gate=gate))
         return start
 
     def _avoid(self, cls: str) -> set:
@@ -427,7 +449,7 @@ class NodeSram:
                 for k in order:
                     name, size, cls, *rest = requests[k]
                     addrs[k] = self.alloc(name, size, cls, banks=banks,
-                                          host=bool(rest and rest[0]))
+                                          host=rest[0] if rest else False)
                 return [addrs[k] for k in range(len(requests))]
             except CompileError:
                 del self.regions[kept:]
@@ -490,6 +512,7 @@ class NodePlan:
     #                                                 + pool candidate)
     owned: list = field(default_factory=list)       # weight blocks it holds (owner)
     w_stage: int = 0                                # its owned weight blocks (stage)
+    w_gate: int | None = None                       # fed after that many barriers (reused words)
     w_base: int = 0                                 # weights region (operand)
     x_base: int = 0                                 # activations region (operand): its
     #                                                 blocks' needed words, xstride apart
@@ -686,6 +709,7 @@ class KernelBuilder:
         # n (an input's segment, whose words come with `load_activation`)}; and every region
         # ever registered (an input read by two layers is fed once).
         self._unfed: dict = {node: {} for node in self.tp.nodes}
+        self._gated: dict = {}      # (node, addr) -> barriers: a fed region gated on them
         self._fed: set = set()
         self._streamed: dict = {}      # node -> words it streams to the host in earlier layers
         self._scratch: dict = {}       # node -> (ACC, TMP) of the vector layers
@@ -760,8 +784,12 @@ class KernelBuilder:
                                 dtype, fed=True)
 
     def read(self, what) -> None:
-        """Ask for an activation or a GEMM result to be read back after the run (its regions
-        then live to the end)."""
+        """Ask for an activation (or a list of them: a layer split over time) or a GEMM result
+        to be read back after the run (its regions then live to the end)."""
+        if isinstance(what, (list, tuple)):
+            for part in what:
+                self.read(part)
+            return
         for node, addr, size in self._regions_of(what):
             self.sram[node].keep(addr, addr + size)
         if isinstance(what, ActivationLayout):
@@ -1392,7 +1420,7 @@ class KernelBuilder:
                 key = (m.sender, m.src)
                 first_slot[key] = min(first_slot.get(key, m.slot), m.slot)
         for (sender, src), slot in first_slot.items():
-            if slot >= 0:
+            if slot >= 0 or (sender, src) in self._gated:     # gated: fed even at slot -1
                 waits[sender].add(("host", src))
         for node in self.tp.nodes:
             count[node] += len(waits[node]) + 1
@@ -1481,13 +1509,16 @@ class KernelBuilder:
                 rest = [part for part in parts if part not in placed[node]]
                 placed[node].update(zip(rest, self._place(layer.where, node, [
                     (f"{layer.name}: {part}", parts[part], classes[part],
-                     part == "weight staging") for part in rest])))
+                     GATED if part == "weight staging" else False) for part in rest])))
             return placed
 
         placed = self._with_reuse(attempt)
         for node, addrs in placed.items():
             p, parts = layer.plans[node], needs[node]
             p.w_stage = addrs.get("weight staging", 0)
+            if "weight staging" in addrs:
+                p.w_gate = next(r.gate for r in reversed(self.sram[node].regions)
+                                if r.lo == p.w_stage and r.name == f"{layer.name}: weight staging")
             p.w_base = addrs.get("weights", 0)
             p.x_base = addrs.get("activations", 0)
             p.y_base = addrs.get("output chunks", 0)
@@ -1512,14 +1543,20 @@ class KernelBuilder:
             if not self._barrier_helps():
                 raise
             error = first
-        self._add_barrier()
+        try:
+            self._add_barrier()
+        except CapacityError:
+            raise type(error)(f"{error} (and no word is left for a barrier's tokens)") from None
         try:
             return attempt()
         except CompileError:
             for node, sram in self.sram.items():      # the builder as it was before the layer
                 del sram.regions[marks[node]:]
                 sram.reuse_from = self.barriers[-2] if len(self.barriers) > 1 else None
+                sram.gate = len(self.barriers) - 1 or None
             self.barriers.pop()
+            if not any(r.name == "barrier tokens" for r in self.sram[BARRIER_ROOT].regions):
+                self._barrier_word.pop(BARRIER_ROOT, None)
             raise type(error)(f"{error} (nor with the words of the earlier layers' dead "
                               "regions reused)") from None
 
@@ -1535,9 +1572,16 @@ class KernelBuilder:
 
     def _add_barrier(self) -> None:
         now = len(self.layers)
+        if BARRIER_ROOT not in self._barrier_word:
+            # Every node's token lands here while the root may still be in the layers before:
+            # words no region has ever had (as a host region), never reused; placed now, before
+            # the layer's regions take the last such words.
+            self._barrier_word[BARRIER_ROOT], = self._place(
+                "the barrier", BARRIER_ROOT, [("barrier tokens", 1, RESULT, True)])
         self.barriers.append(now)
         for sram in self.sram.values():
             sram.reuse_from = now
+            sram.gate = len(self.barriers)
 
     def _retire_layer(self, layer) -> None:
         """The regions only `layer` uses (its weights and their staging, its gathered inputs,
@@ -1553,6 +1597,10 @@ class KernelBuilder:
     def release(self, what) -> None:
         """The regions of an activation (or a GEMM result) die after the last layer built so
         far: call it when a tensor's last reader has been lowered (the compiler does)."""
+        if isinstance(what, (list, tuple)):
+            for part in what:
+                self.release(part)
+            return
         index = len(self.layers) - 1
         for node, addr, size in self._regions_of(what):
             self.sram[node].retire(addr, addr + size, index)
@@ -1568,13 +1616,19 @@ class KernelBuilder:
         """Every node sends a token to node (0, 0) (a one-word SEND of the last word its
         previous layer wrote, so that it leaves only when that layer's reads are done: the
         sequencer orders it after the write, which comes after every read the layer made);
-        (0, 0) WAITs for all of them and multicasts the release to the whole grid; every node
-        WAITs for it. Only then does any node write into (or send into) reused words."""
-        root = (0, 0)
-        if root not in self._barrier_word:
-            self._barrier_word[root], = self._place("the barrier", root,
-                                                    [("barrier tokens", 1, RESULT)])
-        word = self._barrier_word[root]
+        (0, 0) WAITs for all of them, sends the host a token (a zero-length SEND: the host
+        feeds the regions gated on this barrier once it has it) and multicasts the release to
+        the whole grid; every node WAITs for it. Only then does any node write into (or send
+        into) reused words."""
+        root = BARRIER_ROOT
+        word = self._barrier_word[root]         # placed with the first barrier (`_add_barrier`)
+        for node in self.tp.nodes:      # at most 6 instructions, and the HALT after
+            used = len(self.tp.node(*node)) + (6 if node == root else 2) + 1
+            if used > self.cfg.imem_words:
+                raise CapacityError(f"the barrier before layer {len(self.layers)} needs {used} "
+                                    f"instructions on node {node} (with the earlier layers and "
+                                    f"the HALT), its instruction memory holds "
+                                    f"{self.cfg.imem_words}")
         for node in self.tp.nodes:
             p = self.tp.node(*node)
             last = self._last_write.get(node)
@@ -1582,6 +1636,7 @@ class KernelBuilder:
                        1 if last is not None else 0, root, word, counter=BARRIER_COUNTER)
         p = self.tp.node(*root)
         p.wait(BARRIER_COUNTER, self.cfg.nodes)
+        p.send(0, 0, (self.cfg.cols, root[1]), 0)
         p.shape(1, span=(0, self.cfg.rows - 1))
         p.mcast(0, 0, 0, row=(0, self.cfg.cols - 1), counter=BARRIER_COUNTER, shaped=True)
         for node in self.tp.nodes:
@@ -1624,6 +1679,8 @@ class KernelBuilder:
             for k in range(len(p.owned)):       # fed at their first SEND (`_emit_layer`)
                 addr = p.w_stage + k * layer.wstride
                 self._unfed[node][addr] = words[k * layer.wstride:(k + 1) * layer.wstride]
+                if p.w_gate:
+                    self._gated[(node, addr)] = p.w_gate
 
     def _register_inputs(self, layer: LayerPlan) -> None:
         """The segments of the layer's host inputs that are not fed yet become fed regions."""
@@ -1733,15 +1790,20 @@ class KernelBuilder:
             def send_slot(slot):
                 for m in sends[node].get(slot, []):
                     fed = self._unfed[node].pop(m.src, None)
-                    if fed is not None and slot < 0:     # needed first: loaded before START
-                        if not isinstance(fed, int):
+                    gate = self._gated.pop((node, m.src), None)
+                    if fed is not None and slot < 0 and gate is None:
+                        if not isinstance(fed, int):     # needed first: loaded before START
                             self.tp.load(node, m.src, fed)
                     elif fed is not None:
                         key = (len(self.layers), m.due, slot)
+                        # a gated region: after the gate-th barrier's token (`_emit_barrier`)
+                        via = (BARRIER_ROOT, gate) if gate else None
                         if isinstance(fed, int):
-                            self.tp.expect_feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
+                            self.tp.expect_feed(node, m.src, fed, counter=HOST_COUNTER, key=key,
+                                                gate=via)
                         else:
-                            self.tp.feed(node, m.src, fed, counter=HOST_COUNTER, key=key)
+                            self.tp.feed(node, m.src, fed, counter=HOST_COUNTER, key=key,
+                                         gate=via)
                         emit("wait", HOST_COUNTER, 1)
                     if not m.receivers:
                         emit("send", m.src, m.n, m.receiver, m.dst, counter=m.counter)

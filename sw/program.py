@@ -42,6 +42,7 @@ class TileProgram:
     feed_list: list = field(default_factory=list)  # [(key, seq, (x, y), addr, [words], counter)]
     expected: dict = field(default_factory=dict)   # ((x, y), addr) -> (n, counter, key, seq)
     early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first (host)
+    gate_of: dict = field(default_factory=dict)    # feed seq -> ((x, y), tokens): a gated feed
 
     def _check_node(self, node) -> tuple[int, int]:
         x, y = node
@@ -92,17 +93,19 @@ class TileProgram:
                                f"{1 << SYNC_COUNTER_ID_BITS} sync counters")
         return tuple(key) if isinstance(key, (tuple, list)) else (key,)
 
-    def feed(self, node, addr: int, words, *, counter: int, key=()) -> None:
+    def feed(self, node, addr: int, words, *, counter: int, key=(), gate=None) -> None:
         """Words the host writes at `addr` after the STARTs, bumping `counter` on the node once
         they have all arrived; feeds go in the order of `key` (any tuple of numbers), then of
-        the calls."""
+        the calls. `gate` = (node, tokens): the host sends it only once it has received that
+        many tokens (zero-length SENDs to the host) from that node (`d1tile.sim.host`)."""
         node = self._check_node(node)
         key = self._feed_key(counter, key)
         words = self._checked(node, addr, words, "feed")
-        self.feed_list.append((key, len(self.feed_list) + len(self.expected), node, addr, words,
-                               counter))
+        seq = len(self.feed_list) + len(self.expected)
+        self._gate(seq, gate)
+        self.feed_list.append((key, seq, node, addr, words, counter))
 
-    def expect_feed(self, node, addr: int, n: int, *, counter: int, key=()) -> None:
+    def expect_feed(self, node, addr: int, n: int, *, counter: int, key=(), gate=None) -> None:
         """Declare a feed whose words a later `load(node, addr, words)` of exactly n words
         gives (an input known by place before its values)."""
         node = self._check_node(node)
@@ -110,8 +113,18 @@ class TileProgram:
         self._check_range(node, addr, n, "feed")
         if (node, addr) in self.expected:
             raise ProgramError(f"a feed at {addr} on node {node} is already expected")
-        self.expected[(node, addr)] = (n, counter, key,
-                                       len(self.feed_list) + len(self.expected))
+        seq = len(self.feed_list) + len(self.expected)
+        self._gate(seq, gate)
+        self.expected[(node, addr)] = (n, counter, key, seq)
+
+    def _gate(self, seq: int, gate) -> None:
+        if gate is None:
+            return
+        node, tokens = gate
+        node = self._check_node(node)
+        if not (isinstance(tokens, int) and tokens >= 1):
+            raise ProgramError(f"a feed's gate needs a positive token count, not {tokens!r}")
+        self.gate_of[seq] = (node, tokens)
 
     @property
     def feeds(self) -> list:
@@ -123,8 +136,16 @@ class TileProgram:
                                f"{len(self.expected) - 1} more regions that were not loaded "
                                "(load the program's inputs before running it)")
         return [(node, addr, words, counter)
-                for _, _, node, addr, words, counter in sorted(self.feed_list,
-                                                               key=lambda f: (f[0], f[1]))]
+                for _, _, node, addr, words, counter in self._sorted_feeds()]
+
+    def _sorted_feeds(self) -> list:
+        return sorted(self.feed_list, key=lambda f: (f[0], f[1]))
+
+    @property
+    def gates(self) -> list:
+        """[(index in `feeds`, (x, y), tokens)] of the gated feeds."""
+        return [(i, *self.gate_of[f[1]]) for i, f in enumerate(self._sorted_feeds())
+                if f[1] in self.gate_of]
 
     def read(self, node, addr: int, n: int) -> None:
         node = self._check_node(node)
@@ -146,7 +167,7 @@ class TileProgram:
     def image(self) -> TileImage:
         """The program as plain data (`d1tile.sim.host.TileImage`)."""
         return TileImage(self.cfg, {n: self.words_of(n) for n in self.programs},
-                         self.loads, self.reads, self.feeds, list(self.early))
+                         self.loads, self.reads, self.feeds, list(self.early), self.gates)
 
     def to_json(self) -> str:
         """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
@@ -164,4 +185,5 @@ class TileProgram:
         tp.early = list(image.early)
         tp.feed_list = [((), seq, node, addr, words, counter)
                         for seq, (node, addr, words, counter) in enumerate(image.feeds)]
+        tp.gate_of = {i: (node, tokens) for i, node, tokens in image.gates}
         return tp

@@ -278,10 +278,17 @@ def test_what_is_not_lowered_or_does_not_fit_is_a_clear_error():
                                            r"NCHW image on the tile"):
         compile_model(graph, TileConfig.preset("tiny"),
                       rng.normal(size=(4, 16)).astype(np.float32))
+
+
+def test_the_toy_mlp_fits_the_tiny_tile_split_over_time():
+    """Its 64 x 64 hidden layer needs more than a tiny node's 4 KiB (it was refused): it now
+    runs as parts one after another (`_split_gemm`), bit-exact."""
+    cfg = TileConfig.preset("tiny")
     mlp = mlp_model(batch=16)
-    with pytest.raises(CompileError, match=r"layer 'fc1\+relu1' needs .* of SRAM per node .* "
-                                           r"the node has 4 KiB"):
-        compile_model(mlp.model, TileConfig.preset("tiny"), mlp.calib_x)
+    compiled = compile_model(mlp.model, cfg, mlp.calib_x)
+    assert any("[" in layer.name for layer in compiled.layers)
+    run = execute(compiled, get_device("model", cfg), mlp.test_x[:16])
+    assert run.bit_exact
 
 
 def deep_mlp(rng, batch=8, widths=(32, 32, 32, 32, 4)):
@@ -297,11 +304,18 @@ def deep_mlp(rng, batch=8, widths=(32, 32, 32, 32, 4)):
     return g.build(outputs=[y])
 
 
+def gated_mlp(rng):
+    """Wider: the later layers' weight staging finds no never-used words either, so the host
+    feeds it into dead words after the barrier's token (gated feeds)."""
+    return deep_mlp(rng, widths=(48, 48, 48, 48, 4))
+
+
 @pytest.mark.parametrize("make, shape, dtype", [
     (small_mlp, (8, 12), "int8"), (small_cnn, (8, 1, 5, 5), "int8"),
     (small_residual, (8, 16), "int8"), (small_cnn, (8, 1, 5, 5), "bf16"),
-    (deep_mlp, (8, 32), "int8")],
-    ids=["mlp", "cnn", "residual", "cnn-bf16", "reuse-after-barrier"])
+    (deep_mlp, (8, 32), "int8"), (gated_mlp, (8, 48), "int8"), (gated_mlp, (8, 48), "bf16")],
+    ids=["mlp", "cnn", "residual", "cnn-bf16", "reuse-after-barrier", "gated-feeds",
+         "layers-split-over-time"])
 def test_small_network_on_both_backends(make, shape, dtype):
     cfg = TileConfig.preset("tiny")
     rng = np.random.default_rng(bench_seed())
@@ -313,6 +327,12 @@ def test_small_network_on_both_backends(make, shape, dtype):
         assert compiled.layers[2].plan.kind == "add" and compiled.layers[2].tile_macs == 0
     if make is deep_mlp:                 # the barrier's SEND / WAIT / MCAST on the RTL too
         assert compiled.builder.barriers
+    if make is gated_mlp:                # the host waits for the barriers' tokens
+        assert compiled.tile_program.gates and compiled.run_batch == 8
+    if make is gated_mlp and dtype == "bf16":    # fc0..fc2 do not fit whole: split in two
+        assert [layer.name for layer in compiled.layers] == [
+            "fc0+relu1[0:24]", "fc0+relu1[24:48]", "fc1+relu2[0:24]", "fc1+relu2[24:48]",
+            "fc2+relu3[0:24]", "fc2+relu3[24:48]", "fc3"]
     model = execute(compiled, get_device("model", cfg), x)
     rtl = execute(compiled, get_device("rtl", cfg), x)
     assert model.bit_exact and rtl.bit_exact
@@ -367,20 +387,20 @@ def test_int8_without_calibration_or_qdq_scales_is_refused():
 
 
 def test_a_batch_too_large_is_split_over_runs_on_both_backends():
-    """The small CNN at batch 64 does not fit the tiny tile at once (measured: 32 does): it is
-    compiled for 32 and run twice from the host edge; each run is bit-exact, the model and the
+    """The small CNN at batch 128 does not fit the tiny tile at once (measured: 64 does): it is
+    compiled for 64 and run twice from the host edge; each run is bit-exact, the model and the
     RTL agree on every run, and the report sums the runs."""
     from d1tile.sw.report import run_network
     cfg = TileConfig.preset("tiny")
     rng = np.random.default_rng(bench_seed())
-    graph = small_cnn(rng).with_batch(64)
+    graph = small_cnn(rng).with_batch(128)
     compiled = compile_model(graph, cfg, rng.normal(size=(16, 1, 5, 5)).astype(np.float32))
-    assert (compiled.batch, compiled.run_batch, compiled.runs(64)) == (64, 32, 2)
-    x = rng.normal(size=(64, 1, 5, 5)).astype(np.float32)
+    assert (compiled.batch, compiled.run_batch, compiled.runs(128)) == (128, 64, 2)
+    x = rng.normal(size=(128, 1, 5, 5)).astype(np.float32)
     net = run_network(compiled, x, backends=("model", "rtl"))
     report = net.report()
     assert report["bit_exact"] and report["model_and_rtl_identical"]
-    assert report["runs"] == 2 and report["batch"] == 64 and report["batch_per_run"] == 32
+    assert report["runs"] == 2 and report["batch"] == 128 and report["batch_per_run"] == 64
     per_run = report["cycles_per_run"]["model"]
     assert len(per_run) == 2 and sum(per_run) == report["cycles"]["model"]
     assert per_run == report["cycles_per_run"]["rtl"]
@@ -389,9 +409,9 @@ def test_a_batch_too_large_is_split_over_runs_on_both_backends():
         + breakdown["finish"] == per_run[-1]
     assert report["macs"] == 2 * compiled.macs
     # an odd batch: the last run padded with its own samples, whose outputs are dropped
-    odd = execute(compiled, get_device("model", cfg), x[:45])
+    odd = execute(compiled, get_device("model", cfg), x[:90])
     assert odd.bit_exact and len(odd.result.results) == 2
-    assert all(v.shape[0] == 45 for v in odd.outputs.values())
+    assert all(v.shape[0] == 90 for v in odd.outputs.values())
 
 
 def test_what_does_not_fit_one_sample_is_refused_with_the_whole_batch_error():
@@ -402,3 +422,21 @@ def test_what_does_not_fit_one_sample_is_refused_with_the_whole_batch_error():
     with pytest.raises(CompileError, match=r"^layer 'fc1\+relu1' needs .* \(also with the batch "
                                            r"of 16 split into runs of one sample\)$"):
         compile_model(graph, cfg, rng.normal(size=(16, 512)).astype(np.float32))
+
+
+def test_a_gemm_whose_weights_exceed_the_tile_is_split_over_time():
+    """1024 x 1024 int8 weights (1 MiB, the default tile's whole SRAM): the layer runs as 11
+    layers of at most 96 output features, one after another, each part's weights fed by the
+    host into the words of the part before it once a barrier has passed; bit-exact."""
+    cfg = TileConfig.preset("default")
+    rng = np.random.default_rng(bench_seed())
+    graph = small_mlp(rng, batch=64, k=1024, h=1024, f=10)
+    compiled = compile_model(graph, cfg, rng.normal(size=(64, 1024)).astype(np.float32))
+    names = [layer.name for layer in compiled.layers]
+    assert names[0] == "fc1+relu1[0:96]" and names[-2] == "fc1+relu1[960:1024]" and \
+        names[-1] == "fc2" and len(names) == 12
+    assert compiled.run_batch == 64 and compiled.tile_program.gates
+    assert compiled.macs == 64 * (1024 * 1024 + 1024 * 10)
+    run = execute(compiled, get_device("model", cfg),
+                  rng.normal(size=(64, 1024)).astype(np.float32))
+    assert run.bit_exact

@@ -389,6 +389,47 @@ def fed_gemm():
     return tp, check
 
 
+def gated_feed():
+    """A region the host writes twice: node (1, 1) uses the first version (fed ungated), sends
+    it to (0, 1), then tells (0, 0), which sends the host a token (a zero-length SEND); only
+    then does the host send the gated second version into the same words, and a feed behind
+    it in row 1 waits too. (1, 1) WAITs for it and sends it on; (0, 1) ends with both."""
+    tp = TileProgram(CFG)
+    first = [RNG.integers(0, 1 << 32) for _ in range(6)]
+    second = [RNG.integers(0, 1 << 32) for _ in range(6)]
+    later = [RNG.integers(0, 1 << 32) for _ in range(3)]
+    tp.feed((1, 1), 40, first, counter=31, key=(0,))
+    tp.feed((1, 1), 40, second, counter=31, key=(1,), gate=((0, 0), 1))
+    tp.feed((1, 1), 60, later, counter=31, key=(2,))
+    p = tp.node(1, 1)
+    p.wait(31, 1)
+    p.send(40, 6, (0, 1), 100, counter=1)
+    p.send(0, 0, (0, 0), 0, counter=2)      # done with the first version
+    p.wait(31, 2)                           # the second version and the later feed
+    p.send(40, 6, (0, 1), 110, counter=1)
+    p.send(60, 3, (0, 1), 120, counter=1)
+    p.halt()
+    p = tp.node(0, 0)
+    p.wait(2, 1)
+    p.send(0, 0, (CFG.cols, 0), 0)          # the token the gated feed waits for
+    p.halt()
+    p = tp.node(0, 1)
+    p.wait(1, 3)
+    p.halt()
+    tp.read((0, 1), 100, 23)
+    assert tp.gates == [(1, (0, 0), 1)]
+    assert TileProgram.from_json(tp.to_json()).image().gates == [(1, (0, 0), 1)]
+
+    def check(result):
+        got = result.reads[((0, 1), 100, 23)]
+        assert got[:6] == first and got[10:16] == second and got[20:23] == later
+        assert result.streams == {(0, 0): [(0, [])]}
+        functional = interpret(tp)
+        assert functional.deadlock is None
+        assert functional.reads[((0, 1), 100, 23)] == got
+    return tp, check
+
+
 def faults():
     """One fault of each kind on three nodes, and on the fourth a stepped instruction that
     faults inside a loop."""
@@ -439,7 +480,7 @@ def deadlock():
 CASES = {"matmul_one_node": matmul_one_node, "ring": ring, "all_to_one": all_to_one,
          "cooperative_matmul": cooperative_matmul, "looped_matmul": looped_matmul,
          "multicast": multicast, "shaped_dma": shaped_dma, "host_stream": host_stream,
-         "fed_gemm": fed_gemm,
+         "fed_gemm": fed_gemm, "gated_feed": gated_feed,
          "faults": faults, "deadlock": deadlock}
 HANG_CYCLES = 300
 
