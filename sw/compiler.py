@@ -338,6 +338,11 @@ def _splittable(c: Compilation, op) -> bool:
             and all(q.op == "gemm" and q.inputs[0] == op.output for q in users))
 
 
+IMEM_PER_PART = 16
+"""Instructions per node a part of a split GEMM takes at least (`_split_gemm` tries no more
+parts than the instruction memory holds at this rate)."""
+
+
 def _split_gemm(c: Compilation, op, x, weight, whole: CapacityError):
     """**Split over time**: the GEMM as 2, 3, ... layers one after another, each computing a
     contiguous range of the output's feature blocks with only those weights on the tile; a
@@ -348,7 +353,9 @@ def _split_gemm(c: Compilation, op, x, weight, whole: CapacityError):
     n, (k, f) = c.cfg.mac_dim, op.weight.shape
     blocks = -(-f // n)
     tried, last = set(), None
-    for parts in range(2, blocks + 1):
+    # every part costs each node a few instructions at least (its WAITs, a MATMUL, an MREAD,
+    # the VECs): more parts than IMEM_PER_PART allows cannot fit the instruction memory
+    for parts in range(2, min(blocks, c.cfg.imem_words // IMEM_PER_PART) + 1):
         per = -(-blocks // parts)
         if per in tried:
             continue
@@ -365,6 +372,8 @@ def _split_gemm(c: Compilation, op, x, weight, whole: CapacityError):
         except CapacityError as exc:
             c.builder = before
             last = exc
+    if last is None:
+        raise whole
     raise CapacityError(f"{whole} (nor with its {f} output features split over time, down "
                         f"to {len(range(0, blocks, per))} layers: {last})") from None
 
