@@ -26,12 +26,15 @@ case lowers to:
   even): s_x / 2 + s_y / 2 + 2 x 2^-24 |x^| (the mean of values each within s_x / 2);
 * softmax (on the host, after the tile): half the largest input error (sum_j |dp_i / dz_j| =
   2 p_i (1 - p_i) <= 1/2), s_x / 4 when its input comes straight from the host.
+
+bf16 (`run_case_bf16`): bit-exact with the BF16/FP32 reference, and within `bf16_bound`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
+from functools import cache
 
 import numpy as np
 import onnx
@@ -41,7 +44,7 @@ from onnx import numpy_helper
 from d1tile.params import TileConfig
 from d1tile.sw.compiler import compile_model, execute
 from d1tile.sw.errors import CompileError
-from d1tile.sw.quant import _conv_product, _max_scale, finish_on_host
+from d1tile.sw.quant import _conv_product, _max_scale, finish_on_host, run_float
 from d1tile.sw.runtime import get_device
 
 CLAIMED = ["Add", "AveragePool", "BatchNormalization", "Conv", "Flatten", "Gemm",
@@ -157,12 +160,83 @@ def run_case(case) -> tuple[str, str]:
     return "matched", f"error at most {worst:.2f} of the bound"
 
 
+BF16_U = 2.0 ** -8
+"""The unit roundoff of BF16 (8 significant bits), rounding to nearest."""
+
+
+def bf16_bound(compiled, x) -> dict:
+    """Per graph output element, the bound of the bf16 pipeline (module docstring, "bf16"):
+    (3 u + K 2^-24) M, with M the op's value on |x| and the absolute weights (`run_float` on
+    them: sum |x| |w| + |b| for a gemm or conv, |a| + |b| for an add, the largest or the mean
+    |x| of a window) and K the input's elements per sample (+ 1 for the bias); half the input's
+    bound after a host softmax."""
+    graph = compiled.graph.copy()
+    graph.initializers = {k: np.abs(v) for k, v in graph.initializers.items()}
+    name = graph.inputs[0]
+    magnitude = run_float(graph, {name: np.abs(np.asarray(x, np.float32))}, keep=True)
+    k = int(np.prod(graph.shape(name)[1:])) + 1
+    rel = 3 * BF16_U + k * F32_EPS
+    host = {node.output: node for node in compiled.qgraph.host_nodes}
+    out = {}
+    for o in graph.outputs:
+        if o in host:
+            out[o] = np.full(graph.shape(o), rel * np.max(magnitude[host[o].inputs[0]]) / 2)
+        else:
+            out[o] = rel * np.asarray(magnitude[o], np.float64)
+    return out
+
+
+def run_case_bf16(case) -> tuple[str, str]:
+    """The case in bf16: refused, or bit-exact with the BF16/FP32 reference and within
+    `bf16_bound` of the expected outputs."""
+    model, x, expected = frozen(case)
+    try:
+        compiled = compile_model(model, CFG, None, dtype="bf16")
+    except CompileError as e:
+        assert "\n" not in str(e), str(e)
+        return "refused", str(e)
+    run = execute(compiled, get_device("model", CFG), x)
+    assert run.bit_exact, f"{case.name}: the tile differs from the bf16 reference"
+    outputs = finish_on_host(compiled.qgraph, run.outputs)
+    tol = bf16_bound(compiled, x)
+    worst = 0.0
+    for vi, want in zip(case.model.graph.output, expected):
+        got = outputs[vi.name]
+        excess = np.abs(got - want) - tol[vi.name]
+        assert np.all(excess <= 1e-30), \
+            f"{case.name}: {vi.name} is off by {np.max(np.abs(got - want)):.4g} in bf16"
+        worst = max(worst, float(np.max(np.abs(got - want) / np.maximum(tol[vi.name], 1e-30))))
+    return "matched", f"error at most {worst:.2f} of the bound"
+
+
+def test_onnx_operator_cases_in_bf16():
+    """The same cases in bf16: every one that int8 matches is matched here too (bit-exact with
+    the bf16 reference, within the bf16 bound), none wrong or crashing; prints the counts."""
+    outcomes = {case.name: run_case_bf16(case) for case in collect()}
+    counts = Counter(kind for kind, _ in outcomes.values())
+    print(f"\nONNX operator cases in bf16: {len(outcomes)}, matched {counts['matched']}, "
+          f"refused {counts['refused']}")
+    for name, (kind, detail) in sorted(outcomes.items()):
+        print(f"  {name}: {kind}: {detail}")
+    # bf16 runs nothing on the host's behalf: a softmax straight on the input is refused
+    # (int8 quantises the input on the tile's behalf and matches those)
+    host_only = "a host op reads a graph input directly; nothing would run on the tile"
+    missing = [n for n, kind in int8_outcomes().items() if kind[0] == "matched"
+               and outcomes[n][0] != "matched" and host_only not in outcomes[n][1]]
+    assert not missing, [(n, outcomes[n]) for n in missing]
+    assert counts["matched"] >= 55
+
+
+@cache
+def int8_outcomes() -> dict:
+    """Every case's int8 outcome (`run_case`), computed once for both tests."""
+    return {case.name: run_case(case) for case in collect()}
+
+
 def test_onnx_operator_cases():
     """Every case of the claimed ops is matched or refused, none wrong or crashing; prints the
     counts and the refusal reasons (docs/compiler_frontend.md quotes them)."""
-    outcomes = {}
-    for case in collect():
-        outcomes[case.name] = run_case(case)
+    outcomes = int8_outcomes()
     counts = Counter(kind for kind, _ in outcomes.values())
     by_op = Counter()
     for case in collect():
