@@ -652,12 +652,13 @@ def compile_model(source, cfg: TileConfig, calibration=None, *, dtype: str = "in
             lower(part)
             finish(part)
             return part
-        except CapacityError:
-            continue
+        except CapacityError as exc:
+            last = exc
     if c.batch == 1:
         raise whole
+    detail = "" if str(last) == str(whole) else f": {last}"
     raise CapacityError(f"{whole} (also with the batch of {c.batch} split into runs of one "
-                        "sample)") from None
+                        f"sample{detail})") from None
 
 
 def _smaller_batches(batch: int) -> list[int]:
