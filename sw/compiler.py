@@ -44,7 +44,7 @@ from d1tile.sw.vector_kernels import reference_add, reference_pool, reference_re
 
 
 __all__ = ["Compilation", "LayerInfo", "compile_model", "execute", "Execution", "Runs",
-           "References", "references", "PASSES", "LOWER", "image_order", "channels_last"]
+           "run_results", "References", "references", "PASSES", "LOWER", "image_order", "channels_last"]
 
 
 @dataclass
@@ -209,8 +209,9 @@ def _bf16_layer(c: Compilation, inputs, output: str, fn) -> None:
         c.bf16_layers.append(([inputs] if isinstance(inputs, str) else list(inputs), output, fn))
 
 
-def _record(c: Compilation, name: str, ops: list, macs: int) -> None:
-    layer = c.builder.layers[-1]
+def _record(c: Compilation, name: str, ops: list, macs: int, layer=None) -> None:
+    """A tile layer's LayerInfo (the builder's last layer unless `layer` is given)."""
+    layer = c.builder.layers[-1] if layer is None else layer
     c.macs += macs
     c.layers.append(LayerInfo(name, ops, macs, layer.matrix_macs(), layer))
 
@@ -310,10 +311,8 @@ def _lower_gemm(c: Compilation, op) -> list:
             raise
         c.builder = before
         y, infos = _split_gemm(c, op, x, weight, whole)
-    for name, macs in infos:
-        c.macs += macs
-    c.layers.extend(LayerInfo(name, [op.op], macs, layer.matrix_macs(), layer)
-                    for (name, macs), layer in zip(infos, c.builder.layers[-len(infos):]))
+    for (name, macs), layer in zip(infos, c.builder.layers[-len(infos):]):
+        _record(c, name, [op.op], macs, layer)
     if c.dtype == ElemType.BF16:
         cfg, relu = c.cfg, bool(op.relu)
         _bf16_layer(c, op.inputs[0], op.output, lambda xs: reference_layer_bf16(
@@ -638,22 +637,19 @@ def compile_model(source, cfg: TileConfig, calibration=None, *, dtype: str = "in
         c.calibration = {c.graph.inputs[0]: c.calibration.pop("__single__")}
     prepare(c)
     c.batch = c.graph.batch
-    try:
-        lower(c)
-        finish(c)
-        return c
-    except CapacityError as exc:
-        whole = exc
-    for batch in _smaller_batches(c.batch):
-        part = Compilation(cfg, source, c.calibration, graph=c.graph.with_batch(batch),
-                           dtype=c.dtype, batch=c.batch)
-        prepare(part)
+    whole = last = None
+    for batch in [c.batch, *_smaller_batches(c.batch)]:
+        part = c
+        if batch != c.batch:
+            part = Compilation(cfg, source, c.calibration, graph=c.graph.with_batch(batch),
+                               dtype=c.dtype, batch=c.batch)
+            prepare(part)
         try:
             lower(part)
             finish(part)
             return part
         except CapacityError as exc:
-            last = exc
+            whole, last = whole or exc, exc
     if c.batch == 1:
         raise whole
     detail = "" if str(last) == str(whole) else f": {last}"
@@ -688,12 +684,7 @@ def references(c: Compilation, x) -> References:
         from d1tile.sw.bf16 import bf16_reference, bits_to_float
         # the per-layer references take the compiled batch: run_batch samples at a time, as
         # the tile runs them (each sample on its own, so the padding changes nothing)
-        b, parts = c.run_batch, []
-        for start in range(0, max(len(x), 1), b):
-            chunk = x[start:start + b]
-            if len(chunk) != b:
-                chunk = np.take(chunk, np.arange(b) % len(chunk), axis=0)
-            parts.append(bf16_reference(c, chunk))
+        parts = [bf16_reference(c, chunk) for chunk in _run_chunks(x, c.run_batch)]
         exact = {k: bits_to_float(np.concatenate([p[k] for p in parts])[:len(x)])
                  for k in parts[0]}
         return References(exact, floats)
@@ -739,12 +730,8 @@ def execute(c: Compilation, device, x, refs: References | None = None) -> Execut
     repeats of its own, whose outputs are dropped); `Execution.result` is then `Runs`."""
     name = c.input_name
     x = np.asarray(x, dtype=np.float32)
-    b = c.run_batch
     results, parts = [], []
-    for start in range(0, max(len(x), 1), b):
-        chunk = x[start:start + b]
-        if len(chunk) != b:
-            chunk = np.take(chunk, np.arange(b) % len(chunk), axis=0)
+    for chunk in _run_chunks(x, c.run_batch):
         xin = quantize_tensor(chunk, c.qgraph.scales[name]) if c.dtype == ElemType.INT8 else chunk
         device.load(_with_input(c, xin))
         result = device.run()
@@ -760,6 +747,22 @@ def execute(c: Compilation, device, x, refs: References | None = None) -> Execut
     refs = refs if refs is not None else references(c, x)
     return Execution(outputs, refs.exact, refs.floats,
                      results[0] if len(results) == 1 else Runs(results))
+
+
+def _run_chunks(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """`x` in runs of `batch` samples, the last padded with repeats of its own samples."""
+    chunks = []
+    for start in range(0, max(len(x), 1), batch):
+        chunk = x[start:start + batch]
+        if len(chunk) != batch:
+            chunk = np.take(chunk, np.arange(batch) % len(chunk), axis=0)
+        chunks.append(chunk)
+    return chunks
+
+
+def run_results(result) -> list:
+    """The RunResult of every run behind an `Execution.result` (one, or a `Runs`' all)."""
+    return result.results if isinstance(result, Runs) else [result]
 
 
 @dataclass

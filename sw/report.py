@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d1tile.sw.compiler import Compilation, execute, references
+from d1tile.sw.compiler import Compilation, execute, references, run_results
 from d1tile.sw.quant import dequantize
 from d1tile.sw.runtime import ModelDevice, get_device
 
@@ -91,7 +91,7 @@ class NetworkRun:
             "batch": samples,
             "runs": runs,
             "batch_per_run": c.run_batch,
-            "cycles_per_run": {b: [r.cycles for r in getattr(e.result, "results", [e.result])]
+            "cycles_per_run": {b: [r.cycles for r in run_results(e.result)]
                                for b, e in self.executions.items()},
             "preset": cfg.name,
             "grid": f"{cfg.rows}x{cfg.cols}",
@@ -186,7 +186,7 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
         if b == "model":
             # the issue trace is the last run's (one, unless the batch is split over runs)
             trace = device.issue_trace
-            model_cycles = getattr(run.result, "results", [run.result])[-1].cycles
+            model_cycles = run_results(run.result)[-1].cycles
         if b in backends:
             executions[b] = run
     return NetworkRun(c, x, executions, layer_cycles(c, trace, model_cycles),
