@@ -306,19 +306,30 @@ class NodeSram:
 
     Reuse: a region that dies (`Region.dies`, set when the kernel builder knows its last
     user) leaves its words free for regions placed at or after a barrier that follows its
-    death (`reuse_from`: the layer index of the last barrier, set by the builder), except for
+    death (`reuse_from`: the layer index of the last of the builder's `barriers`), except for
     host-written regions, which only take words no region has ever had: the host writes them
     before the START or while the nodes run, so they must not meet any other region. A
     region another node writes into is only reused after the barrier, when every node has
     finished the layers before it (`KernelBuilder._emit_barrier`)."""
 
-    def __init__(self, cfg: TileConfig, node, compact: bool = False):
+    def __init__(self, cfg: TileConfig, node, compact: bool = False,
+                 barriers: list | None = None):
         self.cfg = cfg
         self.node = node
         self.compact = compact
         self.regions: list[Region] = []
-        self.reuse_from: int | None = None
-        self.gate: int | None = None     # the barriers passed so far (for gated host regions)
+        # the layer indices with a barrier before them: the builder's list, shared by its nodes
+        self.barriers = [] if barriers is None else barriers
+
+    @property
+    def reuse_from(self) -> int | None:
+        """The layer index of the last barrier: regions dead before it are free."""
+        return self.barriers[-1] if self.barriers else None
+
+    @property
+    def gate(self) -> int | None:
+        """The barriers so far: what a gated host region placed now is fed after."""
+        return len(self.barriers) or None
 
     def _dead(self, r: Region) -> bool:
         return r.dies is not None and self.reuse_from is not None and r.dies < self.reuse_from
@@ -700,7 +711,8 @@ class KernelBuilder:
         self.tp = tile_program if tile_program is not None else TileProgram(cfg)
         if self.tp.cfg != cfg:
             raise ValueError("the tile program was made for another configuration")
-        self.sram = {node: NodeSram(cfg, node, compact) for node in self.tp.nodes}
+        self.barriers: list = []       # layer indices with a barrier before them (reuse)
+        self.sram = {node: NodeSram(cfg, node, compact, self.barriers) for node in self.tp.nodes}
         self._acc: dict = {}
         self._names: set = set()
         self._finished = False
@@ -713,7 +725,6 @@ class KernelBuilder:
         self._fed: set = set()
         self._streamed: dict = {}      # node -> words it streams to the host in earlier layers
         self._scratch: dict = {}       # node -> (ACC, TMP) of the vector layers
-        self.barriers: list = []       # layer indices with a barrier before them (reuse)
         self._barriers_emitted: set = set()
         self._barrier_word: dict = {}  # (0, 0) -> the word the barrier tokens land in
         self._last_write: dict = {}    # node -> an address its last vector/MREAD wrote
@@ -1535,11 +1546,15 @@ class KernelBuilder:
         it can be reused (when there are such words and a barrier is possible), and try once
         more."""
         marks = {node: len(sram.regions) for node, sram in self.sram.items()}
+
+        def undo():         # the regions placed since (the barrier's token word included)
+            for node, sram in self.sram.items():
+                del sram.regions[marks[node]:]
+
         try:
             return attempt()
         except CompileError as first:
-            for node, sram in self.sram.items():
-                del sram.regions[marks[node]:]
+            undo()
             if not self._barrier_helps():
                 raise
             error = first
@@ -1550,10 +1565,7 @@ class KernelBuilder:
         try:
             return attempt()
         except CompileError:
-            for node, sram in self.sram.items():      # the builder as it was before the layer
-                del sram.regions[marks[node]:]
-                sram.reuse_from = self.barriers[-2] if len(self.barriers) > 1 else None
-                sram.gate = len(self.barriers) - 1 or None
+            undo()                      # and the barrier: the builder as before the layer
             self.barriers.pop()
             if not any(r.name == "barrier tokens" for r in self.sram[BARRIER_ROOT].regions):
                 self._barrier_word.pop(BARRIER_ROOT, None)
@@ -1578,10 +1590,7 @@ class KernelBuilder:
             # the layer's regions take the last such words.
             self._barrier_word[BARRIER_ROOT], = self._place(
                 "the barrier", BARRIER_ROOT, [("barrier tokens", 1, RESULT, True)])
-        self.barriers.append(now)
-        for sram in self.sram.values():
-            sram.reuse_from = now
-            sram.gate = len(self.barriers)
+        self.barriers.append(now)        # the nodes' `NodeSram.reuse_from` and `gate`
 
     def _retire_layer(self, layer) -> None:
         """The regions only `layer` uses (its weights and their staging, its gathered inputs,
