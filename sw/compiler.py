@@ -69,6 +69,11 @@ class Compilation:
     tile_program: object = None
     macs: int = 0                                    # multiply-accumulates of the tile's layers
     layers: list = field(default_factory=list)       # LayerInfo per tile layer, in order
+    # The first convolution split over time into bands of output rows (`_band_conv`): set by
+    # `lower` when the network does not fit otherwise; the host input is then placed band by
+    # band (`band_input`: what `_place_input` found, for `_band_conv`).
+    band_split: bool = False
+    band_input: dict = field(default_factory=dict)
 
     @property
     def input_name(self) -> str:
@@ -256,8 +261,9 @@ def _fusable_pool(c: Compilation, op):
 
 
 def _lower_conv(c: Compilation, op) -> list:
-    x = _layout(c, op.inputs[0], op.name, op.op)
     pool = _fusable_pool(c, op)
+    banded = c.band_input.get("conv") == op.name
+    x = None if banded else _layout(c, op.inputs[0], op.name, op.op)
     weight = op.weight
     if op.inputs[0] in c.folds:         # the host folded the taps into the channels
         fold = c.folds[op.inputs[0]]
@@ -268,11 +274,13 @@ def _lower_conv(c: Compilation, op) -> list:
         geom = _conv_geometry(c, op, _image(c, op.inputs[0], op.name, op.op), pool)
     name = op.name if pool is None else f"{op.name}+{pool.name}"
     out = pool.output if pool is not None else op.output
-    if c.dtype == ElemType.INT8:
-        y = c.builder.conv_layer(name, x, weight, op.bias, geom, scale=int(op.scale),
-                                 shift=int(op.shift), relu=bool(op.relu))
+    if banded:
+        y = _band_conv(c, op, name, out, weight, geom)
     else:
-        y = c.builder.conv_layer(name, x, weight, op.bias, geom, relu=bool(op.relu))
+        y = _conv_layer(c, op, name, x, weight, geom)
+        _record(c, name, [op.op] + ([pool.op] if pool is not None else []),
+                geom.macs(c.graph.batch))
+    if c.dtype == ElemType.BF16:
         batch, n, relu = c.graph.batch, c.cfg.mac_dim, bool(op.relu)
         _bf16_layer(c, op.inputs[0], out, lambda xs: reference_conv_bf16(
             geom, xs[0].reshape(batch, geom.in_h, geom.in_w, geom.cp), weight, op.bias, relu,
@@ -281,9 +289,100 @@ def _lower_conv(c: Compilation, op) -> list:
     c.layouts[out] = y
     c.images[out] = (geom.pooled_h, geom.pooled_w, cp)
     c.orders[out] = image_order(geom.out_c, geom.pooled_h, geom.pooled_w, cp)
-    _record(c, name, [op.op] + ([pool.op] if pool is not None else []),
-            geom.macs(c.graph.batch))
     return [pool.name] if pool is not None else []
+
+
+def _conv_layer(c: Compilation, op, name: str, x, weight, geom: ConvGeometry, **kwargs):
+    if c.dtype == ElemType.INT8:
+        return c.builder.conv_layer(name, x, weight, op.bias, geom, scale=int(op.scale),
+                                    shift=int(op.shift), relu=bool(op.relu), **kwargs)
+    return c.builder.conv_layer(name, x, weight, op.bias, geom, relu=bool(op.relu), **kwargs)
+
+
+def _list_reader(c: Compilation, tensor: str) -> bool:
+    """Whether `tensor` may be a list of parts side by side (a layer split over time): read
+    only by GEMMs (which take their K as the parts concatenated), by flattens and reshapes
+    whose outputs are such tensors, or by the host."""
+    for q in c.qgraph.ops:
+        if tensor not in q.inputs:
+            continue
+        if q.op in ("flatten", "reshape"):
+            if not _list_reader(c, q.output):
+                return False
+        elif not (q.op == "gemm" and q.inputs[0] == tensor):
+            return False
+    return True
+
+
+def _band_splittable(c: Compilation) -> bool:
+    """Whether the first convolution can be split over time (`_band_conv`): it reads the
+    host input (its only reader) and its output (after a fused max pool) can be a list."""
+    conv = _first_conv(c, c.input_name)
+    if conv is None or len(c.graph.shape(c.input_name)) != 4:
+        return False
+    pool = _fusable_pool(c, conv)
+    return _list_reader(c, pool.output if pool is not None else conv.output)
+
+
+BAND_IMEM = 24
+"""Instructions per node a band of a split convolution takes at least (its barrier, WAITs,
+MATMULs, MREAD and VECs): `_band_conv` tries no more bands than the instruction memory holds
+at this rate."""
+
+
+def _band_conv(c: Compilation, op, name: str, out: str, weight, geom: ConvGeometry):
+    """**Split over time** (the first convolution, on the host input): the output rows cut
+    into 2, 3, ... bands (`ConvGeometry.bands`), one layer each, one after another; band p's
+    input rows are a host input of their own, placed where its MATMULs read them (the spans of
+    the band) and fed once the barrier before the band has passed (gated feeds, in the words
+    of the band before: `KernelBuilder.input(gated=True)`); the output is the list of the
+    bands' outputs, kept on the tile, or, when the host is its only reader and it does not
+    fit, sent to the host band by band (`conv_layer(out="host")`). Returns the list; the
+    error of the finest split tried when none fits."""
+    info, cfg = c.band_input, c.cfg
+    vpw = _vectors(c)
+    outs = ("sram", "host") if out in c.qgraph.outputs and not _list_users(c, out) else ("sram",)
+    tried, last = set(), None
+    for parts in range(2, min(geom.pooled_h, cfg.imem_words // BAND_IMEM) + 1):
+        bands = geom.bands(parts)
+        if len(bands) in tried:
+            continue
+        tried.add(len(bands))
+        for where in outs:
+            before = copy.deepcopy(c.builder)
+            spans = [geom.spans(cfg.rows, geom.cp // vpw, band) for band in bands]
+            reserve = {y: max((sp[y][1] - sp[y][0] for sp in spans if y in sp), default=0)
+                       for y in range(cfg.rows)}
+            try:
+                xs, ys = [], []
+                for k, band in enumerate(bands):
+                    rows = f"[{band[0] // geom.pooled_w}:{band[1] // geom.pooled_w}]"
+                    if k and c.builder._barrier_helps():
+                        c.builder._add_barrier()       # band k takes band k - 1's words
+                    xs.append(c.builder.input(
+                        f"{info['name']}{rows}", batch=info["batch"], features=info["features"],
+                        dtype=c.dtype, form="spans", gated=True, spans=spans[k],
+                        reserve=reserve))
+                    ys.append(_conv_layer(c, op, f"{name}{rows}", xs[-1], weight, geom,
+                                          positions=band, out=where))
+                    c.builder.release(xs[-1])
+                    _record(c, f"{name}{rows}", [op.op] + (["maxpool"] if geom.pool else []),
+                            geom.band_macs(band, c.graph.batch), c.builder.layers[-1])
+                c.layouts[info["name"]] = xs
+                return ys
+            except CapacityError as exc:
+                c.builder = before
+                del c.layers[len(c.layers) - len(ys):]
+                c.macs -= sum(geom.band_macs(b, c.graph.batch) for b in bands[:len(ys)])
+                last = exc
+    if last is None:
+        raise CapacityError(f"layer {name!r}: its {geom.pooled_h} output rows cannot be split "
+                            "into bands")
+    raise CapacityError(f"down to {len(tried) and max(tried)} bands of output rows: {last}")
+
+
+def _list_users(c: Compilation, tensor: str) -> list:
+    return [q for q in c.qgraph.ops if tensor in q.inputs]
 
 
 def _stored_rows(c: Compilation, name: str, weight: np.ndarray) -> np.ndarray:
@@ -524,6 +623,10 @@ def _place_input(c: Compilation) -> None:
             spans = geom.spans(c.cfg.rows, geom.cp // vpw)
         if conv is None or fold == "none":
             c.images[name] = image
+        if conv is not None and c.band_split:      # placed band by band (`_band_conv`)
+            c.band_input = dict(name=name, batch=shape[0], features=len(c.orders[name]),
+                                geom=geom, conv=conv.name)
+            return
         c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(c.orders[name]),
                                           dtype=c.dtype, form="spans" if spans else "auto",
                                           spans=spans)
@@ -550,7 +653,7 @@ def _last_uses(c: Compilation) -> dict:
 
 
 _LOWERED = ("layouts", "orders", "images", "image_origin", "folds", "bf16_layers", "fold_costs",
-            "layers")
+            "layers", "band_input")
 """The fields of a `Compilation` that `lower` fills (reset before its second attempt)."""
 
 
@@ -561,13 +664,30 @@ def lower(c: Compilation) -> None:
     if something does not fit, the whole graph once more with the compact one (`NodeSram`:
     the largest regions first, the host's at the top), whose error is the one reported."""
     saved = {name: copy.copy(getattr(c, name)) for name in _LOWERED}
-    try:
-        _lower(c, compact=False)
-    except CompileError:
+
+    def reset():
         for name, value in saved.items():
             setattr(c, name, copy.copy(value))
         c.macs = 0
+
+    try:
+        _lower(c, compact=False)
+        return
+    except CompileError:
+        reset()
+    try:
         _lower(c, compact=True)
+    except CapacityError as whole:
+        if not _band_splittable(c):
+            raise
+        reset()
+        c.band_split = True
+        try:
+            _lower(c, compact=False)
+        except CapacityError as exc:
+            c.band_split = False
+            raise CapacityError(f"{whole} (nor with its first convolution split over time: "
+                                f"{exc})") from None
 
 
 def _lower(c: Compilation, compact: bool) -> None:
@@ -816,6 +936,8 @@ def _with_input(c: Compilation, xin) -> object:
     int8 values, or floats for bf16."""
     from copy import deepcopy
     tp = deepcopy(c.tile_program)
-    load_activation(tp, c.layouts[c.input_name],
-                    to_stored(c.orders[c.input_name], xin.reshape(len(xin), -1)))
+    stored = to_stored(c.orders[c.input_name], xin.reshape(len(xin), -1))
+    layouts = c.layouts[c.input_name]
+    for layout in layouts if isinstance(layouts, list) else [layouts]:   # bands: in order
+        load_activation(tp, layout, stored)
     return tp

@@ -199,15 +199,37 @@ class ConvGeometry:
             out[q] = [c if c in real else real[0] for c in cands]
         return out
 
-    def row_split(self, rows: int) -> dict:
-        """{grid row y: (q0, q1)}: the output positions per grid row (`split_positions`)."""
-        return split_positions(self.positions, rows)
+    def row_split(self, rows: int, positions: tuple | None = None) -> dict:
+        """{grid row y: (q0, q1)}: the output positions per grid row (`split_positions`);
+        of the range `positions` = [p0, p1) only (a band of a convolution split over time),
+        or of all."""
+        p0, p1 = positions or (0, self.positions)
+        return {y: (p0 + q0, p0 + q1) for y, (q0, q1) in split_positions(p1 - p0, rows).items()}
 
-    def spans(self, rows: int, words_per_pixel: int) -> dict:
+    def spans(self, rows: int, words_per_pixel: int, positions: tuple | None = None) -> dict:
         """{grid row y: (lo, hi)}: the words of an input block grid row y reads when the
-        positions are split over `rows` grid rows (`row_split`): whole input rows."""
+        positions (all, or the range `positions`) are split over `rows` grid rows
+        (`row_split`): whole input rows."""
         return {y: tuple(r * self.in_w * words_per_pixel for r in self.input_rows(*qs))
-                for y, qs in self.row_split(rows).items()}
+                for y, qs in self.row_split(rows, positions).items()}
+
+    def bands(self, parts: int) -> list[tuple[int, int]]:
+        """The output positions cut into `parts` bands of whole output rows (pooled rows;
+        fewer bands when there are fewer rows): [(p0, p1)] in raster order, for a convolution
+        split over time."""
+        return [(r0 * self.pooled_w, r1 * self.pooled_w)
+                for r0, r1 in split_positions(self.pooled_h, parts).values()]
+
+    def band_macs(self, band: tuple, batch: int) -> int:
+        """The MACs (as `macs` counts them) of the conv outputs band `band`'s outputs read:
+        the band's share of a fused pool's candidates; conv rows no pool window reads go to
+        the band after them, or the last."""
+        p0, p1 = band
+        last = p1 == self.positions
+        rows = self.candidates[p0:p1, :, 0]
+        r1 = self.out_h if last else int(rows.max()) + 1
+        r0 = 0 if p0 == 0 else int(self.candidates[:p0, :, 0].max()) + 1
+        return self.macs(batch) * (r1 - r0) // self.out_h
 
     def input_rows(self, q0: int, q1: int) -> tuple[int, int]:
         """[r0, r1): the input rows the output positions q0 .. q1-1 read (clipped to the

@@ -202,6 +202,9 @@ class ActivationLayout:
     segments: dict
     dtype: ElemType = ElemType.INT8
     fed: bool = False          # a host input: its segments are fed after the START
+    # Sent to the host instead of kept (`conv_layer(out="host")`): node -> the offset, in the
+    # words it streams to the host (`RunResult.streams`), of its segments' words.
+    streamed: dict | None = None
 
     @property
     def mtype(self) -> MatrixType:
@@ -470,9 +473,10 @@ class NodeSram:
                            f"used)")
 
     def retire(self, lo: int, hi: int, layer: int) -> None:
-        """The regions inside [lo, hi) die after `layer` (unless kept to the end)."""
+        """The regions that start inside [lo, hi) die after `layer` (unless kept to the end);
+        a region may be larger than what it holds (a reserved input staging, `input`)."""
         for r in self.regions:
-            if lo <= r.lo and r.hi <= hi and r.dies is None and not r.kept:
+            if lo <= r.lo < hi and r.dies is None and not r.kept:
                 r.dies = layer
 
     def keep(self, lo: int, hi: int) -> None:
@@ -589,6 +593,7 @@ class LayerPlan:
     # FVEC FMASK zeroes those rows (0 x NaN is NaN: the next layer's zero weights would not).
     mask: bool = False
     conv: ConvPlan | None = None    # a convolution's geometry and runs (None: a GEMM)
+    send_out: bool = False          # a convolution whose nodes SEND their output to the host
     # Per computing node: the words [lo, hi) of each of its batch blocks that its tiles read
     # (the concatenated K of the inputs), held in its X region xstride = hi - lo words apart;
     # `inplace` nodes read them where the input holds them (no X region, no messages).
@@ -631,7 +636,13 @@ class LayerPlan:
         if not self.quant:
             return n + (ceil(len(tiles) / self.stream) if self.stream else 0)
         setq = 1 if tiles and self.dtype == ElemType.INT8 else 0
-        return n + (len(tiles) // self.pool) * self.group_vectors + setq
+        sends = ceil(self.out_words(node) / MAX_SEND_WORDS) if self.send_out and tiles else 0
+        return n + (len(tiles) // self.pool) * self.group_vectors + setq + sends
+
+    def out_words(self, node) -> int:
+        """A convolution's output words on `node` (its positions of its column's blocks)."""
+        (q0, q1), (j0, j1) = self.conv.rows[node[1]], self.blocks[node[0]]
+        return (j1 - j0) * (q1 - q0) * self.conv.cwo
 
     def out_offset(self, node, i: int, j: int, q: int) -> int:
         """Word offset, in node's output chunks, of the output block of the group that starts
@@ -733,7 +744,8 @@ class KernelBuilder:
     # -- activations -------------------------------------------------------------------------
 
     def input(self, name: str, batch: int, features: int, *, form: str = "auto",
-              dtype=ElemType.INT8, spans: dict | None = None) -> ActivationLayout:
+              dtype=ElemType.INT8, spans: dict | None = None,
+              gated: bool = False, reserve: dict | None = None) -> ActivationLayout:
         """Reserve the staging regions of a host-fed activation [batch, features] of type
         `dtype` (INT8 or BF16; fill them with `load_activation`). `form` is "blocks" (whole
         batch blocks dealt over the rows of each column), "chunks" (the K words split evenly
@@ -741,7 +753,14 @@ class KernelBuilder:
         (every node gets a share), else chunks; or "spans": node (x, y) holds the words
         `spans[y]` = (lo, hi) of every block of its column (spans may overlap: the host writes
         shared words to each node), which is how a convolution's input is placed where its
-        MATMULs read it (`ConvGeometry.spans`: no messages at all)."""
+        MATMULs read it (`ConvGeometry.spans`: no messages at all).
+
+        `gated`: the staging may take words dead before the last barrier when no never-used
+        words are left; the host then feeds it once that barrier's token has come (a band of
+        a convolution split over time, `conv_layer(positions=...)`). `reserve` = {grid row y:
+        words per block}: node (x, y)'s staging takes at least that many words per block it
+        holds (the bands of a split convolution reserve the largest band's, so that each band
+        fits the words of the one before)."""
         self._check_open(name)
         for what, value in (("batch", batch), ("features", features)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -778,14 +797,19 @@ class KernelBuilder:
             if held:
                 shape[(x, y)] = held
         what = f"tensor {name!r}"
-        self._check_fits(what, {node: {"activation staging": sum(k1 - k0 for _, k0, k1 in held)}
-                                for node, held in shape.items()})
+        size = {(x, y): max(sum(k1 - k0 for _, k0, k1 in held),
+                            len(held) * (reserve or {}).get(y, 0))
+                for (x, y), held in shape.items()}
+        self._check_fits(what, {node: {"activation staging": size[node]} for node in shape})
         # Spans are read in place by the matrix unit: an operand region.
         cls = OPERAND if form == "spans" else STAGE
         segments = {}
         for node, held in shape.items():
-            addr, = self._place(what, node, [(f"{name}: staging",
-                                              sum(k1 - k0 for _, k0, k1 in held), cls, True)])
+            addr, = self._place(what, node, [(f"{name}: staging", size[node], cls,
+                                              GATED if gated else True)])
+            gate = self.sram[node].regions[-1].gate
+            if gate:
+                self._gated[(node, addr)] = gate
             segs = []
             for j, k0, k1 in held:
                 segs.append(Segment(j, k0, k1, addr))
@@ -804,6 +828,8 @@ class KernelBuilder:
         for node, addr, size in self._regions_of(what):
             self.sram[node].keep(addr, addr + size)
         if isinstance(what, ActivationLayout):
+            if what.streamed is not None:
+                return          # it comes with the run's streams
             for node in what.nodes():
                 self.tp.read(node, *what.region(*node))
         elif isinstance(what, GemmOutput):
@@ -902,8 +928,8 @@ class KernelBuilder:
         return self._activation_layer(name, x, w, b, (0, 0, bool(relu)), ElemType.BF16)
 
     def conv_layer(self, name: str, x, w, b, geom: ConvGeometry, *, scale: int | None = None,
-                   shift: int | None = None, relu: bool = False,
-                   rows: int | None = None) -> ActivationLayout:
+                   shift: int | None = None, relu: bool = False, rows: int | None = None,
+                   positions: tuple | None = None, out: str = "sram") -> ActivationLayout:
         """A convolution as an implicit GEMM (`d1tile.sw.conv`, docs/kernels.md): `x` an image
         activation (`geom.in_h` x `geom.in_w` pixels of `geom.cp` stored channels), `w`
         [out_c, in_c / groups, kh, kw], `b` [out_c]; int8 (`x` int8, integer `w`, int32 `b`,
@@ -914,7 +940,18 @@ class KernelBuilder:
         for its column's batch blocks, each weight block stored once per node. Returns the
         output as an image activation: positions x ob N stored channels (ob = ceil(out_c /
         N); channels beyond out_c are zeros), node (x, y) holding its positions of each of its
-        column's blocks (`reference_conv`, `reference_conv_bf16` compute the same)."""
+        column's blocks (`reference_conv`, `reference_conv_bf16` compute the same).
+
+        **Split over time**: `positions` = (p0, p1) computes only those output positions (a
+        band of whole output rows, `ConvGeometry.bands`); the output is then that band's
+        features (p0 .. p1-1 of the whole output's, so the bands' outputs side by side are the
+        whole output), and the input need only hold the rows the band reads (a host input
+        placed in the band's spans, `input(form="spans", gated=True)`). `out="host"`: each
+        node SENDs its output words to the host edge of its row after its last tile (the
+        layout's `streamed`; `unpack_activation` takes them from the run's streams), so the
+        output's words die with the layer."""
+        if out not in ("sram", "host"):
+            raise ValueError(f"out={out!r}: use 'sram' or 'host'")
         inputs = self._inputs(name, x)
         dtype = inputs[0].dtype
         if dtype == ElemType.INT8:
@@ -931,20 +968,30 @@ class KernelBuilder:
                 raise CompileError(f"layer {name!r}: bf16 layers need an even mac_dim; it is "
                                    f"{self.cfg.mac_dim}")
             quant = (0, 0, bool(relu))
-        layer = self._layer(name, inputs, w, b, quant, conv=geom, rows=rows)
+        p0, p1 = positions or (0, geom.positions)
+        if not (isinstance(p0, (int, np.integer)) and isinstance(p1, (int, np.integer))
+                and 0 <= p0 < p1 <= geom.positions):
+            raise CompileError(f"layer {name!r}: positions {positions!r} are not a range of its "
+                               f"{geom.positions} output positions")
+        layer = self._layer(name, inputs, w, b, quant, conv=geom, rows=rows,
+                            positions=(int(p0), int(p1)), out=out)
         plan, n = layer.conv, self.cfg.mac_dim
-        segments = {}
+        segments, streamed = {}, {} if out == "host" else None
         for (x, y), p in layer.plans.items():
             if p.tiles:
                 q0, q1 = plan.rows[y]
                 j0, j1 = layer.blocks[x]
                 size = (q1 - q0) * plan.cwo
-                segments[(x, y)] = tuple(Segment(j, q0 * plan.cwo, q1 * plan.cwo,
+                segments[(x, y)] = tuple(Segment(j, (q0 - p0) * plan.cwo, (q1 - p0) * plan.cwo,
                                                  p.y_base + (j - j0) * size)
                                          for j in range(j0, j1))
+                if streamed is not None:
+                    streamed[(x, y)] = self._streamed.get((x, y), 0)
+                    self._streamed[(x, y)] = streamed[(x, y)] + (j1 - j0) * size
         ob = ceil(geom.out_c / n)
-        return ActivationLayout(self.cfg, name, inputs[0].batch, geom.positions * ob * n,
-                                geom.positions * plan.cwo, layer.blocks, segments, dtype)
+        return ActivationLayout(self.cfg, name, inputs[0].batch, (p1 - p0) * ob * n,
+                                (p1 - p0) * plan.cwo, layer.blocks, segments, dtype,
+                                streamed=streamed)
 
     def add_layer(self, name: str, a, b=None, *, const=None, qa: float = 1.0, qb: float = 1.0,
                   relu: bool = False) -> ActivationLayout:
@@ -1086,21 +1133,28 @@ class KernelBuilder:
             if i.dtype != inputs[0].dtype:
                 raise CompileError(f"layer {name!r}: inputs {inputs[0].name!r} and {i.name!r} "
                                    f"are {inputs[0].dtype.name} and {i.dtype.name}")
+            if i.streamed is not None:
+                raise CompileError(f"layer {name!r}: input {i.name!r} was sent to the host, it "
+                                   "is not on the tile")
         return inputs
 
-    def _layer(self, name, x, w, bias, quant, pool=1, out_features=None,
-               out="sram", conv: ConvGeometry | None = None, rows: int | None = None) -> LayerPlan:
+    def _layer(self, name, x, w, bias, quant, pool=1, out_features=None, out="sram",
+               conv: ConvGeometry | None = None, rows: int | None = None,
+               positions: tuple | None = None) -> LayerPlan:
         """The passes of one layer, in order; each reads and fills the `LayerPlan`."""
         self._check_open(name)
         if conv is None:
             layer, block_words = self._partition(name, x, w, bias, quant, pool, out_features)
             self._order_tiles(layer)
         else:
-            layer, block_words = self._conv_partition(name, x, w, bias, quant, conv, rows)
+            layer, block_words = self._conv_partition(name, x, w, bias, quant, conv, rows,
+                                                      positions)
             self._order_conv_tiles(layer)
         self._read_in_place(layer)
         tile_cycles = self._tile_cycles(layer)
-        if out == "host" or (out == "auto" and not self._fits(self._sram_needs(layer))):
+        if conv is not None:
+            layer.send_out = out == "host"
+        elif out == "host" or (out == "auto" and not self._fits(self._sram_needs(layer))):
             layer.stream = self._stream_group(layer, tile_cycles)
         self._check_instruction_memory(layer)
         self._place_regions(layer)
@@ -1219,7 +1273,7 @@ class KernelBuilder:
             return [word for k0, k1 in kruns[i] for word in words[k0:k1]]
         return layer, block_words
 
-    def _conv_partition(self, name, x, w, bias, quant, geom: ConvGeometry, rows):
+    def _conv_partition(self, name, x, w, bias, quant, geom: ConvGeometry, rows, positions):
         """A convolution's plan: output positions split over `rows` grid rows (default all;
         fewer when there are fewer positions), every output channel block on every computing
         node, the batch blocks the input's; each block's runs (`ConvGeometry.runs`), its
@@ -1261,7 +1315,7 @@ class KernelBuilder:
             if value > limit:
                 raise CompileError(f"{where}: {value} {what} exceed the instruction limit of "
                                    f"{limit}")
-        crows = geom.row_split(min(rows or cfg.rows, cfg.rows))
+        crows = geom.row_split(min(rows or cfg.rows, cfg.rows), positions)
         used = len(crows)
         plan = ConvPlan(geom, runs, crows, {y: geom.input_rows(*r) for y, r in crows.items()},
                         geom.cp // vpw, ob * n // OUT_PER_WORD[dtype])
@@ -1309,14 +1363,16 @@ class KernelBuilder:
     def _direct_feeds(self, layer: LayerPlan) -> None:
         """The fed input regions the in-place nodes read with their MATMULs (no SEND feeds
         them): each is loaded before the START when the node's first tile reads it, else fed
-        and WAITed for before the first tile that reads it (`_emit_layer`)."""
+        and WAITed for before the first tile that reads it (`_emit_layer`); a gated one is
+        always fed, after its barrier's token."""
         for node, where in layer.inplace.items():
             layout = layer.inputs[0]
             for seg in layout.segments.get(node, ()):
                 words = self._unfed[node].pop(seg.addr, None)
                 if words is not None:
                     layer.direct.setdefault(node, []).append(
-                        (seg.addr, words, layer.first_x[(node, seg.block)]))
+                        (seg.addr, words, layer.first_x[(node, seg.block)],
+                         self._gated.pop((node, seg.addr), None)))
 
     def _order_tiles(self, layer: LayerPlan) -> None:
         """Owners of the weight blocks (dealt round-robin over the row's active columns) and
@@ -1422,8 +1478,8 @@ class KernelBuilder:
                                 waits[(x, y)].add((layer.first_x[((x, y), seg.block)],
                                                    cols + ys))
         for node, regions in layer.direct.items():
-            for addr, _, tile in regions:
-                if tile > 0:
+            for addr, _, tile, gate in regions:
+                if tile > 0 or gate:
                     waits[node].add(("direct", addr))
         first_slot = {}                  # one WAIT on HOST_COUNTER per fed region
         for m in layer.messages:
@@ -1468,8 +1524,7 @@ class KernelBuilder:
                 if (x, y) not in layer.inplace:
                     parts["activations"] = nbx * layer.xstride((x, y))
                 if layer.quant and layer.conv is not None:
-                    q0, q1 = layer.conv.rows[y]
-                    parts["output chunks"] = nbx * (q1 - q0) * layer.conv.cwo
+                    parts["output chunks"] = layer.out_words((x, y))
                 elif layer.quant:
                     parts["output chunks"] = nbx * nf // layer.pool * n // OUT_PER_WORD[layer.dtype]
                 if layer.quant:
@@ -1596,11 +1651,13 @@ class KernelBuilder:
         """The regions only `layer` uses (its weights and their staging, its gathered inputs,
         its staging of a second input) die after it."""
         index = len(self.layers)
+        lasting = ("results", "result ring", "output", "accumulator rows", "candidate rows")
+        if not getattr(layer, "send_out", False):          # sent to the host: dead once sent
+            lasting += ("output chunks",)
         for sram in self.sram.values():
             for r in sram.regions:
                 if r.name.startswith(f"{layer.name}: ") and r.dies is None and not r.kept and \
-                        not r.name.endswith(("output chunks", "results", "result ring",
-                                             "output", "accumulator rows", "candidate rows")):
+                        not r.name.endswith(lasting):
                     r.dies = index
 
     def release(self, what) -> None:
@@ -1615,7 +1672,7 @@ class KernelBuilder:
             self.sram[node].retire(addr, addr + size, index)
 
     def _regions_of(self, what):
-        if isinstance(what, ActivationLayout):
+        if isinstance(what, ActivationLayout) and what.streamed is None:
             return [(node, *what.region(*node)) for node in what.nodes()]
         if isinstance(what, GemmOutput) and what.streamed is None:
             return [(node, *what.region(*node)) for node in sorted(what.base)]
@@ -1697,8 +1754,8 @@ class KernelBuilder:
             if layout.fed:
                 for node, segs in layout.segments.items():
                     for seg in segs:
-                        if (node, seg.addr) not in self._fed:
-                            self._fed.add((node, seg.addr))
+                        if (layout.name, node, seg.addr) not in self._fed:
+                            self._fed.add((layout.name, node, seg.addr))
                             self._unfed[node][seg.addr] = seg.words
 
     def _gather(self, layer: LayerPlan) -> None:
@@ -1803,6 +1860,8 @@ class KernelBuilder:
                     if fed is not None and slot < 0 and gate is None:
                         if not isinstance(fed, int):     # needed first: loaded before START
                             self.tp.load(node, m.src, fed)
+                        else:       # an input's words: `load_activation` gives them
+                            self.tp.expect_load(node, m.src, fed)
                     elif fed is not None:
                         key = (len(self.layers), m.due, slot)
                         # a gated region: after the gate-th barrier's token (`_emit_barrier`)
@@ -1881,11 +1940,14 @@ class KernelBuilder:
                 first_senders.append(node)
             send_slot(-1)
             direct = {}                 # tile -> fed regions it is the first to read in place
-            for addr, words, tile in layer.direct.get(node, ()):
-                if tile > 0:
+            for addr, words, tile, gate in layer.direct.get(node, ()):
+                if tile > 0 or gate:
                     self.tp.expect_feed(node, addr, words, counter=HOST_COUNTER,
-                                        key=(len(self.layers), tile - 1, tile - 1))
+                                        key=(len(self.layers), tile - 1, tile - 1),
+                                        gate=(BARRIER_ROOT, gate) if gate else None)
                     direct[tile] = direct.get(tile, 0) + 1
+                else:       # read by the first tile: loaded before the START
+                    self.tp.expect_load(node, addr, words)
             for t, (i, j, q) in enumerate(p.tiles):
                 for counter, value in sorted(waits[node].get(t, {}).items()):
                     emit("wait", counter, value)
@@ -1912,6 +1974,12 @@ class KernelBuilder:
                 drain(1)
                 pending.extend(finish_group(len(p.tiles) // pool - 1))
                 drain(1)
+            if layer.send_out and p.tiles:    # the output to the host edge of the row
+                at, left = p.y_base, layer.out_words(node)
+                while left:
+                    k = min(left, MAX_SEND_WORDS)
+                    emit("send", at, k, (self.cfg.cols, y), at)
+                    at, left = at + k, left - k
             assert pc0 + len(prog) + 1 == count[node], (node, len(prog), count[node])
             layer.pcs[node] = self._append_rolled(node, layer.where, prog,
                                                   f"{len(p.tiles)} tiles: ")
@@ -2131,21 +2199,36 @@ def _reads(result) -> dict:
 def unpack_activation(layout: ActivationLayout, result) -> np.ndarray:
     """The [batch, features] activation from a run's read-back (a `RunResult`, or its `reads`
     dict): int8 values, or BF16 bit patterns (uint16) for a bf16 layout;
-    `KernelBuilder.read(layout)` must have asked for it."""
+    `KernelBuilder.read(layout)` must have asked for it; a streamed layout's words come from
+    the run's streams (pass the `RunResult` or `FunctionalResult`)."""
     cfg, n = layout.cfg, layout.cfg.mac_dim
     spec = layout.mtype
     vpw = spec.vectors_per_word(cfg)
-    reads = _reads(result)
     nblocks = max(hi for _, hi in layout.blocks)
     out = np.zeros((nblocks * n, vpw * layout.kwords),
                    dtype=np.int8 if layout.dtype == ElemType.INT8 else np.uint16)
     for node, segs in layout.segments.items():
-        words = iter(reads[(node, *layout.region(*node))])
+        words = iter(_held_words(layout, node, result))
         for seg in segs:
             for w in range(seg.k0, seg.k1):
                 vectors = spec.operand_vectors(cfg, next(words))
                 out[seg.block * n:(seg.block + 1) * n, vpw * w:vpw * w + vpw] = vectors.T
     return out[:layout.batch, :layout.features]
+
+
+def _held_words(layout: ActivationLayout, node, result) -> list:
+    """The words node holds of `layout`: read back, or, for a streamed layout, from its stream."""
+    if layout.streamed is None:
+        return _reads(result)[(node, *layout.region(*node))]
+    if not hasattr(result, "streams"):
+        raise TypeError(f"{layout.name!r} is streamed to the host: pass the run's result "
+                        "(RunResult or FunctionalResult), not its reads")
+    words = [w for _, body in result.streams.get(node, []) for w in body]
+    offset, size = layout.streamed[node], layout.region(*node)[1]
+    if len(words) < offset + size:
+        raise ValueError(f"{layout.name!r}: node {node} streamed {len(words)} words, "
+                         f"{offset + size} expected")
+    return words[offset:offset + size]
 
 
 def unpack_gemm(output: GemmOutput, result) -> np.ndarray:

@@ -40,7 +40,9 @@ class TileProgram:
     loads: dict = field(default_factory=dict)      # (x, y) -> [(addr, [words])]
     reads: dict = field(default_factory=dict)      # (x, y) -> [(addr, n)]
     feed_list: list = field(default_factory=list)  # [(key, seq, (x, y), addr, [words], counter)]
-    expected: dict = field(default_factory=dict)   # ((x, y), addr) -> (n, counter, key, seq)
+    # ((x, y), addr) -> [(n, counter, key, seq)], in declaration order: a region fed more than
+    # once (words reused after a barrier) takes its loads in that order
+    expected: dict = field(default_factory=dict)
     early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first (host)
     gate_of: dict = field(default_factory=dict)    # feed seq -> ((x, y), tokens): a gated feed
 
@@ -75,15 +77,21 @@ class TileProgram:
         """SRAM words loaded before the start; or, for a region declared by `expect_feed`, its
         feed (the words must fill it exactly)."""
         node = self._check_node(node)
-        expected = self.expected.pop((node, addr), None)
-        if expected is not None:
-            n, counter, key, seq = expected
+        pending = self.expected.get((node, addr))
+        if pending:
+            n, counter, key, seq = pending[0]
             words = self._checked(node, addr, words, "load")
             if len(words) != n:
-                self.expected[(node, addr)] = expected
-                raise ProgramError(f"the program expects {n} words fed at {addr} on node {node}, "
-                                   f"not {len(words)}")
-            self.feed_list.append((key, seq, node, addr, words, counter))
+                how = "loaded" if counter is None else "fed"
+                raise ProgramError(f"the program expects {n} words {how} at {addr} on node "
+                                   f"{node}, not {len(words)}")
+            pending.pop(0)
+            if not pending:
+                del self.expected[(node, addr)]
+            if counter is None:         # `expect_load`: before the start
+                self.loads.setdefault(node, []).append((addr, words))
+            else:
+                self.feed_list.append((key, seq, node, addr, words, counter))
             return
         self.loads.setdefault(node, []).append((addr, self._checked(node, addr, words, "load")))
 
@@ -101,21 +109,33 @@ class TileProgram:
         node = self._check_node(node)
         key = self._feed_key(counter, key)
         words = self._checked(node, addr, words, "feed")
-        seq = len(self.feed_list) + len(self.expected)
+        seq = len(self.feed_list) + self._pending()
         self._gate(seq, gate)
         self.feed_list.append((key, seq, node, addr, words, counter))
 
     def expect_feed(self, node, addr: int, n: int, *, counter: int, key=(), gate=None) -> None:
         """Declare a feed whose words a later `load(node, addr, words)` of exactly n words
-        gives (an input known by place before its values)."""
+        gives (an input known by place before its values). A region declared twice (its
+        words reused after a barrier) takes its loads in the order of the declarations."""
         node = self._check_node(node)
         key = self._feed_key(counter, key)
         self._check_range(node, addr, n, "feed")
-        if (node, addr) in self.expected:
-            raise ProgramError(f"a feed at {addr} on node {node} is already expected")
-        seq = len(self.feed_list) + len(self.expected)
+        seq = len(self.feed_list) + self._pending()
         self._gate(seq, gate)
-        self.expected[(node, addr)] = (n, counter, key, seq)
+        self.expected.setdefault((node, addr), []).append((n, counter, key, seq))
+
+    def expect_load(self, node, addr: int, n: int) -> None:
+        """Declare a load before the start whose words a later `load(node, addr, words)` of
+        exactly n words gives, in order with the feeds `expect_feed` declares at the same
+        address (a region loaded first, then fed again once its words are reused)."""
+        node = self._check_node(node)
+        self._check_range(node, addr, n, "load")
+        self.expected.setdefault((node, addr), []).append((n, None, (), -1))
+
+    def _pending(self, feeds_only: bool = True) -> int:
+        """Declared regions not loaded yet (feeds only: what numbers the feeds, `seq`)."""
+        return sum(1 for v in self.expected.values() for e in v
+                   if e[1] is not None or not feeds_only)
 
     def _gate(self, seq: int, gate) -> None:
         if gate is None:
@@ -131,9 +151,9 @@ class TileProgram:
         """[((x, y), addr, [words], counter)] in the order the host sends them. Raises
         ProgramError while a declared feed has not been loaded."""
         if self.expected:
-            (node, addr), (n, *_) = next(iter(sorted(self.expected.items())))
+            (node, addr), ((n, *_), *_) = next(iter(sorted(self.expected.items())))
             raise ProgramError(f"node {node} expects {n} words fed at {addr} and "
-                               f"{len(self.expected) - 1} more regions that were not loaded "
+                               f"{self._pending(False) - 1} more regions that were not loaded "
                                "(load the program's inputs before running it)")
         return [(node, addr, words, counter)
                 for _, _, node, addr, words, counter in self._sorted_feeds()]

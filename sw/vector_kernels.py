@@ -276,7 +276,7 @@ def _gather(kb, plan, layout, where, missing, staging) -> tuple[dict, dict]:
 def _prologue(kb, plan, layouts, sends, receives) -> dict:
     """Per node: the WAIT for the host's feeds of the input regions it holds (a layer reading
     the host input), its SENDs, then the WAITs for what it receives. Returns the emitters."""
-    from d1tile.sw.kernels import HOST_COUNTER
+    from d1tile.sw.kernels import BARRIER_ROOT, HOST_COUNTER
     nodes = sorted(set(sends) | set(receives) | {n for lay in layouts for n in lay.segments})
     emitters = {}
     layer_index = len(kb.layers)
@@ -286,7 +286,9 @@ def _prologue(kb, plan, layouts, sends, receives) -> dict:
                if seg.addr in kb._unfed[node]]
         for addr in sorted(set(fed)):
             words = kb._unfed[node].pop(addr)
-            kb.tp.expect_feed(node, addr, words, counter=HOST_COUNTER, key=(layer_index, -1, -1))
+            gate = kb._gated.pop((node, addr), None)
+            kb.tp.expect_feed(node, addr, words, counter=HOST_COUNTER, key=(layer_index, -1, -1),
+                              gate=(BARRIER_ROOT, gate) if gate else None)
         if fed:
             e("wait", HOST_COUNTER, len(set(fed)))
         for src, n, to, dst, counter in sends.get(node, ()):
@@ -299,11 +301,13 @@ def _prologue(kb, plan, layouts, sends, receives) -> dict:
 
 def _register_fed(kb, layout) -> None:
     """A host input's segments become regions the host feeds (once)."""
+    if layout.streamed is not None:
+        raise CompileError(f"tensor {layout.name!r} was sent to the host, it is not on the tile")
     if layout.fed:
         for node, segs in layout.segments.items():
             for seg in segs:
-                if (node, seg.addr) not in kb._fed:
-                    kb._fed.add((node, seg.addr))
+                if (layout.name, node, seg.addr) not in kb._fed:
+                    kb._fed.add((layout.name, node, seg.addr))
                     kb._unfed[node][seg.addr] = seg.words
 
 

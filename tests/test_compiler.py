@@ -440,3 +440,83 @@ def test_a_gemm_whose_weights_exceed_the_tile_is_split_over_time():
     run = execute(compiled, get_device("model", cfg),
                   rng.normal(size=(64, 1024)).astype(np.float32))
     assert run.bit_exact
+
+
+def band_conv(rng, shape, out_c, *, strides=1, pool=0, fc=0):
+    """One 3x3 convolution (padding 1, ReLU) on the host input, a max pool fused after it and a
+    GEMM reading it flattened when asked: a network whose first convolution does not fit the
+    tile in one piece."""
+    g = GraphBuilder("band_conv")
+    x = g.input("x", shape)
+    y = g.relu(g.conv(x, rng.normal(size=(out_c, shape[1], 3, 3)).astype(np.float32),
+                      rng.normal(size=out_c).astype(np.float32), pads=1, strides=strides,
+                      name="conv"))
+    if pool:
+        y = g.maxpool(y, pool, name="pool")
+    if fc:
+        k = out_c * (shape[2] // strides // max(pool, 1)) * (shape[3] // strides // max(pool, 1))
+        y = g.gemm(g.flatten(y), rng.normal(size=(k, fc)).astype(np.float32) / 10,
+                   rng.normal(size=fc).astype(np.float32), name="fc")
+    return g.build(outputs=[y])
+
+
+def test_a_conv_too_large_for_the_tile_is_split_into_bands_on_both_backends():
+    """A 24 x 12 image of 4 channels at batch 8 on the tiny tile (256 words a node): the input
+    rows a node reads and the output it computes do not fit beside each other, nor at batch 1
+    (the batch is the lanes). The output rows are cut into bands, one layer each; band 1's
+    input rows are fed by the host into band 0's words once the barrier between them has
+    passed (gated feeds), and each band's output goes to the host edge as it is done (it is
+    the network's output, and the tile cannot hold all of it). Bit-exact, and the RTL runs
+    the same cycles."""
+    cfg = TileConfig.preset("tiny")
+    rng = np.random.default_rng(bench_seed())
+    graph = band_conv(rng, (8, 4, 24, 12), 4)
+    x = rng.normal(size=(8, 4, 24, 12)).astype(np.float32)
+    compiled = compile_model(graph, cfg, x)
+    assert [layer.name for layer in compiled.layers] == ["conv+relu1[0:12]",
+                                                         "conv+relu1[12:24]"]
+    assert compiled.run_batch == 8 and compiled.tile_program.gate_of     # declared, fed at run time
+    assert all(layer.plan.send_out for layer in compiled.layers)
+    assert compiled.macs == 8 * 4 * 24 * 12 * 4 * 9
+    model = execute(compiled, get_device("model", cfg), x)
+    rtl = execute(compiled, get_device("rtl", cfg), x)
+    assert model.bit_exact and rtl.bit_exact
+    assert model.result.comparable() == rtl.result.comparable()
+
+
+def test_a_conv_read_by_a_gemm_is_split_into_bands_kept_on_the_tile():
+    """A 96 x 24 image of 16 channels (stride 2, a 2x2 max pool, then a GEMM) on the default
+    tile: the conv's input needs 72 KiB a node; as two bands of output rows it fits, the
+    bands' outputs stay on the tile and the GEMM reads them side by side as its K."""
+    cfg = TileConfig.preset("default")
+    rng = np.random.default_rng(bench_seed())
+    shape = (8, 16, 96, 24)
+    graph = band_conv(rng, shape, 8, strides=2, pool=2, fc=10)
+    x = rng.normal(size=shape).astype(np.float32)
+    compiled = compile_model(graph, cfg, x)
+    assert [layer.name for layer in compiled.layers] == [
+        "conv+relu1+pool[0:12]", "conv+relu1+pool[12:24]", "fc"]
+    assert not any(layer.plan.send_out for layer in compiled.layers[:2])
+    assert compiled.macs == 8 * (8 * 48 * 12 * 16 * 9 + 8 * 24 * 6 * 10)
+    run = execute(compiled, get_device("model", cfg), x)
+    assert run.bit_exact
+
+
+def test_a_conv_that_cannot_be_split_is_refused_with_both_errors():
+    """Read by an average pool on the vector unit (which needs its input as one image) the
+    convolution cannot be cut into bands: the error is the whole layer's. A 240-pixel-wide image of 16
+    channels needs more than a node for even one output row: the error says so."""
+    cfg = TileConfig.preset("default")
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("avg")
+    x = g.input("x", (8, 16, 96, 24))
+    y = g.avgpool(g.conv(x, rng.normal(size=(8, 16, 3, 3)).astype(np.float32), pads=1,
+                         name="conv"), 2, name="avg")
+    with pytest.raises(CompileError, match=r"^tensor 'x' needs 78\.0 KiB of SRAM per node "
+                                           r"(?!.*split over time)"):
+        compile_model(g.build(outputs=[y]), cfg, rng.normal(size=(8, 16, 96, 24)))
+    wide = band_conv(rng, (8, 16, 8, 240), 8)
+    with pytest.raises(CompileError, match=r"^tensor 'x' needs 120\.0 KiB .* \(nor with its "
+                                           r"first convolution split over time: down to 8 bands "
+                                           r"of output rows: tensor 'x\[0:1\]' needs 90\.0 KiB"):
+        compile_model(wide, cfg, rng.normal(size=(8, 16, 8, 240)))
