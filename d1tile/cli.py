@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from .hw.verilator import SimulationFailed
-from .params import ConfigError, TileConfig, parse_grid
+from . import __version__
+from .params import PRESETS, ConfigError, TileConfig, parse_grid
 
 
 class CheckFailed(Exception):
@@ -41,6 +42,10 @@ def cmd_config(args) -> int:
     }
     for name, value in derived.items():
         print(f"  {name:28} {value}")
+    print(f"presets (--preset): " + "; ".join(
+        f"{p.name} {p.rows}x{p.cols} nodes, N = {p.mac_dim}, {p.sram_kib} KiB SRAM"
+        for p in PRESETS.values()))
+    print(f"grids (--grid RxC): 1 to {TileConfig.MAX_GRID} rows and columns")
     return 0
 
 
@@ -58,37 +63,76 @@ def _load_array(path: str, option: str):
         raise ValueError(f"{option} {path}: not a NumPy .npy array ({exc})") from None
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{option} {path}: expected a numeric .npy array")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{option} {path}: complex values ({array.dtype}) are not supported")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{option} {path}: contains NaN or infinite values")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = array.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{option} {path}: values beyond float32's range (up to "
+                         f"{float(np.max(np.abs(array))):.4g})")
+    return out
 
 
-def _check_writable(path: str | None, option: str) -> None:
-    """Fail before any work (no partial output) when `path` cannot be written."""
+def _check_writable(path: str | None, option: str, *others) -> None:
+    """Fail before any work (no partial output) when `path` cannot be written: its directory
+    missing or not writable, the path a directory or a file we may not replace, or the same
+    file as another output's (`others`: (option, path) pairs)."""
+    import os
     from pathlib import Path
     if path is None:
         return
-    parent = Path(path).resolve().parent
+    target = Path(path)
+    parent = target.resolve().parent
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a directory (give a file name)")
     if not parent.is_dir():
         raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: the directory {parent} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"{option} {path}: the file exists and is not writable")
+    probe = target.with_name(f".{target.name}.tmp")     # what `_write_outputs` will write
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot be written ({exc.strerror or exc})") from None
+    for other, other_path in others:
+        if other_path is not None and Path(other_path).resolve() == target.resolve():
+            raise ValueError(f"{option} {path}: the same file as {other}")
 
 
-def _write_atomically(path: str, write) -> None:
-    """`write(tmp_path)`, then rename: a failed run leaves no half-written file."""
+def _write_outputs(outputs: list) -> None:
+    """[(path, write)]: every `write(tmp_path)` first, then the renames, so a failure leaves
+    no output at all (nor a half-written one); an OS error is one line (ValueError)."""
     import os
     from pathlib import Path
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmps = [(Path(path).with_name(f".{Path(path).name}.tmp"), path, write)
+            for path, write in outputs]
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for tmp, _, write in tmps:
+            write(tmp)
+        for tmp, path, _ in tmps:
+            os.replace(tmp, path)
+    except OSError as exc:
+        what = next((path for tmp, path, _ in tmps if str(tmp) == str(exc.filename)),
+                    exc.filename)
+        raise ValueError(f"cannot write {what}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for tmp, _, _ in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _report_writer(report):
+    import json
+    return lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _save_report(path: str, report) -> None:
-    import json
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    _write_outputs([(path, _report_writer(report))])
 
 
 def _check_run(reports: list) -> None:
@@ -105,20 +149,25 @@ def cmd_run(args) -> int:
     import numpy as np
     from .sw.compiler import compile_model
     from .sw.onnx_frontend import input_signature, load_onnx
-    from .sw.quant import finish_on_host
+    from .sw.quant import finish_on_host, range_warnings
     from .sw.report import run_network, summary
     cfg = config_from_args(args)
     backends = _backends(args.backend)
     _check_writable(args.out, "--out")
-    _check_writable(args.report, "--report")
+    _check_writable(args.report, "--report", ("--out", args.out))
+    _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
     x = _load_array(args.input, "--input")
     calib = _load_array(args.calib, "--calib") if args.calib else x
     labels = None
     if args.labels:
         labels = _load_array(args.labels, "--labels")
-        if labels.shape != (len(x),) or not np.all(labels == np.rint(labels)):
-            raise ValueError(f"--labels {args.labels}: expected {len(x)} integer class labels, "
-                             f"one per input, not shape {list(labels.shape)}")
+        if labels.shape != (len(x),):
+            raise ValueError(f"--labels {args.labels}: expected {len(x)} class labels, one per "
+                             f"input, not shape {list(labels.shape)}")
+        if not np.all(labels == np.rint(labels)):
+            bad = labels[labels != np.rint(labels)][0]
+            raise ValueError(f"--labels {args.labels}: class labels must be integers "
+                             f"(found {bad:g})")
         labels = labels.astype(np.int64)
     signature = input_signature(args.model)
     if len(signature) != 1:
@@ -137,6 +186,12 @@ def cmd_run(args) -> int:
     if tuple(calib.shape[1:]) != want[1:]:
         raise ValueError(f"--calib {args.calib}: shape {list(calib.shape)}, the model's input "
                          f"samples are {list(want[1:])}")
+    if labels is not None:
+        classes = graph.shape(graph.outputs[0])[-1]
+        if labels.min() < 0 or labels.max() >= classes:
+            bad = labels[(labels < 0) | (labels >= classes)][0]
+            raise ValueError(f"--labels {args.labels}: label {bad} is outside the model's "
+                             f"{classes} classes (0..{classes - 1})")
     if args.out and len(graph.outputs) > 1 and not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: the model has {len(graph.outputs)} outputs; give "
                          "a .npz file")
@@ -146,10 +201,22 @@ def cmd_run(args) -> int:
                              dtype=args.dtype)
     print(f"d1tile run: {args.model} compiled for a {cfg.rows}x{cfg.cols} tile (preset "
           f"{args.preset}, {args.dtype}), backend {args.backend}")
-    net = run_network(compiled, x, backends, labels=labels, log=print)
+    warnings = []
+    if args.dtype == "int8":        # the calibration's ranges against this input's
+        warnings = range_warnings(graph, compiled.qgraph.scales, x)
+        for line in warnings:
+            print(f"d1tile run: warning: {line}")
+        if warnings:
+            print("d1tile run: warning: the int8 results follow the integer reference "
+                  "(bit-exact) but may be far from the float model: calibrate with inputs "
+                  "like these (--calib)")
+    net = run_network(compiled, x, backends, labels=labels, log=print,
+                      timeline=bool(args.trace))
     report = net.report()
     report["model"] = str(args.model)
+    report["warnings"] = warnings
     print(summary(report))
+    files = []
     if args.out:
         first = next(iter(net.executions.values()))
         outputs = finish_on_host(compiled.qgraph, first.outputs)
@@ -162,11 +229,21 @@ def cmd_run(args) -> int:
                 else:
                     np.savez(f, **outputs)
 
-        _write_atomically(args.out, write)
+        files.append((args.out, write))
+    if args.report:
+        files.append((args.report, _report_writer(report)))
+    if args.trace:
+        import json
+        trace = json.dumps(net.chrome_trace, separators=(",", ":"))
+        files.append((args.trace, lambda tmp: tmp.write_text(trace)))
+    _write_outputs(files)
+    if args.out:
         print(f"  outputs       {args.out}")
     if args.report:
-        _save_report(args.report, report)
         print(f"  report        {args.report}")
+    if args.trace:
+        print(f"  trace         {args.trace} (the cycle model's run; open it in "
+              "ui.perfetto.dev)")
     _check_run([report])
     return 0
 
@@ -251,14 +328,25 @@ def cmd_noc_stress(args) -> int:
         run = noc.run_model
     kwargs = {"log": print} if args.backend == "rtl" else {}
     # Argument errors surface before anything is printed.
-    noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
-                   multicast=args.multicast)
+    traffic = noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
+                             multicast=args.multicast)
+    if args.max_cycles < 1:
+        raise ValueError(f"--max-cycles {args.max_cycles}: give at least 1")
+    if traffic.expected_cycles() > args.max_cycles:
+        print(f"d1tile noc-stress: warning: at --rate {args.rate} generating {args.packets} "
+              f"packets takes about {traffic.expected_cycles():,} cycles, more than --max-cycles "
+              f"{args.max_cycles:,}")
     mc = f" ({args.multicast:g} of them multicasts)" if args.multicast else ""
     print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets"
           f"{mc} at {args.rate} flits/node/cycle, seed {args.seed}, backend {args.backend}")
     stats = run(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
-                multicast=args.multicast, **kwargs)
+                multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
     print(stats.summary())
+    if stats.stopped and not (stats.duplicated or stats.reordered or stats.broken
+                              or stats.misdelivered or stats.deadlock):
+        raise CheckFailed(f"stopped at --max-cycles {args.max_cycles:,} with "
+                          f"{stats.planned - stats.injected} of {stats.planned} packets never "
+                          "injected (raise --max-cycles or --rate)")
     if not stats.ok:
         raise CheckFailed("packets were lost, duplicated, reordered or broken, or the mesh stalled")
     return 0
@@ -271,20 +359,41 @@ def cmd_verify(args) -> int:
         raise ValueError(f"--random-programs {args.random_programs}: give at least 1")
     if args.only is not None and not 0 <= args.only < args.random_programs:
         raise ValueError(f"--only {args.only} is not one of the {args.random_programs} programs")
+    if args.trace and args.only is None:
+        raise ValueError("--trace needs --only I (the trace of one program)")
+    _check_writable(args.trace, "--trace")
+    rtl = args.backend == "rtl"
+    against = "RTL (Verilator) vs functional interpreter" if rtl else "functional interpreter"
     print(f"d1tile verify: {args.random_programs if args.only is None else 1} random program(s), "
           f"seed {args.seed}, {cfg.rows}x{cfg.cols} grid, preset {args.preset}: cycle model vs "
-          f"RTL (Verilator) vs functional interpreter")
-    report = verify(cfg, args.random_programs, args.seed, only=args.only)
-    print(f"model: {report.model_cycles} cycles in {report.model_seconds:.2f} s; RTL: "
-          f"{report.rtl_seconds:.2f} s (+ {report.build_seconds:.1f} s build)")
+          f"{against}")
+    report = verify(cfg, args.random_programs, args.seed, only=args.only, rtl=rtl)
+    rtl_part = (f"RTL: {report.rtl_seconds:.2f} s (+ {report.build_seconds:.1f} s build)" if rtl
+                else "RTL: not run (--backend model)")
+    print(f"model: {report.model_cycles} cycles in {report.model_seconds:.2f} s; {rtl_part}")
     print(report.exercised_line())
     print(f"{report.programs} programs: {report.mismatches} mismatches")
+    if args.trace:
+        import json
+        from .sim.tile import TileModel
+        from .sim.trace import chrome_trace
+        from .sw.verify import program_for
+        tp = program_for(cfg, args.seed, args.only)
+        model = TileModel(cfg, timeline=True)
+        model.run(tp)
+        trace = chrome_trace(cfg, {node: p.words for node, p in tp.programs.items()},
+                             model.issue_trace, model.timeline, model.timeline_ends())
+        text = json.dumps(trace, separators=(",", ":"))
+        _write_outputs([(args.trace, lambda tmp: tmp.write_text(text))])
+        print(f"trace: {args.trace} (program {args.only} on the cycle model; the RTL agreed to "
+              f"the cycle: {'yes' if rtl and not report.mismatches else 'not run' if not rtl else 'NO'})")
     return 1 if report.mismatches else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d1tile", description="A runnable model of a D1-style training tile.")
+    parser.add_argument("--version", action="version", version=f"d1tile {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("config", help="print a configuration and its derived sizes")
@@ -308,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="Y.npy",
                    help="write the outputs (dequantised, host ops applied); .npz for several")
     p.add_argument("--report", metavar="R.json", help="write the JSON report")
+    p.add_argument("--trace", metavar="T.json",
+                   help="write the cycle model's run as a Chrome / Perfetto trace (one process "
+                        "per node, a track per engine; the last run when the batch is split)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the toy MLP and CNN compiled onto the tile and run")
@@ -340,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fraction of packets that are multicasts to a run of the source's "
                         "row or column, in [0, 1] (default 0)")
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
+    p.add_argument("--max-cycles", type=int, default=10_000_000, metavar="C",
+                   help="stop (and fail) after C cycles if packets are still to be injected or "
+                        "delivered (default 10,000,000)")
     p.set_defaults(func=cmd_noc_stress)
 
     p = sub.add_parser("verify", help="random programs on the cycle model and the RTL, compared")
@@ -349,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--only", type=int, metavar="I",
                    help="run only program I of the N (the reproducer of a mismatch)")
+    p.add_argument("--trace", metavar="T.json",
+                   help="with --only I: write program I's run on the cycle model as a Chrome / "
+                        "Perfetto trace")
+    p.add_argument("--backend", choices=("rtl", "model"), default="rtl",
+                   help="rtl (default): the cycle model, the Verilator RTL and the interpreter; "
+                        "model: the cycle model against the interpreter only (no Verilator "
+                        "build, any grid)")
     p.set_defaults(func=cmd_verify)
     return parser
 
@@ -367,6 +489,9 @@ def main(argv=None) -> int:
     except RuntimeError as exc:   # tool missing, build failure: the message says what to do
         print(f"d1tile {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:     # Ctrl-C: outputs are written only at the end, atomically
+        print(f"d1tile {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

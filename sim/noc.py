@@ -58,15 +58,18 @@ class NocStats:
     latency_p99: int = 0
     latency_max: int = 0
     flits: int = 0
+    planned: int = 0                 # the packets asked for
+    stopped: str | None = None       # why the run ended before every packet was delivered
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.reordered or self.broken
-                    or self.misdelivered or self.deadlock)
+                    or self.misdelivered or self.deadlock or self.stopped)
 
     def summary(self) -> str:
         lines = [
-            f"cycles {self.cycles}, packets injected {self.injected} ({self.multicasts} multicast, "
+            f"cycles {self.cycles}, packets injected {self.injected} of {self.planned} "
+            f"({self.multicasts} multicast, "
             f"{self.copies} copies), delivered {self.delivered}, lost {self.lost}, duplicated {self.duplicated}, reordered {self.reordered}, "
             f"broken {self.broken}, misdelivered {self.misdelivered}",
             f"latency (cycles, head injected to tail ejected): min {self.latency_min}, "
@@ -75,6 +78,8 @@ class NocStats:
         ]
         if self.deadlock:
             lines.append(f"DEADLOCK: {self.deadlock}")
+        if self.stopped:
+            lines.append(f"STOPPED: {self.stopped}")
         return "\n".join(lines)
 
 
@@ -208,11 +213,23 @@ class NocTraffic:
                 (self.generated == self.total and not any(self.queues.values())
                  and self.counts.copies == self._finished()))
 
+    def expected_cycles(self) -> int:
+        """About how many cycles generating every packet takes at this rate."""
+        return round(self.total / (self.cfg.nodes * self.p_packet))
+
     def stats(self) -> NocStats:
         s = self.counts
+        s.planned = self.total
         s.delivered = len(self.delivered)
-        s.lost = sum(1 for key, info in self.info.items() if info[2] is not None
-                     for node in info[0] if (*key, node) not in self.delivered)
+        undelivered = sum(1 for key, info in self.info.items() if info[2] is not None
+                          for node in info[0] if (*key, node) not in self.delivered)
+        if self.done:
+            s.lost = undelivered
+        else:       # the cycle cap came first: what is in flight is not lost (yet)
+            s.stopped = (f"the cycle cap ({s.cycles:,} cycles) came first: {s.injected} of "
+                         f"{self.total} packets injected ({self.total - s.injected} never "
+                         f"were, {undelivered} copies still in flight; at this rate generating "
+                         f"them all takes about {self.expected_cycles():,} cycles)")
         if self.latencies:
             ordered = sorted(self.latencies)
             s.latency_min, s.latency_max = ordered[0], ordered[-1]

@@ -125,6 +125,14 @@ class NodeModel:
         # cycle being stepped while it ticks its nodes). None: no trace.
         self.issue_trace: list | None = None
         self.trace_clock = None
+        # Timeline (`TileModel(cfg, timeline=True)`, which steps every node in every cycle): a
+        # list that `tick` appends (cycle, state) to whenever the state changes, state =
+        # (sequencer event, then busy flags of MATMUL, MREAD, vector, DMA-out, DMA-in), the same
+        # conditions the performance counters count. None: no timeline.
+        self.timeline: list | None = None
+        self._timeline_state = None
+        self.timeline_end: int | None = None          # the cycle after the DONE event
+        self.timeline_counters: list | None = None    # the counters then
 
     # -- phase 1 -------------------------------------------------------------------------------
 
@@ -248,6 +256,17 @@ class NodeModel:
             c[_BUSY_DMA_IN] += 1
         if self.requests != self.grants:
             c[_CONFLICTS] += self.requests - self.grants
+        if self.timeline is not None and self.timeline_end is None:
+            cycle = self.trace_clock.cycle
+            state = (int(event), not idle[_MATRIX], not idle[_READOUT], not idle[_VECTOR],
+                     not idle[_DMA], self._din_busy,
+                     state == SeqState.RUN or state == SeqState.HALTING)
+            if state != self._timeline_state:
+                self._timeline_state = state
+                self.timeline.append((cycle, state))
+            if event == SeqEvent.DONE:      # the program's end: the host protocol follows
+                self.timeline_end = cycle + 1
+                self.timeline_counters = list(c)
         bump, bump_id, start_req, imem_write = self.pulses
         if bump or start_req or imem_write is not None or event not in _RESTING_EVENTS:
             seq.tick(idle, bump, bump_id, start_req, imem_write)

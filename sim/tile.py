@@ -58,12 +58,23 @@ class TileModel:
 
     `trace=True` records the issue trace (module docstring): after `run`, `issue_trace` is a dict
     (x, y) -> [(pc, cycle), ...], one entry per issued instruction in issue order. Without it,
-    `issue_trace` is None."""
+    `issue_trace` is None.
 
-    def __init__(self, cfg: TileConfig, *, fast: bool = True, trace: bool = False):
+    `timeline=True` (which implies `trace=True` and `fast=False`: every node is stepped in
+    every cycle) records, per node, every change of its sequencer event and its engines' busy
+    flags: after `run`, `timeline` is (x, y) -> [(cycle, state), ...] (`NodeModel.timeline`;
+    `d1tile.sim.trace` turns it into a Chrome / Perfetto trace), up to each node's DONE
+    (`timeline_ends()`: the cycle after it; `timeline_counters()`: its counters then)."""
+
+    def __init__(self, cfg: TileConfig, *, fast: bool = True, trace: bool = False,
+                 timeline: bool = False):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
         self.cfg = cfg
+        self.want_timeline = timeline
+        trace = trace or timeline
+        fast = fast and not timeline
+        self.timeline: dict | None = None
         self.fast = fast
         self.mesh = MeshModel(cfg, host_edge=True)
         self.nodes = {(x, y): NodeModel(cfg, x, y)
@@ -82,6 +93,23 @@ class TileModel:
         for node, model in self.nodes.items():
             model.issue_trace = self.issue_trace[node] = []
             model.trace_clock = self
+        if self.want_timeline:
+            self.timeline = {}
+            for node, model in self.nodes.items():
+                model.timeline = self.timeline[node] = []
+                model._timeline_state = None
+                model.timeline_end = model.timeline_counters = None
+
+    def timeline_ends(self) -> dict:
+        """(x, y) -> the cycle after the node's DONE (the run's end for a node that has none)."""
+        return {node: model.timeline_end if model.timeline_end is not None else self.cycle
+                for node, model in self.nodes.items()}
+
+    def timeline_counters(self) -> dict:
+        """(x, y) -> {counter: value} at the node's DONE (what the timeline's spans add up to)."""
+        from d1tile.formats import COUNTER_NAMES
+        return {node: dict(zip(COUNTER_NAMES, model.timeline_counters or model.counters))
+                for node, model in self.nodes.items()}
 
     def step(self, host_offers: dict) -> tuple[set, dict, bool]:
         """One cycle. `host_offers`: row -> flit the host presents. Returns the rows whose flit

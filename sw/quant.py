@@ -59,7 +59,7 @@ __all__ = [
     "finish_on_host",
     "quant_report", "QuantReport", "QuantGraph", "QuantOp", "requant_params",
     "quantize_tensor", "dequantize", "windows", "MAX_SHIFT", "FLOAT_KERNELS", "INT8_KERNELS",
-    "QUANTIZERS",
+    "QUANTIZERS", "range_warnings",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -253,6 +253,44 @@ def requant_params(multiplier: float, where: str = "requantisation") -> tuple[in
         raise CompileError(f"{where}: multiplier {m:.4g} is too small for the vector unit's "
                            f"REQUANT (below 2**-{MAX_SHIFT + 1}: every output would be 0)")
     return scale, shift
+
+
+SATURATION_WARNING = 1.5
+"""`range_warnings`: a tensor the input drives beyond this many times its calibrated range."""
+COARSE_WARNING = 16
+"""`range_warnings`: a tensor whose values stay within 1/COARSE_WARNING of its calibrated range
+(fewer than 8 of the 127 int8 steps)."""
+
+
+def range_warnings(graph: Graph, scales: dict, inputs, most: int = 3) -> list[str]:
+    """Where the calibration and this input disagree: the activations (the input and every
+    node's output) whose values, run through the float graph, reach more than
+    `SATURATION_WARNING` x their int8 range (127 x scale: they saturate) or stay below
+    1 / `COARSE_WARNING` of it (they get only a few int8 steps), the worst `most` first; one
+    line each. Empty when they agree."""
+    values = run_float(graph, inputs, keep=True)
+    found = []
+    for name, v in values.items():
+        if name not in scales or graph.is_constant(name) or not v.size:
+            continue
+        limit = INT8_MAX * scales[name]
+        peak = float(np.max(np.abs(v)))
+        if peak > SATURATION_WARNING * limit:
+            share = float(np.mean(np.abs(v) > limit))
+            found.append((peak / limit, f"tensor '{name}' reaches {peak:.4g} with this input, "
+                                        f"its calibrated range is {limit:.4g}: {share:.1%} of its "
+                                        "values saturate"))
+        elif 0 < peak < limit / COARSE_WARNING:
+            found.append((limit / peak, f"tensor '{name}' stays within {peak:.4g} with this "
+                                        f"input, its calibrated range is {limit:.4g}: it gets "
+                                        f"{max(1, round(peak / scales[name]))} of the 127 int8 "
+                                        "steps"))
+    found.sort(key=lambda item: -item[0])
+    lines = [line for _, line in found[:most]]
+    if len(found) > most:
+        lines.append(f"... and {len(found) - most} more tensors whose range disagrees with the "
+                     "calibration")
+    return lines
 
 
 def quantize_tensor(x, scale: float) -> np.ndarray:

@@ -76,6 +76,7 @@ class NetworkRun:
     executions: dict           # backend -> Execution
     breakdown: dict            # layer_cycles of the run
     labels: np.ndarray | None = None
+    chrome_trace: dict | None = None    # the model's last run (`run_network(timeline=True)`)
 
     def report(self) -> dict:
         c, cfg = self.compiled, self.compiled.cfg
@@ -161,10 +162,11 @@ class NetworkRun:
 
 
 def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None,
-                rtl_device=None) -> NetworkRun:
+                rtl_device=None, timeline: bool = False) -> NetworkRun:
     """Run compiled network `c` on float input `x` on each backend ("model", "rtl"); the model
     runs with the issue trace for the per-layer breakdown (run once more for it if only "rtl"
-    is asked for). `rtl_device`: a device to use for "rtl" (tests reuse one)."""
+    is asked for). `rtl_device`: a device to use for "rtl" (tests reuse one). `timeline`: the
+    model runs with its timeline, and `NetworkRun.chrome_trace` is the last run's trace."""
     backends = list(dict.fromkeys(backends))
     for b in backends:
         if b not in ("model", "rtl"):
@@ -179,7 +181,7 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
                 what += " (for the per-layer breakdown)"
             log(f"  running on {what} ...")
         if b == "model":
-            device = ModelDevice(c.cfg, trace=True)
+            device = ModelDevice(c.cfg, trace=True, timeline=timeline)
         else:
             device = rtl_device if rtl_device is not None else get_device(b, c.cfg, log=log)
         run = execute(c, device, x, refs)
@@ -187,10 +189,12 @@ def run_network(c: Compilation, x, backends=("model",), *, labels=None, log=None
             # the issue trace is the last run's (one, unless the batch is split over runs)
             trace = device.issue_trace
             model_cycles = run_results(run.result)[-1].cycles
+            chrome = device.chrome_trace() if timeline else None
         if b in backends:
             executions[b] = run
     return NetworkRun(c, x, executions, layer_cycles(c, trace, model_cycles),
-                      None if labels is None else np.asarray(labels))
+                      None if labels is None else np.asarray(labels),
+                      chrome if timeline else None)
 
 
 def summary(report: dict) -> str:

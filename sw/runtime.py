@@ -79,10 +79,12 @@ class ModelDevice(Device):
     name = "model"
 
     def __init__(self, cfg: TileConfig, *, hang_cycles: int = DEFAULT_HANG_CYCLES,
-                 trace: bool = False):
+                 trace: bool = False, timeline: bool = False):
         super().__init__(cfg, hang_cycles=hang_cycles)
-        self.trace = trace
+        self.trace = trace or timeline
+        self.timeline = timeline
         self._issue_trace: dict | None = None
+        self._model = None
 
     def load(self, tile_program) -> None:
         super().load(tile_program)
@@ -91,10 +93,22 @@ class ModelDevice(Device):
     def _execute(self, tile_program) -> RunResult:
         from d1tile.sim.tile import TileModel
         self._issue_trace = None
-        model = TileModel(self.cfg, trace=self.trace)
+        model = TileModel(self.cfg, trace=self.trace, timeline=self.timeline)
         result = model.run(tile_program, hang_cycles=self.hang_cycles)
         self._issue_trace = model.issue_trace
+        self._model = model if self.timeline else None
         return result
+
+    def chrome_trace(self) -> dict:
+        """The last run as a Chrome trace-event / Perfetto JSON object (`d1tile.sim.trace`);
+        needs `ModelDevice(cfg, timeline=True)`."""
+        from d1tile.sim.trace import chrome_trace
+        if self._model is None:
+            raise RuntimeError("no timeline: create the device with ModelDevice(cfg, "
+                               "timeline=True) and run() first")
+        programs = {node: p.words for node, p in self._program.programs.items()}
+        return chrome_trace(self.cfg, programs, self._model.issue_trace, self._model.timeline,
+                            self._model.timeline_ends())
 
     @property
     def issue_trace(self) -> dict:

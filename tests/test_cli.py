@@ -36,6 +36,41 @@ def test_config_prints_derived_sizes(capsys):
     assert "peak_macs_per_cycle (grid)" in out and " 96" in out   # 6 nodes x 16 MACs
 
 
+def test_version_and_config_list_the_presets_and_limits(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("d1tile 0.")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "presets (--preset): tiny 2x2 nodes, N = 4, 4 KiB SRAM; default 4x4 nodes" in out
+    assert "grids (--grid RxC): 1 to 15 rows and columns" in out
+
+
+def test_verify_on_the_model_alone_needs_no_verilator(capsys):
+    """`verify --backend model`: the cycle model against the interpreter, on a grid larger than
+    any Verilator build in the tests."""
+    assert main(["verify", "--backend", "model", "--grid", "5x6", "--random-programs", "3",
+                 "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "5x6 grid, preset tiny: cycle model vs functional interpreter" in out
+    assert "RTL: not run (--backend model)" in out and "3 programs: 0 mismatches" in out
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
+    """SIGINT during a long run: one line, exit 130, no traceback, no output file."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "d1tile.cli", "noc-stress", "--grid", "2x2",
+                             "--rate", "0.0001", "--packets", "2000"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err == "d1tile noc-stress: interrupted\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- d1tile run / d1tile demo ---------------------------------------------------------------------
 
 def small_onnx(path, batch=8, batch_dim=None):
@@ -66,6 +101,82 @@ def small_onnx(path, batch=8, batch_dim=None):
     onnx.save(model, path)
     x = rng.normal(size=(batch, 1, 5, 5)).astype(np.float32)
     return x
+
+
+@pytest.mark.parametrize("out, report, message", [
+    ("DIR", None, "--out {d}: is a directory (give a file name)"),
+    ("y.npy", "DIR", "--report {d}: is a directory (give a file name)"),
+    ("y.npy", "y.npy", "--report y.npy: the same file as --out"),
+    ("/proc/y.npy", None, "--out /proc/y.npy: cannot be written"),
+    ("y.npy", "nowhere/r.json", "--report nowhere/r.json: the directory"),
+], ids=["out-dir", "report-dir", "same-file", "unwritable", "no-directory"])
+def test_run_refuses_unwritable_outputs_before_running(tmp_path, out, report, message):
+    """An output path that cannot be written is refused in one line, status 2, before anything
+    runs, and no output file is left (the other one neither)."""
+    import numpy as np
+    x = small_onnx(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "DIR").mkdir()
+    d = tmp_path / "DIR"
+    args = ["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"),
+            "--preset", "tiny"]
+    for option, value in (("--out", out), ("--report", report)):
+        if value is not None:
+            args += [option, value if value.startswith("/") else str(tmp_path / value)
+                     if value == "DIR" else value]
+    result = subprocess.run([sys.executable, "-m", "d1tile.cli", *args], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert message.format(d=d) in result.stderr, result.stderr
+    assert "compiled" not in result.stdout          # refused before anything ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "m.onnx", "x.npy"]
+    assert not any(d.iterdir())
+
+
+def test_noc_stress_that_stops_at_the_cycle_cap_says_so_and_fails():
+    """A rate too low for the packets asked: the run stops at --max-cycles, prints how many
+    packets were never injected, and exits 1 (it used to stop silently at a hidden cap with
+    exit 0); beforehand it warns that the rate needs more cycles."""
+    result = run_cli("noc-stress", "--grid", "2x2", "--rate", "0.0001", "--packets", "2000",
+                     "--max-cycles", "100000")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "warning: at --rate 0.0001 generating 2000 packets takes about 12,500,000 cycles" \
+        in result.stdout
+    assert "STOPPED: the cycle cap (100,000 cycles) came first" in result.stdout
+    assert result.stderr.startswith("d1tile noc-stress: FAILED: stopped at --max-cycles 100,000 "
+                                    "with ") and "packets never injected" in result.stderr
+    done = run_cli("noc-stress", "--grid", "2x2", "--rate", "0.2", "--packets", "100")
+    assert done.returncode == 0 and "packets injected 100 of 100" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("calib", ["zeros", "tiny", "same"])
+def test_run_warns_when_the_calibration_does_not_fit_the_input(tmp_path, calib):
+    """A calibration set of zeros, or 1000x too small, makes the int8 results garbage that the
+    integer reference reproduces bit for bit: `d1tile run` warns, naming the tensors, and puts
+    the warnings in the report; a calibration like the input gives none."""
+    import json
+    import numpy as np
+    x = small_onnx(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    c = {"zeros": np.zeros_like(x), "tiny": x / 1000, "same": x}[calib]
+    np.save(tmp_path / "c.npy", c)
+    result = run_cli("run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"),
+                     "--calib", str(tmp_path / "c.npy"), "--preset", "tiny",
+                     "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    if calib == "same":
+        assert warnings == [] and "warning" not in result.stdout
+        return
+    assert warnings and all(f"d1tile run: warning: {w}" in result.stdout for w in warnings)
+    if calib == "tiny":
+        assert warnings[0].startswith("tensor 'x' reaches") and "saturate" in warnings[0]
+    else:
+        assert any("int8 steps" in w for w in warnings) and any("saturate" in w
+                                                                for w in warnings)
+    assert "calibrate with inputs like these (--calib)" in result.stdout
 
 
 def test_run_on_both_backends_writes_outputs_and_report(tmp_path):
@@ -132,12 +243,29 @@ def test_run_on_a_grid_beyond_sixteen_senders(tmp_path):
     ("nan", "contains NaN"),
     ("op", "Sigmoid"),
     ("outdir", "does not exist"),
+    ("complex", "complex values (complex64) are not supported"),
+    ("huge", "values beyond float32's range (up to 1e+300)"),
+    ("labels-range", "label 7 is outside the model's 4 classes (0..3)"),
+    ("labels-float", "class labels must be integers (found 1.5)"),
+    ("labels-shape", "expected 8 class labels, one per input, not shape [8, 1]"),
 ])
 def test_run_rejects_bad_input_cleanly(tmp_path, case, message):
     import numpy as np
     import onnx
     model = tmp_path / "small.onnx"
     x = small_onnx(model)
+    extra = []
+    if case.startswith("labels"):
+        labels = {"labels-range": np.array([0, 1, 2, 3, 7, 0, 1, 2]),
+                  "labels-float": np.array([0, 1, 2, 1.5, 3, 0, 1, 2]),
+                  "labels-shape": np.zeros((8, 1))}[case]
+        np.save(tmp_path / "labels.npy", labels)
+        extra = ["--labels", str(tmp_path / "labels.npy")]
+    if case == "complex":
+        x = x.astype(np.complex64)
+    if case == "huge":
+        x = x.astype(np.float64)
+        x[0, 0, 0, 0] = 1e300
     if case == "shape":
         x = x[:4]
     if case == "rank":
@@ -153,7 +281,7 @@ def test_run_rejects_bad_input_cleanly(tmp_path, case, message):
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / ("nowhere/y.npy" if case == "outdir" else "y.npy")
     result = run_cli("run", str(model), "--input", str(tmp_path / "x.npy"), "--preset", "tiny",
-                     "--out", str(out), "--report", str(tmp_path / "r.json"))
+                     "--out", str(out), "--report", str(tmp_path / "r.json"), *extra)
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
     assert message in result.stderr, result.stderr
