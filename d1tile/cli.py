@@ -390,6 +390,45 @@ def cmd_verify(args) -> int:
     return 1 if report.mismatches else 0
 
 
+def cmd_cost(args) -> int:
+    import json
+    from .hw.cost import BLOCKS, node_cost
+    cfg = config_from_args(args)
+    names = [*BLOCKS, "glue"]
+    if args.block is not None and args.block not in names:
+        raise ValueError(f"--block {args.block!r}: not a block of the node; blocks: "
+                         f"{', '.join(names)}")
+    _check_writable(args.json, "--json")
+    print(f"d1tile cost: one node of preset {cfg.name} (N = {cfg.mac_dim}, {cfg.sram_kib} KiB "
+          f"SRAM), {cfg.rows}x{cfg.cols} grid; generic cells from Yosys, not mapped to a "
+          "technology")
+    report = node_cost(cfg, log=print)
+    if report.cached:
+        print("  (cached: build/cost/)")
+    tile = report.tile(cfg.nodes)
+    rows = [(name, report.blocks[name]) for name in names
+            if args.block is None or name == args.block]
+    if args.block is None:
+        rows += [("node", report.node), (f"tile ({cfg.nodes} nodes)", tile)]
+    print(f"  {'block':<16}{'cells':>11}{'flip-flops':>12}{'memory bits':>13}{'NAND2-eq':>12}")
+    for name, b in rows:
+        print(f"  {name:<16}{b.cells:>11,}{b.flops:>12,}{b.memory_bits:>13,}{b.nand2:>12,.0f}")
+    if args.block is not None:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(rows[0][1].by_kind.items(),
+                                                          key=lambda kv: -kv[1]))
+        print(f"  cells by kind: {kinds}")
+    print("  NAND2-eq: transistors of static CMOS gates / 4, memory bits as 6T cells "
+          "(docs/cost.md)")
+    if args.json:
+        out = report.to_json()
+        out["tile"] = {"nodes": cfg.nodes, "cells": tile.cells, "flops": tile.flops,
+                       "memory_bits": tile.memory_bits, "nand2": tile.nand2}
+        text = json.dumps(out, indent=2) + "\n"
+        _write_outputs([(args.json, lambda tmp: tmp.write_text(text))])
+        print(f"  json          {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d1tile", description="A runnable model of a D1-style training tile.")
@@ -456,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop (and fail) after C cycles if packets are still to be injected or "
                         "delivered (default 10,000,000)")
     p.set_defaults(func=cmd_noc_stress)
+
+    p = sub.add_parser("cost", help="gates, flip-flops and memory bits per block, from the RTL "
+                                    "(Yosys)")
+    _add_config_options(p, default_preset="tiny")
+    p.add_argument("--block", metavar="NAME", help="one block only, with its cells by kind")
+    p.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("verify", help="random programs on the cycle model and the RTL, compared")
     _add_config_options(p, default_preset="tiny")

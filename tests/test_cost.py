@@ -1,0 +1,73 @@
+"""Hardware cost from the RTL (`d1tile.hw.cost`, `d1tile cost`): the counts respond to the
+parameters the way they must, memories are counted as their configured bits, and a synthesis
+that cannot run is one clear line. One node synthesis per configuration (about 40 s for the
+tiny node, cached under build/cost/ by configuration and RTL sources)."""
+
+import pytest
+
+from d1tile.cli import main
+from d1tile.hw import cost
+from d1tile.params import TileConfig
+
+TINY = TileConfig.preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return cost.node_cost(TINY)
+
+
+def test_memories_are_counted_as_the_configured_bits(tiny):
+    assert tiny.blocks["sram"].memory_bits == TINY.sram_words * TINY.word_bits
+    assert tiny.blocks["sequencer"].memory_bits == TINY.imem_words * 64     # the program
+    assert tiny.blocks["matrix"].memory_bits == 0                          # registers only
+    assert tiny.blocks["sram"].flops < 64        # the banks are not synthesised into flops
+
+
+def test_blocks_add_up_to_the_node_and_nodes_to_the_tile(tiny):
+    for field in ("cells", "flops", "memory_bits"):
+        assert sum(getattr(b, field) for b in tiny.blocks.values()) == getattr(tiny.node, field)
+    assert tiny.tile(4).cells == 4 * tiny.node.cells
+    assert tiny.node.nand2 == pytest.approx(sum(b.nand2 for b in tiny.blocks.values()))
+    # the datapaths dominate: the matrix and vector units hold most of the logic
+    logic = {k: b.cells for k, b in tiny.blocks.items()}
+    assert max(logic, key=logic.get) in ("matrix", "vector")
+
+
+def test_a_bigger_matrix_unit_costs_more(tiny):
+    """mac_dim 2 against the tiny preset's 4: a quarter of the MACs, fewer cells and flops in
+    the matrix unit (and a narrower word everywhere)."""
+    small = cost.node_cost(TINY.replace(mac_dim=2))
+    assert small.blocks["matrix"].cells < tiny.blocks["matrix"].cells
+    assert small.blocks["matrix"].flops < tiny.blocks["matrix"].flops
+    assert small.node.nand2 < tiny.node.nand2
+
+
+def test_the_area_proxy_follows_its_stated_weights():
+    assert cost.transistors({"NOT": 1, "NAND": 1, "AND": 2, "XOR": 1, "MUX": 1}) == \
+        2 + 4 + 12 + 12 + 12
+    assert cost.transistors({"DFF": 1, "SDFF": 1, "SDFFE": 1, "DFFE": 1}) == \
+        24 + 30 + 42 + 36
+    block = cost.BlockCost(cells=1, by_kind={"NAND": 1}, memory_bits=2)
+    assert block.nand2 == (4 + 2 * 6) / 4
+
+
+def test_cost_command_prints_the_table_and_refuses_what_it_cannot_do(tiny, capsys, tmp_path,
+                                                                     monkeypatch):
+    import json
+    assert main(["cost", "--preset", "tiny", "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "(cached: build/cost/)" in out
+    for name in [*cost.BLOCKS, "node", "tile (4 nodes)"]:
+        assert f"  {name}" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["node"]["cells"] == tiny.node.cells and data["tile"]["nodes"] == 4
+    assert main(["cost", "--block", "gpu"]) == 2
+    assert "--block 'gpu': not a block of the node" in capsys.readouterr().err
+    # a synthesis that cannot run: one line, status 2
+    monkeypatch.setattr(cost, "YOSYS", "no-such-yosys")
+    monkeypatch.setattr(cost, "_sources_hash", lambda: "uncached")
+    assert main(["cost", "--preset", "tiny", "--grid", "1x1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("d1tile cost: error: no-such-yosys is not installed") and \
+        err.count("\n") == 1
