@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,40 @@ def source_digest() -> str:
     return h.hexdigest()[:16]
 
 
+PROGRESS_SECONDS = 15
+"""How often a Verilator build on a terminal says how far it is (`_progress`)."""
+
+
+@contextlib.contextmanager
+def _progress(directory: Path, top: str, started: float, log):
+    """While a build runs, on a terminal only (quiet in CI and in logs): every
+    `PROGRESS_SECONDS` a line with the elapsed time and the C++ files compiled so far out of
+    those Verilator wrote (the steps that take the time)."""
+    if log is not print or not sys.stdout.isatty():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(PROGRESS_SECONDS):
+            sources = list(directory.rglob("*.cpp"))
+            objects = list(directory.rglob("*.o"))
+            done = min(len(objects), len(sources))
+            bar = ""
+            if sources:
+                filled = round(20 * done / len(sources))
+                bar = f" [{'#' * filled}{'.' * (20 - filled)}] {done}/{len(sources)} C++ files"
+            log(f"[d1tile] building {top}: {time.monotonic() - started:.0f} s{bar}")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def build(component, top: str, key: str, *, waves: bool = False, log=print) -> VerilatorBuild:
     """Build `component` (an Amaranth component, or a callable returning one) with Verilator.
 
@@ -148,6 +183,7 @@ def build(component, top: str, key: str, *, waves: bool = False, log=print) -> V
     if isinstance(component, type) or not hasattr(component, "elaborate"):
         component = component()
     generating = time.monotonic()
+    log(f"[d1tile] generating the Verilog of {top} ({key}) with Amaranth and Yosys ...")
     text = generate_verilog(component, top)
     log(f"[d1tile] generated the Verilog of {top} ({key}, {len(text) / 1e6:.1f} MB) in "
         f"{time.monotonic() - generating:.1f} s")
@@ -158,7 +194,8 @@ def build(component, top: str, key: str, *, waves: bool = False, log=print) -> V
     runner = get_runner("verilator")
     started = time.monotonic()
     log_file = directory / "build.log"
-    with _environment(verilator_env()):
+    log(f"[d1tile] building {top} ({key}) with Verilator (minutes for a large design) ...")
+    with _environment(verilator_env()), _progress(directory, top, started, log):
         try:
             runner.build(
                 sources=[verilog_path], hdl_toplevel=top, build_dir=directory, waves=waves,

@@ -32,3 +32,23 @@ def test_wheel_contains_one_package_with_its_subpackages(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe, str(target)], check=True,
                          capture_output=True, text=True).stdout
     assert out.strip().startswith(str(target)), out
+
+
+def test_a_verilator_build_on_a_terminal_shows_its_progress(tmp_path, capsys, monkeypatch):
+    """While a build runs, a terminal gets a line every PROGRESS_SECONDS with the elapsed time
+    and the C++ files compiled out of those written; not a log or CI (no terminal)."""
+    import time
+    from d1tile.hw import verilator
+    for name in ("a.cpp", "b.cpp", "c.cpp", "d.cpp"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "a.o").write_text("")
+    monkeypatch.setattr(verilator, "PROGRESS_SECONDS", 0.05)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    with verilator._progress(tmp_path, "tile", time.monotonic(), print):
+        time.sleep(0.3)
+    out = capsys.readouterr().out
+    assert "[d1tile] building tile: 0 s [#####...............] 1/4 C++ files" in out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    with verilator._progress(tmp_path, "tile", time.monotonic(), print):
+        time.sleep(0.2)
+    assert capsys.readouterr().out == ""
