@@ -150,7 +150,9 @@ def _sources_hash() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path("build") / "cost"
+    """`build/cost` beside the Verilator builds (`D1TILE_BUILD_DIR`'s parent when it is set)."""
+    from d1tile.hw.verilator import build_root
+    return build_root().parent / "cost"
 
 
 def _parse(stat: dict, memories: str) -> tuple[dict, BlockCost]:

@@ -292,7 +292,8 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                     hull = total = n * (1 if repeat is None else repeat)
                 else:
                     hull, total = _extent(n, shape)
-                if inbox_next[dst] + total > words or hull > half:
+                # a LOOP of count 0 moves nothing, but its SEND must still name valid words
+                if inbox_next[dst] + max(total, n) > words or hull > half:
                     continue
                 counter = rng.randrange(phase % phase_sets, SYNC_COUNTERS, phase_sets)
                 messages.append((src, dst, n, _span(rng, 0, half, hull) if hull else 0,
@@ -306,11 +307,11 @@ def random_tile_program(cfg: TileConfig, rng: random.Random, *, phases: int = 3,
                 shape = random_shape(n) if repeat is None and rng.random() < 0.3 else None
                 hull, total = ((n * (1 if repeat is None else repeat),) * 2 if shape is None
                                else _extent(n, shape))
-                if hull <= half and total <= words:
+                if hull <= half and max(total, n) <= words:
                     messages.append((src, (cfg.cols, rng.randrange(cfg.rows)), n,
                                      _span(rng, 0, half, hull) if hull else 0,
-                                     rng.randint(0, words - total), rng.randrange(SYNC_COUNTERS),
-                                     repeat, shape))
+                                     rng.randint(0, words - max(total, n)),
+                                     rng.randrange(SYNC_COUNTERS), repeat, shape))
         for node in nodes:
             for _ in range(rng.randint(0, ops_per_phase)):
                 local_op(node)
