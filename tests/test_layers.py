@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"d1tile": ROOT / "d1tile", "d1tile.hw": ROOT / "hw", "d1tile.sim": ROOT / "sim",
             "d1tile.sw": ROOT / "sw"}
 HW_TOOLS = {"verilator", "testbench", "tile_bench", "tile_run", "matrix_demo",
-            "matrix_demo_bench", "noc_bench", "noc_run"}
+            "matrix_demo_bench", "noc_bench", "noc_run", "cost"}
 
 
 def modules():
