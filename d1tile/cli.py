@@ -126,13 +126,16 @@ def _write_outputs(outputs: list) -> None:
                 tmp.unlink()
 
 
-def _report_writer(report):
+def _json_writer(value, *, compact: bool = False):
+    """A `_write_outputs` writer of `value` as JSON (indented, or compact for large traces)."""
     import json
-    return lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
+    text = (json.dumps(value, separators=(",", ":")) if compact
+            else json.dumps(value, indent=2) + "\n")
+    return lambda tmp: tmp.write_text(text)
 
 
 def _save_report(path: str, report) -> None:
-    _write_outputs([(path, _report_writer(report))])
+    _write_outputs([(path, _json_writer(report))])
 
 
 def _check_run(reports: list) -> None:
@@ -231,11 +234,9 @@ def cmd_run(args) -> int:
 
         files.append((args.out, write))
     if args.report:
-        files.append((args.report, _report_writer(report)))
+        files.append((args.report, _json_writer(report)))
     if args.trace:
-        import json
-        trace = json.dumps(net.chrome_trace, separators=(",", ":"))
-        files.append((args.trace, lambda tmp: tmp.write_text(trace)))
+        files.append((args.trace, _json_writer(net.chrome_trace, compact=True)))
     _write_outputs(files)
     if args.out:
         print(f"  outputs       {args.out}")
@@ -374,24 +375,18 @@ def cmd_verify(args) -> int:
     print(report.exercised_line())
     print(f"{report.programs} programs: {report.mismatches} mismatches")
     if args.trace:
-        import json
-        from .sim.tile import TileModel
-        from .sim.trace import chrome_trace
+        from .sw.runtime import ModelDevice
         from .sw.verify import program_for
-        tp = program_for(cfg, args.seed, args.only)
-        model = TileModel(cfg, timeline=True)
-        model.run(tp)
-        trace = chrome_trace(cfg, {node: p.words for node, p in tp.programs.items()},
-                             model.issue_trace, model.timeline, model.timeline_ends())
-        text = json.dumps(trace, separators=(",", ":"))
-        _write_outputs([(args.trace, lambda tmp: tmp.write_text(text))])
+        device = ModelDevice(cfg, timeline=True)
+        device.load(program_for(cfg, args.seed, args.only))
+        device.run()
+        _write_outputs([(args.trace, _json_writer(device.chrome_trace(), compact=True))])
         print(f"trace: {args.trace} (program {args.only} on the cycle model; the RTL agreed to "
               f"the cycle: {'yes' if rtl and not report.mismatches else 'not run' if not rtl else 'NO'})")
     return 1 if report.mismatches else 0
 
 
 def cmd_cost(args) -> int:
-    import json
     from .hw.cost import BLOCKS, node_cost
     cfg = config_from_args(args)
     names = [*BLOCKS, "glue"]
@@ -423,8 +418,7 @@ def cmd_cost(args) -> int:
         out = report.to_json()
         out["tile"] = {"nodes": cfg.nodes, "cells": tile.cells, "flops": tile.flops,
                        "memory_bits": tile.memory_bits, "nand2": tile.nand2}
-        text = json.dumps(out, indent=2) + "\n"
-        _write_outputs([(args.json, lambda tmp: tmp.write_text(text))])
+        _write_outputs([(args.json, _json_writer(out))])
         print(f"  json          {args.json}")
     return 0
 

@@ -12,7 +12,7 @@ kept as `$mem_v2` cells, not mapped to flip-flops), then `techmap` to single-bit
 every block: a block is a submodule of the node and everything below it (`BLOCKS`), the node is
 the whole design, and a tile is its nodes (identical but for their coordinates, which are
 constants) times their number. Results are cached under `build/cost/`, keyed by the
-configuration and a hash of the RTL's sources, like the Verilator builds.
+configuration and the digest of the sources the Verilator builds use (`source_digest`).
 
 The area proxy is NAND2 equivalents from the transistor counts of static CMOS gates (`WEIGHTS`,
 docs/cost.md says where they come from), and 6 transistors per memory bit (a 6T cell, no
@@ -21,7 +21,6 @@ periphery): a relative measure for comparing configurations, not an area.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from d1tile.hw.verilator import build_root, source_digest
 from d1tile.params import TileConfig
 
 
@@ -135,22 +135,8 @@ def transistors(by_kind: dict) -> int:
     return total
 
 
-def _sources_hash() -> str:
-    """A hash of the RTL's sources (hw/ and the definitions it uses), for the cache key."""
-    import d1tile
-    root = Path(d1tile.__file__).resolve().parent
-    h = hashlib.sha256()
-    for folder in (root, Path(__file__).resolve().parent):
-        for path in sorted(folder.glob("*.py")):
-            if path.name != "cli.py":
-                h.update(path.name.encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _cache_dir() -> Path:
     """`build/cost` beside the Verilator builds (`D1TILE_BUILD_DIR`'s parent when it is set)."""
-    from d1tile.hw.verilator import build_root
     return build_root().parent / "cost"
 
 
@@ -197,7 +183,7 @@ def node_cost(cfg: TileConfig, *, log=None, cache: bool = True) -> NodeCost:
     from amaranth.back import rtlil
     from d1tile.hw.node import Node
     log = log or (lambda line: None)
-    key = f"{cfg.key}-{_sources_hash()}-v{CACHE_VERSION}"
+    key = f"{cfg.key}-{source_digest()}-v{CACHE_VERSION}"
     cached = _cache_dir() / f"node-{key}.json"
     config = json.loads(cfg.to_json())
     if cache and cached.exists():

@@ -221,11 +221,16 @@ def _record(c: Compilation, name: str, ops: list, macs: int, layer=None) -> None
     c.layers.append(LayerInfo(name, ops, macs, layer.matrix_macs(), layer))
 
 
+def _users(c: Compilation, tensor: str) -> list:
+    """The quantised ops reading `tensor`, in order."""
+    return [q for q in c.qgraph.ops if tensor in q.inputs]
+
+
 def _single_user(c: Compilation, tensor: str):
     """The one quantised op reading `tensor`, when it has exactly one and is not an output."""
     if tensor in c.qgraph.outputs:
         return None
-    users = [q for q in c.qgraph.ops if tensor in q.inputs]
+    users = _users(c, tensor)
     return users[0] if len(users) == 1 else None
 
 
@@ -274,12 +279,12 @@ def _lower_conv(c: Compilation, op) -> list:
         geom = _conv_geometry(c, op, _image(c, op.inputs[0], op.name, op.op), pool)
     name = op.name if pool is None else f"{op.name}+{pool.name}"
     out = pool.output if pool is not None else op.output
+    ops = [op.op] + ([pool.op] if pool is not None else [])
     if banded:
-        y = _band_conv(c, op, name, out, weight, geom)
+        y = _band_conv(c, op, ops, name, out, weight, geom)
     else:
         y = _conv_layer(c, op, name, x, weight, geom)
-        _record(c, name, [op.op] + ([pool.op] if pool is not None else []),
-                geom.macs(c.graph.batch))
+        _record(c, name, ops, geom.macs(c.graph.batch))
     if c.dtype == ElemType.BF16:
         batch, n, relu = c.graph.batch, c.cfg.mac_dim, bool(op.relu)
         _bf16_layer(c, op.inputs[0], out, lambda xs: reference_conv_bf16(
@@ -303,9 +308,7 @@ def _list_reader(c: Compilation, tensor: str) -> bool:
     """Whether `tensor` may be a list of parts side by side (a layer split over time): read
     only by GEMMs (which take their K as the parts concatenated), by flattens and reshapes
     whose outputs are such tensors, or by the host."""
-    for q in c.qgraph.ops:
-        if tensor not in q.inputs:
-            continue
+    for q in _users(c, tensor):
         if q.op in ("flatten", "reshape"):
             if not _list_reader(c, q.output):
                 return False
@@ -330,7 +333,8 @@ MATMULs, MREAD and VECs): `_band_conv` tries no more bands than the instruction 
 at this rate."""
 
 
-def _band_conv(c: Compilation, op, name: str, out: str, weight, geom: ConvGeometry):
+def _band_conv(c: Compilation, op, ops: list, name: str, out: str, weight,
+               geom: ConvGeometry):
     """**Split over time** (the first convolution, on the host input): the output rows cut
     into 2, 3, ... bands (`ConvGeometry.bands`), one layer each, one after another; band p's
     input rows are a host input of their own, placed where its MATMULs read them (the spans of
@@ -341,18 +345,18 @@ def _band_conv(c: Compilation, op, name: str, out: str, weight, geom: ConvGeomet
     error of the finest split tried when none fits."""
     info, cfg = c.band_input, c.cfg
     vpw = _vectors(c)
-    outs = ("sram", "host") if out in c.qgraph.outputs and not _list_users(c, out) else ("sram",)
+    outs = ("sram", "host") if out in c.qgraph.outputs and not _users(c, out) else ("sram",)
     tried, last = set(), None
     for parts in range(2, min(geom.pooled_h, cfg.imem_words // BAND_IMEM) + 1):
         bands = geom.bands(parts)
         if len(bands) in tried:
             continue
         tried.add(len(bands))
+        spans = [geom.spans(cfg.rows, geom.cp // vpw, band) for band in bands]
+        reserve = {y: max((sp[y][1] - sp[y][0] for sp in spans if y in sp), default=0)
+                   for y in range(cfg.rows)}
         for where in outs:
             before = copy.deepcopy(c.builder)
-            spans = [geom.spans(cfg.rows, geom.cp // vpw, band) for band in bands]
-            reserve = {y: max((sp[y][1] - sp[y][0] for sp in spans if y in sp), default=0)
-                       for y in range(cfg.rows)}
             try:
                 xs, ys = [], []
                 for k, band in enumerate(bands):
@@ -366,8 +370,8 @@ def _band_conv(c: Compilation, op, name: str, out: str, weight, geom: ConvGeomet
                     ys.append(_conv_layer(c, op, f"{name}{rows}", xs[-1], weight, geom,
                                           positions=band, out=where))
                     c.builder.release(xs[-1])
-                    _record(c, f"{name}{rows}", [op.op] + (["maxpool"] if geom.pool else []),
-                            geom.band_macs(band, c.graph.batch), c.builder.layers[-1])
+                    _record(c, f"{name}{rows}", ops, geom.band_macs(band, c.graph.batch),
+                            c.builder.layers[-1])
                 c.layouts[info["name"]] = xs
                 return ys
             except CapacityError as exc:
@@ -379,10 +383,6 @@ def _band_conv(c: Compilation, op, name: str, out: str, weight, geom: ConvGeomet
         raise CapacityError(f"layer {name!r}: its {geom.pooled_h} output rows cannot be split "
                             "into bands")
     raise CapacityError(f"down to {len(tried) and max(tried)} bands of output rows: {last}")
-
-
-def _list_users(c: Compilation, tensor: str) -> list:
-    return [q for q in c.qgraph.ops if tensor in q.inputs]
 
 
 def _stored_rows(c: Compilation, name: str, weight: np.ndarray) -> np.ndarray:
@@ -431,7 +431,7 @@ def _gemm_layer(c: Compilation, name: str, x, weight, bias, op):
 def _splittable(c: Compilation, op) -> bool:
     """Whether a GEMM's output may be a list of parts: read only by GEMMs (which take their K
     as the parts concatenated) or by the host, and more than one feature block wide."""
-    users = [q for q in c.qgraph.ops if op.output in q.inputs]
+    users = _users(c, op.output)
     return (op.weight.shape[1] > c.cfg.mac_dim
             and all(q.op == "gemm" and q.inputs[0] == op.output for q in users))
 
@@ -605,7 +605,7 @@ def _place_input(c: Compilation) -> None:
     halos included); anything else is stored channels-last."""
     name = c.input_name
     shape = c.graph.shape(name)
-    users = [q for q in c.qgraph.ops if name in q.inputs]
+    users = _users(c, name)
     if len(shape) == 4 and any(q.op in ("conv", "maxpool", "avgpool") for q in users):
         vpw = _vectors(c)
         image = _unfolded_image(c, name)
@@ -625,7 +625,7 @@ def _place_input(c: Compilation) -> None:
             c.images[name] = image
         if conv is not None and c.band_split:      # placed band by band (`_band_conv`)
             c.band_input = dict(name=name, batch=shape[0], features=len(c.orders[name]),
-                                geom=geom, conv=conv.name)
+                                conv=conv.name)
             return
         c.layouts[name] = c.builder.input(name, batch=shape[0], features=len(c.orders[name]),
                                           dtype=c.dtype, form="spans" if spans else "auto",

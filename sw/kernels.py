@@ -872,9 +872,8 @@ class KernelBuilder:
             streamed = {}
             for node, p in layer.plans.items():
                 if p.tiles:
-                    streamed[node] = (self._streamed.get(node, 0),
+                    streamed[node] = (self._stream(node, len(p.tiles) * self.cfg.mac_dim),
                                       tuple((i, j) for i, j, _ in p.tiles))
-                    self._streamed[node] = streamed[node][0] + len(p.tiles) * self.cfg.mac_dim
         return GemmOutput(self.cfg, name, layer.inputs[0].batch, layer.features, layer.blocks,
                           layer.fblocks, base, layer.dtype, streamed)
 
@@ -986,8 +985,7 @@ class KernelBuilder:
                                                  p.y_base + (j - j0) * size)
                                          for j in range(j0, j1))
                 if streamed is not None:
-                    streamed[(x, y)] = self._streamed.get((x, y), 0)
-                    self._streamed[(x, y)] = streamed[(x, y)] + (j1 - j0) * size
+                    streamed[(x, y)] = self._stream((x, y), (j1 - j0) * size)
         ob = ceil(geom.out_c / n)
         return ActivationLayout(self.cfg, name, inputs[0].batch, (p1 - p0) * ob * n,
                                 (p1 - p0) * plan.cwo, layer.blocks, segments, dtype,
@@ -1117,6 +1115,12 @@ class KernelBuilder:
             return method(*args, **kwargs)
         except AsmError as exc:
             raise CompileError(f"{what}: node {node}: {exc}") from None
+
+    def _stream(self, node, words: int) -> int:
+        """`node` streams `words` more words to the host: their offset in its stream."""
+        offset = self._streamed.get(node, 0)
+        self._streamed[node] = offset + words
+        return offset
 
     def _inputs(self, name, x) -> list[ActivationLayout]:
         inputs = [x] if isinstance(x, ActivationLayout) else list(x)
@@ -2216,19 +2220,25 @@ def unpack_activation(layout: ActivationLayout, result) -> np.ndarray:
     return out[:layout.batch, :layout.features]
 
 
+def _streamed_words(name: str, result, node, offset: int, size: int) -> list:
+    """Words offset .. offset+size-1 of what `node` streamed to the host in the run `result`
+    (a `RunResult` or `FunctionalResult`: their reads alone do not hold them)."""
+    if not hasattr(result, "streams"):
+        raise TypeError(f"{name!r} is streamed to the host: pass the run's result "
+                        "(RunResult or FunctionalResult), not its reads")
+    words = [w for _, body in result.streams.get(node, []) for w in body]
+    if len(words) < offset + size:
+        raise ValueError(f"{name!r}: node {node} streamed {len(words)} words, "
+                         f"{offset + size} expected")
+    return words[offset:offset + size]
+
+
 def _held_words(layout: ActivationLayout, node, result) -> list:
     """The words node holds of `layout`: read back, or, for a streamed layout, from its stream."""
     if layout.streamed is None:
         return _reads(result)[(node, *layout.region(*node))]
-    if not hasattr(result, "streams"):
-        raise TypeError(f"{layout.name!r} is streamed to the host: pass the run's result "
-                        "(RunResult or FunctionalResult), not its reads")
-    words = [w for _, body in result.streams.get(node, []) for w in body]
-    offset, size = layout.streamed[node], layout.region(*node)[1]
-    if len(words) < offset + size:
-        raise ValueError(f"{layout.name!r}: node {node} streamed {len(words)} words, "
-                         f"{offset + size} expected")
-    return words[offset:offset + size]
+    return _streamed_words(layout.name, result, node, layout.streamed[node],
+                           layout.region(*node)[1])
 
 
 def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
@@ -2240,19 +2250,11 @@ def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
     nf_all = max(hi for _, hi in output.feature_blocks)
     ct = np.zeros((nf_all * n, nb_all * n), dtype=np.int32)       # C^T, raw 32-bit lanes
     if output.streamed is not None:
-        if not hasattr(result, "streams"):
-            raise TypeError(f"{output.name!r} is streamed to the host: pass the run's result "
-                            "(RunResult or FunctionalResult), not its reads")
-        streams = result.streams
         for node, (offset, tiles) in output.streamed.items():
-            words = [w for _, body in streams.get(node, []) for w in body]
-            if len(words) < offset + len(tiles) * n:
-                raise ValueError(f"{output.name!r}: node {node} streamed {len(words)} words, "
-                                 f"{offset + len(tiles) * n} expected")
+            words = _streamed_words(output.name, result, node, offset, len(tiles) * n)
             for t, (i, j) in enumerate(tiles):
-                at = offset + t * n
                 ct[i * n:(i + 1) * n, j * n:(j + 1) * n] = [lanes_from_word(wd, n)
-                                                            for wd in words[at:at + n]]
+                                                            for wd in words[t * n:(t + 1) * n]]
         c = ct.T[:output.batch, :output.features].copy()
         return c.view(np.float32) if output.dtype == ElemType.BF16 else c
     reads = _reads(result)

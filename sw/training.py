@@ -39,6 +39,7 @@ import numpy as np
 from d1tile import numerics
 from d1tile.sw.errors import CompileError
 from d1tile.sw.ir import Graph
+from d1tile.sw.kernels import split_even
 from d1tile.sw.quant import FLOAT_KERNELS, _axis_taps, _window_counts, _window_sizes, windows
 
 
@@ -437,7 +438,7 @@ class Bf16Reference:
         """x_t [K, B] @ dz [B, F] (BF16 bits) with the sum over B split into the groups."""
         b = x_t.shape[1]
         acc = None
-        for lo, hi in _split(b, self.groups):
+        for lo, hi in (r for r in split_even(b, self.groups) if r[1] > r[0]):
             part = numerics.bf16_matmul(x_t[:, lo:hi], dz[lo:hi])
             acc = part if acc is None else numerics.fp32_add(acc, part)
         return acc
@@ -547,14 +548,3 @@ class Bf16Reference:
                     rand[i] = r[0]
                 self.rng[k] = states
                 self.master[k] = numerics.bf16_from_f32_sr(new, rand.reshape(new.shape))
-
-
-def _split(count: int, parts: int) -> list[tuple[int, int]]:
-    base, extra = divmod(count, parts)
-    out, lo = [], 0
-    for p in range(parts):
-        hi = lo + base + (1 if p < extra else 0)
-        if hi > lo:
-            out.append((lo, hi))
-        lo = hi
-    return out

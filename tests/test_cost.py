@@ -66,7 +66,7 @@ def test_cost_command_prints_the_table_and_refuses_what_it_cannot_do(tiny, capsy
     assert "--block 'gpu': not a block of the node" in capsys.readouterr().err
     # a synthesis that cannot run: one line, status 2
     monkeypatch.setattr(cost, "YOSYS", "no-such-yosys")
-    monkeypatch.setattr(cost, "_sources_hash", lambda: "uncached")
+    monkeypatch.setattr(cost, "source_digest", lambda: "uncached")
     assert main(["cost", "--preset", "tiny", "--grid", "1x1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("d1tile cost: error: no-such-yosys is not installed") and \
