@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/cost_scaling.py                 # mac_dim 2, 4, 8; router FIFO 2, 4, 8
     .venv/bin/python bench/cost_scaling.py --mac-dims 2,4 --fifo-depths 2
+    .venv/bin/python bench/cost_scaling.py --fifo-depths '' --plot docs/pictures/cost_scaling.png
 
 Synthesises one node per configuration (the tiny preset with one field changed; results cached
 in build/cost/, the first mac_dim 8 node takes a few minutes) and prints, per configuration,
 the matrix unit's and the router's cells and NAND2 equivalents, the node's, the peak MACs per
-cycle and the node's NAND2 equivalents per MAC of peak.
+cycle and the node's NAND2 equivalents per MAC of peak. With `--plot PNG`, also draws the
+matrix unit's and the node's NAND2 equivalents against the peak MACs per cycle of the mac_dim
+configurations (`d1tile.sw.plots.cost_vs_macs`, log-log).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from d1tile.hw.cost import CostError, node_cost
 from d1tile.params import ConfigError, TileConfig
@@ -31,6 +35,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mac-dims", default="2,4,8")
     ap.add_argument("--fifo-depths", default="2,4,8")
+    ap.add_argument("--plot", metavar="PNG",
+                    help="draw cost against peak MACs per cycle (the mac_dim rows) into PNG")
     args = ap.parse_args(argv)
     try:
         base = TileConfig.preset("tiny")
@@ -41,8 +47,13 @@ def main(argv=None) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"cost_scaling: {exc}", file=sys.stderr)
         return 2
+    if args.plot and not Path(args.plot).absolute().parent.is_dir():   # before minutes of Yosys
+        print(f"cost_scaling: --plot {args.plot}: the directory {Path(args.plot).parent} does "
+              "not exist", file=sys.stderr)
+        return 2
     print(f"{'field':<18}{'value':>6}{'matrix cells':>14}{'matrix NAND2':>14}"
           f"{'router NAND2':>14}{'node NAND2':>13}{'peak MACs':>11}{'NAND2/MAC':>11}{'time':>8}")
+    points = []
     for field, value, cfg in configs:
         started = time.monotonic()
         try:
@@ -54,7 +65,21 @@ def main(argv=None) -> int:
         print(f"{field:<18}{value:>6}{m.cells:>14,}{m.nand2:>14,.0f}{r.nand2:>14,.0f}"
               f"{n.nand2:>13,.0f}{cfg.macs_per_cycle:>11}{n.nand2 / cfg.macs_per_cycle:>11,.0f}"
               f"{time.monotonic() - started:>7.0f}s")
+        if field == "mac_dim":
+            points.append(scaling_point(cfg, report))
+    if args.plot and points:
+        from d1tile.sw.plots import cost_vs_macs
+        cost_vs_macs(args.plot, points, "one node's cost against its peak MACs per cycle\n"
+                     f"(preset tiny, {base.sram_kib} KiB SRAM; generic cells from Yosys)")
+        print(f"plot: {args.plot}")
     return 0
+
+
+def scaling_point(cfg: TileConfig, report) -> dict:
+    """One point of the plot: the configuration's peak MACs per cycle and N, and the matrix
+    unit's and the node's NAND2 equivalents (`d1tile.sw.plots.cost_vs_macs`)."""
+    return {"macs": cfg.macs_per_cycle, "label": f"N = {cfg.mac_dim}",
+            "matrix unit": report.blocks["matrix"].nand2, "node": report.node.nand2}
 
 
 if __name__ == "__main__":
