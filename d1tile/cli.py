@@ -104,15 +104,55 @@ def _check_writable(path: str | None, option: str, *others) -> None:
             raise ValueError(f"{option} {path}: the same file as {other}")
 
 
+def _check_directory(path: str | None, option: str, names, *others) -> None:
+    """Fail before any work when directory `path` cannot take the files `names`: a file (not a
+    directory) at `path` or above it, or the nearest existing folder not writable; in an
+    existing directory each file is checked as `_check_writable` checks an output (`others`:
+    its (option, path) pairs). A missing directory is created when the outputs are written."""
+    import os
+    from pathlib import Path
+    if path is None:
+        return
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == target else f" ({existing} is a file)"
+        raise ValueError(f"{option} {path}: not a directory{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: the directory {existing} is not writable")
+    for other, other_path in others:
+        if other_path is not None and Path(other_path).absolute() == target:
+            raise ValueError(f"{option} {path}: the same path as {other}")
+    if existing == target:
+        for name in names:
+            _check_writable(str(Path(path) / name), option, *others)
+        return
+    probe = existing / f".{target.name}.tmp"       # what `_write_outputs` will make
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot be made in {existing} "
+                         f"({exc.strerror or exc})") from None
+
+
 def _write_outputs(outputs: list) -> None:
     """[(path, write)]: every `write(tmp_path)` first, then the renames, so a failure leaves
-    no output at all (nor a half-written one); an OS error is one line (ValueError)."""
+    no output at all (nor a half-written one, nor a directory made for them); an OS error is
+    one line (ValueError). Missing directories of the paths are created."""
     import os
     from pathlib import Path
     tmps = [(Path(path).with_name(f".{Path(path).name}.tmp"), path, write)
             for path, write in outputs]
+    made = []
     try:
         for tmp, _, write in tmps:
+            for folder in reversed([tmp.parent, *tmp.parent.parents]):
+                if not folder.exists():
+                    folder.mkdir()
+                    made.append(folder)
             write(tmp)
         for tmp, path, _ in tmps:
             os.replace(tmp, path)
@@ -124,6 +164,9 @@ def _write_outputs(outputs: list) -> None:
         for tmp, _, _ in tmps:
             if tmp.exists():
                 tmp.unlink()
+        for folder in reversed(made):       # empty unless every output was written
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _json_writer(value, *, compact: bool = False):
@@ -159,6 +202,10 @@ def cmd_run(args) -> int:
     _check_writable(args.out, "--out")
     _check_writable(args.report, "--report", ("--out", args.out))
     _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
+    if args.plots:
+        from .sw.plots import RUN_PLOTS
+        _check_directory(args.plots, "--plots", RUN_PLOTS, ("--out", args.out),
+                         ("--report", args.report), ("--trace", args.trace))
     x = _load_array(args.input, "--input")
     calib = _load_array(args.calib, "--calib") if args.calib else x
     labels = None
@@ -237,6 +284,11 @@ def cmd_run(args) -> int:
         files.append((args.report, _json_writer(report)))
     if args.trace:
         files.append((args.trace, _json_writer(net.chrome_trace, compact=True)))
+    if args.plots:
+        from pathlib import Path
+        from .sw.plots import run_plots
+        files += [(str(Path(args.plots) / name), draw)
+                  for name, draw in run_plots(net, report).items()]
     _write_outputs(files)
     if args.out:
         print(f"  outputs       {args.out}")
@@ -245,7 +297,86 @@ def cmd_run(args) -> int:
     if args.trace:
         print(f"  trace         {args.trace} (the cycle model's run; open it in "
               "ui.perfetto.dev)")
+    if args.plots:
+        print(f"  plots         {', '.join(RUN_PLOTS)} in {args.plots}")
     _check_run([report])
+    return 0
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+    from .sw.onnx_frontend import input_signature, load_onnx
+    from .sw.train_run import train_on_tile
+    from .sw.training import Sgd
+    cfg = config_from_args(args)
+    backends = _backends(args.backend)
+    _check_writable(args.out, "--out")
+    _check_writable(args.report, "--report", ("--out", args.out))
+    x = _load_array(args.data, "--data")
+    labels = _load_array(args.labels, "--labels")
+    val = None
+    if (args.val_data is None) != (args.val_labels is None):
+        raise ValueError("--val-data and --val-labels go together")
+    if args.val_data:
+        val = (_load_array(args.val_data, "--val-data"),
+               _load_array(args.val_labels, "--val-labels"))
+    if args.batch < 1 or args.epochs < 1:
+        raise ValueError(f"--batch {args.batch} --epochs {args.epochs}: both must be >= 1")
+    opt = Sgd(args.lr, args.momentum, args.weight_decay)
+    if args.optimizer != "sgd":
+        raise ValueError(f"--optimizer {args.optimizer}: the tile runs SGD (with momentum and "
+                         "weight decay) so far; Adam is not implemented")
+    signature = input_signature(args.model)
+    if len(signature) != 1:
+        raise ValueError(f"{args.model}: the model has {len(signature)} inputs; training takes "
+                         "exactly one")
+    (name, dims), = signature.items()
+    shown = "[" + ", ".join(str(d if d is not None else "?") for d in dims) + "]"
+    for option, path, data in (("--data", args.data, x),
+                               ("--val-data", args.val_data, val[0] if val else None)):
+        if data is not None and dims and (
+                len(dims) != data.ndim
+                or any(isinstance(d, int) and d != n for d, n in zip(dims[1:], data.shape[1:]))):
+            raise ValueError(f"{option} {path}: shape {list(data.shape)}, the model's input "
+                             f"'{name}' is {shown}")
+    graph = load_onnx(args.model, input_shapes={name: (args.batch, *x.shape[1:])})
+    print(f"d1tile train: {args.model} on a {cfg.rows}x{cfg.cols} tile (preset {args.preset}), "
+          f"{args.loss} loss, SGD lr {args.lr} momentum {args.momentum} weight decay "
+          f"{args.weight_decay}, {args.weights} master weights, batch {args.batch}, "
+          f"{args.epochs} epochs, backend {args.backend}")
+    run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
+                        batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
+                        init=args.init, backends=backends, val=val, log=print)
+    for note in run.notes:
+        print(f"  note: {note}")
+    for e in range(run.epochs):
+        print("  " + run.epoch_line(e))
+    report = run.report()
+    report["model"] = str(args.model)
+    phases = ", ".join(f"{k} {v:,.0f}" for k, v in report["phases_mean_cycles"].items())
+    print(f"  cycles per step {np.mean(run.step_cycles):,.0f} (ideal {run.ideal_cycles_per_step:,.0f}"
+          f" = MACs of forward and backward over the tile's peak): {phases}")
+    print(f"  bit-exact with the NumPy reference (losses every step, weights every epoch): "
+          f"{'yes' if run.bit_exact else 'NO: ' + run.mismatch}")
+    if run.model_and_rtl_identical is not None:
+        print(f"  cycle model and RTL: "
+              f"{'identical cycles, counters and streams' if run.model_and_rtl_identical else 'DIFFERENT'}")
+    files = []
+    if args.out:
+        import onnx
+        model = run.onnx()
+        files.append((args.out, lambda tmp: onnx.save(model, str(tmp))))
+    if args.report:
+        files.append((args.report, _json_writer(report)))
+    _write_outputs(files)
+    if args.out:
+        print(f"  trained model {args.out}")
+    if args.report:
+        print(f"  report        {args.report}")
+    if not run.bit_exact:
+        raise CheckFailed(f"the tile's training differs from the reference: {run.mismatch}")
+    if run.model_and_rtl_identical is False:
+        raise CheckFailed("the cycle model and the RTL differ")
     return 0
 
 
@@ -258,8 +389,14 @@ def cmd_demo(args) -> int:
     _check_writable(args.report, "--report")
     names = args.models.split(",")
     for name in names:
-        if name not in TOY_MODELS:
-            raise ValueError(f"--models: unknown model {name!r}; known: {', '.join(TOY_MODELS)}")
+        if name not in TOY_MODELS and name != "train":
+            raise ValueError(f"--models: unknown model {name!r}; known: "
+                             f"{', '.join(TOY_MODELS)}, train")
+    train = "train" in names
+    names = [name for name in names if name != "train"]
+    if train and not 32 <= args.train_samples <= len(digits_split()[0]):
+        raise ValueError(f"--train-samples {args.train_samples}: give 32.."
+                         f"{len(digits_split()[0])} (the training digits)")
     test_images = len(digits_split()[2])
     batch = test_images if args.batch is None else args.batch
     if not 1 <= batch <= test_images:
@@ -277,17 +414,90 @@ def cmd_demo(args) -> int:
         report = net.report()
         reports.append(report)
         print(summary(report))
-    exact = all(r["bit_exact"] for r in reports)
-    print(f"all outputs bit-exact with the integer reference: {'yes' if exact else 'NO'}")
-    if "rtl" in backends and "model" in backends:
+    if reports:
+        exact = all(r["bit_exact"] for r in reports)
+        print(f"all outputs bit-exact with the integer reference: {'yes' if exact else 'NO'}")
+    if reports and "rtl" in backends and "model" in backends:
         same = all(r["model_and_rtl_identical"] for r in reports)
         verdict = "identical cycles, counters and outputs" if same else "DIFFERENT"
         print(f"cycle model and RTL: {verdict}")
+    trained = _demo_training(args, backends) if train else []
     if args.report:
-        _save_report(args.report, {r["model"]: r for r in reports})
+        _save_report(args.report, {r["model"]: r for r in reports + trained})
         print(f"report: {args.report}")
     _check_run(reports)
+    for r in trained:
+        if not r["bit_exact_vs_reference"]:
+            raise CheckFailed(f"{r['model']}: the tile's training differs from the reference: "
+                              f"{r['mismatch']}")
+        if r["model_and_rtl_identical"] is False:
+            raise CheckFailed(f"{r['model']}: the cycle model and the RTL differ")
     return 0
+
+
+DEMO_TRAIN_SAMPLES = 640        # the first 640 training digits: 20 steps of 32 per epoch
+
+
+def _demo_training(args, backends) -> list:
+    """The toy MLP's structure trained from random weights on the digits, on the cycle model
+    (the `train` preset: 256 KiB per node); with the RTL, a few steps of a small MLP on the
+    tiny tile on both backends, compared."""
+    import numpy as np
+    from .sw.onnx_frontend import load_onnx
+    from .sw.toy_models import digits_split, mlp_model
+    from .sw.train_run import train_on_tile
+    from .sw.training import Sgd
+    tx, ty, vx, vy = digits_split()
+    cfg = TileConfig.preset("train")
+    if getattr(args, "grid", None):
+        cfg = cfg.with_grid(*parse_grid(args.grid))
+    n = args.train_samples
+    if not 32 <= n <= len(tx):
+        raise ValueError(f"--train-samples {n}: give 32..{len(tx)} (the training digits)")
+    print(f"train: the toy MLP (64-64-10) from random weights on {n} training digits, 3 "
+          f"epochs of batch 32, SGD lr 0.1 momentum 0.9, cross-entropy, FP32 master weights, "
+          f"on the {cfg.rows}x{cfg.cols} tile (preset train: {cfg.sram_kib} KiB per node), "
+          "cycle model")
+    graph = load_onnx(mlp_model(batch=32).model, input_shapes={"x": (32, 64)})
+    run = train_on_tile(graph, tx[:n], ty[:n], cfg=cfg, loss="cross-entropy", epochs=3,
+                        batch=32, opt=Sgd(0.1, 0.9), init="random", seed=0,
+                        val=(vx, vy), log=print)
+    for e in range(run.epochs):
+        print("  " + run.epoch_line(e))
+    report = run.report()
+    report["model"] = "train: toy MLP"
+    phases = ", ".join(f"{k} {v:,.0f}" for k, v in report["phases_mean_cycles"].items())
+    print(f"  cycles per step {np.mean(run.step_cycles):,.0f} (ideal "
+          f"{run.ideal_cycles_per_step:,.0f}): {phases}; the loss phase is the logits' round "
+          "trip to the host (softmax cross-entropy)")
+    print(f"  bit-exact with the NumPy reference of the tile's arithmetic (loss every step, "
+          f"weights every epoch): {'yes' if run.bit_exact else 'NO: ' + run.mismatch}")
+    reports = [report]
+    if "rtl" in backends:
+        from .sw.graph_api import GraphBuilder
+        tiny = TileConfig.preset("tiny")
+        r = np.random.default_rng(0)
+        g = GraphBuilder("small")
+        x = g.input("x", (8, 3))
+        h = g.relu(g.gemm(x, r.normal(size=(3, 4)).astype(np.float32),
+                          np.zeros(4, np.float32), name="fc1"))
+        y = g.gemm(h, r.normal(size=(4, 3)).astype(np.float32), np.zeros(3, np.float32),
+                   name="fc2")
+        data = r.normal(size=(16, 3)).astype(np.float32)
+        labels = (data[:, 0] > 0).astype(np.int64) + (data[:, 1] > 0)
+        print("train on the RTL: a 3-4-3 MLP, 2 steps of batch 8 on the tiny tile, the cycle "
+              "model and the Verilator RTL")
+        small = train_on_tile(g.build(outputs=[y]), data, labels, cfg=tiny,
+                              loss="cross-entropy", epochs=1, batch=8, opt=Sgd(0.25, 0.5),
+                              backends=["model", "rtl"], log=print)
+        rep = small.report()
+        rep["model"] = "train: 3-4-3 MLP on the RTL"
+        same = "identical cycles, counters and streams" if small.model_and_rtl_identical \
+            else "DIFFERENT"
+        print(f"  {small.cycles:,} cycles on both; cycle model and RTL: {same}; bit-exact with "
+              f"the reference: {'yes' if small.bit_exact else 'NO'}")
+        reports.append(rep)
+    return reports
 
 
 def cmd_matrix_demo(args) -> int:
@@ -320,6 +530,28 @@ def cmd_matrix_demo(args) -> int:
     return 0
 
 
+SWEEP_RATES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+"""The offered loads of `noc-stress --sweep-rates` without a list."""
+
+
+def _rates(text: str) -> list[float]:
+    """--sweep-rates' list: comma-separated offered loads, each run once, in the order given."""
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep-rates {text}: give comma-separated rates, e.g. "
+                         f"{SWEEP_RATES}") from None
+    if not rates:
+        raise ValueError(f"--sweep-rates {text!r}: no rate given")
+    return rates
+
+
+def _noc_stopped(stats) -> bool:
+    """The run stopped at the cycle cap with nothing else wrong."""
+    return bool(stats.stopped) and not (stats.duplicated or stats.reordered or stats.broken
+                                        or stats.misdelivered or stats.deadlock)
+
+
 def cmd_noc_stress(args) -> int:
     from .sim import noc
     cfg = config_from_args(args)
@@ -329,27 +561,71 @@ def cmd_noc_stress(args) -> int:
         run = noc.run_model
     kwargs = {"log": print} if args.backend == "rtl" else {}
     # Argument errors surface before anything is printed.
-    traffic = noc.NocTraffic(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
-                             multicast=args.multicast)
+    sweep = args.sweep_rates is not None
+    if sweep and args.rate is not None:
+        raise ValueError("--rate and --sweep-rates: give one (the sweep runs each of its rates)")
+    if args.plots and not sweep:
+        raise ValueError("--plots needs --sweep-rates (the picture is latency against offered "
+                         "load)")
+    rates = _rates(args.sweep_rates) if sweep else [0.5 if args.rate is None else args.rate]
+    traffics = [noc.NocTraffic(cfg, packets=args.packets, rate=rate, seed=args.seed,
+                               multicast=args.multicast) for rate in rates]
     if args.max_cycles < 1:
         raise ValueError(f"--max-cycles {args.max_cycles}: give at least 1")
-    if traffic.expected_cycles() > args.max_cycles:
-        print(f"d1tile noc-stress: warning: at --rate {args.rate} generating {args.packets} "
-              f"packets takes about {traffic.expected_cycles():,} cycles, more than --max-cycles "
-              f"{args.max_cycles:,}")
+    if args.plots:
+        from .sw.plots import NOC_PLOT
+        _check_directory(args.plots, "--plots", [NOC_PLOT])
+    for rate, traffic in zip(rates, traffics):
+        if traffic.expected_cycles() > args.max_cycles:
+            print(f"d1tile noc-stress: warning: at --rate {rate} generating {args.packets} "
+                  f"packets takes about {traffic.expected_cycles():,} cycles, more than "
+                  f"--max-cycles {args.max_cycles:,}")
     mc = f" ({args.multicast:g} of them multicasts)" if args.multicast else ""
+    at = (f"at each of {len(rates)} offered loads" if sweep
+          else f"at {rates[0]} flits/node/cycle")
     print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets"
-          f"{mc} at {args.rate} flits/node/cycle, seed {args.seed}, backend {args.backend}")
-    stats = run(cfg, packets=args.packets, rate=args.rate, seed=args.seed,
-                multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
-    print(stats.summary())
-    if stats.stopped and not (stats.duplicated or stats.reordered or stats.broken
-                              or stats.misdelivered or stats.deadlock):
-        raise CheckFailed(f"stopped at --max-cycles {args.max_cycles:,} with "
-                          f"{stats.planned - stats.injected} of {stats.planned} packets never "
-                          "injected (raise --max-cycles or --rate)")
-    if not stats.ok:
-        raise CheckFailed("packets were lost, duplicated, reordered or broken, or the mesh stalled")
+          f"{mc} {at}, seed {args.seed}, backend {args.backend}")
+    if not sweep:
+        stats = run(cfg, packets=args.packets, rate=rates[0], seed=args.seed,
+                    multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
+        print(stats.summary())
+        if _noc_stopped(stats):
+            raise CheckFailed(f"stopped at --max-cycles {args.max_cycles:,} with "
+                              f"{stats.planned - stats.injected} of {stats.planned} packets never "
+                              "injected (raise --max-cycles or --rate)")
+        if not stats.ok:
+            raise CheckFailed("packets were lost, duplicated, reordered or broken, or the mesh "
+                              "stalled")
+        return 0
+    print(f"  {'rate':>6}{'cycles':>10}{'latency mean':>14}{'p99':>6}{'max':>6}"
+          f"{'delivered':>11}  (latency in cycles; rate and delivered in flits/node/cycle)")
+    done, failed = [], []
+    for rate in rates:
+        stats = run(cfg, packets=args.packets, rate=rate, seed=args.seed,
+                    multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
+        verdict = ("" if stats.ok else "  STOPPED at --max-cycles" if _noc_stopped(stats)
+                   else f"  FAILED: lost {stats.lost}, duplicated {stats.duplicated}, "
+                        f"reordered {stats.reordered}, broken {stats.broken}, misdelivered "
+                        f"{stats.misdelivered}" + (", deadlock" if stats.deadlock else ""))
+        print(f"  {rate:>6g}{stats.cycles:>10,}{stats.latency_mean:>14.2f}{stats.latency_p99:>6}"
+              f"{stats.latency_max:>6}{stats.flits / max(stats.cycles, 1) / cfg.nodes:>11.3f}"
+              f"{verdict}")
+        (done if stats.ok else failed).append((rate, stats))
+    if args.plots and done:
+        from pathlib import Path
+        from .sw.plots import latency_vs_load
+        where = {"model": "cycle model", "rtl": "RTL"}[args.backend]
+        title = (f"noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets"
+                 f"{mc} per load, seed {args.seed}, {where}\nlatency and throughput against "
+                 "offered load")
+        path = Path(args.plots) / NOC_PLOT
+        _write_outputs([(path, lambda tmp: latency_vs_load(tmp, done, cfg.nodes, title))])
+        print(f"  plot          {path}")
+    if failed:
+        raise CheckFailed(f"at --rate {', '.join(f'{r:g}' for r, _ in failed)}: stopped at "
+                          "--max-cycles, or packets were lost, duplicated, reordered or broken, "
+                          "or the mesh stalled" + (" (left out of the plot)" if args.plots
+                                                   else ""))
     return 0
 
 
@@ -453,13 +729,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="T.json",
                    help="write the cycle model's run as a Chrome / Perfetto trace (one process "
                         "per node, a track per engine; the last run when the batch is split)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write pictures into DIR (made if missing): utilisation.png (matrix "
+                        "unit busy per node), links.png (flits per mesh link), layers.png "
+                        "(cycles per layer against ideal)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the toy MLP and CNN compiled onto the tile and run")
+    p = sub.add_parser("train", help="train an MLP on the tile (forward, loss, backward, "
+                       "all-reduce and SGD in one program), checked bit for bit")
+    _add_config_options(p, default_preset="train")
+    p.add_argument("model", metavar="MODEL.onnx", help="the network: Gemm/MatMul(+Add) layers "
+                   "with ReLUs (an MLP), optionally ending in Softmax")
+    p.add_argument("--data", required=True, metavar="X.npy", help="training samples [n, ...]")
+    p.add_argument("--labels", required=True, metavar="Y.npy",
+                   help="class labels [n] (one-hot targets for mse) or mse targets [n, classes]")
+    p.add_argument("--val-data", metavar="V.npy", help="validation samples (accuracy per epoch)")
+    p.add_argument("--val-labels", metavar="W.npy", help="validation class labels")
+    p.add_argument("--loss", choices=("cross-entropy", "mse"), default="cross-entropy",
+                   help="cross-entropy (default; the softmax on the host, the tile's vector unit "
+                        "has no exp) or mse (on the tile; class labels become one-hot targets)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--batch", type=int, default=32,
+                   help="mini-batch: mac_dim samples per node (default 32)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--weights", choices=("fp32", "bf16-sr"), default="fp32",
+                   help="master weights: fp32 (default); bf16-sr runs in the reference only")
+    p.add_argument("--init", choices=("model", "random"), default="model",
+                   help="start from the model's weights (default) or from He-normal ones")
+    p.add_argument("--seed", type=int, default=0, help="batch order and --init random (default 0)")
+    p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
+                   help="model (default), rtl (Verilator), or both, compared")
+    p.add_argument("--out", metavar="TRAINED.onnx", help="write the trained model")
+    p.add_argument("--report", metavar="R.json", help="write the JSON report")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the toy MLP and CNN compiled onto the tile and run, and "
+                       "the toy MLP trained on it")
     _add_config_options(p)
     p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
                    help="cycle model, Verilator RTL, or both compared (default: model)")
-    p.add_argument("--models", default="mlp,cnn", help="comma-separated (default: mlp,cnn)")
+    p.add_argument("--train-samples", type=int, default=DEMO_TRAIN_SAMPLES, metavar="N",
+                   help=f"training digits for `train` (default {DEMO_TRAIN_SAMPLES}: 20 steps "
+                        "per epoch)")
+    p.add_argument("--models", default="mlp,cnn,train",
+                   help="comma-separated (default: mlp,cnn,train; train: the toy MLP trained "
+                        "on the tile)")
     p.add_argument("--batch", type=int,
                    help="test images, one batch (default: the whole test set, 360)")
     p.add_argument("--report", metavar="R.json", help="write the JSON reports")
@@ -478,8 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("noc-stress", help="random traffic from every node through the mesh")
     _add_config_options(p)
     p.add_argument("--packets", type=int, default=2000, help="packets in total (default 2000)")
-    p.add_argument("--rate", type=float, default=0.5,
+    p.add_argument("--rate", type=float,
                    help="offered load, flits per node per cycle, in (0, 1] (default 0.5)")
+    p.add_argument("--sweep-rates", nargs="?", const=SWEEP_RATES, metavar="R,R,...",
+                   help="run the same traffic at each offered load and print a line per load "
+                        f"(default loads: {SWEEP_RATES}); instead of --rate")
+    p.add_argument("--plots", metavar="DIR",
+                   help="with --sweep-rates: write DIR/noc_latency.png, latency (mean, p99, "
+                        "max) and delivered throughput against offered load")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--multicast", type=float, default=0.0, metavar="FRACTION",
                    help="the fraction of packets that are multicasts to a run of the source's "

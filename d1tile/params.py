@@ -210,4 +210,10 @@ PRESETS: dict[str, TileConfig] = {
     # The reference configuration: 4x4 nodes, 8x8 MACs and 64 KiB of SRAM per node.
     "default": TileConfig(name="default", rows=4, cols=4, mac_dim=8, sram_kib=64, sram_banks=4,
                           router_fifo_depth=4, imem_words=1024),
+    # Training: the default tile with 256 KiB of SRAM per node (a D1 node has 1.25 MB). FP32
+    # master weights, velocity, gradients and received partial sums take 16 bytes per
+    # parameter on every node of a data-parallel group (the toy MLP: 120 KiB), beside the BF16
+    # operands; the default's 64 KiB holds the inference but not that.
+    "train": TileConfig(name="train", rows=4, cols=4, mac_dim=8, sram_kib=256, sram_banks=4,
+                        router_fifo_depth=4, imem_words=1024),
 }

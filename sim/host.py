@@ -20,7 +20,11 @@ and out of its EAST output. Host coordinates are (cols, y). A run is, per row li
    it when it halts or faults). Meanwhile it takes the *streams*: the WRITE packets that nodes
    SEND to the host (x == cols), appended per sender in arrival order (`RunResult.streams`).
    A node's packets to the host and its DONE leave through its row's link in the order its
-   DMA-out sent them, so everything a node streams has arrived before its DONE.
+   DMA-out sent them, so everything a node streams has arrived before its DONE. A stream
+   packet to an address a *host op* names (`TileImage.host_ops`, `d1tile.hostops`: the
+   softmax cross-entropy of a training step) is answered: the op's result is written into
+   the node, its last packet bumping the op's counter, sent ahead of the row's queued packets
+   (at a packet boundary).
 3. READBACK: the cycle after the last DONE arrives, READ packets for every region the program
    asks for and a READ_CTRS for every node; the run ends when every REPLY has arrived.
 
@@ -36,6 +40,7 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 
+from d1tile.hostops import run_host_op
 from d1tile.formats import (COUNTER_NAMES, PacketKind, flit_format, lanes_from_word,
                             packet_header_format)
 from d1tile.params import TileConfig
@@ -65,6 +70,8 @@ class TileImage:
     early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first in its row
     gates: list = field(default_factory=list)      # [(feed index, (x, y), tokens)]: that feed
     #                                                waits for that many tokens from that node
+    host_ops: list = field(default_factory=list)   # [op]: what the host computes from a stream
+    #                                                and writes back (`d1tile.hostops`)
 
     @property
     def nodes(self) -> list[tuple[int, int]]:
@@ -85,6 +92,7 @@ class TileImage:
             "feeds": [[key(n), addr, list(words), counter] for n, addr, words, counter in self.feeds],
             "early": [key(n) for n in self.early],
             "gates": [[i, key(n), k] for i, n, k in self.gates],
+            "host_ops": self.host_ops,
         })
 
     @classmethod
@@ -99,7 +107,8 @@ class TileImage:
                    [(node(k), int(a), [int(w) for w in words], int(c))
                     for k, a, words, c in data.get("feeds", [])],
                    [node(k) for k in data.get("early", [])],
-                   [(int(i), node(k), int(t)) for i, k, t in data.get("gates", [])])
+                   [(int(i), node(k), int(t)) for i, k, t in data.get("gates", [])],
+                   list(data.get("host_ops", [])))
 
 
 def packet(cfg: TileConfig, dst: tuple[int, int], kind: PacketKind, *, src: tuple[int, int],
@@ -213,6 +222,7 @@ class HostDriver:
         self.header = packet_header_format(cfg)
         self.flit = flit_format(cfg)
         self._head_or_tail = (1 << self.flit.offsets["head"]) | (1 << self.flit.offsets["tail"])
+        self._tail = 1 << self.flit.offsets["tail"]
         early = list(dict.fromkeys(tile_program.early))
         later = [node for node in tile_program.nodes if node not in early]
         for node in early + later:
@@ -231,6 +241,14 @@ class HostDriver:
             if i in gates:
                 self.queues[node[1]].append(gates[i])
             self._write(node, addr, data, counter=counter, bump=True)
+        # Host ops: a stream packet to (node, tag) is answered with writes sent ahead of the
+        # row's queue (at a packet boundary: `urgent`, `current`).
+        self.host_ops = {(tuple(op["node"]), op["tag"]): op
+                         for op in getattr(tile_program, "host_ops", None) or []}
+        self.host_steps: dict = {}                  # (node, tag) -> packets answered so far
+        self.host_values: dict = {}                 # (node, tag) -> [the op's values per step]
+        self.urgent = [deque() for _ in range(cfg.rows)]
+        self.current: list = [None] * cfg.rows     # the queue of the packet being sent
         self.reports = {node: NodeReport() for node in tile_program.nodes}
         self.pending_done = set(tile_program.nodes)
         self.pending_replies: dict = {}   # (node, tag) -> (addr, n) or "ctrs"
@@ -244,30 +262,43 @@ class HostDriver:
         self._readback_queued = False
         self.log: list = []   # (cycle, row, header) of every packet received, for diagnostics
 
-    def _send(self, node, kind, **fields):
+    def _send(self, node, kind, *, urgent: bool = False, **fields):
         x, y = node
-        self.queues[y].extend(packet(self.cfg, node, kind, src=(self.cfg.cols, y), **fields))
+        queue = self.urgent[y] if urgent else self.queues[y]
+        queue.extend(packet(self.cfg, node, kind, src=(self.cfg.cols, y), **fields))
 
-    def _write(self, node, addr: int, data, *, counter: int = 0, bump: bool = False):
+    def _write(self, node, addr: int, data, *, counter: int = 0, bump: bool = False,
+               urgent: bool = False):
         """WRITE packets of at most CHUNK words; with `bump`, the last one bumps `counter`."""
         for start in range(0, len(data), CHUNK):
             last = start + CHUNK >= len(data)
             self._send(node, PacketKind.WRITE, addr=addr + start, body=data[start:start + CHUNK],
-                       counter=counter, bump=int(bump and last))
+                       counter=counter, bump=int(bump and last), urgent=urgent)
 
     # -- per-cycle interface -------------------------------------------------------------------
 
-    def offer(self, row: int) -> int | None:
+    def _active(self, row: int):
+        """The queue the row's next flit comes from: the packet being sent's; at a packet
+        boundary the host ops' answers first, then the row's queue past its open gates."""
+        if self.current[row] is not None:
+            return self.current[row]
+        if self.urgent[row]:
+            return self.urgent[row]
         queue = self.queues[row]
         while queue and type(queue[0]) is _Gate:
-            gate = queue[0]
-            if self.tokens.get(gate.node, 0) < gate.tokens:
+            if self.tokens.get(queue[0].node, 0) < queue[0].tokens:
                 return None         # the row waits for the node's token
             queue.popleft()
+        return queue
+
+    def offer(self, row: int) -> int | None:
+        queue = self._active(row)
         return queue[0] if queue else None
 
     def accepted(self, row: int) -> None:
-        self.queues[row].popleft()
+        queue = self._active(row)
+        flit = queue.popleft()
+        self.current[row] = None if flit & self._tail else queue
 
     def eject(self, row: int, flit: int, cycle: int) -> None:
         self.rx[row].append(flit)
@@ -293,7 +324,7 @@ class HostDriver:
         tail): the ones `accept_many` may take."""
         head_or_tail = self._head_or_tail
         n = 0
-        for flit in self.queues[row]:
+        for flit in self._active(row) or ():
             if type(flit) is _Gate or flit & head_or_tail:
                 break
             n += 1
@@ -305,7 +336,7 @@ class HostDriver:
         if n > self.body_run(row):
             raise ValueError(f"accept_many: {n} flits on row {row}, only {self.body_run(row)} "
                              "body flits queued")
-        queue = self.queues[row]
+        queue = self._active(row)
         return [queue.popleft() for _ in range(n)]
 
     def eject_many(self, row: int, flits: list[int], first: int) -> None:
@@ -336,7 +367,8 @@ class HostDriver:
 
     @property
     def finished(self) -> bool:
-        return self._readback_queued and not self.pending_replies and not any(self.queues)
+        return (self._readback_queued and not self.pending_replies and not any(self.queues)
+                and not any(self.urgent))
 
     @property
     def hung(self) -> bool:
@@ -373,10 +405,24 @@ class HostDriver:
             self.streams.setdefault(node, []).append((head["addr"], body))
             if not body:                                                  # a token
                 self.tokens[node] = self.tokens.get(node, 0) + 1
+            op = self.host_ops.get((node, head["addr"])) if body else None
+            if op is not None:
+                self._host_op(node, op, body)
         else:
             raise RuntimeError(f"host received an unexpected packet at cycle {cycle}: "
                                f"kind {kind} from {node}, header {head}; packets so far "
                                f"(cycle, node, kind, body words): {self.log[-10:]}")
+
+    def _host_op(self, node, op: dict, body) -> None:
+        """Answer a stream packet with the op's writes, sent before the row's other packets."""
+        key = (node, op["tag"])
+        step = self.host_steps.get(key, 0)
+        self.host_steps[key] = step + 1
+        values, writes = run_host_op(self.cfg, op, step, body)
+        self.host_values.setdefault(key, []).append(values)
+        for i, (addr, words) in enumerate(writes):
+            self._write(node, addr, words, counter=op["counter"], bump=i + 1 == len(writes),
+                        urgent=True)
 
     def _queue_readback(self) -> None:
         self._readback_queued = True

@@ -27,6 +27,7 @@ import numpy as np
 from d1tile import isa
 from d1tile.dtypes import matrix_type
 from d1tile.formats import word_from_lanes
+from d1tile.hostops import run_host_op
 from d1tile.isa import FaultCode, Opcode, SetrReg
 from d1tile.params import TileConfig
 from d1tile.sim.vector import VectorUnitState
@@ -196,6 +197,25 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
         del gated[:done]
         return done > 0
 
+    # Host ops (`d1tile.hostops`): a stream packet to an op's address is answered at once, its
+    # words written and the op's counter bumped.
+    ops = {(tuple(op["node"]), op["tag"]): op for op in getattr(tile_program, "host_ops", [])}
+    answered = {node: 0 for node in tile_program.nodes}
+    op_steps: dict = {}
+
+    def host_ops(node) -> None:
+        stream = tile[node].stream
+        for addr, body in stream[answered[node]:]:
+            op = ops.get((node, addr)) if body else None
+            if op is not None:
+                step = op_steps.get((node, addr), 0)
+                op_steps[(node, addr)] = step + 1
+                _, writes = run_host_op(cfg, op, step, body)
+                for a, words in writes:
+                    tile[node].sram[a:a + len(words)] = words
+                tile[node].bump(op["counter"])
+        answered[node] = len(stream)
+
     steps = 0
     deadlock = None
     while True:
@@ -206,6 +226,8 @@ def interpret(tile_program, *, max_steps: int = 10_000_000, on_issue=None) -> Fu
                 steps += 1
                 if steps > max_steps:
                     raise RuntimeError(f"functional run exceeded {max_steps} instructions")
+                if ops:
+                    host_ops(node)
         if all(n.halted for n in tile.values()):
             break
         if not progress:

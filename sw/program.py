@@ -45,6 +45,8 @@ class TileProgram:
     expected: dict = field(default_factory=dict)
     early: list = field(default_factory=list)      # [(x, y)]: loaded and STARTed first (host)
     gate_of: dict = field(default_factory=dict)    # feed seq -> ((x, y), tokens): a gated feed
+    host_ops: list = field(default_factory=list)   # what the host computes from streams and
+    #                                                writes back (`d1tile.hostops`)
 
     def _check_node(self, node) -> tuple[int, int]:
         x, y = node
@@ -187,7 +189,8 @@ class TileProgram:
     def image(self) -> TileImage:
         """The program as plain data (`d1tile.sim.host.TileImage`)."""
         return TileImage(self.cfg, {n: self.words_of(n) for n in self.programs},
-                         self.loads, self.reads, self.feeds, list(self.early), self.gates)
+                         self.loads, self.reads, self.feeds, list(self.early), self.gates,
+                         list(self.host_ops))
 
     def to_json(self) -> str:
         """Plain JSON (words as integers), e.g. to hand a program to a simulator process."""
@@ -206,4 +209,5 @@ class TileProgram:
         tp.feed_list = [((), seq, node, addr, words, counter)
                         for seq, (node, addr, words, counter) in enumerate(image.feeds)]
         tp.gate_of = {i: (node, tokens) for i, node, tokens in image.gates}
+        tp.host_ops = list(image.host_ops)
         return tp

@@ -118,14 +118,14 @@ def _run(items, s: int, p: int):
     return r, strides
 
 
-def _round(items: list[_Item], longest: int) -> tuple[list[_Item], bool]:
+def _round(items: list[_Item], longest: int, depth: int = LOOP_DEPTH) -> tuple[list[_Item], bool]:
     """One round: the runs (each the longest of its period from its start) that together
     save the most words, chosen by dynamic programming over the positions, each rolled."""
     n = len(items)
     runs = [[] for _ in range(n)]            # s -> [(saved, p, r, strides)]
     for s in range(n):
         for p in range(1, min(longest, (n - s) // 2) + 1):
-            if 1 + max(i.depth for i in items[s:s + p]) > LOOP_DEPTH:
+            if 1 + max(i.depth for i in items[s:s + p]) > depth:
                 continue
             found = _run(items, s, p)
             if found is None:
@@ -171,9 +171,10 @@ def _moving(item: _Item, strides):
             yield from _moving(inner, strides)
 
 
-def reroll(words) -> list[int]:
+def reroll(words, depth: int = LOOP_DEPTH) -> list[int]:
     """The program `words` (straight-line, or with loops of its own kept as they are) with its
-    repeated runs rolled into LOOPs (module docstring)."""
+    repeated runs rolled into LOOPs (module docstring), nested at most `depth` deep (less than
+    the sequencer's `LOOP_DEPTH` when the result goes inside loops of the caller's)."""
     words = [int(w) for w in words]
     if any(w & 0xF in (Opcode.LOOP, Opcode.STEP) for w in words):
         return words        # already looped: left alone
@@ -183,7 +184,7 @@ def reroll(words) -> list[int]:
     for longest in _PERIODS:
         changed = True
         while changed:
-            items, changed = _round(items, longest)
+            items, changed = _round(items, longest, depth)
     out = [w for item in items for w in item.words()]
     if _stream(out) != _stream(words):
         raise AssertionError("loop rerolling changed the program's instruction stream")

@@ -45,7 +45,7 @@ from d1tile.sw.quant import FLOAT_KERNELS, _axis_taps, _window_counts, _window_s
 
 __all__ = ["LOSSES", "TrainingGraph", "BackStep", "training_graph", "initial_params", "Sgd",
            "float_loss_and_grads", "FloatTrainer", "Bf16Reference", "BF16_OPS", "VJP_OPS",
-           "loss_and_grad_f32"]
+           "loss_and_grad_f32", "float_logits"]
 
 LOSSES = ("cross-entropy", "mse")
 
@@ -309,6 +309,11 @@ def float_loss_and_grads(tg: TrainingGraph, params: dict, x, labels, dtype=np.fl
                     total = total + got[p]
                 grads[t] = total
     return loss, {p: got[p] for p in tg.params}
+
+
+def float_logits(tg: TrainingGraph, params: dict, x, dtype=np.float32) -> np.ndarray:
+    """The logits of a batch (the graph's batch size) in `dtype` NumPy arithmetic."""
+    return _forward(tg, params, np.asarray(x), dtype)[tg.logits]
 
 
 class FloatTrainer:

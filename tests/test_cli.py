@@ -20,6 +20,7 @@ def run_cli(*args):
     (["matrix-demo", "--preset", "tiny", "--shape", "0", "4", "4"], "m"),
     (["demo", "--models", "vgg"], "unknown model 'vgg'"),
     (["demo", "--batch", "0"], "--batch 0"),
+    (["demo", "--train-samples", "8"], "--train-samples 8: give 32..1437"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message):
     result = run_cli(*args)
@@ -354,10 +355,21 @@ def test_run_refuses_a_layer_too_large_before_building_it(tmp_path, x_shape, fil
 
 
 def test_demo_runs_the_toy_models_bit_exact(capsys):
-    assert main(["demo", "--batch", "64"]) == 0
+    assert main(["demo", "--batch", "64", "--models", "mlp,cnn"]) == 0
     out = capsys.readouterr().out
     for name in ("mlp", "cnn"):
         assert f"{name}: batch 64 on the 4x4 tile" in out
     assert out.count("bit-exact (max |diff|: model 0)") == 2
     assert out.count("accuracy      tile (int8)") == 2
     assert "all outputs bit-exact with the integer reference: yes" in out
+
+
+def test_demo_trains_the_toy_mlp_on_the_tile(capsys):
+    """`make demo`'s training, on 64 digits (2 steps per epoch) instead of 640."""
+    assert main(["demo", "--models", "train", "--train-samples", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "train: the toy MLP (64-64-10) from random weights on 64 training digits" in out
+    assert out.count("epoch ") == 3 and "epoch 3/3: loss" in out
+    assert "val accuracy" in out and "(float32 " in out
+    assert "bit-exact with the NumPy reference of the tile's arithmetic (loss every step, " \
+           "weights every epoch): yes" in out

@@ -1,0 +1,916 @@
+"""Training on the tile: a multilayer perceptron's whole training step (forward, mse loss,
+backward, all-reduce, SGD update) compiled into one program per node that runs E epochs of
+mini-batches without reloading anything (docs/training.md, "On the tile").
+
+    plan = plan_training(tg, cfg, batch=32)                 # refuses what it cannot run
+    run = TrainProgram(plan, params, Sgd(0.1, 0.9), steps_per_epoch=42, epochs=3)
+    run.feed(batches)                                       # [(x, targets)] per step
+    result = ModelDevice(cfg).load(run.tp); ...             # or `train_on_device`
+    ref = TileTrainReference(plan, params, opt)             # the same arithmetic in NumPy
+
+The partition is data-parallel over node groups of one node: each of P = batch / N nodes (a
+rectangle at the grid's north-west corner) holds the whole network and N samples of the
+mini-batch (its N lanes), computes its partial gradients, and the partial sums are added along
+a chain through the P nodes in a fixed order (node 0 first), chunk after chunk; the last node
+multicasts the sums back and every node applies the same update, so the weights stay equal
+everywhere without sending them. The tile's layout of a layer (K inputs, F outputs, N =
+mac_dim): the bias is the weight row of a constant-1 input feature, so each layer is one
+matrix W_aug of kp = roundup(K, N) + N rows (inputs, the 1 at row roundup(K, N)) and fp =
+roundup(F, N) columns, held as FP32 master weights, FP32 velocity and FP32 gradient in the
+*row* layout (per output block i: word k = W_aug[k, block i], the block's N outputs in the
+lanes). From them each step derives the BF16 operands: the forward words (FCVT, two rows k per
+word) and, for the backward pass, the columns (each N x N tile transposed through the matrix
+unit: MATMUL by the identity, exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from d1tile import numerics
+from d1tile.dtypes import ElemType, MATRIX_TYPES
+from d1tile.formats import word_from_lanes, lanes_from_word
+from d1tile.hostops import logits_from_words, softmax_xent_f32
+from d1tile.isa import FVecOp
+from d1tile.params import TileConfig
+from d1tile.sw.errors import CompileError
+from d1tile.sw.asm import Program
+from d1tile.sw.program import TileProgram
+from d1tile.sw.reroll import reroll
+
+
+__all__ = ["TrainPlan", "DenseLayer", "plan_training", "TrainProgram", "TileTrainReference",
+           "CHAIN", "TOTAL", "WEIGHTS", "HOST"]
+
+CHAIN = 0           # sync counter: a partial-sum chunk from the previous node of the chain
+TOTAL = 1           # sync counter: a chunk's sum, from the chain's end to the chunk's owner
+WEIGHTS = 2         # sync counter: a chunk of updated forward weights from its owner
+LOSS = 30           # sync counter: the logits' gradient, from the host (cross-entropy)
+HOST = 31           # sync counter: the host's per-step feed (a mini-batch)
+FVEC_MAX = 127      # words per FVEC (its n field)
+FCVT_MAX = 255      # elements per FCVT (its n field)
+SEND_MAX = 4095     # words per SEND / MCAST
+LOSS_TAG = 1        # the destination address of the loss words streamed to the host
+FENCE_TAG = 2       # ... of the word sent ahead of the step's token (module docstring)
+LOGITS_TAG = 3      # ... of the logits sent to the host for the cross-entropy (`d1tile.hostops`)
+
+
+def _roundup(v: int, n: int) -> int:
+    return -(-v // n) * n
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One gemm of the network in the tile's form (module docstring)."""
+    name: str
+    weight: str                 # the parameter names
+    bias: str | None
+    k: int                      # inputs and outputs as the graph has them
+    f: int
+    relu: bool
+    kpad: int                   # roundup(K, N): where the constant-1 input sits
+    kp: int                     # kpad + N: rows of W_aug
+    fp: int                     # roundup(F, N): columns of W_aug
+    n: int                      # mac_dim
+
+
+@dataclass
+class TrainPlan:
+    """What `plan_training` decided: the layers, the nodes, and the mse loss's constants."""
+    cfg: TileConfig
+    tg: object                  # the TrainingGraph
+    layers: list
+    batch: int
+    nodes: list                 # the chain, node 0 first (snake over a rectangle)
+    rect: tuple                 # (columns, rows) of the rectangle
+
+    @property
+    def n(self) -> int:
+        return self.cfg.mac_dim
+
+    @property
+    def p(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def classes(self) -> int:
+        return self.layers[-1].f
+
+    @property
+    def grad_words(self) -> int:
+        return sum(layer.kp * layer.fp // self.n for layer in self.layers)
+
+
+def _dense_chain(tg) -> list:
+    """The network as a chain of gemm layers, each with or without a ReLU after it; anything
+    else refused, one line naming the node."""
+    g = tg.graph
+    layers, pending = [], None
+    for node in g.nodes:
+        if node.op == "gemm":
+            if pending is not None and node.inputs[0] != pending:
+                raise CompileError(f"node '{node.name}' (gemm): training on the tile runs a chain "
+                                   "of gemm layers, each reading the one before (an MLP)")
+            if len(node.inputs) < 3 or node.inputs[2] not in tg.params:
+                raise CompileError(f"node '{node.name}' (gemm): training on the tile needs a "
+                                   "trained bias on every gemm")
+            w = g.initializers[node.inputs[1]]
+            layers.append([node.name, node.inputs[1], node.inputs[2], int(w.shape[0]),
+                           int(w.shape[1]), False])
+            pending = node.output
+        elif node.op == "relu" and layers and node.inputs[0] == pending and not layers[-1][5]:
+            layers[-1][5] = True
+            pending = node.output
+        elif node.op in ("flatten", "reshape") and not layers and len(g.shape(node.output)) == 2:
+            pending = node.output
+        else:
+            raise CompileError(f"node '{node.name}' ({node.op}): training on the tile runs "
+                               "chains of gemm layers with optional ReLUs (MLPs) so far; "
+                               "convolutions, pools and adds train in the NumPy references only")
+    if not layers:
+        raise CompileError("training on the tile: the network has no gemm layer")
+    if layers[-1][5]:
+        raise CompileError(f"node '{layers[-1][0]}' (gemm): the last layer's output (the logits) "
+                           "must not go through a ReLU")
+    return layers
+
+
+def plan_training(tg, cfg: TileConfig, batch: int) -> TrainPlan:
+    """The tile's training layout for `tg` (a `TrainingGraph` of an MLP) and mini-batches of
+    `batch` samples: one node per N samples. Refuses, one line each, what it cannot run:
+    another network, a batch that is not a multiple of N or does not make a rectangle of
+    nodes on the grid."""
+    n = cfg.mac_dim
+    if tg.loss not in ("mse", "cross-entropy"):
+        raise CompileError(f"loss {tg.loss!r}: the tile trains with mse or cross-entropy")
+    if tg.loss == "mse" and tg.classes > FVEC_MAX:
+        raise CompileError(f"{tg.classes} outputs: the tile's mse loss sums at most {FVEC_MAX} "
+                           "per sample (one FSUM)")
+    if n < 2:
+        raise CompileError("training on the tile needs mac_dim >= 2 (BF16 operands pair two "
+                           "k-steps per word)")
+    chain = _dense_chain(tg)
+    if batch <= 0 or batch % n:
+        raise CompileError(f"batch {batch}: training on the tile takes mini-batches of a multiple "
+                           f"of mac_dim = {n} samples (N per node)")
+    p = batch // n
+    cols = min(p, cfg.cols)
+    rows = -(-p // cols)
+    if rows * cols != p or rows > cfg.rows:
+        raise CompileError(f"batch {batch}: {p} nodes of {n} samples do not make a rectangle of the "
+                           f"{cfg.rows}x{cfg.cols} grid (up to {cfg.cols} nodes, or a multiple of "
+                           f"{cfg.cols} up to {cfg.rows * cfg.cols}: batch <= "
+                           f"{cfg.rows * cfg.cols * n})")
+    nodes = []
+    for y in range(rows):
+        xs = range(cols) if y % 2 == 0 else range(cols - 1, -1, -1)
+        nodes.extend((x, y) for x in xs)
+    layers = []
+    for i, (name, w, b, k, f, relu) in enumerate(chain):
+        if i and k != chain[i - 1][4]:
+            raise CompileError(f"node '{name}' (gemm): {k} inputs, the layer before has "
+                               f"{chain[i - 1][4]} outputs")
+        kin = layers[-1].fp if layers else k            # padded outputs feed the next layer
+        kpad = _roundup(kin, n)
+        layers.append(DenseLayer(name, w, b, k, f, relu, kpad, kpad + n, _roundup(f, n), n))
+    return TrainPlan(cfg, tg, layers, batch, nodes, (cols, rows))
+
+
+# -- the parameters in the tile's form ---------------------------------------------------------
+
+def augmented(layer: DenseLayer, w, b) -> np.ndarray:
+    """W_aug [kp, fp] as float32: W in rows 0..K-1, the bias in row kpad, zeros elsewhere."""
+    out = np.zeros((layer.kp, layer.fp), dtype=np.float32)
+    out[:layer.k, :layer.f] = w
+    out[layer.kpad, :layer.f] = b
+    return out
+
+
+def from_augmented(layer: DenseLayer, wa) -> tuple:
+    """(W [K, F], b [F]) back from W_aug."""
+    wa = np.asarray(wa)
+    return wa[:layer.k, :layer.f], wa[layer.kpad, :layer.f]
+
+
+def _row_layout_words(layer: DenseLayer, bits: np.ndarray) -> list[int]:
+    """FP32 bits [kp, fp] in the row layout: per output block i, word k = W[k, block i]."""
+    n = layer.n
+    return [word_from_lanes(bits[k, i * n:(i + 1) * n])
+            for i in range(layer.fp // n) for k in range(layer.kp)]
+
+
+def _from_row_layout(layer: DenseLayer, words) -> np.ndarray:
+    n = layer.n
+    out = np.zeros((layer.kp, layer.fp), dtype=np.uint32)
+    it = iter(words)
+    for i in range(layer.fp // n):
+        for k in range(layer.kp):
+            out[k, i * n:(i + 1) * n] = lanes_from_word(next(it), n).astype(np.uint32)
+    return out
+
+
+# -- the program ---------------------------------------------------------------------------------
+
+class _Sram:
+    """Every node of the chain has the same map. Regions go into a preferred bank when they
+    fit (the update's FAXPYs and the chain's FADDs read two streams: in two banks they take
+    one cycle per word, in one bank two), else wherever there is room."""
+
+    def __init__(self, cfg: TileConfig):
+        self.cfg, self.regions = cfg, []
+        size = cfg.sram_words // cfg.sram_banks
+        self.free = [[b * size, (b + 1) * size] for b in range(cfg.sram_banks)]
+        self.top = 0                                  # the highest word used + 1
+
+    def alloc(self, name: str, words: int, bank: int = 0) -> int:
+        words = max(0, int(words))
+        order = [bank % len(self.free)] + [b for b in range(len(self.free)) if b != bank]
+        for b in order:
+            lo, hi = self.free[b]
+            if hi - lo >= words:
+                self.free[b][0] = lo + words
+                break
+        else:       # fits no bank: counted beyond the SRAM, so that `check` refuses the plan
+            lo = max(self.top, self.cfg.sram_words)
+        self.top = max(self.top, lo + words)
+        self.regions.append((name, lo, words))
+        return lo
+
+    def check(self, plan: TrainPlan) -> None:
+        have = self.cfg.sram_words
+        if self.top > have:
+            need = sum(words for _, _, words in self.regions)
+            big = sorted(self.regions, key=lambda r: -r[2])[:4]
+            what = ", ".join(f"{name} {words * self.cfg.word_bytes / 1024:.1f} KiB"
+                             for name, _, words in big)
+            raise CompileError(
+                f"training {plan.tg.graph.name!r} needs {need * self.cfg.word_bytes / 1024:.1f} KiB "
+                f"of SRAM per node in {self.cfg.sram_banks} banks (largest: {what}), the node has "
+                f"{self.cfg.sram_kib} KiB: use a preset with more SRAM (--preset train) or a "
+                "smaller network")
+
+
+@dataclass
+class _Regions:
+    feed: int = 0
+    feed_words: int = 0
+    xb: list = field(default_factory=list)      # per layer: its input, batch in the lanes (BF16)
+    xt: list = field(default_factory=list)      # per layer: its input, features in the lanes
+    yb: list = field(default_factory=list)      # per hidden layer: FP32 output, batch in lanes
+    yt: list = field(default_factory=list)      # ... features in lanes (N words per block)
+    wf: list = field(default_factory=list)      # per layer: forward BF16 operand words
+    wb: list = field(default_factory=list)      # per layer (not the first): backward columns
+    m: int = 0                                  # all layers' masters, velocity, gradient, recv
+    v: int = 0
+    g: int = 0
+    recv: int = 0
+    out: int = 0                                # the partial sums this node sends on
+    moff: list = field(default_factory=list)    # each layer's offset in m / v / g
+    tb: int = 0                                 # targets, batch in lanes (FP32, fp words)
+    tt: int = 0                                 # targets, features in lanes
+    zb: int = 0
+    zt: int = 0
+    tmp: int = 0                                # BF16 scratch of the logits' round trip
+    sq: int = 0
+    loss: int = 0
+    dzb: list = field(default_factory=list)     # per layer: its output's gradient (BF16)
+    dzt: list = field(default_factory=list)
+    dxb: int = 0                                # FP32 scratch of one dX tile, two layouts
+    dxt: int = 0
+    scratch: int = 0                            # FP32 columns of one k-block (transposition)
+    ident: int = 0
+
+
+class TrainProgram:
+    """The training program of a `TrainPlan`: `steps_per_epoch` x `epochs` steps of SGD from
+    `params` (float32, the graph's parameter names) with optimizer `opt` (`Sgd`). `feed` attaches
+    the mini-batches; `tp` is the `TileProgram`; `unpack(result)` the losses and weights."""
+
+    def __init__(self, plan: TrainPlan, params: dict, opt, *, steps_per_epoch: int,
+                 epochs: int = 1, weights: str = "fp32", chunk: int = 64):
+        if weights != "fp32":
+            raise CompileError(f"weights {weights!r}: the tile's training program keeps FP32 master "
+                               "weights so far (bf16-sr runs in the NumPy reference only)")
+        if steps_per_epoch < 1 or epochs < 1 or steps_per_epoch >= 1 << 16 or epochs >= 1 << 16:
+            raise CompileError(f"{epochs} epochs of {steps_per_epoch} steps: each must be 1..65535")
+        self.plan, self.cfg, self.opt = plan, plan.cfg, opt
+        self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+        chunk = max(4, min(FVEC_MAX - 1, int(chunk)) // 2 * 2)   # words per all-reduce message
+        total = plan.grad_words
+        self.chunks = [(lo, min(chunk, total - lo)) for lo in range(0, total, chunk)]
+        self.tp = TileProgram(plan.cfg)
+        self.r = self._place()
+        self.phase_pcs: dict = {}       # phase -> the pc of its first instruction on node 0
+        self._emit()
+        self._load(params)
+        self._fed = False
+
+    # -- SRAM ------------------------------------------------------------------------------------
+
+    def _place(self) -> _Regions:
+        plan, n = self.plan, self.plan.n
+        s, r = _Sram(self.cfg), _Regions()
+        first, last = plan.layers[0], plan.layers[-1]
+        r.xb.append(s.alloc("input (batch in lanes)", first.kp // 2, bank=1))
+        r.xt.append(s.alloc("input (features in lanes)", first.kp // 2, bank=1))
+        mse = plan.tg.loss == "mse"
+        r.tb = s.alloc("targets (batch in lanes)", last.fp if mse else 0, bank=1)
+        r.tt = s.alloc("targets (features in lanes)", last.fp if mse else 0, bank=1)
+        r.feed = r.xb[0]
+        r.feed_words = first.kp + (2 * last.fp if mse else 0)
+        total = plan.grad_words
+        r.m = s.alloc("master weights", total, bank=1)
+        r.v = s.alloc("velocity", total, bank=2) if self.opt.momentum else 0
+        r.g = s.alloc("gradients", total, bank=3)
+        r.recv = s.alloc("received partial sums", total, bank=2) if plan.p > 1 else 0
+        r.out = s.alloc("partial sums to send", total, bank=0) if plan.p > 1 else 0
+        off = 0
+        for layer in plan.layers:
+            r.moff.append(off)
+            off += layer.kp * layer.fp // n
+        for layer in plan.layers:       # one region: the masters convert chunk by chunk
+            r.wf.append(s.alloc(f"{layer.name} forward weights", layer.kp * layer.fp // (2 * n),
+                                bank=0))
+        for li, layer in enumerate(plan.layers):
+            r.wb.append(s.alloc(f"{layer.name} backward weights",
+                                layer.kpad * layer.fp // (2 * n), bank=0) if li else 0)
+        for li, layer in enumerate(plan.layers):
+            if li + 1 < len(plan.layers):
+                nxt = plan.layers[li + 1]
+                r.yb.append(s.alloc(f"{layer.name} output (FP32)", layer.fp, bank=2))
+                r.yt.append(s.alloc(f"{layer.name} output (FP32, features in lanes)", layer.fp, bank=2))
+                r.xb.append(s.alloc(f"{nxt.name} input", nxt.kp // 2, bank=1))
+                r.xt.append(s.alloc(f"{nxt.name} input (features in lanes)", nxt.kp // 2, bank=1))
+            # both layouts in one region (the host writes the logits' at once)
+            both = s.alloc(f"{layer.name} output gradient (two layouts)", layer.fp, bank=1)
+            r.dzb.append(both)
+            r.dzt.append(both + layer.fp // 2)
+        r.zb = s.alloc("logits (FP32)", last.fp, bank=2)
+        r.zt = s.alloc("logits (FP32, features in lanes)", last.fp if mse else 0, bank=2)
+        r.tmp = s.alloc("logits (BF16)", last.fp // 2, bank=3)
+        r.sq = s.alloc("squared errors", last.fp if mse else 0, bank=3)
+        r.loss = s.alloc("loss", 1 if mse else 0, bank=3)
+        r.dxb = s.alloc("dX tile", n, bank=2)
+        r.dxt = s.alloc("dX tile (features in lanes)", n, bank=2)
+        r.scratch = s.alloc("transposed columns", max(layer.fp for layer in plan.layers), bank=2)
+        r.ident = s.alloc("identity", n // 2, bank=1)
+        s.check(plan)
+        ends = [r.xb[0], r.xt[0], r.tb, r.tt, r.xb[0] + r.feed_words]
+        if any(b - a != size for a, b, size in zip(
+                ends, ends[1:], (first.kp // 2, first.kp // 2, *(2 * [last.fp if mse else 0])))):
+            raise CompileError(f"training {plan.tg.graph.name!r}: the mini-batch's "
+                               f"{r.feed_words} words do not fit one SRAM bank")
+
+        if any(r.wf[i + 1] != r.wf[i] + layer.kp * layer.fp // (2 * n)
+               for i, layer in enumerate(plan.layers[:-1])):     # converted chunk by chunk
+            raise CompileError(f"training {plan.tg.graph.name!r}: the forward weights "
+                               f"({plan.grad_words // 2} words) do not fit one SRAM bank")
+        self.sram_words = sum(words for _, _, words in s.regions)    # in use (over 4 banks)
+        self.regions = s.regions
+        return r
+
+    # -- code --------------------------------------------------------------------------------------
+
+    def _emit(self) -> None:
+        plan = self.plan
+        for index, node in enumerate(plan.nodes):
+            body = Program(self.cfg, max_words=1 << 20)
+            phases = self._step(body, index)
+            words = body.words
+            # each phase rolled alone, so that its first instruction is known in the program
+            rolled, starts = [], {}
+            for name, (lo, hi) in phases.items():
+                starts[name] = len(rolled)
+                rolled += reroll(words[lo:hi], depth=2)
+            prologue = Program(self.cfg, max_words=1 << 20)
+            self._transposes(prologue, forward=True)
+            prologue = reroll(prologue.words)
+            p = self.tp.node(*node)
+            p.max_words = 1 << 20           # checked against the instruction memory below
+            for w in prologue:
+                p.word(w)
+            if index == 0:
+                base = len(p) + 2                       # after the two LOOPs
+                self.phase_pcs = {name: base + pc for name, pc in starts.items()}
+                self.straight_words = len(words)
+            with p.loop(self.epochs):
+                with p.loop(self.steps_per_epoch):
+                    for w in rolled:
+                        p.word(w)
+                    p.nop()                 # the step's loop ends on an instruction of its own
+                # the masters after each epoch, to the host: each owner its chunks
+                for lo, size in self.owned(index):
+                    p.send(self.r.m + lo, size, (self.cfg.cols, node[1]), lo)
+                p.nop()
+            p.halt()
+            self.program_words = max(getattr(self, "program_words", 0), len(p))
+            if len(p) > self.cfg.imem_words:
+                raise CompileError(
+                    f"training {plan.tg.graph.name!r} needs {len(p)} instructions on node {node} "
+                    f"(one step: {len(words)} straight-line, {len(rolled)} rolled into loops; "
+                    f"{len(prologue)} before the loops), its instruction memory holds "
+                    f"{self.cfg.imem_words}")
+
+    def _to_others(self, p, index: int, addr: int, n: int, counter: int) -> None:
+        """Multicast words addr..addr+n-1 to the same words of every other node of the chain
+        (the rectangle less this node: the rows above and below as spanned multicasts, the
+        parts of this node's row left and right of it as row multicasts)."""
+        plan = self.plan
+        cols, rows = plan.rect
+        x, y = plan.nodes[index]
+        for first, last in ((0, y - 1), (y + 1, rows - 1)):
+            if first <= last:
+                p.shape(1, span=(first, last))
+                p.mcast(addr, n, addr, row=(0, cols - 1), counter=counter, shaped=True)
+        for first, last in ((0, x - 1), (x + 1, cols - 1)):
+            if first <= last:
+                p.mcast(addr, n, addr, row=(first, last), counter=counter)
+
+    def _transposes(self, p, forward: bool = False) -> None:
+        """The BF16 operands from the FP32 masters: (with `forward`) the forward words, FCVT
+        of the masters; the backward columns, each N x N tile of the forward words times the
+        identity (exact), read out by rows and converted."""
+        plan, r, n = self.plan, self.r, self.plan.n
+        half = n // 2
+        if forward:
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wf[0], r.m, plan.grad_words)
+        for li, layer in enumerate(plan.layers):
+            if not li:
+                continue
+            kwords = layer.kp // 2
+            for a in range(layer.kpad // n):
+                tiles = []
+                for i in range(layer.fp // n):
+                    def epi(bank, i=i):
+                        p.mread(r.scratch + i * n, bank=bank)
+                    tiles.append((r.wf[li] + i * kwords + a * half, r.ident, half, epi))
+                self._tiles(p, tiles)
+                self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wb[li] + a * layer.fp // 2,
+                           r.scratch, layer.fp)
+
+    def _fcvt(self, p, stype, dtype, dst: int, a: int, rows: int) -> None:
+        """FCVT of `rows` vectors of N (FP32 words; a BF16 word holds two), in chunks."""
+        step = FCVT_MAX - FCVT_MAX % 2
+        for lo in range(0, rows, step):
+            p.fcvt(stype, dtype, dst + (lo // 2 if dtype == ElemType.BF16 else lo),
+                   a + (lo // 2 if stype == ElemType.BF16 else lo), min(step, rows - lo))
+
+    def _fvec(self, p, op, dst: int, a: int, b: int, words: int, bfix: bool = False) -> None:
+        for lo in range(0, words, FVEC_MAX):
+            p.fvec(op, dst + lo, a + lo, b if bfix else b + lo, min(FVEC_MAX, words - lo), bfix)
+
+    def _tiles(self, p, tiles) -> None:
+        """MATMULs back to back on alternating accumulator banks, each tile's readout (its
+        `epilogue(bank)`) issued after the next tile's MATMUL."""
+        pending = None
+        for t, (a, b, kw, epilogue) in enumerate(tiles):
+            p.matmul(a, b, kw, clear=True, dtype=ElemType.BF16, bank=t % 2)
+            if pending is not None:
+                pending[0](pending[1])
+            pending = (epilogue, t % 2)
+        if pending is not None:
+            pending[0](pending[1])
+
+    def _step(self, p, index: int) -> dict:
+        """One training step on chain node `index`, straight-line; the last instruction is the
+        token to the host that frees the feed region. Returns the phases' pc ranges."""
+        plan, r, n, cfg = self.plan, self.r, self.plan.n, self.cfg
+        layers, last = plan.layers, plan.layers[-1]
+        layer_relu = [layer.relu for layer in layers]
+        node = plan.nodes[index]
+        host = (cfg.cols, node[1])
+        half = n // 2
+        phases, start = {}, 0
+
+        def mark(name):
+            nonlocal start
+            phases[name] = (start, len(p))
+            start = len(p)
+
+        p.wait(HOST, 1)
+        mark("load")
+        # forward
+        for li, layer in enumerate(layers):
+            kwords = layer.kp // 2
+            hidden = li + 1 < len(layers)
+            tiles = []
+            for i in range(layer.fp // n):
+                def epi(bank, li=li, i=i, hidden=hidden):
+                    if hidden:
+                        yb, yt = r.yb[li] + i * n, r.yt[li] + i * n
+                        p.mread(yb, bank=bank)
+                        p.mread(yt, bank=bank, transpose=True)
+                        if layer_relu[li]:
+                            p.fvec(FVecOp.FRELU, yb, yb, yb, n)
+                            p.fvec(FVecOp.FRELU, yt, yt, yt, n)
+                        p.fcvt(ElemType.FP32, ElemType.BF16, r.xb[li + 1] + i * half, yb, n)
+                        p.fcvt(ElemType.FP32, ElemType.BF16, r.xt[li + 1] + i * half, yt, n)
+                    else:
+                        p.mread(r.zb + i * n, bank=bank)
+                        if plan.tg.loss == "mse":
+                            p.mread(r.zt + i * n, bank=bank, transpose=True)
+                tiles.append((r.wf[li] + i * kwords, r.xb[li], kwords, epi))
+            self._tiles(p, tiles)
+        mark("forward")
+        f, fp = last.f, last.fp
+        if plan.tg.loss == "cross-entropy":
+            # the logits in BF16 to the host, which writes their gradient back (`hostops`)
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.tmp, r.zb, fp)
+            self._fcvt(p, ElemType.BF16, ElemType.FP32, r.zb, r.tmp, fp)
+            p.send(r.zb, f, host, LOGITS_TAG)
+            p.wait(LOSS, 1)
+            mark("loss")
+        # the mse loss and its gradient, in both layouts
+        q = numerics.f32_bits(np.float64(2.0 / (plan.batch * f)))
+        for z, t, dz in ((r.zb, r.tb, r.dzb[-1]), (r.zt, r.tt, r.dzt[-1])):
+            if plan.tg.loss != "mse":
+                break
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.tmp, z, fp)          # logits in BF16
+            self._fcvt(p, ElemType.BF16, ElemType.FP32, z, r.tmp, fp)
+            self._fvec(p, FVecOp.FSUB, z, z, t, fp)                            # d = z - t
+            if z == r.zb:
+                self._fvec(p, FVecOp.FMUL, r.sq, z, z, fp)
+                p.fvec(FVecOp.FSUM, r.loss, r.sq, 0, f)                         # per sample
+                p.send(r.loss, 1, host, LOSS_TAG)
+                p.setr("SCALE", int(q))
+            self._fvec(p, FVecOp.FSCALE, z, z, z, fp)                         # dz = d q
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, dz, z, fp)
+        if plan.tg.loss == "mse":
+            mark("loss")
+        # backward
+        for li in range(len(layers) - 1, -1, -1):
+            layer = layers[li]
+            fwords = layer.fp // 2
+            tiles = []
+            if li:
+                for a in range(layer.kpad // n):
+                    def epi(bank, li=li, a=a):
+                        p.mread(r.dxb, bank=bank)
+                        p.mread(r.dxt, bank=bank, transpose=True)
+                        if layers[li - 1].relu:
+                            p.fvec(FVecOp.FMASK, r.dxb, r.dxb, r.yb[li - 1] + a * n, n)
+                            p.fvec(FVecOp.FMASK, r.dxt, r.dxt, r.yt[li - 1] + a * n, n)
+                        p.fcvt(ElemType.FP32, ElemType.BF16, r.dzb[li - 1] + a * half, r.dxb, n)
+                        p.fcvt(ElemType.FP32, ElemType.BF16, r.dzt[li - 1] + a * half, r.dxt, n)
+                    tiles.append((r.wb[li] + a * fwords, r.dzb[li], fwords, epi))
+            for i in range(layer.fp // n):
+                for a in range(layer.kp // n):
+                    def epi(bank, li=li, i=i, a=a, layer=layer):
+                        p.mread(r.g + r.moff[li] + i * layer.kp + a * n, bank=bank)
+                    tiles.append((r.xt[li] + a * half, r.dzt[li] + i * half, half, epi))
+            self._tiles(p, tiles)
+        # the feed region is free once the last dW tile (layer 0's, reading the input) is read
+        # out: a one-word SEND of its last word waits for that MREAD, the token goes after it
+        last_g = r.g + r.moff[0] + layers[0].kp * layers[0].fp // n - 1
+        p.send(last_g, 1, host, FENCE_TAG)
+        p.send(0, 0, host, 0)
+        mark("backward")
+        count, chunks = plan.p, self.chunks
+        # all-reduce, update and forward words, chunk after chunk (docs/training.md): the
+        # chain adds the partial sums in node order and its last node sends each chunk's sum to
+        # the chunk's owner (chunk c: chain node c mod P), which updates its masters (SGD: g'
+        # = w wd + g, v = v m + g', w = v (-lr) + w, each line one FAXPY), converts them to the
+        # forward words and multicasts those to every other node
+        cols, rows = plan.rect
+        opt = self.opt
+        nxt = plan.nodes[index + 1] if index + 1 < count else None
+        mine = [(c, lo, size) for c, (lo, size) in enumerate(chunks) if c % count == index]
+
+        def chain(c, lo, size):
+            if index:
+                p.wait(CHAIN, 1)
+                p.fvec(FVecOp.FADD, (r.out if nxt else r.g) + lo, r.recv + lo, r.g + lo, size)
+            if nxt is not None:
+                p.send((r.out if index else r.g) + lo, size, nxt, r.recv + lo, CHAIN)
+            elif c % count != index:
+                p.send(r.g + lo, size, plan.nodes[c % count], r.g + lo, TOTAL)
+
+        def update(lo, size):
+            grad = r.g
+            if opt.weight_decay:
+                p.setr("SCALE", int(numerics.f32_bits(np.float64(opt.weight_decay))))
+                p.fvec(FVecOp.FAXPY, r.g + lo, r.m + lo, r.g + lo, size)
+            if opt.momentum:
+                p.setr("SCALE", int(numerics.f32_bits(np.float64(opt.momentum))))
+                p.fvec(FVecOp.FAXPY, r.v + lo, r.v + lo, r.g + lo, size)
+                grad = r.v
+            p.setr("SCALE", int(numerics.f32_bits(np.float64(-opt.lr))))
+            p.fvec(FVecOp.FAXPY, r.m + lo, grad + lo, r.m + lo, size)
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wf[0] + lo // 2, r.m + lo, size)
+            self._to_others(p, index, r.wf[0] + lo // 2, size // 2, WEIGHTS)
+
+        if count > 1:
+            for c, (lo, size) in enumerate(chunks):
+                chain(c, lo, size)
+        for c, lo, size in mine:
+            if index != count - 1:
+                p.wait(TOTAL, 1)
+            update(lo, size)
+        if len(chunks) > len(mine):
+            p.wait(WEIGHTS, len(chunks) - len(mine))
+        mark("all-reduce and update")
+        self._transposes(p)
+        mark("backward weights")
+        return phases
+
+    # -- data --------------------------------------------------------------------------------------
+
+    def _load(self, params: dict) -> None:
+        plan, r, n = self.plan, self.r, self.plan.n
+        spec = MATRIX_TYPES[ElemType.BF16]
+        one = int(numerics.bf16_bits(1.0))
+        ident = np.eye(n, dtype=np.int64) * one
+        ident_words = [spec.pack_vectors(self.cfg, ident[2 * w:2 * w + 2]) for w in range(n // 2)]
+        self.master0 = []
+        for layer in plan.layers:
+            wa = augmented(layer, params[layer.weight], params[layer.bias])
+            self.master0.append(numerics.f32_bits(wa.astype(np.float64)))
+        m_words = [w for layer, bits in zip(plan.layers, self.master0)
+                   for w in _row_layout_words(layer, bits)]
+        for node in plan.nodes:
+            self.tp.load(node, r.m, m_words)
+            if self.opt.momentum:
+                self.tp.load(node, r.v, [0] * len(m_words))
+            self.tp.load(node, r.ident, ident_words)
+            for li in range(1, len(plan.layers)):       # the constant-1 input of hidden layers
+                layer = plan.layers[li]
+                xa = np.zeros((n, layer.kp), dtype=np.int64)
+                xa[:, layer.kpad] = one
+                self.tp.load(node, r.xb[li] + layer.kpad // 2,
+                             _batch_words(self.cfg, xa)[layer.kpad // 2:])
+                self.tp.load(node, r.xt[li] + layer.kpad // 2,
+                             _feature_words(self.cfg, xa)[layer.kpad // 2:])
+        for index, node in enumerate(plan.nodes):
+            for lo, size in self.owned(index):
+                self.tp.read(node, r.m + lo, size)
+                if self.opt.momentum:
+                    self.tp.read(node, r.v + lo, size)
+
+    def owned(self, index: int) -> list:
+        """The chunks (offset, words) of the masters chain node `index` updates."""
+        return [chunk for c, chunk in enumerate(self.chunks) if c % self.plan.p == index]
+
+    def feed(self, batches) -> None:
+        """Attach the mini-batches: `steps_per_epoch x epochs` pairs (x [batch, K] float, and
+        mse targets [batch, F] float or cross-entropy class labels [batch]), in order; each
+        node's share is fed after the token of its previous step (one region, reused); the
+        labels go to the host's cross-entropy (`d1tile.hostops`)."""
+        plan, r, n = self.plan, self.r, self.plan.n
+        batches = list(batches)
+        if len(batches) != self.steps_per_epoch * self.epochs:
+            raise CompileError(f"{len(batches)} mini-batches for {self.epochs} epochs of "
+                               f"{self.steps_per_epoch} steps")
+        xent = plan.tg.loss == "cross-entropy"
+        self.labels = []
+        for s, (x, t) in enumerate(batches):
+            xa, tpad = step_operands(plan, x, None if xent else t)
+            if xent:
+                self.labels.append(np.asarray(t, dtype=np.int64).reshape(plan.batch))
+            for index, node in enumerate(plan.nodes):
+                rows = slice(index * n, (index + 1) * n)
+                words = feed_words(plan, xa[rows], None if xent else tpad[rows])
+                self.tp.feed(node, r.feed, words, counter=HOST, key=(s,),
+                             gate=(node, s) if s else None)
+        if xent:
+            last = plan.layers[-1]
+            self.tp.host_ops = [
+                {"kind": "softmax-xent", "node": list(node), "tag": LOGITS_TAG,
+                 "dst": r.dzb[-1], "counter": LOSS, "classes": last.f, "rows": last.fp,
+                 "inv_batch": int(numerics.f32_bits(xent_inv_batch(plan))),
+                 "labels": [[int(v) for v in y[index * n:(index + 1) * n]] for y in self.labels]}
+                for index, node in enumerate(plan.nodes)]
+        self._fed = True
+
+    def unpack(self, result) -> dict:
+        """From a run's result: the loss after every step (float32, as the host sums the nodes'
+        words), the masters after every epoch (streamed by their owners) and at the end, and the
+        final velocity (FP32 bits per layer, [kp, fp])."""
+        plan, n = self.plan, self.plan.n
+        steps = self.steps_per_epoch * self.epochs
+        xent = plan.tg.loss == "cross-entropy"
+        tag = LOGITS_TAG if xent else LOSS_TAG
+        per_node = []
+        for node in plan.nodes:
+            packets = result.streams.get(node, [])
+            words = [body for addr, body in packets if addr == tag and body]
+            if len(words) != steps:
+                raise RuntimeError(f"node {node} streamed {len(words)} loss packets, not {steps}")
+            per_node.append(words)
+        losses = []
+        for s in range(steps):
+            if xent:        # the host's own computation, again, from the streamed logits
+                per = [softmax_xent_f32(logits_from_words(self.cfg, per_node[i][s], plan.classes),
+                                        self.labels[s][i * n:(i + 1) * n],
+                                        xent_inv_batch(plan))[0] for i in range(plan.p)]
+                losses.append(xent_loss_value(plan, np.concatenate(per)))
+            else:
+                words = [lanes_from_word(per_node[i][s][0], n) for i in range(plan.p)]
+                losses.append(mse_loss_value(plan, np.concatenate(words).astype(np.uint32)))
+        epochs = [[0] * plan.grad_words for _ in range(self.epochs)]
+        for index, node in enumerate(plan.nodes):
+            mine = self.owned(index)
+            sent = [(addr, body) for addr, body in result.streams.get(node, [])
+                    if addr not in (LOSS_TAG, FENCE_TAG, LOGITS_TAG) and body]
+            if len(sent) != len(mine) * self.epochs:
+                raise RuntimeError(f"node {node} streamed {len(sent)} chunks of weights, not "
+                                   f"{len(mine) * self.epochs}")
+            for i, (addr, body) in enumerate(sent):
+                epochs[i // len(mine)][addr:addr + len(body)] = body
+        final_m, final_v = [0] * plan.grad_words, [0] * plan.grad_words
+        for index, node in enumerate(plan.nodes):
+            for lo, size in self.owned(index):
+                final_m[lo:lo + size] = result.reads[(node, self.r.m + lo, size)]
+                if self.opt.momentum:
+                    final_v[lo:lo + size] = result.reads[(node, self.r.v + lo, size)]
+        return {"losses": losses, "epochs": [self._split(w) for w in epochs],
+                "masters": self._split(final_m), "velocity": self._split(final_v)}
+
+    def phase_cycles(self, issue_trace) -> dict:
+        """Cycles per phase per step on node 0, from the model's issue trace (`ModelDevice(cfg,
+        trace=True)`): from the first issue of a phase's first instruction to the next phase's
+        (the last phase: to the next step's first, or the HALT)."""
+        trace = issue_trace[self.plan.nodes[0]]
+        firsts = {pc: name for name, pc in self.phase_pcs.items()}
+        order = list(self.phase_pcs)
+        marks = [(cycle, firsts[pc]) for pc, cycle in trace if pc in firsts]
+        end = trace[-1][1]
+        out = {name: [] for name in order}
+        for i, (cycle, name) in enumerate(marks):
+            nxt = marks[i + 1][0] if i + 1 < len(marks) else end
+            out[name].append(nxt - cycle)
+        return out
+
+    def _split(self, words) -> list:
+        """Masters' words -> per layer FP32 bits [kp, fp]."""
+        out, off = [], 0
+        for layer in self.plan.layers:
+            size = layer.kp * layer.fp // self.plan.n
+            out.append(_from_row_layout(layer, words[off:off + size]))
+            off += size
+        return out
+
+
+def _batch_words(cfg: TileConfig, xa) -> list[int]:
+    """BF16 bits [N samples, kp] -> kp/2 words, batch in lanes (word w: features 2w, 2w+1)."""
+    spec = MATRIX_TYPES[ElemType.BF16]
+    xa = np.asarray(xa, dtype=np.int64)
+    return [spec.pack_vectors(cfg, xa[:, 2 * w:2 * w + 2].T) for w in range(xa.shape[1] // 2)]
+
+
+def _feature_words(cfg: TileConfig, xa) -> list[int]:
+    """BF16 bits [N samples, kp] -> per feature block of N: N/2 words (word w: samples 2w, 2w+1,
+    the block's features in the lanes)."""
+    spec = MATRIX_TYPES[ElemType.BF16]
+    n = cfg.mac_dim
+    xa = np.asarray(xa, dtype=np.int64)
+    return [spec.pack_vectors(cfg, xa[2 * w:2 * w + 2, a * n:(a + 1) * n])
+            for a in range(xa.shape[1] // n) for w in range(n // 2)]
+
+
+def step_operands(plan: TrainPlan, x, t) -> tuple:
+    """One mini-batch as the tile takes it: x augmented (BF16 bits [batch, kp], the 1 at kpad)
+    and the mse targets padded (FP32 bits [batch, fp]; None for `t` None)."""
+    first, last = plan.layers[0], plan.layers[-1]
+    x = np.asarray(x, dtype=np.float64).reshape(plan.batch, -1)
+    xa = np.zeros((plan.batch, first.kp), dtype=np.uint16)
+    xa[:, :first.k] = numerics.bf16_from_f32_rne(numerics.f32_bits(x))
+    xa[:, first.kpad] = numerics.bf16_bits(1.0)
+    if t is None:
+        return xa, None
+    t = np.asarray(t, dtype=np.float64).reshape(plan.batch, -1)
+    tpad = np.zeros((plan.batch, last.fp), dtype=np.uint32)
+    tpad[:, :last.f] = numerics.f32_bits(t)
+    return xa, tpad
+
+
+def feed_words(plan: TrainPlan, xa, tpad) -> list[int]:
+    """One node's feed: its N samples' input in both layouts, then its targets in both (mse;
+    `tpad` None: none)."""
+    cfg, n = plan.cfg, plan.n
+    words = _batch_words(cfg, xa) + _feature_words(cfg, xa)
+    if tpad is None:
+        return words
+    words += [word_from_lanes(tpad[:, f]) for f in range(tpad.shape[1])]
+    words += [word_from_lanes(tpad[s, i * n:(i + 1) * n])
+              for i in range(tpad.shape[1] // n) for s in range(n)]
+    return words
+
+
+def xent_inv_batch(plan: TrainPlan) -> np.float32:
+    """1 / batch in float32 (the cross-entropy's mean)."""
+    return np.float32(1.0) / np.float32(plan.batch)
+
+
+def xent_loss_value(plan: TrainPlan, per_sample) -> np.float32:
+    """The mean cross-entropy from the per-sample losses (float32, in chain order): added
+    sample after sample in float32, times 1 / batch (the host's arithmetic)."""
+    total = np.float32(0)
+    for v in np.asarray(per_sample, dtype=np.float32):
+        total = np.float32(total + v)
+    return np.float32(total * xent_inv_batch(plan))
+
+
+def mse_loss_value(plan: TrainPlan, per_sample) -> np.float32:
+    """The mean squared error from the per-sample sums (FP32 bits [batch], the nodes' lanes in
+    chain order): added sample after sample from -0, times 1 / (batch F), as the host does."""
+    total = numerics.fp32_sum(np.asarray(per_sample, dtype=np.uint32)[:, None])[0]
+    inv = numerics.f32_bits(np.float64(1.0 / (plan.batch * plan.classes)))
+    return np.float32(numerics.f32_value(numerics.fp32_mul(total, inv)))
+
+
+# -- the reference ---------------------------------------------------------------------------------
+
+class TileTrainReference:
+    """The tile's training step in NumPy, bit for bit (docs/training.md, "On the tile"):
+    the same padded, augmented matrices, the same operations from `d1tile.numerics` in the
+    same order (the matrix unit's k-ordered FP32 sums, the transposition through the
+    identity, the chain's node order)."""
+
+    def __init__(self, plan: TrainPlan, params: dict, opt):
+        self.plan, self.opt = plan, opt
+        self.master = [numerics.f32_bits(augmented(layer, params[layer.weight],
+                                                   params[layer.bias]).astype(np.float64))
+                       for layer in plan.layers]
+        self.velocity = [np.zeros_like(m) for m in self.master]
+        self.losses: list = []
+
+    def step(self, x, t) -> np.float32:
+        plan, n = self.plan, self.plan.n
+        layers = plan.layers
+        xa, tpad = step_operands(plan, x, None if plan.tg.loss == "cross-entropy" else t)
+        one = numerics.bf16_bits(1.0)
+        wf = [numerics.bf16_from_f32_rne(m) for m in self.master]
+        acts, ys = [xa], []
+        for li, layer in enumerate(layers):
+            z = numerics.bf16_matmul(acts[-1], wf[li])
+            if li + 1 < len(layers):
+                y = numerics.fp32_relu(z) if layer.relu else z
+                ys.append(y)
+                nxt = np.zeros((plan.batch, layers[li + 1].kp), dtype=np.uint16)
+                nxt[:, :layer.fp] = numerics.bf16_from_f32_rne(y)
+                nxt[:, layers[li + 1].kpad] = one
+                acts.append(nxt)
+        zb = numerics.f32_from_bf16(numerics.bf16_from_f32_rne(z))
+        f = layers[-1].f
+        if tpad is None:            # cross-entropy on the host, node by node
+            per, dz = [], np.zeros_like(zb)
+            for i in range(plan.p):
+                rows = slice(i * n, (i + 1) * n)
+                loss_i, dz[rows, :f] = softmax_xent_f32(zb[rows, :f], np.asarray(t)[rows],
+                                                        xent_inv_batch(plan))
+                per.append(loss_i)
+            loss = xent_loss_value(plan, np.concatenate(per))
+        else:
+            d = numerics.fp32_sub(zb, tpad)
+            sq = numerics.fp32_mul(d, d)
+            per_sample = numerics.fp32_sum(sq[:, :f].T)
+            loss = mse_loss_value(plan, per_sample)
+            q = numerics.f32_bits(np.float64(2.0 / (plan.batch * f)))
+            dz = numerics.fp32_mul(d, q)
+        grads = [None] * len(layers)
+        for li in range(len(layers) - 1, -1, -1):
+            layer = layers[li]
+            dzb = numerics.bf16_from_f32_rne(dz)
+            if li:
+                cols = []
+                for a in range(layer.kpad // n):
+                    tile = numerics.bf16_matmul(wf[li][a * n:(a + 1) * n].T,
+                                                np.eye(n, dtype=np.uint16) * one)
+                    cols.append(numerics.bf16_from_f32_rne(tile))
+                wt = np.concatenate(cols, axis=1)           # [fp, kpad]
+                dx = numerics.bf16_matmul(dzb, wt)
+                prev = layers[li - 1]
+                dz_prev = numerics.fp32_mask(dx, ys[li - 1]) if prev.relu else dx
+            total = None
+            for i in range(plan.p):
+                rows = slice(i * n, (i + 1) * n)
+                part = numerics.bf16_matmul(acts[li][rows].T, dzb[rows])
+                total = part if total is None else numerics.fp32_add(part, total)
+            grads[li] = total
+            if li:
+                dz = dz_prev
+        self._update(grads)
+        self.losses.append(loss)
+        return loss
+
+    def _update(self, grads) -> None:
+        opt = self.opt
+        lr, mom, wd = (numerics.f32_bits(np.float64(v)) for v in (-opt.lr, opt.momentum,
+                                                                  opt.weight_decay))
+        for li, g in enumerate(grads):
+            w = self.master[li]
+            if opt.weight_decay:
+                g = numerics.fp32_axpy(w, wd, g)
+            if opt.momentum:
+                g = numerics.fp32_axpy(self.velocity[li], mom, g)
+                self.velocity[li] = g
+            self.master[li] = numerics.fp32_axpy(g, lr, w)
+
+    def params_f32(self) -> dict:
+        out = {}
+        for layer, m in zip(self.plan.layers, self.master):
+            w, b = from_augmented(layer, numerics.f32_value(m).astype(np.float32))
+            out[layer.weight], out[layer.bias] = w.copy(), b.copy()
+        return out
