@@ -312,6 +312,13 @@ def cmd_train(args) -> int:
     backends = _backends(args.backend)
     _check_writable(args.out, "--out")
     _check_writable(args.report, "--report", ("--out", args.out))
+    _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
+    if args.plots:
+        from .sw.plots import TRAIN_PLOTS
+        _check_directory(args.plots, "--plots", TRAIN_PLOTS, ("--out", args.out),
+                         ("--report", args.report), ("--trace", args.trace))
+    if args.trace and args.backend == "rtl":
+        raise ValueError("--trace: the trace is the cycle model's run (--backend model or both)")
     x = _load_array(args.data, "--data")
     labels = _load_array(args.labels, "--labels")
     val = None
@@ -346,7 +353,8 @@ def cmd_train(args) -> int:
           f"{args.epochs} epochs, backend {args.backend}")
     run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
                         batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
-                        init=args.init, backends=backends, val=val, log=print)
+                        init=args.init, backends=backends, val=val, log=print,
+                        timeline=bool(args.trace))
     for note in run.notes:
         print(f"  note: {note}")
     for e in range(run.epochs):
@@ -368,11 +376,22 @@ def cmd_train(args) -> int:
         files.append((args.out, lambda tmp: onnx.save(model, str(tmp))))
     if args.report:
         files.append((args.report, _json_writer(report)))
+    if args.trace:
+        files.append((args.trace, _json_writer(run.trace, compact=True)))
+    if args.plots:
+        from pathlib import Path
+        from .sw.plots import train_plots
+        files += [(str(Path(args.plots) / name), draw)
+                  for name, draw in train_plots(report).items()]
     _write_outputs(files)
     if args.out:
         print(f"  trained model {args.out}")
     if args.report:
         print(f"  report        {args.report}")
+    if args.trace:
+        print(f"  trace         {args.trace} (the cycle model's run; open it in ui.perfetto.dev)")
+    if args.plots:
+        print(f"  plots         {', '.join(TRAIN_PLOTS)} in {args.plots}")
     if not run.bit_exact:
         raise CheckFailed(f"the tile's training differs from the reference: {run.mismatch}")
     if run.model_and_rtl_identical is False:
@@ -764,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model (default), rtl (Verilator), or both, compared")
     p.add_argument("--out", metavar="TRAINED.onnx", help="write the trained model")
     p.add_argument("--report", metavar="R.json", help="write the JSON report")
+    p.add_argument("--trace", metavar="T.json",
+                   help="write the cycle model's run as a Perfetto / Chrome trace")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write loss.png: the loss per step, the tile's beside float32")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the toy MLP and CNN compiled onto the tile and run, and "

@@ -47,11 +47,12 @@ from d1tile.formats import Port
 from d1tile.params import TileConfig
 
 
-__all__ = ["RUN_PLOTS", "NOC_PLOT", "matrix_busy", "link_flits", "layer_parts", "noc_points",
+__all__ = ["RUN_PLOTS", "TRAIN_PLOTS", "train_plots", "NOC_PLOT", "matrix_busy", "link_flits", "layer_parts", "noc_points",
            "utilisation_map", "link_map", "layer_chart", "latency_vs_load", "cost_vs_macs",
            "loss_curve", "run_plots"]
 
 RUN_PLOTS = ("utilisation.png", "links.png", "layers.png")
+TRAIN_PLOTS = ("loss.png",)
 """The files `d1tile run --plots DIR` writes into DIR."""
 
 NOC_PLOT = "noc_latency.png"
@@ -350,3 +351,15 @@ def run_plots(net, report: dict) -> dict:
             path, parts, f"{what}\ncycles per part of the run against ideal"
                          + (f" (the last of {runs} runs)" if runs > 1 else "")),
     }
+
+
+def train_plots(report: dict) -> dict:
+    """{file name (`TRAIN_PLOTS`): draw(path)} for a `d1tile train` report: the loss after
+    every step on the tile and in the float32 training beside it."""
+    loss = "cross-entropy" if report["loss"] == "cross-entropy" else "mean squared error"
+    title = (f"{report['model']}: training loss, batch {report['batch']}, "
+             f"{report['epochs']} epochs of {report['steps_per_epoch']} steps")
+    curves = {"tile (BF16 operands, FP32 master weights)": report["losses"],
+              "float32 (NumPy)": report["float32_losses"]}
+    return {"loss.png": lambda path: loss_curve(path, curves, title,
+                                                ylabel=f"{loss} (mean over the mini-batch)")}

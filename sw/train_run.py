@@ -139,6 +139,7 @@ class TrainRun:
     softmax: bool                      # the graph ended with a softmax (kept in the export)
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    trace: dict | None = None          # the cycle model's run as a Perfetto trace (`timeline`)
 
     @property
     def ideal_cycles_per_step(self) -> float:
@@ -235,12 +236,14 @@ def mlp_to_onnx(plan, params: dict, *, softmax: bool, input_name: str = "x"):
 def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse",
                   epochs: int = 1, batch: int = 32, opt: Sgd | None = None,
                   weights: str = "fp32", seed: int = 0, init: str = "model",
-                  backends=("model",), val=None, log=print, progress=None) -> TrainRun:
+                  backends=("model",), val=None, log=print, progress=None,
+                  timeline: bool = False) -> TrainRun:
     """Train `graph` (an MLP, its batch dimension `batch`) on samples `x` with `labels` (class
     labels, or mse targets) for `epochs` epochs of mini-batches of `batch` (the samples
     shuffled per epoch from `seed`; a last partial batch dropped). `init`: "model" starts
     from the graph's weights, "random" from He-normal weights and zero biases (`seed`).
-    Everything is checked before anything runs (ValueError / CompileError, one line)."""
+    Everything is checked before anything runs (ValueError / CompileError, one line).
+    `timeline`: keep the cycle model's timeline for a Perfetto trace (`TrainRun.trace`)."""
     from d1tile.sw.runtime import ModelDevice, get_device
     opt = opt if opt is not None else Sgd(0.1, 0.9)
     if init not in ("model", "random"):
@@ -288,7 +291,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     results = {}
     for name in backends:
         t0 = time.perf_counter()
-        device = ModelDevice(cfg, trace=True) if name == "model" else get_device(name, cfg)
+        device = (ModelDevice(cfg, trace=True, timeline=timeline) if name == "model"
+                  else get_device(name, cfg))
         device.load(program.tp)
         result = device.run()
         seconds[name] = time.perf_counter() - t0
@@ -344,7 +348,10 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     if softmax and loss == "mse":
         notes.append("the mse loss reads the logits: the model's final Softmax is left out of "
                      "the training and kept in the exported model")
-    return TrainRun(cfg, tg, plan, program, opt, epochs, steps, out["losses"], ref_losses,
-                    flt.losses, epoch_params, float_epochs, accuracy, mismatch is None,
-                    mismatch, first.cycles, step_cycles, phases, list(backends), identical,
-                    softmax, seconds, notes)
+    run = TrainRun(cfg, tg, plan, program, opt, epochs, steps, out["losses"], ref_losses,
+                   flt.losses, epoch_params, float_epochs, accuracy, mismatch is None,
+                   mismatch, first.cycles, step_cycles, phases, list(backends), identical,
+                   softmax, seconds, notes)
+    if timeline and "model" in results:
+        run.trace = results["model"][1].chrome_trace()
+    return run

@@ -253,7 +253,8 @@ def test_d1tile_train_end_to_end(tmp_path, capsys):
             str(tmp_path / "y.npy"), "--val-data", str(tmp_path / "x.npy"), "--val-labels",
             str(tmp_path / "y.npy"), "--preset", "tiny", "--batch", "8", "--epochs", "2",
             "--lr", "0.5", "--out", str(tmp_path / "t.onnx"), "--report",
-            str(tmp_path / "r.json")]
+            str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots"), "--trace",
+            str(tmp_path / "t.json")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "epoch 2/2: loss" in out and "bit-exact with the NumPy reference" in out
@@ -263,6 +264,11 @@ def test_d1tile_train_end_to_end(tmp_path, capsys):
     assert len(report["losses"]) == 10 == len(report["float32_losses"])     # 2 x 40 // 8
     assert report["ideal_cycles_per_step"] < min(report["cycles_per_step"])
     assert set(report["phases_mean_cycles"]) >= {"forward", "loss", "backward"}
+    png = (tmp_path / "plots" / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    trace = json.loads((tmp_path / "t.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    assert spans and max(e["ts"] + e["dur"] for e in spans) <= report["cycles"] + 1
     # the trained model runs on onnxruntime: the tile's weights, in float32
     import onnxruntime as ort
     session = ort.InferenceSession(str(tmp_path / "t.onnx"))
