@@ -349,7 +349,7 @@ def cmd_train(args) -> int:
     graph = load_onnx(args.model, input_shapes={name: (args.batch, *x.shape[1:])})
     print(f"d1tile train: {args.model} on a {cfg.rows}x{cfg.cols} tile (preset {args.preset}), "
           f"{args.loss} loss, SGD lr {args.lr} momentum {args.momentum} weight decay "
-          f"{args.weight_decay}, {args.weights} master weights, batch {args.batch}, "
+          f"{args.weight_decay}, weights {args.weights}, batch {args.batch}, "
           f"{args.epochs} epochs, backend {args.backend}")
     run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
                         batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
@@ -775,7 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--weights", choices=("fp32", "bf16-sr"), default="fp32",
-                   help="master weights: fp32 (default); bf16-sr runs in the reference only")
+                   help="fp32 master weights (default), or BF16 weights updated with "
+                        "stochastic rounding (bf16-sr)")
     p.add_argument("--init", choices=("model", "random"), default="model",
                    help="start from the model's weights (default) or from He-normal ones")
     p.add_argument("--seed", type=int, default=0, help="batch order and --init random (default 0)")

@@ -1,26 +1,28 @@
-"""Training on the tile: a multilayer perceptron's whole training step (forward, mse loss,
+"""Training on the tile: a multilayer perceptron's whole training step (forward, loss,
 backward, all-reduce, SGD update) compiled into one program per node that runs E epochs of
 mini-batches without reloading anything (docs/training.md, "On the tile").
 
     plan = plan_training(tg, cfg, batch=32)                 # refuses what it cannot run
-    run = TrainProgram(plan, params, Sgd(0.1, 0.9), steps_per_epoch=42, epochs=3)
-    run.feed(batches)                                       # [(x, targets)] per step
-    result = ModelDevice(cfg).load(run.tp); ...             # or `train_on_device`
-    ref = TileTrainReference(plan, params, opt)             # the same arithmetic in NumPy
+    prog = TrainProgram(plan, params, Sgd(0.1, 0.9), steps_per_epoch=42, epochs=3)
+    prog.feed(batches)                                      # [(x, labels or targets)] per step
+    result = TileModel(cfg).run(prog.tp)                    # or any device
+    out = prog.unpack(result)                               # losses, weights per epoch
+    ref = TileTrainReference(plan, params, Sgd(0.1, 0.9))   # the same arithmetic in NumPy
 
 The partition is data-parallel over node groups of one node: each of P = batch / N nodes (a
-rectangle at the grid's north-west corner) holds the whole network and N samples of the
-mini-batch (its N lanes), computes its partial gradients, and the partial sums are added along
-a chain through the P nodes in a fixed order (node 0 first), chunk after chunk; the last node
-multicasts the sums back and every node applies the same update, so the weights stay equal
-everywhere without sending them. The tile's layout of a layer (K inputs, F outputs, N =
-mac_dim): the bias is the weight row of a constant-1 input feature, so each layer is one
-matrix W_aug of kp = roundup(K, N) + N rows (inputs, the 1 at row roundup(K, N)) and fp =
-roundup(F, N) columns, held as FP32 master weights, FP32 velocity and FP32 gradient in the
-*row* layout (per output block i: word k = W_aug[k, block i], the block's N outputs in the
-lanes). From them each step derives the BF16 operands: the forward words (FCVT, two rows k per
-word) and, for the backward pass, the columns (each N x N tile transposed through the matrix
-unit: MATMUL by the identity, exact).
+rectangle at the grid's north-west corner, chained in a snake) holds the whole network and N
+samples of the mini-batch (its N lanes) and computes its partial gradients; the partial sums
+are added along the chain in a fixed order (node 0 first), chunk after chunk; the chain's end
+sends each chunk's sum to the chunk's owner, which updates it and multicasts the new BF16
+forward words to the others. The tile's layout of a layer (K inputs, F outputs, N = mac_dim):
+the bias is the weight row of a constant-1 input feature, so each layer is one matrix W_aug of
+kp = roundup(K, N) + N rows and fp = roundup(F, N) columns, held as FP32 master weights (or, in
+the bf16-sr scheme, as BF16 weights only), FP32 velocity and FP32 gradient in the *row*
+layout (per output block i: word k = W_aug[k, block i], the block's N outputs in the lanes).
+From them each step derives the BF16 operands: the forward words (FCVT, two rows k per word)
+and, for the backward pass, the columns (each N x N tile transposed through the matrix unit:
+MATMUL by the identity, exact). The cross-entropy's softmax runs on the host
+(`d1tile.hostops`); the mse on the vector unit.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from d1tile.sw.reroll import reroll
 
 
 __all__ = ["TrainPlan", "DenseLayer", "plan_training", "TrainProgram", "TileTrainReference",
+           "update_chunks", "sr_seed",
            "CHAIN", "TOTAL", "WEIGHTS", "HOST"]
 
 CHAIN = 0           # sync counter: a partial-sum chunk from the previous node of the chain
@@ -289,17 +292,15 @@ class TrainProgram:
     the mini-batches; `tp` is the `TileProgram`; `unpack(result)` the losses and weights."""
 
     def __init__(self, plan: TrainPlan, params: dict, opt, *, steps_per_epoch: int,
-                 epochs: int = 1, weights: str = "fp32", chunk: int = 64):
-        if weights != "fp32":
-            raise CompileError(f"weights {weights!r}: the tile's training program keeps FP32 master "
-                               "weights so far (bf16-sr runs in the NumPy reference only)")
+                 epochs: int = 1, weights: str = "fp32", seed: int = 0, chunk: int = 64):
+        if weights not in ("fp32", "bf16-sr"):
+            raise CompileError(f"weights {weights!r} is not 'fp32' or 'bf16-sr'")
+        self.scheme, self.seed = weights, int(seed)
         if steps_per_epoch < 1 or epochs < 1 or steps_per_epoch >= 1 << 16 or epochs >= 1 << 16:
             raise CompileError(f"{epochs} epochs of {steps_per_epoch} steps: each must be 1..65535")
         self.plan, self.cfg, self.opt = plan, plan.cfg, opt
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
-        chunk = max(4, min(FVEC_MAX - 1, int(chunk)) // 2 * 2)   # words per all-reduce message
-        total = plan.grad_words
-        self.chunks = [(lo, min(chunk, total - lo)) for lo in range(0, total, chunk)]
+        self.chunks = update_chunks(plan, chunk)
         self.tp = TileProgram(plan.cfg)
         self.r = self._place()
         self.phase_pcs: dict = {}       # phase -> the pc of its first instruction on node 0
@@ -385,6 +386,8 @@ class TrainProgram:
                 starts[name] = len(rolled)
                 rolled += reroll(words[lo:hi], depth=2)
             prologue = Program(self.cfg, max_words=1 << 20)
+            if self.scheme == "bf16-sr":            # this node's lanes' generators
+                prologue.seed(sr_seed(self.seed, index))
             self._transposes(prologue, forward=True)
             prologue = reroll(prologue.words)
             p = self.tp.node(*node)
@@ -400,9 +403,13 @@ class TrainProgram:
                     for w in rolled:
                         p.word(w)
                     p.nop()                 # the step's loop ends on an instruction of its own
-                # the masters after each epoch, to the host: each owner its chunks
+                # the masters after each epoch, to the host: each owner its chunks (the BF16
+                # forward words themselves in the bf16-sr scheme)
                 for lo, size in self.owned(index):
-                    p.send(self.r.m + lo, size, (self.cfg.cols, node[1]), lo)
+                    if self.scheme == "fp32":
+                        p.send(self.r.m + lo, size, (self.cfg.cols, node[1]), lo)
+                    else:
+                        p.send(self.r.wf[0] + lo // 2, size // 2, (self.cfg.cols, node[1]), lo)
                 p.nop()
             p.halt()
             self.program_words = max(getattr(self, "program_words", 0), len(p))
@@ -450,12 +457,14 @@ class TrainProgram:
                 self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wb[li] + a * layer.fp // 2,
                            r.scratch, layer.fp)
 
-    def _fcvt(self, p, stype, dtype, dst: int, a: int, rows: int) -> None:
+    def _fcvt(self, p, stype, dtype, dst: int, a: int, rows: int,
+              stochastic: bool = False) -> None:
         """FCVT of `rows` vectors of N (FP32 words; a BF16 word holds two), in chunks."""
         step = FCVT_MAX - FCVT_MAX % 2
         for lo in range(0, rows, step):
             p.fcvt(stype, dtype, dst + (lo // 2 if dtype == ElemType.BF16 else lo),
-                   a + (lo // 2 if stype == ElemType.BF16 else lo), min(step, rows - lo))
+                   a + (lo // 2 if stype == ElemType.BF16 else lo), min(step, rows - lo),
+                   stochastic=stochastic)
 
     def _fvec(self, p, op, dst: int, a: int, b: int, words: int, bfix: bool = False) -> None:
         for lo in range(0, words, FVEC_MAX):
@@ -589,6 +598,8 @@ class TrainProgram:
 
         def update(lo, size):
             grad = r.g
+            if self.scheme == "bf16-sr":    # the weights are the BF16 words: w as FP32 first
+                self._fcvt(p, ElemType.BF16, ElemType.FP32, r.m + lo, r.wf[0] + lo // 2, size)
             if opt.weight_decay:
                 p.setr("SCALE", int(numerics.f32_bits(np.float64(opt.weight_decay))))
                 p.fvec(FVecOp.FAXPY, r.g + lo, r.m + lo, r.g + lo, size)
@@ -598,7 +609,8 @@ class TrainProgram:
                 grad = r.v
             p.setr("SCALE", int(numerics.f32_bits(np.float64(-opt.lr))))
             p.fvec(FVecOp.FAXPY, r.m + lo, grad + lo, r.m + lo, size)
-            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wf[0] + lo // 2, r.m + lo, size)
+            self._fcvt(p, ElemType.FP32, ElemType.BF16, r.wf[0] + lo // 2, r.m + lo, size,
+                       stochastic=self.scheme == "bf16-sr")
             self._to_others(p, index, r.wf[0] + lo // 2, size // 2, WEIGHTS)
 
         if count > 1:
@@ -644,9 +656,13 @@ class TrainProgram:
                              _feature_words(self.cfg, xa)[layer.kpad // 2:])
         for index, node in enumerate(plan.nodes):
             for lo, size in self.owned(index):
-                self.tp.read(node, r.m + lo, size)
+                if self.scheme == "fp32":
+                    self.tp.read(node, r.m + lo, size)
                 if self.opt.momentum:
                     self.tp.read(node, r.v + lo, size)
+        if self.scheme == "bf16-sr":        # the same BF16 words on every node
+            for node in plan.nodes:
+                self.tp.read(node, r.wf[0], plan.grad_words // 2)
 
     def owned(self, index: int) -> list:
         """The chunks (offset, words) of the masters chain node `index` updates."""
@@ -709,6 +725,7 @@ class TrainProgram:
                 words = [lanes_from_word(per_node[i][s][0], n) for i in range(plan.p)]
                 losses.append(mse_loss_value(plan, np.concatenate(words).astype(np.uint32)))
         epochs = [[0] * plan.grad_words for _ in range(self.epochs)]
+        sr = self.scheme == "bf16-sr"
         for index, node in enumerate(plan.nodes):
             mine = self.owned(index)
             sent = [(addr, body) for addr, body in result.streams.get(node, [])
@@ -717,15 +734,25 @@ class TrainProgram:
                 raise RuntimeError(f"node {node} streamed {len(sent)} chunks of weights, not "
                                    f"{len(mine) * self.epochs}")
             for i, (addr, body) in enumerate(sent):
-                epochs[i // len(mine)][addr:addr + len(body)] = body
+                at = addr // 2 if sr else addr
+                epochs[i // len(mine)][at:at + len(body)] = body
         final_m, final_v = [0] * plan.grad_words, [0] * plan.grad_words
         for index, node in enumerate(plan.nodes):
             for lo, size in self.owned(index):
-                final_m[lo:lo + size] = result.reads[(node, self.r.m + lo, size)]
+                if not sr:
+                    final_m[lo:lo + size] = result.reads[(node, self.r.m + lo, size)]
                 if self.opt.momentum:
                     final_v[lo:lo + size] = result.reads[(node, self.r.v + lo, size)]
-        return {"losses": losses, "epochs": [self._split(w) for w in epochs],
-                "masters": self._split(final_m), "velocity": self._split(final_v)}
+        split = self._split_bf16 if sr else self._split
+        if sr:
+            words = [result.reads[(node, self.r.wf[0], plan.grad_words // 2)]
+                     for node in plan.nodes]
+            if any(w != words[0] for w in words):
+                raise RuntimeError("the nodes' BF16 weights differ after the run")
+            final_m = words[0]
+            epochs = [w[:plan.grad_words // 2] for w in epochs]
+        return {"losses": losses, "epochs": [split(w) for w in epochs],
+                "masters": split(final_m), "velocity": self._split(final_v)}
 
     def phase_cycles(self, issue_trace) -> dict:
         """Cycles per phase per step on node 0, from the model's issue trace (`ModelDevice(cfg,
@@ -740,6 +767,21 @@ class TrainProgram:
         for i, (cycle, name) in enumerate(marks):
             nxt = marks[i + 1][0] if i + 1 < len(marks) else end
             out[name].append(nxt - cycle)
+        return out
+
+    def _split_bf16(self, words) -> list:
+        """Forward words -> per layer BF16 bits [kp, fp] (the bf16-sr scheme's weights)."""
+        spec = MATRIX_TYPES[ElemType.BF16]
+        n = self.plan.n
+        out, off = [], 0
+        for layer in self.plan.layers:
+            bits = np.zeros((layer.kp, layer.fp), dtype=np.uint16)
+            for i in range(layer.fp // n):
+                for w in range(layer.kp // 2):
+                    vec = spec.operand_vectors(self.cfg, words[off])
+                    bits[2 * w:2 * w + 2, i * n:(i + 1) * n] = vec
+                    off += 1
+            out.append(bits)
         return out
 
     def _split(self, words) -> list:
@@ -798,6 +840,20 @@ def feed_words(plan: TrainPlan, xa, tpad) -> list[int]:
     return words
 
 
+def update_chunks(plan: TrainPlan, chunk: int = 64) -> list:
+    """The all-reduce's and the update's chunks: (offset, words) of the gradients' row layout,
+    `chunk` words each (even, 4..126), the last one shorter; chunk c belongs to chain node
+    c mod P."""
+    chunk = max(4, min(FVEC_MAX - 1, int(chunk)) // 2 * 2)
+    total = plan.grad_words
+    return [(lo, min(chunk, total - lo)) for lo in range(0, total, chunk)]
+
+
+def sr_seed(seed: int, index: int) -> int:
+    """The stochastic-rounding seed of chain node `index` (SETR SEED): the run's seed + index."""
+    return (int(seed) + int(index)) & 0xFFFF_FFFF
+
+
 def xent_inv_batch(plan: TrainPlan) -> np.float32:
     """1 / batch in float32 (the cross-entropy's mean)."""
     return np.float32(1.0) / np.float32(plan.batch)
@@ -828,12 +884,19 @@ class TileTrainReference:
     same order (the matrix unit's k-ordered FP32 sums, the transposition through the
     identity, the chain's node order)."""
 
-    def __init__(self, plan: TrainPlan, params: dict, opt):
-        self.plan, self.opt = plan, opt
-        self.master = [numerics.f32_bits(augmented(layer, params[layer.weight],
-                                                   params[layer.bias]).astype(np.float64))
-                       for layer in plan.layers]
-        self.velocity = [np.zeros_like(m) for m in self.master]
+    def __init__(self, plan: TrainPlan, params: dict, opt, *, weights: str = "fp32",
+                 seed: int = 0, chunk: int = 64):
+        if weights not in ("fp32", "bf16-sr"):
+            raise CompileError(f"weights {weights!r} is not 'fp32' or 'bf16-sr'")
+        self.plan, self.opt, self.scheme = plan, opt, weights
+        f32 = [numerics.f32_bits(augmented(layer, params[layer.weight],
+                                           params[layer.bias]).astype(np.float64))
+               for layer in plan.layers]
+        # fp32: the FP32 masters; bf16-sr: the BF16 weights (the first from RNE)
+        self.master = f32 if weights == "fp32" else [numerics.bf16_from_f32_rne(m) for m in f32]
+        self.velocity = [np.zeros_like(m) for m in f32]
+        self.chunks = update_chunks(plan, chunk)
+        self.rng = [numerics.rng_seed_states(sr_seed(seed, i), plan.n) for i in range(plan.p)]
         self.losses: list = []
 
     def step(self, x, t) -> np.float32:
@@ -841,7 +904,8 @@ class TileTrainReference:
         layers = plan.layers
         xa, tpad = step_operands(plan, x, None if plan.tg.loss == "cross-entropy" else t)
         one = numerics.bf16_bits(1.0)
-        wf = [numerics.bf16_from_f32_rne(m) for m in self.master]
+        wf = ([numerics.bf16_from_f32_rne(m) for m in self.master] if self.scheme == "fp32"
+              else [m.copy() for m in self.master])
         acts, ys = [xa], []
         for li, layer in enumerate(layers):
             z = numerics.bf16_matmul(acts[-1], wf[li])
@@ -899,18 +963,36 @@ class TileTrainReference:
         opt = self.opt
         lr, mom, wd = (numerics.f32_bits(np.float64(v)) for v in (-opt.lr, opt.momentum,
                                                                   opt.weight_decay))
+        new = []
         for li, g in enumerate(grads):
-            w = self.master[li]
+            w = self.master[li] if self.scheme == "fp32" else \
+                numerics.f32_from_bf16(self.master[li])
             if opt.weight_decay:
                 g = numerics.fp32_axpy(w, wd, g)
             if opt.momentum:
                 g = numerics.fp32_axpy(self.velocity[li], mom, g)
                 self.velocity[li] = g
-            self.master[li] = numerics.fp32_axpy(g, lr, w)
+            new.append(numerics.fp32_axpy(g, lr, w))
+        if self.scheme == "fp32":
+            self.master = new
+            return
+        # bf16-sr: each owner rounds its chunks' rows in order, one draw of its lanes' generators
+        # per row (an FCVT with sr consumes one per FP32 word)
+        rows = [(li, i, k) for li, layer in enumerate(self.plan.layers)
+                for i in range(layer.fp // self.plan.n) for k in range(layer.kp)]
+        n = self.plan.n
+        for c, (lo, size) in enumerate(self.chunks):
+            owner = c % self.plan.p
+            for r in range(lo, lo + size):
+                li, i, k = rows[r]
+                self.rng[owner], rand = numerics.rng_next(self.rng[owner])
+                self.master[li][k, i * n:(i + 1) * n] = numerics.bf16_from_f32_sr(
+                    new[li][k, i * n:(i + 1) * n], rand)
 
     def params_f32(self) -> dict:
         out = {}
         for layer, m in zip(self.plan.layers, self.master):
+            m = m if self.scheme == "fp32" else numerics.f32_from_bf16(m)
             w, b = from_augmented(layer, numerics.f32_value(m).astype(np.float32))
             out[layer.weight], out[layer.bias] = w.copy(), b.copy()
         return out

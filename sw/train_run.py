@@ -140,6 +140,7 @@ class TrainRun:
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     trace: dict | None = None          # the cycle model's run as a Perfetto trace (`timeline`)
+    weights: str = "fp32"              # the weight scheme: fp32 masters or bf16-sr
 
     @property
     def ideal_cycles_per_step(self) -> float:
@@ -170,7 +171,7 @@ class TrainRun:
             "loss_on": (LOSS_ON_HOST if self.tg.loss == "cross-entropy" else LOSS_ON_TILE),
             "optimizer": {"name": "sgd", "lr": self.opt.lr, "momentum": self.opt.momentum,
                           "weight_decay": self.opt.weight_decay},
-            "weights": "fp32",
+            "weights": self.weights,
             "batch": plan.batch, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
             "partition": {"kind": "data-parallel", "nodes": [list(n) for n in plan.nodes],
                           "samples_per_node": plan.n,
@@ -250,11 +251,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
         raise ValueError(f"init {init!r} is not 'model' or 'random'")
     if not 1 <= epochs <= 65535:
         raise ValueError(f"epochs {epochs}: give 1..65535")
-    if weights == "bf16-sr":
-        raise CompileError("--weights bf16-sr: the tile's training program keeps FP32 master "
-                           "weights so far (bf16-sr runs in the NumPy reference only: "
-                           "bench/train_schemes.py); use --weights fp32")
-    if weights != "fp32":
+    if weights not in ("fp32", "bf16-sr"):
         raise ValueError(f"weights {weights!r} is not 'fp32' or 'bf16-sr'")
     g, softmax = _drop_softmax(graph, loss)
     tg = training_graph(g, loss)
@@ -282,7 +279,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     seconds = {}
     t0 = time.perf_counter()
     program = TrainProgram(plan, params, opt, steps_per_epoch=steps, epochs=epochs,
-                           weights=weights)
+                           weights=weights, seed=seed)
     program.feed(batches)
     seconds["compile"] = time.perf_counter() - t0
     log(f"  {plan.p} nodes x {plan.n} samples, {steps} steps per epoch, "
@@ -311,7 +308,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
         if phases else [first.cycles / (steps * epochs)] * (steps * epochs)
     # the references, step by step
     t0 = time.perf_counter()
-    ref = TileTrainReference(plan, params, opt)
+    ref = TileTrainReference(plan, params, opt, weights=weights, seed=seed)
     flt = FloatTrainer(tg, params, opt)
     ref_losses, mismatch, float_epochs = [], None, []
     for s, (xb, tb) in enumerate(batches):
@@ -338,6 +335,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     for masters in out["epochs"]:
         p = {}
         for layer, bits in zip(plan.layers, masters):
+            if weights == "bf16-sr":
+                bits = numerics.f32_from_bf16(bits)
             w, b = from_augmented(layer, numerics.f32_value(bits).astype(np.float32))
             p[layer.weight], p[layer.bias] = w.copy(), b.copy()
         epoch_params.append(p)
@@ -352,6 +351,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
                    flt.losses, epoch_params, float_epochs, accuracy, mismatch is None,
                    mismatch, first.cycles, step_cycles, phases, list(backends), identical,
                    softmax, seconds, notes)
+    run.weights = weights
     if timeline and "model" in results:
         run.trace = results["model"][1].chrome_trace()
     return run

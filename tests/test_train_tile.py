@@ -49,14 +49,15 @@ def mlp(r, batch, sizes, relus=None, name="mlp"):
 
 
 def run_training(cfg, sizes, batch, epochs, steps, opt, r, relus=None, interp=True,
-                 loss="mse"):
+                 loss="mse", weights="fp32"):
     tg = training_graph(mlp(r, batch, sizes, relus), loss)
     params = initial_params(tg, seed=int(r.integers(1 << 30)))
     for k, v in params.items():                 # biases off zero: no ReLU sits on its kink
         if v.ndim == 1:
             params[k] = (r.normal(size=v.shape) * 0.1).astype(np.float32)
     plan = plan_training(tg, cfg, batch)
-    prog = TrainProgram(plan, params, opt, steps_per_epoch=steps, epochs=epochs)
+    prog = TrainProgram(plan, params, opt, steps_per_epoch=steps, epochs=epochs,
+                        weights=weights, seed=11)
     batches = [(r.normal(size=(batch, sizes[0])),
                 r.normal(size=(batch, sizes[-1])) if loss == "mse"
                 else r.integers(0, sizes[-1], size=batch)) for _ in range(steps * epochs)]
@@ -68,7 +69,7 @@ def run_training(cfg, sizes, batch, epochs, steps, opt, r, relus=None, interp=Tr
         assert functional.deadlock is None, functional.deadlock
         assert functional.reads == result.reads and functional.streams == result.streams
     out = prog.unpack(result)
-    ref = TileTrainReference(plan, params, opt)
+    ref = TileTrainReference(plan, params, opt, weights=weights, seed=11)
     for s, (x, t) in enumerate(batches):
         loss = ref.step(x, t)
         assert numerics.f32_bits(loss) == numerics.f32_bits(out["losses"][s]), (s, loss)
@@ -102,6 +103,16 @@ def test_cross_entropy_on_the_host_equals_the_reference(batch):
     assert len(prog.tp.host_ops) == batch // 4
 
 
+@pytest.mark.parametrize("sizes, batch, loss", [((3, 4, 3), 8, "cross-entropy"),
+                                                ((5, 3, 4, 2), 16, "mse")])
+def test_bf16_weights_with_stochastic_rounding_equal_the_reference(sizes, batch, loss):
+    """The bf16-sr scheme: each chunk's owner converts its BF16 weights to FP32, updates them
+    and rounds them back stochastically, one draw of its lanes' generators per row."""
+    prog, _, ref = run_training(TINY, sizes, batch, epochs=2, steps=2, opt=Sgd(0.25, 0.5, 0.125),
+                                r=rng(12, batch), loss=loss, weights="bf16-sr")
+    assert all(m.dtype == np.uint16 for m in ref.master)
+
+
 def test_training_without_momentum_or_weight_decay():
     run_training(TINY, (3, 4, 3), 8, epochs=1, steps=4, opt=Sgd(0.5), r=rng(2))
 
@@ -117,9 +128,10 @@ def test_the_toy_mlp_trains_bit_exact_on_the_train_preset():
 def test_the_rtl_runs_training_steps_as_the_model_does():
     from d1tile.hw.tile_run import run_rtl
     cases = [run_training(TINY, sizes, batch, epochs=1, steps=2, opt=Sgd(0.25, 0.5),
-                          r=rng(4, batch), interp=False, loss=loss)
-             for sizes, batch, loss in (((3, 4, 3), 8, "mse"), ((3, 4, 2), 16, "mse"),
-                                        ((3, 4, 3), 8, "cross-entropy"))]
+                          r=rng(4, batch), interp=False, loss=loss, weights=weights)
+             for sizes, batch, loss, weights in (
+                 ((3, 4, 3), 8, "mse", "fp32"), ((3, 4, 2), 16, "mse", "fp32"),
+                 ((3, 4, 3), 8, "cross-entropy", "bf16-sr"))]
     rtl = run_rtl([prog.tp for prog, _, _ in cases])
     for (prog, model, _), got in zip(cases, rtl):
         assert got.comparable() == model.comparable()
@@ -288,8 +300,11 @@ def test_d1tile_train_end_to_end(tmp_path, capsys):
     (lambda d: np.save(d / "y.npy", np.full(40, 7)), "--labels: label 7 is outside the model's "
      "3 classes (0..2)"),
     (lambda d: np.save(d / "y.npy", np.zeros(39)), "--labels: 39 labels for 40 samples"),
+    (lambda d: np.save(d / "y.npy", np.full(40, 0.5)), "--labels: class labels must be integers"),
     (lambda d: np.save(d / "x.npy", np.zeros((40, 5), np.float32)), "--data {d}/x.npy: shape"),
-    (lambda d: None, "--weights bf16-sr: the tile's training program keeps FP32"),
+    (lambda d: (np.save(d / "x.npy", np.zeros((4, 4), np.float32)),
+                np.save(d / "y.npy", np.zeros(4))), "--data: 4 samples, fewer than one "
+     "mini-batch of 8"),
 ])
 def test_d1tile_train_refuses_bad_input_before_running(tmp_path, change, message, capsys):
     r = rng(9)
@@ -297,7 +312,7 @@ def test_d1tile_train_refuses_bad_input_before_running(tmp_path, change, message
     np.save(tmp_path / "x.npy", r.normal(size=(40, 4)).astype(np.float32))
     np.save(tmp_path / "y.npy", r.integers(0, 3, size=40))
     change(tmp_path)
-    extra = ["--weights", "bf16-sr"] if "bf16-sr" in message else []
+    extra = []
     args = ["train", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "x.npy"), "--labels",
             str(tmp_path / "y.npy"), "--preset", "tiny", "--batch", "8", "--out",
             str(tmp_path / "t.onnx"), "--report", str(tmp_path / "r.json"), *extra]
