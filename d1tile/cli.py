@@ -327,6 +327,8 @@ def cmd_train(args) -> int:
     if args.val_data:
         val = (_load_array(args.val_data, "--val-data"),
                _load_array(args.val_labels, "--val-labels"))
+    if args.stages is not None and args.stages < 1:
+        raise ValueError(f"--stages {args.stages}: give 1 or more")
     if args.batch < 1 or args.epochs < 1:
         raise ValueError(f"--batch {args.batch} --epochs {args.epochs}: both must be >= 1")
     opt = Sgd(args.lr, args.momentum, args.weight_decay)
@@ -354,16 +356,19 @@ def cmd_train(args) -> int:
     run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
                         batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
                         init=args.init, backends=backends, val=val, log=print,
-                        timeline=bool(args.trace))
+                        timeline=bool(args.trace), stages=args.stages)
     for note in run.notes:
         print(f"  note: {note}")
     for e in range(run.epochs):
         print("  " + run.epoch_line(e))
     report = run.report()
     report["model"] = str(args.model)
-    phases = ", ".join(f"{k} {v:,.0f}" for k, v in report["phases_mean_cycles"].items())
     print(f"  cycles per step {np.mean(run.step_cycles):,.0f} (ideal {run.ideal_cycles_per_step:,.0f}"
-          f" = MACs of forward and backward over the tile's peak): {phases}")
+          f" = MACs of forward and backward over the tile's peak), by phase:")
+    for st, phases in enumerate(report["stage_phases_mean_cycles"]):
+        names = report["partition"]["stages"][st]
+        print(f"    stage {st + 1} ({', '.join(names)}): " +
+              ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()))
     print(f"  bit-exact with the NumPy reference (losses every step, weights every epoch): "
           f"{'yes' if run.bit_exact else 'NO: ' + run.mismatch}")
     if run.model_and_rtl_identical is not None:
@@ -485,10 +490,13 @@ def _demo_training(args, backends) -> list:
         print("  " + run.epoch_line(e))
     report = run.report()
     report["model"] = "train: toy MLP"
-    phases = ", ".join(f"{k} {v:,.0f}" for k, v in report["phases_mean_cycles"].items())
     print(f"  cycles per step {np.mean(run.step_cycles):,.0f} (ideal "
-          f"{run.ideal_cycles_per_step:,.0f}): {phases}; the loss phase is the logits' round "
-          "trip to the host (softmax cross-entropy)")
+          f"{run.ideal_cycles_per_step:,.0f}), by phase (the loss: the logits' round trip to "
+          "the host, softmax cross-entropy):")
+    for st, phases in enumerate(report["stage_phases_mean_cycles"]):
+        names = report["partition"]["stages"][st]
+        print(f"    stage {st + 1} ({', '.join(names)}): " +
+              ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()))
     print(f"  bit-exact with the NumPy reference of the tile's arithmetic (loss every step, "
           f"weights every epoch): {'yes' if run.bit_exact else 'NO: ' + run.mismatch}")
     reports = [report]
@@ -780,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("model", "random"), default="model",
                    help="start from the model's weights (default) or from He-normal ones")
     p.add_argument("--seed", type=int, default=0, help="batch order and --init random (default 0)")
+    p.add_argument("--stages", type=int, metavar="S",
+                   help="the layers in S groups over the grid's rows (default: the partition "
+                        "the cycle model runs fastest, each candidate measured)")
     p.add_argument("--backend", choices=("model", "rtl", "both"), default="model",
                    help="model (default), rtl (Verilator), or both, compared")
     p.add_argument("--out", metavar="TRAINED.onnx", help="write the trained model")

@@ -27,7 +27,7 @@ from d1tile.sw.train_kernels import (TileTrainReference, TrainProgram, from_augm
 from d1tile.sw.training import FloatTrainer, Sgd, float_logits, initial_params, training_graph
 
 
-__all__ = ["TrainRun", "train_on_tile", "prepare_targets", "mlp_to_onnx"]
+__all__ = ["TrainRun", "train_on_tile", "choose_partition", "prepare_targets", "mlp_to_onnx"]
 
 
 LOSS_ON_TILE = ("tile: the mse and its gradient on the vector unit; the host adds the nodes' "
@@ -141,6 +141,8 @@ class TrainRun:
     notes: list = field(default_factory=list)
     trace: dict | None = None          # the cycle model's run as a Perfetto trace (`timeline`)
     weights: str = "fp32"              # the weight scheme: fp32 masters or bf16-sr
+    choice: list = field(default_factory=list)   # the partitions measured: [{stages, ...}]
+    stage_phases: list = field(default_factory=list)   # per stage: its first node's phases
 
     @property
     def ideal_cycles_per_step(self) -> float:
@@ -173,11 +175,17 @@ class TrainRun:
                           "weight_decay": self.opt.weight_decay},
             "weights": self.weights,
             "batch": plan.batch, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
-            "partition": {"kind": "data-parallel", "nodes": [list(n) for n in plan.nodes],
+            "partition": {"kind": ("data-parallel" if len(plan.stages) == 1 else
+                                   "data-parallel and layers over rows"),
+                          "description": plan.describe(),
+                          "stages": [[plan.layers[li].name for li in range(l0, l1)]
+                                     for l0, l1 in plan.stages],
+                          "nodes": [[list(n) for n in chain] for chain in plan.chains],
                           "samples_per_node": plan.n,
-                          "all_reduce": "chain in node order, chunks of "
-                                        f"{self.program.chunks[0][1]} words, sums to each "
-                                        "chunk's owner, updated forward weights multicast"},
+                          "all_reduce": "per stage: a chain in node order, chunks of "
+                                        f"{self.program.chunks[0][0][1]} words, sums to each "
+                                        "chunk's owner, updated forward weights multicast",
+                          "choice": self.choice},
             "sram_kib_per_node": round(self.program.sram_words * self.cfg.word_bytes / 1024, 2),
             "program_words": self.program.program_words,
             "losses": [float(v) for v in self.losses],
@@ -186,6 +194,8 @@ class TrainRun:
             "cycles": self.cycles,
             "cycles_per_step": self.step_cycles,
             "phases_mean_cycles": {k: float(np.mean(v)) for k, v in self.phases.items()},
+            "stage_phases_mean_cycles": [{k: float(np.mean(v)) for k, v in ph.items()}
+                                         for ph in self.stage_phases],
             "ideal_cycles_per_step": self.ideal_cycles_per_step,
             "utilisation": self.ideal_cycles_per_step / mean_step,
             "bit_exact_vs_reference": self.bit_exact,
@@ -199,6 +209,52 @@ class TrainRun:
     def onnx(self):
         return mlp_to_onnx(self.plan, self.params(), softmax=self.softmax,
                            input_name=self.tg.graph.inputs[0])
+
+
+def choose_partition(tg, cfg: TileConfig, batch: int, params: dict, opt: Sgd, *,
+                     weights: str = "fp32", seed: int = 0, stages: int | None = None,
+                     log=print) -> tuple:
+    """(the plan, the table of candidates): the number of stages (groups of layers over the
+    grid's rows, 1 = every node the whole network) that fits the nodes and whose training step
+    the cycle model runs fastest. Each candidate is compiled and three steps of it run on the
+    cycle model (the timing depends on the shapes, not on the values); the second step's
+    cycles count (the first starts from the load, the last ends at the HALT). `stages` given: that one alone (still measured). One line per candidate
+    through `log`; a partition that fits none is refused with each candidate's reason."""
+    from d1tile.sim.tile import TileModel
+    layers = len(plan_training(tg, cfg, batch).layers)
+    candidates = [stages] if stages else range(1, layers + 1)
+    table, best = [], None
+    r = np.random.default_rng(0)
+    shape = tg.graph.shape(tg.graph.inputs[0])
+    for s in candidates:
+        try:
+            plan = plan_training(tg, cfg, batch, stages=s)
+            program = TrainProgram(plan, params, opt, steps_per_epoch=3, weights=weights,
+                                   seed=seed)
+        except CompileError as exc:
+            if stages:
+                raise
+            table.append({"stages": s, "error": str(exc)})
+            continue
+        x = r.normal(size=shape)
+        y = (r.integers(0, tg.classes, size=batch) if tg.loss == "cross-entropy"
+             else r.normal(size=(batch, tg.classes)))
+        program.feed([(x, y)] * 3)
+        model = TileModel(cfg, trace=True)
+        model.run(program.tp)
+        cycles = sum(v[1] for v in program.phase_cycles(model.issue_trace).values())
+        table.append({"stages": s, "cycles_per_step": cycles,
+                      "sram_kib": round(program.sram_words * cfg.word_bytes / 1024, 2),
+                      "description": plan.describe()})
+        if best is None or cycles < best[0]:
+            best = (cycles, plan)
+    for row in table:
+        log(f"  partition, {row['stages']} stage{'s' if row['stages'] > 1 else ''}: " +
+            (f"{row['cycles_per_step']:,} cycles per step, {row['sram_kib']} KiB per node"
+             if "error" not in row else f"does not fit ({row['error']})"))
+    if best is None:
+        raise CompileError(" / ".join(f"{row['stages']} stages: {row['error']}" for row in table))
+    return best[1], table
 
 
 def mlp_to_onnx(plan, params: dict, *, softmax: bool, input_name: str = "x"):
@@ -238,12 +294,14 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
                   epochs: int = 1, batch: int = 32, opt: Sgd | None = None,
                   weights: str = "fp32", seed: int = 0, init: str = "model",
                   backends=("model",), val=None, log=print, progress=None,
-                  timeline: bool = False) -> TrainRun:
+                  timeline: bool = False, stages: int | None = None) -> TrainRun:
     """Train `graph` (an MLP, its batch dimension `batch`) on samples `x` with `labels` (class
     labels, or mse targets) for `epochs` epochs of mini-batches of `batch` (the samples
     shuffled per epoch from `seed`; a last partial batch dropped). `init`: "model" starts
     from the graph's weights, "random" from He-normal weights and zero biases (`seed`).
-    Everything is checked before anything runs (ValueError / CompileError, one line).
+    `stages`: the layers in that many groups over the grid's rows (None: the partition
+    `choose_partition` measures fastest). Everything is checked before anything runs
+    (ValueError / CompileError, one line).
     `timeline`: keep the cycle model's timeline for a Perfetto trace (`TrainRun.trace`)."""
     from d1tile.sw.runtime import ModelDevice, get_device
     opt = opt if opt is not None else Sgd(0.1, 0.9)
@@ -255,7 +313,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
         raise ValueError(f"weights {weights!r} is not 'fp32' or 'bf16-sr'")
     g, softmax = _drop_softmax(graph, loss)
     tg = training_graph(g, loss)
-    plan = plan_training(tg, cfg, batch)
+    plan_training(tg, cfg, batch)           # the checks that do not depend on the partition
     x = _check_data(g, x, "--data")
     targets, classes_of = prepare_targets(tg, labels)
     if len(targets) != len(x):
@@ -272,6 +330,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
         if len(vx) != len(val[1]):
             raise ValueError(f"--val-labels: {len(val[1])} labels for {len(vx)} samples")
     params = initial_params(tg, seed) if init == "random" else tg.initial
+    plan, choice = choose_partition(tg, cfg, batch, params, opt, weights=weights, seed=seed,
+                                    stages=stages, log=log)
     rng = np.random.default_rng(seed)
     order = [rng.permutation(len(x))[:steps * batch] for _ in range(epochs)]
     batches = [(x[o[s * batch:(s + 1) * batch]], targets[o[s * batch:(s + 1) * batch]])
@@ -282,7 +342,7 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
                            weights=weights, seed=seed)
     program.feed(batches)
     seconds["compile"] = time.perf_counter() - t0
-    log(f"  {plan.p} nodes x {plan.n} samples, {steps} steps per epoch, "
+    log(f"  {plan.describe()}; {steps} steps per epoch, "
         f"{program.sram_words * cfg.word_bytes / 1024:.1f} KiB of SRAM and "
         f"{program.program_words} instructions per node")
     results = {}
@@ -302,8 +362,9 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     identical = None
     if len(results) > 1:
         identical = results["model"][0].comparable() == results["rtl"][0].comparable()
-    phases = (program.phase_cycles(results["model"][1].issue_trace) if "model" in results
-              else {})
+    stage_phases = ([program.phase_cycles(results["model"][1].issue_trace, st)
+                     for st in range(len(plan.stages))] if "model" in results else [])
+    phases = stage_phases[0] if stage_phases else {}
     step_cycles = [sum(v[s] for v in phases.values()) for s in range(steps * epochs)] \
         if phases else [first.cycles / (steps * epochs)] * (steps * epochs)
     # the references, step by step
@@ -352,6 +413,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
                    mismatch, first.cycles, step_cycles, phases, list(backends), identical,
                    softmax, seconds, notes)
     run.weights = weights
+    run.choice = choice
+    run.stage_phases = stage_phases
     if timeline and "model" in results:
         run.trace = results["model"][1].chrome_trace()
     return run

@@ -49,13 +49,13 @@ def mlp(r, batch, sizes, relus=None, name="mlp"):
 
 
 def run_training(cfg, sizes, batch, epochs, steps, opt, r, relus=None, interp=True,
-                 loss="mse", weights="fp32"):
+                 loss="mse", weights="fp32", stages=1):
     tg = training_graph(mlp(r, batch, sizes, relus), loss)
     params = initial_params(tg, seed=int(r.integers(1 << 30)))
     for k, v in params.items():                 # biases off zero: no ReLU sits on its kink
         if v.ndim == 1:
             params[k] = (r.normal(size=v.shape) * 0.1).astype(np.float32)
-    plan = plan_training(tg, cfg, batch)
+    plan = plan_training(tg, cfg, batch, stages=stages)
     prog = TrainProgram(plan, params, opt, steps_per_epoch=steps, epochs=epochs,
                         weights=weights, seed=11)
     batches = [(r.normal(size=(batch, sizes[0])),
@@ -113,6 +113,35 @@ def test_bf16_weights_with_stochastic_rounding_equal_the_reference(sizes, batch,
     assert all(m.dtype == np.uint16 for m in ref.master)
 
 
+@pytest.mark.parametrize("sizes, batch, loss, weights", [
+    ((3, 4, 3), 8, "cross-entropy", "fp32"), ((3, 4, 3), 8, "mse", "fp32"),
+    ((5, 3, 4, 2), 8, "mse", "bf16-sr"), ((3, 4, 3), 4, "cross-entropy", "bf16-sr")])
+def test_layers_over_rows_equal_the_reference(sizes, batch, loss, weights):
+    """Two stages (model-parallel): the activations down each column, the gradients back up,
+    an all-reduce per row; the same arithmetic, bit for bit."""
+    prog, _, _ = run_training(TINY, sizes, batch, epochs=2, steps=2, opt=Sgd(0.25, 0.5, 0.125),
+                              r=rng(13, batch), loss=loss, weights=weights, stages=2)
+    assert prog.plan.chains[1] == [(x, 1) for x in range(batch // 4)]
+
+
+def test_the_partition_is_the_fastest_that_fits():
+    """A network too large for one tiny node trains with its layers over the two rows; the
+    table lists both candidates, the refused one with its reason."""
+    from d1tile.sw.train_run import choose_partition
+    r = rng(14)
+    tg = training_graph(mlp(r, 8, (8, 8, 4)), "cross-entropy")
+    params = initial_params(tg, seed=1)
+    plan, table = choose_partition(tg, TINY, 8, params, Sgd(0.1, 0.9), log=lambda line: None)
+    assert [row["stages"] for row in table] == [1, 2]
+    assert "of SRAM per node" in table[0]["error"] and len(plan.stages) == 2
+    assert table[1]["cycles_per_step"] > 0
+    tg = training_graph(mlp(r, 8, (3, 4, 3)), "cross-entropy")
+    plan, table = choose_partition(tg, TINY, 8, initial_params(tg), Sgd(0.1),
+                                   log=lambda line: None)
+    fastest = min(table, key=lambda row: row["cycles_per_step"])
+    assert len(plan.stages) == fastest["stages"] and all("error" not in row for row in table)
+
+
 def test_training_without_momentum_or_weight_decay():
     run_training(TINY, (3, 4, 3), 8, epochs=1, steps=4, opt=Sgd(0.5), r=rng(2))
 
@@ -132,6 +161,8 @@ def test_the_rtl_runs_training_steps_as_the_model_does():
              for sizes, batch, loss, weights in (
                  ((3, 4, 3), 8, "mse", "fp32"), ((3, 4, 2), 16, "mse", "fp32"),
                  ((3, 4, 3), 8, "cross-entropy", "bf16-sr"))]
+    cases.append(run_training(TINY, (3, 4, 3), 8, epochs=1, steps=2, opt=Sgd(0.25, 0.5),
+                              r=rng(4, 2), interp=False, loss="cross-entropy", stages=2))
     rtl = run_rtl([prog.tp for prog, _, _ in cases])
     for (prog, model, _), got in zip(cases, rtl):
         assert got.comparable() == model.comparable()
@@ -275,7 +306,12 @@ def test_d1tile_train_end_to_end(tmp_path, capsys):
     assert report["bit_exact_vs_reference"] is True
     assert len(report["losses"]) == 10 == len(report["float32_losses"])     # 2 x 40 // 8
     assert report["ideal_cycles_per_step"] < min(report["cycles_per_step"])
-    assert set(report["phases_mean_cycles"]) >= {"forward", "loss", "backward"}
+    stages = report["stage_phases_mean_cycles"]
+    assert len(stages) == len(report["partition"]["stages"])
+    assert set().union(*stages) >= {"load", "forward", "loss", "backward", "all-reduce and update"}
+    for phases in stages:           # every stage's node has about the same step period
+        assert sum(phases.values()) == pytest.approx(sum(stages[0].values()), rel=0.1)
+    assert {row["stages"] for row in report["partition"]["choice"]} == {1, 2}
     png = (tmp_path / "plots" / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     trace = json.loads((tmp_path / "t.json").read_text())
