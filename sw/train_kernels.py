@@ -282,11 +282,18 @@ class _Sram:
     fit (the update's FAXPYs and the chain's FADDs read two streams: in two banks they take
     one cycle per word, in one bank two), else wherever there is room."""
 
-    def __init__(self, cfg: TileConfig):
+    def __init__(self, cfg: TileConfig, banked: bool = True):
+        """`banked` False: one bank as large as the SRAM (the regions one after another, no
+        preference kept: what `_place` falls back to when the banks do not hold them)."""
         self.cfg, self.regions = cfg, []
-        size = cfg.sram_words // cfg.sram_banks
-        self.free = [[b * size, (b + 1) * size] for b in range(cfg.sram_banks)]
+        banks = cfg.sram_banks if banked else 1
+        size = cfg.sram_words // banks
+        self.free = [[b * size, (b + 1) * size] for b in range(banks)]
         self.top = 0                                  # the highest word used + 1
+
+    @property
+    def full(self) -> bool:
+        return self.top > self.cfg.sram_words
 
     def alloc(self, name: str, words: int, bank: int = 0) -> int:
         words = max(0, int(words))
@@ -381,11 +388,18 @@ class TrainProgram:
     # -- SRAM ------------------------------------------------------------------------------------
 
     def _place(self, st: int) -> _Regions:
+        """The stage's regions, each in the bank that keeps the streams read together apart;
+        when the banks cannot hold them so, one after another (conflicts cost cycles, not
+        correctness)."""
+        r = self._place_in(st, banked=True)
+        return r if r is not None else self._place_in(st, banked=False)
+
+    def _place_in(self, st: int, banked: bool) -> _Regions | None:
         plan, n = self.plan, self.plan.n
         l0, l1 = plan.stages[st]
         nl = len(plan.layers)
         first_stage, last_stage = st == 0, st == len(plan.stages) - 1
-        s, r = _Sram(self.cfg), _Regions()
+        s, r = _Sram(self.cfg, banked), _Regions()
         first, last = plan.layers[l0], plan.layers[-1]
         mse = plan.tg.loss == "mse"
         # what the host feeds every step: the input on the first stage, mse targets on the last
@@ -450,6 +464,8 @@ class TrainProgram:
                             max(plan.layers[li].fp for li in range(l0, l1)), bank=2)
         r.ident = s.alloc("identity", n // 2, bank=1)
         r.fence = s.alloc("fence word", 1, bank=3)
+        if banked and s.full:
+            return None
         s.check(plan)
         if first_stage:
             ends = [r.xb[l0], r.xt[l0], r.tb, r.tt, r.xb[l0] + r.feed_words]

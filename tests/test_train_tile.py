@@ -142,6 +142,19 @@ def test_the_partition_is_the_fastest_that_fits():
     assert len(plan.stages) == fastest["stages"] and all("error" not in row for row in table)
 
 
+def test_stages_let_a_network_train_where_one_node_cannot_hold_it():
+    """64-32-32-10 on the default preset's 64 KiB nodes: one stage needs 107 KiB and is
+    refused; three stages need 58 KiB, more than the banks hold with the streams apart, so the
+    regions go one after another; it trains bit-exact."""
+    cfg = TileConfig.preset("default")
+    tg = training_graph(mlp(rng(15), 32, (64, 32, 32, 10)), "cross-entropy")
+    with pytest.raises(CompileError, match="needs 107.4 KiB of SRAM per node"):
+        TrainProgram(plan_training(tg, cfg, 32), initial_params(tg), Sgd(0.1, 0.9),
+                     steps_per_epoch=1)
+    run_training(cfg, (64, 32, 32, 10), 32, epochs=1, steps=2, opt=Sgd(0.1, 0.9), r=rng(15),
+                 interp=False, loss="cross-entropy", stages=3)
+
+
 def test_training_without_momentum_or_weight_decay():
     run_training(TINY, (3, 4, 3), 8, epochs=1, steps=4, opt=Sgd(0.5), r=rng(2))
 
