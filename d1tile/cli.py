@@ -303,6 +303,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _step_progress():
+    """A training run's progress on a terminal (one line, rewritten: the step and the cycle),
+    None when stderr is not one (CI, a pipe): nothing is printed there."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(step, total, cycle):
+        end = "\n" if step == total else ""
+        print(f"\r  cycle model: step {step}/{total}, cycle {cycle:,}", end=end,
+              file=sys.stderr, flush=True)
+    return show
+
+
 def cmd_train(args) -> int:
     import numpy as np
     from .sw.onnx_frontend import input_signature, load_onnx
@@ -354,6 +367,7 @@ def cmd_train(args) -> int:
           f"{args.weight_decay}, weights {args.weights}, batch {args.batch}, "
           f"{args.epochs} epochs, backend {args.backend}")
     run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
+                        progress=_step_progress(),
                         batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
                         init=args.init, backends=backends, val=val, log=print,
                         timeline=bool(args.trace), stages=args.stages)
@@ -485,7 +499,7 @@ def _demo_training(args, backends) -> list:
     graph = load_onnx(mlp_model(batch=32).model, input_shapes={"x": (32, 64)})
     run = train_on_tile(graph, tx[:n], ty[:n], cfg=cfg, loss="cross-entropy", epochs=3,
                         batch=32, opt=Sgd(0.1, 0.9), init="random", seed=0,
-                        val=(vx, vy), log=print)
+                        val=(vx, vy), log=print, progress=_step_progress())
     for e in range(run.epochs):
         print("  " + run.epoch_line(e))
     report = run.report()

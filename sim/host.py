@@ -261,6 +261,7 @@ class HostDriver:
         self.hang: str | None = None
         self._readback_queued = False
         self.log: list = []   # (cycle, row, header) of every packet received, for diagnostics
+        self.on_stream = None     # called with (node, addr, words, cycle) for every stream packet
 
     def _send(self, node, kind, *, urgent: bool = False, **fields):
         x, y = node
@@ -403,6 +404,8 @@ class HostDriver:
                 self.reads[(node, *request)] = body
         elif kind == PacketKind.WRITE and node in self.pending_done:     # a stream
             self.streams.setdefault(node, []).append((head["addr"], body))
+            if self.on_stream is not None:
+                self.on_stream(node, head["addr"], body, cycle)
             if not body:                                                  # a token
                 self.tokens[node] = self.tokens.get(node, 0) + 1
             op = self.host_ops.get((node, head["addr"])) if body else None

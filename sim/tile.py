@@ -190,10 +190,13 @@ class TileModel:
                 for node, model in self.nodes.items()}
 
     def run(self, tile_program, *, hang_cycles: int = DEFAULT_HANG_CYCLES,
-            max_cycles: int = 50_000_000) -> RunResult:
+            max_cycles: int = 50_000_000, on_stream=None) -> RunResult:
+        """Run a program from load to read-back. `on_stream(node, addr, words, cycle)` is called
+        for every packet a node streams to the host as it arrives (progress, for instance)."""
         if tile_program.cfg != self.cfg:
             raise ValueError("the program was built for another configuration")
         driver = HostDriver(self.cfg, tile_program, hang_cycles=hang_cycles)
+        driver.on_stream = on_stream
         if self.trace:
             self._new_trace()
         rows = range(self.cfg.rows)

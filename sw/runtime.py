@@ -85,6 +85,7 @@ class ModelDevice(Device):
         self.timeline = timeline
         self._issue_trace: dict | None = None
         self._model = None
+        self.on_stream = None     # `TileModel.run`'s callback for the packets streamed to the host
 
     def load(self, tile_program) -> None:
         super().load(tile_program)
@@ -94,7 +95,8 @@ class ModelDevice(Device):
         from d1tile.sim.tile import TileModel
         self._issue_trace = None
         model = TileModel(self.cfg, trace=self.trace, timeline=self.timeline)
-        result = model.run(tile_program, hang_cycles=self.hang_cycles)
+        result = model.run(tile_program, hang_cycles=self.hang_cycles,
+                           on_stream=self.on_stream)
         self._issue_trace = model.issue_trace
         self._model = model if self.timeline else None
         return result

@@ -89,6 +89,24 @@ def _check_data(graph: Graph, x, what: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _step_counter(plan, total: int, progress):
+    """A stream callback that calls `progress(step, total, cycle)` whenever every node of the
+    last stage has streamed its loss (or logits) of one more step."""
+    from d1tile.sw.train_kernels import LOGITS_TAG, LOSS_TAG
+    tag = LOGITS_TAG if plan.tg.loss == "cross-entropy" else LOSS_TAG
+    counts = {node: 0 for node in plan.chains[-1]}
+    done = [0]
+
+    def on_stream(node, addr, words, cycle):
+        if node in counts and addr == tag and words:
+            counts[node] += 1
+            step = min(counts.values())
+            if step > done[0]:
+                done[0] = step
+                progress(step, total, cycle)
+    return on_stream
+
+
 def _accuracy(tg, params: dict, x, labels, batch: int) -> float | None:
     """The share of samples whose largest float32 logit is the label (the weights as float32,
     evaluated in float32 on the host), or None without class labels."""
@@ -302,7 +320,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     `stages`: the layers in that many groups over the grid's rows (None: the partition
     `choose_partition` measures fastest). Everything is checked before anything runs
     (ValueError / CompileError, one line).
-    `timeline`: keep the cycle model's timeline for a Perfetto trace (`TrainRun.trace`)."""
+    `timeline`: keep the cycle model's timeline for a Perfetto trace (`TrainRun.trace`).
+    `progress(step, steps, cycle)`: called as the cycle model finishes each step."""
     from d1tile.sw.runtime import ModelDevice, get_device
     opt = opt if opt is not None else Sgd(0.1, 0.9)
     if init not in ("model", "random"):
@@ -350,6 +369,8 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
         t0 = time.perf_counter()
         device = (ModelDevice(cfg, trace=True, timeline=timeline) if name == "model"
                   else get_device(name, cfg))
+        if name == "model" and progress is not None:
+            device.on_stream = _step_counter(plan, steps * epochs, progress)
         device.load(program.tp)
         result = device.run()
         seconds[name] = time.perf_counter() - t0
@@ -375,8 +396,6 @@ def train_on_tile(graph: Graph, x, labels, *, cfg: TileConfig, loss: str = "mse"
     for s, (xb, tb) in enumerate(batches):
         ref_losses.append(ref.step(xb, tb))
         flt.step(xb, tb)
-        if progress:
-            progress(s + 1, len(batches))
         if s % steps == steps - 1:
             e = s // steps
             float_epochs.append({k: v.copy() for k, v in flt.params.items()})

@@ -369,3 +369,17 @@ def test_d1tile_train_refuses_bad_input_before_running(tmp_path, change, message
     err = capsys.readouterr().err
     assert message.format(d=tmp_path) in err and err.count("\n") == 1, err
     assert not (tmp_path / "t.onnx").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_progress_is_reported_step_by_step():
+    """`train_on_tile(progress=...)` hears of every step as the cycle model finishes it."""
+    r = rng(16)
+    graph = mlp(r, 8, (3, 4, 3))
+    x = r.normal(size=(24, 3)).astype(np.float32)
+    y = r.integers(0, 3, size=24)
+    seen = []
+    train_on_tile(graph, x, y, cfg=TINY, loss="cross-entropy", epochs=2, batch=8,
+                  opt=Sgd(0.1), stages=1, log=lambda line: None,
+                  progress=lambda step, total, cycle: seen.append((step, total, cycle)))
+    assert [s for s, _, _ in seen] == list(range(1, 7)) and {t for _, t, _ in seen} == {6}
+    assert all(a[2] < b[2] for a, b in zip(seen, seen[1:]))
