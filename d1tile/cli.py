@@ -740,6 +740,29 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+    from .sw.sweep import CSV_FILE, PLOT, RESULTS, load_spec, run_sweep
+    spec_path, ray = args.spec, args.ray
+    if spec_path is None and ray is not None and ray.endswith(".toml"):
+        spec_path, ray = ray, "local"       # `sweep --ray SPEC.toml`: --ray took the spec
+    if spec_path is None:
+        raise ValueError("give the sweep's SPEC.toml (docs/sweeps.md)")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: give at least 1")
+    spec = load_spec(spec_path)
+    out = Path(args.out) if args.out else Path("out") / Path(spec_path).stem
+    summary = run_sweep(spec, out, workers=args.workers, ray=ray,
+                        retry_errors=args.retry_errors, log=print)
+    rate = (f", {summary.points_per_second:.2f} points/s" if summary.ran else "")
+    failed = f", {summary.failed} failed (their rows say why)" if summary.failed else ""
+    print(f"d1tile sweep: ran {summary.ran} points in {summary.seconds:.1f} s{rate}{failed}; "
+          f"{summary.skipped} skipped (already there); {summary.rows} rows")
+    print(f"  results       {out / RESULTS}, {out / CSV_FILE}")
+    print(f"  plot          {out / PLOT}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d1tile", description="A runnable model of a D1-style training tile.")
@@ -884,6 +907,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "model: the cycle model against the interpreter only (no Verilator "
                         "build, any grid)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("sweep", help="configurations x workloads x seeds on the cycle model: "
+                                     "a table (Parquet, CSV) and a Pareto plot")
+    p.add_argument("spec", nargs="?", metavar="SPEC.toml",
+                   help="the sweep: its grid, workloads and seeds (docs/sweeps.md)")
+    p.add_argument("--out", metavar="DIR",
+                   help="results.parquet, results.csv and pareto.png go here; points already "
+                        "in it are skipped (default: out/<SPEC's name>)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes (or a local Ray's CPUs) running points at once (default: "
+                        "the CPUs this process may use; 1: in this process); on a Ray "
+                        "cluster, the most tasks in flight (default: no bound)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the points as Ray tasks: on a Ray started for the sweep, or on "
+                        "the cluster at ADDRESS (auto, HOST:PORT, ray://HOST:10001)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="run again the points whose earlier rows are errors")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

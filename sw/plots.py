@@ -6,6 +6,7 @@ the cost against the MACs, a training run's loss.
     latency_vs_load("noc_latency.png", sweep, cfg.nodes, title)   # `noc-stress --sweep-rates`
     cost_vs_macs("cost_scaling.png", points)              # bench/cost_scaling.py --plot
     loss_curve("loss.png", {"tile": [...], "float32": [...]}, title)
+    sweep_pareto("pareto.png", rows, title)              # `d1tile sweep` (d1tile.sw.sweep)
 
 Each picture is two functions: one computes what is drawn from plain results (an array, a
 list of numbers: what the tests check), the other draws it with a title, labelled axes and
@@ -45,11 +46,12 @@ from matplotlib.patches import Rectangle
 from d1tile.contracts import STEP
 from d1tile.formats import Port
 from d1tile.params import TileConfig
+from d1tile.sw.sweep import CONFIG_FIELDS, config_label
 
 
 __all__ = ["RUN_PLOTS", "TRAIN_PLOTS", "train_plots", "NOC_PLOT", "matrix_busy", "link_flits", "layer_parts", "noc_points",
            "utilisation_map", "link_map", "layer_chart", "latency_vs_load", "cost_vs_macs",
-           "loss_curve", "run_plots"]
+           "loss_curve", "run_plots", "pareto_front", "sweep_points", "sweep_pareto"]
 
 RUN_PLOTS = ("utilisation.png", "links.png", "layers.png")
 TRAIN_PLOTS = ("loss.png",)
@@ -359,7 +361,105 @@ def train_plots(report: dict) -> dict:
     loss = "cross-entropy" if report["loss"] == "cross-entropy" else "mean squared error"
     title = (f"{report['model']}: training loss, batch {report['batch']}, "
              f"{report['epochs']} epochs of {report['steps_per_epoch']} steps")
-    curves = {"tile (BF16 operands, FP32 master weights)": report["losses"],
+    weights = ("FP32 master weights" if report.get("weights", "fp32") == "fp32"
+               else "BF16 weights, stochastic rounding")
+    curves = {f"tile (BF16 operands, {weights})": report["losses"],
               "float32 (NumPy)": report["float32_losses"]}
     return {"loss.png": lambda path: loss_curve(path, curves, title,
                                                 ylabel=f"{loss} (mean over the mini-batch)")}
+
+
+# -- a sweep's Pareto plot ---------------------------------------------------------------------
+
+SWEEP_AXES = {"sram_kib": "SRAM per node (KiB)",
+              "tile_nand2": "tile area proxy (NAND2 equivalents)"}
+"""The x axes of `sweep_pareto`: a row's column and its label."""
+
+
+
+def pareto_front(points) -> list[int]:
+    """The indices of the points [(x, y)] that no other point beats (another with x and y no
+    larger and one of them smaller; of equal points, the first), in increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1], i))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def sweep_points(rows, x: str) -> dict:
+    """{workload: [(x, cycles, label)]}: per workload, one point per configuration of the rows
+    that ran (status "ok", with cycles and column `x`), its cycles the mean over the seeds;
+    `label` names the configuration by the fields that differ between the rows' configurations
+    ("2x2 N=4 KiB=8")."""
+    good = [r for r in rows if r.get("status") == "ok" and r.get("cycles") is not None
+            and r.get(x) is not None]
+    varying = [f for f in CONFIG_FIELDS if len({r.get(f) for r in good}) > 1]
+    groups = {}
+    for r in good:
+        config = tuple(r.get(f) for f in CONFIG_FIELDS)
+        groups.setdefault(r["workload"], {}).setdefault(config, []).append(r)
+    out = {}
+    for workload, configs in groups.items():
+        points = []
+        for runs in configs.values():
+            points.append((float(runs[0][x]), float(np.mean([r["cycles"] for r in runs])),
+                           config_label(runs[0], varying)))
+        out[workload] = sorted(points)
+    return out
+
+
+def sweep_pareto(path, rows, title: str) -> Figure:
+    """Cycles against SRAM per node, one panel per workload, every configuration a point and
+    the Pareto front (the configurations no other beats on both) joined and labelled; a second
+    column of panels against the tile's area proxy when the rows have it (`cost = true`)."""
+    axes_x = ["sram_kib"] + (["tile_nand2"] if any(r.get("tile_nand2") is not None
+                                                   for r in rows) else [])
+    data = {x: sweep_points(rows, x) for x in axes_x}
+    workloads = list(dict.fromkeys(w for x in axes_x for w in data[x]))
+    n = max(len(workloads), 1)
+    fig = Figure(figsize=(6.5 * len(axes_x), 1.2 + 3.4 * n), layout="constrained")
+    grid = np.atleast_2d(np.asarray(fig.subplots(n, len(axes_x), squeeze=False)))
+    if not workloads:
+        for ax in grid[0]:
+            ax.text(0.5, 0.5, "no point ran (see the error column)", ha="center",
+                    va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    for row, workload in enumerate(workloads):
+        for col, x in enumerate(axes_x):
+            ax = grid[row, col]
+            points = data[x].get(workload, [])
+            xs = [p[0] for p in points]
+            ys = [p[1] for p in points]
+            ax.plot(xs, ys, "o", color="0.65", ms=5, label="configuration")
+            front = [points[i] for i in pareto_front([(p[0], p[1]) for p in points])]
+            if front:
+                ax.plot([p[0] for p in front], [p[1] for p in front], "o-",
+                        drawstyle="steps-post", color="tab:red", ms=6, label="Pareto front")
+                right = max(xs)
+                for fx, fy, label in front:     # the rightmost label goes to its left
+                    ax.annotate(label, (fx, fy), textcoords="offset points",
+                                xytext=(-5, 4) if fx == right and len(set(xs)) > 1 else (5, 4),
+                                ha="right" if fx == right and len(set(xs)) > 1 else "left",
+                                fontsize=7, color="tab:red")
+            if x == "sram_kib":
+                ax.set_xscale("log", base=2)
+                ticks = sorted(set(xs))
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.minorticks_off()
+            else:
+                ax.set_xscale("log")
+            if ys and max(ys) > 20 * min(ys):
+                ax.set_yscale("log")
+            ax.margins(x=0.12, y=0.12)
+            ax.set_xlabel(SWEEP_AXES[x])
+            ax.set_ylabel("cycles (mean over seeds)")
+            ax.set_title(workload, fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"{title}\ncycles against cost, lower left is better", fontsize=10)
+    _save(fig, path)
+    return fig
