@@ -52,7 +52,7 @@ __all__ = ["SpecError", "SweepSpec", "Workload", "Point", "SweepSummary", "COLUM
 RESULTS, CSV_FILE, PLOT = "results.parquet", "results.csv", "pareto.png"
 """The files `run_sweep` writes into its directory."""
 
-KINDS = ("gemm", "onnx", "noc")
+KINDS = ("gemm", "onnx", "noc", "train")
 """Workload kinds (docs/sweeps.md)."""
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TileConfig) if f.name != "name")
@@ -140,6 +140,8 @@ _WORKLOAD_KEYS = {
     "onnx": {"model": True, "input": True, "calib": False, "dtype": False, "name": False},
     "noc": {"rate": True, "packets": False, "multicast": False, "max_cycles": False,
             "name": False},
+    "train": {"model": True, "batch": False, "loss": False, "stages": False, "weights": False,
+              "name": False},
 }
 
 
@@ -262,9 +264,6 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
     what = f"workload {number}"
     if kind is None:
         fail(f"{what}: no kind (kinds: {', '.join(KINDS)})")
-    if kind in ("train", "training"):
-        fail(f"{what}: kind {kind!r}: training steps are not a sweep workload in this version "
-             "(no training API to run one: d1tile.sw.train_run)")
     if kind not in KINDS:
         fail(f"{what}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
     what = f"workload {number} ({kind})"
@@ -279,7 +278,7 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
     if name is not None and (not isinstance(name, str) or not name):
         fail(f"{what}: name must be a non-empty string")
     dtype = w.get("dtype", "int8")
-    if kind != "noc" and dtype not in ("int8", "bf16"):
+    if kind in ("gemm", "onnx") and dtype not in ("int8", "bf16"):
         fail(f"{what}: dtype {dtype!r}: give int8 or bf16")
 
     if kind == "gemm":
@@ -310,6 +309,36 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
         label = name or (f"noc {packets} packets at {rate:g}"
                          + (f", {multicast:g} multicast" if multicast else ""))
         return Workload(kind, label, params, dict(params), True)
+
+    if kind == "train":
+        batch = w.get("batch", 32)
+        if not _is_int(batch) or batch < 1:
+            fail(f"{what}: batch = {batch!r}: give a positive integer")
+        loss = w.get("loss", "cross-entropy")
+        if loss not in ("cross-entropy", "mse"):
+            fail(f"{what}: loss {loss!r}: give cross-entropy or mse")
+        stages = w.get("stages", 1)
+        if not _is_int(stages) or stages < 1:
+            fail(f"{what}: stages = {stages!r}: give a positive integer")
+        weights = w.get("weights", "fp32")
+        if weights not in ("fp32", "bf16-sr"):
+            fail(f"{what}: weights {weights!r}: give fp32 or bf16-sr")
+        if not isinstance(w["model"], str) or not w["model"]:
+            fail(f"{what}: model must be a file name")
+        file = folder / w["model"]
+        try:
+            blob = file.read_bytes()
+        except OSError as exc:
+            fail(f"{what}: model {w['model']}: cannot be read ({exc.strerror or exc})")
+        try:
+            _train_graph(blob, batch, loss)
+        except ValueError as exc:
+            fail(f"{what}: {exc}")
+        params = {"kind": kind, "batch": batch, "loss": loss, "stages": stages,
+                  "weights": weights, "model_sha256": hashlib.sha256(blob).hexdigest()}
+        label = name or f"train {Path(w['model']).stem} b{batch} s{stages}"
+        return Workload(kind, label, params, {**params, "model": w["model"]}, True,
+                        {"model": blob})
 
     # onnx: the files are read here (shipped to the workers as bytes, so a Ray cluster's
     # nodes need not see them) and checked as `d1tile run` checks them
@@ -554,7 +583,64 @@ def _run_noc(cfg: TileConfig, wl: Workload, seed: int) -> dict:
     return row
 
 
-_RUNNERS = {"gemm": _run_gemm, "onnx": _run_onnx, "noc": _run_noc}
+def _train_graph(blob: bytes, batch: int, loss: str):
+    """The training graph of a train workload's model at `batch` (ValueError if refused)."""
+    from d1tile.sw.onnx_frontend import input_signature, load_onnx
+    from d1tile.sw.train_run import _drop_softmax
+    from d1tile.sw.training import training_graph
+    signature = input_signature(blob)
+    if len(signature) != 1:
+        raise ValueError(f"model: it has {len(signature)} inputs; training takes exactly one")
+    (name, dims), = signature.items()
+    graph = load_onnx(blob, input_shapes={name: (batch, *[d for d in dims[1:]])})
+    graph, _ = _drop_softmax(graph, loss)
+    return training_graph(graph, loss)
+
+
+def _run_train(cfg: TileConfig, wl: Workload, seed: int) -> dict:
+    """Three training steps of the model from its own weights on random data (the timing does
+    not depend on the values): the second step's cycles, checked bit for bit against the
+    reference."""
+    import numpy as np
+    from d1tile.sim.tile import TileModel
+    from d1tile.sw.train_kernels import TileTrainReference, TrainProgram, plan_training
+    from d1tile.sw.train_run import _macs
+    from d1tile.sw.training import Sgd
+    p = wl.params
+    tg = _train_graph(wl.data["model"], p["batch"], p["loss"])
+    plan = plan_training(tg, cfg, p["batch"], stages=p["stages"])
+    opt = Sgd(0.1, 0.9)
+    program = TrainProgram(plan, tg.initial, opt, steps_per_epoch=3, weights=p["weights"],
+                           seed=seed)
+    rng = np.random.default_rng(seed)
+    shape = tg.graph.shape(tg.graph.inputs[0])
+    batches = [(rng.normal(size=shape), rng.integers(0, tg.classes, size=p["batch"])
+                if p["loss"] == "cross-entropy" else rng.normal(size=(p["batch"], tg.classes)))
+               for _ in range(3)]
+    program.feed(batches)
+    model = TileModel(cfg, trace=True)
+    result = model.run(program.tp)
+    row = {"sram_bytes_used": program.sram_words * cfg.word_bytes,
+           "sram_use": program.sram_words / cfg.sram_words,
+           "imem_words_used": program.program_words,
+           "imem_use": program.program_words / cfg.imem_words, "runs": 1,
+           "total_cycles": result.total_cycles}
+    if result.faults or result.hang:
+        row["error"] = f"the run failed: faults {dict(result.faults)}, hang {result.hang}"
+        return row
+    cycles = sum(v[1] for v in program.phase_cycles(model.issue_trace).values())
+    ideal = _macs(plan) / cfg.peak_macs_per_cycle
+    row.update({"cycles": cycles, "ideal_cycles": ideal, "utilisation": ideal / cycles})
+    out = program.unpack(result)
+    ref = TileTrainReference(plan, tg.initial, opt, weights=p["weights"], seed=seed)
+    losses = [ref.step(x, y) for x, y in batches]
+    if losses != out["losses"] or not all(np.array_equal(a, b) for a, b in
+                                          zip(out["masters"], ref.master)):
+        row["error"] = "mismatch: the tile's training differs from the reference"
+    return row
+
+
+_RUNNERS = {"gemm": _run_gemm, "onnx": _run_onnx, "noc": _run_noc, "train": _run_train}
 
 
 # -- where the points run ------------------------------------------------------------------------

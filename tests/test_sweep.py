@@ -336,10 +336,10 @@ def test_the_default_cost_function_reads_d1tile_costs_cache(tmp_path, monkeypatc
     ('[grid]\nmac_dim = ["4"]\n', "[grid] mac_dim: '4' is not an integer"),
     ('[grid]\ngrid = ["2by2"]\n', "[grid] grid=2by2: grid '2by2' is not of the form RxC"),
     ('[sweep]\nseeds = [1, 1]\n', "[sweep] seeds = [1, 1]: a seed is repeated"),
-    ('[sweep]\npreset = "huge"\n', "preset 'huge' is not known (presets: tiny, default)"),
+    ('[sweep]\npreset = "huge"\n', "preset 'huge' is not known (presets: tiny, default, train)"),
     ('[sweep]\nworkers = 2\n', "[sweep]: unknown key 'workers' (known: preset, seeds, cost)"),
     ('[[workload]]\nkind = "conv"\n', "workload 2: unknown kind 'conv' (kinds: gemm, onnx, "
-                                      "noc)"),
+                                      "noc, train)"),
     ('[[workload]]\nkind = "gemm"\nm = 4\nk = 4\n', "workload 2 (gemm): n is missing"),
     ('[[workload]]\nkind = "gemm"\nm = 4\nk = 4\nn = 0\n',
      "workload 2 (gemm): n = 0: give a positive integer"),
@@ -349,8 +349,7 @@ def test_the_default_cost_function_reads_d1tile_costs_cache(tmp_path, monkeypatc
      "workload 2 (noc): unknown key 'burst'"),
     ('[[workload]]\nkind = "onnx"\nmodel = "nope.onnx"\ninput = "x.npy"\n',
      "workload 2 (onnx): model nope.onnx: no such file"),
-    ('[[workload]]\nkind = "train"\n', "workload 2: kind 'train': training steps are not a "
-                                       "sweep workload in this version"),
+    ('[[workload]]\nkind = "train"\n', "workload 2 (train): model is missing"),
     ('[[workload]]\nkind = "noc"\nrate = 0.5\n', "two workloads are both 'noc 500 packets at "
                                                  "0.5': give them distinct names"),
     ('[sweep\n', "not a valid TOML file"),
@@ -393,3 +392,49 @@ def test_the_example_spec_is_valid():
     spec = load_spec(Path(__file__).resolve().parent.parent / "examples" / "sweep.toml")
     assert len(spec.configs) == 12 and [w.kind for w in spec.workloads] == ["gemm", "onnx", "noc"]
     assert len(spec.points()) == 60
+
+
+def test_a_training_step_is_a_workload(tmp_path):
+    """kind = "train": three steps of an MLP from its own weights on the cycle model, the
+    second step's cycles, checked bit for bit against the reference; one stage and two."""
+    import onnx
+    from d1tile.sw.graph_api import GraphBuilder
+    from d1tile.sw.train_kernels import plan_training
+    from d1tile.sw.train_run import mlp_to_onnx
+    from d1tile.sw.training import initial_params, training_graph
+    g = GraphBuilder("mlp")
+    x = g.input("x", (8, 4))
+    r = np.random.default_rng(1)
+    h = g.relu(g.gemm(x, r.normal(size=(4, 4)).astype(np.float32), np.zeros(4, np.float32),
+                      name="fc1"))
+    y = g.gemm(h, r.normal(size=(4, 3)).astype(np.float32), np.zeros(3, np.float32), name="fc2")
+    tg = training_graph(g.build(outputs=[y]), "cross-entropy")
+    plan = plan_training(tg, TileConfig.preset("tiny"), 8)
+    onnx.save(mlp_to_onnx(plan, initial_params(tg, 1), softmax=True), tmp_path / "mlp.onnx")
+    spec = write_spec(tmp_path, """
+        [sweep]
+        preset = "tiny"
+        seeds = [1]
+
+        [grid]
+        router_fifo_depth = [2, 4]
+
+        [[workload]]
+        kind = "train"
+        model = "mlp.onnx"
+        batch = 8
+
+        [[workload]]
+        kind = "train"
+        model = "mlp.onnx"
+        batch = 8
+        stages = 2
+        weights = "bf16-sr"
+        """)
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 0
+    rows = read_results(out)
+    assert len(rows) == 4 and all(row["status"] == "ok" for row in rows), rows
+    for row in rows:
+        assert row["kind"] == "train" and row["cycles"] > row["ideal_cycles"] > 0
+        assert 0 < row["sram_use"] < 1 and row["imem_words_used"] > 0
