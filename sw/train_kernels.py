@@ -509,10 +509,10 @@ class TrainProgram:
                 p.max_words = 1 << 20           # checked against the instruction memory below
                 for w in prologue:
                     p.word(w)
-                if index == 0:
+                if index == len(chain) - 1:     # phases are timed on the chain's last node
                     base = len(p) + 2                       # after the two LOOPs
                     self.stage_phase_pcs[st] = {name: base + pc for name, pc in starts.items()}
-                if st == 0 and index == 0:
+                if st == 0 and index == len(chain) - 1:
                     self.phase_pcs = self.stage_phase_pcs[0]
                     self.straight_words = len(words)
                 r = self.rs[st]
@@ -619,7 +619,8 @@ class TrainProgram:
 
         def mark(name):
             nonlocal start
-            phases[name] = (start, len(p))
+            if len(p) > start:          # an empty phase (no all-reduce on one node) is left out
+                phases[name] = (start, len(p))
             start = len(p)
 
         if r.feed_words:
@@ -767,13 +768,14 @@ class TrainProgram:
         if count > 1:
             for c, (lo, size) in enumerate(chunks):
                 reduce(c, lo, size)
+        mark("all-reduce")
         for c, lo, size in mine:
             if index != count - 1:
                 p.wait(TOTAL, 1)
             update(lo, size)
         if len(chunks) > len(mine):
             p.wait(WEIGHTS, len(chunks) - len(mine))
-        mark("all-reduce and update")
+        mark("update")
         self._transposes(p, st)
         mark("backward weights")
         return phases
@@ -929,12 +931,13 @@ class TrainProgram:
                 "masters": split(final_m), "velocity": self._split(final_v)}
 
     def phase_cycles(self, issue_trace, stage: int = 0) -> dict:
-        """Cycles per phase per step on a stage's first node, from the model's issue trace
-        (`ModelDevice(cfg, trace=True)`): from the first issue of a phase's first instruction
-        to the next phase's (the last phase: to the next step's first, or the HALT). Every
-        stage's node has the same step period; waits for the other stages count in the phase
-        that waits."""
-        trace = issue_trace[self.plan.chains[stage][0]]
+        """Cycles per phase per step on the last node of a stage's chain (the one that adds
+        last: its all-reduce phase spans the chain's whole latency), from the model's issue
+        trace (`ModelDevice(cfg, trace=True)`): from the first issue of a phase's first
+        instruction to the next phase's (the last phase: to the next step's first, or the
+        HALT). Every node has the same step period; waiting for other nodes counts in the
+        phase that waits."""
+        trace = issue_trace[self.plan.chains[stage][-1]]
         pcs = self.stage_phase_pcs[stage]
         firsts = {pc: name for name, pc in pcs.items()}
         order = list(pcs)

@@ -321,7 +321,8 @@ def test_d1tile_train_end_to_end(tmp_path, capsys):
     assert report["ideal_cycles_per_step"] < min(report["cycles_per_step"])
     stages = report["stage_phases_mean_cycles"]
     assert len(stages) == len(report["partition"]["stages"])
-    assert set().union(*stages) >= {"load", "forward", "loss", "backward", "all-reduce and update"}
+    assert set().union(*stages) >= {"load", "forward", "loss", "backward", "all-reduce",
+                                    "update"}
     for phases in stages:           # every stage's node has about the same step period
         assert sum(phases.values()) == pytest.approx(sum(stages[0].values()), rel=0.1)
     assert {row["stages"] for row in report["partition"]["choice"]} == {1, 2}
