@@ -1,5 +1,6 @@
 """The command line: bad input gives one clear line and exit status 2, never a traceback."""
 
+import os
 import subprocess
 import sys
 
@@ -63,8 +64,12 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
     import time
     proc = subprocess.Popen([sys.executable, "-m", "d1tile.cli", "noc-stress", "--grid", "2x2",
                              "--rate", "0.0001", "--packets", "2000"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # Once it has printed its first line it is running (on a loaded machine the imports
+    # alone can take longer than a fixed wait), then a moment into the run.
+    proc.stdout.readline()
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
