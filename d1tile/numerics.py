@@ -43,6 +43,8 @@ This module imports no Amaranth.
 
 from __future__ import annotations
 
+import struct
+import sys
 from functools import cache
 
 import numpy as np
@@ -56,7 +58,7 @@ __all__ = [
     "fp32_sum", "fp32_max_reduce",
     "bf16_mac", "bf16_mac_block", "bf16_matmul",
     "bf16_from_f32_rne", "bf16_from_f32_sr", "f32_from_bf16",
-    "f32_from_int", "int_from_f32",
+    "f32_from_int", "int_from_f32", "FLOAT_LANES", "read_floats", "round_floats",
     "RNG_INCREMENT", "rng_seed_states", "rng_next", "xorshift32",
     "SPECIAL_FP32", "random_fp32",
 ]
@@ -346,6 +348,58 @@ def int_from_f32(bits, lo: int, hi: int) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         rounded = np.clip(np.rint(value), lo, hi)
     return np.where(np.isnan(value), 0, rounded).astype(np.int64)
+
+
+# -- the contract on Python floats, for a few lanes at a time ---------------------------------------
+#
+# The vector unit works on N lanes (8 on the default tile) one element per cycle, where NumPy's
+# cost per call, not per lane, is what the cycle model pays. These helpers apply the same
+# contract to Python floats (C doubles: the float64 of the functions above), with `struct`'s
+# native 'f' format for the conversions between FP32 bits and floats: its unpack is the C cast
+# float -> double and its pack the C cast double -> float (round to nearest even, overflow to
+# infinity), the casts NumPy's `astype` makes. `d1tile.sim.vector` builds the unit's ops from
+# them; `tests/test_vector.py` checks every op against the NumPy references above.
+
+_NAN = float("nan")
+
+
+def _native_floats_convert_as_numpy() -> bool:
+    """Whether this Python's native 'f' struct format converts as `f32_value` and `f32_result`
+    need (little-endian words, RNE, overflow to infinity without an exception, Python's NaN to
+    the canonical NaN): checked once, at import. Where it does not, `FLOAT_LANES` is False and
+    the models use the NumPy references."""
+    try:
+        return (sys.byteorder == "little"
+                and struct.pack("2f", 2.0 ** 128, -(2.0 ** 128 - 2.0 ** 103))
+                == struct.pack("<2I", 0x7F80_0000, F32_NEG_INF)
+                and struct.pack("2f", 1 + 2.0 ** -24, 1 + 3 * 2.0 ** -24)
+                == struct.pack("<2I", 0x3F80_0000, 0x3F80_0002)
+                and struct.pack("f", _NAN) == struct.pack("<I", F32_NAN)
+                and struct.unpack("f", struct.pack("<I", 0x0000_0001))[0] == 2.0 ** -149)
+    except (OverflowError, struct.error):
+        return False
+
+
+FLOAT_LANES = _native_floats_convert_as_numpy()
+"""Whether `read_floats` / `round_floats` with struct's native 'f' format reproduce the NumPy
+references on this platform (see `_native_floats_convert_as_numpy`)."""
+
+
+def read_floats(values) -> list:
+    """FP32 operands as the datapath reads them, from the Python floats struct's native 'f'
+    format unpacks their bits to: subnormals become zeros of their sign (`f32_value`; 0.0 x v
+    keeps v's sign), NaNs stay NaN."""
+    return [0.0 * v if -MIN_NORMAL < v < MIN_NORMAL else v for v in values]
+
+
+def round_floats(values) -> list:
+    """`f32_result` on Python floats up to the final cast: the floats that struct's native 'f'
+    format packs to the contract's FP32 bits. A value below the flush threshold becomes a zero
+    of its sign, a NaN Python's NaN (which packs to the canonical NaN); the pack itself rounds
+    to nearest even and overflows to infinity. Like `f32_result`, for exact results or sums of
+    two FP32 values (module docstring)."""
+    return [_NAN if v != v else 0.0 * v if -_FLUSH_BELOW < v < _FLUSH_BELOW else v
+            for v in values]
 
 
 # -- the stochastic-rounding generator ----------------------------------------------------------

@@ -94,7 +94,7 @@ from d1tile.params import TileConfig
 from d1tile.vector_ops import (FSCALE_BITS, NO_OP, SCALE_BITS, SEED_BITS, SHIFT_BITS, SLOT_BITS,
                                VECTOR_OPS)
 
-from .vector import VectorUnitState, vector_op
+from .vector import VectorUnitState, vector_kernel, vector_op
 
 
 __all__ = [
@@ -273,8 +273,8 @@ class VectorEngineModel:
         "_cfg", "_words", "_busy", "_op", "_binary", "_bfix", "_read_shift",
         "_write_shift", "_dst", "_a", "_b", "_n", "_b_reads", "_last_write", "_scale", "_shift",
         "_relu", "_q", "_ra", "_rb", "_inflight_a", "_inflight_b", "_buf_a", "_buf_b", "_ei",
-        "_wi", "_res_valid", "_res_data", "_res_mask", "unit_state", "elements", "writes",
-        "stall_cycles",
+        "_wi", "_res_valid", "_res_data", "_res_mask", "unit_state", "_kernel", "elements",
+        "writes", "stall_cycles",
     )
 
     def __init__(self, cfg: TileConfig):
@@ -298,6 +298,7 @@ class VectorEngineModel:
         self._res_data = 0
         self._res_mask = 0
         self.unit_state = VectorUnitState(cfg)
+        self._kernel = vector_kernel(cfg, 0)
         self.elements = 0
         self.writes = 0
         self.stall_cycles = 0
@@ -379,9 +380,10 @@ class VectorEngineModel:
             op_a = buf_a[0] if buf_a else data_a
             op_b = (buf_b[0] if buf_b else data_b) if self._binary else 0
             ei = self._ei
-            result = vector_op(self._cfg, self._op, op_a, op_b, self._scale, self._shift,
-                               ei % (1 << SLOT_BITS), self._relu, self._q, int(ei == 0),
-                               int(ei + 1 == self._n), self.unit_state)
+            # The op's kernel (`vector_op` without its checks: the latched fields are in range)
+            result = self._kernel(op_a, op_b, ei % (1 << SLOT_BITS), int(ei == 0),
+                                  int(ei + 1 == self._n), self._scale, self._shift, self._relu,
+                                  self._q, self.unit_state)
             if result is not None:
                 self._res_data, self._res_mask = result
             self.elements += 1
@@ -429,6 +431,7 @@ class VectorEngineModel:
         f = vec_fields(instr)
         self._busy = True
         self._op = f["code"]
+        self._kernel = vector_kernel(self._cfg, self._op)
         self._binary = bool(f["binary"])
         self._bfix = bool(f["bfix"])
         self._read_shift, self._write_shift = f["read_shift"], f["write_shift"]
@@ -436,7 +439,7 @@ class VectorEngineModel:
         n = self._n
         self._b_reads = (min(n, 1) if self._bfix else n) if self._binary else 0
         self._last_write = 0 if f["reduce"] else n - 1
-        self._scale, self._shift, self._relu, self._q = int(scale), int(shift), int(relu), q
+        self._scale, self._shift, self._relu, self._q = int(scale), int(shift), int(relu), int(q)
         self._ra = self._rb = 0
         self._buf_a.clear()
         self._buf_b.clear()

@@ -284,6 +284,35 @@ def test_bf16_mac_block_flushes_when_its_products_can():
     assert (got == _mac_steps(acc, a, b)).all()
 
 
+def test_float_lanes_are_the_numpy_contract():
+    """`read_floats` / `round_floats` with struct's native 'f' (the vector unit's kernels) give
+    `f32_value` / `f32_result`'s bits: every special operand pair added and multiplied, and
+    random operands, values at the flush threshold and at overflow."""
+    import struct
+    assert nx.FLOAT_LANES, "this platform's struct 'f' does not convert as NumPy does"
+    rng = random.Random(SESSION_SEED + 8)
+    bits = list(nx.SPECIAL_FP32) + [rand32(rng) for _ in range(3000)]
+    pairs = [(p, q) for p in nx.SPECIAL_FP32 for q in nx.SPECIAL_FP32]
+    pairs += [(rng.choice(bits), rng.choice(bits)) for _ in range(20000)]
+    fmt = struct.Struct(f"{len(pairs)}f")
+    x = nx.read_floats(fmt.unpack(struct.pack(f"<{len(pairs)}I", *(p for p, _ in pairs))))
+    y = nx.read_floats(fmt.unpack(struct.pack(f"<{len(pairs)}I", *(q for _, q in pairs))))
+    a = np.array([p for p, _ in pairs], dtype=np.uint32)
+    b = np.array([q for _, q in pairs], dtype=np.uint32)
+    assert [v for v in x if v == v] == list(nx.f32_value(a)[~np.isnan(nx.f32_value(a))])
+    for name, values in (("add", [p + q for p, q in zip(x, y)]),
+                         ("mul", [p * q for p, q in zip(x, y)])):
+        got = struct.unpack(f"<{len(pairs)}I", fmt.pack(*nx.round_floats(values)))
+        ref = (nx.fp32_add if name == "add" else nx.fp32_mul)(a, b)
+        assert list(got) == [int(v) for v in ref], name
+    edges = [2.0 ** -126 - 2.0 ** -150, -(2.0 ** -126 - 2.0 ** -151), 2.0 ** -127, -0.0,
+             2.0 ** 128 - 2.0 ** 103, -(2.0 ** 128 - 2.0 ** 104), 1e300, float("-inf"),
+             float("nan"), 1 + 2.0 ** -24, 1 + 3 * 2.0 ** -24]
+    got = struct.unpack(f"<{len(edges)}I", struct.pack(f"{len(edges)}f",
+                                                      *nx.round_floats(edges)))
+    assert list(got) == [int(v) for v in nx.f32_result(np.array(edges))]
+
+
 def test_clear_then_one_product_is_the_product():
     a = nx.bf16_bits([0.0, -0.0, 1.5, -2.0])
     b = nx.bf16_bits([-0.0, -0.0, 4.0, 0.0])
