@@ -87,6 +87,8 @@ This module imports no Amaranth.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from d1tile import isa
 from d1tile.contracts import OPERAND_BUFFER
 from d1tile.isa import VECTOR_FAMILY
@@ -142,9 +144,13 @@ def vec_fields(instr: int) -> dict:
     (the unit op code; `NO_OP_CODE` for an opcode outside the family), `dst`, `a`, `b`, `n`,
     `bfix`, and the op's `binary`, `reduce`, `read_shift`, `write_shift` (all 0 for an undefined
     code). An opcode outside VEC/FVEC/FCVT gives n = 0 (the engine does nothing with it)."""
-    word = int(instr)
-    if word < 0 or word >> isa.INSTR_BITS:
-        raise ValueError(f"instruction word {word:#x} is not a {isa.INSTR_BITS}-bit value")
+    return dict(_vec_fields_checked(int(instr)))
+
+
+@lru_cache(maxsize=4096)
+def _vec_fields(word: int) -> dict:
+    """`vec_fields` of a checked word, remembered (programs start the same few instruction
+    words again and again); the engine reads it, never writes it."""
     decoded = isa.decode(word)
     opcode = word & 0xF
     if decoded.op not in VECTOR_FAMILY:
@@ -157,6 +163,12 @@ def vec_fields(instr: int) -> dict:
                 reduce=int(bool(spec and spec.reduce)),
                 read_shift=spec.read_shift if spec else 0,
                 write_shift=spec.write_shift if spec else 0)
+
+
+def _vec_fields_checked(word: int) -> dict:
+    if word < 0 or word >> isa.INSTR_BITS:
+        raise ValueError(f"instruction word {word:#x} is not a {isa.INSTR_BITS}-bit value")
+    return _vec_fields(word)
 
 
 def vec_write_range(fields: dict) -> tuple[int, int]:
@@ -346,6 +358,23 @@ class VectorEngineModel:
             return [None]
         return [(self._write_addr(), self._res_data, self._res_mask)]
 
+    def requests(self) -> tuple:
+        """`(*sram_reads(), sram_writes()[0])` in one call: what the node's `outputs` asks
+        every cycle."""
+        if self._busy:
+            words = self._words
+            buffered_a = len(self._buf_a) + self._inflight_a
+            read_a = ((self._a + (self._ra >> self._read_shift)) % words
+                      if self._ra < self._n and buffered_a < OPERAND_BUFFER else None)
+            read_b = ((self._b + self._rb) % words
+                      if self._rb < self._b_reads
+                      and len(self._buf_b) + self._inflight_b < OPERAND_BUFFER else None)
+        else:
+            read_a = read_b = None
+        if not self._res_valid:
+            return read_a, read_b, None
+        return read_a, read_b, (self._write_addr(), self._res_data, self._res_mask)
+
     # -- clock edge --------------------------------------------------------------------------
 
     def tick(self, read_grants=(False, False), write_grants=(False,), read_data=(None, None),
@@ -428,7 +457,7 @@ class VectorEngineModel:
                              f"relu={relu} do not fit 16, 6 and 1 bits")
         _check_param("q", q, FSCALE_BITS)
         _check_param("seed", seed, SEED_BITS)
-        f = vec_fields(instr)
+        f = _vec_fields_checked(int(instr))      # `vec_fields`, not copied: only read
         self._busy = True
         self._op = f["code"]
         self._kernel = vector_kernel(self._cfg, self._op)
