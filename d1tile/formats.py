@@ -64,6 +64,14 @@ class BitFormat:
             self.offsets[field.name] = offset
             offset += field.width
         self.width = offset
+        # What `pack` needs per field, worked out once: (name, offset, width, value mask,
+        # lowest and highest value, signed).
+        self._packing = tuple(
+            (f.name, self.offsets[f.name], f.width, (1 << f.width) - 1,
+             -(1 << (f.width - 1)) if f.signed else 0,
+             (1 << (f.width - 1)) - 1 if f.signed else (1 << f.width) - 1, f.signed)
+            for f in self.fields)
+        self._names = frozenset(self._by_name)
 
     def __repr__(self):
         inner = ", ".join(f"{f.name}:{'s' if f.signed else 'u'}{f.width}" for f in self.fields)
@@ -74,21 +82,18 @@ class BitFormat:
 
     def pack(self, **values: int) -> int:
         """Pack field values (missing fields are zero) into one integer."""
-        unknown = set(values) - set(self._by_name)
-        if unknown:
+        if not values.keys() <= self._names:
+            unknown = set(values) - self._names
             raise FormatError(f"{self.name}: unknown field(s) {', '.join(sorted(unknown))}")
         word = 0
-        for field in self.fields:
-            value = int(values.get(field.name, 0))
-            if field.signed:
-                lo, hi = -(1 << (field.width - 1)), (1 << (field.width - 1)) - 1
-            else:
-                lo, hi = 0, (1 << field.width) - 1
+        get = values.get
+        for name, offset, width, mask, lo, hi, signed in self._packing:
+            value = int(get(name, 0))
             if not lo <= value <= hi:
                 raise FormatError(
-                    f"{self.name}.{field.name}={value} does not fit {field.width} "
-                    f"{'signed' if field.signed else 'unsigned'} bits ({lo}..{hi})")
-            word |= (value & ((1 << field.width) - 1)) << self.offsets[field.name]
+                    f"{self.name}.{name}={value} does not fit {width} "
+                    f"{'signed' if signed else 'unsigned'} bits ({lo}..{hi})")
+            word |= (value & mask) << offset
         return word
 
     def unpack(self, word: int) -> dict[str, int]:

@@ -43,6 +43,10 @@ This module imports no Amaranth.
 
 from __future__ import annotations
 
+import struct
+import sys
+from functools import cache
+
 import numpy as np
 import ml_dtypes
 
@@ -52,9 +56,9 @@ __all__ = [
     "f32_bits", "bf16_bits", "f32_value", "bf16_value", "f32_result", "f32_canonical",
     "fp32_add", "fp32_sub", "fp32_mul", "fp32_max", "fp32_relu", "fp32_mask", "fp32_axpy",
     "fp32_sum", "fp32_max_reduce",
-    "bf16_mac", "bf16_matmul",
+    "bf16_mac", "bf16_mac_block", "bf16_matmul",
     "bf16_from_f32_rne", "bf16_from_f32_sr", "f32_from_bf16",
-    "f32_from_int", "int_from_f32",
+    "f32_from_int", "int_from_f32", "FLOAT_LANES", "read_floats", "round_floats",
     "RNG_INCREMENT", "rng_seed_states", "rng_next", "xorshift32",
     "SPECIAL_FP32", "random_fp32",
 ]
@@ -86,25 +90,53 @@ def bf16_bits(values) -> np.ndarray:
 
 
 def _u32(bits) -> np.ndarray:
+    # Bits that already are a uint32 array are taken as they are (no copy: nothing here writes
+    # to its arguments); anything else goes through uint64, so that Python integers of 32 bits
+    # are accepted whatever their sign bit.
+    if type(bits) is np.ndarray and bits.dtype == np.uint32:
+        return bits
     return np.asarray(bits, dtype=np.uint64).astype(np.uint32)
 
 
 def _u16(bits) -> np.ndarray:
+    if type(bits) is np.ndarray and bits.dtype == np.uint16:
+        return bits
     return np.asarray(bits, dtype=np.uint64).astype(np.uint16)
+
+
+_DAZ_MASK = np.full(1 << 9, 0xFFFF_FFFF, dtype=np.uint32)
+_DAZ_MASK[0] = _DAZ_MASK[1 << 8] = F32_SIGN
+"""Indexed by the sign and exponent (bits >> 23): what an operand's bits are ANDed with as the
+datapath reads them: the sign alone where the exponent field is 0 (a subnormal or a zero reads as
+a zero of its sign), all bits elsewhere. One table lookup instead of a compare and a select."""
 
 
 def f32_value(bits) -> np.ndarray:
     """FP32 bits as the datapath reads them, as float64: subnormals are zeros of their sign,
     every NaN is NaN."""
     bits = _u32(bits)
-    flushed = np.where((bits & F32_EXP) == 0, bits & F32_SIGN, bits).astype(np.uint32)
+    if bits.ndim == 0:               # keep a 0-d array (NumPy turns 0-d results into scalars)
+        return f32_value(bits.reshape(1)).reshape(())
+    flushed = bits & _DAZ_MASK.take(bits >> 23)
     with np.errstate(invalid="ignore"):          # signalling NaNs: any NaN reads as NaN
         return flushed.view(np.float32).astype(np.float64)
 
 
+@cache
+def _bf16_values() -> np.ndarray:
+    """`bf16_value` of every BF16 pattern (65,536 float64, 512 KiB, made at the first use): BF16
+    operands are read with one table lookup."""
+    values = f32_value(np.arange(1 << 16, dtype=np.uint32) << 16)
+    values.flags.writeable = False
+    return values
+
+
 def bf16_value(bits) -> np.ndarray:
     """BF16 bits as the datapath reads them, as float64 (subnormals are zeros of their sign)."""
-    return f32_value(_u16(bits).astype(np.uint32) << 16)
+    bits = _u16(bits)
+    if bits.ndim == 0:
+        return _bf16_values()[bits.reshape(1)].reshape(())
+    return _bf16_values()[bits]
 
 
 def f32_result(x) -> np.ndarray:
@@ -115,11 +147,19 @@ def f32_result(x) -> np.ndarray:
     rounding is innocuous (a sum of two values of at most 24 significant bits; see the module
     docstring): that is how every function of this module calls it."""
     x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:                  # keep a 0-d array (NumPy turns 0-d results into scalars)
+        return f32_result(x.reshape(1)).reshape(())
+    # Flushed values become zeros of their sign before the cast, which keeps the sign; NaN is
+    # not below the threshold. Flushes and NaNs are rare: each costs a select only when present.
+    small = np.abs(x) < _FLUSH_BELOW
+    if small.any():
+        x = np.where(small, np.copysign(0.0, x), x)
     with np.errstate(over="ignore", invalid="ignore"):
-        rounded = x.astype(np.float32).view(np.uint32)
-    zero = np.where(np.signbit(x), np.uint32(F32_SIGN), np.uint32(0))
-    bits = np.where(np.abs(x) < _FLUSH_BELOW, zero, rounded)
-    return np.where(np.isnan(x), np.uint32(F32_NAN), bits).astype(np.uint32)
+        bits = x.astype(np.float32).view(np.uint32)
+    nan = np.isnan(x)
+    if nan.any():
+        bits = np.where(nan, np.uint32(F32_NAN), bits)
+    return bits
 
 
 def f32_canonical(bits) -> np.ndarray:
@@ -201,19 +241,70 @@ def bf16_mac(acc, a, b) -> np.ndarray:
         return f32_result(f32_value(acc) + bf16_value(a) * bf16_value(b))
 
 
+def bf16_mac_block(acc, a, b) -> np.ndarray:
+    """K multiply-accumulates of outer products, in order: `acc` (M, N) FP32 bits, `a` (K, M)
+    and `b` (K, N) BF16 bits; the same bits as K calls `acc = bf16_mac(acc, a[k][:, None],
+    b[k][None, :])`, k = 0 first (K = 0 returns `acc` itself).
+
+    Faster than those calls, with the same arithmetic: the K exact products are formed at once
+    (float64, one array), and the accumulator is carried from step to step as the float64 of
+    its FP32 value rather than as bits, since reading back the bits `f32_result` gives is
+    exact: a rounded, flushed FP32 value converts to float64 and back unchanged, and a NaN
+    stays a NaN (made canonical by the last step's `f32_result`). A step is then one add, the
+    flush test and the cast to float32 (RNE; overflow to infinity)."""
+    a, b = _u16(a), _u16(b)
+    if not len(a):
+        return acc
+    value = f32_value(acc)
+    total = np.empty_like(value)
+    size = np.empty_like(value)
+    small = np.empty(value.shape, dtype=bool)
+    rounded = np.empty(value.shape, dtype=np.float32)
+    step = max(1, _PRODUCTS_AT_ONCE // max(1, value.size))
+    with np.errstate(over="ignore", invalid="ignore"):     # 0 x Inf, Inf - Inf; overflow
+        for k in range(0, len(a), step):
+            products = (bf16_value(a[k:k + step])[:, :, None]
+                        * bf16_value(b[k:k + step])[:, None, :])
+            magnitudes = np.abs(products)
+            flushes = bool(np.any((magnitudes < _NO_FLUSH_PRODUCT) & (magnitudes > 0)))
+            for product in products:
+                np.add(value, product, out=total)
+                if flushes:
+                    np.abs(total, out=size)
+                    np.less(size, _FLUSH_BELOW, out=small)
+                    if small.any():              # a zero of the sign (NaN is not small)
+                        np.copysign(0.0, total, out=total, where=small)
+                rounded[...] = total             # the FP32 rounding: a cast
+                value[...] = rounded
+    return f32_result(value)
+
+
+_PRODUCTS_AT_ONCE = 1 << 18
+"""`bf16_mac_block` forms the products of this many multiply-accumulates at once (2 MiB of
+float64): all K of a matrix unit's block, a slice of K for a large reference product."""
+
+_NO_FLUSH_PRODUCT = 2.0 ** -100
+"""No sum of an FP32 accumulator and a BF16 x BF16 product p with p = 0 or |p| >= 2**-100 is
+flushed, so `bf16_mac_block` tests for flushes only in blocks that have a product between 0
+and this. The accumulator v is 0, Inf, NaN or normal (|v| >= 2**-126). p = 0: the sum is v. If
+|v| < 2**-101, |v + p| > 2**-101. Otherwise v is a multiple of its ulp, 2**(e_v - 23) >=
+2**-124, and p, of significands m_a m_b < 2**16 times 2**(e_a + e_b - 14) with 2**-100 <= |p| <
+2**(e_a + e_b + 2), a multiple of 2**(e_a + e_b - 14) >= 2**-115: their sum is a multiple of
+2**-124, 0 or above the flush threshold (and its float64 rounding too)."""
+
+
 def bf16_matmul(a, b, acc=None) -> np.ndarray:
     """A @ B as the matrix unit computes it: `a` (M, K) and `b` (K, N) BF16 bits, `acc` (M, N)
     FP32 bits to start from (default: -0, what `clear` loads, so the first step gives the
     product itself). The K products are accumulated one after another, k = 0 first, each with
-    `bf16_mac`; never `a @ b`, whose summation order is the BLAS library's."""
+    `bf16_mac` (`bf16_mac_block`); never `a @ b`, whose summation order is the BLAS
+    library's."""
     a, b = _u16(a), _u16(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"bf16_matmul: shapes {a.shape} @ {b.shape} do not match")
     out = (np.full((a.shape[0], b.shape[1]), F32_NEG_ZERO, dtype=np.uint32) if acc is None
            else _u32(acc).copy())
-    for k in range(a.shape[1]):
-        out = bf16_mac(out, a[:, k, None], b[None, k, :])
-    return out
+    return bf16_mac_block(out, a.T, b)
 
 
 # -- conversions --------------------------------------------------------------------------------
@@ -257,6 +348,58 @@ def int_from_f32(bits, lo: int, hi: int) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         rounded = np.clip(np.rint(value), lo, hi)
     return np.where(np.isnan(value), 0, rounded).astype(np.int64)
+
+
+# -- the contract on Python floats, for a few lanes at a time ---------------------------------------
+#
+# The vector unit works on N lanes (8 on the default tile) one element per cycle, where NumPy's
+# cost per call, not per lane, is what the cycle model pays. These helpers apply the same
+# contract to Python floats (C doubles: the float64 of the functions above), with `struct`'s
+# native 'f' format for the conversions between FP32 bits and floats: its unpack is the C cast
+# float -> double and its pack the C cast double -> float (round to nearest even, overflow to
+# infinity), the casts NumPy's `astype` makes. `d1tile.sim.vector` builds the unit's ops from
+# them; `tests/test_vector.py` checks every op against the NumPy references above.
+
+_NAN = float("nan")
+
+
+def _native_floats_convert_as_numpy() -> bool:
+    """Whether this Python's native 'f' struct format converts as `f32_value` and `f32_result`
+    need (little-endian words, RNE, overflow to infinity without an exception, Python's NaN to
+    the canonical NaN): checked once, at import. Where it does not, `FLOAT_LANES` is False and
+    the models use the NumPy references."""
+    try:
+        return (sys.byteorder == "little"
+                and struct.pack("2f", 2.0 ** 128, -(2.0 ** 128 - 2.0 ** 103))
+                == struct.pack("<2I", 0x7F80_0000, F32_NEG_INF)
+                and struct.pack("2f", 1 + 2.0 ** -24, 1 + 3 * 2.0 ** -24)
+                == struct.pack("<2I", 0x3F80_0000, 0x3F80_0002)
+                and struct.pack("f", _NAN) == struct.pack("<I", F32_NAN)
+                and struct.unpack("f", struct.pack("<I", 0x0000_0001))[0] == 2.0 ** -149)
+    except (OverflowError, struct.error):
+        return False
+
+
+FLOAT_LANES = _native_floats_convert_as_numpy()
+"""Whether `read_floats` / `round_floats` with struct's native 'f' format reproduce the NumPy
+references on this platform (see `_native_floats_convert_as_numpy`)."""
+
+
+def read_floats(values) -> list:
+    """FP32 operands as the datapath reads them, from the Python floats struct's native 'f'
+    format unpacks their bits to: subnormals become zeros of their sign (`f32_value`; 0.0 x v
+    keeps v's sign), NaNs stay NaN."""
+    return [0.0 * v if -MIN_NORMAL < v < MIN_NORMAL else v for v in values]
+
+
+def round_floats(values) -> list:
+    """`f32_result` on Python floats up to the final cast: the floats that struct's native 'f'
+    format packs to the contract's FP32 bits. A value below the flush threshold becomes a zero
+    of its sign, a NaN Python's NaN (which packs to the canonical NaN); the pack itself rounds
+    to nearest even and overflows to infinity. Like `f32_result`, for exact results or sums of
+    two FP32 values (module docstring)."""
+    return [_NAN if v != v else 0.0 * v if -_FLUSH_BELOW < v < _FLUSH_BELOW else v
+            for v in values]
 
 
 # -- the stochastic-rounding generator ----------------------------------------------------------

@@ -78,7 +78,6 @@ import numpy as np
 
 from ..contracts import MATMUL_FIRST_BEAT
 from ..dtypes import MATRIX_TYPES, ElemType, matrix_type
-from ..formats import word_from_lanes
 from ..isa import ACC_BANKS, Opcode, decode
 from ..params import TileConfig
 from .matrix import ACC_LATENCY, MatrixUnitRef
@@ -293,7 +292,9 @@ class MatrixEngineModel:
 
     def _read_row(self, row: int, bank: int, col: bool = False) -> int:
         self._flush(bank)
-        return word_from_lanes(self._unit.read_row(row, bank, col))
+        # `word_from_lanes` of the row's uint32 lanes: their little-endian bytes
+        return int.from_bytes(self._unit.read_row(row, bank, col).astype("<u4").tobytes(),
+                              "little")
 
     # -- outputs from state ----------------------------------------------------------------
 

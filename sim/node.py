@@ -150,11 +150,7 @@ class NodeModel:
         self.pulses = (din.bump, din.bump_id, din.start_req, din.imem_write)
         r0 = dout._read_addr() if dout_active else None
         r1 = mxu._read_address()
-        if vpu.still:
-            r2 = r3 = w2 = None
-        else:
-            r2, r3 = vpu.sram_reads()
-            w2 = vpu.sram_writes()[0]
+        r2, r3, w2 = vpu.requests()
         w0 = din.sram_writes()[0] if din.wr_pending else None
         w1 = mxu._write_request()
         # The words on the read ports this cycle come from last cycle's grants.

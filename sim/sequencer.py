@@ -61,6 +61,7 @@ cycle t + 1 + i, the HALT in t + 1 + k, and starts DONE in t + 2 + k (`unstalled
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 from d1tile.contracts import ENGINES, HALT_WORD, SeqEvent, SeqState
@@ -118,6 +119,33 @@ def unstalled_done_cycle(start_cycle: int, instructions: int) -> int:
     """The cycle DONE starts for `instructions` instructions followed by HALT when nothing
     stalls, the `start_req` pulse being in `start_cycle` (see the module docstring)."""
     return start_cycle + 2 + instructions
+
+
+@lru_cache(maxsize=8192)
+def _info_of(cfg: TileConfig, word: int) -> tuple:
+    """What the model keeps of an imem word (see `_K_FAULT` ..). It depends on the word and
+    the configuration alone, so the nodes of a tile, which often run the same instructions,
+    share one decoding and validation of each (the tuples are never modified)."""
+    instr = decode(word)
+    code, value = validate(cfg, instr)
+    op = instr.op
+    if code != FaultCode.NONE:
+        return (_K_FAULT, code, value, instr)
+    if op == Opcode.NOP:
+        return (_K_SEQ, instr)
+    if op == Opcode.SETQ:
+        return (_K_SETQ, instr.scale, instr.shift, instr.relu, instr)
+    if op == Opcode.SETR:
+        return (_K_SETR, instr.reg, instr.value, instr)
+    if op == Opcode.WAIT:
+        return (_K_WAIT, instr.counter, instr.value, instr)
+    if op == Opcode.HALT:
+        return (_K_HALT, instr)
+    if op in (Opcode.LOOP, Opcode.STEP, Opcode.SHAPE):
+        return (_K_LOOP, instr)
+    engine = _ENGINE_INDEX[UNIT_OF[op]]
+    return (_K_UNIT, engine, hazard_ranges(instr),
+            Decision(SeqEvent.ISSUE, engine, instr.raw), instr)
 
 
 class SequencerModel:
@@ -214,26 +242,7 @@ class SequencerModel:
         return info
 
     def _info_of(self, word: int) -> tuple:
-        instr = decode(word)
-        code, value = validate(self._cfg, instr)
-        op = instr.op
-        if code != FaultCode.NONE:
-            return (_K_FAULT, code, value, instr)
-        if op == Opcode.NOP:
-            return (_K_SEQ, instr)
-        if op == Opcode.SETQ:
-            return (_K_SETQ, instr.scale, instr.shift, instr.relu, instr)
-        if op == Opcode.SETR:
-            return (_K_SETR, instr.reg, instr.value, instr)
-        if op == Opcode.WAIT:
-            return (_K_WAIT, instr.counter, instr.value, instr)
-        if op == Opcode.HALT:
-            return (_K_HALT, instr)
-        if op in (Opcode.LOOP, Opcode.STEP, Opcode.SHAPE):
-            return (_K_LOOP, instr)
-        engine = _ENGINE_INDEX[UNIT_OF[op]]
-        return (_K_UNIT, engine, hazard_ranges(instr),
-                Decision(SeqEvent.ISSUE, engine, instr.raw), instr)
+        return _info_of(self._cfg, word)
 
     def _loop_fault(self, info) -> tuple[FaultCode, int]:
         return self.loops.fault(info[-1], self.pc)

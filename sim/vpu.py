@@ -87,6 +87,8 @@ This module imports no Amaranth.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from d1tile import isa
 from d1tile.contracts import OPERAND_BUFFER
 from d1tile.isa import VECTOR_FAMILY
@@ -94,7 +96,7 @@ from d1tile.params import TileConfig
 from d1tile.vector_ops import (FSCALE_BITS, NO_OP, SCALE_BITS, SEED_BITS, SHIFT_BITS, SLOT_BITS,
                                VECTOR_OPS)
 
-from .vector import VectorUnitState, vector_op
+from .vector import VectorUnitState, vector_kernel, vector_op
 
 
 __all__ = [
@@ -142,9 +144,13 @@ def vec_fields(instr: int) -> dict:
     (the unit op code; `NO_OP_CODE` for an opcode outside the family), `dst`, `a`, `b`, `n`,
     `bfix`, and the op's `binary`, `reduce`, `read_shift`, `write_shift` (all 0 for an undefined
     code). An opcode outside VEC/FVEC/FCVT gives n = 0 (the engine does nothing with it)."""
-    word = int(instr)
-    if word < 0 or word >> isa.INSTR_BITS:
-        raise ValueError(f"instruction word {word:#x} is not a {isa.INSTR_BITS}-bit value")
+    return dict(_vec_fields_checked(int(instr)))
+
+
+@lru_cache(maxsize=4096)
+def _vec_fields(word: int) -> dict:
+    """`vec_fields` of a checked word, remembered (programs start the same few instruction
+    words again and again); the engine reads it, never writes it."""
     decoded = isa.decode(word)
     opcode = word & 0xF
     if decoded.op not in VECTOR_FAMILY:
@@ -157,6 +163,12 @@ def vec_fields(instr: int) -> dict:
                 reduce=int(bool(spec and spec.reduce)),
                 read_shift=spec.read_shift if spec else 0,
                 write_shift=spec.write_shift if spec else 0)
+
+
+def _vec_fields_checked(word: int) -> dict:
+    if word < 0 or word >> isa.INSTR_BITS:
+        raise ValueError(f"instruction word {word:#x} is not a {isa.INSTR_BITS}-bit value")
+    return _vec_fields(word)
 
 
 def vec_write_range(fields: dict) -> tuple[int, int]:
@@ -273,8 +285,8 @@ class VectorEngineModel:
         "_cfg", "_words", "_busy", "_op", "_binary", "_bfix", "_read_shift",
         "_write_shift", "_dst", "_a", "_b", "_n", "_b_reads", "_last_write", "_scale", "_shift",
         "_relu", "_q", "_ra", "_rb", "_inflight_a", "_inflight_b", "_buf_a", "_buf_b", "_ei",
-        "_wi", "_res_valid", "_res_data", "_res_mask", "unit_state", "elements", "writes",
-        "stall_cycles",
+        "_wi", "_res_valid", "_res_data", "_res_mask", "unit_state", "_kernel", "elements",
+        "writes", "stall_cycles",
     )
 
     def __init__(self, cfg: TileConfig):
@@ -298,6 +310,7 @@ class VectorEngineModel:
         self._res_data = 0
         self._res_mask = 0
         self.unit_state = VectorUnitState(cfg)
+        self._kernel = vector_kernel(cfg, 0)
         self.elements = 0
         self.writes = 0
         self.stall_cycles = 0
@@ -345,6 +358,23 @@ class VectorEngineModel:
             return [None]
         return [(self._write_addr(), self._res_data, self._res_mask)]
 
+    def requests(self) -> tuple:
+        """`(*sram_reads(), sram_writes()[0])` in one call: what the node's `outputs` asks
+        every cycle."""
+        if self._busy:
+            words = self._words
+            buffered_a = len(self._buf_a) + self._inflight_a
+            read_a = ((self._a + (self._ra >> self._read_shift)) % words
+                      if self._ra < self._n and buffered_a < OPERAND_BUFFER else None)
+            read_b = ((self._b + self._rb) % words
+                      if self._rb < self._b_reads
+                      and len(self._buf_b) + self._inflight_b < OPERAND_BUFFER else None)
+        else:
+            read_a = read_b = None
+        if not self._res_valid:
+            return read_a, read_b, None
+        return read_a, read_b, (self._write_addr(), self._res_data, self._res_mask)
+
     # -- clock edge --------------------------------------------------------------------------
 
     def tick(self, read_grants=(False, False), write_grants=(False,), read_data=(None, None),
@@ -379,9 +409,10 @@ class VectorEngineModel:
             op_a = buf_a[0] if buf_a else data_a
             op_b = (buf_b[0] if buf_b else data_b) if self._binary else 0
             ei = self._ei
-            result = vector_op(self._cfg, self._op, op_a, op_b, self._scale, self._shift,
-                               ei % (1 << SLOT_BITS), self._relu, self._q, int(ei == 0),
-                               int(ei + 1 == self._n), self.unit_state)
+            # The op's kernel (`vector_op` without its checks: the latched fields are in range)
+            result = self._kernel(op_a, op_b, ei % (1 << SLOT_BITS), int(ei == 0),
+                                  int(ei + 1 == self._n), self._scale, self._shift, self._relu,
+                                  self._q, self.unit_state)
             if result is not None:
                 self._res_data, self._res_mask = result
             self.elements += 1
@@ -426,9 +457,10 @@ class VectorEngineModel:
                              f"relu={relu} do not fit 16, 6 and 1 bits")
         _check_param("q", q, FSCALE_BITS)
         _check_param("seed", seed, SEED_BITS)
-        f = vec_fields(instr)
+        f = _vec_fields_checked(int(instr))      # `vec_fields`, not copied: only read
         self._busy = True
         self._op = f["code"]
+        self._kernel = vector_kernel(self._cfg, self._op)
         self._binary = bool(f["binary"])
         self._bfix = bool(f["bfix"])
         self._read_shift, self._write_shift = f["read_shift"], f["write_shift"]
@@ -436,7 +468,7 @@ class VectorEngineModel:
         n = self._n
         self._b_reads = (min(n, 1) if self._bfix else n) if self._binary else 0
         self._last_write = 0 if f["reduce"] else n - 1
-        self._scale, self._shift, self._relu, self._q = int(scale), int(shift), int(relu), q
+        self._scale, self._shift, self._relu, self._q = int(scale), int(shift), int(relu), int(q)
         self._ra = self._rb = 0
         self._buf_a.clear()
         self._buf_b.clear()

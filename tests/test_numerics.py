@@ -233,6 +233,86 @@ def test_bf16_matmul_is_the_k_loop_and_not_blas():
     assert (blas.view(np.uint32) != got).any()
 
 
+def _mac_steps(acc, a, b):
+    """K calls of `bf16_mac`: the definition `bf16_mac_block` must reproduce."""
+    for k in range(len(a)):
+        acc = nx.bf16_mac(acc, a[k][:, None], b[k][None, :])
+    return acc
+
+
+def test_bf16_mac_block_is_the_steps_of_bf16_mac():
+    """The block (the matrix unit's K beats at once, the accumulator carried as float64) gives
+    the bits of K `bf16_mac` calls: on operands at the contract's edges (its flush test on),
+    on moderate operands with sums that cancel to zeros of both signs and to results near the
+    accumulator's ulp (its flush test off: no product below 2**-100), from accumulators of any
+    bits (subnormals, NaN payloads), and across the slices a large product is formed in."""
+    rng = random.Random(SESSION_SEED + 7)
+    for trial in range(60):
+        m, k, n = rng.choice([(8, 64, 8), (4, 16, 4), (3, 5, 2), (1, 1, 1)])
+        moderate = trial % 2
+        if moderate:     # exponents 2**-40 .. 2**40, random signs: no flush is possible
+            bf = lambda: rng.getrandbits(1) << 15 | rng.randint(87, 167) << 7 | rng.getrandbits(7)
+        else:
+            bf = lambda: rand16(rng)
+        a = np.array([[bf() for _ in range(m)] for _ in range(k)], dtype=np.uint16)
+        b = np.array([[bf() for _ in range(n)] for _ in range(k)], dtype=np.uint16)
+        acc = np.array([[rand32(rng) for _ in range(n)] for _ in range(m)], dtype=np.uint32)
+        if moderate and k > 1:
+            # beat 1 cancels beat 0 where a[1] = -a[0] and b[1] = b[0]: zeros of both signs
+            a[1, ::2] = a[0, ::2] ^ 0x8000
+            b[1] = b[0]
+            acc[:, ::3] = nx.F32_NEG_ZERO
+        got = nx.bf16_mac_block(acc, a, b)
+        assert got.dtype == np.uint32 and (got == _mac_steps(acc, a, b)).all(), (trial, m, k, n)
+    assert nx.bf16_mac_block(acc, a[:0], b[:0]) is acc          # no beat: acc itself
+    # a product larger than one slice (`_PRODUCTS_AT_ONCE`)
+    a = nx.bf16_bits(np.random.default_rng(SESSION_SEED).standard_normal((5, 4096)))
+    b = nx.bf16_bits(np.random.default_rng(SESSION_SEED + 1).standard_normal((5, 64)))
+    acc = np.full((4096, 64), nx.F32_NEG_ZERO, dtype=np.uint32)
+    assert (nx.bf16_mac_block(acc, a, b) == _mac_steps(acc, a, b)).all()
+
+
+def test_bf16_mac_block_flushes_when_its_products_can():
+    """Products below 2**-100 turn the per-beat flush test on: a sum that rounds below
+    2**-126 is a zero of its sign, the sum 2**-126 - 2**-151 (rounds up to 2**-126) is kept,
+    2**-126 - 2**-150 (which a float32 cast also rounds up, a tie to even) is flushed."""
+    a = np.array([[0x8080]], dtype=np.uint16)                  # one beat, a = -2**-126
+    b = np.array([[0x3300, 0x3380, 0x3F00]], dtype=np.uint16)  # 2**-25, 2**-24, 0.5
+    acc = np.array([[0x0080_0000, 0x0080_0000, 0]], dtype=np.uint32)
+    got = nx.bf16_mac_block(acc, a, b)
+    assert [int(v) for v in got[0]] == [0x0080_0000, 0, 0x8000_0000]
+    assert (got == _mac_steps(acc, a, b)).all()
+
+
+def test_float_lanes_are_the_numpy_contract():
+    """`read_floats` / `round_floats` with struct's native 'f' (the vector unit's kernels) give
+    `f32_value` / `f32_result`'s bits: every special operand pair added and multiplied, and
+    random operands, values at the flush threshold and at overflow."""
+    import struct
+    assert nx.FLOAT_LANES, "this platform's struct 'f' does not convert as NumPy does"
+    rng = random.Random(SESSION_SEED + 8)
+    bits = list(nx.SPECIAL_FP32) + [rand32(rng) for _ in range(3000)]
+    pairs = [(p, q) for p in nx.SPECIAL_FP32 for q in nx.SPECIAL_FP32]
+    pairs += [(rng.choice(bits), rng.choice(bits)) for _ in range(20000)]
+    fmt = struct.Struct(f"{len(pairs)}f")
+    x = nx.read_floats(fmt.unpack(struct.pack(f"<{len(pairs)}I", *(p for p, _ in pairs))))
+    y = nx.read_floats(fmt.unpack(struct.pack(f"<{len(pairs)}I", *(q for _, q in pairs))))
+    a = np.array([p for p, _ in pairs], dtype=np.uint32)
+    b = np.array([q for _, q in pairs], dtype=np.uint32)
+    assert [v for v in x if v == v] == list(nx.f32_value(a)[~np.isnan(nx.f32_value(a))])
+    for name, values in (("add", [p + q for p, q in zip(x, y)]),
+                         ("mul", [p * q for p, q in zip(x, y)])):
+        got = struct.unpack(f"<{len(pairs)}I", fmt.pack(*nx.round_floats(values)))
+        ref = (nx.fp32_add if name == "add" else nx.fp32_mul)(a, b)
+        assert list(got) == [int(v) for v in ref], name
+    edges = [2.0 ** -126 - 2.0 ** -150, -(2.0 ** -126 - 2.0 ** -151), 2.0 ** -127, -0.0,
+             2.0 ** 128 - 2.0 ** 103, -(2.0 ** 128 - 2.0 ** 104), 1e300, float("-inf"),
+             float("nan"), 1 + 2.0 ** -24, 1 + 3 * 2.0 ** -24]
+    got = struct.unpack(f"<{len(edges)}I", struct.pack(f"{len(edges)}f",
+                                                      *nx.round_floats(edges)))
+    assert list(got) == [int(v) for v in nx.f32_result(np.array(edges))]
+
+
 def test_clear_then_one_product_is_the_product():
     a = nx.bf16_bits([0.0, -0.0, 1.5, -2.0])
     b = nx.bf16_bits([-0.0, -0.0, 4.0, 0.0])

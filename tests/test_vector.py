@@ -4,6 +4,8 @@ on Verilator, both presets)."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,8 @@ from d1tile.isa import VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.vector import (INT32_MAX, INT32_MIN, VECTOR_LATENCY, VectorUnitState,
                                requantize, requantize_lane, vector_cmd_format, vector_execute,
-                               vector_ideal_cycles, vector_op, vector_result_format)
+                               vector_ideal_cycles, vector_op, vector_op_reference,
+                               vector_result_format)
 from d1tile.vector_ops import VECTOR_OPS, Params, vector_op_of
 
 from conftest import bench_seed, run_bench
@@ -293,6 +296,58 @@ def test_model_matches_ops_table_lane_references():
             enabled = sum(0xFF << (8 * k) for k in range(cfg.word_bytes) if mask >> k & 1)
             assert data & ~enabled == 0 and mask == ((1 << n * dst.bits // 8) - 1) << (
                 g * n * dst.bits // 8), spec.name
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_kernels_match_the_reference_on_every_op(preset):
+    """`vector_op` runs each op's kernel (Python scalars, `vector_kernel`); they give
+    `vector_op_reference`'s (the NumPy lane references') data, mask, accumulator and generator
+    states: every code (undefined ones too), every slot, first / last, random parameters, on
+    words whose lanes are the contract's special values, random FP32 biased to its edges (NaN
+    payloads, subnormals, Inf, ties), BF16 halves of them, and random or extreme integers."""
+    cfg = TileConfig.preset(preset)
+    seed = bench_seed()
+    rng = random.Random(seed)
+
+    def lane(kind):
+        if kind == "fp32":
+            return nx.random_fp32(rng, 0.3)
+        if kind == "bf16":
+            return nx.random_fp32(rng, 0.3) >> 16 | nx.random_fp32(rng, 0.3) & 0xFFFF_0000
+        return rng.choice([rng.getrandbits(32), rng.getrandbits(8) * 0x0101_0101,
+                           rng.choice([0, 0xFFFF_FFFF, 0x8000_0000, 0x7FFF_FFFF, 0x7F80_7F80])])
+
+    def word(kind):
+        return sum(lane(kind) << (32 * k) for k in range(cfg.lanes))
+
+    kinds = {ElemType.FP32: "fp32", ElemType.BF16: "bf16"}
+    for _ in range(400):
+        for code_ in range(1 << 5):
+            spec = VECTOR_OPS.get(code_)
+            kind = kinds.get(spec.src, "int") if spec else rng.choice(["fp32", "int"])
+            a, b, acc = word(kind), word(kind), word("fp32")
+            q = rng.choice([nx.random_fp32(rng, 0.3), 0x3F80_0000, rng.getrandbits(32)])
+            fields = (rng.randrange(1 << 16), rng.randrange(64), rng.randrange(4),
+                      rng.randrange(2), q, rng.randrange(2), rng.randrange(2))
+            states = [VectorUnitState(cfg, rng.getrandbits(32))]
+            states.append(states[0].copy())
+            states[0].acc_word = states[1].acc_word = acc
+            got = vector_op(cfg, code_, a, b, *fields, state=states[0])
+            ref = vector_op_reference(cfg, code_, a, b, *fields, state=states[1])
+            what = (f"{spec.name if spec else code_}: a={a:#x} b={b:#x} fields={fields} "
+                    f"acc={acc:#x} (seed {seed})")
+            assert got == ref, what
+            assert states[0].acc_word == states[1].acc_word, what
+            assert states[0].rng == states[1].rng, what
+
+
+def test_unit_state_accumulator_views():
+    """`acc` (lanes, uint32) and `acc_word` (one integer) are the same register."""
+    state = VectorUnitState(TINY)
+    assert state.acc_word == 0 and state.acc.dtype == np.uint32 and not state.acc.any()
+    state.acc = [1, 0x8000_0000, 3, 0xFFFF_FFFF]
+    assert state.acc_word == word_from_lanes([1, 0x8000_0000, 3, 0xFFFF_FFFF])
+    assert [int(v) for v in state.copy().acc] == [1, 0x8000_0000, 3, 0xFFFF_FFFF]
 
 
 # -- requantize (NumPy) agrees with vector_op --------------------------------------------------
