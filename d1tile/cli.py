@@ -138,6 +138,17 @@ def _check_directory(path: str | None, option: str, names, *others) -> None:
                          f"({exc.strerror or exc})") from None
 
 
+def _check_outputs(args, plots) -> None:
+    """`run`'s and `train`'s outputs (--out, --report, --trace, --plots DIR with the files
+    `plots`), each checked before any work and against the others."""
+    _check_writable(args.out, "--out")
+    _check_writable(args.report, "--report", ("--out", args.out))
+    _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
+    if args.plots:
+        _check_directory(args.plots, "--plots", plots, ("--out", args.out),
+                         ("--report", args.report), ("--trace", args.trace))
+
+
 def _write_outputs(outputs: list) -> None:
     """[(path, write)]: every `write(tmp_path)` first, then the renames, so a failure leaves
     no output at all (nor a half-written one, nor a directory made for them); an OS error is
@@ -199,13 +210,8 @@ def cmd_run(args) -> int:
     from .sw.report import run_network, summary
     cfg = config_from_args(args)
     backends = _backends(args.backend)
-    _check_writable(args.out, "--out")
-    _check_writable(args.report, "--report", ("--out", args.out))
-    _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
-    if args.plots:
-        from .sw.plots import RUN_PLOTS
-        _check_directory(args.plots, "--plots", RUN_PLOTS, ("--out", args.out),
-                         ("--report", args.report), ("--trace", args.trace))
+    from .sw.plots import RUN_PLOTS
+    _check_outputs(args, RUN_PLOTS)
     x = _load_array(args.input, "--input")
     calib = _load_array(args.calib, "--calib") if args.calib else x
     labels = None
@@ -323,13 +329,8 @@ def cmd_train(args) -> int:
     from .sw.training import Sgd
     cfg = config_from_args(args)
     backends = _backends(args.backend)
-    _check_writable(args.out, "--out")
-    _check_writable(args.report, "--report", ("--out", args.out))
-    _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
-    if args.plots:
-        from .sw.plots import TRAIN_PLOTS
-        _check_directory(args.plots, "--plots", TRAIN_PLOTS, ("--out", args.out),
-                         ("--report", args.report), ("--trace", args.trace))
+    from .sw.plots import TRAIN_PLOTS
+    _check_outputs(args, TRAIN_PLOTS)
     if args.trace and args.backend == "rtl":
         raise ValueError("--trace: the trace is the cycle model's run (--backend model or both)")
     x = _load_array(args.data, "--data")
