@@ -62,8 +62,9 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
     """SIGINT during a long run: one line, exit 130, no traceback, no output file."""
     import signal
     import time
-    proc = subprocess.Popen([sys.executable, "-m", "d1tile.cli", "noc-stress", "--grid", "2x2",
-                             "--rate", "0.0001", "--packets", "2000"], cwd=tmp_path,
+    # a run of minutes: a busy 4x4 mesh (an idle one the model skips through in no time)
+    proc = subprocess.Popen([sys.executable, "-m", "d1tile.cli", "noc-stress", "--grid", "4x4",
+                             "--rate", "0.5", "--packets", "1000000"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     # Once it has printed its first line it is running (on a loaded machine the imports
