@@ -138,15 +138,36 @@ def _check_directory(path: str | None, option: str, names, *others) -> None:
                          f"({exc.strerror or exc})") from None
 
 
-def _check_outputs(args, plots) -> None:
+def _pictures():
+    """`d1tile.sw.plots`, imported when pictures are asked for (it brings matplotlib)."""
+    from .sw import plots
+    return plots
+
+
+def _check_outputs(args, plots: str) -> None:
     """`run`'s and `train`'s outputs (--out, --report, --trace, --plots DIR with the files
-    `plots`), each checked before any work and against the others."""
+    `d1tile.sw.plots.<plots>` names), each checked before any work and against the others
+    (matplotlib is imported only with --plots)."""
     _check_writable(args.out, "--out")
     _check_writable(args.report, "--report", ("--out", args.out))
     _check_writable(args.trace, "--trace", ("--out", args.out), ("--report", args.report))
     if args.plots:
-        _check_directory(args.plots, "--plots", plots, ("--out", args.out),
+        _check_directory(args.plots, "--plots", getattr(_pictures(), plots), ("--out", args.out),
                          ("--report", args.report), ("--trace", args.trace))
+
+
+def _report_files(args, report, trace, draws) -> list:
+    """The (path, writer) pairs of --report, --trace and --plots DIR (`draws()`: the
+    pictures' {file name: draw}, called only with --plots)."""
+    from pathlib import Path
+    files = []
+    if args.report:
+        files.append((args.report, _json_writer(report)))
+    if args.trace:
+        files.append((args.trace, _json_writer(trace, compact=True)))
+    if args.plots:
+        files += [(str(Path(args.plots) / name), draw) for name, draw in draws().items()]
+    return files
 
 
 def _write_outputs(outputs: list) -> None:
@@ -210,8 +231,7 @@ def cmd_run(args) -> int:
     from .sw.report import run_network, summary
     cfg = config_from_args(args)
     backends = _backends(args.backend)
-    from .sw.plots import RUN_PLOTS
-    _check_outputs(args, RUN_PLOTS)
+    _check_outputs(args, "RUN_PLOTS")
     x = _load_array(args.input, "--input")
     calib = _load_array(args.calib, "--calib") if args.calib else x
     labels = None
@@ -286,15 +306,8 @@ def cmd_run(args) -> int:
                     np.savez(f, **outputs)
 
         files.append((args.out, write))
-    if args.report:
-        files.append((args.report, _json_writer(report)))
-    if args.trace:
-        files.append((args.trace, _json_writer(net.chrome_trace, compact=True)))
-    if args.plots:
-        from pathlib import Path
-        from .sw.plots import run_plots
-        files += [(str(Path(args.plots) / name), draw)
-                  for name, draw in run_plots(net, report).items()]
+    files += _report_files(args, report, net.chrome_trace if args.trace else None,
+                           lambda: _pictures().run_plots(net, report))
     _write_outputs(files)
     if args.out:
         print(f"  outputs       {args.out}")
@@ -304,7 +317,7 @@ def cmd_run(args) -> int:
         print(f"  trace         {args.trace} (the cycle model's run; open it in "
               "ui.perfetto.dev)")
     if args.plots:
-        print(f"  plots         {', '.join(RUN_PLOTS)} in {args.plots}")
+        print(f"  plots         {', '.join(_pictures().RUN_PLOTS)} in {args.plots}")
     _check_run([report])
     return 0
 
@@ -329,8 +342,7 @@ def cmd_train(args) -> int:
     from .sw.training import Sgd
     cfg = config_from_args(args)
     backends = _backends(args.backend)
-    from .sw.plots import TRAIN_PLOTS
-    _check_outputs(args, TRAIN_PLOTS)
+    _check_outputs(args, "TRAIN_PLOTS")
     if args.trace and args.backend == "rtl":
         raise ValueError("--trace: the trace is the cycle model's run (--backend model or both)")
     x = _load_array(args.data, "--data")
@@ -394,15 +406,8 @@ def cmd_train(args) -> int:
         import onnx
         model = run.onnx()
         files.append((args.out, lambda tmp: onnx.save(model, str(tmp))))
-    if args.report:
-        files.append((args.report, _json_writer(report)))
-    if args.trace:
-        files.append((args.trace, _json_writer(run.trace, compact=True)))
-    if args.plots:
-        from pathlib import Path
-        from .sw.plots import train_plots
-        files += [(str(Path(args.plots) / name), draw)
-                  for name, draw in train_plots(report).items()]
+    files += _report_files(args, report, run.trace,
+                           lambda: _pictures().train_plots(report))
     _write_outputs(files)
     if args.out:
         print(f"  trained model {args.out}")
@@ -411,7 +416,7 @@ def cmd_train(args) -> int:
     if args.trace:
         print(f"  trace         {args.trace} (the cycle model's run; open it in ui.perfetto.dev)")
     if args.plots:
-        print(f"  plots         {', '.join(TRAIN_PLOTS)} in {args.plots}")
+        print(f"  plots         {', '.join(_pictures().TRAIN_PLOTS)} in {args.plots}")
     if not run.bit_exact:
         raise CheckFailed(f"the tile's training differs from the reference: {run.mismatch}")
     if run.model_and_rtl_identical is False:
