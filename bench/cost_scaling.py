@@ -7,9 +7,11 @@
 Synthesises one node per configuration (the tiny preset with one field changed; results cached
 in build/cost/, the first mac_dim 8 node takes a few minutes) and prints, per configuration,
 the matrix unit's and the router's cells and NAND2 equivalents, the node's, the peak MACs per
-cycle and the node's NAND2 equivalents per MAC of peak. With `--plot PNG`, also draws the
-matrix unit's and the node's NAND2 equivalents against the peak MACs per cycle of the mac_dim
-configurations (`d1tile.sw.plots.cost_vs_macs`, log-log).
+cycle and the node's NAND2 equivalents per MAC of peak; then, per mac_dim, the matrix unit alone
+computing int8 only, BF16 only and both (the node's), and what BF16 adds to an int8 unit. With
+`--plot PNG`, also draws the matrix block's, the int8-only unit's and the node's NAND2
+equivalents against the peak MACs per cycle of the mac_dim configurations
+(`d1tile.sw.plots.cost_vs_macs`, log-log).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from d1tile.hw.cost import CostError, node_cost
+from d1tile.hw.cost import MATRIX_VARIANTS, CostError, matrix_unit_cost, node_cost
 from d1tile.params import ConfigError, TileConfig
 
 
@@ -40,8 +42,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         base = TileConfig.preset("tiny")
-        configs = [("mac_dim", n, base.replace(mac_dim=n))
-                   for n in _ints(args.mac_dims, "--mac-dims")]
+        mac_dims = _ints(args.mac_dims, "--mac-dims")
+        configs = [("mac_dim", n, base.replace(mac_dim=n)) for n in mac_dims]
         configs += [("router_fifo_depth", d, base.replace(router_fifo_depth=d))
                     for d in _ints(args.fifo_depths, "--fifo-depths")]
     except (ValueError, ConfigError) as exc:
@@ -67,6 +69,23 @@ def main(argv=None) -> int:
               f"{time.monotonic() - started:>7.0f}s")
         if field == "mac_dim":
             points.append(scaling_point(cfg, report))
+    if mac_dims:
+        print(f"\nthe matrix unit alone, by element type (NAND2 equivalents)\n"
+              f"{'mac_dim':<8}{'int8':>11}{'bf16':>11}{'int8+bf16':>11}{'BF16 adds':>11}"
+              f"{'ratio':>7}{'time':>7}")
+    for n in mac_dims:
+        started = time.monotonic()
+        try:
+            units = {v: matrix_unit_cost(base.replace(mac_dim=n), v)[0] for v in MATRIX_VARIANTS}
+        except CostError as exc:
+            print(f"{n:<8}  failed: {exc}")
+            continue
+        i8, bf, both = (units[v].nand2 for v in MATRIX_VARIANTS)
+        print(f"{n:<8}{i8:>11,.0f}{bf:>11,.0f}{both:>11,.0f}{both - i8:>11,.0f}"
+              f"{both / i8:>6.1f}x{time.monotonic() - started:>6.0f}s")
+        for point in points:
+            if point["macs"] == n * n:
+                point["matrix unit alone, int8 only"] = i8
     if args.plot and points:
         from d1tile.sw.plots import cost_vs_macs
         cost_vs_macs(args.plot, points, "one node's cost against its peak MACs per cycle\n"
@@ -77,9 +96,10 @@ def main(argv=None) -> int:
 
 def scaling_point(cfg: TileConfig, report) -> dict:
     """One point of the plot: the configuration's peak MACs per cycle and N, and the matrix
-    unit's and the node's NAND2 equivalents (`d1tile.sw.plots.cost_vs_macs`)."""
+    block's and the node's NAND2 equivalents (`d1tile.sw.plots.cost_vs_macs`)."""
     return {"macs": cfg.macs_per_cycle, "label": f"N = {cfg.mac_dim}",
-            "matrix unit": report.blocks["matrix"].nand2, "node": report.node.nand2}
+            "matrix block (int8 + BF16 unit, engine)": report.blocks["matrix"].nand2,
+            "node": report.node.nand2}
 
 
 if __name__ == "__main__":

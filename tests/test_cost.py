@@ -43,6 +43,22 @@ def test_a_bigger_matrix_unit_costs_more(tiny):
     assert small.node.nand2 < tiny.node.nand2
 
 
+def test_bf16_costs_more_than_int8_and_the_node_has_both(tiny):
+    """The matrix unit alone, per element type (`matrix_unit_cost`): the BF16 unit (FP decode,
+    exponent logic, an FP adder per cell) has more cells than the int8 one, the unit of both
+    more than either, and the node's matrix block is the unit of both plus its engine."""
+    int8, _, _ = cost.matrix_unit_cost(TINY, "int8")
+    bf16, _, _ = cost.matrix_unit_cost(TINY, "bf16")
+    both, _, _ = cost.matrix_unit_cost(TINY, "int8+bf16")
+    assert int8.cells < bf16.cells < both.cells
+    assert int8.nand2 < bf16.nand2 < both.nand2
+    # the accumulators are there whatever the types: 2 banks x N^2 x 32 bits
+    assert min(int8.flops, bf16.flops) >= 2 * TINY.mac_dim ** 2 * 32
+    assert both.cells < tiny.blocks["matrix"].cells
+    with pytest.raises(ValueError, match="one of int8, bf16, int8\\+bf16"):
+        cost.matrix_unit_cost(TINY, "fp64")
+
+
 def test_the_area_proxy_follows_its_stated_weights():
     assert cost.transistors({"NOT": 1, "NAND": 1, "AND": 2, "XOR": 1, "MUX": 1}) == \
         2 + 4 + 12 + 12 + 12
@@ -58,10 +74,13 @@ def test_cost_command_prints_the_table_and_refuses_what_it_cannot_do(tiny, capsy
     assert main(["cost", "--preset", "tiny", "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
     assert "(cached: build/cost/)" in out
-    for name in [*cost.BLOCKS, "node", "tile (4 nodes)"]:
+    for name in [*cost.BLOCKS, "node", "tile (4 nodes)", "unit int8 ", "unit int8+bf16"]:
         assert f"  {name}" in out
+    assert "BF16 adds " in out
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["node"]["cells"] == tiny.node.cells and data["tile"]["nodes"] == 4
+    assert data["matrix_unit_by_type"]["int8"]["cells"] == \
+        cost.matrix_unit_cost(TINY, "int8")[0].cells
     assert main(["cost", "--block", "gpu"]) == 2
     assert "--block 'gpu': not a block of the node" in capsys.readouterr().err
     # a synthesis that cannot run: one line, status 2

@@ -394,3 +394,55 @@ def test_transposed_readout_reads_columns(rng):
     for (i, col), lanes in got.items():
         want = expected[:, i] if col else expected[i]
         assert lanes == want.tolist(), f"{'column' if col else 'row'} {i}"
+
+
+@pytest.mark.parametrize("types", [(INT8,), (BF16,)])
+def test_a_single_type_unit_computes_its_type_and_ignores_the_other(types, rng):
+    """The cost builds' units (`MatrixUnit(cfg, types)`, `d1tile.hw.cost.matrix_unit_cost`)
+    are still matrix units: beats of their type give the reference's bits, beats of the type
+    they lack leave the accumulators as they are (Amaranth's simulator, quick)."""
+    from amaranth.sim import Simulator
+    cfg = TileConfig.preset("tiny")
+    n, k = cfg.mac_dim, 3
+    own = types[0]
+    other = BF16 if own == INT8 else INT8
+    operands = {INT8: (random_int8(rng, n, k), random_int8(rng, k, n)),
+                BF16: (nx.bf16_bits(rng.standard_normal((n, k))),
+                       nx.bf16_bits(rng.standard_normal((k, n))))}
+    # own beats, then (after them) beats of the missing type, which must change nothing
+    beats = [(a, b, i == 0, own) for i, (a, b) in enumerate(outer_product_beats(*operands[own]))]
+    beats += [(a, b, True, other) for a, b in outer_product_beats(*operands[other])]
+    unit = MatrixUnit(cfg, types)
+    assert unit.types == types
+    rows = {}
+
+    async def bench(ctx):
+        ctx.set(unit.rd_data.ready, 1)
+        for a, b, clear, dtype in beats:
+            ctx.set(unit.operands.valid, 1)
+            ctx.set(unit.operands.payload.as_value(), pack_operands(cfg, a, b, clear, dtype))
+            await ctx.tick()
+        ctx.set(unit.operands.valid, 0)
+        for row in range(n):
+            ctx.set(unit.rd_req.valid, 1)
+            ctx.set(unit.rd_req.p.row, row)
+            while not ctx.get(unit.rd_req.ready):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(unit.rd_req.valid, 0)
+            rows[row] = list(ctx.get(unit.rd_data.payload))
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    expected = matmul_reference(*operands[own], own).astype(np.int64) & 0xFFFFFFFF
+    for row in range(n):
+        assert rows[row] == expected[row].tolist(), f"{own.name}-only unit, row {row}"
+
+
+def test_a_unit_of_no_or_unknown_types_is_refused():
+    with pytest.raises(ValueError, match="non-empty subset"):
+        MatrixUnit(TileConfig.preset("tiny"), ())
+    with pytest.raises(ValueError, match="non-empty subset"):
+        MatrixUnit(TileConfig.preset("tiny"), (ElemType.FP32,))

@@ -171,8 +171,9 @@ def test_cost_scaling_bench_plots_the_mac_dim_rows(tmp_path):
     cfg = TileConfig.preset("tiny").replace(mac_dim=2)
     report = SimpleNamespace(blocks={"matrix": SimpleNamespace(nand2=39_148.0)},
                              node=SimpleNamespace(nand2=296_056.0))
-    assert bench.scaling_point(cfg, report) == {"macs": 4, "label": "N = 2",
-                                                "matrix unit": 39_148.0, "node": 296_056.0}
+    assert bench.scaling_point(cfg, report) == {
+        "macs": 4, "label": "N = 2", "matrix block (int8 + BF16 unit, engine)": 39_148.0,
+        "node": 296_056.0}
 
 
 def test_loss_curves(tmp_path):
