@@ -128,8 +128,15 @@ class NodeModel:
         # Timeline (`TileModel(cfg, timeline=True)`, which steps every node in every cycle): a
         # list that `tick` appends (cycle, state) to whenever the state changes, state =
         # (sequencer event, then busy flags of MATMUL, MREAD, vector, DMA-out, DMA-in), the same
-        # conditions the performance counters count. None: no timeline.
+        # conditions the performance counters count, then the matrix engine's bank (-1: idle),
+        # the readout engine's, and the SRAM accesses granted and refused in the cycle. With it,
+        # `packets_out` gets (cycle, head flit) for every packet whose head DMA-out injects and
+        # `packets_in` (head cycle, tail cycle, head flit) for every packet DMA-in takes in.
+        # None: no timeline.
         self.timeline: list | None = None
+        self.packets_out: list | None = None
+        self.packets_in: list | None = None
+        self._head_in = None
         self._timeline_state = None
         self.timeline_end: int | None = None          # the cycle after the DONE event
         self.timeline_counters: list | None = None    # the counters then
@@ -205,6 +212,16 @@ class NodeModel:
         instr = decision.instr
         read_grants, write_grants = self.read_grants, self.write_grants
         reply = self.reply
+        if self.timeline is not None and self.timeline_end is None:
+            cycle = self.trace_clock.cycle
+            if accepted and dout.head_pending:
+                self.packets_out.append((cycle, dout.header))
+            if ejected is not None:
+                if not din.in_packet:
+                    self._head_in = (cycle, ejected)
+                if ejected & din._tail and self._head_in is not None:
+                    self.packets_in.append((self._head_in[0], cycle, self._head_in[1]))
+                    self._head_in = None
         if dout.active or reply is not None or engine == _DMA:
             reply_taken = dout.tick(
                 start=engine == _DMA, instr=instr if engine == _DMA else 0,
@@ -256,7 +273,9 @@ class NodeModel:
             cycle = self.trace_clock.cycle
             state = (int(event), not idle[_MATRIX], not idle[_READOUT], not idle[_VECTOR],
                      not idle[_DMA], self._din_busy,
-                     state == SeqState.RUN or state == SeqState.HALTING)
+                     state == SeqState.RUN or state == SeqState.HALTING,
+                     -1 if idle[_MATRIX] else mxu.mbank, -1 if idle[_READOUT] else mxu.rbank,
+                     self.grants, self.requests - self.grants)
             if state != self._timeline_state:
                 self._timeline_state = state
                 self.timeline.append((cycle, state))

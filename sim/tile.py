@@ -97,12 +97,20 @@ class TileModel:
             self.timeline = {}
             for node, model in self.nodes.items():
                 model.timeline = self.timeline[node] = []
+                model.packets_out, model.packets_in, model._head_in = [], [], None
                 model._timeline_state = None
                 model.timeline_end = model.timeline_counters = None
 
     def timeline_ends(self) -> dict:
         """(x, y) -> the cycle after the node's DONE (the run's end for a node that has none)."""
         return {node: model.timeline_end if model.timeline_end is not None else self.cycle
+                for node, model in self.nodes.items()}
+
+    def packets(self) -> dict:
+        """(x, y) -> (packets out, packets in) of the node up to its DONE (`NodeModel`'s
+        `packets_out`, `packets_in`; needs `timeline=True`): what the trace's flow arrows are
+        drawn from (`d1tile.sim.trace.packet_flows`)."""
+        return {node: (model.packets_out or [], model.packets_in or [])
                 for node, model in self.nodes.items()}
 
     def timeline_counters(self) -> dict:

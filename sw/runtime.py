@@ -110,7 +110,7 @@ class ModelDevice(Device):
                                "timeline=True) and run() first")
         programs = {node: p.words for node, p in self._program.programs.items()}
         return chrome_trace(self.cfg, programs, self._model.issue_trace, self._model.timeline,
-                            self._model.timeline_ends())
+                            self._model.timeline_ends(), self._model.packets())
 
     @property
     def issue_trace(self) -> dict:

@@ -32,7 +32,8 @@ def check_against_counters(cfg, tile_program):
     result = model.run(tile_program)
     assert result.comparable() == plain.comparable()        # the timeline changes nothing
     trace = chrome_trace(cfg, {n: p.words for n, p in tile_program.programs.items()},
-                         model.issue_trace, model.timeline, model.timeline_ends())
+                         model.issue_trace, model.timeline, model.timeline_ends(),
+                         model.packets())
     json.dumps(trace)                                        # plain JSON
     events = trace["traceEvents"]
     pids = {e["args"]["name"]: e["pid"] for e in events if e.get("name") == "process_name"}
@@ -61,7 +62,56 @@ def check_against_counters(cfg, tile_program):
         final = final if isinstance(final, dict) else dict(zip(at_done[node], final))
         for k in ("busy_matrix", "busy_vector", "stall_unit", "stall_hazard", "instructions"):
             assert final[k] == counters[k], (node, k)
+        # counter tracks: refused SRAM accesses add up to `conflicts`; a bank accumulates
+        # exactly in the MATMUL track's cycles and is read in the MREAD track's
+        end = model.timeline_ends()[node]
+        assert counter_sum(events, pid, "SRAM accesses", "refused", end) == \
+            counters["sram_conflicts"]
+        for state, track in ((1, "matrix (MATMUL)"), (2, "readout (MREAD)")):
+            banks = sum(counter_sum(events, pid, f"accumulator bank {b}", "state", end,
+                                    lambda v, s=state: v == s) for b in range(2))
+            assert banks == len(cycles_of(events, pid, {tid[track]})), (node, track)
+    check_flows(cfg, model, events, pids, tid)
     return trace
+
+
+def counter_sum(events, pid, name, key, end, predicate=None) -> int:
+    """Cycles x value of a counter track up to `end` (with `predicate`: cycles in which it
+    holds of the value)."""
+    points = sorted((round(e["ts"] * 1000), e["args"][key]) for e in events
+                    if e.get("ph") == "C" and e["pid"] == pid and e["name"] == name)
+    total = 0
+    for (start, value), (stop, _) in zip(points, [*points[1:], (end, 0)]):
+        total += (stop - start) * (value if predicate is None else int(predicate(value)))
+    return total
+
+
+def check_flows(cfg, model, events, pids, tid):
+    """Every packet one node sends another is one arrow, from a span of the source's DMA-out
+    track to one of the receiver's packets-in track (where Perfetto binds it), taking at least
+    the hops of its path."""
+    from d1tile.sim.trace import receivers
+    spans = {}
+    for e in events:
+        if e.get("ph") == "X":
+            start = round(e["ts"] * 1000)
+            spans.setdefault((e["pid"], e["tid"]), []).append((start, start + round(e["dur"] * 1000)))
+    starts = {e["id"]: e for e in events if e.get("ph") == "s"}
+    ends = {e["id"]: e for e in events if e.get("ph") == "f"}
+    assert starts.keys() == ends.keys()
+    packets = model.packets()
+    sent = sum(len(receivers(cfg, node, head)) for node, (out, _) in packets.items()
+               for _, head in out)
+    assert len(starts) == sent      # every packet to a node arrived (the programs wait for them)
+    by_pid = {pid: tuple(map(int, name[6:-1].split(", "))) for name, pid in pids.items()}
+    for k, s in starts.items():
+        f = ends[k]
+        t0, t1 = round(s["ts"] * 1000), round(f["ts"] * 1000)
+        assert any(a <= t0 < b for a, b in spans[(s["pid"], tid["DMA out"])]), s
+        assert any(a <= t1 < b for a, b in spans[(f["pid"], tid["packets in"])]), f
+        src, dst = by_pid[s["pid"]], by_pid[f["pid"]]
+        assert t1 - t0 >= abs(src[0] - dst[0]) + abs(src[1] - dst[1]) + 1, (s, f)
+        assert f["args"]["latency"] == t1 - t0
 
 
 def test_a_compiled_network_traces_to_its_counters():
@@ -75,6 +125,7 @@ def test_a_compiled_network_traces_to_its_counters():
     trace = check_against_counters(TINY, tp)
     names = {e["name"] for e in trace["traceEvents"] if e.get("ph") == "X"}
     assert {"MATMUL", "MREAD", "SEND", "stall: WAIT"} <= names
+    assert sum(1 for e in trace["traceEvents"] if e.get("ph") == "s") > 0     # arrows drawn
     assert trace["otherData"]["time_unit"] == "1 cycle = 1 ns"
 
 
