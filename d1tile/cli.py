@@ -322,17 +322,57 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _step_progress():
-    """A training run's progress on a terminal (one line, rewritten: the step and the cycle),
-    None when stderr is not one (CI, a pipe): nothing is printed there."""
+def _bar(total: int, desc: str, unit: str):
+    """A progress bar (tqdm) on stderr when it is a terminal; None when it is not (CI, a pipe,
+    a log file): nothing is printed there. The bar is removed when it is closed."""
     if not sys.stderr.isatty():
         return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"  {desc}", unit=unit, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def _step_progress():
+    """A training run's progress on a terminal: `progress(step, total, cycle)` for
+    `train_on_tile`, a bar of the steps with the cycle; None off a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    bars = {}
 
     def show(step, total, cycle):
-        end = "\n" if step == total else ""
-        print(f"\r  cycle model: step {step}/{total}, cycle {cycle:,}", end=end,
-              file=sys.stderr, flush=True)
+        bar = bars.get(total) or bars.setdefault(total, _bar(total, "cycle model", "step"))
+        bar.update(step - bar.n)
+        bar.set_postfix_str(f"cycle {cycle:,}", refresh=False)
+        if step == total:
+            bar.close()
     return show
+
+
+def _verify_progress():
+    """`verify`'s progress on a terminal: a bar per stage (interpreter, model, RTL)."""
+    if not sys.stderr.isatty():
+        return None
+    bars = {}
+
+    def show(stage, done, total):
+        bar = bars.get(stage) or bars.setdefault(stage, _bar(total, stage, "program"))
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+    return show
+
+
+def _noc_progress(packets: int, label: str):
+    """`noc-stress`'s progress on a terminal: packets generated of `packets`, with the
+    cycle and the copies delivered."""
+    bar = _bar(packets, label, "pkt")
+    if bar is None:
+        return None, None
+
+    def show(generated, delivered, cycle):
+        bar.update(generated - bar.n)
+        bar.set_postfix_str(f"cycle {cycle:,}, {delivered:,} delivered", refresh=False)
+    return show, bar
 
 
 def cmd_train(args) -> int:
@@ -632,9 +672,20 @@ def cmd_noc_stress(args) -> int:
           else f"at {rates[0]} flits/node/cycle")
     print(f"d1tile noc-stress: {cfg.rows}x{cfg.cols} mesh ({args.preset}), {args.packets} packets"
           f"{mc} {at}, seed {args.seed}, backend {args.backend}")
+
+    def run_at(rate):
+        show, bar = (_noc_progress(args.packets, f"rate {rate:g}") if args.backend == "model"
+                     else (None, None))
+        try:
+            return run(cfg, packets=args.packets, rate=rate, seed=args.seed,
+                       multicast=args.multicast, max_cycles=args.max_cycles,
+                       **({"progress": show} if show else kwargs))
+        finally:
+            if bar is not None:
+                bar.close()
+
     if not sweep:
-        stats = run(cfg, packets=args.packets, rate=rates[0], seed=args.seed,
-                    multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
+        stats = run_at(rates[0])
         print(stats.summary())
         if _noc_stopped(stats):
             raise CheckFailed(f"stopped at --max-cycles {args.max_cycles:,} with "
@@ -648,8 +699,7 @@ def cmd_noc_stress(args) -> int:
           f"{'delivered':>11}  (latency in cycles; rate and delivered in flits/node/cycle)")
     done, failed = [], []
     for rate in rates:
-        stats = run(cfg, packets=args.packets, rate=rate, seed=args.seed,
-                    multicast=args.multicast, max_cycles=args.max_cycles, **kwargs)
+        stats = run_at(rate)
         verdict = ("" if stats.ok else "  STOPPED at --max-cycles" if _noc_stopped(stats)
                    else f"  FAILED: lost {stats.lost}, duplicated {stats.duplicated}, "
                         f"reordered {stats.reordered}, broken {stats.broken}, misdelivered "
@@ -691,7 +741,8 @@ def cmd_verify(args) -> int:
     print(f"d1tile verify: {args.random_programs if args.only is None else 1} random program(s), "
           f"seed {args.seed}, {cfg.rows}x{cfg.cols} grid, preset {args.preset}: cycle model vs "
           f"{against}")
-    report = verify(cfg, args.random_programs, args.seed, only=args.only, rtl=rtl)
+    report = verify(cfg, args.random_programs, args.seed, only=args.only, rtl=rtl,
+                    progress=_verify_progress())
     rtl_part = (f"RTL: {report.rtl_seconds:.2f} s (+ {report.build_seconds:.1f} s build)" if rtl
                 else "RTL: not run (--backend model)")
     print(f"model: {report.model_cycles} cycles in {report.model_seconds:.2f} s; {rtl_part}")

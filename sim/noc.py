@@ -238,9 +238,15 @@ class NocTraffic:
         return s
 
 
+PROGRESS_CYCLES = 4096
+"""How often `run_model` calls its `progress` callback."""
+
+
 def run_model(cfg: TileConfig, *, packets: int, rate: float, seed: int,
-              multicast: float = 0.0, max_cycles: int = 10_000_000) -> NocStats:
-    """noc-stress on the cycle model (`MeshModel`)."""
+              multicast: float = 0.0, max_cycles: int = 10_000_000, progress=None) -> NocStats:
+    """noc-stress on the cycle model (`MeshModel`). `progress(generated, delivered, cycle)`,
+    if given, is called every `PROGRESS_CYCLES` cycles and at the end: the packets generated
+    so far (of `packets`) and the packet copies delivered."""
     from d1tile.sim.router import MeshModel
     mesh = MeshModel(cfg)
     traffic = NocTraffic(cfg, packets=packets, rate=rate, seed=seed, multicast=multicast)
@@ -249,6 +255,10 @@ def run_model(cfg: TileConfig, *, packets: int, rate: float, seed: int,
         accepted, ejected = mesh.step(traffic.offers(), {})
         traffic.step(cycle, accepted, ejected)
         cycle += 1
+        if progress is not None and cycle % PROGRESS_CYCLES == 0:
+            progress(traffic.generated, len(traffic.delivered), cycle)
+    if progress is not None:
+        progress(traffic.generated, len(traffic.delivered), cycle)
     if mesh.misroutes:
         traffic.counts.misdelivered += len(mesh.misroutes)
     return traffic.stats()

@@ -98,15 +98,21 @@ def run_kind(node, instr) -> list[str]:
     return kinds
 
 
-def exercised(programs) -> tuple[Counter, list]:
+def exercised(programs, progress=None) -> tuple[Counter, list]:
     """Instructions executed per kind (`run_kind`) by the functional interpreter on
-    `programs`, and the interpreter's results (one per program)."""
+    `programs`, and the interpreter's results (one per program). `progress(done)`: called
+    after each program."""
     counts = Counter()
 
     def count(node, instr):
         counts.update(run_kind(node, instr))
 
-    return counts, [interpret(tp, on_issue=count) for tp in programs]
+    results = []
+    for tp in programs:
+        results.append(interpret(tp, on_issue=count))
+        if progress is not None:
+            progress(len(results))
+    return counts, results
 
 
 def differences(model: dict, rtl: dict, limit: int = 3) -> list[str]:
@@ -161,24 +167,37 @@ class VerifyReport:
 
 
 def verify(cfg: TileConfig, count: int, seed: int, *, only: int | None = None, log=print,
-           command: str = "d1tile verify", rtl: bool = True) -> VerifyReport:
-    """Run the comparison; `log` gets one line per mismatch (with a reproducer) and the summary.
-    `rtl=False`: the cycle model against the functional interpreter only (no Verilator: any
-    grid the model runs)."""
+           command: str = "d1tile verify", rtl: bool = True, progress=None) -> VerifyReport:
+    """Run the comparison; `log` gets one line per mismatch (with a reproducer), the
+    Verilator build's progress lines, and the summary. `rtl=False`: the cycle model against
+    the functional interpreter only (no Verilator: any grid the model runs).
+    `progress(stage, done, total)`, if given, is called as the work advances: stage
+    "interpreter" and "model" per program, "RTL" before and after the one Verilator run of
+    them all."""
+    progress = progress or (lambda stage, done, total: None)
     indices = [only] if only is not None else list(range(count))
     programs = [program_for(cfg, seed, i) for i in indices]
     report = VerifyReport(programs=len(programs))
-    report.exercised, functionals = exercised(programs)
+    report.exercised, functionals = exercised(programs, progress=lambda done: progress(
+        "interpreter", done, len(programs)))
     started = time.monotonic()
-    models = [TileModel(cfg).run(tp) for tp in programs]
+    models = []
+    for tp in programs:
+        models.append(TileModel(cfg).run(tp))
+        progress("model", len(models), len(programs))
     report.model_seconds = time.monotonic() - started
     report.model_cycles = sum(r.total_cycles for r in models)
     rtls = [None] * len(programs)
     if rtl:
-        from d1tile.hw.tile_run import run_rtl
+        from d1tile.hw.tile_run import run_rtl, tile_build
+        started = time.monotonic()
+        tile_build(cfg, log)             # with its progress lines; run_rtl reuses it
+        report.build_seconds = time.monotonic() - started
         timing = {}
+        progress("RTL", 0, len(programs))
         rtls = run_rtl(programs, timing=timing, log=lambda line: None)
-        report.rtl_seconds, report.build_seconds = timing["run_s"], timing["build_s"]
+        progress("RTL", len(programs), len(programs))
+        report.rtl_seconds = timing["run_s"]
     for index, model, rtl_result, functional in zip(indices, models, rtls, functionals):
         problems = [] if rtl_result is None else differences(model.comparable(),
                                                              rtl_result.comparable())

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from d1tile.cli import main
+from d1tile.params import TileConfig
 
 
 def run_cli(*args):
@@ -380,3 +381,27 @@ def test_demo_trains_the_toy_mlp_on_the_tile(capsys):
     assert "val accuracy" in out and "(float32 " in out
     assert "bit-exact with the NumPy reference of the tile's arithmetic (loss every step, " \
            "weights every epoch): yes" in out
+
+
+def test_long_commands_report_progress_and_stay_quiet_off_a_terminal(capsys, monkeypatch):
+    """verify and noc-stress call their progress callbacks as they go (the bars on a terminal
+    are drawn from them); off a terminal (CI, a pipe) no bar is made and nothing is drawn."""
+    from d1tile import cli
+    from d1tile.sim import noc
+    from d1tile.sw.verify import verify
+    cfg = TileConfig.preset("tiny")
+    calls = []
+    verify(cfg, 3, 5, rtl=False, log=lambda line: None,
+           progress=lambda *a: calls.append(a))
+    assert [c for c in calls if c[0] == "model"] == [("model", k, 3) for k in (1, 2, 3)]
+    assert [c for c in calls if c[0] == "interpreter"][-1] == ("interpreter", 3, 3)
+    seen = []
+    monkeypatch.setattr(noc, "PROGRESS_CYCLES", 64)
+    stats = noc.run_model(cfg, packets=300, rate=0.2, seed=3,
+                          progress=lambda *a: seen.append(a))
+    assert len(seen) >= 2 and seen[-1] == (300, stats.delivered, stats.cycles)
+    assert [c for _, _, c in seen] == sorted(c for _, _, c in seen)
+    # not a terminal here (pytest captures stderr): no bars
+    assert cli._bar(10, "x", "it") is None and cli._verify_progress() is None
+    assert main(["noc-stress", "--grid", "2x2", "--packets", "50", "--backend", "model"]) == 0
+    assert "pkt" not in capsys.readouterr().err
