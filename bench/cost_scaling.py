@@ -1,8 +1,8 @@
 """How the node's cost grows with its parameters (`d1tile cost`, docs/cost.md).
 
-    .venv/bin/python bench/cost_scaling.py                 # mac_dim 2, 4, 8; router FIFO 2, 4, 8
-    .venv/bin/python bench/cost_scaling.py --mac-dims 2,4 --fifo-depths 2
-    .venv/bin/python bench/cost_scaling.py --fifo-depths '' --plot docs/pictures/cost_scaling.png
+    .venv/bin/python bench/cost_scaling.py     # mac_dim 2, 4, 8; router FIFO 2, 4, 8; grids
+    .venv/bin/python bench/cost_scaling.py --mac-dims 2,4 --fifo-depths 2 --grids ''
+    .venv/bin/python bench/cost_scaling.py --fifo-depths '' --grids '' --plot docs/pictures/cost_scaling.png
 
 Synthesises one node per configuration (the tiny preset with one field changed; results cached
 in build/cost/, the first mac_dim 8 node takes a few minutes) and prints, per configuration,
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from d1tile.hw.cost import MATRIX_VARIANTS, CostError, matrix_unit_cost, node_cost
-from d1tile.params import ConfigError, TileConfig
+from d1tile.params import ConfigError, TileConfig, parse_grid
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mac-dims", default="2,4,8")
     ap.add_argument("--fifo-depths", default="2,4,8")
+    ap.add_argument("--grids", default="2x2,8x8,16x16",
+                    help="grid sizes (RxC, comma-separated): the router's coordinates widen")
     ap.add_argument("--plot", metavar="PNG",
                     help="draw cost against peak MACs per cycle (the mac_dim rows) into PNG")
     args = ap.parse_args(argv)
@@ -46,6 +48,9 @@ def main(argv=None) -> int:
         configs = [("mac_dim", n, base.replace(mac_dim=n)) for n in mac_dims]
         configs += [("router_fifo_depth", d, base.replace(router_fifo_depth=d))
                     for d in _ints(args.fifo_depths, "--fifo-depths")]
+        for grid in (g for g in args.grids.split(",") if g):
+            rows, cols = parse_grid(grid)
+            configs.append(("grid", grid, base.with_grid(rows, cols)))
     except (ValueError, ConfigError) as exc:
         print(f"cost_scaling: {exc}", file=sys.stderr)
         return 2
