@@ -32,7 +32,6 @@ import sys
 import time
 from math import ceil
 
-import numpy as np
 
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.params import TileConfig
@@ -40,25 +39,7 @@ from d1tile.sim.host import CHUNK
 from d1tile.sim.mxu import ideal_matmul_cycles, matmul_cycles, mread_cycles
 from d1tile.sim.tile import TileModel
 from d1tile.sw.errors import CompileError
-from d1tile.sw.kernels import (KernelBuilder, load_activation, reference_gemm,
-                               reference_gemm_bf16, unpack_gemm)
-
-
-def build(cfg: TileConfig, m: int, k: int, n: int, seed: int, dtype=ElemType.INT8):
-    rng = np.random.default_rng(seed)
-    if dtype == ElemType.BF16:
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        w = rng.standard_normal((k, n)).astype(np.float32)
-    else:
-        x = rng.integers(-128, 128, size=(m, k))
-        w = rng.integers(-128, 128, size=(k, n))
-    kb = KernelBuilder(cfg)
-    layout = kb.input("x", m, k, dtype=dtype)
-    out = kb.gemm("gemm", layout, w)
-    kb.read(out)
-    tp = kb.finish()
-    load_activation(tp, layout, x)
-    return tp, kb, out, x, w
+from d1tile.sw.kernels import gemm_matches_reference, random_gemm
 
 
 def load_flits(tp) -> dict:
@@ -82,19 +63,14 @@ def load_flits(tp) -> dict:
 
 def run_case(cfg: TileConfig, m: int, k: int, n: int, seed: int = 1,
              dtype=ElemType.INT8) -> dict:
-    tp, kb, out, x, w = build(cfg, m, k, n, seed, dtype)
+    tp, kb, out, x, w = random_gemm(cfg, m, k, n, seed, dtype)
     started = time.monotonic()
     result = TileModel(cfg).run(tp)
     wall = time.monotonic() - started
     if result.faults or result.hang:
         raise RuntimeError(f"the run failed: faults {result.faults}, hang {result.hang}")
-    got = unpack_gemm(out, result)
-    if dtype == ElemType.BF16:
-        if not np.array_equal(got.view(np.uint32),
-                              reference_gemm_bf16(cfg, x, w).view(np.uint32)):
-            raise RuntimeError("the tile's product differs from the bf16 reference")
-    elif not np.array_equal(got, reference_gemm(x, w)):
-        raise RuntimeError("the tile's product differs from NumPy's")
+    if not gemm_matches_reference(cfg, out, result, x, w, dtype):
+        raise RuntimeError(f"the tile's product differs from the {dtype.name} reference")
     layer = kb.layers[-1]
     return {"cfg": cfg, "m": m, "k": k, "n": n, "result": result, "wall": wall, "layer": layer,
             "ideal": m * k * n / cfg.peak_macs_per_cycle, "load": load_flits(tp),

@@ -101,7 +101,7 @@ __all__ = [
     "LayerPlan", "NodePlan", "Message", "schedule_sends", "split_even", "batch_blocks",
     "pack_activation", "load_activation", "unpack_activation", "unpack_gemm",
     "reference_gemm", "reference_gemm_bf16", "reference_layer", "reference_layer_bf16",
-    "GEMM_TYPES", "ConvCost", "conv_cost",
+    "GEMM_TYPES", "ConvCost", "conv_cost", "random_gemm", "gemm_matches_reference",
 ]
 
 GEMM_TYPES = (ElemType.INT8, ElemType.BF16)
@@ -2273,6 +2273,37 @@ def unpack_gemm(output: GemmOutput, result) -> np.ndarray:
 
 def _wrap32(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.int64) + 2**31) % 2**32 - 2**31).astype(np.int64)
+
+
+def random_gemm(cfg: TileConfig, m: int, k: int, n: int, seed: int, dtype=ElemType.INT8):
+    """A GEMM of random operands compiled as one layer, its input loaded: (tile program, the
+    builder, its `GemmOutput`, x [m, k], w [k, n]); int8 values, or standard normal floats
+    that the kernel rounds to BF16. What the GEMM benchmarks and sweeps run
+    (`gemm_matches_reference` checks its result)."""
+    rng = np.random.default_rng(seed)
+    if dtype == ElemType.BF16:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+    else:
+        x = rng.integers(-128, 128, size=(m, k))
+        w = rng.integers(-128, 128, size=(k, n))
+    kb = KernelBuilder(cfg)
+    layout = kb.input("x", m, k, dtype=dtype)
+    out = kb.gemm("gemm", layout, w)
+    kb.read(out)
+    tp = kb.finish()
+    load_activation(tp, layout, x)
+    return tp, kb, out, x, w
+
+
+def gemm_matches_reference(cfg: TileConfig, out: GemmOutput, result, x, w,
+                           dtype=ElemType.INT8) -> bool:
+    """Whether a run's GEMM output equals its reference bit for bit (`reference_gemm`, or
+    `reference_gemm_bf16` for BF16)."""
+    got = unpack_gemm(out, result)
+    if dtype == ElemType.BF16:
+        return np.array_equal(got.view(np.uint32), reference_gemm_bf16(cfg, x, w).view(np.uint32))
+    return np.array_equal(got, reference_gemm(x, w))
 
 
 def reference_gemm(x, w) -> np.ndarray:

@@ -502,27 +502,13 @@ def _memory_use(cfg: TileConfig, builder, tile_program) -> dict:
 
 
 def _run_gemm(cfg: TileConfig, wl: Workload, seed: int) -> dict:
-    import numpy as np
     from d1tile.dtypes import ElemType
     from d1tile.sim.tile import TileModel
-    from d1tile.sw.kernels import (KernelBuilder, load_activation, reference_gemm,
-                                   reference_gemm_bf16, unpack_gemm)
+    from d1tile.sw.kernels import gemm_matches_reference, random_gemm
     p = wl.params
     m, k, n = p["m"], p["k"], p["n"]
     dtype = ElemType[p["dtype"].upper()]
-    rng = np.random.default_rng(seed)
-    if dtype == ElemType.BF16:
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        w = rng.standard_normal((k, n)).astype(np.float32)
-    else:
-        x = rng.integers(-128, 128, size=(m, k))
-        w = rng.integers(-128, 128, size=(k, n))
-    kb = KernelBuilder(cfg)
-    layout = kb.input("x", m, k, dtype=dtype)
-    out = kb.gemm("gemm", layout, w)
-    kb.read(out)
-    tp = kb.finish()
-    load_activation(tp, layout, x)
+    tp, kb, out, x, w = random_gemm(cfg, m, k, n, seed, dtype)
     row = _memory_use(cfg, kb, tp)
     result = TileModel(cfg).run(tp)
     ideal = m * k * n / cfg.peak_macs_per_cycle
@@ -531,13 +517,7 @@ def _run_gemm(cfg: TileConfig, wl: Workload, seed: int) -> dict:
     if result.faults or result.hang:
         row["error"] = f"the run failed: faults {dict(result.faults)}, hang {result.hang}"
         return row
-    got = unpack_gemm(out, result)
-    if dtype == ElemType.BF16:
-        same = np.array_equal(got.view(np.uint32),
-                              reference_gemm_bf16(cfg, x, w).view(np.uint32))
-    else:
-        same = np.array_equal(got, reference_gemm(x, w))
-    if not same:
+    if not gemm_matches_reference(cfg, out, result, x, w, dtype):
         row["error"] = "mismatch: the tile's product differs from the reference"
     return row
 
