@@ -32,7 +32,6 @@ import sys
 import time
 from math import ceil
 
-
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.params import TileConfig
 from d1tile.sim.host import CHUNK
