@@ -25,8 +25,8 @@ import numpy as np
 from d1tile import numerics
 from d1tile.dtypes import ElemType
 from d1tile.sw.errors import CompileError
-from d1tile.sw.ir import OPS, Graph
-from d1tile.sw.quant import QuantGraph, QuantOp, _fused_relu
+from d1tile.sw.ir import Graph
+from d1tile.sw.quant import QuantGraph, QuantOp, split_ops
 
 
 __all__ = ["bf16_graph", "bf16_reference", "to_bf16_bits", "bits_to_float"]
@@ -58,28 +58,8 @@ def bf16_graph(graph: Graph) -> QuantGraph:
     """The tile ops of `graph` for bf16 (module docstring), in a `QuantGraph` whose scales are
     all 1 (the values are not quantised)."""
     graph.validate()
-    ops, host, fused = [], [], set()
-    for node in graph.nodes:
-        if node.name in fused:
-            continue
-        if OPS[node.op].host:
-            host.append(node)
-            continue
-        relu = _fused_relu(graph, node)
-        out = node.output
-        if relu is not None:
-            fused.add(relu.name)
-            out = relu.output
-        op = _bf16_op(graph, node, out, relu is not None)
-        if relu is not None:
-            op.name = f"{node.name}+{relu.name}"
-        ops.append(op)
-    host_inputs = {n.output: n.inputs[0] for n in host}
-    outputs = []
-    for o in graph.outputs:
-        t = host_inputs.get(o, o)
-        if t not in outputs:
-            outputs.append(t)
+    ops, host, outputs = split_ops(
+        graph, lambda node, out, relu: _bf16_op(graph, node, out, relu))
     if any(t in graph.inputs for t in outputs):
         raise CompileError(f"graph '{graph.name}': a host op reads a graph input directly; "
                            "nothing would run on the tile")

@@ -497,15 +497,11 @@ def _fused_relu(graph: Graph, node: Node) -> Node | None:
     return users[0] if len(users) == 1 and users[0].op == "relu" else None
 
 
-def quantize(graph: Graph, scales: dict[str, float]) -> QuantGraph:
-    """Quantise a validated `graph` with `scales` (from `calibrate`; weight scales may be left
-    out, they are then computed from the weights). Fuses relus, splits off the host ops, and
-    builds one `QuantOp` per tile op with its int8 weights, int32 bias and requantisation.
-    Raises `CompileError` naming the node for anything the tile cannot represent."""
-    graph.validate()
-    qz = _Quantizer(graph, scales)
-    for name in graph.inputs:
-        qz.scales[name] = qz.calibrated_scale(name)
+def split_ops(graph: Graph, make_op) -> tuple[list, list, list]:
+    """The lowering's walk over a validated graph, shared by the int8 and bf16 paths: (the
+    tile ops, each `make_op(node, output, relu fused)` with a fused relu's output and the name
+    "node+relu"; the host ops; the tensors the tile outputs: the graph's outputs, a host op's
+    input in place of its output, each once)."""
     ops, host, fused = [], [], set()
     for node in graph.nodes:
         if node.name in fused:
@@ -518,7 +514,7 @@ def quantize(graph: Graph, scales: dict[str, float]) -> QuantGraph:
         if relu is not None:
             fused.add(relu.name)
             out = relu.output
-        op = QUANTIZERS[node.op](qz, node, out, relu is not None)
+        op = make_op(node, out, relu is not None)
         if relu is not None:
             op.name = f"{node.name}+{relu.name}"
         ops.append(op)
@@ -528,6 +524,20 @@ def quantize(graph: Graph, scales: dict[str, float]) -> QuantGraph:
         t = host_inputs.get(o, o)
         if t not in outputs:
             outputs.append(t)
+    return ops, host, outputs
+
+
+def quantize(graph: Graph, scales: dict[str, float]) -> QuantGraph:
+    """Quantise a validated `graph` with `scales` (from `calibrate`; weight scales may be left
+    out, they are then computed from the weights). Fuses relus, splits off the host ops, and
+    builds one `QuantOp` per tile op with its int8 weights, int32 bias and requantisation.
+    Raises `CompileError` naming the node for anything the tile cannot represent."""
+    graph.validate()
+    qz = _Quantizer(graph, scales)
+    for name in graph.inputs:
+        qz.scales[name] = qz.calibrated_scale(name)
+    ops, host, outputs = split_ops(
+        graph, lambda node, out, relu: QUANTIZERS[node.op](qz, node, out, relu))
     if any(t not in qz.scales for t in outputs):
         raise CompileError(f"graph '{graph.name}': a host op reads a graph input directly; "
                            "nothing would run on the tile")
