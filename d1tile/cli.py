@@ -332,6 +332,16 @@ def _bar(total: int, desc: str, unit: str):
                 dynamic_ncols=True)
 
 
+def _bar_print(line: str) -> None:
+    """`print` for lines written while a progress bar may be drawn: on a terminal through tqdm,
+    which clears the bar, prints the line and draws the bar again below it."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stdout)
+    else:
+        print(line)
+
+
 def _step_progress():
     """A training run's progress on a terminal: `progress(step, total, cycle)` for
     `train_on_tile`, a bar of the steps with the cycle; None off a terminal."""
@@ -422,7 +432,7 @@ def cmd_train(args) -> int:
     run = train_on_tile(graph, x, labels, cfg=cfg, loss=args.loss, epochs=args.epochs,
                         progress=_step_progress(),
                         batch=args.batch, opt=opt, weights=args.weights, seed=args.seed,
-                        init=args.init, backends=backends, val=val, log=print,
+                        init=args.init, backends=backends, val=val, log=_bar_print,
                         timeline=bool(args.trace), stages=args.stages)
     for note in run.notes:
         print(f"  note: {note}")
@@ -545,7 +555,7 @@ def _demo_training(args, backends) -> list:
     graph = load_onnx(mlp_model(batch=32).model, input_shapes={"x": (32, 64)})
     run = train_on_tile(graph, tx[:n], ty[:n], cfg=cfg, loss="cross-entropy", epochs=3,
                         batch=32, opt=Sgd(0.1, 0.9), init="random", seed=0,
-                        val=(vx, vy), log=print, progress=_step_progress())
+                        val=(vx, vy), log=_bar_print, progress=_step_progress())
     for e in range(run.epochs):
         print("  " + run.epoch_line(e))
     report = run.report()
