@@ -36,6 +36,18 @@ __all__ = ["ToolMissing", "SimulationFailed", "VerilatorBuild", "verilator_env",
 # OPT_FAST too was measured and left: -O1 builds in 141 s but simulates 1.4x slower, -O0 in
 # 75 s and 5x slower.
 VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CXX=g++ OPT_SLOW=-O0"
+OPT_ENV = "D1TILE_VERILATOR_OPT"
+"""An environment variable: set to a g++ optimisation flag (`-O0`, `-O1`), the build compiles
+the hot code with it instead of `-Os` (OPT_FAST): for the designs too large to build at the
+default on a small machine (docs/architecture.md, "Scale": the 8x8 tile at -O0). Such a build
+lives in a folder of its own (`<design>-<config>-notrace-O0`), never mixed with the default's."""
+
+
+def _opt_flag() -> str | None:
+    opt = os.environ.get(OPT_ENV)
+    if opt and opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
+        raise ValueError(f"{OPT_ENV}={opt!r}: give one of -O0, -O1, -O2, -O3, -Os")
+    return opt or None
 
 
 class ToolMissing(RuntimeError):
@@ -73,7 +85,7 @@ def verilator_env() -> dict[str, str]:
     return {
         "VERILATOR_ROOT": str(root),
         "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MAKEFLAGS": VERILATOR_MAKEFLAGS,
+        "MAKEFLAGS": VERILATOR_MAKEFLAGS + (f" OPT_FAST={opt}" if (opt := _opt_flag()) else ""),
     }
 
 
@@ -172,7 +184,8 @@ def build(component, top: str, key: str, *, waves: bool = False, log=print) -> V
     """
     waves = waves or os.environ.get("WAVES", "0").lower() in ("1", "yes", "true", "on")
     digest = f"{source_digest()}-{key}"
-    directory = build_root() / f"{key}-{'trace' if waves else 'notrace'}"
+    opt = _opt_flag()
+    directory = build_root() / f"{key}-{'trace' if waves else 'notrace'}{opt or ''}"
     verilog_path = directory / f"{top}.v"
     stamp = directory / "build.stamp"
     binary = directory / top

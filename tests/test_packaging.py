@@ -52,3 +52,17 @@ def test_a_verilator_build_on_a_terminal_shows_its_progress(tmp_path, capsys, mo
     with verilator._progress(tmp_path, "tile", time.monotonic(), print):
         time.sleep(0.2)
     assert capsys.readouterr().out == ""
+
+
+def test_a_verilator_build_can_be_compiled_at_another_optimisation(monkeypatch):
+    """D1TILE_VERILATOR_OPT (for designs too large to build at -Os here): the hot code's flag
+    in the make flags; anything but a g++ -O level refused in one line."""
+    import pytest
+    from d1tile.hw import verilator
+    monkeypatch.delenv(verilator.OPT_ENV, raising=False)
+    assert "OPT_FAST" not in verilator.verilator_env()["MAKEFLAGS"]
+    monkeypatch.setenv(verilator.OPT_ENV, "-O0")
+    assert verilator.verilator_env()["MAKEFLAGS"].endswith(" OPT_FAST=-O0")
+    monkeypatch.setenv(verilator.OPT_ENV, "-march=native")
+    with pytest.raises(ValueError, match="D1TILE_VERILATOR_OPT='-march=native': give one of"):
+        verilator.verilator_env()
