@@ -531,7 +531,7 @@ async def seq_faults_directed(dut):
         (encode(SE, src=w - 2, n=3, x=0, y=0, dst=0), A), (encode(SE, src=0, n=3, x=0, y=0, dst=w - 2), A),
         (encode(SE, src=w - 3, n=3, x=cols - 1, y=rows - 1, dst=w - 3), ok),
         (encode(SE, src=0, n=SEND_MAX_WORDS, x=cols + 1, y=0, dst=0), N),
-        (encode(SE, src=0, n=SEND_MAX_WORDS, x=cols, y=0, dst=0), A),
+        (encode(SE, src=max(0, w + 1 - SEND_MAX_WORDS), n=SEND_MAX_WORDS, x=cols, y=0, dst=0), A),
     ]
     pre = [NOP, encode(Opcode.SETQ, scale=3, shift=1, relu=0)]
     for k, (word, code) in enumerate(cases):
