@@ -10,7 +10,8 @@ program, MATMULs, MREADs, REQUANTs and SENDs to the east and south neighbours ph
 phase, and N random race-free programs, `d1tile.sw.randprog`: sends between any nodes,
 multicasts, rectangles, streams to the host) run on `TileModel`; the line gives the simulated
 cycles (loading, run and read-back, `total_cycles + 1`, summed over the programs), the wall
-seconds (best of `--repeat`) and node-cycles per second (cycles x nodes / seconds).
+seconds (best of `--repeat`) and node-cycles per second (cycles x nodes / seconds), on the
+wall time and on the CPU time (the steadier on a shared machine).
 
 Where the Verilator tile of that configuration is in the build cache (`tile_built`; built by
 `d1tile verify --grid RxC`, `model_vs_verilator.py --grid RxC`, or here with `--build RxC`),
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     print(f"model speed against grid size, preset {args.preset}, seed {args.seed}: compute "
           f"+ {args.programs} random program(s) per grid, best of {args.repeat}", flush=True)
-    rows = [("grid", "nodes", "cycles", "model s", "model node-cyc/s", "Verilator s",
+    rows = [("grid", "nodes", "cycles", "model s", "model node-cyc/s", "(CPU time)", "Verilator s",
              "Verilator node-cyc/s", "model/Verilator")]
     notes, failed = [], False
     for cfg in configs:
@@ -72,14 +73,15 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         programs = bench_programs(cfg, args.seed, args.programs)
         made = time.perf_counter() - started
-        results, seconds = time_model(cfg, programs, args.repeat)
+        results, seconds, cpu = time_model(cfg, programs, args.repeat)
         cycles = [cycles_of(r) for r in results]
-        total, model_s = sum(cycles), sum(seconds)
+        total, model_s, model_cpu = sum(cycles), sum(seconds), sum(cpu)
         row = [grid, f"{cfg.nodes}", f"{total:,}", f"{model_s:.2f}",
-               f"{total * cfg.nodes / model_s:,.0f}"]
+               f"{total * cfg.nodes / model_s:,.0f}", f"{total * cfg.nodes / model_cpu:,.0f}"]
         print(f"{grid}: model {total:,} cycles in {model_s:.2f} s "
-              f"({total * cfg.nodes / model_s:,.0f} node-cycles/s; programs made in "
-              f"{made:.1f} s)", flush=True)
+              f"({total * cfg.nodes / model_s:,.0f} node-cycles/s; CPU {model_cpu:.2f} s, "
+              f"{total * cfg.nodes / model_cpu:,.0f}; programs made in {made:.1f} s)",
+              flush=True)
         if args.no_verilator:
             row += ["-", "-", "not run"]
         elif not tile_built(cfg) and (cfg.rows, cfg.cols) not in build:
