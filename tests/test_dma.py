@@ -414,14 +414,18 @@ def _random_instr(cfg, rng):
     return word & ~0xF if word & 0xF in (Opcode.SEND, Opcode.MCAST) else word
 
 
-def test_dma_out_rtl_matches_model_amaranth_sim():
+@pytest.mark.parametrize("cfg, node", [(TINY, (1, 0)), (TINY.with_grid(32, 32), (30, 31))],
+                         ids=["2x2", "32x32"])
+def test_dma_out_rtl_matches_model_amaranth_sim(cfg, node):
     """Random commands (also stray starts while busy and non-DMA opcodes), random reply
     hand-offs (good, bad range, counters), random read refusals and router back-pressure: every
-    output of DmaOut equals DmaOutModel's, every cycle."""
-    cfg, seed = TINY, bench_seed()
-    rng = random.Random(seed)
-    dut = DmaOut(cfg, 1, 0)
-    model = DmaOutModel(cfg, 1, 0)
+    output of DmaOut equals DmaOutModel's, every cycle; on a 2x2 tile (coordinates truncated to
+    its 2-bit flit fields) and at a far node of a 32x32 one (6-bit flit coordinates, the SEND,
+    MCAST and SHAPE coordinates at their full width)."""
+    seed = bench_seed()
+    rng = random.Random(f"{seed}:{node}")
+    dut = DmaOut(cfg, *node)
+    model = DmaOutModel(cfg, *node)
     req_fmt = reply_request_format(cfg)
     mem = [rng.getrandbits(cfg.word_bits) for _ in range(cfg.sram_words)]
     cycles = 3000

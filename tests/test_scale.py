@@ -171,3 +171,67 @@ def test_rtl_parts_that_carry_coordinates_elaborate_at_large_grids():
     cfg = TINY.with_grid(32, 32)
     text = rtlil.convert(Node(cfg, cfg.cols - 1, cfg.rows - 1), name="node")
     assert "module" in text and "seq" in text
+
+
+def test_rtl_sequencer_checks_coordinates_at_32_columns():
+    """The RTL sequencer of a 32 x 32 tile (Amaranth simulator) raises the NODE faults and
+    values `isa.validate` gives, at the edges of the wider fields: SEND to x = 32 (the host)
+    and 31 pass, x = 33 and 63 fault with x | y << SEND_X_BITS (y up to 31); MCAST `last` = 31
+    passes, in a row and in a column; and on an 18 x 20 tile (rows x cols) x = 20 passes,
+    x = 21, y = 18 and MCAST `last` = 18 (a column), 20 (a row) fault."""
+    from amaranth.sim import Simulator
+
+    from d1tile.contracts import SeqState
+    from d1tile.hw.sequencer import Sequencer
+
+    def cases(cfg):
+        rows, cols = cfg.rows, cfg.cols
+        send = lambda x, y: encode(Opcode.SEND, src=0, n=1, x=x, y=y, dst=0)
+        mcast = lambda col, last: encode(Opcode.MCAST, src=0, n=1, col=col, first=0, last=last,
+                                         dst=0)
+        words = [send(cols, rows - 1), send(cols - 1, rows - 1), send(cols + 1, 0),
+                 send(cols + 1, rows - 1),
+                 send((1 << SEND_X_BITS) - 1, rows - 1), send(0, rows - 1),
+                 mcast(0, cols - 1), mcast(1, rows - 1)]
+        if rows < 1 << COORD_BITS:
+            words += [send(0, rows), mcast(1, rows)]
+        if cols < 1 << COORD_BITS:
+            words += [mcast(0, cols)]
+        return words
+
+    for cfg in (TINY.with_grid(32, 32), TINY.with_grid(18, 20)):
+        dut = Sequencer(cfg)
+        got, expected = [], []
+        words = cases(cfg)
+        halt = encode(Opcode.HALT)
+
+        async def bench(ctx):
+            for engine in (dut.matrix, dut.readout, dut.vector, dut.dma):
+                ctx.set(engine.idle, 1)
+            for word in words:
+                for addr, data in enumerate((word, halt)):
+                    ctx.set(dut.imem_w.addr, addr)
+                    ctx.set(dut.imem_w.data, data)
+                    ctx.set(dut.imem_w.en, 1)
+                    await ctx.tick()
+                ctx.set(dut.imem_w.en, 0)
+                ctx.set(dut.start_req, 1)
+                await ctx.tick()
+                ctx.set(dut.start_req, 0)
+                for _ in range(20):
+                    await ctx.tick()
+                    if ctx.get(dut.state) == SeqState.STOPPED:
+                        break
+                assert ctx.get(dut.state) == SeqState.STOPPED, decode(word)
+                got.append((FaultCode(ctx.get(dut.fault_code)), ctx.get(dut.fault_value)))
+                expected.append(isa.validate(cfg, decode(word)))
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+        assert got == expected
+        kinds = [code for code, _ in expected]
+        assert kinds.count(FaultCode.NONE) >= 4 and kinds.count(FaultCode.NODE) >= 3, expected
+        assert (FaultCode.NODE, cfg.cols + 1) in expected
+        assert (FaultCode.NODE, cfg.cols + 1 | (cfg.rows - 1) << SEND_X_BITS) in expected
