@@ -48,7 +48,8 @@ class TileConfig:
     ------
     name : label used in reports and build-cache keys.
     rows, cols : grid size, 1..MAX_GRID (32) each: the model runs every size; the RTL elaborates
-        them too, and has been built with Verilator up to 8x8 (docs/architecture.md, "Scale").
+        at every size, and Verilator builds it in minutes up to 4x4 (8x8 takes hours:
+        docs/architecture.md, "Scale").
     mac_dim : N, the matrix unit is N x N MACs; SRAM words are N 32-bit lanes. One of 2, 4, 8, 16.
     sram_kib : SRAM per node in KiB (the node's only data memory). A power of two, 1..1024.
     sram_banks : independent SRAM banks per node (high address bits select the bank). 1..16,
