@@ -89,6 +89,72 @@ def cycles_of(result) -> int:
     return result.total_cycles + 1
 
 
+def bench_programs(cfg: TileConfig, seed: int, randoms: int) -> list[tuple[str, TileProgram]]:
+    """The benchmark's programs: (name, TileProgram) for `compute` and `randoms` random ones."""
+    programs = [("compute", compute_program(cfg, random.Random(seed)))]
+    for k in range(randoms):
+        programs.append((f"random{k}", random_tile_program(cfg, random.Random(seed * 1000 + k))))
+    return programs
+
+
+def tile_built(cfg: TileConfig) -> bool:
+    """The Verilator tile of `cfg` is in the build cache for the current sources (so running
+    on it does not build it first; the test is `d1tile.hw.verilator.build`'s)."""
+    from d1tile.hw import verilator
+    from d1tile.hw.tile_run import TOP
+    key = f"{TOP}-{cfg.key}"
+    directory = verilator.build_root() / f"{key}-notrace"
+    stamp = directory / "build.stamp"
+    return (stamp.exists() and (directory / TOP).exists()
+            and stamp.read_text() == f"{verilator.source_digest()}-{key}")
+
+
+def time_model(cfg: TileConfig, programs, repeat: int = 1):
+    """Run each (name, TileProgram) on the cycle model `repeat` times: (results, best wall
+    seconds of each, best CPU seconds of each; the CPU time is the steadier on a shared
+    machine)."""
+    results, seconds, cpu = [], [], []
+    for _, tp in programs:
+        best = best_cpu = None
+        for _ in range(repeat):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            result = TileModel(cfg).run(tp)
+            took, took_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+            best = took if best is None else min(best, took)
+            best_cpu = took_cpu if best_cpu is None else min(best_cpu, took_cpu)
+        results.append(result)
+        seconds.append(best)
+        cpu.append(best_cpu)
+    return results, seconds, cpu
+
+
+def time_verilator(cfg: TileConfig, programs, repeat: int, cycles: list[int]) -> dict:
+    """Run each (name, TileProgram) on the Verilator tile (built, or reused from the build
+    cache) `repeat` times, one simulator launch per run. Returns the results, the build
+    seconds, the launch cost (a lone-HALT program's wall time less its cycles at the measured
+    rate), each program's best seconds less the launch (`net_s`) and their total with it
+    (`total_s`). `cycles`: each program's simulated cycles (the model's)."""
+    from d1tile.hw.tile_run import run_rtl
+    launch: dict = {}
+    launch_result = run_rtl([trivial_program(cfg)], timing=launch)[0]
+    results, seconds = [], []
+    for _, tp in programs:
+        best = None
+        for _ in range(repeat):
+            timing: dict = {}
+            result = run_rtl([tp], timing=timing)[0]
+            best = timing["run_s"] if best is None else min(best, timing["run_s"])
+        results.append(result)
+        seconds.append(best)
+    # A launch costs the lone-HALT run's wall time less its few hundred cycles, taken at the
+    # measured rate.
+    total = sum(seconds)
+    rate = sum(cycles) / total
+    launch_s = max(0.0, launch["run_s"] - cycles_of(launch_result) / rate)
+    return {"results": results, "build_s": launch["build_s"], "launch_s": launch_s,
+            "net_s": [max(s - launch_s, 1e-9) for s in seconds], "total_s": total}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "default"])
@@ -103,23 +169,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows, cols = (int(v) for v in args.grid.lower().split("x"))
     cfg = TileConfig.preset(args.preset).with_grid(rows, cols)
-    rng = random.Random(args.seed)
-    programs = [("compute", compute_program(cfg, rng))]
-    for k in range(args.programs):
-        programs.append((f"random{k}", random_tile_program(cfg, random.Random(args.seed * 1000 + k))))
+    programs = bench_programs(cfg, args.seed, args.programs)
     print(f"model vs Verilator on {cfg.key}, seed {args.seed}: {len(programs)} programs",
           flush=True)
 
-    model_results, model_s = [], []
-    for name, tp in programs:
-        best = None
-        for _ in range(args.repeat):
-            started = time.perf_counter()
-            result = TileModel(cfg).run(tp)
-            seconds = time.perf_counter() - started
-            best = seconds if best is None else min(best, seconds)
-        model_results.append(result)
-        model_s.append(best)
+    model_results, model_s, _ = time_model(cfg, programs, args.repeat)
     cycles = [cycles_of(r) for r in model_results]
     total_cycles, total_model = sum(cycles), sum(model_s)
 
@@ -131,29 +185,12 @@ def main(argv=None) -> int:
                    f"{total_cycles / total_model:,.0f}")])
         return 0
 
-    from d1tile.hw.tile_run import run_rtl
     print("Verilator: building (or reusing) the tile, then one simulator launch per program "
           "...", flush=True)
-    launch: dict = {}
-    launch_result = run_rtl([trivial_program(cfg)], timing=launch)[0]
-    build_s = launch["build_s"]
-    rtl_results, rtl_s = [], []
-    for _, tp in programs:
-        best = None
-        for _ in range(args.repeat):
-            timing: dict = {}
-            result = run_rtl([tp], timing=timing)[0]
-            best = timing["run_s"] if best is None else min(best, timing["run_s"])
-        rtl_results.append(result)
-        rtl_s.append(best)
-    mismatches = [name for (name, _), m, r in zip(programs, model_results, rtl_results)
+    rtl = time_verilator(cfg, programs, args.repeat, cycles)
+    net, launch_s, total_rtl, build_s = rtl["net_s"], rtl["launch_s"], rtl["total_s"], rtl["build_s"]
+    mismatches = [name for (name, _), m, r in zip(programs, model_results, rtl["results"])
                   if m.comparable() != r.comparable()]
-    # A launch costs the lone-HALT run's wall time less its few hundred cycles, taken at the
-    # measured rate.
-    total_rtl = sum(rtl_s)
-    rate = total_cycles / total_rtl
-    launch_s = max(0.0, launch["run_s"] - cycles_of(launch_result) / rate)
-    net = [max(s - launch_s, 1e-9) for s in rtl_s]
 
     rows = [("program", "cycles", "model s", "model cyc/s", "Verilator s", "Verilator cyc/s",
              "model/Verilator")]

@@ -213,7 +213,8 @@ def flit_format(cfg: TileConfig) -> BitFormat:
 SYNC_COUNTER_ID_BITS = 5
 """Width of a sync counter's index, in packet headers and in SEND and WAIT (so a node has
 2**5 = 32 counters: `d1tile.isa.SYNC_COUNTERS`). 32 lets the GEMM kernels, which WAIT on one
-counter per sender (rows + cols of them), run on every grid up to 16x16; 6 bits would make the
+counter per sender (rows + cols of them), run on every grid with rows + cols <= 31 (every grid
+up to 15x15; the tile itself goes to 32x32, `d1tile.params.COORD_BITS`); 6 bits would make the
 header of a mac_dim = 2 tile (64-bit words) too wide for grids of more than 3 columns."""
 
 

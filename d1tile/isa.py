@@ -85,7 +85,8 @@ each opcode run in the order of `_CHECKS`; the first that fails names the fault:
   b words only if it starts at or below them, and a fixed b must lie outside it. (The engine
   reads ahead of its writes, so a later element must never read what an earlier one wrote.) A
   reduction writes once, after its last read, so its destination may overlap anything.
-* SEND: x <= cols and y < rows (else NODE, value x | y << 4; x == cols is the host: the
+* SEND: x <= cols and y < rows (else NODE, value x | y << SEND_X_BITS, `node_fault_value`;
+  x == cols is the host: the
   packet leaves through the east edge of the sender's own row, whatever y, and the host
   appends its words to the sender's stream, `RunResult.streams`); no span (else FIELD, value 1);
   then the extent (`dma_extent`,
@@ -114,7 +115,7 @@ from typing import NamedTuple
 
 from .dtypes import MATRIX_TYPES, TYPE_BITS, ElemType
 from .formats import SYNC_COUNTER_ID_BITS, BitFormat, Field
-from .params import TileConfig
+from .params import COORD_BITS, TileConfig
 from .vector_ops import FSCALE_BITS, NO_OP, VECTOR_OPS, VectorOp
 
 
@@ -125,7 +126,8 @@ __all__ = [
     "vector_op", "requant_words", "BINARY_VECOPS", "PY", "ACC_BANKS", "ACC_RANGE_BASE",
     "LOOP_DEPTH", "ADDRESS_SLOTS", "stepped", "LoopControl", "mcast_receivers",
     "SHAPE_FORMAT", "SHAPE_FIELDS", "SHAPE_BITS", "mcast_rectangle", "SHAPED_OPS", "EFFECTIVE_BITS", "DmaExtent", "dma_extent",
-    "dma_packets", "dma_source",
+    "dma_packets", "dma_source", "COORD_BITS", "SEND_X_BITS", "SEND_MAX_WORDS",
+    "node_fault_value",
 ]
 
 INSTR_BITS = 64
@@ -137,6 +139,21 @@ ACC_RANGE_BASE = 1 << ADDR_BITS
 """The hazard pseudo-address of accumulator bank 0 (bank b is ACC_RANGE_BASE + b): above every
 SRAM word, so banks and SRAM ranges never meet."""
 LOOP_DEPTH = 4            # loops open at once (the sequencer's loop stack)
+SEND_X_BITS = COORD_BITS + 1
+"""SEND's x: a node's column 0..cols-1, or cols, the host edge (so 6 bits for 32 columns).
+Every other node coordinate of an instruction is `COORD_BITS` (`d1tile.params`) wide."""
+DMA_N_BITS = 11
+"""SEND's and MCAST's n, the words of one transfer (of one row of a shaped one): 1..2047.
+Narrowed from 12 bits when the coordinates grew from 4 bits (grids up to 15 x 15) to
+`COORD_BITS` = 5 and `SEND_X_BITS` = 6 (up to 32 x 32), to keep both formats in 64 bits
+(docs/architecture.md, "Scale")."""
+SEND_MAX_WORDS = (1 << DMA_N_BITS) - 1
+"""The most words one SEND or MCAST (one row of a shaped one) names."""
+
+
+def node_fault_value(x, y):
+    """The value of a SEND's NODE fault: x | y << SEND_X_BITS (x, y: the SEND's fields)."""
+    return x | (y << SEND_X_BITS)
 
 
 class Opcode(enum.IntEnum):
@@ -254,7 +271,8 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.VEC: _fmt("VEC", Field("vop", 3), Field("bfix", 1), Field("dst", A), Field("a", A),
                      Field("b", A), Field("n", 8)),
     Opcode.SETQ: _fmt("SETQ", Field("scale", 16), Field("shift", 6), Field("relu", 1)),
-    Opcode.SEND: _fmt("SEND", Field("src", A), Field("n", 12), Field("x", 4), Field("y", 4),
+    Opcode.SEND: _fmt("SEND", Field("src", A), Field("n", DMA_N_BITS),
+                      Field("x", SEND_X_BITS), Field("y", COORD_BITS),
                       Field("dst", A), Field("counter", SYNC_COUNTER_ID_BITS), Field("shaped", 1)),
     Opcode.WAIT: _fmt("WAIT", Field("counter", SYNC_COUNTER_ID_BITS),
                       Field("value", SYNC_COUNTER_BITS)),
@@ -266,14 +284,15 @@ FORMATS: dict[Opcode, BitFormat] = {
     Opcode.LOOP: _fmt("LOOP", Field("count", 16), Field("body", 16)),
     Opcode.STEP: _fmt("STEP", Field("s0", A), Field("s1", A), Field("s2", A),
                       Field("level", (LOOP_DEPTH - 1).bit_length())),
-    Opcode.MCAST: _fmt("MCAST", Field("src", A), Field("n", 12), Field("col", 1),
-                       Field("first", 4), Field("last", 4), Field("dst", A),
+    Opcode.MCAST: _fmt("MCAST", Field("src", A), Field("n", DMA_N_BITS), Field("col", 1),
+                       Field("first", COORD_BITS), Field("last", COORD_BITS), Field("dst", A),
                        Field("counter", SYNC_COUNTER_ID_BITS), Field("shaped", 1)),
     Opcode.SHAPE: _fmt("SHAPE", Field("extra", 12), Field("sstride", A), Field("dstride", A),
-                       Field("zero", 1), Field("span", 1), Field("span_first", 4),
-                       Field("span_last", 4)),
+                       Field("zero", 1), Field("span", 1),
+                       Field("span_first", COORD_BITS), Field("span_last", COORD_BITS)),
 }
-assert all(f.width <= INSTR_BITS for f in FORMATS.values())
+assert all(f.width <= INSTR_BITS for f in FORMATS.values()), \
+    {op.name: f.width for op, f in FORMATS.items() if f.width > INSTR_BITS}
 
 SHAPE_FORMAT = BitFormat("dma_shape", list(FORMATS[Opcode.SHAPE].fields[1:]))
 """The DMA shape register (SHAPE's fields without the opcode): a shaped SEND or MCAST moves
@@ -532,7 +551,7 @@ def _dma_checks(cfg, x, ops):
 
 def _send_checks(op, cfg, x, ops):
     return [
-        ((x.x > cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, x.x | (x.y << 4)),
+        ((x.x > cfg.cols) | (x.y >= cfg.rows), FaultCode.NODE, node_fault_value(x.x, x.y)),
         (getattr(x, "span", 0) == 1, FaultCode.FIELD, 1),
         *_dma_checks(cfg, x, ops),
     ]

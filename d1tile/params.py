@@ -21,7 +21,15 @@ import json
 from dataclasses import dataclass
 
 
-__all__ = ["ConfigError", "TileConfig", "PRESETS"]
+__all__ = ["ConfigError", "TileConfig", "PRESETS", "COORD_BITS"]
+
+
+COORD_BITS = 5
+"""Width of a node coordinate in the instruction set (SEND's y, MCAST's first and last, SHAPE's
+span_first and span_last): nodes 0..31 along each dimension, so grids of up to
+2**COORD_BITS = 32 rows and columns (`TileConfig.MAX_GRID`). SEND's x has one bit more
+(`d1tile.isa.SEND_X_BITS`), because x == cols names the host edge east of the last column.
+The flits size their coordinates to the grid instead (`TileConfig.coord_bits`)."""
 
 
 class ConfigError(ValueError):
@@ -39,7 +47,9 @@ class TileConfig:
     Fields
     ------
     name : label used in reports and build-cache keys.
-    rows, cols : grid size. 1..8 each for the RTL (the limit tested); the model accepts up to 15.
+    rows, cols : grid size, 1..MAX_GRID (32) each: the model runs every size; the RTL elaborates
+        at every size, and Verilator builds it in minutes up to 4x4 (8x8 takes hours:
+        docs/architecture.md, "Scale").
     mac_dim : N, the matrix unit is N x N MACs; SRAM words are N 32-bit lanes. One of 2, 4, 8, 16.
     sram_kib : SRAM per node in KiB (the node's only data memory). A power of two, 1..1024.
     sram_banks : independent SRAM banks per node (high address bits select the bank). 1..16,
@@ -58,7 +68,7 @@ class TileConfig:
     router_fifo_depth: int = 4
     imem_words: int = 1024
 
-    MAX_GRID = 15     # coordinates are 4-bit in instructions, and x == cols is the host edge
+    MAX_GRID = 1 << COORD_BITS   # node coordinates are COORD_BITS wide in instructions
     MAX_SRAM_WORDS = 1 << 16   # instruction address fields are 16 bits
 
     def __post_init__(self):
@@ -71,7 +81,9 @@ class TileConfig:
         for field in ("rows", "cols"):
             value = getattr(self, field)
             if not 1 <= value <= self.MAX_GRID:
-                raise ConfigError(f"{field}={value} is outside the supported range 1..{self.MAX_GRID}")
+                raise ConfigError(
+                    f"{field}={value} is outside the supported range 1..{self.MAX_GRID} "
+                    f"(instructions name nodes with {COORD_BITS}-bit coordinates)")
         if self.mac_dim not in (2, 4, 8, 16):
             raise ConfigError(f"mac_dim={self.mac_dim} is not supported; use one of 2, 4, 8, 16")
         if not _is_pow2(self.sram_kib) or self.sram_kib > 1024:

@@ -83,7 +83,7 @@ import numpy as np
 from d1tile import numerics
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType, MatrixType
 from d1tile.formats import lanes_from_word, word_from_lanes
-from d1tile.isa import ACC_BANKS, FORMATS, SYNC_COUNTERS, FVecOp, Opcode, VecOp
+from d1tile.isa import ACC_BANKS, FORMATS, SEND_MAX_WORDS, SYNC_COUNTERS, FVecOp, Opcode, VecOp
 from d1tile.params import TileConfig
 from d1tile.sim.dma import job_cycles
 from d1tile.sim.mxu import matmul_cycles
@@ -110,7 +110,7 @@ GEMM_TYPES = (ElemType.INT8, ElemType.BF16)
 INT8_OUT_PER_WORD = ELEMENTS[ElemType.INT8].groups    # REQUANT packs 4 accumulator rows a word
 BF16_OUT_PER_WORD = ELEMENTS[ElemType.BF16].groups    # FCVT FP32 -> BF16 packs 2 a word
 OUT_PER_WORD = {ElemType.INT8: INT8_OUT_PER_WORD, ElemType.BF16: BF16_OUT_PER_WORD}
-MAX_SEND_WORDS = (1 << FORMATS[Opcode.SEND].field("n").width) - 1
+MAX_SEND_WORDS = SEND_MAX_WORDS
 MAX_KW = (1 << FORMATS[Opcode.MATMUL].field("kw").width) - 1
 
 # SRAM region classes: who reads them, hence which must not share a bank.

@@ -57,7 +57,6 @@ LOSS = 30           # sync counter: the logits' gradient, from the host (cross-e
 HOST = 31           # sync counter: the host's per-step feed (a mini-batch)
 FVEC_MAX = 127      # words per FVEC (its n field)
 FCVT_MAX = 255      # elements per FCVT (its n field)
-SEND_MAX = 4095     # words per SEND / MCAST
 LOSS_TAG = 1        # the destination address of the loss words streamed to the host
 FENCE_TAG = 2       # ... of the word sent ahead of the step's token (module docstring)
 LOGITS_TAG = 3      # ... of the logits sent to the host for the cross-entropy (`d1tile.hostops`)

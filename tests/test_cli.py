@@ -46,7 +46,7 @@ def test_version_and_config_list_the_presets_and_limits(capsys):
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "presets (--preset): tiny 2x2 nodes, N = 4, 4 KiB SRAM; default 4x4 nodes" in out
-    assert "grids (--grid RxC): 1 to 15 rows and columns" in out
+    assert "grids (--grid RxC): 1 to 32 rows and columns" in out
 
 
 def test_verify_on_the_model_alone_needs_no_verilator(capsys):

@@ -23,7 +23,8 @@ from d1tile.params import TileConfig
 from d1tile.sim.dma import (BAD_READ_TAG, PREFETCH_DEPTH, DmaInModel, DmaOutModel,
                             counter_word, counter_words, job_cycles, reply_request_format)
 from d1tile.sim.host import packet
-from d1tile.isa import FORMATS, INSTR_BITS, SHAPE_FORMAT, SYNC_COUNTERS, Opcode, encode
+from d1tile.isa import (COORD_BITS, FORMATS, INSTR_BITS, SEND_X_BITS, SHAPE_FORMAT, SYNC_COUNTERS,
+                        Opcode, encode)
 from d1tile.sim.sram import SRAMModel
 
 from conftest import bench_seed, run_bench
@@ -390,36 +391,41 @@ def _random_instr(cfg, rng):
         src, dst, counter = rng.randrange(cfg.sram_words), rng.randrange(1 << 16), \
             rng.randrange(SYNC_COUNTERS)
         if roll < 0.5:
-            op, word = Opcode.SEND, send(src, n, rng.randrange(16), rng.randrange(16), dst,
-                                         counter)
+            op, word = Opcode.SEND, send(src, n, rng.randrange(1 << SEND_X_BITS),
+                                         rng.randrange(1 << COORD_BITS), dst, counter)
         else:
             op, word = Opcode.MCAST, encode(Opcode.MCAST, src=src, n=n, col=rng.randrange(2),
-                                            first=rng.randrange(16), last=rng.randrange(16),
+                                            first=rng.randrange(1 << COORD_BITS),
+                                            last=rng.randrange(1 << COORD_BITS),
                                             dst=dst, counter=counter)
         if rng.random() < 0.4:
             word |= 1 << FORMATS[op].offsets["shaped"]
             word |= SHAPE_FORMAT.pack(
                 extra=rng.randrange(4), sstride=rng.randrange(16),
                 dstride=rng.choice([n, rng.randrange(16)]), zero=int(rng.random() < 0.2),
-                span=int(rng.random() < 0.7), span_first=rng.randrange(16),
-                span_last=rng.randrange(16)) << INSTR_BITS
+                span=int(rng.random() < 0.7), span_first=rng.randrange(1 << COORD_BITS),
+                span_last=rng.randrange(1 << COORD_BITS)) << INSTR_BITS
         return word
     if roll < 0.9:
         return HALT | rng.getrandbits(60) << 4     # fields of HALT are ignored
-    # any other opcode is ignored; a random SEND's or MCAST's n (up to 4095) would make one job
+    # any other opcode is ignored; a random SEND's or MCAST's n (up to 2047) would make one job
     # fill the run, and the branches above draw those
     word = rng.getrandbits(64)
     return word & ~0xF if word & 0xF in (Opcode.SEND, Opcode.MCAST) else word
 
 
-def test_dma_out_rtl_matches_model_amaranth_sim():
+@pytest.mark.parametrize("cfg, node", [(TINY, (1, 0)), (TINY.with_grid(32, 32), (30, 31))],
+                         ids=["2x2", "32x32"])
+def test_dma_out_rtl_matches_model_amaranth_sim(cfg, node):
     """Random commands (also stray starts while busy and non-DMA opcodes), random reply
     hand-offs (good, bad range, counters), random read refusals and router back-pressure: every
-    output of DmaOut equals DmaOutModel's, every cycle."""
-    cfg, seed = TINY, bench_seed()
-    rng = random.Random(seed)
-    dut = DmaOut(cfg, 1, 0)
-    model = DmaOutModel(cfg, 1, 0)
+    output of DmaOut equals DmaOutModel's, every cycle; on a 2x2 tile (coordinates truncated to
+    its 2-bit flit fields) and at a far node of a 32x32 one (6-bit flit coordinates, the SEND,
+    MCAST and SHAPE coordinates at their full width)."""
+    seed = bench_seed()
+    rng = random.Random(f"{seed}:{node}")
+    dut = DmaOut(cfg, *node)
+    model = DmaOutModel(cfg, *node)
     req_fmt = reply_request_format(cfg)
     mem = [rng.getrandbits(cfg.word_bits) for _ in range(cfg.sram_words)]
     cycles = 3000

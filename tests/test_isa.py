@@ -14,7 +14,7 @@ from d1tile import isa
 from d1tile.sim.host import HostDriver
 from d1tile.sim.interp import interpret
 from d1tile.sim.tile import TileModel
-from d1tile.isa import FaultCode, FVecOp, Opcode, Ranges, SetrReg, overlaps
+from d1tile.isa import SEND_X_BITS, FaultCode, FVecOp, Opcode, Ranges, SetrReg, overlaps
 from d1tile import numerics as nx
 from d1tile.dtypes import ELEMENTS, MATRIX_TYPES, ElemType
 from d1tile.sim.vector import requantize
@@ -62,8 +62,8 @@ def test_undefined_opcodes_decode_and_fault():
     (Opcode.VEC, dict(vop=4, dst=255, a=0, b=0, n=8), (FaultCode.ADDRESS, 255)),
     (Opcode.SEND, dict(src=0, n=1, x=3, y=0, dst=0), (FaultCode.NODE, 3)),
     (Opcode.SEND, dict(src=0, n=1, x=2, y=1, dst=0), (FaultCode.NONE, 0)),     # to the host
-    (Opcode.SEND, dict(src=0, n=1, x=2, y=2, dst=0), (FaultCode.NODE, 2 | 2 << 4)),
-    (Opcode.SEND, dict(src=0, n=1, x=0, y=3, dst=0), (FaultCode.NODE, 3 << 4)),
+    (Opcode.SEND, dict(src=0, n=1, x=2, y=2, dst=0), (FaultCode.NODE, 2 | 2 << SEND_X_BITS)),
+    (Opcode.SEND, dict(src=0, n=1, x=0, y=3, dst=0), (FaultCode.NODE, 3 << SEND_X_BITS)),
     (Opcode.SEND, dict(src=200, n=60, x=1, y=1, dst=0), (FaultCode.ADDRESS, 200)),
     (Opcode.SEND, dict(src=0, n=60, x=1, y=1, dst=200), (FaultCode.ADDRESS, 200)),
     (Opcode.SEND, dict(src=256 - 1, n=0, x=1, y=1, dst=0), (FaultCode.NONE, 0)),
@@ -613,10 +613,10 @@ def test_shaped_transfers_are_checked_with_their_shape():
     # one packet's 16-bit length: only a 2**16-word SRAM can exceed it
     big = TileConfig(**{**TINY.__dict__, "name": "big", "sram_kib": 1024})
     assert big.sram_words == 1 << 16
-    whole = dict(extra=31, dstride=2048)               # 32 x 2048 = 65536 words
-    assert isa.validate(big, _shaped(Opcode.SEND, whole, src=0, n=2048, dst=0, x=0, y=0,
-                                     counter=0)) == (FaultCode.FIELD, 2048)
-    assert isa.validate(big, _shaped(Opcode.SEND, dict(whole, extra=30), src=0, n=2048, dst=0,
+    whole = dict(extra=63, dstride=1024)               # 64 x 1024 = 65536 words
+    assert isa.validate(big, _shaped(Opcode.SEND, whole, src=0, n=1024, dst=0, x=0, y=0,
+                                     counter=0)) == (FaultCode.FIELD, 1024)
+    assert isa.validate(big, _shaped(Opcode.SEND, dict(whole, extra=62), src=0, n=1024, dst=0,
                                      x=0, y=0, counter=0)) == ok
     # hazard ranges: the hull of the rows read; nothing for zeros
     assert isa.hazard_ranges(_shaped(Opcode.SEND, gather, src=5, n=2, dst=0, **send)) == \

@@ -34,7 +34,7 @@ def test_config_is_frozen_and_hashable():
 
 @pytest.mark.parametrize("field, value, words", [
     ("rows", 0, "rows=0"),
-    ("cols", 16, "cols=16"),
+    ("cols", 33, "cols=33"),
     ("mac_dim", 3, "mac_dim=3"),
     ("sram_kib", 48, "sram_kib=48"),
     ("sram_banks", 3, "sram_banks=3"),
@@ -45,6 +45,21 @@ def test_config_is_frozen_and_hashable():
 def test_bad_values_are_rejected_with_the_field_named(field, value, words):
     with pytest.raises(ConfigError, match=words):
         TileConfig.preset("default", **{field: value})
+
+
+def test_grids_up_to_32x32_are_accepted_and_33_refused_in_one_line():
+    from d1tile.params import COORD_BITS
+    assert TileConfig.MAX_GRID == 1 << COORD_BITS == 32
+    big = TileConfig.preset("default").with_grid(32, 32)
+    assert (big.rows, big.cols, big.coord_bits) == (32, 32, 6)     # x == 32 is the host edge
+    assert TileConfig.preset("default").with_grid(18, 20).nodes == 360
+    for rows, cols, field in ((33, 32, "rows"), (32, 33, "cols")):
+        with pytest.raises(ConfigError) as info:
+            TileConfig.preset("default").with_grid(rows, cols)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message == (f"{field}=33 is outside the supported range 1..32 "
+                           "(instructions name nodes with 5-bit coordinates)")
 
 
 def test_sram_beyond_the_instruction_address_space_is_rejected():

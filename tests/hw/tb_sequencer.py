@@ -32,7 +32,8 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from bench_config import bench_config
 from d1tile.dtypes import MATRIX_TYPES, ElemType
 from d1tile.hw.testbench import TB
-from d1tile.isa import (CONVERSIONS, FVEC_BASE, INSTR_BITS, LOOP_DEPTH, SYNC_COUNTERS, UNIT_OF, FaultCode,
+from d1tile.isa import (CONVERSIONS, COORD_BITS, FVEC_BASE, INSTR_BITS, LOOP_DEPTH, SEND_MAX_WORDS,
+                        SEND_X_BITS, SYNC_COUNTERS, UNIT_OF, FaultCode,
                         FVecOp, LoopControl, Opcode, SetrReg, Unit, VecOp, decode, encode,
                         hazard_ranges, overlaps, validate)
 from d1tile.vector_ops import VECTOR_OPS
@@ -525,12 +526,12 @@ async def seq_faults_directed(dut):
         (encode(SE, src=0, n=1, x=cols + 1, y=0, dst=0), N), (encode(SE, src=0, n=1, x=0, y=rows, dst=0), N),
         (encode(SE, src=0, n=1, x=cols, y=rows - 1, dst=0), ok),      # x = cols: to the host
         (encode(SE, src=0, n=1, x=cols, y=rows, dst=0), N),
-        (encode(SE, src=0, n=1, x=15, y=15, dst=0), N), (encode(SE, src=w, n=0, x=0, y=0, dst=w), ok),
+        (encode(SE, src=0, n=1, x=(1 << SEND_X_BITS) - 1, y=(1 << COORD_BITS) - 1, dst=0), N), (encode(SE, src=w, n=0, x=0, y=0, dst=w), ok),
         (encode(SE, src=w + 1, n=0, x=0, y=0, dst=0), A), (encode(SE, src=0, n=0, x=0, y=0, dst=w + 1), A),
         (encode(SE, src=w - 2, n=3, x=0, y=0, dst=0), A), (encode(SE, src=0, n=3, x=0, y=0, dst=w - 2), A),
         (encode(SE, src=w - 3, n=3, x=cols - 1, y=rows - 1, dst=w - 3), ok),
-        (encode(SE, src=0, n=4095, x=cols + 1, y=0, dst=0), N),
-        (encode(SE, src=0, n=4095, x=cols, y=0, dst=0), A),
+        (encode(SE, src=0, n=SEND_MAX_WORDS, x=cols + 1, y=0, dst=0), N),
+        (encode(SE, src=max(0, w + 1 - SEND_MAX_WORDS), n=SEND_MAX_WORDS, x=cols, y=0, dst=0), A),
     ]
     pre = [NOP, encode(Opcode.SETQ, scale=3, shift=1, relu=0)]
     for k, (word, code) in enumerate(cases):
@@ -600,25 +601,26 @@ async def seq_faults_random(dut):
                           dst=near(w - nn // 4, 16), a=near(w - nn, 16), b=near(w - nn, 16), n=nn)
         elif op in (Opcode.SEND, Opcode.MCAST):
             # half of them shaped, after a SHAPE whose rows end near the SRAM's end
-            nn = near(2, 12)
+            nn = near(2, 11)
             shaped = rng.random() < 0.5
             extra = rng.randint(0, 3) if shaped else 0
             sstride, dstride = near(8, 16), near(8, 16)
             src, dst = near(w - nn - extra * sstride, 16), near(w - nn - extra * dstride, 16)
             col = rng.getrandbits(1)
             if op == Opcode.SEND:
-                word = encode(Opcode.SEND, src=src, n=nn, x=near(cfg.cols, 4),
-                              y=near(cfg.rows, 4), dst=dst, counter=rng.getrandbits(4),
+                word = encode(Opcode.SEND, src=src, n=nn, x=near(cfg.cols, SEND_X_BITS),
+                              y=near(cfg.rows, COORD_BITS), dst=dst, counter=rng.getrandbits(4),
                               shaped=int(shaped))
             else:
                 word = encode(Opcode.MCAST, src=src, n=nn, col=col,
-                              first=near(0, 4), last=near(cfg.rows if col else cfg.cols, 4),
+                              first=near(0, COORD_BITS),
+                              last=near(cfg.rows if col else cfg.cols, COORD_BITS),
                               dst=dst, counter=rng.getrandbits(4), shaped=int(shaped))
             if shaped:      # a span (rectangle) now and then: ranges near the other dimension
                 program = [encode(Opcode.SHAPE, extra=extra, sstride=sstride, dstride=dstride,
                                   zero=int(rng.random() < 0.3), span=int(rng.random() < 0.3),
-                                  span_first=near(0, 4),
-                                  span_last=near(cfg.cols if col else cfg.rows, 4)),
+                                  span_first=near(0, COORD_BITS),
+                                  span_last=near(cfg.cols if col else cfg.rows, COORD_BITS)),
                            word, HALT]
         elif op == Opcode.HALT or op == Opcode.WAIT:
             word = encode(Opcode.NOP)    # WAIT could block forever: the random run needs none
