@@ -782,6 +782,8 @@ def cmd_cost(args) -> int:
           f"SRAM), {cfg.rows}x{cfg.cols} grid; generic cells from Yosys, not mapped to a "
           "technology")
     report = node_cost(cfg, log=print)
+    by_type = ({variant: matrix_unit_cost(cfg, variant, log=print)[0]
+                for variant in MATRIX_VARIANTS} if args.block in (None, "matrix") else {})
     if report.cached:
         print("  (cached: build/cost/)")
     tile = report.tile(cfg.nodes)
@@ -796,11 +798,8 @@ def cmd_cost(args) -> int:
         kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(rows[0][1].by_kind.items(),
                                                           key=lambda kv: -kv[1]))
         print(f"  cells by kind: {kinds}")
-    by_type = {}
-    if args.block in (None, "matrix"):
+    if by_type:
         print("  the matrix unit alone (without the engine that feeds it), by element type:")
-        for variant in MATRIX_VARIANTS:
-            by_type[variant], _, _ = matrix_unit_cost(cfg, variant, log=print)
         for variant, b in by_type.items():
             print(f"  {'unit ' + variant:<16}{b.cells:>11,}{b.flops:>12,}{b.memory_bits:>13,}"
                   f"{b.nand2:>12,.0f}")
