@@ -65,10 +65,13 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
     import time
     # a run of many minutes in small pieces (the model is fast: a noc-stress run it once took
     # seconds for is over before the signal now), 100,000 random programs one after another
+    # SIGINT's default action restored in the child: a test run started in the background of
+    # a non-interactive shell inherits it ignored, and Python then installs no Ctrl-C handler
     proc = subprocess.Popen([sys.executable, "-m", "d1tile.cli", "verify", "--backend", "model",
                              "--random-programs", "100000"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Once it has printed its first line it is running (on a loaded machine the imports
     # alone can take longer than a fixed wait), then a moment into the run.
     proc.stdout.readline()
