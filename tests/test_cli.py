@@ -74,10 +74,15 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Once it has printed its first line it is running (on a loaded machine the imports
     # alone can take longer than a fixed wait), then a moment into the run.
-    proc.stdout.readline()
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        proc.stdout.readline()
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:        # a failed test leaves no run of many minutes behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert err == "d1tile verify: interrupted\n", err
     assert list(tmp_path.iterdir()) == []
