@@ -55,24 +55,25 @@ def _backends(name: str) -> list[str]:
 
 def _load_array(path: str, option: str):
     import numpy as np
+    from .sw.onnx_frontend import float32_input
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ValueError(f"{option} {path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{option} {path}: not a NumPy .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{option} {path}: expected a numeric .npy array")
-    if np.issubdtype(array.dtype, np.complexfloating):
-        raise ValueError(f"{option} {path}: complex values ({array.dtype}) are not supported")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{option} {path}: contains NaN or infinite values")
-    with np.errstate(over="ignore"):
-        out = array.astype(np.float32)
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"{option} {path}: values beyond float32's range (up to "
-                         f"{float(np.max(np.abs(array))):.4g})")
-    return out
+    return float32_input(array, f"{option} {path}")
+
+
+def _single_input(model, why: str) -> tuple:
+    """The model's one input: (name, dims as `input_signature` gives them, dims as text with
+    "?" for a symbolic one); a model with another number of inputs is refused (`why`)."""
+    from .sw.onnx_frontend import input_signature
+    signature = input_signature(model)
+    if len(signature) != 1:
+        raise ValueError(f"{model}: the model has {len(signature)} inputs; {why}")
+    (name, dims), = signature.items()
+    return name, dims, "[" + ", ".join(str(d if d is not None else "?") for d in dims) + "]"
 
 
 def _check_writable(path: str | None, option: str, *others) -> None:
@@ -226,7 +227,7 @@ def _check_run(reports: list) -> None:
 def cmd_run(args) -> int:
     import numpy as np
     from .sw.compiler import compile_model
-    from .sw.onnx_frontend import input_signature, load_onnx
+    from .sw.onnx_frontend import load_onnx
     from .sw.quant import finish_on_host, range_warnings
     from .sw.report import run_network, summary
     cfg = config_from_args(args)
@@ -245,12 +246,7 @@ def cmd_run(args) -> int:
             raise ValueError(f"--labels {args.labels}: class labels must be integers "
                              f"(found {bad:g})")
         labels = labels.astype(np.int64)
-    signature = input_signature(args.model)
-    if len(signature) != 1:
-        raise ValueError(f"{args.model}: the model has {len(signature)} inputs; `d1tile run` "
-                         "feeds exactly one")
-    (name, dims), = signature.items()
-    shown = "[" + ", ".join(str(d if d is not None else "?") for d in dims) + "]"
+    name, dims, shown = _single_input(args.model, "`d1tile run` feeds exactly one")
     if dims and (len(dims) != x.ndim
                  or any(isinstance(d, int) and d != n for d, n in zip(dims, x.shape))):
         raise ValueError(f"--input {args.input}: shape {list(x.shape)}, the model's input "
@@ -387,7 +383,7 @@ def _noc_progress(packets: int, label: str):
 
 def cmd_train(args) -> int:
     import numpy as np
-    from .sw.onnx_frontend import input_signature, load_onnx
+    from .sw.onnx_frontend import load_onnx
     from .sw.train_run import train_on_tile
     from .sw.training import Sgd
     cfg = config_from_args(args)
@@ -411,12 +407,7 @@ def cmd_train(args) -> int:
     if args.optimizer != "sgd":
         raise ValueError(f"--optimizer {args.optimizer}: the tile runs SGD (with momentum and "
                          "weight decay) so far; Adam is not implemented")
-    signature = input_signature(args.model)
-    if len(signature) != 1:
-        raise ValueError(f"{args.model}: the model has {len(signature)} inputs; training takes "
-                         "exactly one")
-    (name, dims), = signature.items()
-    shown = "[" + ", ".join(str(d if d is not None else "?") for d in dims) + "]"
+    name, dims, shown = _single_input(args.model, "training takes exactly one")
     for option, path, data in (("--data", args.data, x),
                                ("--val-data", args.val_data, val[0] if val else None)):
         if data is not None and dims and (

@@ -48,6 +48,24 @@ from d1tile.sw.ir import (COMPUTE_OPS, POOL_OPS, Graph, Node, Tensor, attribute,
                          canonical_attrs, infer_shape, normalize)
 
 
+def float32_input(array, what: str) -> np.ndarray:
+    """A model's input data as float32, or a `ValueError` in one line starting with `what`: it
+    must be a real numeric NumPy array whose values are finite, also once in float32 (shared
+    by `d1tile run`/`train`'s .npy options and the sweep's ONNX workloads)."""
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{what}: expected a numeric .npy array")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{what}: complex values ({array.dtype}) are not supported")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: contains NaN or infinite values")
+    with np.errstate(over="ignore"):
+        out = array.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{what}: values beyond float32's range (up to "
+                         f"{float(np.max(np.abs(array))):.4g})")
+    return out
+
+
 __all__ = ["load_onnx", "input_signature", "LOWERINGS", "MIN_OPSET"]
 
 MIN_OPSET = 7

@@ -368,20 +368,12 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
 
 def _load_npy(blob: bytes, what: str):
     import numpy as np
+    from d1tile.sw.onnx_frontend import float32_input
     try:
         array = np.load(io.BytesIO(blob), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{what}: not a NumPy .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number) \
-            or np.issubdtype(array.dtype, np.complexfloating):
-        raise ValueError(f"{what}: expected a real numeric .npy array")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{what}: contains NaN or infinite values")
-    with np.errstate(over="ignore"):
-        out = array.astype(np.float32)
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"{what}: values beyond float32's range")
-    return out
+    return float32_input(array, what)
 
 
 def _onnx_inputs(data: dict):
