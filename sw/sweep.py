@@ -277,14 +277,19 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
     name = w.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         fail(f"{what}: name must be a non-empty string")
+    def positive(key: str, default=None) -> int:
+        value = w.get(key, default)
+        if not _is_int(value) or value < 1:
+            fail(f"{what}: {key} = {value!r}: give a positive integer")
+        return value
+
     dtype = w.get("dtype", "int8")
     if kind in ("gemm", "onnx") and dtype not in ("int8", "bf16"):
         fail(f"{what}: dtype {dtype!r}: give int8 or bf16")
 
     if kind == "gemm":
         for key in "mkn":
-            if not _is_int(w[key]) or w[key] < 1:
-                fail(f"{what}: {key} = {w[key]!r}: give a positive integer")
+            positive(key)
         params = {"kind": kind, "m": w["m"], "k": w["k"], "n": w["n"], "dtype": dtype}
         label = name or f"gemm {w['m']}x{w['k']}x{w['n']} {dtype}"
         return Workload(kind, label, params, dict(params), True)
@@ -294,16 +299,12 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 1:
             fail(f"{what}: rate = {rate!r}: give the offered load in (0, 1] flits per node "
                  "per cycle")
-        packets = w.get("packets", 500)
-        if not _is_int(packets) or packets < 1:
-            fail(f"{what}: packets = {packets!r}: give a positive integer")
+        packets = positive("packets", 500)
         multicast = w.get("multicast", 0.0)
         if (not isinstance(multicast, (int, float)) or isinstance(multicast, bool)
                 or not 0 <= multicast <= 1):
             fail(f"{what}: multicast = {multicast!r}: give a fraction in [0, 1]")
-        max_cycles = w.get("max_cycles", 1_000_000)
-        if not _is_int(max_cycles) or max_cycles < 1:
-            fail(f"{what}: max_cycles = {max_cycles!r}: give a positive integer")
+        max_cycles = positive("max_cycles", 1_000_000)
         params = {"kind": kind, "rate": float(rate), "packets": packets,
                   "multicast": float(multicast), "max_cycles": max_cycles}
         label = name or (f"noc {packets} packets at {rate:g}"
@@ -311,15 +312,11 @@ def _workload(number: int, w: dict, folder: Path, fail) -> Workload:
         return Workload(kind, label, params, dict(params), True)
 
     if kind == "train":
-        batch = w.get("batch", 32)
-        if not _is_int(batch) or batch < 1:
-            fail(f"{what}: batch = {batch!r}: give a positive integer")
+        batch = positive("batch", 32)
         loss = w.get("loss", "cross-entropy")
         if loss not in ("cross-entropy", "mse"):
             fail(f"{what}: loss {loss!r}: give cross-entropy or mse")
-        stages = w.get("stages", 1)
-        if not _is_int(stages) or stages < 1:
-            fail(f"{what}: stages = {stages!r}: give a positive integer")
+        stages = positive("stages", 1)
         weights = w.get("weights", "fp32")
         if weights not in ("fp32", "bf16-sr"):
             fail(f"{what}: weights {weights!r}: give fp32 or bf16-sr")
