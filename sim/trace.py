@@ -45,9 +45,10 @@ from __future__ import annotations
 
 from d1tile import isa
 from d1tile.contracts import SeqEvent
-from d1tile.formats import Multicast, PacketKind, flit_format, packet_header_format
+from d1tile.formats import PacketKind, flit_format, packet_header_format
 from d1tile.isa import ACC_BANKS, Opcode, Unit
 from d1tile.params import TileConfig
+from d1tile.sim.router import receivers as route_receivers
 
 
 __all__ = ["chrome_trace", "TRACKS", "STALLS", "receivers", "packet_flows"]
@@ -122,17 +123,17 @@ def _counters(pid: int, states: list, end: int) -> list[dict]:
 
 def receivers(cfg: TileConfig, source: tuple[int, int], head: int) -> list[tuple[int, int]]:
     """The nodes of the grid a packet with head flit `head`, injected at `source`, is delivered
-    to (`d1tile.sim.router.route_mask`: a unicast's destination, a ROW multicast's run of its
-    row, a COLUMN multicast's run of its column); the host edge (x == cols) is not a node."""
+    to (`d1tile.sim.router.receivers`); the host edge (x == cols) is not a node."""
     f = flit_format(cfg).unpack(head)
-    x, y, mc, last = f["dst_x"], f["dst_y"], f["mc"], f["last"]
-    if mc == Multicast.ROW and last >= x:
-        nodes = [(i, source[1]) for i in range(x, last + 1)]
-    elif mc == Multicast.COLUMN and last >= y:
-        nodes = [(x, j) for j in range(y, last + 1)]
-    else:
-        nodes = [(x, y)]
+    nodes = route_receivers(source, (f["dst_x"], f["dst_y"]), f["mc"], f["last"])
     return [(i, j) for i, j in nodes if i < cfg.cols and j < cfg.rows]
+
+
+def _header(cfg: TileConfig, head: int) -> dict:
+    """The packet header fields of a head flit (`packet_header_format`)."""
+    header = packet_header_format(cfg)
+    payload = head >> flit_format(cfg).offsets["payload"]
+    return header.unpack(payload & ((1 << header.width) - 1))
 
 
 def packet_flows(cfg: TileConfig, packets: dict) -> list[tuple]:
@@ -145,9 +146,6 @@ def packet_flows(cfg: TileConfig, packets: dict) -> list[tuple]:
     back, a unicast does not). A packet still in flight or arriving after the receiver's DONE
     has no arrival and no flow; a head flit arriving from a node without a matching departure
     is a bug of the model (AssertionError)."""
-    header = packet_header_format(cfg)
-    shift = flit_format(cfg).offsets["payload"]
-    mask = (1 << header.width) - 1
     sent = {}        # (source, receiver, head flit) -> [injection cycle] in order
     for source, (out, _) in sorted(packets.items()):
         for cycle, head in out:
@@ -157,7 +155,7 @@ def packet_flows(cfg: TileConfig, packets: dict) -> list[tuple]:
     for node, (_, arrived) in sorted(packets.items()):
         taken = {}
         for head_cycle, tail_cycle, head in arrived:
-            h = header.unpack((head >> shift) & mask)
+            h = _header(cfg, head)
             source = (h["src_x"], h["src_y"])
             if source not in packets:
                 continue         # from the host
@@ -175,12 +173,10 @@ def packet_flows(cfg: TileConfig, packets: dict) -> list[tuple]:
 def _arrivals(cfg: TileConfig, pid: int, arrived: list) -> list[dict]:
     """The `packets in` track: a span per packet DMA-in takes in, from its head's cycle to its
     tail's, named by its source and kind."""
-    header = packet_header_format(cfg)
-    shift = flit_format(cfg).offsets["payload"]
     tid = TRACKS.index("packets in") + 1
     events = []
     for head_cycle, tail_cycle, head in arrived:
-        h = header.unpack((head >> shift) & ((1 << header.width) - 1))
+        h = _header(cfg, head)
         source = "host" if h["src_x"] >= cfg.cols else f"({h['src_x']}, {h['src_y']})"
         kind = PacketKind(h["kind"]).name if h["kind"] in PacketKind._value2member_map_ \
             else str(h["kind"])
@@ -196,11 +192,9 @@ def _flows(cfg: TileConfig, packets: dict, pids: dict) -> list[dict]:
     injection to the receiver's `packets in` span at the tail's arrival."""
     events = []
     out_tid, in_tid = TRACKS.index("DMA out") + 1, TRACKS.index("packets in") + 1
-    header = packet_header_format(cfg)
-    shift = flit_format(cfg).offsets["payload"]
     for k, (source, out_cycle, node, head_cycle, tail_cycle, head) in \
             enumerate(packet_flows(cfg, packets), start=1):
-        h = header.unpack((head >> shift) & ((1 << header.width) - 1))
+        h = _header(cfg, head)
         name = f"packet {source[0]},{source[1]} -> {node[0]},{node[1]}"
         events.append({"ph": "s", "id": k, "cat": "noc", "name": name, "pid": pids[source],
                        "tid": out_tid, "ts": out_cycle * _US,
